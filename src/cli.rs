@@ -1,0 +1,67 @@
+//! Command-line arguments (clap): what the user typed, checked for shape only.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gitopsd",
+    version,
+    about = "GitOps reconciler: git → plan → apply, one folder of manifests per environment"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "GITOPSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// Log format; `text` is coloured on a terminal.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the reconciler: poll the repository and keep every environment at its branch tip.
+    Run {
+        /// One pass over all environments, then exit (non-zero if any failed).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show what would change. Exit 0: no change, 1: changes, 2: error.
+    Diff {
+        /// Only this environment.
+        #[arg(long)]
+        env: Option<String>,
+        /// Desired revision (default: the configured branch's tip).
+        #[arg(long)]
+        rev: Option<String>,
+        /// `live` compares with the target; a revision compares two revisions offline.
+        #[arg(long, default_value = "live")]
+        against: String,
+    },
+    /// Check the configuration and every environment's manifests, reporting all problems.
+    /// Exit 0: valid, 1: problems found, 2: could not check.
+    Validate {
+        /// Revision to check (default: the configured branch's tip).
+        #[arg(long)]
+        rev: Option<String>,
+    },
+    /// Print the journal.
+    History {
+        /// Only this environment.
+        #[arg(long)]
+        env: Option<String>,
+    },
+}

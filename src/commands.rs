@@ -1,0 +1,281 @@
+//! The subcommands: each takes a loaded config, does its job and returns the exit code.
+
+use std::io::Write;
+use std::path::Path;
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError, EnvironmentConfig, TargetConfig};
+use crate::daemon;
+use crate::executor::{DesiredError, Outcome, load_desired};
+use crate::journal::{self, Journal, JournalError};
+use crate::model::Revision;
+use crate::plan::{self, Desired};
+use crate::preview::{self, EnvironmentPreview, PreviewError};
+use crate::source::{GitSource, SourceError};
+use crate::target::{DirectoryTarget, Target, TargetError};
+
+/// Exit code: success, no change, valid.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: changes found (diff), problems found (validate), an environment failed (run).
+pub const EXIT_CHANGES_OR_PROBLEMS: u8 = 1;
+/// Exit code: the command could not do its job.
+pub const EXIT_ERROR: u8 = 2;
+
+#[derive(Debug, Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("no environment named {0:?} in the config")]
+    UnknownEnvironment(String),
+    #[error("environment {environment}: {source}")]
+    Desired {
+        environment: String,
+        #[source]
+        source: DesiredError,
+    },
+    #[error("environment {environment}: {source}")]
+    Live {
+        environment: String,
+        #[source]
+        source: TargetError,
+    },
+    #[error(transparent)]
+    Preview(#[from] PreviewError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `gitopsd run`: one pass with `once`, else the daemon until `shutdown`.
+pub async fn run(config: Config, once: bool, shutdown: watch::Receiver<bool>) -> u8 {
+    if !once {
+        daemon::run(config, shutdown).await;
+        return EXIT_OK;
+    }
+    let report = daemon::run_once(&config).await;
+    for (environment, result) in &report.environments {
+        match result {
+            Ok(Outcome::Unchanged { revision }) => {
+                tracing::info!(env = %environment, revision = %revision.short(), "up to date");
+            }
+            Ok(Outcome::Applied { revision, changes }) => {
+                tracing::info!(env = %environment, revision = %revision.short(), changes = changes.len(), "applied");
+            }
+            Err(_) => tracing::error!(env = %environment, "pass failed"),
+        }
+    }
+    if report.succeeded() {
+        EXIT_OK
+    } else {
+        EXIT_CHANGES_OR_PROBLEMS
+    }
+}
+
+/// Resolves revisions in the mirror, fetching at most once: when there is no mirror yet or a
+/// revision is unknown locally.
+struct Revisions {
+    source: GitSource,
+    fetched: bool,
+}
+
+impl Revisions {
+    fn new(config: &Config) -> Self {
+        Self {
+            source: GitSource::new(&config.repo, &config.state.dir),
+            fetched: false,
+        }
+    }
+
+    async fn fetch(&mut self) -> Result<(), SourceError> {
+        if !self.fetched {
+            self.fetched = true;
+            daemon::fetch(&self.source).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings the mirror up to date; a failure is tolerated when a mirror exists.
+    async fn refresh(&mut self) -> Result<(), SourceError> {
+        match self.fetch().await {
+            Err(error) if self.source.has_mirror() => {
+                tracing::warn!(%error, "fetch failed; using the last fetched state");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn resolve(&mut self, rev: Option<&str>) -> Result<Revision, SourceError> {
+        let name = rev.unwrap_or(self.source.branch()).to_string();
+        if !self.source.has_mirror() {
+            self.fetch().await?;
+        }
+        match self.source.resolve(&name) {
+            Err(SourceError::UnknownRevision { .. }) if !self.fetched => {
+                self.fetch().await?;
+                self.source.resolve(&name)
+            }
+            other => other,
+        }
+    }
+}
+
+fn selected<'a>(
+    config: &'a Config,
+    only: Option<&str>,
+) -> Result<Vec<&'a EnvironmentConfig>, CommandError> {
+    match only {
+        Some(name) => config
+            .environment(name)
+            .map(|env| vec![env])
+            .ok_or_else(|| CommandError::UnknownEnvironment(name.to_string())),
+        None => Ok(config.environments.iter().collect()),
+    }
+}
+
+/// Desired objects of an environment at a revision; a folder that does not exist there is an
+/// empty environment (added or removed by the change being previewed).
+async fn desired_or_empty(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+) -> Result<Vec<Desired>, CommandError> {
+    match load_desired(source, environment, revision).await {
+        Ok(desired) => Ok(desired),
+        Err(DesiredError::Source(SourceError::MissingPath { .. })) => Ok(Vec::new()),
+        Err(source) => Err(CommandError::Desired {
+            environment: environment.name.clone(),
+            source,
+        }),
+    }
+}
+
+/// `gitopsd diff`: desired at `rev` against live state, or against another revision.
+pub async fn diff(
+    config: &Config,
+    only: Option<&str>,
+    rev: Option<&str>,
+    against: &str,
+    out: &mut dyn Write,
+) -> Result<u8, CommandError> {
+    let environments = selected(config, only)?;
+    let mut revisions = Revisions::new(config);
+    let mut previews = Vec::new();
+    if against == "live" {
+        revisions.refresh().await?;
+        let revision = revisions.resolve(rev).await?;
+        for environment in environments {
+            let desired = desired_or_empty(&revisions.source, environment, &revision).await?;
+            let live = match &environment.target {
+                TargetConfig::Directory { path } => DirectoryTarget::new(path, &environment.name)
+                    .list()
+                    .await
+                    .map_err(|source| CommandError::Live {
+                        environment: environment.name.clone(),
+                        source,
+                    })?,
+            };
+            previews.push(EnvironmentPreview {
+                environment: environment.name.clone(),
+                from: "live".into(),
+                to: revision.short().to_string(),
+                plan: plan::plan(&desired, &live, environment.prune),
+            });
+        }
+    } else {
+        let old = revisions.resolve(Some(against)).await?;
+        let new = revisions.resolve(rev).await?;
+        for environment in environments {
+            let old_desired = desired_or_empty(&revisions.source, environment, &old).await?;
+            let new_desired = desired_or_empty(&revisions.source, environment, &new).await?;
+            previews.push(EnvironmentPreview {
+                environment: environment.name.clone(),
+                from: old.short().to_string(),
+                to: new.short().to_string(),
+                plan: plan::compare_revisions(&old_desired, &new_desired),
+            });
+        }
+    }
+    let changed = preview::write_text(&previews, out)?;
+    Ok(if changed {
+        EXIT_CHANGES_OR_PROBLEMS
+    } else {
+        EXIT_OK
+    })
+}
+
+/// `gitopsd validate`: the config, then every environment's manifests at `rev`.
+pub async fn validate(
+    config_path: &Path,
+    rev: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<u8, CommandError> {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(error @ ConfigError::Invalid { .. }) => {
+            writeln!(out, "{error}")?;
+            return Ok(EXIT_CHANGES_OR_PROBLEMS);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut revisions = Revisions::new(&config);
+    if rev.is_none() {
+        revisions.refresh().await?;
+    }
+    let revision = revisions.resolve(rev).await?;
+    let mut invalid = false;
+    for environment in &config.environments {
+        match load_desired(&revisions.source, environment, &revision).await {
+            Ok(desired) => writeln!(
+                out,
+                "ok: {} at {}: {} objects",
+                environment.name,
+                revision.short(),
+                desired.len()
+            )?,
+            Err(DesiredError::Manifests(errors)) => {
+                invalid = true;
+                writeln!(
+                    out,
+                    "invalid: {} at {}: {errors}",
+                    environment.name,
+                    revision.short()
+                )?;
+            }
+            Err(DesiredError::Source(error @ SourceError::MissingPath { .. })) => {
+                invalid = true;
+                writeln!(out, "invalid: {}: {error}", environment.name)?;
+            }
+            Err(source) => {
+                return Err(CommandError::Desired {
+                    environment: environment.name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(if invalid {
+        EXIT_CHANGES_OR_PROBLEMS
+    } else {
+        EXIT_OK
+    })
+}
+
+/// `gitopsd history`: every journal record, per environment.
+pub fn history(
+    config: &Config,
+    only: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<u8, CommandError> {
+    for environment in selected(config, only)? {
+        let path = Journal::path_for(&config.state.dir, &environment.name);
+        let loaded = journal::load(&path)?;
+        preview::write_history(&loaded.records, out)?;
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,599 @@
+//! Configuration: TOML file plus `GITOPSD_` environment overrides → one validated `Config`,
+//! with every problem reported at once under its key.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Value};
+use thiserror::Error;
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gitopsd/gitopsd.toml";
+/// Default state directory (git mirror and journals).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/gitopsd";
+/// Largest manifest file read from the repository unless configured otherwise.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Top-level sections that environment variables may override.
+const SECTIONS: &[&str] = &["repo", "state"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub repo: RepoConfig,
+    pub state: StateConfig,
+    pub environments: Vec<EnvironmentConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepoConfig {
+    /// URL as gix understands it; local paths are made absolute.
+    pub url: String,
+    /// Set when the repository is on this host (a path or `file://`): watched for new commits.
+    pub local_path: Option<PathBuf>,
+    pub branch: String,
+    pub poll_interval: Duration,
+    pub token_file: Option<PathBuf>,
+    pub token_username: String,
+    pub ssh_key_file: Option<PathBuf>,
+    pub max_file_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvironmentConfig {
+    pub name: String,
+    /// Folder of the environment's manifests, relative to the repository root.
+    pub path: String,
+    pub target: TargetConfig,
+    /// Namespace for namespaced objects that name none.
+    pub namespace: String,
+    pub prune: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetConfig {
+    /// Live state is a folder of YAML files.
+    Directory { path: PathBuf },
+}
+
+/// One problem, under the key it concerns (`environment[1].target.path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {} not found", path.display())]
+    NotFound { path: PathBuf },
+    #[error("cannot load config {}: {message}", path.display())]
+    Load { path: PathBuf, message: String },
+    #[error("invalid config {}:{}", path.display(), list(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn list(problems: &[ConfigProblem]) -> String {
+    problems.iter().map(|p| format!("\n  {p}")).collect()
+}
+
+impl Config {
+    /// Loads the file at `path`, applies `GITOPSD_` overrides from the process environment and
+    /// validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        let env = Env::prefixed("GITOPSD_")
+            .filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                SECTIONS
+                    .iter()
+                    .any(|section| key.starts_with(&format!("{section}__")))
+            })
+            .split("__");
+        let figment = Figment::new().merge(Toml::file(path)).merge(env);
+        let root: Dict = figment.extract().map_err(|error| ConfigError::Load {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        })?;
+        let base = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = std::path::absolute(&base).map_err(|error| ConfigError::Load {
+            path: path.to_path_buf(),
+            message: format!("cannot resolve its folder: {error}"),
+        })?;
+        Self::from_dict(root, &base).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Validates an already merged tree; relative paths are taken from `base`.
+    pub fn from_dict(mut root: Dict, base: &Path) -> Result<Self, Vec<ConfigProblem>> {
+        let mut check = Checker::default();
+        let mut repo_dict = check.section(&mut root, "repo", true);
+        let repo = check.repo(&mut repo_dict, base);
+        let mut state_dict = check.section(&mut root, "state", false);
+        let state_dir = check
+            .path(&mut state_dict, "state", "dir", base)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        check.no_more(state_dict, "state");
+        let environments = check.environments(&mut root, base);
+        check.no_more(root, "");
+        match (repo, check.problems.is_empty()) {
+            (Some(repo), true) => Ok(Config {
+                repo,
+                state: StateConfig { dir: state_dir },
+                environments,
+            }),
+            _ => Err(check.problems),
+        }
+    }
+
+    /// The environment called `name`.
+    pub fn environment(&self, name: &str) -> Option<&EnvironmentConfig> {
+        self.environments.iter().find(|env| env.name == name)
+    }
+}
+
+/// Collects problems while taking known keys out of the tree; whatever is left is unknown.
+#[derive(Default)]
+struct Checker {
+    problems: Vec<ConfigProblem>,
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+impl Checker {
+    fn problem(&mut self, key: String, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            key,
+            message: message.into(),
+        });
+    }
+
+    fn section(&mut self, root: &mut Dict, name: &str, required: bool) -> Dict {
+        match root.remove(name) {
+            Some(Value::Dict(_, dict)) => dict,
+            Some(_) => {
+                self.problem(name.to_string(), "must be a table");
+                Dict::new()
+            }
+            None => {
+                if required {
+                    self.problem(name.to_string(), "missing section");
+                }
+                Dict::new()
+            }
+        }
+    }
+
+    fn no_more(&mut self, rest: Dict, prefix: &str) {
+        for key in rest.keys() {
+            self.problem(join(prefix, key), "unknown key");
+        }
+    }
+
+    fn string(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<String> {
+        match dict.remove(key)? {
+            Value::String(_, text) => Some(text),
+            _ => {
+                self.problem(join(prefix, key), "must be a string");
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<String> {
+        let value = self.string(dict, prefix, key);
+        if value.is_none() && !self.problems.iter().any(|p| p.key == join(prefix, key)) {
+            self.problem(join(prefix, key), "missing");
+        }
+        value
+    }
+
+    fn boolean(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<bool> {
+        match dict.remove(key)? {
+            Value::Bool(_, flag) => Some(flag),
+            _ => {
+                self.problem(join(prefix, key), "must be true or false");
+                None
+            }
+        }
+    }
+
+    fn unsigned(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<u64> {
+        let value = dict.remove(key)?;
+        match value.to_u128().and_then(|n| u64::try_from(n).ok()) {
+            Some(number) => Some(number),
+            None => {
+                self.problem(join(prefix, key), "must be a non-negative integer");
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<Duration> {
+        let text = self.string(dict, prefix, key)?;
+        match humantime::parse_duration(&text) {
+            Ok(duration) if !duration.is_zero() => Some(duration),
+            Ok(_) => {
+                self.problem(join(prefix, key), "must be longer than zero");
+                None
+            }
+            Err(error) => {
+                self.problem(
+                    join(prefix, key),
+                    format!("invalid duration {text:?} ({error}); use e.g. \"30s\" or \"5m\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, dict: &mut Dict, prefix: &str, key: &str, base: &Path) -> Option<PathBuf> {
+        let text = self.string(dict, prefix, key)?;
+        if text.is_empty() {
+            self.problem(join(prefix, key), "must not be empty");
+            return None;
+        }
+        Some(base.join(text))
+    }
+
+    fn repo(&mut self, dict: &mut Dict, base: &Path) -> Option<RepoConfig> {
+        let url = self.required_string(dict, "repo", "url");
+        let branch = self
+            .string(dict, "repo", "branch")
+            .unwrap_or_else(|| "main".into());
+        if branch.is_empty() || branch.starts_with('-') || branch.contains("..") {
+            self.problem("repo.branch".into(), "must be a branch name");
+        }
+        let poll_interval = self
+            .duration(dict, "repo", "poll_interval")
+            .unwrap_or(Duration::from_secs(30));
+        let token_file = self.path(dict, "repo", "token_file", base);
+        let token_username = self
+            .string(dict, "repo", "token_username")
+            .unwrap_or_else(|| "x-access-token".into());
+        let ssh_key_file = self.path(dict, "repo", "ssh_key_file", base);
+        let max_file_bytes = self
+            .unsigned(dict, "repo", "max_file_bytes")
+            .unwrap_or(DEFAULT_MAX_FILE_BYTES);
+        self.no_more(std::mem::take(dict), "repo");
+        let (url, local_path) = resolve_url(&url?, base);
+        if token_file.is_some() && !url.starts_with("https://") && !url.starts_with("http://") {
+            self.problem("repo.token_file".into(), "only used with an https:// url");
+        }
+        if ssh_key_file.is_some() && !is_ssh_url(&url) {
+            self.problem(
+                "repo.ssh_key_file".into(),
+                "only used with an ssh:// or user@host:path url",
+            );
+        }
+        Some(RepoConfig {
+            url,
+            local_path,
+            branch,
+            poll_interval,
+            token_file,
+            token_username,
+            ssh_key_file,
+            max_file_bytes,
+        })
+    }
+
+    fn environments(&mut self, root: &mut Dict, base: &Path) -> Vec<EnvironmentConfig> {
+        let items = match root.remove("environment") {
+            Some(Value::Array(_, items)) => items,
+            Some(_) => {
+                self.problem(
+                    "environment".into(),
+                    "must be an array of tables ([[environment]])",
+                );
+                return Vec::new();
+            }
+            None => {
+                self.problem(
+                    "environment".into(),
+                    "at least one [[environment]] is required",
+                );
+                return Vec::new();
+            }
+        };
+        let mut environments: Vec<EnvironmentConfig> = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut target_paths = BTreeSet::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let prefix = format!("environment[{index}]");
+            let Value::Dict(_, mut dict) = item else {
+                self.problem(prefix, "must be a table");
+                continue;
+            };
+            let name = self.required_string(&mut dict, &prefix, "name");
+            if let Some(name) = &name {
+                if !valid_environment_name(name) {
+                    self.problem(
+                        join(&prefix, "name"),
+                        "must be lowercase letters, digits and '-', starting with a letter",
+                    );
+                } else if !names.insert(name.clone()) {
+                    self.problem(
+                        join(&prefix, "name"),
+                        format!("duplicate environment {name:?}"),
+                    );
+                }
+            }
+            let path = self.required_string(&mut dict, &prefix, "path");
+            if let Some(path) = &path
+                && !valid_repo_path(path)
+            {
+                self.problem(
+                    join(&prefix, "path"),
+                    "must be a relative folder inside the repository (no '..')",
+                );
+            }
+            let target = self.target(&mut dict, &prefix, base);
+            if let Some(TargetConfig::Directory { path }) = &target
+                && !target_paths.insert(path.clone())
+            {
+                self.problem(
+                    join(&prefix, "target.path"),
+                    "another environment already uses this folder",
+                );
+            }
+            let namespace = self
+                .string(&mut dict, &prefix, "namespace")
+                .unwrap_or_else(|| "default".into());
+            let prune = self.boolean(&mut dict, &prefix, "prune").unwrap_or(true);
+            self.no_more(dict, &prefix);
+            if let (Some(name), Some(path), Some(target)) = (name, path, target) {
+                environments.push(EnvironmentConfig {
+                    name,
+                    path: path.trim_end_matches('/').to_string(),
+                    target,
+                    namespace,
+                    prune,
+                });
+            }
+        }
+        environments
+    }
+
+    fn target(&mut self, dict: &mut Dict, prefix: &str, base: &Path) -> Option<TargetConfig> {
+        let key = join(prefix, "target");
+        let mut target = match dict.remove("target") {
+            Some(Value::Dict(_, target)) => target,
+            Some(_) => {
+                self.problem(key, "must be a table");
+                return None;
+            }
+            None => {
+                self.problem(key, "missing");
+                return None;
+            }
+        };
+        let kind = self.required_string(&mut target, &key, "type")?;
+        let result = match kind.as_str() {
+            "directory" => {
+                let path = self.path(&mut target, &key, "path", base);
+                if path.is_none() && !self.problems.iter().any(|p| p.key == join(&key, "path")) {
+                    self.problem(join(&key, "path"), "missing");
+                }
+                path.map(|path| TargetConfig::Directory { path })
+            }
+            "kubernetes" => {
+                self.problem(
+                    join(&key, "type"),
+                    "the kubernetes target is not available in this version; use \"directory\"",
+                );
+                target.clear();
+                None
+            }
+            other => {
+                self.problem(
+                    join(&key, "type"),
+                    format!("unknown target type {other:?}; expected \"directory\""),
+                );
+                target.clear();
+                None
+            }
+        };
+        self.no_more(target, &key);
+        result
+    }
+}
+
+fn valid_environment_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn valid_repo_path(path: &str) -> bool {
+    let path = Path::new(path);
+    !path.as_os_str().is_empty()
+        && path
+            .components()
+            .all(|component| matches!(component, Component::Normal(_)))
+}
+
+fn is_ssh_url(url: &str) -> bool {
+    url.starts_with("ssh://") || is_scp_like(url)
+}
+
+/// `user@host:path`, git's shorthand for ssh.
+fn is_scp_like(url: &str) -> bool {
+    !url.contains("://")
+        && url
+            .split_once(':')
+            .is_some_and(|(host, _)| !host.is_empty() && !host.contains('/'))
+}
+
+/// Makes local paths absolute (relative to the config file) and says whether the repository
+/// lives on this host.
+fn resolve_url(url: &str, base: &Path) -> (String, Option<PathBuf>) {
+    if let Some(path) = url.strip_prefix("file://") {
+        return (url.to_string(), Some(PathBuf::from(path)));
+    }
+    if url.contains("://") || is_scp_like(url) {
+        return (url.to_string(), None);
+    }
+    let path = base.join(url);
+    (path.display().to_string(), Some(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<Config, Vec<ConfigProblem>> {
+        let root: Dict = Figment::new()
+            .merge(Toml::string(toml))
+            .extract()
+            .expect("test TOML is well-formed");
+        Config::from_dict(root, Path::new("/etc/gitopsd"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_absolute_paths() {
+        let config = parse(
+            r#"
+            [repo]
+            url = "deploy-repo"
+            [[environment]]
+            name = "staging"
+            path = "environments/staging/"
+            target = { type = "directory", path = "live/staging" }
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.repo.url, "/etc/gitopsd/deploy-repo");
+        assert_eq!(
+            config.repo.local_path.as_deref(),
+            Some(Path::new("/etc/gitopsd/deploy-repo"))
+        );
+        assert_eq!(config.repo.branch, "main");
+        assert_eq!(config.repo.poll_interval, Duration::from_secs(30));
+        assert_eq!(config.state.dir, PathBuf::from(DEFAULT_STATE_DIR));
+        let env = &config.environments[0];
+        assert_eq!(env.path, "environments/staging");
+        assert_eq!(env.namespace, "default");
+        assert!(env.prune);
+        assert_eq!(
+            env.target,
+            TargetConfig::Directory {
+                path: PathBuf::from("/etc/gitopsd/live/staging")
+            }
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let problems = parse(
+            r#"
+            colour = "blue"
+            [repo]
+            poll_interval = "soon"
+            [[environment]]
+            name = "Staging"
+            path = "../outside"
+            target = { type = "directory" }
+            [[environment]]
+            name = "prod"
+            path = "p"
+            target = { type = "ftp" }
+            prune = "yes"
+            "#,
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "repo.url",
+                "repo.poll_interval",
+                "environment[0].name",
+                "environment[0].path",
+                "environment[0].target.path",
+                "environment[1].target.type",
+                "environment[1].prune",
+                "colour",
+            ],
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn network_urls_are_kept_and_not_watched() {
+        let config = parse(
+            r#"
+            [repo]
+            url = "git@example.com:ops/deploy.git"
+            ssh_key_file = "id_ed25519"
+            [[environment]]
+            name = "a"
+            path = "a"
+            target = { type = "directory", path = "/srv/a" }
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.repo.url, "git@example.com:ops/deploy.git");
+        assert_eq!(config.repo.local_path, None);
+        assert_eq!(
+            config.repo.ssh_key_file,
+            Some(PathBuf::from("/etc/gitopsd/id_ed25519"))
+        );
+    }
+
+    #[test]
+    fn two_environments_cannot_share_a_name_or_folder() {
+        let problems = parse(
+            r#"
+            [repo]
+            url = "https://example.com/r.git"
+            token_file = "token"
+            [[environment]]
+            name = "a"
+            path = "a"
+            target = { type = "directory", path = "/srv/x" }
+            [[environment]]
+            name = "a"
+            path = "b"
+            target = { type = "directory", path = "/srv/x" }
+            "#,
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["environment[1].name", "environment[1].target.path"]);
+    }
+}

@@ -1,0 +1,199 @@
+//! Normalization, content hashes and text diffs of objects: what "changed" means.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use similar::TextDiff;
+use thiserror::Error;
+
+use crate::model::{LABEL_MANAGED_BY, MANAGER, OWN_PREFIX};
+
+/// Metadata fields that the server or gitopsd sets, never the author.
+const SERVER_METADATA: &[&str] = &[
+    "managedFields",
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "selfLink",
+];
+
+#[derive(Debug, Error)]
+pub enum RenderError {
+    #[error("cannot render object as YAML: {0}")]
+    Yaml(String),
+}
+
+/// Strips everything that is not the author's intent: `status`, server-set metadata, and the
+/// labels and annotations gitopsd adds itself. Maps left empty by that are removed too, so a
+/// manifest without labels equals its applied copy.
+pub fn normalize(body: &Value) -> Value {
+    let mut body = body.clone();
+    if let Some(top) = body.as_object_mut() {
+        top.remove("status");
+        if let Some(metadata) = top.get_mut("metadata").and_then(Value::as_object_mut) {
+            for field in SERVER_METADATA {
+                metadata.remove(*field);
+            }
+            strip_own_entries(metadata, "labels");
+            strip_own_entries(metadata, "annotations");
+        }
+    }
+    body
+}
+
+fn strip_own_entries(metadata: &mut Map<String, Value>, field: &str) {
+    let Some(entries) = metadata.get_mut(field).and_then(Value::as_object_mut) else {
+        return;
+    };
+    entries.retain(|name, value| {
+        let ours = name.starts_with(OWN_PREFIX)
+            || (name == LABEL_MANAGED_BY && value.as_str() == Some(MANAGER));
+        !ours
+    });
+    if entries.is_empty() {
+        metadata.remove(field);
+    }
+}
+
+/// JSON with object keys sorted at every level, whatever order the map keeps them in.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (index, (key, item)) in entries.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(item, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Lowercase hex sha256 of the canonical JSON of an already normalized body.
+pub fn content_hash(normalized: &Value) -> String {
+    let digest = Sha256::digest(canonical_json(normalized).as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest.iter() {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// A copy with map keys sorted at every level, so rendered YAML is stable.
+pub fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(key, item)| (key.clone(), sorted(item)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        scalar => scalar.clone(),
+    }
+}
+
+/// YAML rendering with sorted keys: the form written to disk and shown in diffs.
+pub fn to_yaml(value: &Value) -> Result<String, RenderError> {
+    serde_saphyr::to_string(&sorted(value)).map_err(|error| RenderError::Yaml(error.to_string()))
+}
+
+/// Unified diff of two texts with three lines of context; empty when they are equal.
+pub fn unified(old_label: &str, new_label: &str, old: &str, new: &str) -> String {
+    if old == new {
+        return String::new();
+    }
+    TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(old_label, new_label)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn normalize_drops_server_fields_and_own_marks() {
+        let live = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": "a", "uid": "123", "resourceVersion": "9", "generation": 2,
+                "creationTimestamp": "2026-01-01T00:00:00Z", "managedFields": [],
+                "labels": {"app.kubernetes.io/managed-by": "gitopsd", "gitopsd.io/environment": "s"},
+                "annotations": {"gitopsd.io/hash": "x", "team": "web"}
+            },
+            "data": {"k": "v"},
+            "status": {"phase": "x"}
+        });
+        let expected = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "annotations": {"team": "web"}},
+            "data": {"k": "v"}
+        });
+        assert_eq!(normalize(&live), expected);
+    }
+
+    #[test]
+    fn a_foreign_manager_label_is_kept() {
+        let body = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "helm"}}});
+        assert_eq!(normalize(&body), body);
+    }
+
+    #[test]
+    fn hash_ignores_key_order_but_not_values() {
+        let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": 2, "x": 3}}"#).expect("json");
+        let b: Value = serde_json::from_str(r#"{"a": {"x": 3, "y": 2}, "b": 1}"#).expect("json");
+        let c: Value = serde_json::from_str(r#"{"a": {"x": 3, "y": 2}, "b": 2}"#).expect("json");
+        assert_eq!(content_hash(&a), content_hash(&b));
+        assert_ne!(content_hash(&a), content_hash(&c));
+        assert_eq!(content_hash(&a).len(), 64);
+    }
+
+    #[test]
+    fn yaml_round_trips_awkward_scalars() {
+        let value = json!({"s": "true", "n": "1.0", "e": "", "m": "a\nb\n", "i": 3, "b": false});
+        let text = to_yaml(&value).expect("renders");
+        let back: Value = serde_saphyr::from_str(&text).expect("parses back");
+        assert_eq!(back, value);
+    }
+
+    #[test]
+    fn unified_diff_shows_changed_line() {
+        let diff = unified("a", "b", "x: 1\ny: 2\n", "x: 1\ny: 3\n");
+        assert!(diff.contains("-y: 2"), "{diff}");
+        assert!(diff.contains("+y: 3"), "{diff}");
+        assert!(unified("a", "b", "same\n", "same\n").is_empty());
+    }
+}

@@ -1,0 +1,85 @@
+//! Entry point: parse arguments, set up logging and signals, run the command, map exit codes.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+use gitopsd::cli::{Cli, Command, LogFormat};
+use gitopsd::commands::{self, EXIT_ERROR};
+use gitopsd::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("GITOPSD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    // One TLS provider for the whole process (gix's https transport uses rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let mut stdout = std::io::stdout().lock();
+        match cli.command {
+            Command::Validate { rev } => {
+                Ok(commands::validate(&cli.config, rev.as_deref(), &mut stdout).await?)
+            }
+            Command::Run { once } => {
+                let config = Config::load(&cli.config)?;
+                let shutdown = shutdown_signal()?;
+                Ok(commands::run(config, once, shutdown).await)
+            }
+            Command::Diff { env, rev, against } => {
+                let config = Config::load(&cli.config)?;
+                Ok(commands::diff(
+                    &config,
+                    env.as_deref(),
+                    rev.as_deref(),
+                    &against,
+                    &mut stdout,
+                )
+                .await?)
+            }
+            Command::History { env } => {
+                let config = Config::load(&cli.config)?;
+                Ok(commands::history(&config, env.as_deref(), &mut stdout)?)
+            }
+        }
+    })
+}
+
+/// Turns true on SIGTERM or ctrl-c.
+fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let (sender, receiver) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        }
+        let _ = sender.send(true);
+    });
+    Ok(receiver)
+}

@@ -1,0 +1,541 @@
+//! YAML manifest files → validated objects, with every problem reported by file and document.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::model::{Object, ResourceKey, group_of, is_cluster_scoped};
+
+/// One manifest file read from the source, with its path relative to the repository root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestFile {
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+/// One problem with a revision's manifests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    /// 1-based index of the YAML document in the file.
+    pub document: Option<usize>,
+    /// 1-based line of the document's start or of the error, when known.
+    pub line: Option<usize>,
+    /// What the object is, as far as it could be read (`Deployment web/api`).
+    pub object: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with a whole file (symlink, size, encoding).
+    pub fn file(file: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.into(),
+            document: None,
+            line: None,
+            object: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(document) = self.document {
+            write!(f, ": document {document}")?;
+        }
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        if let Some(object) = &self.object {
+            write!(f, ": {object}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// All problems found in a revision's manifests.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub struct ManifestErrors(pub Vec<Problem>);
+
+impl fmt::Display for ManifestErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.0.len();
+        write!(
+            f,
+            "{count} manifest problem{}",
+            if count == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.0 {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How objects are completed while parsing.
+#[derive(Debug, Clone)]
+pub struct ParseOptions {
+    /// Namespace given to namespaced objects that name none.
+    pub default_namespace: String,
+}
+
+/// True for the file names that hold manifests.
+pub fn is_manifest_path(path: &str) -> bool {
+    path.ends_with(".yaml") || path.ends_with(".yml")
+}
+
+/// Parses every file into objects. Fails with every problem at once: earlier problems
+/// (`known_problems`, found while reading the files) are reported together with parse errors.
+pub fn parse(
+    files: &[ManifestFile],
+    known_problems: Vec<Problem>,
+    options: &ParseOptions,
+) -> Result<Vec<Object>, ManifestErrors> {
+    let mut problems = known_problems;
+    let mut seen: BTreeMap<ResourceKey, String> = BTreeMap::new();
+    let mut objects = Vec::new();
+    for file in files {
+        let Ok(text) = std::str::from_utf8(&file.bytes) else {
+            problems.push(Problem::file(&file.path, "file is not valid UTF-8"));
+            continue;
+        };
+        for document in split_documents(text) {
+            let location = Location {
+                file: &file.path,
+                document: document.index,
+                line: document.first_line,
+            };
+            let value: Value = match serde_saphyr::from_str(document.text) {
+                Ok(value) => value,
+                Err(error) => {
+                    problems.push(location.yaml_problem(&error));
+                    continue;
+                }
+            };
+            for (item, body) in expand_list(value, &location, &mut problems) {
+                match validate(body, options) {
+                    Ok(object) => {
+                        let here = location.describe(item);
+                        if let Some(first) = seen.get(&object.key) {
+                            problems.push(location.problem(
+                                Some(object.key.to_string()),
+                                format!("duplicate object, first defined in {first}"),
+                            ));
+                        } else {
+                            seen.insert(object.key.clone(), here);
+                            objects.push(object);
+                        }
+                    }
+                    Err((object, message)) => {
+                        let message = match item {
+                            Some(item) => format!("item {item}: {message}"),
+                            None => message,
+                        };
+                        problems.push(location.problem(object, message));
+                    }
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(objects)
+    } else {
+        Err(ManifestErrors(problems))
+    }
+}
+
+/// Where a document sits, for error messages.
+struct Location<'a> {
+    file: &'a str,
+    document: usize,
+    line: usize,
+}
+
+impl Location<'_> {
+    fn problem(&self, object: Option<String>, message: String) -> Problem {
+        Problem {
+            file: self.file.to_string(),
+            document: Some(self.document),
+            line: Some(self.line),
+            object,
+            message,
+        }
+    }
+
+    fn yaml_problem(&self, error: &serde_saphyr::Error) -> Problem {
+        let error = error.without_snippet();
+        let line = error
+            .location()
+            .map(|location| self.line + location.line() as usize - 1)
+            .unwrap_or(self.line);
+        Problem {
+            file: self.file.to_string(),
+            document: Some(self.document),
+            line: Some(line),
+            object: None,
+            message: format!("invalid YAML: {error}"),
+        }
+    }
+
+    fn describe(&self, item: Option<usize>) -> String {
+        match item {
+            Some(item) => format!("{} document {} item {item}", self.file, self.document),
+            None => format!("{} document {}", self.file, self.document),
+        }
+    }
+}
+
+/// One YAML document's text and position in its file.
+struct Document<'a> {
+    index: usize,
+    first_line: usize,
+    text: &'a str,
+}
+
+/// Splits a YAML stream at `---` and `...` markers in column 0. A chunk counts as a document
+/// when it starts with an explicit `---` or holds anything beyond blank lines and comments, so
+/// a licence header above the first `---` does not shift the numbering.
+fn split_documents(text: &str) -> Vec<Document<'_>> {
+    let mut documents = Vec::new();
+    let mut start = 0;
+    let mut start_line = 1;
+    let mut explicit = false;
+    let mut offset = 0;
+    let mut push = |start: usize, end: usize, first_line: usize, explicit: bool| {
+        let chunk = &text[start..end];
+        let has_content = chunk.lines().any(|line| {
+            let trimmed = line.trim();
+            !trimmed.is_empty() && !trimmed.starts_with('#') && trimmed != "---"
+        });
+        if explicit || has_content {
+            documents.push((first_line, chunk, has_content));
+        }
+    };
+    for (line_number, line) in (1..).zip(text.split_inclusive('\n')) {
+        let is_start = is_marker(line, "---");
+        let is_end = is_marker(line, "...");
+        if is_start || is_end {
+            push(start, offset, start_line, explicit);
+            if is_start {
+                start = offset;
+                start_line = line_number;
+            } else {
+                start = offset + line.len();
+                start_line = line_number + 1;
+            }
+            explicit = is_start;
+        }
+        offset += line.len();
+    }
+    push(start, text.len(), start_line, explicit);
+    documents
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (_, _, has_content))| *has_content)
+        .map(|(index, (first_line, text, _))| Document {
+            index: index + 1,
+            first_line,
+            text,
+        })
+        .collect()
+}
+
+fn is_marker(line: &str, marker: &str) -> bool {
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+}
+
+/// Expands `kind: List` (and `FooList`) documents into their items; other documents pass
+/// through as a single body with no item index.
+fn expand_list(
+    value: Value,
+    location: &Location<'_>,
+    problems: &mut Vec<Problem>,
+) -> Vec<(Option<usize>, Value)> {
+    let is_list = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|kind| kind.ends_with("List"))
+        && value.get("items").is_some();
+    if !is_list {
+        return vec![(None, value)];
+    }
+    match value.get("items") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| (Some(index + 1), item.clone()))
+            .collect(),
+        _ => {
+            problems.push(location.problem(None, "`items` of a List must be a sequence".into()));
+            Vec::new()
+        }
+    }
+}
+
+/// Checks one body and completes its namespace. On failure returns what could be read of the
+/// object's identity and the reason.
+fn validate(mut body: Value, options: &ParseOptions) -> Result<Object, (Option<String>, String)> {
+    let Some(map) = body.as_object() else {
+        return Err((None, "document is not a mapping".into()));
+    };
+    let kind = map.get("kind").and_then(Value::as_str).map(str::to_string);
+    let name = map
+        .get("metadata")
+        .and_then(|metadata| metadata.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let partial = match (&kind, &name) {
+        (Some(kind), Some(name)) => Some(format!("{kind} {name}")),
+        (Some(kind), None) => Some(kind.clone()),
+        (None, Some(name)) => Some(format!("object {name}")),
+        (None, None) => None,
+    };
+    let fail = |message: &str| Err((partial.clone(), message.to_string()));
+
+    let api_version = match map.get("apiVersion") {
+        Some(Value::String(version)) if valid_api_version(version) => version.clone(),
+        Some(Value::String(version)) => return fail(&format!("invalid apiVersion {version:?}")),
+        Some(_) => return fail("apiVersion must be a string"),
+        None => return fail("missing apiVersion"),
+    };
+    let Some(kind) = kind else {
+        return fail(if map.contains_key("kind") {
+            "kind must be a string"
+        } else {
+            "missing kind"
+        });
+    };
+    if !valid_kind(&kind) {
+        return fail(&format!("invalid kind {kind:?}"));
+    }
+    let Some(metadata) = map.get("metadata") else {
+        return fail("missing metadata");
+    };
+    if !metadata.is_object() {
+        return fail("metadata must be a mapping");
+    }
+    let Some(name) = name else {
+        return fail("missing metadata.name");
+    };
+    if let Some(reason) = invalid_name(&name) {
+        return fail(&format!("invalid metadata.name {name:?}: {reason}"));
+    }
+    let group = group_of(&api_version).to_string();
+    let declared_namespace = metadata.get("namespace");
+    let namespace = if is_cluster_scoped(&group, &kind) {
+        None
+    } else {
+        match declared_namespace {
+            Some(Value::String(namespace)) => Some(namespace.clone()),
+            Some(_) => return fail("metadata.namespace must be a string"),
+            None => Some(options.default_namespace.clone()),
+        }
+    };
+    if let Some(namespace) = &namespace
+        && !valid_dns_label(namespace)
+    {
+        return fail(&format!(
+            "invalid metadata.namespace {namespace:?}: must be a DNS label"
+        ));
+    }
+    // Written back so the stored body says exactly what is applied.
+    let metadata = body
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .expect("metadata was checked to be a mapping above");
+    match &namespace {
+        Some(namespace) => {
+            metadata.insert("namespace".into(), Value::String(namespace.clone()));
+        }
+        None => {
+            metadata.remove("namespace");
+        }
+    }
+    Ok(Object {
+        key: ResourceKey {
+            group,
+            kind,
+            namespace,
+            name,
+        },
+        body,
+    })
+}
+
+fn valid_api_version(version: &str) -> bool {
+    let (group, version) = match version.split_once('/') {
+        Some((group, version)) => (Some(group), version),
+        None => (None, version),
+    };
+    group.is_none_or(valid_dns_subdomain)
+        && !version.is_empty()
+        && version
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+fn valid_kind(kind: &str) -> bool {
+    kind.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && kind.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// Kubernetes' path-segment rule, which every object name must pass: names become URL path
+/// segments (and, here, file names).
+fn invalid_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > 253 {
+        Some("must be at most 253 characters")
+    } else if name == "." || name == ".." {
+        Some("must not be . or ..")
+    } else if name.contains('/') || name.contains('%') || name.contains('\0') {
+        Some("must not contain '/', '%' or NUL")
+    } else if name.starts_with('.') {
+        Some("must not start with '.'")
+    } else {
+        None
+    }
+}
+
+fn valid_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+}
+
+fn valid_dns_subdomain(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(valid_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> ParseOptions {
+        ParseOptions {
+            default_namespace: "web".into(),
+        }
+    }
+
+    fn file(path: &str, text: &str) -> ManifestFile {
+        ManifestFile {
+            path: path.into(),
+            bytes: text.as_bytes().to_vec(),
+        }
+    }
+
+    fn problems(files: &[ManifestFile]) -> Vec<String> {
+        parse(files, Vec::new(), &options())
+            .expect_err("input is invalid")
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn multi_document_file_yields_objects_and_defaults_namespace() {
+        let objects = parse(
+            &[file(
+                "env/a.yaml",
+                "# licence header\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: web, namespace: ignored}\n",
+            )],
+            Vec::new(),
+            &options(),
+        )
+        .expect("valid");
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects[0].key.namespace.as_deref(), Some("web"));
+        assert_eq!(objects[0].body["metadata"]["namespace"], "web");
+        assert_eq!(objects[1].key.namespace, None);
+        assert!(objects[1].body["metadata"].get("namespace").is_none());
+    }
+
+    #[test]
+    fn list_kind_is_expanded() {
+        let objects = parse(
+            &[file(
+                "l.yaml",
+                "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: a}}\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: b}}\n",
+            )],
+            Vec::new(),
+            &options(),
+        )
+        .expect("valid");
+        let names: Vec<&str> = objects.iter().map(|o| o.key.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_file_and_document() {
+        let found = problems(&[
+            file(
+                "env/a.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nmetadata: {name: nokind}\n",
+            ),
+            file("env/b.yaml", "apiVersion: v1\nkind: [unclosed\n"),
+            file(
+                "env/c.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
+            ),
+        ]);
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert_eq!(
+            found[0],
+            "env/a.yaml: document 2 (line 4): object nokind: missing kind"
+        );
+        assert!(
+            found[1].starts_with("env/b.yaml: document 1 (line "),
+            "{found:#?}"
+        );
+        assert!(found[1].contains("invalid YAML"), "{found:#?}");
+        assert_eq!(
+            found[2],
+            "env/c.yaml: document 1 (line 1): ConfigMap web/a: duplicate object, first defined in env/a.yaml document 1"
+        );
+    }
+
+    #[test]
+    fn names_that_would_escape_a_folder_are_rejected() {
+        let found = problems(&[file(
+            "a.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ../../etc}\n",
+        )]);
+        assert!(found[0].contains("invalid metadata.name"), "{found:?}");
+    }
+
+    #[test]
+    fn known_problems_are_reported_with_parse_errors() {
+        let errors = parse(
+            &[file("a.yaml", "kind: X\n")],
+            vec![Problem::file("link.yaml", "symlinks are not followed")],
+            &options(),
+        )
+        .expect_err("invalid");
+        assert_eq!(errors.0.len(), 2);
+        assert_eq!(
+            errors.0[0].to_string(),
+            "link.yaml: symlinks are not followed"
+        );
+    }
+
+    #[test]
+    fn empty_and_comment_only_documents_are_skipped() {
+        let objects = parse(
+            &[file("a.yaml", "---\n# nothing\n---\n\n")],
+            Vec::new(),
+            &options(),
+        )
+        .expect("valid");
+        assert!(objects.is_empty());
+    }
+}

@@ -1,0 +1,344 @@
+//! Git source with gix: a bare mirror in the state directory, fetched on each poll, read
+//! straight from the object database (no work tree).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use gix::remote::Direction;
+use thiserror::Error;
+
+use crate::config::RepoConfig;
+use crate::manifest::{ManifestFile, Problem, is_manifest_path};
+use crate::model::Revision;
+
+/// Local refs the mirror keeps the remote's branches under.
+const REMOTE_REFS: &str = "refs/remotes/origin";
+
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("cannot open git mirror {}: {message}", path.display())]
+    Open { path: PathBuf, message: String },
+    #[error("fetch from {url} failed: {message}")]
+    Fetch { url: String, message: String },
+    #[error("branch {branch:?} does not exist at {url}")]
+    MissingBranch { url: String, branch: String },
+    #[error("unknown revision {rev:?}")]
+    UnknownRevision { rev: String },
+    #[error("path {path:?} does not exist at revision {revision}")]
+    MissingPath { path: String, revision: Revision },
+    #[error("path {path:?} at revision {revision} is not a folder")]
+    NotAFolder { path: String, revision: Revision },
+    #[error("cannot read {what} at revision {revision}: {message}")]
+    Read {
+        what: String,
+        revision: Revision,
+        message: String,
+    },
+    #[error("cannot read token file {}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to authenticate to the remote.
+#[derive(Debug, Clone, PartialEq)]
+enum Auth {
+    Anonymous,
+    Token { username: String, file: PathBuf },
+    SshKey(PathBuf),
+}
+
+/// Result of a fetch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fetched {
+    /// Commit the branch points at now.
+    pub tip: Revision,
+    /// Commit it pointed at before this fetch.
+    pub previous: Option<Revision>,
+    /// True when `previous` is not an ancestor of `tip`: the branch was rewritten.
+    pub force_pushed: bool,
+}
+
+/// The files of one environment folder at one revision.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub revision: Revision,
+    pub files: Vec<ManifestFile>,
+    /// Entries refused while reading (symlinks, submodules, oversized files).
+    pub problems: Vec<Problem>,
+}
+
+/// A git repository mirrored under the state directory.
+#[derive(Debug, Clone)]
+pub struct GitSource {
+    mirror: PathBuf,
+    url: String,
+    branch: String,
+    auth: Auth,
+    max_file_bytes: u64,
+}
+
+impl GitSource {
+    pub fn new(repo: &RepoConfig, state_dir: &Path) -> Self {
+        let auth = match (&repo.token_file, &repo.ssh_key_file) {
+            (Some(file), _) => Auth::Token {
+                username: repo.token_username.clone(),
+                file: file.clone(),
+            },
+            (None, Some(key)) => Auth::SshKey(key.clone()),
+            (None, None) => Auth::Anonymous,
+        };
+        Self {
+            mirror: state_dir.join("repo.git"),
+            url: repo.url.clone(),
+            branch: repo.branch.clone(),
+            auth,
+            max_file_bytes: repo.max_file_bytes,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    /// True once a mirror exists (a first fetch ran).
+    pub fn has_mirror(&self) -> bool {
+        self.mirror.join("HEAD").is_file()
+    }
+
+    fn open(&self) -> Result<gix::Repository, SourceError> {
+        let open_error = |message: String| SourceError::Open {
+            path: self.mirror.clone(),
+            message,
+        };
+        if self.has_mirror() {
+            gix::open(&self.mirror).map_err(|e| open_error(e.to_string()))
+        } else {
+            std::fs::create_dir_all(&self.mirror).map_err(|e| open_error(e.to_string()))?;
+            gix::init_bare(&self.mirror).map_err(|e| open_error(e.to_string()))
+        }
+    }
+
+    /// Fetches every branch of the remote into the mirror and resolves the configured one.
+    /// Blocking: call from a blocking thread.
+    pub fn fetch(&self) -> Result<Fetched, SourceError> {
+        let mut repo = self.open()?;
+        let fetch_error = |message: String| SourceError::Fetch {
+            url: self.url.clone(),
+            message,
+        };
+        if let Auth::SshKey(key) = &self.auth {
+            let command = format!(
+                "ssh -i '{}' -o IdentitiesOnly=yes -o BatchMode=yes",
+                key.display()
+            );
+            let mut config = repo.config_snapshot_mut();
+            config
+                .set_value(&gix::config::tree::Core::SSH_COMMAND, command.as_str())
+                .map_err(|e| fetch_error(e.to_string()))?;
+            config.commit().map_err(|e| fetch_error(e.to_string()))?;
+        }
+        let previous = self.branch_tip_in(&repo);
+        let token = match &self.auth {
+            Auth::Token { username, file } => Some((
+                username.clone(),
+                std::fs::read_to_string(file)
+                    .map_err(|source| SourceError::TokenFile {
+                        path: file.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_string(),
+            )),
+            _ => None,
+        };
+        let refspec = format!("+refs/heads/*:{REMOTE_REFS}/*");
+        let remote = repo
+            .remote_at(self.url.as_str())
+            .map_err(|e| fetch_error(e.to_string()))?
+            .with_fetch_tags(gix::remote::fetch::Tags::None)
+            .with_refspecs([refspec.as_str()], Direction::Fetch)
+            .map_err(|e| fetch_error(e.to_string()))?;
+        let mut connection = remote
+            .connect(Direction::Fetch)
+            .map_err(|e| fetch_error(e.to_string()))?;
+        if let Some((username, password)) = token {
+            connection.set_credentials(move |action| match action {
+                gix::credentials::helper::Action::Get(context) => {
+                    Ok(Some(gix::credentials::protocol::Outcome {
+                        identity: gix::sec::identity::Account {
+                            username: username.clone(),
+                            password: password.clone(),
+                            oauth_refresh_token: None,
+                        },
+                        next: context.into(),
+                    }))
+                }
+                _ => Ok(None),
+            });
+        }
+        let interrupt = AtomicBool::new(false);
+        connection
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(|e| fetch_error(e.to_string()))?
+            .receive(gix::progress::Discard, &interrupt)
+            .map_err(|e| fetch_error(e.to_string()))?;
+        let Some(tip) = self.branch_tip_in(&repo) else {
+            return Err(SourceError::MissingBranch {
+                url: self.url.clone(),
+                branch: self.branch.clone(),
+            });
+        };
+        let force_pushed = match &previous {
+            Some(previous) if *previous != tip => !self.is_ancestor(&repo, previous, &tip),
+            _ => false,
+        };
+        Ok(Fetched {
+            tip,
+            previous,
+            force_pushed,
+        })
+    }
+
+    /// The configured branch's commit in the mirror, without fetching.
+    pub fn branch_tip(&self) -> Result<Option<Revision>, SourceError> {
+        if !self.has_mirror() {
+            return Ok(None);
+        }
+        Ok(self.branch_tip_in(&self.open()?))
+    }
+
+    fn branch_tip_in(&self, repo: &gix::Repository) -> Option<Revision> {
+        let name = format!("{REMOTE_REFS}/{}", self.branch);
+        let mut reference = repo.try_find_reference(name.as_str()).ok()??;
+        let id = reference.peel_to_id().ok()?;
+        Some(Revision(id.to_string()))
+    }
+
+    fn is_ancestor(&self, repo: &gix::Repository, ancestor: &Revision, of: &Revision) -> bool {
+        let (Ok(ancestor_id), Ok(of_id)) = (
+            gix::ObjectId::from_hex(ancestor.0.as_bytes()),
+            gix::ObjectId::from_hex(of.0.as_bytes()),
+        ) else {
+            return false;
+        };
+        matches!(repo.merge_base(ancestor_id, of_id), Ok(Some(base)) if base.detach() == ancestor_id)
+    }
+
+    /// Resolves a revision in the mirror: a remote branch name (`feature`, `origin/feature`),
+    /// a commit id (full or abbreviated), or any other rev-spec git accepts.
+    pub fn resolve(&self, rev: &str) -> Result<Revision, SourceError> {
+        let unknown = || SourceError::UnknownRevision {
+            rev: rev.to_string(),
+        };
+        if !self.has_mirror() || rev.is_empty() || rev.starts_with('-') {
+            return Err(unknown());
+        }
+        let repo = self.open()?;
+        let candidates = [
+            format!("{REMOTE_REFS}/{rev}^{{commit}}"),
+            format!("refs/remotes/{rev}^{{commit}}"),
+            format!("{rev}^{{commit}}"),
+        ];
+        candidates
+            .iter()
+            .find_map(|spec| repo.rev_parse_single(spec.as_str()).ok())
+            .map(|id| Revision(id.to_string()))
+            .ok_or_else(unknown)
+    }
+
+    /// Reads the manifest files under `path` at `revision`, recursively, in sorted order.
+    pub fn snapshot(&self, revision: &Revision, path: &str) -> Result<Snapshot, SourceError> {
+        let repo = self.open()?;
+        let read_error = |what: &str, message: String| SourceError::Read {
+            what: what.to_string(),
+            revision: revision.clone(),
+            message,
+        };
+        let id = gix::ObjectId::from_hex(revision.0.as_bytes())
+            .map_err(|e| read_error("commit id", e.to_string()))?;
+        let commit = repo
+            .find_commit(id)
+            .map_err(|e| read_error("commit", e.to_string()))?;
+        let root = commit
+            .tree()
+            .map_err(|e| read_error("root tree", e.to_string()))?;
+        let entry = root
+            .lookup_entry_by_path(path)
+            .map_err(|e| read_error(path, e.to_string()))?
+            .ok_or_else(|| SourceError::MissingPath {
+                path: path.to_string(),
+                revision: revision.clone(),
+            })?;
+        if !entry.mode().is_tree() {
+            return Err(SourceError::NotAFolder {
+                path: path.to_string(),
+                revision: revision.clone(),
+            });
+        }
+        let tree = entry
+            .object()
+            .map_err(|e| read_error(path, e.to_string()))?
+            .into_tree();
+        let mut recorder = gix::traverse::tree::Recorder::default();
+        tree.traverse()
+            .breadthfirst(&mut recorder)
+            .map_err(|e| read_error(path, e.to_string()))?;
+        let mut records = recorder.records;
+        records.sort_by(|a, b| a.filepath.cmp(&b.filepath));
+        let mut files = Vec::new();
+        let mut problems = Vec::new();
+        for record in records {
+            let file = format!("{path}/{}", record.filepath);
+            if record.mode.is_tree() {
+                continue;
+            }
+            if record.mode.is_commit() {
+                problems.push(Problem::file(file, "submodules are not supported"));
+                continue;
+            }
+            if !is_manifest_path(&file) {
+                continue;
+            }
+            if record.mode.is_link() {
+                problems.push(Problem::file(
+                    file,
+                    "symlinks are not followed: they can point outside the repository",
+                ));
+                continue;
+            }
+            let size = repo
+                .find_header(record.oid)
+                .map_err(|e| read_error(&file, e.to_string()))?
+                .size();
+            if size > self.max_file_bytes {
+                problems.push(Problem::file(
+                    file,
+                    format!(
+                        "file is {size} bytes, over the limit of {} (repo.max_file_bytes)",
+                        self.max_file_bytes
+                    ),
+                ));
+                continue;
+            }
+            let blob = repo
+                .find_blob(record.oid)
+                .map_err(|e| read_error(&file, e.to_string()))?;
+            files.push(ManifestFile {
+                path: file,
+                bytes: blob.data.clone(),
+            });
+        }
+        Ok(Snapshot {
+            revision: revision.clone(),
+            files,
+            problems,
+        })
+    }
+}
