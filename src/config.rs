@@ -232,7 +232,11 @@ impl Checker {
 
     fn unsigned(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<u64> {
         let value = dict.remove(key)?;
-        match value.to_u128().and_then(|n| u64::try_from(n).ok()) {
+        // TOML integers arrive signed, environment values unsigned.
+        let number = value
+            .to_u128()
+            .or_else(|| value.to_i128().and_then(|n| u128::try_from(n).ok()));
+        match number.and_then(|n| u64::try_from(n).ok()) {
             Some(number) => Some(number),
             None => {
                 self.problem(join(prefix, key), "must be a non-negative integer");
@@ -490,6 +494,7 @@ mod tests {
             r#"
             [repo]
             url = "deploy-repo"
+            max_file_bytes = 4096
             [[environment]]
             name = "staging"
             path = "environments/staging/"
@@ -503,6 +508,7 @@ mod tests {
             Some(Path::new("/etc/gitopsd/deploy-repo"))
         );
         assert_eq!(config.repo.branch, "main");
+        assert_eq!(config.repo.max_file_bytes, 4096);
         assert_eq!(config.repo.poll_interval, Duration::from_secs(30));
         assert_eq!(config.state.dir, PathBuf::from(DEFAULT_STATE_DIR));
         let env = &config.environments[0];
@@ -523,6 +529,7 @@ mod tests {
             r#"
             colour = "blue"
             [repo]
+            max_file_bytes = -1
             poll_interval = "soon"
             [[environment]]
             name = "Staging"
@@ -542,6 +549,7 @@ mod tests {
             [
                 "repo.url",
                 "repo.poll_interval",
+                "repo.max_file_bytes",
                 "environment[0].name",
                 "environment[0].path",
                 "environment[0].target.path",
@@ -567,12 +575,21 @@ mod tests {
             "#,
         )
         .expect("valid");
+        assert_eq!(config.repo.max_file_bytes, DEFAULT_MAX_FILE_BYTES);
         assert_eq!(config.repo.url, "git@example.com:ops/deploy.git");
         assert_eq!(config.repo.local_path, None);
         assert_eq!(
             config.repo.ssh_key_file,
             Some(PathBuf::from("/etc/gitopsd/id_ed25519"))
         );
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gitopsd.toml");
+        let config = Config::load(&path).expect("config/gitopsd.toml documents a valid config");
+        assert_eq!(config.environments.len(), 2);
+        assert_eq!(config.repo.max_file_bytes, DEFAULT_MAX_FILE_BYTES);
     }
 
     #[test]

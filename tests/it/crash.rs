@@ -1,0 +1,100 @@
+//! SIGKILL in the middle of a large reconcile: the rerun converges and the journal is whole.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use gitopsd::journal::Event;
+
+use crate::helpers::*;
+
+const OBJECTS: usize = 1000;
+
+fn many_objects(repo: &Repo) {
+    // Ten files of a hundred objects, each under the workspace's file size limit.
+    for file in 0..OBJECTS / 100 {
+        let mut text = String::new();
+        for index in file * 100..(file + 1) * 100 {
+            text.push_str(&format!(
+                "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-{index:04}\ndata:\n  value: \"{index}\"\n"
+            ));
+        }
+        repo.write(&format!("environments/staging/many-{file}.yaml"), &text);
+    }
+    repo.write(
+        "environments/production/one.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: one\n",
+    );
+}
+
+#[test]
+fn sigkill_during_reconcile_then_rerun_converges() {
+    let workspace = Workspace::new();
+    many_objects(&workspace.repo);
+    workspace.repo.commit("a thousand objects");
+
+    let mut child = ChildGuard(
+        workspace
+            .gitopsd(&["run", "--once"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gitopsd starts"),
+    );
+    let live = workspace.live("staging").join("shop/ConfigMap");
+    let count = || std::fs::read_dir(&live).map(|d| d.count()).unwrap_or(0);
+    let started = wait_for(Duration::from_secs(60), || count() >= 50);
+    assert!(started, "the reconcile never got going");
+    child.signal(libc::SIGKILL);
+    child
+        .wait_timeout(Duration::from_secs(10))
+        .expect("killed child exits");
+    let written = count();
+    assert!(
+        written < OBJECTS,
+        "the kill landed mid-reconcile ({written} files)"
+    );
+
+    let journal = workspace.journal("staging");
+    assert!(
+        matches!(
+            journal.last().map(|r| &r.event),
+            Some(Event::ReconcileStarted { .. })
+        ),
+        "the interrupted reconcile is visible: {journal:?}"
+    );
+
+    let rerun = workspace.run(&["run", "--once"]);
+    assert_exit(&rerun, 0);
+
+    // The result equals a clean reconcile of the same commit into a fresh workspace.
+    let reference = tempfile::tempdir().expect("tempdir");
+    let config = std::fs::read_to_string(&workspace.config)
+        .expect("config")
+        .replace(
+            "dir = \"state\"",
+            &format!("dir = \"{}\"", reference.path().join("state").display()),
+        )
+        .replace(
+            "path = \"live/",
+            &format!("path = \"{}/live/", reference.path().display()),
+        );
+    let reference_config = reference.path().join("gitopsd.toml");
+    std::fs::write(&reference_config, config).expect("write reference config");
+    let output = gitopsd_with_config(&reference_config, &["run", "--once"])
+        .output()
+        .expect("reference run");
+    assert_exit(&output, 0);
+    assert_eq!(
+        tree(&workspace.live("staging")),
+        tree(&reference.path().join("live/staging")),
+        "live folder converged to exactly the revision"
+    );
+
+    let journal = workspace.journal("staging");
+    assert!(matches!(
+        journal.last().map(|r| &r.event),
+        Some(Event::ReconcileFinished { .. })
+    ));
+    let seqs: Vec<u64> = journal.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=journal.len() as u64).collect::<Vec<_>>());
+}

@@ -1,0 +1,72 @@
+//! The daemon: reacts to a new local commit at once, and stops cleanly on SIGTERM.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::helpers::*;
+
+#[test]
+fn daemon_picks_up_a_local_commit_without_waiting_for_the_poll_and_stops_on_sigterm() {
+    let workspace = Workspace::new();
+    // An hour between polls: only the ref watcher can explain a quick pickup.
+    workspace.write_config(&workspace.repo.dir.display().to_string(), "1h");
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("initial");
+
+    let mut daemon = ChildGuard(
+        workspace
+            .gitopsd(&["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("daemon starts"),
+    );
+    let deployment = workspace
+        .live("staging")
+        .join("shop/Deployment.apps/web.yaml");
+    let read = || std::fs::read_to_string(&deployment).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(30), || read().contains("replicas: 1")),
+        "first reconcile"
+    );
+
+    write_environment(&workspace.repo, "staging", 7);
+    workspace.repo.commit("seven replicas");
+    assert!(
+        wait_for(Duration::from_secs(20), || read().contains("replicas: 7")),
+        "the new commit was not picked up"
+    );
+
+    daemon.signal(libc::SIGTERM);
+    let status = daemon
+        .wait_timeout(Duration::from_secs(20))
+        .expect("daemon exits after SIGTERM");
+    assert!(status.success(), "clean exit, got {status:?}");
+    let mut logs = String::new();
+    std::io::Read::read_to_string(
+        daemon.0.stderr.as_mut().expect("stderr is piped"),
+        &mut logs,
+    )
+    .expect("read logs");
+    assert!(logs.contains("SIGTERM received"), "{logs}");
+    assert!(logs.contains("stopped"), "{logs}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let workspace = Workspace::new();
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("initial");
+    let output = workspace.run(&["--log-format", "json", "run", "--once"]);
+    assert_exit(&output, 0);
+    let logs = stderr(&output);
+    let mut lines = 0;
+    for line in logs.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+        assert!(value.get("level").is_some(), "{line}");
+        lines += 1;
+    }
+    assert!(lines > 0);
+}

@@ -1,0 +1,343 @@
+//! Shared test helpers: real git repositories made with the git CLI, a configured workspace,
+//! the gitopsd binary, and snapshots of live folders.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Runs git in `dir` with a fixed identity and no user or system config.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Test Author")
+        .env("GIT_AUTHOR_EMAIL", "author@example.com")
+        .env("GIT_COMMITTER_NAME", "Test Author")
+        .env("GIT_COMMITTER_EMAIL", "author@example.com")
+        .output()
+        .expect("git runs because it is installed on every test machine");
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A work-tree repository the tests commit to.
+pub struct Repo {
+    pub dir: PathBuf,
+}
+
+impl Repo {
+    pub fn init(dir: PathBuf) -> Self {
+        fs::create_dir_all(&dir).expect("create repo dir");
+        git(&dir, &["init", "-q", "-b", "main"]);
+        Self { dir }
+    }
+
+    pub fn write(&self, path: &str, text: &str) {
+        let path = self.dir.join(path);
+        fs::create_dir_all(path.parent().expect("files live in folders")).expect("mkdir");
+        fs::write(path, text).expect("write file");
+    }
+
+    pub fn remove(&self, path: &str) {
+        fs::remove_file(self.dir.join(path)).expect("remove file");
+    }
+
+    /// Commits everything and returns the new commit id.
+    pub fn commit(&self, message: &str) -> String {
+        git(&self.dir, &["add", "-A"]);
+        git(&self.dir, &["commit", "-q", "--allow-empty", "-m", message]);
+        git(&self.dir, &["rev-parse", "HEAD"])
+    }
+}
+
+/// A repository, a state folder and live folders under one temporary directory, with a
+/// config for two environments (`staging`, `production`).
+pub struct Workspace {
+    pub root: TempDir,
+    pub repo: Repo,
+    pub config: PathBuf,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::init(root.path().join("repo"));
+        let workspace = Self {
+            config: root.path().join("gitopsd.toml"),
+            repo,
+            root,
+        };
+        workspace.write_config(&workspace.repo.dir.display().to_string(), "30s");
+        workspace
+    }
+
+    /// Writes the config with another repository url and poll interval.
+    pub fn write_config(&self, url: &str, poll_interval: &str) {
+        let text = format!(
+            r#"
+[repo]
+url = "{url}"
+branch = "main"
+poll_interval = "{poll_interval}"
+max_file_bytes = 65536
+
+[state]
+dir = "state"
+
+[[environment]]
+name = "staging"
+path = "environments/staging"
+target = {{ type = "directory", path = "live/staging" }}
+namespace = "shop"
+
+[[environment]]
+name = "production"
+path = "environments/production"
+target = {{ type = "directory", path = "live/production" }}
+namespace = "shop"
+"#
+        );
+        fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root.path().join(relative)
+    }
+
+    pub fn live(&self, environment: &str) -> PathBuf {
+        self.path(&format!("live/{environment}"))
+    }
+
+    /// A gitopsd command with this workspace's config and a clean environment.
+    pub fn gitopsd(&self, args: &[&str]) -> Command {
+        gitopsd_with_config(&self.config, args)
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.gitopsd(args).output().expect("gitopsd runs")
+    }
+
+    pub fn journal(&self, environment: &str) -> Vec<gitopsd::journal::Record> {
+        let path = gitopsd::journal::Journal::path_for(&self.path("state"), environment);
+        gitopsd::journal::load(&path)
+            .expect("journal reads back whole")
+            .records
+    }
+}
+
+/// A gitopsd command with `config`, isolated from the user's git and gitopsd settings.
+pub fn gitopsd_with_config(config: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gitopsd"));
+    command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("GITOPSD_LOG", "info")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env_remove("GITOPSD_CONFIG");
+    command
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts an exit code, showing the output when it differs.
+pub fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(output),
+        stderr(output)
+    );
+}
+
+/// Every file under `dir` (relative path → bytes); empty when `dir` does not exist.
+pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, files: &mut BTreeMap<String, Vec<u8>>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(base, &path, files);
+            } else {
+                let relative = path
+                    .strip_prefix(base)
+                    .expect("under base")
+                    .display()
+                    .to_string();
+                files.insert(relative, fs::read(&path).expect("read file"));
+            }
+        }
+    }
+    let mut files = BTreeMap::new();
+    walk(dir, dir, &mut files);
+    files
+}
+
+/// Paths that were added, removed or changed between two trees.
+pub fn changed_paths(
+    before: &BTreeMap<String, Vec<u8>>,
+    after: &BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
+    let mut paths: Vec<String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|path| before.get(*path) != after.get(*path))
+        .cloned()
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// Polls `condition` every 20 ms until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves nothing behind.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.0.id()).expect("pids fit in i32")
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let result = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(result, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Waits up to `limit` for the child to exit.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `git daemon` serving `base` on 127.0.0.1 at a free port.
+pub struct GitDaemon {
+    pub port: u16,
+    _child: ChildGuard,
+}
+
+impl GitDaemon {
+    pub fn serve(base: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind a free loopback port")
+            .local_addr()
+            .expect("local addr")
+            .port();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", base.display()),
+                &base.display().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon starts");
+        let child = ChildGuard(child);
+        let up = wait_for(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "git daemon did not start listening on 127.0.0.1:{port}");
+        Self {
+            port,
+            _child: child,
+        }
+    }
+}
+
+/// Manifests for one environment: a ConfigMap, a Deployment and a Service in one multi-document
+/// file, plus a second file with one ConfigMap named `extra`.
+pub fn write_environment(repo: &Repo, environment: &str, replicas: u32) {
+    repo.write(
+        &format!("environments/{environment}/app.yaml"),
+        &format!(
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app-config
+data:
+  MODE: {environment}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+        - name: web
+          image: registry.example.com/web:1.0.0
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80}}]
+"#
+        ),
+    );
+    repo.write(
+        &format!("environments/{environment}/extra.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata:\n  a: \"1\"\n",
+    );
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the gitopsd binary against real git repositories and directory targets.
+
+mod bad_input;
+mod crash;
+mod daemon;
+mod diff;
+mod helpers;
+mod reconcile;
+mod validate;
