@@ -57,14 +57,20 @@ pub async fn run(config: Config, once: bool, shutdown: watch::Receiver<bool>) ->
         daemon::run(config, shutdown).await;
         return EXIT_OK;
     }
-    let report = daemon::run_once(&config).await;
+    let report = daemon::run_once(&config, shutdown).await;
     for (environment, result) in &report.environments {
         match result {
             Ok(Outcome::Unchanged { revision }) => {
                 tracing::info!(env = %environment, revision = %revision.short(), "up to date");
             }
-            Ok(Outcome::Applied { revision, changes }) => {
-                tracing::info!(env = %environment, revision = %revision.short(), changes = changes.len(), "applied");
+            Ok(Outcome::Converged { revision, changes }) => {
+                tracing::info!(env = %environment, revision = %revision.short(), changes = changes.len(), "drift put back");
+            }
+            Ok(Outcome::RolledOut { revision, changes }) => {
+                tracing::info!(env = %environment, revision = %revision.short(), changes = changes.len(), "rolled out");
+            }
+            Ok(Outcome::Held { failed, at }) => {
+                tracing::warn!(env = %environment, failed = %failed.short(), at = %at.as_ref().map_or("nothing", |r| r.short()), "holding: the branch tip failed before");
             }
             Err(_) => tracing::error!(env = %environment, "pass failed"),
         }

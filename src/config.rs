@@ -56,6 +56,70 @@ pub struct EnvironmentConfig {
     /// Namespace for namespaced objects that name none.
     pub namespace: String,
     pub prune: bool,
+    pub rollout: RolloutConfig,
+    pub health: Vec<HealthCheckConfig>,
+}
+
+/// How changes are rolled out (DESIGN §4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    /// Canary weights in percent, increasing, ending with 100 (the promotion).
+    pub steps: Vec<u8>,
+    /// How long each canary step must stay healthy.
+    pub bake: Duration,
+    /// How long a step's objects may take to become ready.
+    pub timeout: Duration,
+    /// How long checks keep running after promotion.
+    pub verify: Duration,
+    /// After a revert, commit the environment's folder back to the healthy revision and push.
+    pub revert_commit: bool,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            steps: vec![100],
+            bake: Duration::ZERO,
+            timeout: Duration::from_secs(300),
+            verify: Duration::ZERO,
+            revert_commit: false,
+        }
+    }
+}
+
+/// One health check of an environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    /// Name shown in logs, status and the journal.
+    pub name: String,
+    pub check: CheckKind,
+    pub interval: Duration,
+    /// Consecutive bad results that fail the step.
+    pub failures: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    Http {
+        url: String,
+        expect_status: u16,
+        body_contains: Option<String>,
+        timeout: Duration,
+    },
+    Prometheus {
+        url: String,
+        query: String,
+        min: Option<f64>,
+        max: Option<f64>,
+        /// Whether an empty result counts as healthy.
+        empty_is_healthy: bool,
+        timeout: Duration,
+    },
+    Exec {
+        /// Program and arguments, split like a shell would but run without one.
+        argv: Vec<String>,
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -377,6 +441,8 @@ impl Checker {
                 .string(&mut dict, &prefix, "namespace")
                 .unwrap_or_else(|| "default".into());
             let prune = self.boolean(&mut dict, &prefix, "prune").unwrap_or(true);
+            let rollout = self.rollout(&mut dict, &prefix);
+            let health = self.health_checks(&mut dict, &prefix);
             self.no_more(dict, &prefix);
             if let (Some(name), Some(path), Some(target)) = (name, path, target) {
                 environments.push(EnvironmentConfig {
@@ -385,6 +451,8 @@ impl Checker {
                     target,
                     namespace,
                     prune,
+                    rollout,
+                    health,
                 });
             }
         }
@@ -432,6 +500,222 @@ impl Checker {
         };
         self.no_more(target, &key);
         result
+    }
+}
+
+impl Checker {
+    fn number(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<f64> {
+        let value = dict.remove(key)?;
+        match value.to_f64() {
+            Some(number) if number.is_finite() => Some(number),
+            _ => {
+                self.problem(join(prefix, key), "must be a number");
+                None
+            }
+        }
+    }
+
+    fn table(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<Dict> {
+        match dict.remove(key)? {
+            Value::Dict(_, table) => Some(table),
+            _ => {
+                self.problem(join(prefix, key), "must be a table");
+                None
+            }
+        }
+    }
+
+    fn rollout(&mut self, dict: &mut Dict, prefix: &str) -> RolloutConfig {
+        let key = join(prefix, "rollout");
+        let defaults = RolloutConfig::default();
+        let Some(mut table) = self.table(dict, prefix, "rollout") else {
+            return defaults;
+        };
+        let steps = match table.remove("steps") {
+            None => defaults.steps.clone(),
+            Some(Value::Array(_, items)) => {
+                let steps: Vec<Option<u8>> = items
+                    .iter()
+                    .map(|item| item.to_u128().and_then(|n| u8::try_from(n).ok()))
+                    .collect();
+                let valid: Vec<u8> = steps.iter().flatten().copied().collect();
+                let increasing = valid.windows(2).all(|pair| pair[0] < pair[1]);
+                if valid.len() != steps.len()
+                    || !increasing
+                    || valid.first().is_some_and(|first| *first == 0)
+                    || valid.last() != Some(&100)
+                {
+                    self.problem(
+                        join(&key, "steps"),
+                        "must be increasing percentages between 1 and 100, ending with 100",
+                    );
+                    defaults.steps.clone()
+                } else {
+                    valid
+                }
+            }
+            Some(_) => {
+                self.problem(join(&key, "steps"), "must be an array like [10, 50, 100]");
+                defaults.steps.clone()
+            }
+        };
+        let bake = self
+            .duration_or_zero(&mut table, &key, "bake")
+            .unwrap_or(defaults.bake);
+        let timeout = self
+            .duration(&mut table, &key, "timeout")
+            .unwrap_or(defaults.timeout);
+        let verify = self
+            .duration_or_zero(&mut table, &key, "verify")
+            .unwrap_or(defaults.verify);
+        let revert_commit = self
+            .boolean(&mut table, &key, "revert_commit")
+            .unwrap_or(defaults.revert_commit);
+        self.no_more(table, &key);
+        RolloutConfig {
+            steps,
+            bake,
+            timeout,
+            verify,
+            revert_commit,
+        }
+    }
+
+    /// A duration that may be zero ("0s" turns a window off).
+    fn duration_or_zero(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<Duration> {
+        let text = self.string(dict, prefix, key)?;
+        match humantime::parse_duration(&text) {
+            Ok(duration) => Some(duration),
+            Err(error) => {
+                self.problem(
+                    join(prefix, key),
+                    format!("invalid duration {text:?} ({error}); use e.g. \"30s\" or \"5m\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn health_checks(&mut self, dict: &mut Dict, prefix: &str) -> Vec<HealthCheckConfig> {
+        let items = match dict.remove("health") {
+            None => return Vec::new(),
+            Some(Value::Array(_, items)) => items,
+            Some(_) => {
+                self.problem(
+                    join(prefix, "health"),
+                    "must be an array of tables ([[environment.health]])",
+                );
+                return Vec::new();
+            }
+        };
+        let mut checks = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let key = format!("{prefix}.health[{index}]");
+            let Value::Dict(_, mut table) = item else {
+                self.problem(key, "must be a table");
+                continue;
+            };
+            if let Some(check) = self.health_check(&mut table, &key) {
+                checks.push(check);
+            }
+            self.no_more(table, &key);
+        }
+        checks
+    }
+
+    fn health_check(&mut self, table: &mut Dict, key: &str) -> Option<HealthCheckConfig> {
+        let kind = self.required_string(table, key, "type");
+        let name = self.string(table, key, "name");
+        let interval = self
+            .duration(table, key, "interval")
+            .unwrap_or(Duration::from_secs(10));
+        let failures = self.unsigned(table, key, "failures").unwrap_or(3);
+        if failures == 0 {
+            self.problem(join(key, "failures"), "must be at least 1");
+        }
+        let timeout = self.duration(table, key, "timeout");
+        let check = match kind?.as_str() {
+            "http" => {
+                let url = self.required_string(table, key, "url");
+                let expect_status = self.unsigned(table, key, "expect_status").unwrap_or(200);
+                let body_contains = self.string(table, key, "body_contains");
+                if !(100..=599).contains(&expect_status) {
+                    self.problem(
+                        join(key, "expect_status"),
+                        "must be an HTTP status (100-599)",
+                    );
+                }
+                CheckKind::Http {
+                    url: url?,
+                    expect_status: u16::try_from(expect_status).unwrap_or(200),
+                    body_contains,
+                    timeout: timeout.unwrap_or(Duration::from_secs(5)),
+                }
+            }
+            "prometheus" => {
+                let url = self.required_string(table, key, "url");
+                let query = self.required_string(table, key, "query");
+                let min = self.number(table, key, "min");
+                let max = self.number(table, key, "max");
+                let empty_is_healthy = self
+                    .boolean(table, key, "empty_is_healthy")
+                    .unwrap_or(false);
+                if min.is_none() && max.is_none() {
+                    self.problem(
+                        join(key, "max"),
+                        "a prometheus check needs min, max or both",
+                    );
+                }
+                CheckKind::Prometheus {
+                    url: url?.trim_end_matches('/').to_string(),
+                    query: query?,
+                    min,
+                    max,
+                    empty_is_healthy,
+                    timeout: timeout.unwrap_or(Duration::from_secs(5)),
+                }
+            }
+            "exec" => {
+                let command = self.required_string(table, key, "command")?;
+                let argv = match shell_words::split(&command) {
+                    Ok(argv) if !argv.is_empty() => argv,
+                    Ok(_) => {
+                        self.problem(join(key, "command"), "must not be empty");
+                        return None;
+                    }
+                    Err(error) => {
+                        self.problem(
+                            join(key, "command"),
+                            format!("cannot split {command:?}: {error}"),
+                        );
+                        return None;
+                    }
+                };
+                CheckKind::Exec {
+                    argv,
+                    timeout: timeout.unwrap_or(Duration::from_secs(30)),
+                }
+            }
+            other => {
+                self.problem(
+                    join(key, "type"),
+                    format!("unknown check type {other:?}; expected \"http\", \"prometheus\" or \"exec\""),
+                );
+                table.clear();
+                return None;
+            }
+        };
+        let name = name.unwrap_or_else(|| match &check {
+            CheckKind::Http { url, .. } => format!("http {url}"),
+            CheckKind::Prometheus { query, .. } => format!("prometheus {query}"),
+            CheckKind::Exec { argv, .. } => format!("exec {}", argv.join(" ")),
+        });
+        Some(HealthCheckConfig {
+            name,
+            check,
+            interval,
+            failures: u32::try_from(failures).unwrap_or(u32::MAX).max(1),
+        })
     }
 }
 

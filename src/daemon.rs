@@ -9,9 +9,10 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::{Config, EnvironmentConfig, TargetConfig};
-use crate::executor::{self, Outcome, ReconcileError};
+use crate::executor::{EnvironmentRun, Outcome, ReconcileError};
 use crate::journal::Journal;
 use crate::model::Revision;
+use crate::probe::Prober;
 use crate::source::watch::watch_refs;
 use crate::source::{Fetched, GitSource, SourceError};
 use crate::target::DirectoryTarget;
@@ -59,11 +60,12 @@ fn log_fetched(fetched: &Fetched) {
     }
 }
 
-/// One environment's target and journal.
+/// One environment's target, journal and check runner.
 struct EnvironmentRuntime {
     config: EnvironmentConfig,
     target: DirectoryTarget,
     journal: Journal,
+    prober: Prober,
 }
 
 impl EnvironmentRuntime {
@@ -72,31 +74,37 @@ impl EnvironmentRuntime {
         let target = match &config.target {
             TargetConfig::Directory { path } => DirectoryTarget::new(path, &config.name),
         };
+        let prober = Prober::new().map_err(|e| ReconcileError::Worker(e.to_string()))?;
         Ok(Self {
             config,
             target,
             journal,
+            prober,
         })
     }
 
-    async fn reconcile(
+    async fn pass(
         &mut self,
         source: &GitSource,
-        revision: &Revision,
+        tip: &Revision,
+        shutdown: watch::Receiver<bool>,
     ) -> Result<Outcome, ReconcileError> {
-        executor::reconcile(
-            &self.config,
+        EnvironmentRun {
+            config: &self.config,
             source,
-            &self.target,
-            &mut self.journal,
-            revision,
-        )
+            target: &self.target,
+            journal: &mut self.journal,
+            prober: &self.prober,
+            shutdown,
+        }
+        .pass(tip)
         .await
     }
 }
 
-/// One fetch, then every environment reconciled concurrently.
-pub async fn run_once(config: &Config) -> PassReport {
+/// One fetch, then every environment reconciled concurrently; `shutdown` stops rollouts in
+/// flight.
+pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassReport {
     let source = GitSource::new(&config.repo, &config.state.dir);
     let (tip, fetch_error) = match fetch(&source).await {
         Ok(fetched) => {
@@ -114,12 +122,13 @@ pub async fn run_once(config: &Config) -> PassReport {
             let source = source.clone();
             let state_dir = config.state.dir.clone();
             let tip = tip.clone();
+            let shutdown = shutdown.clone();
             let span = tracing::info_span!("environment", env = %environment.name);
             tasks.spawn(
                 async move {
                     let name = environment.name.clone();
                     let result = match EnvironmentRuntime::open(environment, &state_dir) {
-                        Ok(mut runtime) => runtime.reconcile(&source, &tip).await,
+                        Ok(mut runtime) => runtime.pass(&source, &tip, shutdown).await,
                         Err(error) => Err(error),
                     };
                     if let Err(error) = &result {
@@ -239,7 +248,7 @@ async fn environment_loop(
         let Some(revision) = tips.borrow_and_update().clone() else {
             continue;
         };
-        match runtime.reconcile(&source, &revision).await {
+        match runtime.pass(&source, &revision, shutdown.clone()).await {
             Ok(_) => last_error = None,
             Err(error) => {
                 // The same failure every poll is logged once.

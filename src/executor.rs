@@ -1,15 +1,29 @@
-//! Reconciles one environment at one revision: snapshot → objects → plan → journal → target.
+//! Carries out an environment's next step: rollouts through canary steps with health checks,
+//! reverts, and in-place convergence. Every decision is journaled before it is acted on.
 
-use chrono::Utc;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use thiserror::Error;
+use tokio::sync::watch;
 
+use crate::canary::{self, CANARY_SUFFIX, RolloutSpec, StepObjects};
 use crate::config::EnvironmentConfig;
-use crate::journal::{ChangeRecord, Event, Journal, JournalError};
+use crate::health::HealthTracker;
+use crate::journal::{Baseline, ChangeRecord, Event, Journal, JournalError};
 use crate::manifest::{self, ManifestErrors, ParseOptions};
-use crate::model::Revision;
-use crate::plan::{self, Action, Change, Desired, Plan};
+use crate::model::{ANNOTATION_HASH, ANNOTATION_REVISION, Object, ResourceKey, Revision};
+use crate::plan::{self, Action, Change, Desired, Plan, stage};
+use crate::probe::Prober;
+use crate::rollout::{
+    Decision, History, Milestone, NextStep, Observation, RevertInFlight, Rollout, Timing,
+};
 use crate::source::{GitSource, SourceError};
 use crate::target::{Target, TargetError};
+
+/// How often readiness is polled while a step waits for it.
+const READINESS_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum ReconcileError {
@@ -32,6 +46,22 @@ pub enum ReconcileError {
         #[source]
         source: TargetError,
     },
+    #[error("revision {revision} failed and was reverted to {to}: {reason}")]
+    RolledBack {
+        revision: Revision,
+        to: Revision,
+        reason: String,
+    },
+    #[error("revision {revision} failed on its first deploy, with nothing to revert to: {reason}")]
+    FirstDeployFailed { revision: Revision, reason: String },
+    #[error("revert of {revision} to {to} stopped: {message}; it is retried on the next pass")]
+    Revert {
+        revision: Revision,
+        to: Revision,
+        message: String,
+    },
+    #[error("stopped by shutdown in the middle of a rollout; it is reverted and redone on restart")]
+    Interrupted,
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error("worker thread failed: {0}")]
@@ -49,15 +79,25 @@ pub enum DesiredError {
     Worker(String),
 }
 
-/// What a reconcile did.
+/// What a pass did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Live state already matched the revision.
     Unchanged { revision: Revision },
-    /// These changes were applied.
-    Applied {
+    /// Drift was put back, in place.
+    Converged {
         revision: Revision,
         changes: Vec<ChangeRecord>,
+    },
+    /// The revision rolled out and proved healthy.
+    RolledOut {
+        revision: Revision,
+        changes: Vec<ChangeRecord>,
+    },
+    /// The branch tip failed before; the environment stays at `at`.
+    Held {
+        failed: Revision,
+        at: Option<Revision>,
     },
 }
 
@@ -93,112 +133,573 @@ pub fn change_records(changes: &[Change]) -> Vec<ChangeRecord> {
         .collect()
 }
 
-/// Brings the target to `revision`. The plan is journaled before the first change and the
-/// outcome after the last, so a crash in between is visible on restart and the next pass
-/// finishes the job (the plan is recomputed from live state).
-pub async fn reconcile<T: Target>(
-    environment: &EnvironmentConfig,
-    source: &GitSource,
-    target: &T,
-    journal: &mut Journal,
-    revision: &Revision,
-) -> Result<Outcome, ReconcileError> {
-    let desired = match load_desired(source, environment, revision).await {
-        Ok(desired) => desired,
-        Err(DesiredError::Manifests(errors)) => {
-            if !journal.last_rejected_is(revision) {
-                journal.append(
-                    Event::Rejected {
+/// Everything one environment's pass works with.
+pub struct EnvironmentRun<'a, T: Target> {
+    pub config: &'a EnvironmentConfig,
+    pub source: &'a GitSource,
+    pub target: &'a T,
+    pub journal: &'a mut Journal,
+    pub prober: &'a Prober,
+    /// Turns true when the process is asked to stop.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// One step of writing: apply or delete.
+enum Write {
+    Apply(Desired),
+    Delete(ResourceKey),
+}
+
+impl Write {
+    fn key(&self) -> &ResourceKey {
+        match self {
+            Write::Apply(desired) => &desired.key,
+            Write::Delete(key) => key,
+        }
+    }
+}
+
+/// Applies in stage order, then deletes in reverse stage order.
+fn ordered(objects: StepObjects) -> Vec<Write> {
+    let mut applies = objects.apply;
+    applies.sort_by(|a, b| (stage(&a.key), &a.key).cmp(&(stage(&b.key), &b.key)));
+    let mut deletes = objects.delete;
+    deletes.sort_by(|a, b| (stage(b), b).cmp(&(stage(a), a)));
+    applies
+        .into_iter()
+        .map(Write::Apply)
+        .chain(deletes.into_iter().map(Write::Delete))
+        .collect()
+}
+
+fn step_objects(spec: &RolloutSpec, step: usize, weight: u8) -> StepObjects {
+    let mut objects = if weight < 100 {
+        canary::canary_step(spec, weight)
+    } else {
+        canary::promotion(spec)
+    };
+    if step == 0 {
+        objects.apply.extend(
+            spec.immediate
+                .iter()
+                .filter_map(|change| change.desired().cloned()),
+        );
+    }
+    objects
+}
+
+impl<T: Target> EnvironmentRun<'_, T> {
+    fn journal(&mut self, event: Event) -> Result<(), JournalError> {
+        self.journal.append(event, Utc::now()).map(|_| ())
+    }
+
+    /// Brings the environment toward the branch tip `tip`, as its journal says is next.
+    pub async fn pass(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
+        // At most: finish an interrupted revert, then act on the tip.
+        for _ in 0..2 {
+            let history = History::from_records(self.journal.records());
+            match history.next_step(tip) {
+                NextStep::Revert(revert) => {
+                    let resumed = history.reverting.is_some();
+                    self.revert(&revert, resumed).await?;
+                    if revert.failed {
+                        return Err(ReconcileError::RolledBack {
+                            revision: revert.revision,
+                            to: revert.to,
+                            reason: revert.reason,
+                        });
+                    }
+                }
+                NextStep::Hold { failed, at } => {
+                    if let Some(at) = &at {
+                        self.converge(at).await?;
+                    }
+                    return Ok(Outcome::Held { failed, at });
+                }
+                NextStep::Converge(revision) => return self.converge(&revision).await,
+                NextStep::Rollout { revision, previous } => {
+                    return self.rollout(&revision, previous).await;
+                }
+            }
+        }
+        Err(ReconcileError::Revert {
+            revision: tip.clone(),
+            to: tip.clone(),
+            message: "the journal still shows a revert in flight after finishing it".into(),
+        })
+    }
+
+    async fn desired(&mut self, revision: &Revision) -> Result<Vec<Desired>, ReconcileError> {
+        match load_desired(self.source, self.config, revision).await {
+            Ok(desired) => Ok(desired),
+            Err(DesiredError::Manifests(errors)) => {
+                if !self.journal.last_rejected_is(revision) {
+                    self.journal(Event::Rejected {
                         revision: revision.clone(),
                         problems: errors.0.iter().map(ToString::to_string).collect(),
-                    },
-                    Utc::now(),
-                )?;
+                    })?;
+                }
+                Err(ReconcileError::Rejected {
+                    revision: revision.clone(),
+                    errors,
+                })
             }
-            return Err(ReconcileError::Rejected {
+            Err(DesiredError::Source(error)) => Err(error.into()),
+            Err(DesiredError::Worker(message)) => Err(ReconcileError::Worker(message)),
+        }
+    }
+
+    async fn live(&self) -> Result<Vec<Object>, ReconcileError> {
+        self.target.list().await.map_err(ReconcileError::Live)
+    }
+
+    /// Puts back anything that differs from a healthy revision, in place.
+    async fn converge(&mut self, revision: &Revision) -> Result<Outcome, ReconcileError> {
+        let desired = self.desired(revision).await?;
+        let live = self.live().await?;
+        let plan = plan::plan(&desired, &live, self.config.prune);
+        for orphan in &plan.orphaned {
+            tracing::warn!(object = %orphan, "owned object is gone from git but prune is off; leaving it");
+        }
+        if plan.is_empty() {
+            return Ok(Outcome::Unchanged {
                 revision: revision.clone(),
-                errors,
             });
         }
-        Err(DesiredError::Source(error)) => return Err(error.into()),
-        Err(DesiredError::Worker(message)) => return Err(ReconcileError::Worker(message)),
-    };
-    let live = target.list().await.map_err(ReconcileError::Live)?;
-    let plan = plan::plan(&desired, &live, environment.prune);
-    for orphan in &plan.orphaned {
-        tracing::warn!(object = %orphan, "owned object is gone from git but prune is off; leaving it");
-    }
-    if plan.is_empty() {
-        tracing::debug!(revision = %revision.short(), unchanged = plan.unchanged, "live state matches");
-        return Ok(Outcome::Unchanged {
-            revision: revision.clone(),
-        });
-    }
-    if let Some(interrupted) = journal.interrupted() {
-        tracing::info!(interrupted = %interrupted.short(), "finishing a reconcile that was interrupted");
-    }
-    let changes = change_records(&plan.changes);
-    journal.append(
-        Event::ReconcileStarted {
+        let changes = change_records(&plan.changes);
+        self.journal(Event::ReconcileStarted {
             revision: revision.clone(),
             changes: changes.clone(),
-        },
-        Utc::now(),
-    )?;
-    tracing::info!(
-        revision = %revision.short(),
-        create = plan.count(Action::Create),
-        update = plan.count(Action::Update),
-        delete = plan.count(Action::Delete),
-        "applying"
-    );
-    if let Err((applied, source)) = apply_plan(&plan, environment, target, revision).await {
-        journal.append(
-            Event::ReconcileFailed {
+        })?;
+        tracing::info!(revision = %revision.short(), changes = changes.len(), "live state drifted; putting it back");
+        let writes = plan_writes(&plan);
+        if let Err((applied, source)) = self.write_all(&writes, |_| revision.clone()).await {
+            self.journal(Event::ReconcileFailed {
                 revision: revision.clone(),
                 applied,
                 error: source.to_string(),
-            },
-            Utc::now(),
-        )?;
-        return Err(ReconcileError::Apply {
-            revision: revision.clone(),
-            applied,
-            planned: plan.changes.len(),
-            source,
-        });
-    }
-    journal.append(
-        Event::ReconcileFinished {
+            })?;
+            return Err(ReconcileError::Apply {
+                revision: revision.clone(),
+                applied,
+                planned: writes.len(),
+                source,
+            });
+        }
+        self.journal(Event::ReconcileFinished {
             revision: revision.clone(),
             changes: changes.clone(),
-        },
-        Utc::now(),
-    )?;
-    tracing::info!(revision = %revision.short(), changes = changes.len(), "reconciled");
-    Ok(Outcome::Applied {
-        revision: revision.clone(),
-        changes,
-    })
+        })?;
+        Ok(Outcome::Converged {
+            revision: revision.clone(),
+            changes,
+        })
+    }
+
+    /// Writes in order, stamping each object with the revision `revision_of` gives; on error
+    /// returns how many writes were done.
+    async fn write_all(
+        &self,
+        writes: &[Write],
+        revision_of: impl Fn(&Desired) -> Revision,
+    ) -> Result<(), (usize, TargetError)> {
+        for (done, write) in writes.iter().enumerate() {
+            let result = match write {
+                Write::Apply(desired) => {
+                    let body = desired.stamped(&self.config.name, &revision_of(desired));
+                    self.target.apply(&desired.key, &body).await
+                }
+                Write::Delete(key) => self.target.delete(key).await,
+            };
+            result.map_err(|error| (done, error))?;
+            let action = if matches!(write, Write::Apply(_)) {
+                "apply"
+            } else {
+                "delete"
+            };
+            tracing::debug!(action, object = %write.key(), "written");
+        }
+        Ok(())
+    }
+
+    async fn rollout(
+        &mut self,
+        revision: &Revision,
+        previous: Option<Revision>,
+    ) -> Result<Outcome, ReconcileError> {
+        let desired = self.desired(revision).await?;
+        let live = self.live().await?;
+        let plan = plan::plan(&desired, &live, self.config.prune);
+        for orphan in &plan.orphaned {
+            tracing::warn!(object = %orphan, "owned object is gone from git but prune is off; leaving it");
+        }
+        if plan.is_empty() {
+            // Nothing to roll out (e.g. a commit outside this environment's folder).
+            self.journal(Event::Healthy {
+                revision: revision.clone(),
+            })?;
+            return Ok(Outcome::Unchanged {
+                revision: revision.clone(),
+            });
+        }
+        let spec = canary::split(&plan, &desired, &live);
+        let steps = if spec.has_canaries() {
+            self.config.rollout.steps.clone()
+        } else {
+            vec![100]
+        };
+        let changes = change_records(&plan.changes);
+        let marks = baseline(&plan, &spec, &live);
+        let canaries: Vec<String> = spec
+            .canaries
+            .iter()
+            .map(|unit| unit.desired.key.to_string())
+            .collect();
+        self.journal(Event::RolloutStarted {
+            revision: revision.clone(),
+            previous: previous.clone(),
+            steps: steps.clone(),
+            changes: changes.clone(),
+            canaries: canaries.clone(),
+            baseline: marks.clone(),
+        })?;
+        tracing::info!(
+            env = %self.config.name,
+            revision = %revision.short(),
+            steps = ?steps,
+            canaries = ?canaries,
+            changes = changes.len(),
+            "rollout started"
+        );
+        let timing = Timing {
+            bake: self.config.rollout.bake,
+            timeout: self.config.rollout.timeout,
+            verify: self.config.rollout.verify,
+        };
+        let mut rollout = Rollout::new(steps, timing);
+        let mut tracker = HealthTracker::new(&self.config.health);
+        let mut step_keys: Vec<ResourceKey> = Vec::new();
+        let mut decision = rollout.decision();
+        loop {
+            let (milestone, next) = match decision {
+                Decision::ApplyStep { step, weight } => {
+                    self.journal(Event::StepStarted {
+                        revision: revision.clone(),
+                        step,
+                        weight,
+                    })?;
+                    tracing::info!(env = %self.config.name, revision = %revision.short(), step = step + 1, weight, "step started");
+                    let writes = ordered(step_objects(&spec, step, weight));
+                    step_keys = writes
+                        .iter()
+                        .filter_map(|w| match w {
+                            Write::Apply(desired) => Some(desired.key.clone()),
+                            Write::Delete(_) => None,
+                        })
+                        .collect();
+                    match self.write_all(&writes, |_| revision.clone()).await {
+                        Ok(()) => rollout.observe(Observation::Applied, Utc::now()),
+                        Err((applied, error)) => {
+                            let reason = format!(
+                                "step {} ({weight}%): {applied} of {} writes done, then: {error}",
+                                step + 1,
+                                writes.len()
+                            );
+                            (
+                                Some(Milestone::Failed {
+                                    reason: reason.clone(),
+                                }),
+                                Decision::Revert { reason },
+                            )
+                        }
+                    }
+                }
+                Decision::AwaitReady { deadline } => {
+                    let observation = self.readiness(&step_keys, deadline).await?;
+                    rollout.observe(observation, Utc::now())
+                }
+                Decision::Watch { until } => {
+                    let observation = self.watch_checks(&mut tracker, revision, until).await?;
+                    rollout.observe(observation, Utc::now())
+                }
+                Decision::Succeed => {
+                    self.journal(Event::Healthy {
+                        revision: revision.clone(),
+                    })?;
+                    tracing::info!(env = %self.config.name, revision = %revision.short(), "rollout healthy");
+                    return Ok(Outcome::RolledOut {
+                        revision: revision.clone(),
+                        changes,
+                    });
+                }
+                Decision::Revert { reason } => {
+                    self.journal(Event::RolloutFailed {
+                        revision: revision.clone(),
+                        reason: reason.clone(),
+                    })?;
+                    tracing::error!(env = %self.config.name, revision = %revision.short(), %reason, "rollout failed");
+                    let Some(to) = previous else {
+                        tracing::error!(env = %self.config.name, revision = %revision.short(), "first deploy failed: nothing to revert to; holding");
+                        return Err(ReconcileError::FirstDeployFailed {
+                            revision: revision.clone(),
+                            reason,
+                        });
+                    };
+                    let revert = RevertInFlight {
+                        revision: revision.clone(),
+                        to: to.clone(),
+                        reason: reason.clone(),
+                        failed: true,
+                        baseline: marks.clone(),
+                    };
+                    self.revert(&revert, false).await?;
+                    return Err(ReconcileError::RolledBack {
+                        revision: revision.clone(),
+                        to,
+                        reason,
+                    });
+                }
+            };
+            match milestone {
+                Some(Milestone::StepPassed { step, weight }) => {
+                    self.journal(Event::StepPassed {
+                        revision: revision.clone(),
+                        step,
+                        weight,
+                    })?;
+                    tracing::info!(env = %self.config.name, revision = %revision.short(), step = step + 1, weight, "step passed");
+                }
+                Some(Milestone::Promoted) => {
+                    self.journal(Event::Promoted {
+                        revision: revision.clone(),
+                    })?;
+                    tracing::info!(env = %self.config.name, revision = %revision.short(), "promoted; verifying");
+                }
+                Some(Milestone::Failed { .. } | Milestone::Succeeded) | None => {}
+            }
+            decision = next;
+        }
+    }
+
+    /// Sleeps until `until` or shutdown; false on shutdown.
+    async fn sleep_until(&mut self, until: DateTime<Utc>) -> bool {
+        let wait = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = self.shutdown.changed() => false,
+        }
+    }
+
+    async fn readiness(
+        &mut self,
+        keys: &[ResourceKey],
+        deadline: DateTime<Utc>,
+    ) -> Result<Observation, ReconcileError> {
+        let not_ready = self
+            .target
+            .not_ready(keys)
+            .await
+            .map_err(ReconcileError::Live)?;
+        if not_ready.is_empty() {
+            return Ok(Observation::Ready);
+        }
+        let now = Utc::now();
+        if now < deadline {
+            let next = (now + chrono::Duration::from_std(READINESS_POLL).unwrap_or_default())
+                .min(deadline);
+            if !self.sleep_until(next).await {
+                return Err(ReconcileError::Interrupted);
+            }
+        }
+        Ok(Observation::NotReady {
+            detail: not_ready.join("; "),
+        })
+    }
+
+    /// Runs every check at its interval until `until`; returns at the first check that
+    /// reaches its failure threshold, else a tick once `until` has come.
+    async fn watch_checks(
+        &mut self,
+        tracker: &mut HealthTracker,
+        revision: &Revision,
+        until: DateTime<Utc>,
+    ) -> Result<Observation, ReconcileError> {
+        let checks = self.config.health.clone();
+        let mut due: Vec<DateTime<Utc>> = vec![Utc::now(); checks.len()];
+        loop {
+            let now = Utc::now();
+            for (index, check) in checks.iter().enumerate() {
+                if due[index] > now || now >= until {
+                    continue;
+                }
+                let result = self.prober.run(check).await;
+                due[index] =
+                    Utc::now() + chrono::Duration::from_std(check.interval).unwrap_or_default();
+                if let crate::health::CheckResult::Unhealthy(detail) = &result {
+                    tracing::warn!(env = %self.config.name, revision = %revision.short(), check = %check.name, %detail, "check unhealthy");
+                }
+                if let Some(failure) = tracker.record(index, &result) {
+                    self.journal(Event::CheckFailed {
+                        revision: revision.clone(),
+                        check: failure.check.clone(),
+                        detail: failure.detail.clone(),
+                    })?;
+                    return Ok(Observation::CheckFailed(failure));
+                }
+            }
+            let now = Utc::now();
+            if now >= until {
+                return Ok(Observation::Tick);
+            }
+            let next = due.iter().copied().min().unwrap_or(until).min(until);
+            if !self.sleep_until(next).await {
+                return Err(ReconcileError::Interrupted);
+            }
+        }
+    }
+
+    /// Returns the environment to `revert.to` at once: canary objects and objects the bad
+    /// revision created are deleted, everything else restored from git with the marks it had.
+    async fn revert(
+        &mut self,
+        revert: &RevertInFlight,
+        resumed: bool,
+    ) -> Result<(), ReconcileError> {
+        if !resumed {
+            self.journal(Event::RevertStarted {
+                revision: revert.revision.clone(),
+                to: revert.to.clone(),
+                reason: revert.reason.clone(),
+                failed: revert.failed,
+            })?;
+        }
+        tracing::warn!(env = %self.config.name, revision = %revert.revision.short(), to = %revert.to.short(), reason = %revert.reason, "reverting");
+        let revert_error = |message: String| ReconcileError::Revert {
+            revision: revert.revision.clone(),
+            to: revert.to.clone(),
+            message,
+        };
+        let desired = match load_desired(self.source, self.config, &revert.to).await {
+            Ok(desired) => desired,
+            Err(error) => return Err(revert_error(error.to_string())),
+        };
+        let live = self.live().await?;
+        let plan = plan::plan(&desired, &live, true);
+        let live_by_key: BTreeMap<&ResourceKey, &Object> =
+            live.iter().map(|object| (&object.key, object)).collect();
+        let writes: Vec<Write> = plan_writes(&plan)
+            .into_iter()
+            .filter(|write| match write {
+                Write::Apply(_) => true,
+                // Without prune, only what this rollout made goes.
+                Write::Delete(key) => {
+                    self.config.prune
+                        || key.name.ends_with(CANARY_SUFFIX)
+                        || live_by_key
+                            .get(key)
+                            .and_then(|o| o.annotation(ANNOTATION_REVISION))
+                            == Some(revert.revision.0.as_str())
+                }
+            })
+            .collect();
+        let marks: BTreeMap<&str, (&Revision, &str)> = revert
+            .baseline
+            .iter()
+            .map(|b| (b.object.as_str(), (&b.revision, b.hash.as_str())))
+            .collect();
+        let stamp = |desired: &Desired| match marks.get(desired.key.to_string().as_str()) {
+            Some((revision, hash)) if *hash == desired.hash => (*revision).clone(),
+            _ => revert.to.clone(),
+        };
+        if let Err((applied, error)) = self.write_all(&writes, stamp).await {
+            return Err(revert_error(format!(
+                "{applied} of {} writes done, then: {error}",
+                writes.len()
+            )));
+        }
+        self.journal(Event::Reverted {
+            revision: revert.revision.clone(),
+            to: revert.to.clone(),
+        })?;
+        tracing::warn!(env = %self.config.name, revision = %revert.revision.short(), to = %revert.to.short(), "reverted");
+        if revert.failed && self.config.rollout.revert_commit {
+            self.push_revert_commit(revert).await?;
+        }
+        Ok(())
+    }
+
+    async fn push_revert_commit(&mut self, revert: &RevertInFlight) -> Result<(), ReconcileError> {
+        let source = self.source.clone();
+        let path = self.config.path.clone();
+        let message = format!(
+            "Revert {} to {}\n\ngitopsd reverted environment {} because revision {} failed:\n{}\n",
+            path,
+            revert.to.short(),
+            self.config.name,
+            revert.revision,
+            revert.reason
+        );
+        let healthy = revert.to.clone();
+        let pushed = tokio::task::spawn_blocking(move || {
+            source.push_revert_commit(&path, &healthy, &message)
+        })
+        .await
+        .map_err(|e| ReconcileError::Worker(e.to_string()))?;
+        match pushed {
+            Ok(Some(commit)) => {
+                tracing::info!(env = %self.config.name, commit = %commit.short(), "revert commit pushed");
+                self.journal(Event::RevertCommitted {
+                    revision: revert.revision.clone(),
+                    commit,
+                })?;
+            }
+            Ok(None) => {
+                tracing::info!(env = %self.config.name, "the branch already holds the healthy manifests; no revert commit needed");
+            }
+            // The revert itself stands; the commit is a courtesy to git's history.
+            Err(error) => {
+                tracing::error!(env = %self.config.name, %error, "revert commit not pushed")
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Carries out the plan in order; on error returns how many changes were done.
-async fn apply_plan<T: Target>(
-    plan: &Plan,
-    environment: &EnvironmentConfig,
-    target: &T,
-    revision: &Revision,
-) -> Result<(), (usize, TargetError)> {
-    for (done, change) in plan.changes.iter().enumerate() {
-        let result = match change.desired() {
-            Some(desired) => {
-                let body = desired.stamped(&environment.name, revision);
-                target.apply(&desired.key, &body).await
+/// A plan's changes as ordered writes.
+fn plan_writes(plan: &Plan) -> Vec<Write> {
+    plan.changes
+        .iter()
+        .map(|change| match change {
+            Change::Create { desired } | Change::Update { desired, .. } => {
+                Write::Apply(desired.clone())
             }
-            None => target.delete(change.key()).await,
-        };
-        result.map_err(|error| (done, error))?;
-        tracing::info!(action = change.action().verb(), object = %change.key(), "changed");
-    }
-    Ok(())
+            Change::Delete { key, .. } => Write::Delete(key.clone()),
+        })
+        .collect()
+}
+
+/// How the objects a rollout will touch are marked now, so a revert can restore the marks.
+fn baseline(plan: &Plan, spec: &RolloutSpec, live: &[Object]) -> Vec<Baseline> {
+    let mut touched: Vec<&ResourceKey> = plan
+        .changes
+        .iter()
+        .filter(|change| change.action() != Action::Create)
+        .map(Change::key)
+        .collect();
+    touched.extend(spec.canaries.iter().map(|unit| &unit.desired.key));
+    let live_by_key: BTreeMap<&ResourceKey, &Object> =
+        live.iter().map(|object| (&object.key, object)).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    touched
+        .into_iter()
+        .filter(|key| seen.insert(*key))
+        .filter_map(|key| {
+            let object = live_by_key.get(key)?;
+            Some(Baseline {
+                object: key.to_string(),
+                revision: Revision(object.annotation(ANNOTATION_REVISION)?.to_string()),
+                hash: object.annotation(ANNOTATION_HASH)?.to_string(),
+            })
+        })
+        .collect()
 }

@@ -47,6 +47,64 @@ pub enum Event {
         applied: usize,
         error: String,
     },
+    /// A new revision starts rolling out. `previous` is the last healthy revision, which a
+    /// revert returns to; `baseline` is how the objects it touches were marked before.
+    RolloutStarted {
+        revision: Revision,
+        previous: Option<Revision>,
+        steps: Vec<u8>,
+        changes: Vec<ChangeRecord>,
+        /// Deployments that get canaries.
+        canaries: Vec<String>,
+        baseline: Vec<Baseline>,
+    },
+    /// About to write the objects of a step (weight 100 is the promotion).
+    StepStarted {
+        revision: Revision,
+        step: usize,
+        weight: u8,
+    },
+    /// A canary step stayed ready and healthy for its bake time.
+    StepPassed {
+        revision: Revision,
+        step: usize,
+        weight: u8,
+    },
+    /// The promotion is written and ready; the verify window starts.
+    Promoted { revision: Revision },
+    /// A check reached its failure threshold.
+    CheckFailed {
+        revision: Revision,
+        check: String,
+        detail: String,
+    },
+    /// The revision failed; it is never applied again.
+    RolloutFailed { revision: Revision, reason: String },
+    /// About to put the environment back to `to`. `failed` is false when undoing a rollout
+    /// that a restart interrupted.
+    RevertStarted {
+        revision: Revision,
+        to: Revision,
+        reason: String,
+        failed: bool,
+    },
+    /// The environment is back at `to`.
+    Reverted { revision: Revision, to: Revision },
+    /// A commit restoring the environment's folder to the healthy revision was pushed.
+    RevertCommitted {
+        revision: Revision,
+        commit: Revision,
+    },
+    /// The revision finished its rollout and verify window healthy.
+    Healthy { revision: Revision },
+}
+
+/// How an object was marked before a rollout touched it (absent: it did not exist).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub object: String,
+    pub revision: Revision,
+    pub hash: String,
 }
 
 impl Event {
@@ -56,6 +114,16 @@ impl Event {
             Event::ReconcileStarted { .. } => "reconcile_started",
             Event::ReconcileFinished { .. } => "reconcile_finished",
             Event::ReconcileFailed { .. } => "reconcile_failed",
+            Event::RolloutStarted { .. } => "rollout_started",
+            Event::StepStarted { .. } => "step_started",
+            Event::StepPassed { .. } => "step_passed",
+            Event::Promoted { .. } => "promoted",
+            Event::CheckFailed { .. } => "check_failed",
+            Event::RolloutFailed { .. } => "rollout_failed",
+            Event::RevertStarted { .. } => "revert_started",
+            Event::Reverted { .. } => "reverted",
+            Event::RevertCommitted { .. } => "revert_committed",
+            Event::Healthy { .. } => "healthy",
         }
     }
 
@@ -64,7 +132,17 @@ impl Event {
             Event::Rejected { revision, .. }
             | Event::ReconcileStarted { revision, .. }
             | Event::ReconcileFinished { revision, .. }
-            | Event::ReconcileFailed { revision, .. } => revision,
+            | Event::ReconcileFailed { revision, .. }
+            | Event::RolloutStarted { revision, .. }
+            | Event::StepStarted { revision, .. }
+            | Event::StepPassed { revision, .. }
+            | Event::Promoted { revision }
+            | Event::CheckFailed { revision, .. }
+            | Event::RolloutFailed { revision, .. }
+            | Event::RevertStarted { revision, .. }
+            | Event::Reverted { revision, .. }
+            | Event::RevertCommitted { revision, .. }
+            | Event::Healthy { revision } => revision,
         }
     }
 }

@@ -1,15 +1,19 @@
 //! gitopsd: a GitOps reconciler daemon. Git → desired objects → plan → target, journaled.
 
+pub mod canary;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod diff;
 pub mod executor;
+pub mod health;
 pub mod journal;
 pub mod manifest;
 pub mod model;
 pub mod plan;
 pub mod preview;
+pub mod probe;
+pub mod rollout;
 pub mod source;
 pub mod target;

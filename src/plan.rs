@@ -22,13 +22,14 @@ pub struct Desired {
 
 impl Desired {
     pub fn new(object: &Object) -> Self {
-        let body = diff::normalize(&object.body);
+        Self::from_body(object.key.clone(), object.body.clone())
+    }
+
+    /// Normalizes and hashes a body built by gitopsd itself (canary objects, scaled stables).
+    pub fn from_body(key: ResourceKey, body: Value) -> Self {
+        let body = diff::normalize(&body);
         let hash = diff::content_hash(&body);
-        Self {
-            key: object.key.clone(),
-            body,
-            hash,
-        }
+        Self { key, body, hash }
     }
 
     /// The body to apply: the normalized body plus gitopsd's ownership marks.

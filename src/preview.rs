@@ -99,6 +99,46 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
             Event::ReconcileFailed { applied, error, .. } => {
                 writeln!(out, "      after {applied} changes: {error}")?;
             }
+            Event::RolloutStarted {
+                previous,
+                steps,
+                changes,
+                canaries,
+                ..
+            } => {
+                let from = previous
+                    .as_ref()
+                    .map_or("nothing (first deploy)", |p| p.short());
+                let steps: Vec<String> = steps.iter().map(|w| format!("{w}%")).collect();
+                writeln!(out, "      from {from}, steps {}", steps.join(" → "))?;
+                for canary in canaries {
+                    writeln!(out, "      canary for {canary}")?;
+                }
+                for change in changes {
+                    writeln!(
+                        out,
+                        "      {} {} {}",
+                        change.action.sign(),
+                        change.action.verb(),
+                        change.object
+                    )?;
+                }
+            }
+            Event::StepStarted { step, weight, .. } | Event::StepPassed { step, weight, .. } => {
+                writeln!(out, "      step {} ({weight}%)", step + 1)?;
+            }
+            Event::CheckFailed { check, detail, .. } => {
+                writeln!(out, "      {check}: {detail}")?;
+            }
+            Event::RolloutFailed { reason, .. } => writeln!(out, "      {reason}")?,
+            Event::RevertStarted { to, reason, .. } => {
+                writeln!(out, "      back to {}: {reason}", to.short())?;
+            }
+            Event::Reverted { to, .. } => writeln!(out, "      at {}", to.short())?,
+            Event::RevertCommitted { commit, .. } => {
+                writeln!(out, "      pushed revert commit {}", commit.short())?;
+            }
+            Event::Promoted { .. } | Event::Healthy { .. } => {}
         }
     }
     Ok(())

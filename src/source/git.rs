@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+use base64::Engine as _;
 use gix::remote::Direction;
 use thiserror::Error;
 
@@ -34,6 +35,10 @@ pub enum SourceError {
         revision: Revision,
         message: String,
     },
+    #[error("cannot write the revert commit: {message}")]
+    Commit { message: String },
+    #[error("git push to {url} failed: {message}")]
+    Push { url: String, message: String },
     #[error("cannot read token file {}: {source}", path.display())]
     TokenFile {
         path: PathBuf,
@@ -251,6 +256,115 @@ impl GitSource {
             .find_map(|spec| repo.rev_parse_single(spec.as_str()).ok())
             .map(|id| Revision(id.to_string()))
             .ok_or_else(unknown)
+    }
+
+    /// Commits, on top of the branch tip, the tree of `path` as it was at `healthy`, and pushes
+    /// that commit to the branch with `git push` (gix cannot push). Returns `None` when the tip
+    /// already holds those manifests. The push is a fast-forward only: if the branch moved
+    /// meanwhile it is refused and reported.
+    pub fn push_revert_commit(
+        &self,
+        path: &str,
+        healthy: &Revision,
+        message: &str,
+    ) -> Result<Option<Revision>, SourceError> {
+        let tip = self.fetch()?.tip;
+        let repo = self.open()?;
+        let commit_error = |message: String| SourceError::Commit { message };
+        let tree_of = |revision: &Revision| -> Result<gix::Tree<'_>, SourceError> {
+            let id = gix::ObjectId::from_hex(revision.0.as_bytes())
+                .map_err(|e| commit_error(e.to_string()))?;
+            repo.find_commit(id)
+                .and_then(|commit| commit.tree())
+                .map_err(|e| commit_error(format!("{revision}: {e}")))
+        };
+        let tip_tree = tree_of(&tip)?;
+        let healthy_tree = tree_of(healthy)?;
+        let entry_id = |tree: &gix::Tree<'_>| -> Result<Option<gix::ObjectId>, SourceError> {
+            tree.lookup_entry_by_path(path)
+                .map(|entry| entry.map(|entry| entry.object_id()))
+                .map_err(|e| commit_error(e.to_string()))
+        };
+        let wanted = entry_id(&healthy_tree)?;
+        if entry_id(&tip_tree)? == wanted {
+            return Ok(None);
+        }
+        let mut editor = repo
+            .edit_tree(tip_tree.id)
+            .map_err(|e| commit_error(e.to_string()))?;
+        match wanted {
+            Some(id) => editor.upsert(path, gix::object::tree::EntryKind::Tree, id),
+            None => editor.remove(path),
+        }
+        .map_err(|e| commit_error(e.to_string()))?;
+        let tree = editor.write().map_err(|e| commit_error(e.to_string()))?;
+        let signature = gix::actor::Signature {
+            name: "gitopsd".into(),
+            email: "gitopsd@localhost".into(),
+            time: gix::date::Time::now_utc(),
+        };
+        let tip_id =
+            gix::ObjectId::from_hex(tip.0.as_bytes()).map_err(|e| commit_error(e.to_string()))?;
+        let commit = gix::objs::Commit {
+            tree: tree.detach(),
+            parents: vec![tip_id].into(),
+            author: signature.clone(),
+            committer: signature,
+            encoding: None,
+            message: message.into(),
+            extra_headers: Vec::new(),
+        };
+        let id = repo
+            .write_object(&commit)
+            .map_err(|e| commit_error(e.to_string()))?
+            .detach();
+        let mut push = std::process::Command::new("git");
+        push.arg("-C")
+            .arg(&self.mirror)
+            .args(["push", "--quiet", "--porcelain"])
+            .arg(&self.url)
+            .arg(format!("{id}:refs/heads/{}", self.branch))
+            .env("GIT_TERMINAL_PROMPT", "0");
+        match &self.auth {
+            Auth::Anonymous => {}
+            Auth::SshKey(key) => {
+                push.env(
+                    "GIT_SSH_COMMAND",
+                    format!(
+                        "ssh -i '{}' -o IdentitiesOnly=yes -o BatchMode=yes",
+                        key.display()
+                    ),
+                );
+            }
+            Auth::Token { username, file } => {
+                let token =
+                    std::fs::read_to_string(file).map_err(|source| SourceError::TokenFile {
+                        path: file.clone(),
+                        source,
+                    })?;
+                // Passed through the environment, not argv, so it does not show in `ps`.
+                let header = format!(
+                    "Authorization: Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{}", token.trim()))
+                );
+                push.env("GIT_CONFIG_COUNT", "1")
+                    .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                    .env("GIT_CONFIG_VALUE_0", header);
+            }
+        }
+        let output = push.output().map_err(|e| SourceError::Push {
+            url: self.url.clone(),
+            message: format!("cannot run git: {e}"),
+        })?;
+        if !output.status.success() {
+            return Err(SourceError::Push {
+                url: self.url.clone(),
+                message: String::from_utf8_lossy(&output.stderr).trim().to_string()
+                    + String::from_utf8_lossy(&output.stdout).trim(),
+            });
+        }
+        Ok(Some(Revision(id.to_string())))
     }
 
     /// Reads the manifest files under `path` at `revision`, recursively, in sorted order.

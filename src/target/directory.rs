@@ -75,6 +75,15 @@ impl Target for DirectoryTarget {
         self.blocking(move |root, environment| delete_object(root, environment, &key))
             .await
     }
+
+    /// A file is ready once written: there is nothing behind it to wait for.
+    async fn not_ready(&self, keys: &[ResourceKey]) -> Result<Vec<String>, TargetError> {
+        Ok(keys
+            .iter()
+            .filter(|key| !Self::path_of(&self.root, key).is_file())
+            .map(|key| format!("{key}: not written"))
+            .collect())
+    }
 }
 
 fn object_error(operation: &'static str, key: &ResourceKey, message: String) -> TargetError {

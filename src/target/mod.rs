@@ -36,4 +36,9 @@ pub trait Target: Send + Sync {
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
     /// Deletes an owned object; deleting one that is already gone succeeds.
     fn delete(&self, key: &ResourceKey) -> impl Future<Output = Result<(), TargetError>> + Send;
+    /// Which of `keys` are not ready yet, each with the reason; empty when all are.
+    fn not_ready(
+        &self,
+        keys: &[ResourceKey],
+    ) -> impl Future<Output = Result<Vec<String>, TargetError>> + Send;
 }

@@ -1,0 +1,526 @@
+//! Canary plumbing (pure): which Deployments get canaries, and the objects each step needs.
+//!
+//! A Deployment whose pod template changed, or whose referenced ConfigMap/Secret changed, is
+//! not updated in place. At a step of weight w, `<name>-canary` runs the new template with
+//! round(w% × N) replicas (at least 1) and the stable Deployment keeps the old template with
+//! the rest. The canary's selector and pod labels add `gitopsd.io/track: canary`, so the two
+//! Deployments never select each other's pods while a Service on the app labels selects both.
+//! Changed ConfigMaps/Secrets the workload uses reach only the canary, as `<name>-canary`
+//! copies, until promotion.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value};
+
+use crate::model::{Object, ResourceKey};
+use crate::plan::{Action, Change, Desired, Plan};
+
+/// Suffix of every canary object's name.
+pub const CANARY_SUFFIX: &str = "-canary";
+/// Pod and selector label that sets canary pods apart.
+pub const LABEL_TRACK: &str = "gitopsd.io/track";
+
+/// One Deployment rolled out through canary steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryUnit {
+    /// The live Deployment before the rollout (normalized).
+    pub stable_live: Value,
+    /// The Deployment as the revision wants it.
+    pub desired: Desired,
+    /// Replicas the revision asks for (N).
+    pub replicas: u32,
+    /// Changed ConfigMaps/Secrets the new template references.
+    pub configs: BTreeSet<ResourceKey>,
+}
+
+/// A plan split into what a rollout does when.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RolloutSpec {
+    /// Creates and updates with no canary meaning: applied with the first step.
+    pub immediate: Vec<Change>,
+    pub canaries: Vec<CanaryUnit>,
+    /// Changed configs used by canaries: copied during steps, applied at promotion.
+    pub held: Vec<Desired>,
+    /// Deletions: carried out at promotion, once nothing stable can still use them.
+    pub deferred: Vec<Change>,
+}
+
+impl RolloutSpec {
+    pub fn has_canaries(&self) -> bool {
+        !self.canaries.is_empty()
+    }
+}
+
+/// Objects to write and delete for one step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepObjects {
+    pub apply: Vec<Desired>,
+    pub delete: Vec<ResourceKey>,
+}
+
+fn is_deployment(key: &ResourceKey) -> bool {
+    key.group == "apps" && key.kind == "Deployment"
+}
+
+fn is_config(key: &ResourceKey) -> bool {
+    key.group.is_empty() && (key.kind == "ConfigMap" || key.kind == "Secret")
+}
+
+/// The canary twin of a key.
+pub fn canary_key(key: &ResourceKey) -> ResourceKey {
+    ResourceKey {
+        name: format!("{}{CANARY_SUFFIX}", key.name),
+        ..key.clone()
+    }
+}
+
+/// Replicas of the canary at `weight` percent of `replicas`: rounded, at least 1, at most all.
+pub fn canary_replicas(weight: u8, replicas: u32) -> u32 {
+    let rounded = (u64::from(weight) * u64::from(replicas) + 50) / 100;
+    u32::try_from(rounded)
+        .unwrap_or(replicas)
+        .clamp(1, replicas.max(1))
+}
+
+fn replicas_of(body: &Value) -> u32 {
+    body.pointer("/spec/replicas")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1)
+}
+
+/// Calls `visit(kind, name)` for every ConfigMap/Secret name a pod template refers to.
+fn for_each_config_ref(template: &mut Value, visit: &mut dyn FnMut(&str, &mut Value)) {
+    let Some(spec) = template.get_mut("spec") else {
+        return;
+    };
+    for list in ["containers", "initContainers"] {
+        let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for container in containers {
+            if let Some(sources) = container.get_mut("envFrom").and_then(Value::as_array_mut) {
+                for source in sources {
+                    visit_field(source, "/configMapRef/name", "ConfigMap", visit);
+                    visit_field(source, "/secretRef/name", "Secret", visit);
+                }
+            }
+            if let Some(vars) = container.get_mut("env").and_then(Value::as_array_mut) {
+                for var in vars {
+                    visit_field(var, "/valueFrom/configMapKeyRef/name", "ConfigMap", visit);
+                    visit_field(var, "/valueFrom/secretKeyRef/name", "Secret", visit);
+                }
+            }
+        }
+    }
+    if let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+        for volume in volumes {
+            visit_field(volume, "/configMap/name", "ConfigMap", visit);
+            visit_field(volume, "/secret/secretName", "Secret", visit);
+            if let Some(sources) = volume
+                .pointer_mut("/projected/sources")
+                .and_then(Value::as_array_mut)
+            {
+                for source in sources {
+                    visit_field(source, "/configMap/name", "ConfigMap", visit);
+                    visit_field(source, "/secret/name", "Secret", visit);
+                }
+            }
+        }
+    }
+}
+
+fn visit_field(
+    value: &mut Value,
+    pointer: &str,
+    kind: &str,
+    visit: &mut dyn FnMut(&str, &mut Value),
+) {
+    if let Some(field) = value.pointer_mut(pointer)
+        && field.is_string()
+    {
+        visit(kind, field);
+    }
+}
+
+/// ConfigMaps and Secrets a Deployment's pod template refers to, as keys in its namespace.
+pub fn referenced_configs(deployment: &Desired) -> BTreeSet<ResourceKey> {
+    let mut found = BTreeSet::new();
+    let mut template = deployment
+        .body
+        .pointer("/spec/template")
+        .cloned()
+        .unwrap_or(Value::Null);
+    for_each_config_ref(&mut template, &mut |kind, name| {
+        if let Some(name) = name.as_str() {
+            found.insert(ResourceKey {
+                group: String::new(),
+                kind: kind.to_string(),
+                namespace: deployment.key.namespace.clone(),
+                name: name.to_string(),
+            });
+        }
+    });
+    found
+}
+
+/// Splits a plan into immediate changes, canary units, held configs and deferred deletions.
+pub fn split(plan: &Plan, desired: &[Desired], live: &[Object]) -> RolloutSpec {
+    let config_updates: BTreeMap<&ResourceKey, &Desired> = plan
+        .changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::Update { desired, .. } if is_config(&desired.key) => {
+                Some((&desired.key, desired))
+            }
+            _ => None,
+        })
+        .collect();
+    let live_by_key: BTreeMap<&ResourceKey, &Object> =
+        live.iter().map(|object| (&object.key, object)).collect();
+
+    let mut canaries = Vec::new();
+    let mut held_keys = BTreeSet::new();
+    for wanted in desired.iter().filter(|d| is_deployment(&d.key)) {
+        let Some(current) = live_by_key.get(&wanted.key) else {
+            continue; // a new Deployment has nothing to compare with: created as is
+        };
+        let stable_live = crate::diff::normalize(&current.body);
+        let template_changed =
+            stable_live.pointer("/spec/template") != wanted.body.pointer("/spec/template");
+        let configs: BTreeSet<ResourceKey> = referenced_configs(wanted)
+            .into_iter()
+            .filter(|key| config_updates.contains_key(key))
+            .collect();
+        if template_changed || !configs.is_empty() {
+            held_keys.extend(configs.iter().cloned());
+            canaries.push(CanaryUnit {
+                stable_live,
+                desired: wanted.clone(),
+                replicas: replicas_of(&wanted.body),
+                configs,
+            });
+        }
+    }
+    let canary_keys: BTreeSet<&ResourceKey> = canaries.iter().map(|u| &u.desired.key).collect();
+    let mut immediate = Vec::new();
+    let mut deferred = Vec::new();
+    for change in &plan.changes {
+        if change.action() == Action::Delete {
+            deferred.push(change.clone());
+        } else if !canary_keys.contains(change.key()) && !held_keys.contains(change.key()) {
+            immediate.push(change.clone());
+        }
+    }
+    let held = held_keys
+        .iter()
+        .filter_map(|key| config_updates.get(key).map(|d| (*d).clone()))
+        .collect();
+    RolloutSpec {
+        immediate,
+        canaries,
+        held,
+        deferred,
+    }
+}
+
+fn with_name(body: &Value, name: &str) -> Value {
+    let mut body = body.clone();
+    if let Some(metadata) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.insert("name".into(), Value::String(name.to_string()));
+    }
+    body
+}
+
+fn insert_label(value: &mut Value, pointer: &str) {
+    let parent_pointer = pointer.rsplit_once('/').map_or("", |(parent, _)| parent);
+    let field = pointer.rsplit_once('/').map_or(pointer, |(_, field)| field);
+    if value
+        .pointer(parent_pointer)
+        .is_none_or(|parent| !parent.is_object())
+    {
+        return;
+    }
+    let parent = value
+        .pointer_mut(parent_pointer)
+        .and_then(Value::as_object_mut)
+        .expect("parent was checked to be an object");
+    let labels = parent
+        .entry(field)
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(labels) = labels.as_object_mut() {
+        labels.insert(LABEL_TRACK.into(), Value::String("canary".into()));
+    }
+}
+
+fn set_replicas(body: &mut Value, replicas: u32) {
+    if let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert("replicas".into(), Value::from(replicas));
+    }
+}
+
+/// The canary Deployment of a unit at `replicas`.
+fn canary_deployment(unit: &CanaryUnit, replicas: u32) -> Desired {
+    let key = canary_key(&unit.desired.key);
+    let mut body = with_name(&unit.desired.body, &key.name);
+    set_replicas(&mut body, replicas);
+    insert_label(&mut body, "/spec/selector/matchLabels");
+    insert_label(&mut body, "/spec/template/metadata/labels");
+    if let Some(template) = body.pointer_mut("/spec/template") {
+        for_each_config_ref(template, &mut |kind, name| {
+            let renamed = name.as_str().and_then(|current| {
+                let key = ResourceKey {
+                    group: String::new(),
+                    kind: kind.to_string(),
+                    namespace: unit.desired.key.namespace.clone(),
+                    name: current.to_string(),
+                };
+                unit.configs
+                    .contains(&key)
+                    .then(|| format!("{current}{CANARY_SUFFIX}"))
+            });
+            if let Some(renamed) = renamed {
+                *name = Value::String(renamed);
+            }
+        });
+    }
+    Desired::from_body(key, body)
+}
+
+/// Objects for a canary step (weight below 100): canary Deployments, config copies, and stable
+/// Deployments scaled down to make room.
+pub fn canary_step(spec: &RolloutSpec, weight: u8) -> StepObjects {
+    let mut apply = Vec::new();
+    for config in &spec.held {
+        let key = canary_key(&config.key);
+        apply.push(Desired::from_body(
+            key.clone(),
+            with_name(&config.body, &key.name),
+        ));
+    }
+    for unit in &spec.canaries {
+        let canary = canary_replicas(weight, unit.replicas);
+        let mut stable = unit.stable_live.clone();
+        set_replicas(&mut stable, unit.replicas.saturating_sub(canary));
+        apply.push(Desired::from_body(unit.desired.key.clone(), stable));
+        apply.push(canary_deployment(unit, canary));
+    }
+    StepObjects {
+        apply,
+        delete: Vec::new(),
+    }
+}
+
+/// Objects for the promotion: the new configs and templates on the stable objects, canary
+/// objects removed, deferred deletions done.
+pub fn promotion(spec: &RolloutSpec) -> StepObjects {
+    let mut apply: Vec<Desired> = spec.held.clone();
+    apply.extend(spec.canaries.iter().map(|unit| unit.desired.clone()));
+    let mut delete: Vec<ResourceKey> = spec
+        .canaries
+        .iter()
+        .map(|unit| canary_key(&unit.desired.key))
+        .collect();
+    delete.extend(spec.held.iter().map(|config| canary_key(&config.key)));
+    delete.extend(spec.deferred.iter().map(|change| change.key().clone()));
+    StepObjects { apply, delete }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{self, ManifestFile, ParseOptions};
+    use crate::model::Revision;
+
+    fn objects(yaml: &str) -> Vec<Object> {
+        manifest::parse(
+            &[ManifestFile {
+                path: "t.yaml".into(),
+                bytes: yaml.as_bytes().to_vec(),
+            }],
+            Vec::new(),
+            &ParseOptions {
+                default_namespace: "shop".into(),
+            },
+        )
+        .expect("test manifests are valid")
+    }
+
+    fn desired(yaml: &str) -> Vec<Desired> {
+        objects(yaml).iter().map(Desired::new).collect()
+    }
+
+    fn live(yaml: &str) -> Vec<Object> {
+        desired(yaml)
+            .iter()
+            .map(|d| Object {
+                key: d.key.clone(),
+                body: d.stamped("staging", &Revision("1".repeat(40))),
+            })
+            .collect()
+    }
+
+    fn app(image: &str, greeting: &str, replicas: u32) -> String {
+        format!(
+            "
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: web-config}}
+data: {{GREETING: {greeting}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, labels: {{app: web}}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: web
+        image: {image}
+        envFrom: [{{configMapRef: {{name: web-config}}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec: {{selector: {{app: web}}}}
+"
+        )
+    }
+
+    fn spec_for(old: &str, new: &str) -> RolloutSpec {
+        let live = live(old);
+        let wanted = desired(new);
+        let plan = crate::plan::plan(&wanted, &live, true);
+        split(&plan, &wanted, &live)
+    }
+
+    fn find<'a>(step: &'a StepObjects, name: &str) -> &'a Desired {
+        step.apply
+            .iter()
+            .find(|d| d.key.name == name)
+            .unwrap_or_else(|| panic!("{name} is in the step"))
+    }
+
+    #[test]
+    fn replicas_round_with_at_least_one_canary() {
+        assert_eq!(canary_replicas(10, 10), 1);
+        assert_eq!(canary_replicas(50, 10), 5);
+        assert_eq!(canary_replicas(100, 10), 10);
+        assert_eq!(canary_replicas(10, 3), 1);
+        assert_eq!(canary_replicas(25, 10), 3);
+        assert_eq!(canary_replicas(1, 1), 1);
+    }
+
+    #[test]
+    fn image_change_gets_a_canary_split_by_replicas() {
+        let spec = spec_for(&app("web:1", "hi", 10), &app("web:2", "hi", 10));
+        assert_eq!(spec.canaries.len(), 1);
+        assert!(spec.immediate.is_empty());
+        let step = canary_step(&spec, 10);
+        let stable = find(&step, "web");
+        let canary = find(&step, "web-canary");
+        assert_eq!(stable.body["spec"]["replicas"], 9);
+        assert_eq!(
+            stable.body["spec"]["template"]["spec"]["containers"][0]["image"],
+            "web:1"
+        );
+        assert_eq!(canary.body["spec"]["replicas"], 1);
+        assert_eq!(
+            canary.body["spec"]["template"]["spec"]["containers"][0]["image"],
+            "web:2"
+        );
+        assert_eq!(
+            canary.body["spec"]["selector"]["matchLabels"][LABEL_TRACK],
+            "canary"
+        );
+        let pod_labels = &canary.body["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(
+            pod_labels["app"], "web",
+            "the Service still selects canary pods"
+        );
+        assert_eq!(pod_labels[LABEL_TRACK], "canary");
+        assert!(
+            stable.body["spec"]["selector"]["matchLabels"]
+                .get(LABEL_TRACK)
+                .is_none(),
+            "the stable selector is immutable and stays as it was"
+        );
+        let half = canary_step(&spec, 50);
+        assert_eq!(find(&half, "web").body["spec"]["replicas"], 5);
+        assert_eq!(find(&half, "web-canary").body["spec"]["replicas"], 5);
+
+        let promoted = promotion(&spec);
+        assert_eq!(promoted.apply.len(), 1);
+        assert_eq!(promoted.apply[0].body["spec"]["replicas"], 10);
+        assert_eq!(
+            promoted.apply[0].body["spec"]["template"]["spec"]["containers"][0]["image"],
+            "web:2"
+        );
+        assert_eq!(promoted.delete, [canary_key(&promoted.apply[0].key)]);
+    }
+
+    #[test]
+    fn changed_config_reaches_only_the_canary_until_promotion() {
+        let spec = spec_for(&app("web:1", "hi", 4), &app("web:1", "hello", 4));
+        assert_eq!(
+            spec.canaries.len(),
+            1,
+            "template is the same, its config is not"
+        );
+        assert_eq!(spec.held.len(), 1);
+        assert!(spec.immediate.is_empty(), "the ConfigMap is held back");
+        let step = canary_step(&spec, 50);
+        let copy = find(&step, "web-config-canary");
+        assert_eq!(copy.body["data"]["GREETING"], "hello");
+        let canary = find(&step, "web-canary");
+        assert_eq!(
+            canary.body["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]
+                ["name"],
+            "web-config-canary"
+        );
+        assert!(
+            step.apply.iter().all(|d| d.key.name != "web-config"),
+            "the stable ConfigMap is untouched during steps"
+        );
+        let promoted = promotion(&spec);
+        let names: Vec<&str> = promoted.apply.iter().map(|d| d.key.name.as_str()).collect();
+        assert_eq!(names, ["web-config", "web"]);
+        let deleted: Vec<&str> = promoted.delete.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(deleted, ["web-canary", "web-config-canary"]);
+    }
+
+    #[test]
+    fn objects_without_canary_meaning_go_first_and_deletions_last() {
+        let old = format!(
+            "{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: old}}\n",
+            app("web:1", "hi", 2)
+        );
+        let new = format!(
+            "{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: unrelated}}\n",
+            app("web:1", "hi", 3)
+        );
+        let spec = spec_for(&old, &new);
+        assert!(!spec.has_canaries(), "a replica change is applied in place");
+        let immediate: Vec<String> = spec
+            .immediate
+            .iter()
+            .map(|c| c.key().name.clone())
+            .collect();
+        assert_eq!(immediate, ["unrelated", "web"]);
+        assert_eq!(spec.deferred.len(), 1);
+        assert_eq!(promotion(&spec).delete[0].name, "old");
+    }
+
+    #[test]
+    fn new_deployments_are_created_without_canary() {
+        let spec = spec_for(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+            &app("web:1", "hi", 2),
+        );
+        assert!(!spec.has_canaries());
+        assert_eq!(spec.immediate.len(), 3);
+    }
+}

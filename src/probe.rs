@@ -1,0 +1,189 @@
+//! Runs health checks against the world: HTTP requests, Prometheus queries, commands.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::{CheckKind, HealthCheckConfig};
+use crate::health::{self, CheckResult};
+
+/// Longest command output quoted in a failed check's detail.
+const DETAIL_LIMIT: usize = 300;
+
+/// Runs checks; holds one HTTP client for all of them.
+#[derive(Debug, Clone)]
+pub struct Prober {
+    client: reqwest::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client for health checks: {0}")]
+pub struct ProberError(String);
+
+impl Prober {
+    pub fn new() -> Result<Self, ProberError> {
+        // reqwest is built without a bundled crypto provider; ring is the process-wide one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("gitopsd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ProberError(e.to_string()))?;
+        Ok(Self { client })
+    }
+
+    /// Runs one check once.
+    pub async fn run(&self, check: &HealthCheckConfig) -> CheckResult {
+        match &check.check {
+            CheckKind::Http {
+                url,
+                expect_status,
+                body_contains,
+                timeout,
+            } => {
+                self.http(url, *expect_status, body_contains.as_deref(), *timeout)
+                    .await
+            }
+            CheckKind::Prometheus {
+                url,
+                query,
+                min,
+                max,
+                empty_is_healthy,
+                timeout,
+            } => {
+                self.prometheus(url, query, *min, *max, *empty_is_healthy, *timeout)
+                    .await
+            }
+            CheckKind::Exec { argv, timeout } => exec(argv, *timeout).await,
+        }
+    }
+
+    async fn http(
+        &self,
+        url: &str,
+        expect_status: u16,
+        body_contains: Option<&str>,
+        timeout: Duration,
+    ) -> CheckResult {
+        let response = match self.client.get(url).timeout(timeout).send().await {
+            Ok(response) => response,
+            Err(error) => return CheckResult::Unhealthy(format!("GET {url}: {error}")),
+        };
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        health::http_verdict(status, &body, expect_status, body_contains)
+    }
+
+    async fn prometheus(
+        &self,
+        url: &str,
+        query: &str,
+        min: Option<f64>,
+        max: Option<f64>,
+        empty_is_healthy: bool,
+        timeout: Duration,
+    ) -> CheckResult {
+        let endpoint = match reqwest::Url::parse_with_params(
+            &format!("{url}/api/v1/query"),
+            &[("query", query)],
+        ) {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                return CheckResult::Unhealthy(format!("bad prometheus url {url}: {error}"));
+            }
+        };
+        let response = match self.client.get(endpoint).timeout(timeout).send().await {
+            Ok(response) => response,
+            Err(error) => return CheckResult::Unhealthy(format!("prometheus {url}: {error}")),
+        };
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(error) => return CheckResult::Unhealthy(format!("prometheus {url}: {error}")),
+        };
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(answer) => health::prometheus_verdict(&answer, min, max, empty_is_healthy),
+            Err(error) => CheckResult::Unhealthy(format!("prometheus answer is not JSON: {error}")),
+        }
+    }
+}
+
+/// Runs a command without a shell; exit status 0 is healthy.
+async fn exec(argv: &[String], timeout: Duration) -> CheckResult {
+    let Some((program, args)) = argv.split_first() else {
+        return CheckResult::Unhealthy("empty command".into());
+    };
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(timeout, child).await {
+        Err(_) => CheckResult::Unhealthy(format!(
+            "{program}: no answer within {}",
+            humantime::format_duration(timeout)
+        )),
+        Ok(Err(error)) => CheckResult::Unhealthy(format!("{program}: {error}")),
+        Ok(Ok(output)) if output.status.success() => CheckResult::Healthy,
+        Ok(Ok(output)) => {
+            let text = if output.stderr.is_empty() {
+                output.stdout
+            } else {
+                output.stderr
+            };
+            let text = String::from_utf8_lossy(&text);
+            let mut detail = text.trim().to_string();
+            if detail.len() > DETAIL_LIMIT {
+                let cut = (0..=DETAIL_LIMIT)
+                    .rev()
+                    .find(|index| detail.is_char_boundary(*index))
+                    .unwrap_or(0);
+                detail.truncate(cut);
+                detail.push('…');
+            }
+            CheckResult::Unhealthy(format!("{program} exited with {}: {detail}", output.status))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn exec_exit_status_decides() {
+        assert!(
+            exec(&argv(&["true"]), Duration::from_secs(5))
+                .await
+                .is_healthy()
+        );
+        let failed = exec(
+            &argv(&["sh", "-c", "echo broken >&2; exit 3"]),
+            Duration::from_secs(5),
+        )
+        .await;
+        let CheckResult::Unhealthy(detail) = failed else {
+            panic!("expected a failure");
+        };
+        assert!(detail.contains("exit status: 3"), "{detail}");
+        assert!(detail.contains("broken"), "{detail}");
+    }
+
+    #[tokio::test]
+    async fn exec_timeout_is_a_failure() {
+        let result = exec(&argv(&["sleep", "5"]), Duration::from_millis(100)).await;
+        assert!(
+            matches!(result, CheckResult::Unhealthy(ref d) if d.contains("no answer")),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_failure() {
+        let result = exec(&argv(&["/nonexistent/check"]), Duration::from_secs(1)).await;
+        assert!(!result.is_healthy());
+    }
+}

@@ -1,0 +1,746 @@
+//! The rollout state machine (pure: no IO, `now` passed in): steps, bake, promotion, verify,
+//! revert, and what an environment does next given its journal and the branch tip.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::health::CheckFailure;
+use crate::journal::{Baseline, Event, Record};
+use crate::model::Revision;
+
+/// Times a rollout waits, from the environment's `[rollout]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub bake: Duration,
+    pub timeout: Duration,
+    pub verify: Duration,
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// The step's objects must be written.
+    Apply {
+        step: usize,
+    },
+    /// Written; waiting for the target to report them ready.
+    AwaitReady {
+        step: usize,
+        deadline: DateTime<Utc>,
+    },
+    /// A canary step holding while checks run.
+    Bake {
+        step: usize,
+        until: DateTime<Utc>,
+    },
+    /// Promoted; checks keep running.
+    Verify {
+        until: DateTime<Utc>,
+    },
+    Succeeded,
+    Failed {
+        reason: String,
+    },
+}
+
+/// What the executor saw since the last decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// The current step's objects are written.
+    Applied,
+    /// Every object of the step is ready.
+    Ready,
+    /// Some object is not ready yet.
+    NotReady { detail: String },
+    /// A check reached its failure threshold.
+    CheckFailed(CheckFailure),
+    /// Nothing new; time passed.
+    Tick,
+}
+
+/// What the executor must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Write the objects of step `step` (`weight` 100 is the promotion).
+    ApplyStep { step: usize, weight: u8 },
+    /// Poll readiness until ready or `deadline`.
+    AwaitReady { deadline: DateTime<Utc> },
+    /// Run checks until `until`.
+    Watch { until: DateTime<Utc> },
+    /// The revision is healthy.
+    Succeed,
+    /// Put the environment back to its last healthy revision.
+    Revert { reason: String },
+}
+
+/// A milestone worth journaling, produced by a transition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Milestone {
+    StepPassed { step: usize, weight: u8 },
+    Promoted,
+    Failed { reason: String },
+    Succeeded,
+}
+
+/// One revision's rollout through its steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    steps: Vec<u8>,
+    timing: Timing,
+    phase: Phase,
+}
+
+fn after(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Rollout {
+    /// A rollout of `steps` (canary weights ending with 100; `[100]` applies at once).
+    pub fn new(steps: Vec<u8>, timing: Timing) -> Self {
+        Self {
+            steps,
+            timing,
+            phase: Phase::Apply { step: 0 },
+        }
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub fn steps(&self) -> &[u8] {
+        &self.steps
+    }
+
+    fn is_last(&self, step: usize) -> bool {
+        step + 1 >= self.steps.len()
+    }
+
+    fn weight(&self, step: usize) -> u8 {
+        self.steps.get(step).copied().unwrap_or(100)
+    }
+
+    /// The decision for the current phase.
+    pub fn decision(&self) -> Decision {
+        match &self.phase {
+            Phase::Apply { step } => Decision::ApplyStep {
+                step: *step,
+                weight: self.weight(*step),
+            },
+            Phase::AwaitReady { deadline, .. } => Decision::AwaitReady {
+                deadline: *deadline,
+            },
+            Phase::Bake { until, .. } | Phase::Verify { until } => {
+                Decision::Watch { until: *until }
+            }
+            Phase::Succeeded => Decision::Succeed,
+            Phase::Failed { reason } => Decision::Revert {
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    /// Feeds one observation; returns a milestone if one was reached, and the next decision.
+    pub fn observe(
+        &mut self,
+        observation: Observation,
+        now: DateTime<Utc>,
+    ) -> (Option<Milestone>, Decision) {
+        let (next, milestone) = match (&self.phase, observation) {
+            (Phase::Apply { step }, Observation::Applied) => (
+                Some(Phase::AwaitReady {
+                    step: *step,
+                    deadline: after(now, self.timing.timeout),
+                }),
+                None,
+            ),
+            (Phase::AwaitReady { step, .. }, Observation::Ready) => {
+                if self.is_last(*step) {
+                    (
+                        Some(Phase::Verify {
+                            until: after(now, self.timing.verify),
+                        }),
+                        Some(Milestone::Promoted),
+                    )
+                } else {
+                    (
+                        Some(Phase::Bake {
+                            step: *step,
+                            until: after(now, self.timing.bake),
+                        }),
+                        None,
+                    )
+                }
+            }
+            (Phase::AwaitReady { step, deadline }, Observation::NotReady { detail })
+                if now >= *deadline =>
+            {
+                let reason = format!(
+                    "step {} ({}%): not ready within {}: {detail}",
+                    step + 1,
+                    self.weight(*step),
+                    humantime::format_duration(self.timing.timeout)
+                );
+                (
+                    Some(Phase::Failed {
+                        reason: reason.clone(),
+                    }),
+                    Some(Milestone::Failed { reason }),
+                )
+            }
+            (
+                Phase::Bake { step, .. } | Phase::AwaitReady { step, .. },
+                Observation::CheckFailed(failure),
+            ) => {
+                let reason = format!(
+                    "step {} ({}%): check {:?} failed {} times in a row: {}",
+                    step + 1,
+                    self.weight(*step),
+                    failure.check,
+                    failure.consecutive,
+                    failure.detail
+                );
+                (
+                    Some(Phase::Failed {
+                        reason: reason.clone(),
+                    }),
+                    Some(Milestone::Failed { reason }),
+                )
+            }
+            (Phase::Verify { .. }, Observation::CheckFailed(failure)) => {
+                let reason = format!(
+                    "verify after promotion: check {:?} failed {} times in a row: {}",
+                    failure.check, failure.consecutive, failure.detail
+                );
+                (
+                    Some(Phase::Failed {
+                        reason: reason.clone(),
+                    }),
+                    Some(Milestone::Failed { reason }),
+                )
+            }
+            (Phase::Bake { step, until }, Observation::Tick) if now >= *until => (
+                Some(Phase::Apply { step: step + 1 }),
+                Some(Milestone::StepPassed {
+                    step: *step,
+                    weight: self.weight(*step),
+                }),
+            ),
+            (Phase::Verify { until }, Observation::Tick) if now >= *until => {
+                (Some(Phase::Succeeded), Some(Milestone::Succeeded))
+            }
+            _ => (None, None),
+        };
+        if let Some(next) = next {
+            self.phase = next;
+        }
+        (milestone, self.decision())
+    }
+}
+
+/// An environment's story so far, folded from its journal.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    /// The last revision that finished its rollout healthy.
+    pub last_healthy: Option<Revision>,
+    /// Revisions that failed and are never applied again.
+    pub failed: BTreeSet<Revision>,
+    /// A rollout that started and has no outcome yet.
+    pub in_flight: Option<InFlight>,
+    /// A revert that started and has not finished.
+    pub reverting: Option<RevertInFlight>,
+    /// The revision the target was last brought to.
+    pub current: Option<Revision>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InFlight {
+    pub revision: Revision,
+    pub previous: Option<Revision>,
+    pub baseline: Vec<Baseline>,
+    /// Step in flight: index and weight.
+    pub step: Option<(usize, u8)>,
+    pub failed: Option<String>,
+    /// Checks that failed during this rollout: name and detail.
+    pub failing_checks: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevertInFlight {
+    pub revision: Revision,
+    pub to: Revision,
+    pub reason: String,
+    /// False when the revert undoes an interrupted rollout rather than a failed one.
+    pub failed: bool,
+    pub baseline: Vec<Baseline>,
+}
+
+impl History {
+    /// Folds journal records, oldest first.
+    pub fn from_records(records: &[Record]) -> Self {
+        let mut history = History::default();
+        for record in records {
+            history.apply(&record.event);
+        }
+        history
+    }
+
+    fn apply(&mut self, event: &Event) {
+        match event {
+            Event::RolloutStarted {
+                revision,
+                previous,
+                baseline,
+                ..
+            } => {
+                self.in_flight = Some(InFlight {
+                    revision: revision.clone(),
+                    previous: previous.clone(),
+                    baseline: baseline.clone(),
+                    step: None,
+                    failed: None,
+                    failing_checks: Vec::new(),
+                });
+            }
+            Event::StepStarted { step, weight, .. } => {
+                if let Some(flight) = &mut self.in_flight {
+                    flight.step = Some((*step, *weight));
+                }
+            }
+            Event::CheckFailed { check, detail, .. } => {
+                if let Some(flight) = &mut self.in_flight {
+                    flight.failing_checks.push((check.clone(), detail.clone()));
+                }
+            }
+            Event::RolloutFailed { revision, reason } => {
+                self.failed.insert(revision.clone());
+                if let Some(flight) = &mut self.in_flight {
+                    flight.failed = Some(reason.clone());
+                    if flight.previous.is_none() {
+                        // A first deploy has nothing to revert to: the failure is final.
+                        self.in_flight = None;
+                    }
+                }
+            }
+            Event::RevertStarted {
+                revision,
+                to,
+                reason,
+                failed,
+            } => {
+                let baseline = self
+                    .in_flight
+                    .as_ref()
+                    .map(|flight| flight.baseline.clone())
+                    .unwrap_or_default();
+                self.reverting = Some(RevertInFlight {
+                    revision: revision.clone(),
+                    to: to.clone(),
+                    reason: reason.clone(),
+                    failed: *failed,
+                    baseline,
+                });
+            }
+            Event::Reverted { to, .. } => {
+                self.in_flight = None;
+                self.reverting = None;
+                self.current = Some(to.clone());
+            }
+            Event::Healthy { revision } => {
+                self.in_flight = None;
+                self.last_healthy = Some(revision.clone());
+                self.current = Some(revision.clone());
+            }
+            Event::ReconcileFinished { revision, .. } => {
+                self.current = Some(revision.clone());
+            }
+            Event::Rejected { .. }
+            | Event::ReconcileStarted { .. }
+            | Event::ReconcileFailed { .. }
+            | Event::StepPassed { .. }
+            | Event::Promoted { .. }
+            | Event::RevertCommitted { .. } => {}
+        }
+    }
+
+    /// What to do with the branch tip `tip`.
+    pub fn next_step(&self, tip: &Revision) -> NextStep {
+        if let Some(revert) = &self.reverting {
+            return NextStep::Revert(revert.clone());
+        }
+        if let Some(flight) = &self.in_flight {
+            // An interrupted first deploy has nothing to return to and is simply done again.
+            if let Some(previous) = &flight.previous {
+                return NextStep::Revert(RevertInFlight {
+                    revision: flight.revision.clone(),
+                    to: previous.clone(),
+                    reason: flight
+                        .failed
+                        .clone()
+                        .unwrap_or_else(|| "rollout interrupted by a restart".into()),
+                    failed: flight.failed.is_some(),
+                    baseline: flight.baseline.clone(),
+                });
+            }
+        }
+        if self.failed.contains(tip) {
+            return NextStep::Hold {
+                failed: tip.clone(),
+                at: self.last_healthy.clone(),
+            };
+        }
+        if self.last_healthy.as_ref() == Some(tip) {
+            return NextStep::Converge(tip.clone());
+        }
+        NextStep::Rollout {
+            revision: tip.clone(),
+            previous: self.last_healthy.clone(),
+        }
+    }
+}
+
+/// What an environment does on a pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NextStep {
+    /// Roll `revision` out; `previous` is what a revert would return to.
+    Rollout {
+        revision: Revision,
+        previous: Option<Revision>,
+    },
+    /// Already at a healthy `revision`: put back anything that drifted, in place.
+    Converge(Revision),
+    /// Carry out (or finish) a revert.
+    Revert(RevertInFlight),
+    /// The tip failed: stay at `at` (the last healthy revision, if any) until a newer commit.
+    Hold {
+        failed: Revision,
+        at: Option<Revision>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{ChangeRecord, Event};
+    use chrono::TimeZone;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + seconds, 0)
+            .single()
+            .expect("valid timestamp")
+    }
+
+    fn timing() -> Timing {
+        Timing {
+            bake: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
+            verify: Duration::from_secs(120),
+        }
+    }
+
+    fn failure() -> CheckFailure {
+        CheckFailure {
+            check: "errors".into(),
+            detail: "value 0.2 is above max 0.01".into(),
+            consecutive: 3,
+        }
+    }
+
+    #[test]
+    fn steps_bake_then_promote_and_verify() {
+        let mut rollout = Rollout::new(vec![10, 50, 100], timing());
+        assert_eq!(
+            rollout.decision(),
+            Decision::ApplyStep {
+                step: 0,
+                weight: 10
+            }
+        );
+        assert_eq!(
+            rollout.observe(Observation::Applied, at(0)),
+            (None, Decision::AwaitReady { deadline: at(30) })
+        );
+        assert_eq!(
+            rollout.observe(Observation::Ready, at(5)),
+            (None, Decision::Watch { until: at(65) })
+        );
+        assert_eq!(
+            rollout.observe(Observation::Tick, at(64)),
+            (None, Decision::Watch { until: at(65) }),
+            "bake is not over"
+        );
+        assert_eq!(
+            rollout.observe(Observation::Tick, at(65)),
+            (
+                Some(Milestone::StepPassed {
+                    step: 0,
+                    weight: 10
+                }),
+                Decision::ApplyStep {
+                    step: 1,
+                    weight: 50
+                }
+            )
+        );
+        rollout.observe(Observation::Applied, at(66));
+        rollout.observe(Observation::Ready, at(66));
+        let (milestone, decision) = rollout.observe(Observation::Tick, at(126));
+        assert_eq!(
+            milestone,
+            Some(Milestone::StepPassed {
+                step: 1,
+                weight: 50
+            })
+        );
+        assert_eq!(
+            decision,
+            Decision::ApplyStep {
+                step: 2,
+                weight: 100
+            }
+        );
+        rollout.observe(Observation::Applied, at(127));
+        assert_eq!(
+            rollout.observe(Observation::Ready, at(128)),
+            (
+                Some(Milestone::Promoted),
+                Decision::Watch { until: at(248) }
+            )
+        );
+        assert_eq!(
+            rollout.observe(Observation::Tick, at(248)),
+            (Some(Milestone::Succeeded), Decision::Succeed)
+        );
+    }
+
+    #[test]
+    fn a_failed_check_during_bake_reverts() {
+        let mut rollout = Rollout::new(vec![10, 50, 100], timing());
+        rollout.observe(Observation::Applied, at(0));
+        rollout.observe(Observation::Ready, at(0));
+        rollout.observe(Observation::Tick, at(60));
+        rollout.observe(Observation::Applied, at(60));
+        rollout.observe(Observation::Ready, at(61));
+        let (milestone, decision) = rollout.observe(Observation::CheckFailed(failure()), at(70));
+        let Some(Milestone::Failed { reason }) = milestone else {
+            panic!("expected a failure milestone");
+        };
+        assert!(
+            reason.starts_with("step 2 (50%): check \"errors\" failed 3 times"),
+            "{reason}"
+        );
+        assert_eq!(decision, Decision::Revert { reason });
+    }
+
+    #[test]
+    fn a_failure_in_the_verify_window_reverts() {
+        let mut rollout = Rollout::new(vec![100], timing());
+        rollout.observe(Observation::Applied, at(0));
+        rollout.observe(Observation::Ready, at(1));
+        let (_, decision) = rollout.observe(Observation::CheckFailed(failure()), at(50));
+        assert!(
+            matches!(decision, Decision::Revert { ref reason } if reason.starts_with("verify after promotion")),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn readiness_past_the_deadline_fails_the_step() {
+        let mut rollout = Rollout::new(vec![50, 100], timing());
+        rollout.observe(Observation::Applied, at(0));
+        let not_ready = || Observation::NotReady {
+            detail: "Deployment web: 1 of 2 updated".into(),
+        };
+        assert_eq!(
+            rollout.observe(not_ready(), at(29)).0,
+            None,
+            "still within the timeout"
+        );
+        let (milestone, _) = rollout.observe(not_ready(), at(30));
+        assert!(matches!(milestone, Some(Milestone::Failed { .. })));
+    }
+
+    #[test]
+    fn zero_bake_and_verify_pass_at_once() {
+        let mut rollout = Rollout::new(
+            vec![100],
+            Timing {
+                bake: Duration::ZERO,
+                timeout: Duration::from_secs(1),
+                verify: Duration::ZERO,
+            },
+        );
+        rollout.observe(Observation::Applied, at(0));
+        rollout.observe(Observation::Ready, at(0));
+        assert_eq!(
+            rollout.observe(Observation::Tick, at(0)).1,
+            Decision::Succeed
+        );
+    }
+
+    fn revision(c: char) -> Revision {
+        Revision(c.to_string().repeat(40))
+    }
+
+    fn record(seq: u64, event: Event) -> Record {
+        Record {
+            seq,
+            time: at(seq as i64),
+            environment: "staging".into(),
+            event,
+        }
+    }
+
+    fn started(rev: char, previous: Option<char>) -> Event {
+        Event::RolloutStarted {
+            revision: revision(rev),
+            previous: previous.map(revision),
+            steps: vec![10, 100],
+            changes: vec![ChangeRecord {
+                action: crate::plan::Action::Update,
+                object: "Deployment.apps shop/web".into(),
+                hash: Some("h".into()),
+            }],
+            canaries: vec!["Deployment.apps shop/web".into()],
+            baseline: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn history_tracks_healthy_failed_and_holds_a_failed_tip() {
+        let records = [
+            record(1, started('a', None)),
+            record(
+                2,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(3, started('b', Some('a'))),
+            record(
+                4,
+                Event::RolloutFailed {
+                    revision: revision('b'),
+                    reason: "bad".into(),
+                },
+            ),
+            record(
+                5,
+                Event::RevertStarted {
+                    revision: revision('b'),
+                    to: revision('a'),
+                    reason: "bad".into(),
+                    failed: true,
+                },
+            ),
+            record(
+                6,
+                Event::Reverted {
+                    revision: revision('b'),
+                    to: revision('a'),
+                },
+            ),
+        ];
+        let history = History::from_records(&records);
+        assert_eq!(history.last_healthy, Some(revision('a')));
+        assert_eq!(history.current, Some(revision('a')));
+        assert!(history.failed.contains(&revision('b')));
+        assert_eq!(
+            history.next_step(&revision('b')),
+            NextStep::Hold {
+                failed: revision('b'),
+                at: Some(revision('a'))
+            }
+        );
+        assert_eq!(
+            history.next_step(&revision('c')),
+            NextStep::Rollout {
+                revision: revision('c'),
+                previous: Some(revision('a'))
+            }
+        );
+        assert_eq!(
+            history.next_step(&revision('a')),
+            NextStep::Converge(revision('a'))
+        );
+    }
+
+    #[test]
+    fn an_interrupted_rollout_is_reverted_without_blaming_the_revision() {
+        let records = [
+            record(
+                1,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(2, started('b', Some('a'))),
+            record(
+                3,
+                Event::StepStarted {
+                    revision: revision('b'),
+                    step: 0,
+                    weight: 10,
+                },
+            ),
+        ];
+        let history = History::from_records(&records);
+        let NextStep::Revert(revert) = history.next_step(&revision('b')) else {
+            panic!("expected a revert");
+        };
+        assert_eq!(revert.to, revision('a'));
+        assert!(!revert.failed);
+        assert!(history.failed.is_empty());
+    }
+
+    #[test]
+    fn an_interrupted_revert_is_finished_and_a_failed_first_deploy_holds() {
+        let reverting = [
+            record(
+                1,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(2, started('b', Some('a'))),
+            record(
+                3,
+                Event::RolloutFailed {
+                    revision: revision('b'),
+                    reason: "bad".into(),
+                },
+            ),
+            record(
+                4,
+                Event::RevertStarted {
+                    revision: revision('b'),
+                    to: revision('a'),
+                    reason: "bad".into(),
+                    failed: true,
+                },
+            ),
+        ];
+        let history = History::from_records(&reverting);
+        assert!(matches!(history.next_step(&revision('c')), NextStep::Revert(ref r) if r.failed));
+
+        let first = [
+            record(1, started('a', None)),
+            record(
+                2,
+                Event::RolloutFailed {
+                    revision: revision('a'),
+                    reason: "bad".into(),
+                },
+            ),
+        ];
+        assert_eq!(
+            History::from_records(&first).next_step(&revision('a')),
+            NextStep::Hold {
+                failed: revision('a'),
+                at: None
+            }
+        );
+    }
+}
