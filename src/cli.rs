@@ -58,6 +58,13 @@ pub enum Command {
         #[arg(long)]
         rev: Option<String>,
     },
+    /// Show each environment's current and last healthy revision, the rollout step in flight
+    /// and failing checks.
+    Status {
+        /// Only this environment.
+        #[arg(long)]
+        env: Option<String>,
+    },
     /// Print the journal.
     History {
         /// Only this environment.

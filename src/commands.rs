@@ -285,3 +285,17 @@ pub fn history(
     }
     Ok(EXIT_OK)
 }
+
+/// `gitopsd status`: each environment's revisions, rollout in flight and failures.
+pub fn status(
+    config: &Config,
+    only: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<u8, CommandError> {
+    for environment in selected(config, only)? {
+        let path = Journal::path_for(&config.state.dir, &environment.name);
+        let loaded = journal::load(&path)?;
+        preview::write_status(&environment.name, &loaded.records, out)?;
+    }
+    Ok(EXIT_OK)
+}

@@ -536,7 +536,7 @@ impl Checker {
             Some(Value::Array(_, items)) => {
                 let steps: Vec<Option<u8>> = items
                     .iter()
-                    .map(|item| item.to_u128().and_then(|n| u8::try_from(n).ok()))
+                    .map(|item| non_negative(item).and_then(|n| u8::try_from(n).ok()))
                     .collect();
                 let valid: Vec<u8> = steps.iter().flatten().copied().collect();
                 let increasing = valid.windows(2).all(|pair| pair[0] < pair[1]);
@@ -717,6 +717,13 @@ impl Checker {
             failures: u32::try_from(failures).unwrap_or(u32::MAX).max(1),
         })
     }
+}
+
+/// A non-negative integer: TOML integers arrive signed, environment values unsigned.
+fn non_negative(value: &Value) -> Option<u128> {
+    value
+        .to_u128()
+        .or_else(|| value.to_i128().and_then(|n| u128::try_from(n).ok()))
 }
 
 fn valid_environment_name(name: &str) -> bool {

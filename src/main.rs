@@ -61,6 +61,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 )
                 .await?)
             }
+            Command::Status { env } => {
+                let config = Config::load(&cli.config)?;
+                Ok(commands::status(&config, env.as_deref(), &mut stdout)?)
+            }
             Command::History { env } => {
                 let config = Config::load(&cli.config)?;
                 Ok(commands::history(&config, env.as_deref(), &mut stdout)?)

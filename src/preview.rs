@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use crate::diff::RenderError;
 use crate::journal::{Event, Record};
 use crate::plan::{Action, Plan};
+use crate::rollout::History;
 
 /// One environment's plan, with labels for its two sides.
 #[derive(Debug)]
@@ -140,6 +141,66 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
             }
             Event::Promoted { .. } | Event::Healthy { .. } => {}
         }
+    }
+    Ok(())
+}
+
+/// Writes one environment's status, as its journal tells it.
+pub fn write_status(environment: &str, records: &[Record], out: &mut dyn Write) -> io::Result<()> {
+    let history = History::from_records(records);
+    let short = |revision: Option<&crate::model::Revision>| {
+        revision.map_or_else(|| "none".to_string(), |r| r.short().to_string())
+    };
+    writeln!(out, "{environment}")?;
+    writeln!(
+        out,
+        "  current revision:       {}",
+        short(history.current.as_ref())
+    )?;
+    writeln!(
+        out,
+        "  last healthy revision:  {}",
+        short(history.last_healthy.as_ref())
+    )?;
+    match (&history.reverting, &history.in_flight) {
+        (Some(revert), _) => writeln!(
+            out,
+            "  in flight:              revert of {} to {}",
+            revert.revision.short(),
+            revert.to.short()
+        )?,
+        (None, Some(flight)) => {
+            let step = flight.step.map_or_else(
+                || "starting".to_string(),
+                |(index, weight)| format!("step {} ({weight}%)", index + 1),
+            );
+            writeln!(
+                out,
+                "  in flight:              {} {step}",
+                flight.revision.short()
+            )?;
+        }
+        (None, None) => writeln!(out, "  in flight:              nothing")?,
+    }
+    let failing = history
+        .in_flight
+        .as_ref()
+        .map(|flight| flight.failing_checks.clone())
+        .unwrap_or_default();
+    if failing.is_empty() {
+        writeln!(out, "  failing checks:         none")?;
+    } else {
+        for (check, detail) in failing {
+            writeln!(out, "  failing check:          {check}: {detail}")?;
+        }
+    }
+    if let Some(failure) = &history.last_failure {
+        writeln!(
+            out,
+            "  last failed revision:   {} (held, not retried): {}",
+            failure.revision.short(),
+            failure.reason
+        )?;
     }
     Ok(())
 }

@@ -253,6 +253,15 @@ pub struct History {
     pub reverting: Option<RevertInFlight>,
     /// The revision the target was last brought to.
     pub current: Option<Revision>,
+    /// The most recent failed rollout: revision, reason and the checks that failed.
+    pub last_failure: Option<Failure>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub revision: Revision,
+    pub reason: String,
+    pub checks: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -316,6 +325,15 @@ impl History {
             }
             Event::RolloutFailed { revision, reason } => {
                 self.failed.insert(revision.clone());
+                self.last_failure = Some(Failure {
+                    revision: revision.clone(),
+                    reason: reason.clone(),
+                    checks: self
+                        .in_flight
+                        .as_ref()
+                        .map(|flight| flight.failing_checks.clone())
+                        .unwrap_or_default(),
+                });
                 if let Some(flight) = &mut self.in_flight {
                     flight.failed = Some(reason.clone());
                     if flight.previous.is_none() {

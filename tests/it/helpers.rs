@@ -84,6 +84,12 @@ impl Workspace {
 
     /// Writes the config with another repository url and poll interval.
     pub fn write_config(&self, url: &str, poll_interval: &str) {
+        self.write_config_with(url, poll_interval, "");
+    }
+
+    /// Writes the config; `staging_extra` is TOML appended to the staging environment (its
+    /// `[environment.rollout]` and `[[environment.health]]` tables).
+    pub fn write_config_with(&self, url: &str, poll_interval: &str, staging_extra: &str) {
         let text = format!(
             r#"
 [repo]
@@ -96,16 +102,17 @@ max_file_bytes = 65536
 dir = "state"
 
 [[environment]]
-name = "staging"
-path = "environments/staging"
-target = {{ type = "directory", path = "live/staging" }}
-namespace = "shop"
-
-[[environment]]
 name = "production"
 path = "environments/production"
 target = {{ type = "directory", path = "live/production" }}
 namespace = "shop"
+
+[[environment]]
+name = "staging"
+path = "environments/staging"
+target = {{ type = "directory", path = "live/staging" }}
+namespace = "shop"
+{staging_extra}
 "#
         );
         fs::write(&self.config, text).expect("write config");

@@ -6,4 +6,5 @@ mod daemon;
 mod diff;
 mod helpers;
 mod reconcile;
+mod rollout;
 mod validate;
