@@ -96,3 +96,98 @@ fn sigkill_during_reconcile_then_rerun_converges() {
     let seqs: Vec<u64> = journal.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=journal.len() as u64).collect::<Vec<_>>());
 }
+
+/// Copies every file of `from` into a fresh `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(to);
+    for (path, bytes) in tree(from) {
+        let target = to.join(path);
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+        std::fs::write(target, bytes).expect("copy file");
+    }
+}
+
+#[test]
+fn sigkill_at_each_journal_point_of_a_rollout_ends_fully_old_or_fully_new() {
+    use crate::rollout::{RolloutWorkspace, web};
+    let rollout = RolloutWorkspace::new(
+        "steps = [10, 50, 100]\nbake = \"300ms\"\nverify = \"300ms\"\ntimeout = \"5s\"",
+    );
+    let workspace = &rollout.workspace;
+    web(&workspace.repo, "web:1", "hello", 10);
+    workspace.repo.commit("web 1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let journal_path = gitopsd::journal::Journal::path_for(&workspace.path("state"), "staging");
+    let old_journal = std::fs::read(&journal_path).expect("journal");
+    let old_records = workspace.journal("staging").len();
+    let old_tree = tree(&workspace.live("staging"));
+    let saved_live = workspace.path("saved-live");
+    copy_dir(&workspace.live("staging"), &saved_live);
+
+    web(&workspace.repo, "web:2", "hello", 10);
+    workspace.repo.commit("web 2");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let new_tree = tree(&workspace.live("staging"));
+    let points = workspace.journal("staging").len() - old_records;
+    assert_eq!(
+        points, 8,
+        "rollout_started, 3 × step_started, 2 × step_passed, promoted, healthy"
+    );
+
+    let restore = || {
+        std::fs::write(&journal_path, &old_journal).expect("restore journal");
+        copy_dir(&saved_live, &workspace.live("staging"));
+        assert_eq!(tree(&workspace.live("staging")), old_tree);
+    };
+    for point in 1..=points {
+        restore();
+        let mut child = ChildGuard(
+            workspace
+                .gitopsd(&["run", "--once"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("gitopsd starts"),
+        );
+        let reached = wait_for(Duration::from_secs(30), || {
+            std::fs::read(&journal_path)
+                .map(|bytes| bytes.iter().filter(|b| **b == b'\n').count() >= old_records + point)
+                .unwrap_or(false)
+        });
+        assert!(reached, "journal point {point} was never reached");
+        child.signal(libc::SIGKILL);
+        child
+            .wait_timeout(Duration::from_secs(10))
+            .expect("killed child exits");
+
+        let journal = workspace.journal("staging");
+        let live = tree(&workspace.live("staging"));
+        let history = History::from_records(&journal);
+        if history.in_flight.is_none() {
+            assert!(
+                live == new_tree,
+                "point {point}: no rollout in flight, so fully new"
+            );
+        }
+
+        let rerun = workspace.run(&["run", "--once"]);
+        assert_exit(&rerun, 0);
+        let live = tree(&workspace.live("staging"));
+        assert!(
+            live == new_tree || live == old_tree,
+            "point {point}: the target holds a mix of revisions"
+        );
+        assert_eq!(
+            live, new_tree,
+            "point {point}: the restart finishes the rollout"
+        );
+        let journal = workspace.journal("staging");
+        assert!(
+            matches!(
+                journal.last().map(|r| &r.event),
+                Some(Event::Healthy { .. })
+            ),
+            "point {point}: the journal ends healthy"
+        );
+    }
+}

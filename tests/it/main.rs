@@ -5,6 +5,7 @@ mod crash;
 mod daemon;
 mod diff;
 mod helpers;
+mod prometheus;
 mod reconcile;
 mod rollout;
 mod validate;

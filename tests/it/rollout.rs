@@ -29,7 +29,7 @@ exit 0
 "#;
 
 /// The staging web app: a Deployment of `replicas` running `image`, its ConfigMap and Service.
-fn web(repo: &Repo, image: &str, greeting: &str, replicas: u32) {
+pub fn web(repo: &Repo, image: &str, greeting: &str, replicas: u32) {
     repo.write(
         "environments/staging/web.yaml",
         &format!(
@@ -337,4 +337,90 @@ timeout = "5s""#,
         stdout(&rollout.workspace.run(&["status", "--env", "staging"])).contains("step 1 (10%)")
     });
     assert!(in_flight, "status never showed the step in flight");
+}
+
+#[test]
+fn revert_commit_is_pushed_to_a_bare_repository() {
+    let rollout = RolloutWorkspace::new(&format!("{STEPS}\nrevert_commit = true"));
+    let workspace = &rollout.workspace;
+    let bare = workspace.path("remote.git");
+    git(
+        workspace.root.path(),
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            &bare.display().to_string(),
+        ],
+    );
+    git(
+        &workspace.repo.dir,
+        &["remote", "add", "origin", &bare.display().to_string()],
+    );
+    let config = fs::read_to_string(&workspace.config).expect("config");
+    let config = config.replace(
+        &format!("url = \"{}\"", workspace.repo.dir.display()),
+        &format!("url = \"{}\"", bare.display()),
+    );
+    fs::write(&workspace.config, config).expect("config");
+
+    web(&workspace.repo, "web:1", "hello", 10);
+    let healthy = workspace.repo.commit("web 1");
+    git(&workspace.repo.dir, &["push", "-q", "origin", "main"]);
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let healthy_tree = tree(&workspace.live("staging"));
+
+    rollout.fail_when("web:bad");
+    web(&workspace.repo, "web:bad", "hello", 10);
+    let bad = workspace.repo.commit("web bad");
+    git(&workspace.repo.dir, &["push", "-q", "origin", "main"]);
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    assert!(
+        stderr(&output).contains("revert commit pushed"),
+        "{}",
+        stderr(&output)
+    );
+
+    let bare_git = |args: &[&str]| {
+        let mut full = vec!["--git-dir", bare.to_str().expect("utf-8 path")];
+        full.extend_from_slice(args);
+        git(workspace.root.path(), &full)
+    };
+    let tip = bare_git(&["rev-parse", "main"]);
+    assert_ne!(tip, bad, "the branch moved past the bad commit");
+    assert_eq!(
+        bare_git(&["rev-parse", "main^"]),
+        bad,
+        "a fast-forward on top of it"
+    );
+    assert!(
+        bare_git(&["log", "-1", "--format=%s", "main"])
+            .starts_with("Revert environments/staging to")
+    );
+    assert_eq!(
+        bare_git(&["rev-parse", "main:environments/staging"]),
+        bare_git(&["rev-parse", &format!("{healthy}:environments/staging")]),
+        "the folder is back at the healthy revision"
+    );
+    assert_eq!(
+        bare_git(&["rev-parse", "main:environments/production"]),
+        bare_git(&["rev-parse", &format!("{bad}:environments/production")]),
+        "other folders are untouched"
+    );
+    assert!(
+        workspace
+            .journal("staging")
+            .iter()
+            .any(|r| matches!(&r.event, Event::RevertCommitted { commit, .. } if commit.0 == tip))
+    );
+
+    // The revert commit holds what is live: it is healthy without a rollout.
+    rollout.fail_when("");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    assert_eq!(tree(&workspace.live("staging")), healthy_tree);
+    let history = History::from_records(&workspace.journal("staging"));
+    assert_eq!(history.last_healthy.map(|r| r.0), Some(tip));
 }
