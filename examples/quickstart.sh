@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quickstart: reconcile a local example repository into two directory targets, then watch a
-# change land, a broken commit get rejected, and the journal tell the story.
+# Quickstart: a local example repository reconciled into two directory targets. Watch a canary
+# rollout pass its steps, a broken release fail its health check and get reverted, a broken
+# manifest get rejected, and the journal tell the story.
 # Everything happens under target/quickstart/ (override with GITOPSD_QUICKSTART_DIR).
 set -euo pipefail
 
@@ -23,37 +24,45 @@ gitopsd() { "$top/target/debug/gitopsd" --config "$work/gitopsd.toml" "$@"; }
 rm -rf "$work"
 mkdir -p "$work"
 cp -r "$here/quickstart/repo" "$work/repo"
-cp "$here/quickstart/gitopsd.toml" "$work/gitopsd.toml"
+cp "$here/quickstart/gitopsd.toml" "$here/quickstart/check-web.sh" "$work/"
 git -C "$work/repo" init -q -b main
-commit "staging and production: web shop v1.0.0"
+commit "staging and production: web shop 1.0.0"
+cd "$work"
+observed() { printf 'what the health check saw, step by step:\n'; uniq observed.log | sed 's/^/    /'; : > observed.log; }
 
-step "First pass: both environments are created from git"
+step "First pass: both environments are created from git (a first deploy has no canary)"
 gitopsd run --once
-(cd "$work" && find live -type f | sort)
+find live -type f | sort
+: > observed.log
 
-step "A commit bumps staging's image and adds a ConfigMap; diff previews it (exit 1 = changes)"
-sed -i 's/web:1.0.0/web:1.1.0/' "$work/repo/environments/staging/web.yaml"
-cat > "$work/repo/environments/staging/feature-flags.yaml" <<'YAML'
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: feature-flags
-data:
-  NEW_CHECKOUT: "true"
-YAML
-commit "staging: web 1.1.0 and feature flags"
+step "Commit web 1.1.0 to staging; gitopsd diff previews it (exit 1 = changes)"
+sed -i 's/web:1.0.0/web:1.1.0/' repo/environments/staging/web.yaml
+commit "staging: web 1.1.0"
 gitopsd diff --env staging || true
 
-step "Second pass: exactly those two objects change"
+step "Canary rollout: 10% → 50% → promoted, each step baked while the check stays healthy"
 gitopsd run --once
+observed
+grep -h image: live/staging/shop/Deployment.apps/web.yaml
 
-step "A broken commit (a document without kind) is rejected; live state stays as it was"
-printf 'apiVersion: v1\nmetadata:\n  name: oops\n' > "$work/repo/environments/staging/oops.yaml"
+step "Commit web 1.2.0, which is broken: the check fails at 50% and gitopsd reverts"
+sed -i 's/web:1.1.0/web:1.2.0/' repo/environments/staging/web.yaml
+commit "staging: web 1.2.0"
+if gitopsd run --once; then echo "unexpected: the broken release was accepted"; exit 1; fi
+observed
+echo "live staging is back at:"; grep -h image: live/staging/shop/Deployment.apps/web.yaml
+ls live/staging/shop/Deployment.apps/
+
+step "The failed commit is held: the next pass does not retry it"
+gitopsd run --once
+gitopsd status --env staging
+
+step "A broken manifest (a document without kind) is rejected before anything is applied"
+printf 'apiVersion: v1\nmetadata:\n  name: oops\n' > repo/environments/staging/oops.yaml
 commit "staging: broken manifest"
-if gitopsd run --once; then echo "unexpected: the broken commit was accepted"; exit 1; fi
-grep -h image: "$work/live/staging/shop/Deployment.apps/web.yaml"
+if gitopsd run --once; then echo "unexpected: the broken manifest was accepted"; exit 1; fi
 
-step "The journal (gitopsd history)"
-gitopsd history
+step "The journal (gitopsd history --env staging)"
+gitopsd history --env staging
 
-printf '\nLive folders: %s/live — config: %s/gitopsd.toml\n' "$work" "$work"
+printf '\nEverything is under %s: live/ (the directory targets), state/ (git mirror, journals).\n' "$work"

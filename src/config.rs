@@ -506,7 +506,10 @@ impl Checker {
 impl Checker {
     fn number(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<f64> {
         let value = dict.remove(key)?;
-        match value.to_f64() {
+        // `max = 1` is an integer in TOML; it is meant as 1.0.
+        #[allow(clippy::cast_precision_loss)]
+        let number = value.to_f64().or_else(|| value.to_i128().map(|n| n as f64));
+        match number {
             Some(number) if number.is_finite() => Some(number),
             _ => {
                 self.problem(join(prefix, key), "must be a number");
@@ -872,6 +875,79 @@ mod tests {
         assert_eq!(
             config.repo.ssh_key_file,
             Some(PathBuf::from("/etc/gitopsd/id_ed25519"))
+        );
+    }
+
+    #[test]
+    fn rollout_and_health_checks_are_read_and_checked() {
+        let config = parse(
+            r#"
+            [repo]
+            url = "r"
+            [[environment]]
+            name = "a"
+            path = "a"
+            target = { type = "directory", path = "a" }
+            [environment.rollout]
+            steps = [10, 50, 100]
+            bake = "1m"
+            verify = "0s"
+            [[environment.health]]
+            type = "exec"
+            command = "smoke-test --name 'two words'"
+            [[environment.health]]
+            type = "prometheus"
+            url = "http://127.0.0.1:9090/"
+            query = "up"
+            min = 1
+            "#,
+        )
+        .expect("valid");
+        let env = &config.environments[0];
+        assert_eq!(env.rollout.steps, [10, 50, 100]);
+        assert_eq!(env.rollout.bake, Duration::from_secs(60));
+        assert_eq!(env.rollout.verify, Duration::ZERO);
+        assert_eq!(env.health[0].failures, 3);
+        assert_eq!(env.health[0].name, "exec smoke-test --name two words");
+        let CheckKind::Exec { argv, .. } = &env.health[0].check else {
+            panic!("exec check expected");
+        };
+        assert_eq!(argv, &["smoke-test", "--name", "two words"]);
+        let CheckKind::Prometheus { url, min, max, .. } = &env.health[1].check else {
+            panic!("prometheus check expected");
+        };
+        assert_eq!(url, "http://127.0.0.1:9090");
+        assert_eq!((*min, *max), (Some(1.0), None));
+
+        let problems = parse(
+            r#"
+            [repo]
+            url = "r"
+            [[environment]]
+            name = "a"
+            path = "a"
+            target = { type = "directory", path = "a" }
+            [environment.rollout]
+            steps = [50, 10]
+            [[environment.health]]
+            type = "prometheus"
+            url = "http://p"
+            query = "up"
+            failures = 0
+            [[environment.health]]
+            type = "smoke"
+            "#,
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "environment[0].rollout.steps",
+                "environment[0].health[0].failures",
+                "environment[0].health[0].max",
+                "environment[0].health[1].type",
+            ]
         );
     }
 

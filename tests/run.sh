@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, first installing what it needs from Debian's packages when it is
+# missing: git (repositories, `git daemon`) and prometheus (the prometheus health check test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v git >/dev/null || need+=(git)
+[ -x /usr/bin/prometheus ] || need+=(prometheus)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run.sh: please install ${need[*]} (apt-get install ${need[*]}), or run as root" >&2
+    exit 2
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+cargo test "$@"
