@@ -357,8 +357,9 @@ impl Checker {
             .unwrap_or(DEFAULT_MAX_FILE_BYTES);
         self.no_more(std::mem::take(dict), "repo");
         let (url, local_path) = resolve_url(&url?, base);
-        if token_file.is_some() && !url.starts_with("https://") && !url.starts_with("http://") {
-            self.problem("repo.token_file".into(), "only used with an https:// url");
+        if token_file.is_some() && !url.starts_with("https://") {
+            // gix refuses to send credentials in clear text, so http:// cannot carry a token.
+            self.problem("repo.token_file".into(), "needs an https:// url");
         }
         if ssh_key_file.is_some() && !is_ssh_url(&url) {
             self.problem(

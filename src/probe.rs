@@ -181,6 +181,65 @@ mod tests {
         );
     }
 
+    /// Answers every connection with `status` and `body`, on 127.0.0.1.
+    fn serve(status: u16, body: &'static str) -> std::net::SocketAddr {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        std::thread::spawn(move || {
+            // Two requests are enough for a test; the thread ends with them.
+            for stream in listener.incoming().take(2) {
+                let Ok(mut stream) = stream else { continue };
+                let mut buffer = [0u8; 1024];
+                let _ = stream.read(&mut buffer);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        address
+    }
+
+    fn http_check(address: std::net::SocketAddr, body_contains: Option<&str>) -> HealthCheckConfig {
+        HealthCheckConfig {
+            name: "web".into(),
+            check: CheckKind::Http {
+                url: format!("http://{address}/health"),
+                expect_status: 200,
+                body_contains: body_contains.map(str::to_string),
+                timeout: Duration::from_secs(5),
+            },
+            interval: Duration::from_secs(1),
+            failures: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn http_check_reads_status_and_body() {
+        let prober = Prober::new().expect("client");
+        let ok = serve(200, "status: ok");
+        assert!(prober.run(&http_check(ok, Some("ok"))).await.is_healthy());
+        assert!(
+            !prober
+                .run(&http_check(ok, Some("ready")))
+                .await
+                .is_healthy()
+        );
+        let failing = serve(503, "down");
+        let result = prober.run(&http_check(failing, None)).await;
+        assert_eq!(
+            result,
+            CheckResult::Unhealthy("status 503, expected 200".into())
+        );
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("address");
+        assert!(!prober.run(&http_check(closed, None)).await.is_healthy());
+    }
+
     #[tokio::test]
     async fn missing_program_is_a_failure() {
         let result = exec(&argv(&["/nonexistent/check"]), Duration::from_secs(1)).await;

@@ -47,6 +47,21 @@ pub enum SourceError {
     },
 }
 
+/// A gix error with its causes: gix's Display shows only the outermost message ("Transport
+/// handshake failed"), its Debug the whole chain.
+fn gix_message(error: &impl std::fmt::Debug) -> String {
+    format!("{error:?}")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && *line != "Caused by:")
+        .map(|line| {
+            line.trim_start_matches(|c: char| c.is_ascii_digit() || c == ':')
+                .trim()
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 /// How to authenticate to the remote.
 #[derive(Debug, Clone, PartialEq)]
 enum Auth {
@@ -112,9 +127,24 @@ impl GitSource {
         &self.branch
     }
 
-    /// True once a mirror exists (a first fetch ran).
+    /// True once a fetch brought at least one branch into the mirror.
     pub fn has_mirror(&self) -> bool {
-        self.mirror.join("HEAD").is_file()
+        if !self.mirror.join("HEAD").is_file() {
+            return false;
+        }
+        let Ok(repo) = gix::open(&self.mirror) else {
+            return false;
+        };
+        let prefix = format!("{REMOTE_REFS}/");
+        repo.references()
+            .ok()
+            .and_then(|platform| {
+                platform
+                    .prefixed(prefix.as_str())
+                    .ok()
+                    .map(|mut refs| refs.next().is_some())
+            })
+            .unwrap_or(false)
     }
 
     fn open(&self) -> Result<gix::Repository, SourceError> {
@@ -122,11 +152,11 @@ impl GitSource {
             path: self.mirror.clone(),
             message,
         };
-        if self.has_mirror() {
-            gix::open(&self.mirror).map_err(|e| open_error(e.to_string()))
+        if self.mirror.join("HEAD").is_file() {
+            gix::open(&self.mirror).map_err(|e| open_error(gix_message(&e)))
         } else {
-            std::fs::create_dir_all(&self.mirror).map_err(|e| open_error(e.to_string()))?;
-            gix::init_bare(&self.mirror).map_err(|e| open_error(e.to_string()))
+            std::fs::create_dir_all(&self.mirror).map_err(|e| open_error(gix_message(&e)))?;
+            gix::init_bare(&self.mirror).map_err(|e| open_error(gix_message(&e)))
         }
     }
 
@@ -146,8 +176,8 @@ impl GitSource {
             let mut config = repo.config_snapshot_mut();
             config
                 .set_value(&gix::config::tree::Core::SSH_COMMAND, command.as_str())
-                .map_err(|e| fetch_error(e.to_string()))?;
-            config.commit().map_err(|e| fetch_error(e.to_string()))?;
+                .map_err(|e| fetch_error(gix_message(&e)))?;
+            config.commit().map_err(|e| fetch_error(gix_message(&e)))?;
         }
         let previous = self.branch_tip_in(&repo);
         let token = match &self.auth {
@@ -166,13 +196,13 @@ impl GitSource {
         let refspec = format!("+refs/heads/*:{REMOTE_REFS}/*");
         let remote = repo
             .remote_at(self.url.as_str())
-            .map_err(|e| fetch_error(e.to_string()))?
+            .map_err(|e| fetch_error(gix_message(&e)))?
             .with_fetch_tags(gix::remote::fetch::Tags::None)
             .with_refspecs([refspec.as_str()], Direction::Fetch)
-            .map_err(|e| fetch_error(e.to_string()))?;
+            .map_err(|e| fetch_error(gix_message(&e)))?;
         let mut connection = remote
             .connect(Direction::Fetch)
-            .map_err(|e| fetch_error(e.to_string()))?;
+            .map_err(|e| fetch_error(gix_message(&e)))?;
         if let Some((username, password)) = token {
             connection.set_credentials(move |action| match action {
                 gix::credentials::helper::Action::Get(context) => {
@@ -191,9 +221,9 @@ impl GitSource {
         let interrupt = AtomicBool::new(false);
         connection
             .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| fetch_error(e.to_string()))?
+            .map_err(|e| fetch_error(gix_message(&e)))?
             .receive(gix::progress::Discard, &interrupt)
-            .map_err(|e| fetch_error(e.to_string()))?;
+            .map_err(|e| fetch_error(gix_message(&e)))?;
         let Some(tip) = self.branch_tip_in(&repo) else {
             return Err(SourceError::MissingBranch {
                 url: self.url.clone(),
@@ -273,7 +303,7 @@ impl GitSource {
         let commit_error = |message: String| SourceError::Commit { message };
         let tree_of = |revision: &Revision| -> Result<gix::Tree<'_>, SourceError> {
             let id = gix::ObjectId::from_hex(revision.0.as_bytes())
-                .map_err(|e| commit_error(e.to_string()))?;
+                .map_err(|e| commit_error(gix_message(&e)))?;
             repo.find_commit(id)
                 .and_then(|commit| commit.tree())
                 .map_err(|e| commit_error(format!("{revision}: {e}")))
@@ -283,7 +313,7 @@ impl GitSource {
         let entry_id = |tree: &gix::Tree<'_>| -> Result<Option<gix::ObjectId>, SourceError> {
             tree.lookup_entry_by_path(path)
                 .map(|entry| entry.map(|entry| entry.object_id()))
-                .map_err(|e| commit_error(e.to_string()))
+                .map_err(|e| commit_error(gix_message(&e)))
         };
         let wanted = entry_id(&healthy_tree)?;
         if entry_id(&tip_tree)? == wanted {
@@ -291,20 +321,20 @@ impl GitSource {
         }
         let mut editor = repo
             .edit_tree(tip_tree.id)
-            .map_err(|e| commit_error(e.to_string()))?;
+            .map_err(|e| commit_error(gix_message(&e)))?;
         match wanted {
             Some(id) => editor.upsert(path, gix::object::tree::EntryKind::Tree, id),
             None => editor.remove(path),
         }
-        .map_err(|e| commit_error(e.to_string()))?;
-        let tree = editor.write().map_err(|e| commit_error(e.to_string()))?;
+        .map_err(|e| commit_error(gix_message(&e)))?;
+        let tree = editor.write().map_err(|e| commit_error(gix_message(&e)))?;
         let signature = gix::actor::Signature {
             name: "gitopsd".into(),
             email: "gitopsd@localhost".into(),
             time: gix::date::Time::now_utc(),
         };
         let tip_id =
-            gix::ObjectId::from_hex(tip.0.as_bytes()).map_err(|e| commit_error(e.to_string()))?;
+            gix::ObjectId::from_hex(tip.0.as_bytes()).map_err(|e| commit_error(gix_message(&e)))?;
         let commit = gix::objs::Commit {
             tree: tree.detach(),
             parents: vec![tip_id].into(),
@@ -316,7 +346,7 @@ impl GitSource {
         };
         let id = repo
             .write_object(&commit)
-            .map_err(|e| commit_error(e.to_string()))?
+            .map_err(|e| commit_error(gix_message(&e)))?
             .detach();
         let mut push = std::process::Command::new("git");
         push.arg("-C")
@@ -376,16 +406,16 @@ impl GitSource {
             message,
         };
         let id = gix::ObjectId::from_hex(revision.0.as_bytes())
-            .map_err(|e| read_error("commit id", e.to_string()))?;
+            .map_err(|e| read_error("commit id", gix_message(&e)))?;
         let commit = repo
             .find_commit(id)
-            .map_err(|e| read_error("commit", e.to_string()))?;
+            .map_err(|e| read_error("commit", gix_message(&e)))?;
         let root = commit
             .tree()
-            .map_err(|e| read_error("root tree", e.to_string()))?;
+            .map_err(|e| read_error("root tree", gix_message(&e)))?;
         let entry = root
             .lookup_entry_by_path(path)
-            .map_err(|e| read_error(path, e.to_string()))?
+            .map_err(|e| read_error(path, gix_message(&e)))?
             .ok_or_else(|| SourceError::MissingPath {
                 path: path.to_string(),
                 revision: revision.clone(),
@@ -398,12 +428,12 @@ impl GitSource {
         }
         let tree = entry
             .object()
-            .map_err(|e| read_error(path, e.to_string()))?
+            .map_err(|e| read_error(path, gix_message(&e)))?
             .into_tree();
         let mut recorder = gix::traverse::tree::Recorder::default();
         tree.traverse()
             .breadthfirst(&mut recorder)
-            .map_err(|e| read_error(path, e.to_string()))?;
+            .map_err(|e| read_error(path, gix_message(&e)))?;
         let mut records = recorder.records;
         records.sort_by(|a, b| a.filepath.cmp(&b.filepath));
         let mut files = Vec::new();
@@ -429,7 +459,7 @@ impl GitSource {
             }
             let size = repo
                 .find_header(record.oid)
-                .map_err(|e| read_error(&file, e.to_string()))?
+                .map_err(|e| read_error(&file, gix_message(&e)))?
                 .size();
             if size > self.max_file_bytes {
                 problems.push(Problem::file(
@@ -443,7 +473,7 @@ impl GitSource {
             }
             let blob = repo
                 .find_blob(record.oid)
-                .map_err(|e| read_error(&file, e.to_string()))?;
+                .map_err(|e| read_error(&file, gix_message(&e)))?;
             files.push(ManifestFile {
                 path: file,
                 bytes: blob.data.clone(),

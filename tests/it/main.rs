@@ -5,6 +5,7 @@ mod crash;
 mod daemon;
 mod diff;
 mod helpers;
+mod http_git;
 mod prometheus;
 mod reconcile;
 mod rollout;
