@@ -31,6 +31,21 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiffFormat {
+    Text,
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColourChoice {
+    /// When standard output is a terminal.
+    Auto,
+    Always,
+    Never,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the reconciler: poll the repository and keep every environment at its branch tip.
@@ -50,6 +65,16 @@ pub enum Command {
         /// `live` compares with the target; a revision compares two revisions offline.
         #[arg(long, default_value = "live")]
         against: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+        output: DiffFormat,
+        /// Markdown only: leave out object diffs past this size (a pull-request comment holds
+        /// at most 65536 characters).
+        #[arg(long, default_value_t = 60_000)]
+        max_bytes: usize,
+        /// Text only: colour the diff.
+        #[arg(long, value_enum, default_value_t = ColourChoice::Auto)]
+        color: ColourChoice,
     },
     /// Check the configuration and every environment's manifests, reporting all problems.
     /// Exit 0: valid, 1: problems found, 2: could not check.

@@ -10,9 +10,12 @@ use crate::config::{Config, ConfigError, EnvironmentConfig, TargetConfig};
 use crate::daemon;
 use crate::executor::{DesiredError, Outcome, load_desired};
 use crate::journal::{self, Journal, JournalError};
+use crate::journal_view;
+use crate::model::Object;
 use crate::model::Revision;
 use crate::plan::{self, Desired};
-use crate::preview::{self, EnvironmentPreview, PreviewError};
+use crate::report::{Colour, DiffReport, EnvironmentReport, ReportInput};
+use crate::rollout::History;
 use crate::source::{GitSource, SourceError};
 use crate::target::{DirectoryTarget, Target, TargetError};
 
@@ -44,7 +47,9 @@ pub enum CommandError {
         source: TargetError,
     },
     #[error(transparent)]
-    Preview(#[from] PreviewError),
+    Render(#[from] crate::diff::RenderError),
+    #[error("cannot encode JSON: {0}")]
+    Json(#[from] serde_json::Error),
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error("cannot write output: {0}")]
@@ -161,20 +166,64 @@ async fn desired_or_empty(
     }
 }
 
+/// Output format of `gitopsd diff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiffOutput {
+    Text(Colour),
+    Markdown { max_bytes: usize },
+    Json,
+}
+
+/// What `gitopsd diff` compares.
+#[derive(Debug, Clone)]
+pub struct DiffRequest<'a> {
+    pub only: Option<&'a str>,
+    pub rev: Option<&'a str>,
+    /// `live`, or a revision to compare with offline.
+    pub against: &'a str,
+    pub output: DiffOutput,
+}
+
+/// Holds that would keep `revision` from rolling out in `environment`.
+fn holds(config: &Config, environment: &EnvironmentConfig, revision: &Revision) -> Vec<String> {
+    let path = Journal::path_for(&config.state.dir, &environment.name);
+    let Ok(loaded) = journal::load(&path) else {
+        return Vec::new();
+    };
+    let history = History::from_records(&loaded.records);
+    if history.failed.contains(revision) {
+        vec![format!(
+            "revision {} failed in {} before; it is held and will not be applied",
+            revision.short(),
+            environment.name
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+fn as_objects(desired: &[Desired]) -> Vec<Object> {
+    desired
+        .iter()
+        .map(|d| Object {
+            key: d.key.clone(),
+            body: d.body.clone(),
+        })
+        .collect()
+}
+
 /// `gitopsd diff`: desired at `rev` against live state, or against another revision.
 pub async fn diff(
     config: &Config,
-    only: Option<&str>,
-    rev: Option<&str>,
-    against: &str,
+    request: &DiffRequest<'_>,
     out: &mut dyn Write,
 ) -> Result<u8, CommandError> {
-    let environments = selected(config, only)?;
+    let environments = selected(config, request.only)?;
     let mut revisions = Revisions::new(config);
-    let mut previews = Vec::new();
-    if against == "live" {
+    let mut reports = Vec::new();
+    if request.against == "live" {
         revisions.refresh().await?;
-        let revision = revisions.resolve(rev).await?;
+        let revision = revisions.resolve(request.rev).await?;
         for environment in environments {
             let desired = desired_or_empty(&revisions.source, environment, &revision).await?;
             let live = match &environment.target {
@@ -186,29 +235,46 @@ pub async fn diff(
                         source,
                     })?,
             };
-            previews.push(EnvironmentPreview {
-                environment: environment.name.clone(),
+            let plan = plan::plan(&desired, &live, environment.prune);
+            reports.push(EnvironmentReport::build(ReportInput {
+                environment: &environment.name,
                 from: "live".into(),
-                to: revision.short().to_string(),
-                plan: plan::plan(&desired, &live, environment.prune),
-            });
+                to: revision.0.clone(),
+                plan: &plan,
+                desired: &desired,
+                live: &live,
+                rollout: &environment.rollout,
+                holds: holds(config, environment, &revision),
+            })?);
         }
     } else {
-        let old = revisions.resolve(Some(against)).await?;
-        let new = revisions.resolve(rev).await?;
+        let old = revisions.resolve(Some(request.against)).await?;
+        let new = revisions.resolve(request.rev).await?;
         for environment in environments {
             let old_desired = desired_or_empty(&revisions.source, environment, &old).await?;
             let new_desired = desired_or_empty(&revisions.source, environment, &new).await?;
-            previews.push(EnvironmentPreview {
-                environment: environment.name.clone(),
-                from: old.short().to_string(),
-                to: new.short().to_string(),
-                plan: plan::compare_revisions(&old_desired, &new_desired),
-            });
+            let plan = plan::compare_revisions(&old_desired, &new_desired);
+            reports.push(EnvironmentReport::build(ReportInput {
+                environment: &environment.name,
+                from: old.0.clone(),
+                to: new.0.clone(),
+                plan: &plan,
+                desired: &new_desired,
+                live: &as_objects(&old_desired),
+                rollout: &environment.rollout,
+                holds: holds(config, environment, &new),
+            })?);
         }
     }
-    let changed = preview::write_text(&previews, out)?;
-    Ok(if changed {
+    let report = DiffReport::new(reports);
+    match request.output {
+        DiffOutput::Text(colour) => report.write_text(colour, out)?,
+        DiffOutput::Markdown { max_bytes } => {
+            out.write_all(report.to_markdown(max_bytes).as_bytes())?
+        }
+        DiffOutput::Json => writeln!(out, "{}", report.to_json()?)?,
+    }
+    Ok(if report.has_changes() {
         EXIT_CHANGES_OR_PROBLEMS
     } else {
         EXIT_OK
@@ -281,7 +347,7 @@ pub fn history(
     for environment in selected(config, only)? {
         let path = Journal::path_for(&config.state.dir, &environment.name);
         let loaded = journal::load(&path)?;
-        preview::write_history(&loaded.records, out)?;
+        journal_view::write_history(&loaded.records, out)?;
     }
     Ok(EXIT_OK)
 }
@@ -295,7 +361,7 @@ pub fn status(
     for environment in selected(config, only)? {
         let path = Journal::path_for(&config.state.dir, &environment.name);
         let loaded = journal::load(&path)?;
-        preview::write_status(&environment.name, &loaded.records, out)?;
+        journal_view::write_status(&environment.name, &loaded.records, out)?;
     }
     Ok(EXIT_OK)
 }

@@ -8,9 +8,10 @@ use clap::Parser;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
-use gitopsd::cli::{Cli, Command, LogFormat};
-use gitopsd::commands::{self, EXIT_ERROR};
+use gitopsd::cli::{Cli, ColourChoice, Command, DiffFormat, LogFormat};
+use gitopsd::commands::{self, DiffOutput, DiffRequest, EXIT_ERROR};
 use gitopsd::config::Config;
+use gitopsd::report::Colour;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -50,16 +51,33 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 let shutdown = shutdown_signal()?;
                 Ok(commands::run(config, once, shutdown).await)
             }
-            Command::Diff { env, rev, against } => {
+            Command::Diff {
+                env,
+                rev,
+                against,
+                output,
+                max_bytes,
+                color,
+            } => {
                 let config = Config::load(&cli.config)?;
-                Ok(commands::diff(
-                    &config,
-                    env.as_deref(),
-                    rev.as_deref(),
-                    &against,
-                    &mut stdout,
-                )
-                .await?)
+                let colour = match color {
+                    ColourChoice::Always => Colour::Ansi,
+                    ColourChoice::Never => Colour::Never,
+                    ColourChoice::Auto if std::io::stdout().is_terminal() => Colour::Ansi,
+                    ColourChoice::Auto => Colour::Never,
+                };
+                let output = match output {
+                    DiffFormat::Text => DiffOutput::Text(colour),
+                    DiffFormat::Markdown => DiffOutput::Markdown { max_bytes },
+                    DiffFormat::Json => DiffOutput::Json,
+                };
+                let request = DiffRequest {
+                    only: env.as_deref(),
+                    rev: rev.as_deref(),
+                    against: &against,
+                    output,
+                };
+                Ok(commands::diff(&config, &request, &mut stdout).await?)
             }
             Command::Status { env } => {
                 let config = Config::load(&cli.config)?;

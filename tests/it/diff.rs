@@ -94,3 +94,240 @@ fn diff_against_live_shows_pending_changes() {
     assert_exit(&workspace.run(&["run", "--once"]), 0);
     assert_eq!(std::fs::read_to_string(&file).expect("live file"), original);
 }
+
+/// A fixture with one of each: a create, an update, a delete, a Secret change, and a
+/// Deployment whose image change gets a canary (with the ConfigMap it uses).
+fn fixture(workspace: &Workspace) -> (String, String) {
+    let repo = &workspace.repo;
+    let web = |image: &str, greeting: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-config\ndata:\n  GREETING: {greeting}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 4\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n        - name: web\n          image: {image}\n          envFrom: [{{configMapRef: {{name: web-config}}}}]\n"
+        )
+    };
+    let secret = |password: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  user: YWRtaW4=\n  password: {password}\n"
+        )
+    };
+    repo.write("environments/staging/web.yaml", &web("web:1", "hello"));
+    repo.write(
+        "environments/staging/secret.yaml",
+        &secret("b2xkLXBhc3N3b3Jk"),
+    );
+    repo.write(
+        "environments/staging/old.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: retired\ndata:\n  a: \"1\"\n",
+    );
+    write_environment(repo, "production", 1);
+    let old = repo.commit("old");
+    repo.write("environments/staging/web.yaml", &web("web:2", "bonjour"));
+    repo.write(
+        "environments/staging/secret.yaml",
+        &secret("bmV3LXBhc3N3b3Jk"),
+    );
+    repo.remove("environments/staging/old.yaml");
+    repo.write(
+        "environments/staging/new.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n",
+    );
+    let new = repo.commit("new");
+    (old, new)
+}
+
+fn rollout_config(workspace: &Workspace) {
+    workspace.write_config_with(
+        &workspace.repo.dir.display().to_string(),
+        "30s",
+        "[environment.rollout]\nsteps = [10, 50, 100]\n",
+    );
+}
+
+/// The output with revision ids replaced, so snapshots do not depend on commit times.
+fn normalized(output: &std::process::Output, old: &str, new: &str) -> String {
+    stdout(output)
+        .replace(old, "<OLD>")
+        .replace(new, "<NEW>")
+        .replace(&old[..12], "<OLD>")
+        .replace(&new[..12], "<NEW>")
+}
+
+#[test]
+fn text_output_snapshot() {
+    let workspace = Workspace::new();
+    rollout_config(&workspace);
+    let (old, new) = fixture(&workspace);
+    let output = workspace.run(&["diff", "--against", &old, "--rev", &new, "--color", "never"]);
+    assert_exit(&output, 1);
+    let text = normalized(&output, &old, &new);
+    assert!(
+        !text.contains("bmV3") && !text.contains("b2xk"),
+        "secret values leaked:\n{text}"
+    );
+    insta::assert_snapshot!("diff_text", text);
+}
+
+#[test]
+fn markdown_output_snapshot() {
+    let workspace = Workspace::new();
+    rollout_config(&workspace);
+    let (old, new) = fixture(&workspace);
+    let output = workspace.run(&[
+        "diff",
+        "--against",
+        &old,
+        "--rev",
+        &new,
+        "--output",
+        "markdown",
+    ]);
+    assert_exit(&output, 1);
+    insta::assert_snapshot!("diff_markdown", normalized(&output, &old, &new));
+}
+
+#[test]
+fn json_output_snapshot() {
+    let workspace = Workspace::new();
+    rollout_config(&workspace);
+    let (old, new) = fixture(&workspace);
+    let output = workspace.run(&["diff", "--against", &old, "--rev", &new, "--output", "json"]);
+    assert_exit(&output, 1);
+    let text = normalized(&output, &old, &new);
+    let parsed: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(parsed["version"], 1);
+    insta::assert_snapshot!("diff_json", text);
+}
+
+#[test]
+fn coloured_text_marks_additions_and_removals() {
+    let workspace = Workspace::new();
+    let (old, new) = fixture(&workspace);
+    let output = workspace.run(&[
+        "diff",
+        "--against",
+        &old,
+        "--rev",
+        &new,
+        "--color",
+        "always",
+    ]);
+    assert_exit(&output, 1);
+    let text = stdout(&output);
+    assert!(
+        text.contains("\u{1b}[32m+        image: web:2\u{1b}[0m"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\u{1b}[31m-        image: web:1\u{1b}[0m"),
+        "{text}"
+    );
+}
+
+#[test]
+fn markdown_is_truncated_with_a_note() {
+    let workspace = Workspace::new();
+    let mut big = String::new();
+    for index in 0..200 {
+        big.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big-{index:03}\ndata:\n  value: \"{}\"\n",
+            "x".repeat(100)
+        ));
+    }
+    write_environment(&workspace.repo, "production", 1);
+    write_environment(&workspace.repo, "staging", 1);
+    let old = workspace.repo.commit("small");
+    workspace.repo.write("environments/staging/big.yaml", &big);
+    let new = workspace.repo.commit("big");
+    let output = workspace.run(&[
+        "diff",
+        "--against",
+        &old,
+        "--rev",
+        &new,
+        "--output",
+        "markdown",
+        "--max-bytes",
+        "5000",
+    ]);
+    assert_exit(&output, 1);
+    let text = stdout(&output);
+    assert!(text.len() < 5000 + 1000, "{} bytes", text.len());
+    assert!(text.contains("**Truncated:**"), "{text}");
+    assert!(
+        text.contains("object diffs were left out to stay under 5000 bytes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("200 to create"),
+        "the summary still counts everything"
+    );
+}
+
+#[test]
+fn json_of_identical_revisions_exits_zero_and_unknown_revision_two() {
+    let workspace = Workspace::new();
+    let (old, _) = fixture(&workspace);
+    let same = workspace.run(&["diff", "--against", &old, "--rev", &old, "--output", "json"]);
+    assert_exit(&same, 0);
+    let parsed: serde_json::Value = serde_json::from_str(&stdout(&same)).expect("JSON");
+    assert_eq!(parsed["environments"][0]["summary"]["create"], 0);
+    let unknown = workspace.run(&["diff", "--against", "origin/no-such", "--output", "json"]);
+    assert_exit(&unknown, 2);
+    assert!(stderr(&unknown).contains("unknown revision \"origin/no-such\""));
+}
+
+#[test]
+fn a_remote_branch_is_fetched_when_missing() {
+    let workspace = Workspace::new();
+    let (_, new) = fixture(&workspace);
+    assert_exit(
+        &workspace.run(&["diff", "--against", &new, "--rev", &new]),
+        0,
+    );
+    git(&workspace.repo.dir, &["checkout", "-q", "-b", "feature"]);
+    workspace.repo.write(
+        "environments/staging/feature.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: feature\n",
+    );
+    workspace.repo.commit("feature");
+    // The mirror has never seen `feature`: the diff fetches it.
+    let output = workspace.run(&["diff", "--against", "main", "--rev", "origin/feature"]);
+    assert_exit(&output, 1);
+    assert!(
+        stdout(&output).contains("+ create ConfigMap shop/feature"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn ci_workflow_recipe_works_with_environment_overrides() {
+    // What examples/ci/gitopsd-diff.yml does: the config points elsewhere, the environment
+    // variables point it at the checkout and a scratch state folder.
+    let workspace = Workspace::new();
+    workspace.write_config("/nonexistent/repo", "30s");
+    let (old, new) = fixture(&workspace);
+    git(&workspace.repo.dir, &["branch", "-f", "gitopsd-base", &old]);
+    git(&workspace.repo.dir, &["branch", "-f", "gitopsd-head", &new]);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let output = workspace
+        .gitopsd(&[
+            "diff",
+            "--against",
+            "gitopsd-base",
+            "--rev",
+            "gitopsd-head",
+            "--output",
+            "markdown",
+        ])
+        .env("GITOPSD_REPO__URL", &workspace.repo.dir)
+        .env("GITOPSD_STATE__DIR", scratch.path())
+        .output()
+        .expect("runs");
+    assert_exit(&output, 1);
+    assert!(stdout(&output).starts_with("### gitopsd diff"));
+    assert!(
+        scratch.path().join("repo.git").is_dir(),
+        "the mirror lives in the scratch folder"
+    );
+    assert!(!workspace.path("state").exists());
+}

@@ -1,71 +1,9 @@
-//! Renders plans and journal records as text for `gitopsd diff` and `gitopsd history`.
+//! Renders journal records as text for `gitopsd history` and `gitopsd status`.
 
 use std::io::{self, Write};
 
-use crate::diff::RenderError;
 use crate::journal::{Event, Record};
-use crate::plan::{Action, Plan};
 use crate::rollout::History;
-
-/// One environment's plan, with labels for its two sides.
-#[derive(Debug)]
-pub struct EnvironmentPreview {
-    pub environment: String,
-    /// What the plan starts from (`live`, or an old revision).
-    pub from: String,
-    /// What it goes to (the desired revision).
-    pub to: String,
-    pub plan: Plan,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PreviewError {
-    #[error(transparent)]
-    Render(#[from] RenderError),
-    #[error("cannot write output: {0}")]
-    Io(#[from] io::Error),
-}
-
-/// Writes each environment's changes (header per object, then a unified diff) and a summary
-/// line. Returns true when anything would change.
-pub fn write_text(
-    previews: &[EnvironmentPreview],
-    out: &mut dyn Write,
-) -> Result<bool, PreviewError> {
-    let mut any_change = false;
-    for preview in previews {
-        writeln!(
-            out,
-            "=== {}: {} → {}",
-            preview.environment, preview.from, preview.to
-        )?;
-        for change in &preview.plan.changes {
-            any_change = true;
-            writeln!(
-                out,
-                "{} {} {}",
-                change.action().sign(),
-                change.action().verb(),
-                change.key()
-            )?;
-            write!(out, "{}", change.render_diff()?)?;
-        }
-        for orphan in &preview.plan.orphaned {
-            writeln!(out, "! orphaned {orphan} (gone from git, prune is off)")?;
-        }
-        let plan = &preview.plan;
-        writeln!(
-            out,
-            "{}: {} to create, {} to update, {} to delete, {} unchanged",
-            preview.environment,
-            plan.count(Action::Create),
-            plan.count(Action::Update),
-            plan.count(Action::Delete),
-            plan.unchanged
-        )?;
-    }
-    Ok(any_change)
-}
 
 /// Writes journal records, one line each, with the objects or problems they name indented
 /// below.

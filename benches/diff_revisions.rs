@@ -1,0 +1,169 @@
+//! Benchmark: `gitopsd diff --against A --rev B` on two revisions of 2,000 objects, beside
+//! `git diff A B` of the same revisions, measured in the same run (wall time and peak RSS).
+//! Run with `benches/run.sh` (or `cargo bench --bench diff_revisions`).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const OBJECTS: usize = 2000;
+const FILES: usize = 20;
+const RUNS: usize = 7;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
+        .env("GIT_COMMITTER_NAME", "bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
+        .output()
+        .expect("git runs");
+    assert!(output.status.success(), "git {args:?} failed");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// One object of the fixture; `version` changes its content.
+fn object(index: usize, version: u32) -> String {
+    if index % 4 == 0 {
+        format!(
+            "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app-{index:04}\n  labels: {{app: app-{index:04}}}\nspec:\n  replicas: 3\n  selector:\n    matchLabels: {{app: app-{index:04}}}\n  template:\n    metadata:\n      labels: {{app: app-{index:04}}}\n    spec:\n      containers:\n        - name: app\n          image: registry.example.com/app-{index:04}:{version}.0\n          ports: [{{containerPort: 8080}}]\n          resources: {{requests: {{cpu: 100m, memory: 128Mi}}}}\n"
+        )
+    } else {
+        format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-{index:04}\ndata:\n  setting: \"{version}\"\n  description: configuration number {index} of the benchmark fixture\n"
+        )
+    }
+}
+
+/// Writes the environment: objects `range`, with every tenth at `changed_version`.
+fn write_fixture(repo: &Path, range: std::ops::Range<usize>, changed_version: u32) {
+    let dir = repo.join("environments/bench");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let per_file = OBJECTS / FILES;
+    for file in 0..FILES + 1 {
+        let mut text = String::new();
+        for index in file * per_file..(file + 1) * per_file {
+            if range.contains(&index) {
+                let version = if index % 10 == 0 { changed_version } else { 1 };
+                text.push_str(&object(index, version));
+            }
+        }
+        if !text.is_empty() {
+            std::fs::write(dir.join(format!("part-{file:02}.yaml")), text).expect("write");
+        }
+    }
+}
+
+struct Measurement {
+    median: Duration,
+    peak_rss_kib: i64,
+}
+
+/// Runs `command` `RUNS` times; median wall time and the largest peak RSS.
+fn measure(mut make: impl FnMut() -> Command) -> Measurement {
+    let mut times = Vec::new();
+    let mut peak = 0;
+    for _ in 0..RUNS {
+        let mut command = make();
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        let start = Instant::now();
+        let child = command.spawn().expect("command starts");
+        let pid = i32::try_from(child.id()).expect("pid fits");
+        let mut status = 0;
+        // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: waits for our own child; pointers are to live locals.
+        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        times.push(start.elapsed());
+        assert_eq!(waited, pid, "wait4 failed");
+        assert!(libc::WIFEXITED(status), "command did not exit normally");
+        let code = libc::WEXITSTATUS(status);
+        assert!(code <= 1, "command failed with exit code {code}");
+        peak = peak.max(usage.ru_maxrss);
+        std::mem::forget(child); // already reaped by wait4
+    }
+    times.sort();
+    Measurement {
+        median: times[RUNS / 2],
+        peak_rss_kib: peak,
+    }
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    write_fixture(&repo, 0..OBJECTS, 1);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "A"]);
+    let old = git(&repo, &["rev-parse", "HEAD"]);
+    // B: every tenth object changed, 50 removed, 50 added.
+    write_fixture(&repo, 50..OBJECTS + 50, 2);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "B"]);
+    let new = git(&repo, &["rev-parse", "HEAD"]);
+
+    let config = dir.path().join("gitopsd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repo]\nurl = \"{}\"\n[state]\ndir = \"state\"\n[[environment]]\nname = \"bench\"\npath = \"environments/bench\"\ntarget = {{ type = \"directory\", path = \"live\" }}\n",
+            repo.display()
+        ),
+    )
+    .expect("config");
+    let gitopsd = env!("CARGO_BIN_EXE_gitopsd");
+    let diff = || {
+        let mut command = Command::new(gitopsd);
+        command.arg("--config").arg(&config).args([
+            "diff",
+            "--against",
+            &old,
+            "--rev",
+            &new,
+            "--color",
+            "never",
+        ]);
+        command
+    };
+    // The first run fills the mirror; it is not measured.
+    let first = diff().output().expect("gitopsd diff runs");
+    assert_eq!(
+        first.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stats = String::from_utf8_lossy(&first.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+
+    let ours = measure(diff);
+    let theirs = measure(|| {
+        let mut command = Command::new("git");
+        command.current_dir(&repo).args(["diff", &old, &new]);
+        command
+    });
+    println!("fixture: {OBJECTS} objects in {FILES} files; {stats}");
+    println!("median of {RUNS} runs, peak RSS over all runs:");
+    println!("| command | time | peak memory |");
+    println!("| --- | --- | --- |");
+    println!(
+        "| `gitopsd diff --against A --rev B` | {:.1} ms | {:.1} MiB |",
+        ours.median.as_secs_f64() * 1000.0,
+        ours.peak_rss_kib as f64 / 1024.0
+    );
+    println!(
+        "| `git diff A B` | {:.1} ms | {:.1} MiB |",
+        theirs.median.as_secs_f64() * 1000.0,
+        theirs.peak_rss_kib as f64 / 1024.0
+    );
+}

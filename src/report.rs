@@ -1,0 +1,436 @@
+//! Diff reports: what a revision would change in each environment, as text, markdown or JSON.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::canary;
+use crate::config::RolloutConfig;
+use crate::diff::{self, RenderError};
+use crate::model::{Object, ResourceKey};
+use crate::plan::{Action, Change, Desired, Plan};
+
+/// Version of the JSON schema (README "diff --output json").
+pub const SCHEMA_VERSION: u32 = 1;
+/// Placeholder shown instead of a Secret value.
+const REDACTED: &str = "<redacted>";
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DiffReport {
+    pub version: u32,
+    pub environments: Vec<EnvironmentReport>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EnvironmentReport {
+    pub environment: String,
+    /// `live`, or the revision compared against.
+    pub from: String,
+    /// The desired revision.
+    pub to: String,
+    pub summary: Summary,
+    pub changes: Vec<ChangeReport>,
+    /// Owned objects gone from git that are kept because prune is off.
+    pub orphaned: Vec<String>,
+    pub rollout: RolloutPreview,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub create: usize,
+    pub update: usize,
+    pub delete: usize,
+    pub unchanged: usize,
+}
+
+impl Summary {
+    pub fn changes(&self) -> usize {
+        self.create + self.update + self.delete
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChangeReport {
+    pub action: Action,
+    /// `Kind[.group] [namespace/]name`.
+    pub object: String,
+    pub api_group: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// Unified diff of the normalized YAML; Secret values are redacted.
+    pub diff: String,
+}
+
+/// The rollout the change would get.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RolloutPreview {
+    /// Canary weights in percent; `[100]` is a direct apply.
+    pub steps: Vec<u8>,
+    /// Deployments that would run a canary.
+    pub canaries: Vec<String>,
+    /// ConfigMaps/Secrets that only canary pods would see until promotion.
+    pub canary_configs: Vec<String>,
+    /// Anything that would hold the rollout back.
+    pub holds: Vec<String>,
+}
+
+/// Inputs for one environment's report.
+pub struct ReportInput<'a> {
+    pub environment: &'a str,
+    pub from: String,
+    pub to: String,
+    pub plan: &'a Plan,
+    pub desired: &'a [Desired],
+    /// Live objects (or the old revision's, for a revision-to-revision diff).
+    pub live: &'a [Object],
+    pub rollout: &'a RolloutConfig,
+    pub holds: Vec<String>,
+}
+
+impl EnvironmentReport {
+    pub fn build(input: ReportInput<'_>) -> Result<Self, RenderError> {
+        let plan = input.plan;
+        let mut changes = Vec::new();
+        for change in &plan.changes {
+            changes.push(change_report(change)?);
+        }
+        let spec = canary::split(plan, input.desired, input.live);
+        let steps = if spec.has_canaries() {
+            input.rollout.steps.clone()
+        } else {
+            vec![100]
+        };
+        Ok(Self {
+            environment: input.environment.to_string(),
+            from: input.from,
+            to: input.to,
+            summary: Summary {
+                create: plan.count(Action::Create),
+                update: plan.count(Action::Update),
+                delete: plan.count(Action::Delete),
+                unchanged: plan.unchanged,
+            },
+            changes,
+            orphaned: plan.orphaned.iter().map(ToString::to_string).collect(),
+            rollout: RolloutPreview {
+                steps,
+                canaries: spec
+                    .canaries
+                    .iter()
+                    .map(|unit| unit.desired.key.to_string())
+                    .collect(),
+                canary_configs: spec.held.iter().map(|d| d.key.to_string()).collect(),
+                holds: input.holds,
+            },
+        })
+    }
+}
+
+fn change_report(change: &Change) -> Result<ChangeReport, RenderError> {
+    let key = change.key();
+    let (old, new) = redact(key, change.live(), change.desired().map(|d| &d.body));
+    let old = old
+        .as_ref()
+        .map(diff::to_yaml)
+        .transpose()?
+        .unwrap_or_default();
+    let new = new
+        .as_ref()
+        .map(diff::to_yaml)
+        .transpose()?
+        .unwrap_or_default();
+    let label = key.to_string();
+    Ok(ChangeReport {
+        action: change.action(),
+        object: label.clone(),
+        api_group: key.group.clone(),
+        kind: key.kind.clone(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        diff: diff::unified(&format!("a/{label}"), &format!("b/{label}"), &old, &new),
+    })
+}
+
+fn is_secret(key: &ResourceKey) -> bool {
+    key.group.is_empty() && key.kind == "Secret"
+}
+
+/// Replaces Secret values so a diff shows which keys changed and never a value: equal values
+/// become the same placeholder on both sides, changed ones differ only by an old/new marker.
+pub fn redact(
+    key: &ResourceKey,
+    old: Option<&Value>,
+    new: Option<&Value>,
+) -> (Option<Value>, Option<Value>) {
+    let mut old = old.cloned();
+    let mut new = new.cloned();
+    if !is_secret(key) {
+        return (old, new);
+    }
+    for field in ["data", "stringData"] {
+        let old_map = old
+            .as_ref()
+            .and_then(|body| body.get(field))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let new_map = new
+            .as_ref()
+            .and_then(|body| body.get(field))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let mark = |body: &mut Option<Value>,
+                    own: &serde_json::Map<String, Value>,
+                    other: &serde_json::Map<String, Value>,
+                    side: &str| {
+            let Some(values) = body
+                .as_mut()
+                .and_then(|body| body.get_mut(field))
+                .and_then(Value::as_object_mut)
+            else {
+                return;
+            };
+            for (name, value) in values.iter_mut() {
+                let changed = other
+                    .get(name)
+                    .is_some_and(|theirs| Some(theirs) != own.get(name));
+                *value = Value::String(if changed {
+                    format!("{REDACTED} ({side} value)")
+                } else {
+                    REDACTED.to_string()
+                });
+            }
+        };
+        mark(&mut old, &old_map, &new_map, "old");
+        mark(&mut new, &new_map, &old_map, "new");
+    }
+    (old, new)
+}
+
+/// How text output is coloured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Colour {
+    Never,
+    Ansi,
+}
+
+fn paint(colour: Colour, code: &str, text: &str) -> String {
+    match colour {
+        Colour::Never => text.to_string(),
+        Colour::Ansi => format!("\x1b[{code}m{text}\x1b[0m"),
+    }
+}
+
+fn diff_line_colour(line: &str) -> Option<&'static str> {
+    if line.starts_with("+++") || line.starts_with("---") {
+        Some("1")
+    } else if line.starts_with('+') {
+        Some("32")
+    } else if line.starts_with('-') {
+        Some("31")
+    } else if line.starts_with("@@") {
+        Some("36")
+    } else {
+        None
+    }
+}
+
+fn rollout_line(rollout: &RolloutPreview) -> String {
+    if rollout.canaries.is_empty() {
+        return "applied at once (no Deployment needs a canary)".into();
+    }
+    let steps: Vec<String> = rollout.steps.iter().map(|w| format!("{w}%")).collect();
+    let mut line = format!(
+        "canary {} for {}",
+        steps.join(" → "),
+        rollout.canaries.join(", ")
+    );
+    if !rollout.canary_configs.is_empty() {
+        let _ = write!(
+            line,
+            "; only canary pods see the new {} until promotion",
+            rollout.canary_configs.join(", ")
+        );
+    }
+    line
+}
+
+fn summary_line(report: &EnvironmentReport) -> String {
+    let summary = report.summary;
+    format!(
+        "{}: {} to create, {} to update, {} to delete, {} unchanged",
+        report.environment, summary.create, summary.update, summary.delete, summary.unchanged
+    )
+}
+
+fn short(revision: &str) -> &str {
+    if revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit()) {
+        &revision[..12]
+    } else {
+        revision
+    }
+}
+
+impl DiffReport {
+    pub fn new(environments: Vec<EnvironmentReport>) -> Self {
+        Self {
+            version: SCHEMA_VERSION,
+            environments,
+        }
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.environments
+            .iter()
+            .any(|env| env.summary.changes() > 0)
+    }
+
+    /// Human-readable: a header per object (`+ create`, `~ update`, `- delete`), its diff, and
+    /// per environment the rollout it would get and a summary line.
+    pub fn write_text(&self, colour: Colour, out: &mut dyn Write) -> io::Result<()> {
+        for report in &self.environments {
+            let title = format!(
+                "=== {}: {} → {}",
+                report.environment,
+                short(&report.from),
+                short(&report.to)
+            );
+            writeln!(out, "{}", paint(colour, "1", &title))?;
+            for change in &report.changes {
+                let code = match change.action {
+                    Action::Create => "1;32",
+                    Action::Update => "1;33",
+                    Action::Delete => "1;31",
+                };
+                let header = format!(
+                    "{} {} {}",
+                    change.action.sign(),
+                    change.action.verb(),
+                    change.object
+                );
+                writeln!(out, "{}", paint(colour, code, &header))?;
+                for line in change.diff.lines() {
+                    match diff_line_colour(line) {
+                        Some(code) => writeln!(out, "{}", paint(colour, code, line))?,
+                        None => writeln!(out, "{line}")?,
+                    }
+                }
+            }
+            for orphan in &report.orphaned {
+                writeln!(out, "! orphaned {orphan} (gone from git, prune is off)")?;
+            }
+            if report.summary.changes() > 0 {
+                writeln!(out, "rollout: {}", rollout_line(&report.rollout))?;
+            }
+            for hold in &report.rollout.holds {
+                writeln!(out, "{}", paint(colour, "1;35", &format!("hold: {hold}")))?;
+            }
+            writeln!(out, "{}", summary_line(report))?;
+        }
+        Ok(())
+    }
+
+    /// Markdown for a pull-request comment: a collapsible section per environment. Stops
+    /// adding diffs past `max_bytes` and says so.
+    pub fn to_markdown(&self, max_bytes: usize) -> String {
+        let mut out = String::from("### gitopsd diff\n\n");
+        let mut omitted = 0usize;
+        for report in &self.environments {
+            let summary = report.summary;
+            let _ = writeln!(
+                out,
+                "<details{}>\n<summary><b>{}</b> ({} → {}): {} to create, {} to update, {} to delete, {} unchanged</summary>\n",
+                if summary.changes() > 0 { " open" } else { "" },
+                report.environment,
+                short(&report.from),
+                short(&report.to),
+                summary.create,
+                summary.update,
+                summary.delete,
+                summary.unchanged
+            );
+            if summary.changes() > 0 {
+                let _ = writeln!(out, "**Rollout:** {}\n", rollout_line(&report.rollout));
+            }
+            for hold in &report.rollout.holds {
+                let _ = writeln!(out, "**Hold:** {hold}\n");
+            }
+            for change in &report.changes {
+                let section = format!(
+                    "`{} {} {}`\n\n```diff\n{}```\n\n",
+                    change.action.sign(),
+                    change.action.verb(),
+                    change.object,
+                    change.diff
+                );
+                if out.len() + section.len() > max_bytes {
+                    omitted += 1;
+                    continue;
+                }
+                out.push_str(&section);
+            }
+            for orphan in &report.orphaned {
+                let _ = writeln!(out, "- orphaned `{orphan}` (gone from git, prune is off)");
+            }
+            out.push_str("</details>\n\n");
+        }
+        if omitted > 0 {
+            let _ = writeln!(
+                out,
+                "> **Truncated:** {omitted} object diff{} left out to stay under {max_bytes} bytes. Run `gitopsd diff` locally for the whole output.",
+                if omitted == 1 { " was" } else { "s were" }
+            );
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn secret_key() -> ResourceKey {
+        ResourceKey {
+            group: String::new(),
+            kind: "Secret".into(),
+            namespace: Some("shop".into()),
+            name: "db".into(),
+        }
+    }
+
+    #[test]
+    fn secret_values_never_show_but_changed_keys_do() {
+        let old = json!({"kind": "Secret", "data": {"user": "YWRtaW4=", "password": "b2xk"}});
+        let new = json!({"kind": "Secret", "data": {"user": "YWRtaW4=", "password": "bmV3", "token": "dA=="}});
+        let (old, new) = redact(&secret_key(), Some(&old), Some(&new));
+        let (old, new) = (old.expect("old"), new.expect("new"));
+        assert_eq!(old["data"]["user"], "<redacted>");
+        assert_eq!(new["data"]["user"], "<redacted>");
+        assert_eq!(old["data"]["password"], "<redacted> (old value)");
+        assert_eq!(new["data"]["password"], "<redacted> (new value)");
+        assert_eq!(new["data"]["token"], "<redacted>");
+        let text = format!("{old}{new}");
+        for secret in ["YWRtaW4=", "b2xk", "bmV3", "dA=="] {
+            assert!(!text.contains(secret), "{secret} leaked");
+        }
+    }
+
+    #[test]
+    fn other_kinds_are_untouched() {
+        let key = ResourceKey {
+            kind: "ConfigMap".into(),
+            ..secret_key()
+        };
+        let body = json!({"data": {"a": "1"}});
+        assert_eq!(redact(&key, Some(&body), None).0, Some(body));
+    }
+}
