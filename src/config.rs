@@ -39,6 +39,8 @@ pub struct RepoConfig {
     pub token_file: Option<PathBuf>,
     pub token_username: String,
     pub ssh_key_file: Option<PathBuf>,
+    /// known_hosts for ssh; host keys are then checked strictly against it alone.
+    pub ssh_known_hosts_file: Option<PathBuf>,
     pub max_file_bytes: u64,
 }
 
@@ -352,6 +354,7 @@ impl Checker {
             .string(dict, "repo", "token_username")
             .unwrap_or_else(|| "x-access-token".into());
         let ssh_key_file = self.path(dict, "repo", "ssh_key_file", base);
+        let ssh_known_hosts_file = self.path(dict, "repo", "ssh_known_hosts_file", base);
         let max_file_bytes = self
             .unsigned(dict, "repo", "max_file_bytes")
             .unwrap_or(DEFAULT_MAX_FILE_BYTES);
@@ -361,11 +364,13 @@ impl Checker {
             // gix refuses to send credentials in clear text, so http:// cannot carry a token.
             self.problem("repo.token_file".into(), "needs an https:// url");
         }
-        if ssh_key_file.is_some() && !is_ssh_url(&url) {
-            self.problem(
-                "repo.ssh_key_file".into(),
-                "only used with an ssh:// or user@host:path url",
-            );
+        for (key, set) in [
+            ("repo.ssh_key_file", ssh_key_file.is_some()),
+            ("repo.ssh_known_hosts_file", ssh_known_hosts_file.is_some()),
+        ] {
+            if set && !is_ssh_url(&url) {
+                self.problem(key.into(), "only used with an ssh:// or user@host:path url");
+            }
         }
         Some(RepoConfig {
             url,
@@ -375,6 +380,7 @@ impl Checker {
             token_file,
             token_username,
             ssh_key_file,
+            ssh_known_hosts_file,
             max_file_bytes,
         })
     }

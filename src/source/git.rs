@@ -66,8 +66,34 @@ fn gix_message(error: &impl std::fmt::Debug) -> String {
 #[derive(Debug, Clone, PartialEq)]
 enum Auth {
     Anonymous,
-    Token { username: String, file: PathBuf },
-    SshKey(PathBuf),
+    Token {
+        username: String,
+        file: PathBuf,
+    },
+    Ssh {
+        key: Option<PathBuf>,
+        known_hosts: Option<PathBuf>,
+    },
+}
+
+impl Auth {
+    /// The ssh command line for git and gix, when ssh settings are configured.
+    fn ssh_command(&self) -> Option<String> {
+        let Auth::Ssh { key, known_hosts } = self else {
+            return None;
+        };
+        let mut command = String::from("ssh -o BatchMode=yes");
+        if let Some(key) = key {
+            command.push_str(&format!(" -i '{}' -o IdentitiesOnly=yes", key.display()));
+        }
+        if let Some(known_hosts) = known_hosts {
+            command.push_str(&format!(
+                " -o UserKnownHostsFile='{}' -o StrictHostKeyChecking=yes",
+                known_hosts.display()
+            ));
+        }
+        Some(command)
+    }
 }
 
 /// Result of a fetch.
@@ -102,13 +128,20 @@ pub struct GitSource {
 
 impl GitSource {
     pub fn new(repo: &RepoConfig, state_dir: &Path) -> Self {
-        let auth = match (&repo.token_file, &repo.ssh_key_file) {
-            (Some(file), _) => Auth::Token {
+        let auth = match (
+            &repo.token_file,
+            &repo.ssh_key_file,
+            &repo.ssh_known_hosts_file,
+        ) {
+            (Some(file), _, _) => Auth::Token {
                 username: repo.token_username.clone(),
                 file: file.clone(),
             },
-            (None, Some(key)) => Auth::SshKey(key.clone()),
-            (None, None) => Auth::Anonymous,
+            (None, None, None) => Auth::Anonymous,
+            (None, key, known_hosts) => Auth::Ssh {
+                key: key.clone(),
+                known_hosts: known_hosts.clone(),
+            },
         };
         Self {
             mirror: state_dir.join("repo.git"),
@@ -168,11 +201,7 @@ impl GitSource {
             url: self.url.clone(),
             message,
         };
-        if let Auth::SshKey(key) = &self.auth {
-            let command = format!(
-                "ssh -i '{}' -o IdentitiesOnly=yes -o BatchMode=yes",
-                key.display()
-            );
+        if let Some(command) = self.auth.ssh_command() {
             let mut config = repo.config_snapshot_mut();
             config
                 .set_value(&gix::config::tree::Core::SSH_COMMAND, command.as_str())
@@ -357,14 +386,10 @@ impl GitSource {
             .env("GIT_TERMINAL_PROMPT", "0");
         match &self.auth {
             Auth::Anonymous => {}
-            Auth::SshKey(key) => {
-                push.env(
-                    "GIT_SSH_COMMAND",
-                    format!(
-                        "ssh -i '{}' -o IdentitiesOnly=yes -o BatchMode=yes",
-                        key.display()
-                    ),
-                );
+            Auth::Ssh { .. } => {
+                if let Some(command) = self.auth.ssh_command() {
+                    push.env("GIT_SSH_COMMAND", command);
+                }
             }
             Auth::Token { username, file } => {
                 let token =

@@ -9,4 +9,5 @@ mod http_git;
 mod prometheus;
 mod reconcile;
 mod rollout;
+mod ssh;
 mod validate;
