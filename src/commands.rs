@@ -4,10 +4,9 @@ use std::io::Write;
 use std::path::Path;
 
 use thiserror::Error;
-use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, EnvironmentConfig, TargetConfig};
-use crate::daemon;
+use crate::daemon::{self, Signals};
 use crate::executor::{DesiredError, Outcome, load_desired};
 use crate::journal::{self, Journal, JournalError};
 use crate::journal_view;
@@ -57,12 +56,12 @@ pub enum CommandError {
 }
 
 /// `gitopsd run`: one pass with `once`, else the daemon until `shutdown`.
-pub async fn run(config: Config, once: bool, shutdown: watch::Receiver<bool>) -> u8 {
+pub async fn run(config_path: &Path, config: Config, once: bool, signals: Signals) -> u8 {
     if !once {
-        daemon::run(config, shutdown).await;
+        daemon::run(config_path, config, signals).await;
         return EXIT_OK;
     }
-    let report = daemon::run_once(&config, shutdown).await;
+    let report = daemon::run_once(&config, signals.shutdown).await;
     for (environment, result) in &report.environments {
         match result {
             Ok(Outcome::Unchanged { revision }) => {

@@ -4,17 +4,22 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::{Config, EnvironmentConfig, TargetConfig};
 use crate::executor::{EnvironmentRun, Outcome, ReconcileError};
+use crate::heartbeat::{BEAT_INTERVAL, Heartbeat, Heartbeats};
 use crate::journal::Journal;
 use crate::model::Revision;
 use crate::probe::Prober;
 use crate::source::watch::watch_refs;
 use crate::source::{Fetched, GitSource, SourceError};
+use crate::systemd::Systemd;
 use crate::target::DirectoryTarget;
 
 /// Longest wait between retries of a failing fetch.
@@ -88,6 +93,7 @@ impl EnvironmentRuntime {
         source: &GitSource,
         tip: &Revision,
         shutdown: watch::Receiver<bool>,
+        heartbeat: Heartbeat,
     ) -> Result<Outcome, ReconcileError> {
         EnvironmentRun {
             config: &self.config,
@@ -96,6 +102,7 @@ impl EnvironmentRuntime {
             journal: &mut self.journal,
             prober: &self.prober,
             shutdown,
+            heartbeat,
         }
         .pass(tip)
         .await
@@ -128,7 +135,11 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
                 async move {
                     let name = environment.name.clone();
                     let result = match EnvironmentRuntime::open(environment, &state_dir) {
-                        Ok(mut runtime) => runtime.pass(&source, &tip, shutdown).await,
+                        Ok(mut runtime) => {
+                            runtime
+                                .pass(&source, &tip, shutdown, Heartbeat::default())
+                                .await
+                        }
                         Err(error) => Err(error),
                     };
                     if let Err(error) = &result {
@@ -154,75 +165,276 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
     }
 }
 
-/// Runs until `shutdown` turns true: polls every `poll_interval` (sooner when a local
-/// repository's refs change), and hands each new tip to the environment tasks.
-pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) {
-    let source = GitSource::new(&config.repo, &config.state.dir);
-    let (tips, tip_receiver) = watch::channel::<Option<Revision>>(None);
-    let mut tasks = JoinSet::new();
-    for environment in config.environments.clone() {
-        let span = tracing::info_span!("environment", env = %environment.name);
-        tasks.spawn(
-            environment_loop(
-                environment,
-                source.clone(),
-                config.state.dir.clone(),
-                tip_receiver.clone(),
-                shutdown.clone(),
-            )
-            .instrument(span),
-        );
+/// Process signals the daemon obeys.
+pub struct Signals {
+    /// Turns true on SIGTERM or ctrl-c: stop, interrupting rollouts (they are redone on start).
+    pub shutdown: watch::Receiver<bool>,
+    /// One message per SIGHUP: reload the config file.
+    pub reload: mpsc::Receiver<()>,
+}
+
+/// One line per environment, for systemd's `STATUS=` and logs.
+#[derive(Debug, Clone, Default)]
+pub struct StatusBoard(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl StatusBoard {
+    pub fn set(&self, environment: &str, text: String) {
+        let mut board = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        board.insert(environment.to_string(), text);
     }
-    drop(tip_receiver);
 
-    let (wake, mut woken) = mpsc::channel(1);
-    let _ref_watcher = config.repo.local_path.as_deref().and_then(|path| {
-        watch_refs(path, wake)
-            .inspect_err(|error| {
-                tracing::warn!(%error, repo = %path.display(), "cannot watch the repository; relying on polling");
-            })
-            .ok()
-    });
+    pub fn summary(&self) -> String {
+        let board = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        board
+            .iter()
+            .map(|(environment, text)| format!("{environment}: {text}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
 
+/// The environment tasks of one config: replaced as a whole on reload.
+struct Generation {
+    tips: watch::Sender<Option<Revision>>,
+    drain: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    _ref_watcher: Option<crate::source::watch::RefWatcher>,
+    woken: mpsc::Receiver<()>,
+}
+
+impl Generation {
+    fn spawn(config: &Config, context: &DaemonContext, shutdown: &watch::Receiver<bool>) -> Self {
+        let source = GitSource::new(&config.repo, &config.state.dir);
+        let (tips, tip_receiver) = watch::channel::<Option<Revision>>(None);
+        let (drain, drain_receiver) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for environment in config.environments.clone() {
+            let span = tracing::info_span!("environment", env = %environment.name);
+            let heartbeat = context
+                .heartbeats
+                .register(&format!("environment {}", environment.name));
+            tasks.spawn(
+                environment_loop(
+                    environment,
+                    source.clone(),
+                    config.state.dir.clone(),
+                    tip_receiver.clone(),
+                    EnvironmentSignals {
+                        shutdown: shutdown.clone(),
+                        drain: drain_receiver.clone(),
+                    },
+                    heartbeat,
+                    context.board.clone(),
+                )
+                .instrument(span),
+            );
+        }
+        let (wake, woken) = mpsc::channel(1);
+        let ref_watcher = config.repo.local_path.as_deref().and_then(|path| {
+            watch_refs(path, wake)
+                .inspect_err(|error| {
+                    tracing::warn!(%error, repo = %path.display(), "cannot watch the repository; relying on polling");
+                })
+                .ok()
+        });
+        Self {
+            tips,
+            drain,
+            tasks,
+            _ref_watcher: ref_watcher,
+            woken,
+        }
+    }
+
+    /// Waits for the environment tasks to end, feeding the watchdog meanwhile.
+    async fn wait(mut self, context: &mut DaemonContext) {
+        drop(self.tips);
+        loop {
+            tokio::select! {
+                joined = self.tasks.join_next() => if joined.is_none() { break },
+                _ = tokio::time::sleep(context.tick()) => context.keep_alive(),
+            }
+        }
+    }
+
+    /// Lets every task finish its pass in flight (rollouts included), then ends them.
+    async fn drain(self, context: &mut DaemonContext) {
+        let _ = self.drain.send(true);
+        self.wait(context).await;
+    }
+}
+
+/// What the main loop shares with the environment tasks and systemd.
+struct DaemonContext {
+    systemd: Systemd,
+    heartbeats: Heartbeats,
+    main_beat: Heartbeat,
+    board: StatusBoard,
+}
+
+impl DaemonContext {
+    fn tick(&self) -> Duration {
+        self.systemd
+            .tick()
+            .unwrap_or(BEAT_INTERVAL)
+            .min(BEAT_INTERVAL)
+    }
+
+    fn keep_alive(&mut self) {
+        self.main_beat.beat();
+        self.systemd.ping_if_alive(&self.heartbeats);
+        let summary = self.board.summary();
+        self.systemd.status(&summary);
+    }
+}
+
+/// How a generation's serving ended.
+enum End {
+    Stop,
+    Reload(Box<Config>),
+}
+
+/// Runs until SIGTERM: polls every `poll_interval` (sooner when a local repository's refs
+/// change), hands each new tip to the environment tasks, keeps systemd informed, and reloads
+/// the config on SIGHUP (an invalid one is refused and the running one kept).
+pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
+    let heartbeats = Heartbeats::default();
+    let mut context = DaemonContext {
+        systemd: Systemd::from_env(),
+        main_beat: heartbeats.register("fetch loop"),
+        heartbeats,
+        board: StatusBoard::default(),
+    };
+    let mut config = config;
+    loop {
+        let mut generation = Generation::spawn(&config, &context, &signals.shutdown);
+        match serve(
+            &config,
+            config_path,
+            &mut generation,
+            &mut signals,
+            &mut context,
+        )
+        .await
+        {
+            End::Stop => {
+                context.systemd.stopping();
+                tracing::info!("stopping: waiting for reconciles in flight");
+                generation.wait(&mut context).await;
+                tracing::info!("stopped");
+                return;
+            }
+            End::Reload(new) => {
+                context.systemd.reloading();
+                tracing::info!("config reloaded; switching once the passes in flight finish");
+                generation.drain(&mut context).await;
+                config = *new;
+            }
+        }
+    }
+}
+
+async fn serve(
+    config: &Config,
+    config_path: &Path,
+    generation: &mut Generation,
+    signals: &mut Signals,
+    context: &mut DaemonContext,
+) -> End {
+    let source = GitSource::new(&config.repo, &config.state.dir);
     let mut failures: u32 = 0;
+    let mut first = true;
     loop {
         let delay = match fetch(&source).await {
             Ok(fetched) => {
                 failures = 0;
                 log_fetched(&fetched);
-                tips.send_replace(Some(fetched.tip));
+                generation.tips.send_replace(Some(fetched.tip));
                 config.repo.poll_interval
             }
             Err(error) => {
                 failures += 1;
-                let retry = Duration::from_secs(1u64 << failures.min(9)).min(MAX_BACKOFF);
+                let retry = backoff(failures);
                 tracing::warn!(%error, retry_in = ?retry, "fetch failed; keeping the last snapshot");
-                let last = tips
+                let last = generation
+                    .tips
                     .borrow()
                     .clone()
                     .or_else(|| source.branch_tip().ok().flatten());
                 // Environments still re-check live state against the last snapshot.
-                tips.send_replace(last);
+                generation.tips.send_replace(last);
                 retry
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            Some(()) = woken.recv() => {
-                tokio::time::sleep(SETTLE).await;
-                while woken.try_recv().is_ok() {}
-                tracing::debug!("repository refs changed");
-            }
-            _ = shutdown.changed() => break,
+        if first {
+            // The config is valid, journals are open and the first fetch is done.
+            context.systemd.ready();
+            first = false;
         }
-        if *shutdown.borrow() {
-            break;
+        let next_fetch = tokio::time::Instant::now() + delay;
+        loop {
+            context.keep_alive();
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_fetch) => break,
+                _ = tokio::time::sleep(context.tick()) => {}
+                Some(()) = generation.woken.recv() => {
+                    tokio::time::sleep(SETTLE).await;
+                    while generation.woken.try_recv().is_ok() {}
+                    tracing::debug!("repository refs changed");
+                    break;
+                }
+                _ = signals.shutdown.changed() => return End::Stop,
+                Some(()) = signals.reload.recv() => match Config::load(config_path) {
+                    Ok(new) => return End::Reload(Box::new(new)),
+                    Err(error) => tracing::error!(%error, "config reload refused; the running config stays in force"),
+                },
+            }
+            if *signals.shutdown.borrow() {
+                return End::Stop;
+            }
         }
     }
-    tracing::info!("stopping: waiting for reconciles in flight");
-    drop(tips);
-    while tasks.join_next().await.is_some() {}
-    tracing::info!("stopped");
+}
+
+/// Wait before retrying the `failures`-th failed fetch in a row: 2 s doubling, at most 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.clamp(1, 9)).min(MAX_BACKOFF)
+}
+
+/// How an environment task is told to stop.
+struct EnvironmentSignals {
+    /// Stop now, interrupting a rollout.
+    shutdown: watch::Receiver<bool>,
+    /// Stop after the pass in flight.
+    drain: watch::Receiver<bool>,
+}
+
+fn describe(outcome: &Result<Outcome, ReconcileError>) -> String {
+    match outcome {
+        Ok(Outcome::Unchanged { revision }) | Ok(Outcome::Converged { revision, .. }) => {
+            format!("at {}", revision.short())
+        }
+        Ok(Outcome::RolledOut { revision, .. }) => format!("at {} (rolled out)", revision.short()),
+        Ok(Outcome::Held { failed, at }) => format!(
+            "held at {} ({} failed)",
+            at.as_ref().map_or("nothing", |r| r.short()),
+            failed.short()
+        ),
+        Err(ReconcileError::RolledBack { revision, to, .. }) => {
+            format!("reverted {} to {}", revision.short(), to.short())
+        }
+        Err(error) => {
+            let mut text = error.to_string();
+            text.truncate(120);
+            format!("failing: {text}")
+        }
+    }
 }
 
 async fn environment_loop(
@@ -230,25 +442,46 @@ async fn environment_loop(
     source: GitSource,
     state_dir: PathBuf,
     mut tips: watch::Receiver<Option<Revision>>,
-    mut shutdown: watch::Receiver<bool>,
+    mut signals: EnvironmentSignals,
+    heartbeat: Heartbeat,
+    board: StatusBoard,
 ) {
+    let name = environment.name.clone();
     let mut runtime = match EnvironmentRuntime::open(environment, &state_dir) {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "environment disabled: cannot open its journal");
+            board.set(&name, format!("disabled: {error}"));
             return;
         }
     };
+    board.set(&name, "starting".into());
     let mut last_error = None;
     loop {
         tokio::select! {
             changed = tips.changed() => if changed.is_err() { break },
-            _ = shutdown.changed() => break,
+            _ = signals.shutdown.changed() => break,
+            _ = signals.drain.changed() => break,
+            _ = tokio::time::sleep(BEAT_INTERVAL) => {
+                heartbeat.beat();
+                continue;
+            }
         }
+        heartbeat.beat();
         let Some(revision) = tips.borrow_and_update().clone() else {
             continue;
         };
-        match runtime.pass(&source, &revision, shutdown.clone()).await {
+        let result = runtime
+            .pass(
+                &source,
+                &revision,
+                signals.shutdown.clone(),
+                heartbeat.clone(),
+            )
+            .await;
+        heartbeat.beat();
+        board.set(&name, describe(&result));
+        match result {
             Ok(_) => last_error = None,
             Err(error) => {
                 // The same failure every poll is logged once.

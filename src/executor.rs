@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::canary::{self, CANARY_SUFFIX, RolloutSpec, StepObjects};
 use crate::config::EnvironmentConfig;
 use crate::health::HealthTracker;
+use crate::heartbeat::{BEAT_INTERVAL, Heartbeat};
 use crate::journal::{Baseline, ChangeRecord, Event, Journal, JournalError};
 use crate::manifest::{self, ManifestErrors, ParseOptions};
 use crate::model::{ANNOTATION_HASH, ANNOTATION_REVISION, Object, ResourceKey, Revision};
@@ -142,6 +143,8 @@ pub struct EnvironmentRun<'a, T: Target> {
     pub prober: &'a Prober,
     /// Turns true when the process is asked to stop.
     pub shutdown: watch::Receiver<bool>,
+    /// Beaten as the pass makes progress; the watchdog stops when it goes stale.
+    pub heartbeat: Heartbeat,
 }
 
 /// One step of writing: apply or delete.
@@ -481,12 +484,18 @@ impl<T: Target> EnvironmentRun<'_, T> {
         }
     }
 
-    /// Sleeps until `until` or shutdown; false on shutdown.
+    /// Sleeps until `until` or shutdown, beating the heartbeat; false on shutdown.
     async fn sleep_until(&mut self, until: DateTime<Utc>) -> bool {
-        let wait = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => true,
-            _ = self.shutdown.changed() => false,
+        loop {
+            self.heartbeat.beat();
+            let wait = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            if wait.is_zero() {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait.min(BEAT_INTERVAL)) => {}
+                _ = self.shutdown.changed() => return false,
+            }
         }
     }
 
@@ -532,7 +541,12 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 if due[index] > now || now >= until {
                     continue;
                 }
-                let result = self.prober.run(check).await;
+                self.heartbeat.beat();
+                let result = tokio::select! {
+                    result = self.prober.run(check) => result,
+                    _ = self.shutdown.changed() => return Err(ReconcileError::Interrupted),
+                };
+                self.heartbeat.beat();
                 due[index] =
                     Utc::now() + chrono::Duration::from_std(check.interval).unwrap_or_default();
                 if let crate::health::CheckResult::Unhealthy(detail) = &result {

@@ -5,12 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
 use gitopsd::cli::{Cli, ColourChoice, Command, DiffFormat, LogFormat};
 use gitopsd::commands::{self, DiffOutput, DiffRequest, EXIT_ERROR};
 use gitopsd::config::Config;
+use gitopsd::daemon::Signals;
 use gitopsd::report::Colour;
 
 fn main() -> ExitCode {
@@ -48,8 +49,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Command::Run { once } => {
                 let config = Config::load(&cli.config)?;
-                let shutdown = shutdown_signal()?;
-                Ok(commands::run(config, once, shutdown).await)
+                let signals = signals()?;
+                Ok(commands::run(&cli.config, config, once, signals).await)
             }
             Command::Diff {
                 env,
@@ -92,10 +93,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 /// Turns true on SIGTERM or ctrl-c.
-fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
+/// SIGTERM and ctrl-c turn `shutdown` true; each SIGHUP asks for a config reload.
+fn signals() -> anyhow::Result<Signals> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let (sender, receiver) = watch::channel(false);
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let (sender, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
@@ -103,5 +106,12 @@ fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
         }
         let _ = sender.send(true);
     });
-    Ok(receiver)
+    let (reload_sender, reload) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the config");
+            let _ = reload_sender.try_send(());
+        }
+    });
+    Ok(Signals { shutdown, reload })
 }

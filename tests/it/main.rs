@@ -10,4 +10,5 @@ mod prometheus;
 mod reconcile;
 mod rollout;
 mod ssh;
+mod systemd;
 mod validate;

@@ -1,0 +1,203 @@
+//! systemd integration: sd_notify messages caught on a NOTIFY_SOCKET the test creates, the
+//! watchdog going silent while the loop is stuck, and SIGHUP reloads.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+/// Collects every datagram sent to a NOTIFY_SOCKET, with its arrival time.
+struct NotifySocket {
+    path: std::path::PathBuf,
+    messages: Arc<Mutex<Vec<(Instant, String)>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl NotifySocket {
+    fn bind() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        // The thread ends when the test's process does; it only reads.
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            loop {
+                if let Ok(size) = socket.recv(&mut buffer) {
+                    let text = String::from_utf8_lossy(&buffer[..size]).to_string();
+                    sink.lock().expect("lock").push((Instant::now(), text));
+                }
+                if Arc::strong_count(&sink) == 1 {
+                    break;
+                }
+            }
+        });
+        Self {
+            path,
+            messages,
+            _dir: dir,
+        }
+    }
+
+    fn lines(&self) -> Vec<(Instant, String)> {
+        self.messages
+            .lock()
+            .expect("lock")
+            .iter()
+            .flat_map(|(at, text)| {
+                text.lines()
+                    .map(|line| (*at, line.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn has(&self, line: &str) -> bool {
+        self.lines().iter().any(|(_, l)| l == line)
+    }
+
+    fn pings_since(&self, since: Instant) -> usize {
+        self.lines()
+            .iter()
+            .filter(|(at, line)| *at >= since && line == "WATCHDOG=1")
+            .count()
+    }
+}
+
+fn daemon(workspace: &Workspace, socket: &NotifySocket) -> ChildGuard {
+    ChildGuard(
+        workspace
+            .gitopsd(&["run"])
+            .env("NOTIFY_SOCKET", &socket.path)
+            .env("WATCHDOG_USEC", "2000000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("daemon starts"),
+    )
+}
+
+#[test]
+fn ready_status_watchdog_and_stopping_and_a_stuck_loop_goes_silent() {
+    let workspace = Workspace::new();
+    let marker = workspace.path("stuck");
+    let extra = format!(
+        r#"
+[environment.rollout]
+verify = "10m"
+
+[[environment.health]]
+name = "maybe-stuck"
+type = "exec"
+command = "sh -c 'if [ -f {} ]; then sleep 40; fi'"
+interval = "200ms"
+failures = 1
+timeout = "60s"
+"#,
+        marker.display()
+    );
+    workspace.write_config_with(&workspace.repo.dir.display().to_string(), "1h", &extra);
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("initial");
+
+    let socket = NotifySocket::bind();
+    let mut child = daemon(&workspace, &socket);
+    assert!(
+        wait_for(Duration::from_secs(30), || socket.has("READY=1")),
+        "READY=1"
+    );
+    // Staging sits in its ten-minute verify window, checks healthy: the loop beats.
+    let healthy = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        socket.pings_since(healthy) >= 2,
+        "watchdog pings while the loop runs"
+    );
+    assert!(
+        socket
+            .lines()
+            .iter()
+            .any(|(_, l)| l.starts_with("STATUS=") && l.contains("production: at")),
+        "{:?}",
+        socket.lines()
+    );
+
+    // The next check hangs for 40 s: the loop is stuck, so the pings stop.
+    std::fs::write(&marker, "").expect("marker");
+    std::thread::sleep(Duration::from_secs(3));
+    let stuck = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        socket.pings_since(stuck),
+        0,
+        "no pings while the loop is stuck"
+    );
+
+    child.signal(libc::SIGTERM);
+    assert!(
+        wait_for(Duration::from_secs(10), || socket.has("STOPPING=1")),
+        "STOPPING=1"
+    );
+    let status = child
+        .wait_timeout(Duration::from_secs(20))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn sighup_reloads_the_config_and_refuses_an_invalid_one() {
+    let workspace = Workspace::new();
+    workspace.write_config(&workspace.repo.dir.display().to_string(), "1h");
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("initial");
+    let socket = NotifySocket::bind();
+    let child = daemon(&workspace, &socket);
+    assert!(wait_for(Duration::from_secs(30), || socket.has("READY=1")));
+    assert!(wait_for(Duration::from_secs(10), || workspace
+        .live("staging")
+        .is_dir()));
+
+    // An invalid config is refused; the daemon keeps serving with the old one.
+    let good = std::fs::read_to_string(&workspace.config).expect("config");
+    std::fs::write(&workspace.config, "[repo]\nurl = 5\n").expect("bad config");
+    child.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    write_environment(&workspace.repo, "staging", 2);
+    workspace.repo.commit("two");
+    let deployment = workspace
+        .live("staging")
+        .join("shop/Deployment.apps/web.yaml");
+    assert!(
+        wait_for(Duration::from_secs(20), || std::fs::read_to_string(
+            &deployment
+        )
+        .is_ok_and(|text| text.contains("replicas: 2"))),
+        "still reconciling after a refused reload"
+    );
+    assert!(!socket.has("RELOADING=1"));
+
+    // A valid new config takes effect: a third environment appears.
+    write_environment(&workspace.repo, "qa", 1);
+    workspace.repo.commit("qa");
+    let with_qa = format!(
+        "{good}\n[[environment]]\nname = \"qa\"\npath = \"environments/qa\"\ntarget = {{ type = \"directory\", path = \"live/qa\" }}\nnamespace = \"shop\"\n"
+    );
+    std::fs::write(&workspace.config, with_qa).expect("new config");
+    child.signal(libc::SIGHUP);
+    assert!(
+        wait_for(Duration::from_secs(20), || workspace
+            .live("qa")
+            .join("shop")
+            .is_dir()),
+        "the reloaded config's new environment is reconciled"
+    );
+    assert!(socket.has("RELOADING=1"));
+}
