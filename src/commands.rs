@@ -73,6 +73,12 @@ pub async fn run(config_path: &Path, config: Config, once: bool, signals: Signal
             Ok(Outcome::RolledOut { revision, changes }) => {
                 tracing::info!(env = %environment, revision = %revision.short(), changes = changes.len(), "rolled out");
             }
+            Ok(Outcome::Waiting { reason }) => {
+                tracing::info!(env = %environment, %reason, "waiting");
+            }
+            Ok(Outcome::Pinned { revision }) => {
+                tracing::info!(env = %environment, revision = %revision.short(), "pinned by a rollback");
+            }
             Ok(Outcome::Held { failed, at }) => {
                 tracing::warn!(env = %environment, failed = %failed.short(), at = %at.as_ref().map_or("nothing", |r| r.short()), "holding: the branch tip failed before");
             }

@@ -19,12 +19,15 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/gitopsd";
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Top-level sections that environment variables may override.
-const SECTIONS: &[&str] = &["repo", "state"];
+const SECTIONS: &[&str] = &["repo", "state", "api"];
+/// Default address of the HTTP API.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9107";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub repo: RepoConfig,
     pub state: StateConfig,
+    pub api: Option<ApiConfig>,
     pub environments: Vec<EnvironmentConfig>,
 }
 
@@ -60,6 +63,36 @@ pub struct EnvironmentConfig {
     pub prune: bool,
     pub rollout: RolloutConfig,
     pub health: Vec<HealthCheckConfig>,
+    /// Only revisions that finished healthy in this environment roll out here.
+    pub after: Option<String>,
+    /// Every new revision waits for `gitopsd approve`.
+    pub manual_approval: bool,
+    /// Changes start only inside this window; reverts run at any time.
+    pub window: Option<WindowConfig>,
+}
+
+/// A change window: a cron schedule (5 fields, or 6 with seconds first) opening it for
+/// `duration`, in an IANA time zone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowConfig {
+    pub schedule: String,
+    pub duration: Duration,
+    pub timezone: String,
+}
+
+impl WindowConfig {
+    pub fn window(&self) -> crate::gates::Window {
+        crate::gates::Window::parse(&self.schedule, self.duration, &self.timezone)
+            .expect("window was validated when the config was loaded")
+    }
+}
+
+/// The HTTP API (`[api]`): health, readiness, metrics, status and control endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiConfig {
+    pub listen: std::net::SocketAddr,
+    /// Bearer token for the mutating endpoints; without it they are refused.
+    pub token_file: Option<PathBuf>,
 }
 
 /// How changes are rolled out (DESIGN §4).
@@ -206,12 +239,14 @@ impl Config {
             .path(&mut state_dict, "state", "dir", base)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         check.no_more(state_dict, "state");
+        let api = check.api(&mut root, base);
         let environments = check.environments(&mut root, base);
         check.no_more(root, "");
         match (repo, check.problems.is_empty()) {
             (Some(repo), true) => Ok(Config {
                 repo,
                 state: StateConfig { dir: state_dir },
+                api,
                 environments,
             }),
             _ => Err(check.problems),
@@ -450,6 +485,19 @@ impl Checker {
             let prune = self.boolean(&mut dict, &prefix, "prune").unwrap_or(true);
             let rollout = self.rollout(&mut dict, &prefix);
             let health = self.health_checks(&mut dict, &prefix);
+            let after = self.string(&mut dict, &prefix, "after");
+            let manual_approval = match self.string(&mut dict, &prefix, "approval").as_deref() {
+                None | Some("none") => false,
+                Some("manual") => true,
+                Some(other) => {
+                    self.problem(
+                        join(&prefix, "approval"),
+                        format!("unknown approval {other:?}; expected \"manual\" or \"none\""),
+                    );
+                    false
+                }
+            };
+            let window = self.window(&mut dict, &prefix);
             self.no_more(dict, &prefix);
             if let (Some(name), Some(path), Some(target)) = (name, path, target) {
                 environments.push(EnvironmentConfig {
@@ -460,7 +508,35 @@ impl Checker {
                     prune,
                     rollout,
                     health,
+                    after,
+                    manual_approval,
+                    window,
                 });
+            }
+        }
+        for (index, environment) in environments.iter().enumerate() {
+            let Some(after) = &environment.after else {
+                continue;
+            };
+            let key = format!("environment[{index}].after");
+            if *after == environment.name {
+                self.problem(key, "an environment cannot wait for itself");
+            } else if !names.contains(after) {
+                self.problem(key, format!("no environment named {after:?}"));
+            } else {
+                // Follow the chain; coming back here is a cycle.
+                let mut seen = BTreeSet::from([environment.name.clone()]);
+                let mut next = Some(after.clone());
+                while let Some(current) = next {
+                    if !seen.insert(current.clone()) {
+                        self.problem(key.clone(), "`after` chains form a cycle");
+                        break;
+                    }
+                    next = environments
+                        .iter()
+                        .find(|e| e.name == current)
+                        .and_then(|e| e.after.clone());
+                }
             }
         }
         environments
@@ -734,6 +810,53 @@ fn non_negative(value: &Value) -> Option<u128> {
     value
         .to_u128()
         .or_else(|| value.to_i128().and_then(|n| u128::try_from(n).ok()))
+}
+
+impl Checker {
+    fn window(&mut self, dict: &mut Dict, prefix: &str) -> Option<WindowConfig> {
+        let key = join(prefix, "window");
+        let mut table = self.table(dict, prefix, "window")?;
+        let schedule = self.required_string(&mut table, &key, "schedule");
+        let duration = self.duration(&mut table, &key, "duration");
+        if duration.is_none() && !self.problems.iter().any(|p| p.key == join(&key, "duration")) {
+            self.problem(join(&key, "duration"), "missing");
+        }
+        let timezone = self
+            .string(&mut table, &key, "timezone")
+            .unwrap_or_else(|| "UTC".into());
+        self.no_more(table, &key);
+        let (schedule, duration) = (schedule?, duration?);
+        match crate::gates::Window::parse(&schedule, duration, &timezone) {
+            Ok(_) => Some(WindowConfig {
+                schedule,
+                duration,
+                timezone,
+            }),
+            Err(message) => {
+                self.problem(key, message);
+                None
+            }
+        }
+    }
+
+    fn api(&mut self, root: &mut Dict, base: &Path) -> Option<ApiConfig> {
+        let mut table = self.table(root, "", "api")?;
+        let listen = self
+            .string(&mut table, "api", "listen")
+            .unwrap_or_else(|| DEFAULT_API_LISTEN.into());
+        let token_file = self.path(&mut table, "api", "token_file", base);
+        self.no_more(table, "api");
+        match listen.parse() {
+            Ok(listen) => Some(ApiConfig { listen, token_file }),
+            Err(_) => {
+                self.problem(
+                    "api.listen".into(),
+                    format!("invalid address {listen:?}; use e.g. \"127.0.0.1:9107\""),
+                );
+                None
+            }
+        }
+    }
 }
 
 fn valid_environment_name(name: &str) -> bool {

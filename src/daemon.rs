@@ -14,7 +14,10 @@ use tracing::Instrument;
 use crate::config::{Config, EnvironmentConfig, TargetConfig};
 use crate::executor::{EnvironmentRun, Outcome, ReconcileError};
 use crate::heartbeat::{BEAT_INTERVAL, Heartbeat, Heartbeats};
-use crate::journal::Journal;
+use crate::config::WindowConfig;
+use crate::gates::Gates;
+use crate::journal::{self, Journal, SharedJournal};
+use crate::rollout::History;
 use crate::model::Revision;
 use crate::probe::Prober;
 use crate::source::watch::watch_refs;
@@ -68,24 +71,42 @@ fn log_fetched(fetched: &Fetched) {
 /// One environment's target, journal and check runner.
 struct EnvironmentRuntime {
     config: EnvironmentConfig,
+    state_dir: PathBuf,
     target: DirectoryTarget,
-    journal: Journal,
+    journal: SharedJournal,
     prober: Prober,
 }
 
 impl EnvironmentRuntime {
     fn open(config: EnvironmentConfig, state_dir: &Path) -> Result<Self, ReconcileError> {
-        let journal = Journal::open(state_dir, &config.name)?;
+        let journal = SharedJournal::new(Journal::open(state_dir, &config.name)?);
         let target = match &config.target {
             TargetConfig::Directory { path } => DirectoryTarget::new(path, &config.name),
         };
         let prober = Prober::new().map_err(|e| ReconcileError::Worker(e.to_string()))?;
         Ok(Self {
             config,
+            state_dir: state_dir.to_path_buf(),
             target,
             journal,
             prober,
         })
+    }
+
+    /// The gates as they stand now: the upstream environment's journal is read afresh.
+    fn gates(&self) -> Gates {
+        let upstream = self.config.after.as_ref().map(|upstream| {
+            let path = Journal::path_for(&self.state_dir, upstream);
+            let healthy = journal::load(&path)
+                .map(|loaded| History::from_records(&loaded.records).healthy)
+                .unwrap_or_default();
+            (upstream.clone(), healthy)
+        });
+        Gates {
+            window: self.config.window.as_ref().map(WindowConfig::window),
+            upstream,
+            manual_approval: self.config.manual_approval,
+        }
     }
 
     async fn pass(
@@ -95,11 +116,13 @@ impl EnvironmentRuntime {
         shutdown: watch::Receiver<bool>,
         heartbeat: Heartbeat,
     ) -> Result<Outcome, ReconcileError> {
+        let gates = self.gates();
         EnvironmentRun {
             config: &self.config,
             source,
             target: &self.target,
-            journal: &mut self.journal,
+            journal: &self.journal,
+            gates: &gates,
             prober: &self.prober,
             shutdown,
             heartbeat,
@@ -107,6 +130,28 @@ impl EnvironmentRuntime {
         .pass(tip)
         .await
     }
+}
+
+/// Environments in waves: each wave only waits (`after`) for environments of earlier waves,
+/// so one pass can carry a revision from staging to production.
+fn waves(environments: &[EnvironmentConfig]) -> Vec<Vec<EnvironmentConfig>> {
+    let mut done: Vec<String> = Vec::new();
+    let mut left: Vec<EnvironmentConfig> = environments.to_vec();
+    let mut waves = Vec::new();
+    while !left.is_empty() {
+        let (ready, waiting): (Vec<_>, Vec<_>) = left
+            .into_iter()
+            .partition(|env| env.after.as_ref().is_none_or(|up| done.contains(up)));
+        if ready.is_empty() {
+            // Config validation rules out cycles; run the rest together rather than never.
+            waves.push(waiting);
+            break;
+        }
+        done.extend(ready.iter().map(|env| env.name.clone()));
+        waves.push(ready);
+        left = waiting;
+    }
+    waves
 }
 
 /// One fetch, then every environment reconciled concurrently; `shutdown` stops rollouts in
@@ -123,9 +168,11 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
             (source.branch_tip().ok().flatten(), Some(error))
         }
     };
-    let mut tasks = JoinSet::new();
-    if let Some(tip) = tip {
-        for environment in config.environments.clone() {
+    let mut environments = Vec::new();
+    for wave in waves(&config.environments) {
+        let Some(tip) = &tip else { break };
+        let mut tasks = JoinSet::new();
+        for environment in wave {
             let source = source.clone();
             let state_dir = config.state.dir.clone();
             let tip = tip.clone();
@@ -150,12 +197,11 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
                 .instrument(span),
             );
         }
-    }
-    let mut environments = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(report) => environments.push(report),
-            Err(error) => tracing::error!(%error, "environment task failed"),
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(report) => environments.push(report),
+                Err(error) => tracing::error!(%error, "environment task failed"),
+            }
         }
     }
     environments.sort_by(|a, b| a.0.cmp(&b.0));
@@ -421,6 +467,8 @@ fn describe(outcome: &Result<Outcome, ReconcileError>) -> String {
             format!("at {}", revision.short())
         }
         Ok(Outcome::RolledOut { revision, .. }) => format!("at {} (rolled out)", revision.short()),
+        Ok(Outcome::Waiting { reason }) => format!("waiting: {reason}"),
+        Ok(Outcome::Pinned { revision }) => format!("pinned at {} (rollback)", revision.short()),
         Ok(Outcome::Held { failed, at }) => format!(
             "held at {} ({} failed)",
             at.as_ref().map_or("nothing", |r| r.short()),

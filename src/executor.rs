@@ -12,7 +12,8 @@ use crate::canary::{self, CANARY_SUFFIX, RolloutSpec, StepObjects};
 use crate::config::EnvironmentConfig;
 use crate::health::HealthTracker;
 use crate::heartbeat::{BEAT_INTERVAL, Heartbeat};
-use crate::journal::{Baseline, ChangeRecord, Event, Journal, JournalError};
+use crate::gates::Gates;
+use crate::journal::{Baseline, ChangeRecord, Event, JournalError, SharedJournal};
 use crate::manifest::{self, ManifestErrors, ParseOptions};
 use crate::model::{ANNOTATION_HASH, ANNOTATION_REVISION, Object, ResourceKey, Revision};
 use crate::plan::{self, Action, Change, Desired, Plan, stage};
@@ -100,6 +101,10 @@ pub enum Outcome {
         failed: Revision,
         at: Option<Revision>,
     },
+    /// A gate holds the tip back; nothing was changed.
+    Waiting { reason: String },
+    /// Kept at the revision an operator rolled back to.
+    Pinned { revision: Revision },
 }
 
 /// Reads and validates an environment's desired objects at `revision`.
@@ -139,7 +144,9 @@ pub struct EnvironmentRun<'a, T: Target> {
     pub config: &'a EnvironmentConfig,
     pub source: &'a GitSource,
     pub target: &'a T,
-    pub journal: &'a mut Journal,
+    pub journal: &'a SharedJournal,
+    /// What can hold a new rollout back: window, upstream, approval.
+    pub gates: &'a Gates,
     pub prober: &'a Prober,
     /// Turns true when the process is asked to stop.
     pub shutdown: watch::Receiver<bool>,
@@ -196,12 +203,26 @@ impl<T: Target> EnvironmentRun<'_, T> {
         self.journal.append(event, Utc::now()).map(|_| ())
     }
 
+    /// Whether an operator paused the environment (the last pause or resume wins).
+    fn paused(&self) -> bool {
+        self.journal
+            .records()
+            .iter()
+            .rev()
+            .find_map(|record| match record.event {
+                Event::Paused { .. } => Some(true),
+                Event::Resumed { .. } => Some(false),
+                _ => None,
+            })
+            .unwrap_or(false)
+    }
+
     /// Brings the environment toward the branch tip `tip`, as its journal says is next.
     pub async fn pass(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
         // At most: finish an interrupted revert, then act on the tip.
         for _ in 0..2 {
-            let history = History::from_records(self.journal.records());
-            match history.next_step(tip) {
+            let history = History::from_records(&self.journal.records());
+            match history.next_step(tip, self.gates, Utc::now()) {
                 NextStep::Revert(revert) => {
                     let resumed = history.reverting.is_some();
                     self.revert(&revert, resumed).await?;
@@ -220,6 +241,14 @@ impl<T: Target> EnvironmentRun<'_, T> {
                     return Ok(Outcome::Held { failed, at });
                 }
                 NextStep::Converge(revision) => return self.converge(&revision).await,
+                NextStep::Pinned(revision) => {
+                    self.converge(&revision).await?;
+                    return Ok(Outcome::Pinned { revision });
+                }
+                NextStep::Wait { reason } => {
+                    tracing::debug!(%reason, "holding");
+                    return Ok(Outcome::Waiting { reason });
+                }
                 NextStep::Rollout { revision, previous } => {
                     return self.rollout(&revision, previous).await;
                 }
@@ -537,8 +566,9 @@ impl<T: Target> EnvironmentRun<'_, T> {
         let mut due: Vec<DateTime<Utc>> = vec![Utc::now(); checks.len()];
         loop {
             let now = Utc::now();
+            let watching = now < until || self.paused();
             for (index, check) in checks.iter().enumerate() {
-                if due[index] > now || now >= until {
+                if due[index] > now || !watching {
                     continue;
                 }
                 self.heartbeat.beat();
@@ -562,10 +592,17 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 }
             }
             let now = Utc::now();
-            if now >= until {
+            // A paused rollout holds at its step; checks keep running and can still fail it.
+            let held = self.paused();
+            if now >= until && !held {
                 return Ok(Observation::Tick);
             }
-            let next = due.iter().copied().min().unwrap_or(until).min(until);
+            let horizon = if held {
+                now + chrono::Duration::from_std(BEAT_INTERVAL).unwrap_or_default()
+            } else {
+                until
+            };
+            let next = due.iter().copied().min().unwrap_or(horizon).min(horizon);
             if !self.sleep_until(next).await {
                 return Err(ReconcileError::Interrupted);
             }

@@ -97,6 +97,14 @@ pub enum Event {
     },
     /// The revision finished its rollout and verify window healthy.
     Healthy { revision: Revision },
+    /// An operator paused the environment (`revision`: the branch tip then).
+    Paused { revision: Revision },
+    /// An operator resumed it; a rollback pin is lifted too.
+    Resumed { revision: Revision },
+    /// An operator approved `revision` for rollout.
+    Approved { revision: Revision },
+    /// An operator rolled back to `revision`; it stays pinned while the branch tip is `tip`.
+    Pinned { revision: Revision, tip: Revision },
 }
 
 /// How an object was marked before a rollout touched it (absent: it did not exist).
@@ -124,6 +132,10 @@ impl Event {
             Event::Reverted { .. } => "reverted",
             Event::RevertCommitted { .. } => "revert_committed",
             Event::Healthy { .. } => "healthy",
+            Event::Paused { .. } => "paused",
+            Event::Resumed { .. } => "resumed",
+            Event::Approved { .. } => "approved",
+            Event::Pinned { .. } => "pinned",
         }
     }
 
@@ -142,7 +154,11 @@ impl Event {
             | Event::RevertStarted { revision, .. }
             | Event::Reverted { revision, .. }
             | Event::RevertCommitted { revision, .. }
-            | Event::Healthy { revision } => revision,
+            | Event::Healthy { revision }
+            | Event::Paused { revision }
+            | Event::Resumed { revision }
+            | Event::Approved { revision }
+            | Event::Pinned { revision, .. } => revision,
         }
     }
 }
@@ -224,6 +240,34 @@ pub fn load(path: &Path) -> Result<Loaded, JournalError> {
         }
     }
     Ok(loaded)
+}
+
+/// A journal shared by an environment's task and the control API; appends are serialized.
+#[derive(Debug, Clone)]
+pub struct SharedJournal(std::sync::Arc<std::sync::Mutex<Journal>>);
+
+impl SharedJournal {
+    pub fn new(journal: Journal) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(journal)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Journal> {
+        // A panic while appending cannot leave a half-written record in memory: the record
+        // is pushed only after the write succeeded.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn append(&self, event: Event, now: DateTime<Utc>) -> Result<Record, JournalError> {
+        self.lock().append(event, now).cloned()
+    }
+
+    pub fn records(&self) -> Vec<Record> {
+        self.lock().records().to_vec()
+    }
+
+    pub fn last_rejected_is(&self, revision: &Revision) -> bool {
+        self.lock().last_rejected_is(revision)
+    }
 }
 
 /// An open journal of one environment, ready to append.

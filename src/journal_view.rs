@@ -77,7 +77,14 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
             Event::RevertCommitted { commit, .. } => {
                 writeln!(out, "      pushed revert commit {}", commit.short())?;
             }
-            Event::Promoted { .. } | Event::Healthy { .. } => {}
+            Event::Pinned { tip, .. } => {
+                writeln!(out, "      pinned until a commit after {} or a resume", tip.short())?;
+            }
+            Event::Promoted { .. }
+            | Event::Healthy { .. }
+            | Event::Paused { .. }
+            | Event::Resumed { .. }
+            | Event::Approved { .. } => {}
         }
     }
     Ok(())

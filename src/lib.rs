@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod diff;
 pub mod executor;
+pub mod gates;
 pub mod health;
 pub mod heartbeat;
 pub mod journal;

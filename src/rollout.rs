@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::gates::Gates;
 use crate::health::CheckFailure;
 use crate::journal::{Baseline, Event, Record};
 use crate::model::Revision;
@@ -255,6 +256,14 @@ pub struct History {
     pub current: Option<Revision>,
     /// The most recent failed rollout: revision, reason and the checks that failed.
     pub last_failure: Option<Failure>,
+    /// Every revision that finished healthy (what `after` gates downstream read).
+    pub healthy: BTreeSet<Revision>,
+    /// Paused by an operator.
+    pub paused: bool,
+    /// Revisions approved by an operator.
+    pub approved: BTreeSet<Revision>,
+    /// Rolled back by an operator: the pinned revision and the branch tip at that time.
+    pub pin: Option<(Revision, Revision)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -370,6 +379,18 @@ impl History {
                 self.in_flight = None;
                 self.last_healthy = Some(revision.clone());
                 self.current = Some(revision.clone());
+                self.healthy.insert(revision.clone());
+            }
+            Event::Paused { .. } => self.paused = true,
+            Event::Resumed { .. } => {
+                self.paused = false;
+                self.pin = None;
+            }
+            Event::Approved { revision } => {
+                self.approved.insert(revision.clone());
+            }
+            Event::Pinned { revision, tip } => {
+                self.pin = Some((revision.clone(), tip.clone()));
             }
             Event::ReconcileFinished { revision, .. } => {
                 self.current = Some(revision.clone());
@@ -383,8 +404,9 @@ impl History {
         }
     }
 
-    /// What to do with the branch tip `tip`.
-    pub fn next_step(&self, tip: &Revision) -> NextStep {
+    /// What to do with the branch tip `tip` at `now`. Reverts come first: no gate or window
+    /// ever holds one back.
+    pub fn next_step(&self, tip: &Revision, gates: &Gates, now: DateTime<Utc>) -> NextStep {
         if let Some(revert) = &self.reverting {
             return NextStep::Revert(revert.clone());
         }
@@ -403,6 +425,16 @@ impl History {
                 });
             }
         }
+        if let Some((pinned, pinned_tip)) = &self.pin
+            && pinned_tip == tip
+        {
+            return NextStep::Pinned(pinned.clone());
+        }
+        if self.paused {
+            return NextStep::Wait {
+                reason: "paused (gitopsd resume to continue)".into(),
+            };
+        }
         if self.failed.contains(tip) {
             return NextStep::Hold {
                 failed: tip.clone(),
@@ -411,6 +443,9 @@ impl History {
         }
         if self.last_healthy.as_ref() == Some(tip) {
             return NextStep::Converge(tip.clone());
+        }
+        if let Some(reason) = gates.hold(tip, &self.approved, now) {
+            return NextStep::Wait { reason };
         }
         NextStep::Rollout {
             revision: tip.clone(),
@@ -436,6 +471,10 @@ pub enum NextStep {
         failed: Revision,
         at: Option<Revision>,
     },
+    /// An operator rolled back to this revision: keep the environment at it, in place.
+    Pinned(Revision),
+    /// A gate holds the tip back (pause, approval, upstream, window): change nothing.
+    Wait { reason: String },
 }
 
 #[cfg(test)]
@@ -666,21 +705,21 @@ mod tests {
         assert_eq!(history.current, Some(revision('a')));
         assert!(history.failed.contains(&revision('b')));
         assert_eq!(
-            history.next_step(&revision('b')),
+            history.next_step(&revision('b'), &Gates::default(), at(0)),
             NextStep::Hold {
                 failed: revision('b'),
                 at: Some(revision('a'))
             }
         );
         assert_eq!(
-            history.next_step(&revision('c')),
+            history.next_step(&revision('c'), &Gates::default(), at(0)),
             NextStep::Rollout {
                 revision: revision('c'),
                 previous: Some(revision('a'))
             }
         );
         assert_eq!(
-            history.next_step(&revision('a')),
+            history.next_step(&revision('a'), &Gates::default(), at(0)),
             NextStep::Converge(revision('a'))
         );
     }
@@ -705,7 +744,7 @@ mod tests {
             ),
         ];
         let history = History::from_records(&records);
-        let NextStep::Revert(revert) = history.next_step(&revision('b')) else {
+        let NextStep::Revert(revert) = history.next_step(&revision('b'), &Gates::default(), at(0)) else {
             panic!("expected a revert");
         };
         assert_eq!(revert.to, revision('a'));
@@ -741,7 +780,7 @@ mod tests {
             ),
         ];
         let history = History::from_records(&reverting);
-        assert!(matches!(history.next_step(&revision('c')), NextStep::Revert(ref r) if r.failed));
+        assert!(matches!(history.next_step(&revision('c'), &Gates::default(), at(0)), NextStep::Revert(ref r) if r.failed));
 
         let first = [
             record(1, started('a', None)),
@@ -754,7 +793,7 @@ mod tests {
             ),
         ];
         assert_eq!(
-            History::from_records(&first).next_step(&revision('a')),
+            History::from_records(&first).next_step(&revision('a'), &Gates::default(), at(0)),
             NextStep::Hold {
                 failed: revision('a'),
                 at: None
