@@ -90,6 +90,31 @@ pub enum Command {
         #[arg(long)]
         env: Option<String>,
     },
+    /// Approve a revision in an environment with `approval = "manual"` (asks the running
+    /// daemon through its API).
+    Approve {
+        #[arg(long)]
+        env: String,
+        /// The revision to approve (commit id or branch).
+        revision: String,
+    },
+    /// Pause an environment: no new rollout starts, a rollout in flight holds at its step.
+    Pause {
+        #[arg(long)]
+        env: String,
+    },
+    /// Resume a paused environment, and lift a rollback pin.
+    Resume {
+        #[arg(long)]
+        env: String,
+    },
+    /// Put an environment back to REV now and keep it there until the next commit or a resume.
+    Rollback {
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        to: String,
+    },
     /// Print the journal.
     History {
         /// Only this environment.

@@ -370,3 +370,106 @@ pub fn status(
     }
     Ok(EXIT_OK)
 }
+
+/// A control action for the running daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlAction {
+    Approve(String),
+    Pause,
+    Resume,
+    Rollback(String),
+}
+
+impl ControlAction {
+    fn name(&self) -> &'static str {
+        match self {
+            ControlAction::Approve(_) => "approve",
+            ControlAction::Pause => "pause",
+            ControlAction::Resume => "resume",
+            ControlAction::Rollback(_) => "rollback",
+        }
+    }
+
+    fn body(&self) -> serde_json::Value {
+        match self {
+            ControlAction::Approve(revision) => serde_json::json!({ "revision": revision }),
+            ControlAction::Rollback(to) => serde_json::json!({ "to": to }),
+            ControlAction::Pause | ControlAction::Resume => serde_json::json!({}),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("the config has no [api] section: the daemon has no API to talk to")]
+    NoApi,
+    #[error("the config has no api.token_file: control requests need its token")]
+    NoToken,
+    #[error("cannot read the api token file {}: {source}", path.display())]
+    Token {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the daemon at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("the daemon refused: {status}: {message}")]
+    Refused { status: u16, message: String },
+}
+
+/// `gitopsd approve|pause|resume|rollback`: one POST to the running daemon's API.
+pub async fn control(
+    config: &Config,
+    environment: &str,
+    action: ControlAction,
+    out: &mut dyn Write,
+) -> Result<u8, ControlError> {
+    let api = config.api.as_ref().ok_or(ControlError::NoApi)?;
+    let path = api.token_file.as_ref().ok_or(ControlError::NoToken)?;
+    let token = std::fs::read_to_string(path).map_err(|source| ControlError::Token {
+        path: path.clone(),
+        source,
+    })?;
+    let url = format!(
+        "http://{}/api/v1/environments/{environment}/{}",
+        api.listen,
+        action.name()
+    );
+    let unreachable = |message: String| ControlError::Unreachable {
+        url: url.clone(),
+        message,
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let response = client
+        .post(&url)
+        .bearer_auth(token.trim())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(action.body().to_string())
+        .send()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if !status.is_success() {
+        return Err(ControlError::Refused {
+            status: status.as_u16(),
+            message: body["error"].as_str().map_or_else(
+                || String::from_utf8_lossy(&bytes).to_string(),
+                str::to_string,
+            ),
+        });
+    }
+    let _ = writeln!(
+        out,
+        "{}: {} {}",
+        environment,
+        action.name(),
+        body["revision"].as_str().unwrap_or("")
+    );
+    Ok(EXIT_OK)
+}

@@ -818,7 +818,12 @@ impl Checker {
         let mut table = self.table(dict, prefix, "window")?;
         let schedule = self.required_string(&mut table, &key, "schedule");
         let duration = self.duration(&mut table, &key, "duration");
-        if duration.is_none() && !self.problems.iter().any(|p| p.key == join(&key, "duration")) {
+        if duration.is_none()
+            && !self
+                .problems
+                .iter()
+                .any(|p| p.key == join(&key, "duration"))
+        {
             self.problem(join(&key, "duration"), "missing");
         }
         let timezone = self

@@ -5,21 +5,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::config::WindowConfig;
 use crate::config::{Config, EnvironmentConfig, TargetConfig};
 use crate::executor::{EnvironmentRun, Outcome, ReconcileError};
-use crate::heartbeat::{BEAT_INTERVAL, Heartbeat, Heartbeats};
-use crate::config::WindowConfig;
 use crate::gates::Gates;
+use crate::heartbeat::{BEAT_INTERVAL, Heartbeat, Heartbeats};
 use crate::journal::{self, Journal, SharedJournal};
-use crate::rollout::History;
+use crate::metrics::Metrics;
 use crate::model::Revision;
 use crate::probe::Prober;
+use crate::rollout::History;
+use crate::server::{self, ApiState, Controls, EnvironmentHandle, Reloadable};
 use crate::source::watch::watch_refs;
 use crate::source::{Fetched, GitSource, SourceError};
 use crate::systemd::Systemd;
@@ -115,9 +118,11 @@ impl EnvironmentRuntime {
         tip: &Revision,
         shutdown: watch::Receiver<bool>,
         heartbeat: Heartbeat,
+        metrics: &Metrics,
     ) -> Result<Outcome, ReconcileError> {
         let gates = self.gates();
-        EnvironmentRun {
+        let started = std::time::Instant::now();
+        let result = EnvironmentRun {
             config: &self.config,
             source,
             target: &self.target,
@@ -126,9 +131,35 @@ impl EnvironmentRuntime {
             prober: &self.prober,
             shutdown,
             heartbeat,
+            metrics,
         }
         .pass(tip)
-        .await
+        .await;
+        self.record(&result, started.elapsed(), metrics);
+        result
+    }
+
+    fn record(&self, result: &Result<Outcome, ReconcileError>, took: Duration, metrics: &Metrics) {
+        let name = &self.config.name;
+        metrics.reconciled(name, took);
+        match result {
+            Ok(Outcome::RolledOut { .. }) => metrics.rollout(name, "healthy"),
+            Ok(Outcome::Converged { changes, .. }) => {
+                metrics.drifted(name, u64::try_from(changes.len()).unwrap_or(u64::MAX));
+            }
+            Err(ReconcileError::RolledBack { .. }) => metrics.rollout(name, "reverted"),
+            Err(ReconcileError::FirstDeployFailed { .. }) => metrics.rollout(name, "failed"),
+            _ => {}
+        }
+        if let Some(current) = History::from_records(&self.journal.records()).current {
+            metrics.at_revision(name, &current.0);
+        }
+        if matches!(
+            result,
+            Ok(Outcome::Unchanged { .. } | Outcome::Converged { .. } | Outcome::RolledOut { .. })
+        ) {
+            metrics.succeeded(name, chrono::Utc::now().timestamp());
+        }
     }
 }
 
@@ -184,7 +215,13 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
                     let result = match EnvironmentRuntime::open(environment, &state_dir) {
                         Ok(mut runtime) => {
                             runtime
-                                .pass(&source, &tip, shutdown, Heartbeat::default())
+                                .pass(
+                                    &source,
+                                    &tip,
+                                    shutdown,
+                                    Heartbeat::default(),
+                                    &Metrics::default(),
+                                )
                                 .await
                         }
                         Err(error) => Err(error),
@@ -276,7 +313,11 @@ impl Generation {
                         drain: drain_receiver.clone(),
                     },
                     heartbeat,
-                    context.board.clone(),
+                    Shared {
+                        board: context.board.clone(),
+                        controls: context.controls.clone(),
+                        metrics: context.metrics.clone(),
+                    },
                 )
                 .instrument(span),
             );
@@ -316,12 +357,46 @@ impl Generation {
     }
 }
 
-/// What the main loop shares with the environment tasks and systemd.
+/// What the main loop shares with the environment tasks, the API and systemd.
 struct DaemonContext {
     systemd: Systemd,
     heartbeats: Heartbeats,
     main_beat: Heartbeat,
     board: StatusBoard,
+    controls: Controls,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    reloadable: Arc<RwLock<Reloadable>>,
+}
+
+/// What each environment task shares with the rest of the daemon.
+struct Shared {
+    board: StatusBoard,
+    controls: Controls,
+    metrics: Arc<Metrics>,
+}
+
+/// The API token, read from `api.token_file`.
+fn read_token(config: &Config) -> Option<String> {
+    let path = config.api.as_ref()?.token_file.as_ref()?;
+    match std::fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => Some(token.trim().to_string()),
+        Ok(_) => {
+            tracing::error!(file = %path.display(), "api token file is empty; control endpoints are disabled");
+            None
+        }
+        Err(error) => {
+            tracing::error!(file = %path.display(), %error, "cannot read the api token file; control endpoints are disabled");
+            None
+        }
+    }
+}
+
+fn reloadable(config: &Config) -> Reloadable {
+    Reloadable {
+        token: read_token(config),
+        source: GitSource::new(&config.repo, &config.state.dir),
+    }
 }
 
 impl DaemonContext {
@@ -356,7 +431,25 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
         main_beat: heartbeats.register("fetch loop"),
         heartbeats,
         board: StatusBoard::default(),
+        controls: Controls::default(),
+        metrics: Arc::new(Metrics::default()),
+        ready: Arc::new(AtomicBool::new(false)),
+        reloadable: Arc::new(RwLock::new(reloadable(&config))),
     };
+    if let Some(api) = &config.api {
+        let state = ApiState {
+            controls: context.controls.clone(),
+            ready: context.ready.clone(),
+            metrics: context.metrics.clone(),
+            reloadable: context.reloadable.clone(),
+        };
+        let listen = api.listen;
+        tokio::spawn(async move {
+            if let Err(error) = server::serve(listen, state).await {
+                tracing::error!(%listen, %error, "the HTTP API stopped");
+            }
+        });
+    }
     let mut config = config;
     loop {
         let mut generation = Generation::spawn(&config, &context, &signals.shutdown);
@@ -378,6 +471,13 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
             }
             End::Reload(new) => {
                 context.systemd.reloading();
+                if new.api.as_ref().map(|a| a.listen) != config.api.as_ref().map(|a| a.listen) {
+                    tracing::warn!("api.listen changes take effect on restart");
+                }
+                *context
+                    .reloadable
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = reloadable(&new);
                 tracing::info!("config reloaded; switching once the passes in flight finish");
                 generation.drain(&mut context).await;
                 config = *new;
@@ -397,7 +497,10 @@ async fn serve(
     let mut failures: u32 = 0;
     let mut first = true;
     loop {
-        let delay = match fetch(&source).await {
+        let started = std::time::Instant::now();
+        let fetched = fetch(&source).await;
+        context.metrics.fetched(fetched.is_ok(), started.elapsed());
+        let delay = match fetched {
             Ok(fetched) => {
                 failures = 0;
                 log_fetched(&fetched);
@@ -421,6 +524,7 @@ async fn serve(
         if first {
             // The config is valid, journals are open and the first fetch is done.
             context.systemd.ready();
+            context.ready.store(true, Ordering::Relaxed);
             first = false;
         }
         let next_fetch = tokio::time::Instant::now() + delay;
@@ -492,8 +596,13 @@ async fn environment_loop(
     mut tips: watch::Receiver<Option<Revision>>,
     mut signals: EnvironmentSignals,
     heartbeat: Heartbeat,
-    board: StatusBoard,
+    shared: Shared,
 ) {
+    let Shared {
+        board,
+        controls,
+        metrics,
+    } = shared;
     let name = environment.name.clone();
     let mut runtime = match EnvironmentRuntime::open(environment, &state_dir) {
         Ok(runtime) => runtime,
@@ -503,11 +612,20 @@ async fn environment_loop(
             return;
         }
     };
+    let wake = Arc::new(Notify::new());
+    controls.register(
+        &name,
+        EnvironmentHandle {
+            journal: runtime.journal.clone(),
+            wake: wake.clone(),
+        },
+    );
     board.set(&name, "starting".into());
     let mut last_error = None;
     loop {
         tokio::select! {
             changed = tips.changed() => if changed.is_err() { break },
+            _ = wake.notified() => {}
             _ = signals.shutdown.changed() => break,
             _ = signals.drain.changed() => break,
             _ = tokio::time::sleep(BEAT_INTERVAL) => {
@@ -525,6 +643,7 @@ async fn environment_loop(
                 &revision,
                 signals.shutdown.clone(),
                 heartbeat.clone(),
+                &metrics,
             )
             .await;
         heartbeat.beat();

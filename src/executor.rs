@@ -10,11 +10,12 @@ use tokio::sync::watch;
 
 use crate::canary::{self, CANARY_SUFFIX, RolloutSpec, StepObjects};
 use crate::config::EnvironmentConfig;
+use crate::gates::Gates;
 use crate::health::HealthTracker;
 use crate::heartbeat::{BEAT_INTERVAL, Heartbeat};
-use crate::gates::Gates;
 use crate::journal::{Baseline, ChangeRecord, Event, JournalError, SharedJournal};
 use crate::manifest::{self, ManifestErrors, ParseOptions};
+use crate::metrics::Metrics;
 use crate::model::{ANNOTATION_HASH, ANNOTATION_REVISION, Object, ResourceKey, Revision};
 use crate::plan::{self, Action, Change, Desired, Plan, stage};
 use crate::probe::Prober;
@@ -152,6 +153,7 @@ pub struct EnvironmentRun<'a, T: Target> {
     pub shutdown: watch::Receiver<bool>,
     /// Beaten as the pass makes progress; the watchdog stops when it goes stale.
     pub heartbeat: Heartbeat,
+    pub metrics: &'a Metrics,
 }
 
 /// One step of writing: apply or delete.
@@ -579,6 +581,8 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 self.heartbeat.beat();
                 due[index] =
                     Utc::now() + chrono::Duration::from_std(check.interval).unwrap_or_default();
+                self.metrics
+                    .check(&self.config.name, &check.name, result.is_healthy());
                 if let crate::health::CheckResult::Unhealthy(detail) = &result {
                     tracing::warn!(env = %self.config.name, revision = %revision.short(), check = %check.name, %detail, "check unhealthy");
                 }

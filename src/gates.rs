@@ -34,8 +34,9 @@ impl Window {
     pub fn parse(schedule: &str, duration: Duration, timezone: &str) -> Result<Self, String> {
         let parsed = cron::Schedule::from_str(&with_seconds(schedule))
             .map_err(|error| format!("invalid cron schedule {schedule:?}: {error}"))?;
-        let timezone = Tz::from_str(timezone)
-            .map_err(|_| format!("unknown time zone {timezone:?} (use an IANA name like \"Europe/Berlin\")"))?;
+        let timezone = Tz::from_str(timezone).map_err(|_| {
+            format!("unknown time zone {timezone:?} (use an IANA name like \"Europe/Berlin\")")
+        })?;
         if duration.is_zero() {
             return Err("the window duration must be longer than zero".into());
         }
@@ -105,7 +106,10 @@ impl Gates {
             && let WindowState::Closed { opens } = window.state(now)
         {
             return Some(match opens {
-                Some(opens) => format!("outside the change window; it opens at {}", opens.format("%Y-%m-%dT%H:%M:%SZ")),
+                Some(opens) => format!(
+                    "outside the change window; it opens at {}",
+                    opens.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
                 None => "outside the change window; it never opens again".into(),
             });
         }
@@ -119,7 +123,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).single().expect("valid time")
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .expect("valid time")
     }
 
     #[test]
@@ -128,24 +134,37 @@ mod tests {
         let window = Window::parse("0 2 * * Sun", Duration::from_secs(7200), "UTC").expect("valid");
         assert_eq!(
             window.state(utc(2026, 11, 22, 2, 30)),
-            WindowState::Open { closes: utc(2026, 11, 22, 4, 0) }
+            WindowState::Open {
+                closes: utc(2026, 11, 22, 4, 0)
+            }
         );
         assert_eq!(
             window.state(utc(2026, 11, 22, 4, 0)),
-            WindowState::Closed { opens: Some(utc(2026, 11, 29, 2, 0)) }
+            WindowState::Closed {
+                opens: Some(utc(2026, 11, 29, 2, 0))
+            }
         );
         assert_eq!(
             window.state(utc(2026, 11, 22, 1, 59)),
-            WindowState::Closed { opens: Some(utc(2026, 11, 22, 2, 0)) }
+            WindowState::Closed {
+                opens: Some(utc(2026, 11, 22, 2, 0))
+            }
         );
     }
 
     #[test]
     fn the_six_field_form_and_time_zones_work() {
         // 02:00 in Berlin is 01:00 UTC in November.
-        let window = Window::parse("0 0 2 * * Sun", Duration::from_secs(3600), "Europe/Berlin").expect("valid");
-        assert!(matches!(window.state(utc(2026, 11, 22, 1, 30)), WindowState::Open { .. }));
-        assert!(matches!(window.state(utc(2026, 11, 22, 2, 30)), WindowState::Closed { .. }));
+        let window = Window::parse("0 0 2 * * Sun", Duration::from_secs(3600), "Europe/Berlin")
+            .expect("valid");
+        assert!(matches!(
+            window.state(utc(2026, 11, 22, 1, 30)),
+            WindowState::Open { .. }
+        ));
+        assert!(matches!(
+            window.state(utc(2026, 11, 22, 2, 30)),
+            WindowState::Closed { .. }
+        ));
     }
 
     #[test]
@@ -160,19 +179,36 @@ mod tests {
         let mut approved = BTreeSet::new();
         let now = utc(2026, 11, 22, 3, 0);
         let gates = Gates {
-            window: Some(Window::parse("0 2 * * Sun", Duration::from_secs(7200), "UTC").expect("valid")),
+            window: Some(
+                Window::parse("0 2 * * Sun", Duration::from_secs(7200), "UTC").expect("valid"),
+            ),
             upstream: Some(("staging".into(), BTreeSet::new())),
             manual_approval: true,
         };
-        assert!(gates.hold(&revision, &approved, now).expect("held").contains("healthy in staging"));
+        assert!(
+            gates
+                .hold(&revision, &approved, now)
+                .expect("held")
+                .contains("healthy in staging")
+        );
         let gates = Gates {
             upstream: Some(("staging".into(), [revision.clone()].into())),
             ..gates
         };
-        assert!(gates.hold(&revision, &approved, now).expect("held").contains("approval"));
+        assert!(
+            gates
+                .hold(&revision, &approved, now)
+                .expect("held")
+                .contains("approval")
+        );
         approved.insert(revision.clone());
         assert_eq!(gates.hold(&revision, &approved, now), None);
         let closed = utc(2026, 11, 22, 5, 0);
-        assert!(gates.hold(&revision, &approved, closed).expect("held").contains("opens at 2026-11-29T02:00:00Z"));
+        assert!(
+            gates
+                .hold(&revision, &approved, closed)
+                .expect("held")
+                .contains("opens at 2026-11-29T02:00:00Z")
+        );
     }
 }

@@ -254,7 +254,9 @@ impl SharedJournal {
     fn lock(&self) -> std::sync::MutexGuard<'_, Journal> {
         // A panic while appending cannot leave a half-written record in memory: the record
         // is pushed only after the write succeeded.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn append(&self, event: Event, now: DateTime<Utc>) -> Result<Record, JournalError> {

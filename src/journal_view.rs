@@ -78,7 +78,11 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
                 writeln!(out, "      pushed revert commit {}", commit.short())?;
             }
             Event::Pinned { tip, .. } => {
-                writeln!(out, "      pinned until a commit after {} or a resume", tip.short())?;
+                writeln!(
+                    out,
+                    "      pinned until a commit after {} or a resume",
+                    tip.short()
+                )?;
             }
             Event::Promoted { .. }
             | Event::Healthy { .. }

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
 use gitopsd::cli::{Cli, ColourChoice, Command, DiffFormat, LogFormat};
-use gitopsd::commands::{self, DiffOutput, DiffRequest, EXIT_ERROR};
+use gitopsd::commands::{self, ControlAction, DiffOutput, DiffRequest, EXIT_ERROR};
 use gitopsd::config::Config;
 use gitopsd::daemon::Signals;
 use gitopsd::report::Colour;
@@ -80,6 +80,24 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 };
                 Ok(commands::diff(&config, &request, &mut stdout).await?)
             }
+            Command::Approve { env, revision } => {
+                control(
+                    &cli.config,
+                    &env,
+                    ControlAction::Approve(revision),
+                    &mut stdout,
+                )
+                .await
+            }
+            Command::Pause { env } => {
+                control(&cli.config, &env, ControlAction::Pause, &mut stdout).await
+            }
+            Command::Resume { env } => {
+                control(&cli.config, &env, ControlAction::Resume, &mut stdout).await
+            }
+            Command::Rollback { env, to } => {
+                control(&cli.config, &env, ControlAction::Rollback(to), &mut stdout).await
+            }
             Command::Status { env } => {
                 let config = Config::load(&cli.config)?;
                 Ok(commands::status(&config, env.as_deref(), &mut stdout)?)
@@ -93,6 +111,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 /// Turns true on SIGTERM or ctrl-c.
+async fn control(
+    config_path: &std::path::Path,
+    environment: &str,
+    action: commands::ControlAction,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    Ok(commands::control(&config, environment, action, out).await?)
+}
+
 /// SIGTERM and ctrl-c turn `shutdown` true; each SIGHUP asks for a config reload.
 fn signals() -> anyhow::Result<Signals> {
     use tokio::signal::unix::{SignalKind, signal};

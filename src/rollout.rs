@@ -744,7 +744,8 @@ mod tests {
             ),
         ];
         let history = History::from_records(&records);
-        let NextStep::Revert(revert) = history.next_step(&revision('b'), &Gates::default(), at(0)) else {
+        let NextStep::Revert(revert) = history.next_step(&revision('b'), &Gates::default(), at(0))
+        else {
             panic!("expected a revert");
         };
         assert_eq!(revert.to, revision('a'));
@@ -780,7 +781,9 @@ mod tests {
             ),
         ];
         let history = History::from_records(&reverting);
-        assert!(matches!(history.next_step(&revision('c'), &Gates::default(), at(0)), NextStep::Revert(ref r) if r.failed));
+        assert!(
+            matches!(history.next_step(&revision('c'), &Gates::default(), at(0)), NextStep::Revert(ref r) if r.failed)
+        );
 
         let first = [
             record(1, started('a', None)),

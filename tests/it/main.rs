@@ -1,5 +1,6 @@
 //! Integration tests: the gitopsd binary against real git repositories and directory targets.
 
+mod api;
 mod bad_input;
 mod crash;
 mod daemon;

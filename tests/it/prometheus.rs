@@ -80,7 +80,7 @@ impl Drop for MetricsServer {
 }
 
 /// A GET over a plain TCP connection; returns the body.
-fn http_get(address: &str, path: &str) -> Option<String> {
+pub fn http_get(address: &str, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(address).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -96,14 +96,19 @@ fn http_get(address: &str, path: &str) -> Option<String> {
 }
 
 /// Debian's prometheus on 127.0.0.1, scraping `target` every 500 ms.
-struct Prometheus {
-    address: String,
+pub struct Prometheus {
+    pub address: String,
     _child: ChildGuard,
     _dir: tempfile::TempDir,
 }
 
 impl Prometheus {
-    fn start(target: SocketAddr) -> Self {
+    /// Starts it and waits until it has scraped `first_series` from the target.
+    pub fn start(target: SocketAddr) -> Self {
+        Self::start_waiting_for(target, "app_requests_total")
+    }
+
+    pub fn start_waiting_for(target: SocketAddr, first_series: &str) -> Self {
         let binary = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
             .into_iter()
             .find(|path| std::path::Path::new(path).is_file())
@@ -140,14 +145,24 @@ impl Prometheus {
             _dir: dir,
         };
         let scraped = wait_for(Duration::from_secs(60), || {
-            http_get(
-                &prometheus.address,
-                "/api/v1/query?query=app_requests_total",
-            )
-            .is_some_and(|body| body.contains("\"value\""))
+            prometheus
+                .query(first_series)
+                .is_some_and(|body| body.contains("\"value\""))
         });
-        assert!(scraped, "prometheus never scraped the test's metrics");
+        assert!(
+            scraped,
+            "prometheus never scraped {first_series}: {:?} {:?}",
+            prometheus.query(first_series),
+            http_get(&prometheus.address, "/api/v1/label/__name__/values")
+        );
         prometheus
+    }
+}
+
+impl Prometheus {
+    /// The answer to an instant query.
+    pub fn query(&self, query: &str) -> Option<String> {
+        http_get(&self.address, &format!("/api/v1/query?query={query}"))
     }
 }
 

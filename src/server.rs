@@ -1,0 +1,319 @@
+//! The HTTP API: `/healthz`, `/readyz`, `/metrics`, `/status`, and the control endpoints
+//! (approve, pause, resume, rollback) behind a bearer token.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::journal::{Event, SharedJournal};
+use crate::metrics::Metrics;
+use crate::model::Revision;
+use crate::rollout::History;
+use crate::source::GitSource;
+
+/// What the API needs to reach an environment's task.
+#[derive(Debug, Clone)]
+pub struct EnvironmentHandle {
+    pub journal: SharedJournal,
+    /// Wakes the task for a pass now.
+    pub wake: Arc<Notify>,
+}
+
+/// The running environments, by name; each task registers itself when it starts.
+#[derive(Debug, Clone, Default)]
+pub struct Controls(Arc<Mutex<BTreeMap<String, EnvironmentHandle>>>);
+
+impl Controls {
+    pub fn register(&self, name: &str, handle: EnvironmentHandle) {
+        self.lock().insert(name.to_string(), handle);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, EnvironmentHandle>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, name: &str) -> Option<EnvironmentHandle> {
+        self.lock().get(name).cloned()
+    }
+
+    fn all(&self) -> Vec<(String, EnvironmentHandle)> {
+        self.lock()
+            .iter()
+            .map(|(name, handle)| (name.clone(), handle.clone()))
+            .collect()
+    }
+}
+
+/// Settings that follow config reloads.
+#[derive(Debug, Clone)]
+pub struct Reloadable {
+    pub token: Option<String>,
+    pub source: GitSource,
+}
+
+/// Shared by every request.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub controls: Controls,
+    pub ready: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    pub reloadable: Arc<RwLock<Reloadable>>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/api/v1/environments/{environment}/{action}", post(control))
+        .with_state(state)
+}
+
+/// Serves the API on `listen` until the process ends.
+pub async fn serve(listen: SocketAddr, state: ApiState) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(%listen, "HTTP API listening");
+    axum::serve(listener, router(state)).await
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Serialize)]
+struct EnvironmentStatus {
+    environment: String,
+    current: Option<String>,
+    last_healthy: Option<String>,
+    /// The rollout in flight: revision, step (1-based) and weight.
+    in_flight: Option<InFlightStatus>,
+    reverting: Option<String>,
+    failing_checks: Vec<CheckStatus>,
+    last_failed: Option<FailureStatus>,
+    paused: bool,
+    pinned: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct InFlightStatus {
+    revision: String,
+    step: Option<usize>,
+    weight: Option<u8>,
+}
+
+#[derive(Debug, Serialize)]
+struct CheckStatus {
+    check: String,
+    detail: String,
+}
+
+#[derive(Debug, Serialize)]
+struct FailureStatus {
+    revision: String,
+    reason: String,
+}
+
+fn environment_status(name: &str, journal: &SharedJournal) -> EnvironmentStatus {
+    let history = History::from_records(&journal.records());
+    let text = |revision: &Option<Revision>| revision.as_ref().map(|r| r.0.clone());
+    EnvironmentStatus {
+        environment: name.to_string(),
+        current: text(&history.current),
+        last_healthy: text(&history.last_healthy),
+        in_flight: history.in_flight.as_ref().map(|flight| InFlightStatus {
+            revision: flight.revision.0.clone(),
+            step: flight.step.map(|(index, _)| index + 1),
+            weight: flight.step.map(|(_, weight)| weight),
+        }),
+        reverting: history
+            .reverting
+            .as_ref()
+            .map(|revert| revert.revision.0.clone()),
+        failing_checks: history
+            .in_flight
+            .as_ref()
+            .map(|flight| {
+                flight
+                    .failing_checks
+                    .iter()
+                    .map(|(check, detail)| CheckStatus {
+                        check: check.clone(),
+                        detail: detail.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        last_failed: history.last_failure.as_ref().map(|failure| FailureStatus {
+            revision: failure.revision.0.clone(),
+            reason: failure.reason.clone(),
+        }),
+        paused: history.paused,
+        pinned: history.pin.as_ref().map(|(revision, _)| revision.0.clone()),
+    }
+}
+
+async fn status(State(state): State<ApiState>) -> Json<Vec<EnvironmentStatus>> {
+    Json(
+        state
+            .controls
+            .all()
+            .iter()
+            .map(|(name, handle)| environment_status(name, &handle.journal))
+            .collect(),
+    )
+}
+
+/// Body of approve (`revision`) and rollback (`to`).
+#[derive(Debug, Default, Deserialize)]
+pub struct ControlBody {
+    pub revision: Option<String>,
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ControlReply {
+    pub environment: String,
+    pub action: String,
+    pub revision: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
+}
+
+async fn control(
+    State(state): State<ApiState>,
+    Path((environment, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (token, source) = {
+        let reloadable = state
+            .reloadable
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (reloadable.token.clone(), reloadable.source.clone())
+    };
+    let Some(token) = token else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "control endpoints are disabled: set api.token_file",
+        );
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if !presented.is_some_and(|presented| same(presented.as_bytes(), token.as_bytes())) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(serde_json::json!({ "error": "a valid bearer token is required" })),
+        )
+            .into_response();
+    }
+    let Some(handle) = state.controls.get(&environment) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no environment named {environment:?}"),
+        );
+    };
+    let body: ControlBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ControlBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(body) => body,
+            Err(parse_error) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid JSON body: {parse_error}"),
+                );
+            }
+        }
+    };
+    let resolve = |rev: String| {
+        let source = source.clone();
+        async move {
+            tokio::task::spawn_blocking(move || source.resolve(&rev))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|resolved| resolved.map_err(|e| e.to_string()))
+        }
+    };
+    let tip = {
+        let source = source.clone();
+        match tokio::task::spawn_blocking(move || source.branch_tip()).await {
+            Ok(Ok(Some(tip))) => tip,
+            _ => return error(StatusCode::SERVICE_UNAVAILABLE, "no revision fetched yet"),
+        }
+    };
+    let event = match action.as_str() {
+        "pause" => Event::Paused { revision: tip },
+        "resume" => Event::Resumed { revision: tip },
+        "approve" => {
+            let Some(rev) = body.revision else {
+                return error(StatusCode::BAD_REQUEST, "approve needs {\"revision\": REV}");
+            };
+            match resolve(rev).await {
+                Ok(revision) => Event::Approved { revision },
+                Err(message) => return error(StatusCode::BAD_REQUEST, message),
+            }
+        }
+        "rollback" => {
+            let Some(rev) = body.to else {
+                return error(StatusCode::BAD_REQUEST, "rollback needs {\"to\": REV}");
+            };
+            match resolve(rev).await {
+                Ok(revision) => Event::Pinned { revision, tip },
+                Err(message) => return error(StatusCode::BAD_REQUEST, message),
+            }
+        }
+        other => return error(StatusCode::NOT_FOUND, format!("unknown action {other:?}")),
+    };
+    let revision = event.revision().0.clone();
+    if let Err(journal_error) = handle.journal.append(event, Utc::now()) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, journal_error.to_string());
+    }
+    tracing::info!(env = %environment, %action, %revision, "control request");
+    handle.wake.notify_one();
+    Json(ControlReply {
+        environment,
+        action,
+        revision,
+    })
+    .into_response()
+}

@@ -1,0 +1,320 @@
+//! The HTTP API and the gates: auth, /metrics scraped by a real Prometheus, manual approval,
+//! the `after` gate, pause/resume, rollback pins, and a closed window.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::helpers::*;
+use crate::prometheus::Prometheus;
+
+const TOKEN: &str = "test-token-123";
+
+/// A workspace whose config has an [api] on a free port with a token file.
+fn with_api(workspace: &Workspace, extra_staging: &str, extra_top: &str) -> String {
+    let address = format!("127.0.0.1:{}", free_port());
+    std::fs::write(workspace.path("api-token"), format!("{TOKEN}\n")).expect("token");
+    workspace.write_config_with(
+        &workspace.repo.dir.display().to_string(),
+        "1h",
+        extra_staging,
+    );
+    let config = std::fs::read_to_string(&workspace.config).expect("config");
+    let config = config.replace(
+        "[state]",
+        &format!("[api]\nlisten = \"{address}\"\ntoken_file = \"api-token\"\n\n{extra_top}[state]"),
+    );
+    std::fs::write(&workspace.config, config).expect("config");
+    address
+}
+
+fn start(workspace: &Workspace, address: &str) -> ChildGuard {
+    let child = ChildGuard(
+        workspace
+            .gitopsd(&["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("daemon starts"),
+    );
+    let ready = wait_for(Duration::from_secs(30), || {
+        http_request(address, "GET", "/readyz", &[], "").is_some_and(|(status, _)| status == 200)
+    });
+    assert!(ready, "/readyz never answered 200");
+    child
+}
+
+fn post(address: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let bearer = token.map(|token| format!("Bearer {token}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(bearer) = &bearer {
+        headers.push(("Authorization", bearer));
+    }
+    http_request(address, "POST", path, &headers, body).expect("daemon answers")
+}
+
+fn live_replicas(workspace: &Workspace, environment: &str) -> String {
+    std::fs::read_to_string(
+        workspace
+            .live(environment)
+            .join("shop/Deployment.apps/web.yaml"),
+    )
+    .ok()
+    .and_then(|text| {
+        text.lines()
+            .find(|line| line.trim_start().starts_with("replicas:"))
+            .map(|line| line.trim().to_string())
+    })
+    .unwrap_or_default()
+}
+
+#[test]
+fn endpoints_answer_and_control_needs_the_token() {
+    let workspace = Workspace::new();
+    let address = with_api(&workspace, "", "");
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("initial");
+    let _daemon = start(&workspace, &address);
+
+    assert_eq!(
+        http_request(&address, "GET", "/healthz", &[], "").map(|r| r.0),
+        Some(200)
+    );
+    assert!(wait_for(Duration::from_secs(20), || {
+        http_request(&address, "GET", "/status", &[], "").is_some_and(|(_, body)| {
+            body.contains("\"last_healthy\":\"") && body.contains("\"environment\":\"staging\"")
+        })
+    }));
+
+    let path = "/api/v1/environments/staging/pause";
+    assert_eq!(post(&address, path, None, "").0, 401, "no token");
+    assert_eq!(
+        post(&address, path, Some("wrong"), "").0,
+        401,
+        "wrong token"
+    );
+    let (status, body) = post(&address, path, Some(TOKEN), "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        post(
+            &address,
+            "/api/v1/environments/nowhere/pause",
+            Some(TOKEN),
+            ""
+        )
+        .0,
+        404
+    );
+    let (status, body) = post(
+        &address,
+        "/api/v1/environments/staging/approve",
+        Some(TOKEN),
+        "{\"revision\":\"no-such-rev\"}",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown revision"), "{body}");
+}
+
+#[test]
+fn metrics_are_scraped_by_a_real_prometheus() {
+    let workspace = Workspace::new();
+    let address = with_api(&workspace, "", "");
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    let revision = workspace.repo.commit("initial");
+    let _daemon = start(&workspace, &address);
+    let prometheus = Prometheus::start_waiting_for(
+        address.parse().expect("socket address"),
+        "gitopsd_git_fetch_duration_seconds_count",
+    );
+    let seen = wait_for(Duration::from_secs(30), || {
+        prometheus
+            .query("gitopsd_revision_info")
+            .is_some_and(|body| {
+                body.contains(&revision) && body.contains("\"environment\":\"production\"")
+            })
+    });
+    assert!(seen, "{:?}", prometheus.query("gitopsd_revision_info"));
+    let up = prometheus.query("up").unwrap_or_default();
+    assert!(up.contains("\"1\""), "the scrape succeeded: {up}");
+    let rollouts = prometheus
+        .query("gitopsd_rollouts_total")
+        .unwrap_or_default();
+    assert!(rollouts.contains("\"result\":\"healthy\""), "{rollouts}");
+}
+
+#[test]
+fn manual_approval_holds_a_revision_until_approved() {
+    let workspace = Workspace::new();
+    let address = with_api(&workspace, "approval = \"manual\"\n", "");
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    let first = workspace.repo.commit("initial");
+    let _daemon = start(&workspace, &address);
+    assert!(wait_for(Duration::from_secs(10), || live_replicas(
+        &workspace,
+        "production"
+    ) == "replicas: 1"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        live_replicas(&workspace, "staging"),
+        "",
+        "staging waits for approval"
+    );
+    let status = workspace.run(&["status", "--env", "staging"]);
+    assert!(
+        stdout(&status).contains("current revision:       none"),
+        "{}",
+        stdout(&status)
+    );
+
+    let approve = workspace.run(&["approve", "--env", "staging", &first[..10]]);
+    assert_exit(&approve, 0);
+    assert!(stdout(&approve).contains(&first), "{}", stdout(&approve));
+    assert!(
+        wait_for(Duration::from_secs(10), || live_replicas(
+            &workspace, "staging"
+        ) == "replicas: 1"),
+        "approved revision rolls out"
+    );
+    // Without the token file the command refuses clearly.
+    std::fs::remove_file(workspace.path("api-token")).expect("remove token");
+    let refused = workspace.run(&["approve", "--env", "staging", &first]);
+    assert_exit(&refused, 2);
+    assert!(
+        stderr(&refused).contains("api token file"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn pause_resume_and_rollback_pin() {
+    let workspace = Workspace::new();
+    let address = with_api(&workspace, "", "");
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    let first = workspace.repo.commit("one");
+    let _daemon = start(&workspace, &address);
+    assert!(wait_for(Duration::from_secs(10), || live_replicas(
+        &workspace, "staging"
+    ) == "replicas: 1"));
+
+    assert_exit(&workspace.run(&["pause", "--env", "staging"]), 0);
+    write_environment(&workspace.repo, "staging", 2);
+    workspace.repo.commit("two");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        live_replicas(&workspace, "staging"),
+        "replicas: 1",
+        "paused: nothing changes"
+    );
+    assert_exit(&workspace.run(&["resume", "--env", "staging"]), 0);
+    assert!(wait_for(Duration::from_secs(10), || live_replicas(
+        &workspace, "staging"
+    ) == "replicas: 2"));
+
+    assert_exit(
+        &workspace.run(&["rollback", "--env", "staging", "--to", &first]),
+        0,
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || live_replicas(
+            &workspace, "staging"
+        ) == "replicas: 1"),
+        "rolled back to the first commit"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        live_replicas(&workspace, "staging"),
+        "replicas: 1",
+        "the pin holds"
+    );
+    write_environment(&workspace.repo, "staging", 3);
+    workspace.repo.commit("three");
+    assert!(
+        wait_for(Duration::from_secs(10), || live_replicas(
+            &workspace, "staging"
+        ) == "replicas: 3"),
+        "the next commit lifts the pin"
+    );
+}
+
+#[test]
+fn after_gate_promotes_only_what_is_healthy_upstream() {
+    let workspace = Workspace::new();
+    std::fs::write(workspace.path("fail"), "").expect("marker");
+    // Production (configured first) follows staging; staging's check fails while `fail` holds
+    // "yes".
+    workspace.write_config_with(
+        &workspace.repo.dir.display().to_string(),
+        "1h",
+        &format!(
+            "[[environment.health]]\ntype = \"exec\"\ncommand = \"sh -c 'test \\\"$(cat {})\\\" != yes'\"\ninterval = \"100ms\"\nfailures = 1\n[environment.rollout]\nverify = \"300ms\"\n",
+            workspace.path("fail").display()
+        ),
+    );
+    let config = std::fs::read_to_string(&workspace.config).expect("config");
+    let config = config.replacen(
+        "namespace = \"shop\"\n",
+        "namespace = \"shop\"\nafter = \"staging\"\n",
+        1,
+    );
+    std::fs::write(&workspace.config, config).expect("config");
+
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("one");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 0);
+    assert_eq!(
+        live_replicas(&workspace, "production"),
+        "replicas: 1",
+        "healthy in staging first, same pass"
+    );
+
+    std::fs::write(workspace.path("fail"), "yes").expect("marker");
+    write_environment(&workspace.repo, "staging", 2);
+    write_environment(&workspace.repo, "production", 2);
+    workspace.repo.commit("two, bad");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    assert_eq!(
+        live_replicas(&workspace, "staging"),
+        "replicas: 1",
+        "reverted"
+    );
+    assert_eq!(
+        live_replicas(&workspace, "production"),
+        "replicas: 1",
+        "never promoted downstream"
+    );
+    assert!(
+        stderr(&output).contains("healthy in staging"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_closed_window_holds_changes() {
+    let workspace = Workspace::new();
+    // Opens one minute a year, at new year.
+    workspace.write_config_with(
+        &workspace.repo.dir.display().to_string(),
+        "1h",
+        "window = { schedule = \"0 0 1 1 *\", duration = \"1m\", timezone = \"UTC\" }\n",
+    );
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("one");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 0);
+    assert!(
+        stderr(&output).contains("outside the change window"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(live_replicas(&workspace, "staging"), "");
+    assert_eq!(live_replicas(&workspace, "production"), "replicas: 1");
+}
