@@ -28,8 +28,27 @@ pub struct Config {
     pub repo: RepoConfig,
     pub state: StateConfig,
     pub api: Option<ApiConfig>,
+    pub webhooks: Vec<WebhookConfig>,
     pub environments: Vec<EnvironmentConfig>,
 }
+
+/// A webhook told about rollouts (`[[webhook]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Only these events; empty means all.
+    pub events: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// The events a webhook can ask for.
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "rollout_started",
+    "step_passed",
+    "promoted",
+    "failed",
+    "reverted",
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RepoConfig {
@@ -240,6 +259,7 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         check.no_more(state_dict, "state");
         let api = check.api(&mut root, base);
+        let webhooks = check.webhooks(&mut root);
         let environments = check.environments(&mut root, base);
         check.no_more(root, "");
         match (repo, check.problems.is_empty()) {
@@ -247,6 +267,7 @@ impl Config {
                 repo,
                 state: StateConfig { dir: state_dir },
                 api,
+                webhooks,
                 environments,
             }),
             _ => Err(check.problems),
@@ -842,6 +863,66 @@ impl Checker {
                 None
             }
         }
+    }
+
+    fn webhooks(&mut self, root: &mut Dict) -> Vec<WebhookConfig> {
+        let items = match root.remove("webhook") {
+            None => return Vec::new(),
+            Some(Value::Array(_, items)) => items,
+            Some(_) => {
+                self.problem("webhook".into(), "must be an array of tables ([[webhook]])");
+                return Vec::new();
+            }
+        };
+        let mut webhooks = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let key = format!("webhook[{index}]");
+            let Value::Dict(_, mut table) = item else {
+                self.problem(key, "must be a table");
+                continue;
+            };
+            let url = self.required_string(&mut table, &key, "url");
+            if let Some(url) = &url
+                && !url.starts_with("http://")
+                && !url.starts_with("https://")
+            {
+                self.problem(join(&key, "url"), "must be an http:// or https:// URL");
+            }
+            let events = match table.remove("events") {
+                None => Vec::new(),
+                Some(Value::Array(_, items)) => {
+                    let mut events = Vec::new();
+                    for item in items {
+                        match item.as_str() {
+                            Some(event) if WEBHOOK_EVENTS.contains(&event) => {
+                                events.push(event.to_string())
+                            }
+                            _ => self.problem(
+                                join(&key, "events"),
+                                format!("events are {}", WEBHOOK_EVENTS.join(", ")),
+                            ),
+                        }
+                    }
+                    events
+                }
+                Some(_) => {
+                    self.problem(join(&key, "events"), "must be an array of event names");
+                    Vec::new()
+                }
+            };
+            let timeout = self
+                .duration(&mut table, &key, "timeout")
+                .unwrap_or(Duration::from_secs(5));
+            self.no_more(table, &key);
+            if let Some(url) = url {
+                webhooks.push(WebhookConfig {
+                    url,
+                    events,
+                    timeout,
+                });
+            }
+        }
+        webhooks
     }
 
     fn api(&mut self, root: &mut Dict, base: &Path) -> Option<ApiConfig> {

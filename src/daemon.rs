@@ -27,9 +27,12 @@ use crate::source::watch::watch_refs;
 use crate::source::{Fetched, GitSource, SourceError};
 use crate::systemd::Systemd;
 use crate::target::DirectoryTarget;
+use crate::webhook::{Delivery, Notifier};
 
 /// Longest wait between retries of a failing fetch.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long stopping waits for queued webhook notifications.
+const WEBHOOK_FLUSH: Duration = Duration::from_secs(20);
 /// Pause after a ref change so git finishes writing before we fetch.
 const SETTLE: Duration = Duration::from_millis(100);
 
@@ -118,7 +121,7 @@ impl EnvironmentRuntime {
         tip: &Revision,
         shutdown: watch::Receiver<bool>,
         heartbeat: Heartbeat,
-        metrics: &Metrics,
+        observers: &Observers,
     ) -> Result<Outcome, ReconcileError> {
         let gates = self.gates();
         let started = std::time::Instant::now();
@@ -131,11 +134,12 @@ impl EnvironmentRuntime {
             prober: &self.prober,
             shutdown,
             heartbeat,
-            metrics,
+            metrics: &observers.metrics,
+            notifier: &observers.notifier,
         }
         .pass(tip)
         .await;
-        self.record(&result, started.elapsed(), metrics);
+        self.record(&result, started.elapsed(), &observers.metrics);
         result
     }
 
@@ -161,6 +165,13 @@ impl EnvironmentRuntime {
             metrics.succeeded(name, chrono::Utc::now().timestamp());
         }
     }
+}
+
+/// Where a pass reports what happened: metrics and webhooks.
+#[derive(Debug, Clone)]
+pub struct Observers {
+    pub metrics: Arc<Metrics>,
+    pub notifier: Notifier,
 }
 
 /// Environments in waves: each wave only waits (`after`) for environments of earlier waves,
@@ -199,6 +210,11 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
             (source.branch_tip().ok().flatten(), Some(error))
         }
     };
+    let (notifier, delivery) = Notifier::start(config.webhooks.clone());
+    let observers = Observers {
+        metrics: Arc::new(Metrics::default()),
+        notifier,
+    };
     let mut environments = Vec::new();
     for wave in waves(&config.environments) {
         let Some(tip) = &tip else { break };
@@ -208,6 +224,7 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
             let state_dir = config.state.dir.clone();
             let tip = tip.clone();
             let shutdown = shutdown.clone();
+            let observers = observers.clone();
             let span = tracing::info_span!("environment", env = %environment.name);
             tasks.spawn(
                 async move {
@@ -215,13 +232,7 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
                     let result = match EnvironmentRuntime::open(environment, &state_dir) {
                         Ok(mut runtime) => {
                             runtime
-                                .pass(
-                                    &source,
-                                    &tip,
-                                    shutdown,
-                                    Heartbeat::default(),
-                                    &Metrics::default(),
-                                )
+                                .pass(&source, &tip, shutdown, Heartbeat::default(), &observers)
                                 .await
                         }
                         Err(error) => Err(error),
@@ -242,6 +253,10 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
         }
     }
     environments.sort_by(|a, b| a.0.cmp(&b.0));
+    drop(observers);
+    if let Some(delivery) = delivery {
+        delivery.finish(WEBHOOK_FLUSH).await;
+    }
     PassReport {
         fetch_error,
         environments,
@@ -284,6 +299,7 @@ impl StatusBoard {
 
 /// The environment tasks of one config: replaced as a whole on reload.
 struct Generation {
+    delivery: Option<Delivery>,
     tips: watch::Sender<Option<Revision>>,
     drain: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -296,6 +312,11 @@ impl Generation {
         let source = GitSource::new(&config.repo, &config.state.dir);
         let (tips, tip_receiver) = watch::channel::<Option<Revision>>(None);
         let (drain, drain_receiver) = watch::channel(false);
+        let (notifier, delivery) = Notifier::start(config.webhooks.clone());
+        let observers = Observers {
+            metrics: context.metrics.clone(),
+            notifier,
+        };
         let mut tasks = JoinSet::new();
         for environment in config.environments.clone() {
             let span = tracing::info_span!("environment", env = %environment.name);
@@ -316,7 +337,7 @@ impl Generation {
                     Shared {
                         board: context.board.clone(),
                         controls: context.controls.clone(),
-                        metrics: context.metrics.clone(),
+                        observers: observers.clone(),
                     },
                 )
                 .instrument(span),
@@ -331,6 +352,7 @@ impl Generation {
                 .ok()
         });
         Self {
+            delivery,
             tips,
             drain,
             tasks,
@@ -347,6 +369,10 @@ impl Generation {
                 joined = self.tasks.join_next() => if joined.is_none() { break },
                 _ = tokio::time::sleep(context.tick()) => context.keep_alive(),
             }
+        }
+        // Every notifier went with its task: the queue ends once it is sent.
+        if let Some(delivery) = self.delivery {
+            delivery.finish(WEBHOOK_FLUSH).await;
         }
     }
 
@@ -373,7 +399,7 @@ struct DaemonContext {
 struct Shared {
     board: StatusBoard,
     controls: Controls,
-    metrics: Arc<Metrics>,
+    observers: Observers,
 }
 
 /// The API token, read from `api.token_file`.
@@ -601,7 +627,7 @@ async fn environment_loop(
     let Shared {
         board,
         controls,
-        metrics,
+        observers,
     } = shared;
     let name = environment.name.clone();
     let mut runtime = match EnvironmentRuntime::open(environment, &state_dir) {
@@ -643,7 +669,7 @@ async fn environment_loop(
                 &revision,
                 signals.shutdown.clone(),
                 heartbeat.clone(),
-                &metrics,
+                &observers,
             )
             .await;
         heartbeat.beat();

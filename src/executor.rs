@@ -24,6 +24,7 @@ use crate::rollout::{
 };
 use crate::source::{GitSource, SourceError};
 use crate::target::{Target, TargetError};
+use crate::webhook::Notifier;
 
 /// How often readiness is polled while a step waits for it.
 const READINESS_POLL: Duration = Duration::from_secs(1);
@@ -154,6 +155,8 @@ pub struct EnvironmentRun<'a, T: Target> {
     /// Beaten as the pass makes progress; the watchdog stops when it goes stale.
     pub heartbeat: Heartbeat,
     pub metrics: &'a Metrics,
+    /// Told about rollout events; never blocks.
+    pub notifier: &'a Notifier,
 }
 
 /// One step of writing: apply or delete.
@@ -202,7 +205,10 @@ fn step_objects(spec: &RolloutSpec, step: usize, weight: u8) -> StepObjects {
 
 impl<T: Target> EnvironmentRun<'_, T> {
     fn journal(&mut self, event: Event) -> Result<(), JournalError> {
-        self.journal.append(event, Utc::now()).map(|_| ())
+        let record = self.journal.append(event, Utc::now())?;
+        self.notifier
+            .event(&self.config.name, &record.event, record.time);
+        Ok(())
     }
 
     /// Whether an operator paused the environment (the last pause or resume wins).

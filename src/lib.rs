@@ -23,3 +23,4 @@ pub mod server;
 pub mod source;
 pub mod systemd;
 pub mod target;
+pub mod webhook;

@@ -13,3 +13,4 @@ mod rollout;
 mod ssh;
 mod systemd;
 mod validate;
+mod webhook;

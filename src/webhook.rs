@@ -1,0 +1,217 @@
+//! Rollout notifications to webhooks: generic JSON with a Slack-compatible `text`, sent in
+//! order from a background task and retried with backoff, never on the rollout's own path.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::WebhookConfig;
+use crate::journal::Event;
+
+/// Notifications queued beyond this are dropped (and logged) rather than slowing a rollout.
+const QUEUE: usize = 1024;
+/// Attempts per notification and webhook.
+const ATTEMPTS: u32 = 5;
+
+/// One notification, as posted.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Notification {
+    /// `rollout_started`, `step_passed`, `promoted`, `failed` or `reverted`.
+    pub event: String,
+    pub environment: String,
+    pub revision: String,
+    pub time: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The revision a revert returned to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// A one-line summary; Slack's incoming webhooks show this field.
+    pub text: String,
+}
+
+impl Notification {
+    /// The notification for a journal event, if it is one operators are told about.
+    pub fn for_event(environment: &str, event: &Event, time: DateTime<Utc>) -> Option<Self> {
+        let revision = event.revision();
+        let short = revision.short();
+        let base = |name: &str, text: String| Notification {
+            event: name.to_string(),
+            environment: environment.to_string(),
+            revision: revision.0.clone(),
+            time,
+            step: None,
+            weight: None,
+            reason: None,
+            to: None,
+            text: format!("gitopsd {environment}: {text}"),
+        };
+        match event {
+            Event::RolloutStarted {
+                steps, previous, ..
+            } => {
+                let steps: Vec<String> = steps.iter().map(|w| format!("{w}%")).collect();
+                let from = previous.as_ref().map_or("nothing", |p| p.short());
+                Some(base(
+                    "rollout_started",
+                    format!(
+                        "rollout of {short} started ({}), replacing {from}",
+                        steps.join(" → ")
+                    ),
+                ))
+            }
+            Event::StepPassed { step, weight, .. } => Some(Notification {
+                step: Some(step + 1),
+                weight: Some(*weight),
+                ..base(
+                    "step_passed",
+                    format!("{short} passed step {} ({weight}%)", step + 1),
+                )
+            }),
+            Event::Promoted { .. } => {
+                Some(base("promoted", format!("{short} promoted; verifying")))
+            }
+            Event::RolloutFailed { reason, .. } => Some(Notification {
+                reason: Some(reason.clone()),
+                ..base("failed", format!("{short} failed: {reason}"))
+            }),
+            Event::Reverted { to, .. } => Some(Notification {
+                to: Some(to.0.clone()),
+                ..base("reverted", format!("{short} reverted to {}", to.short()))
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Queues notifications for the sender task; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Notifier {
+    queue: Option<mpsc::Sender<Notification>>,
+}
+
+/// The task delivering queued notifications; `finish` flushes it.
+#[derive(Debug)]
+pub struct Delivery {
+    task: JoinHandle<()>,
+}
+
+impl Notifier {
+    /// A notifier for `webhooks`; without any, it queues nothing and no task runs.
+    pub fn start(webhooks: Vec<WebhookConfig>) -> (Self, Option<Delivery>) {
+        if webhooks.is_empty() {
+            return (Self::default(), None);
+        }
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(deliver(webhooks, receiver));
+        (Self { queue: Some(queue) }, Some(Delivery { task }))
+    }
+
+    /// Queues the notification for `event`, if any; never waits.
+    pub fn event(&self, environment: &str, event: &Event, time: DateTime<Utc>) {
+        let Some(queue) = &self.queue else { return };
+        let Some(notification) = Notification::for_event(environment, event, time) else {
+            return;
+        };
+        if queue.try_send(notification).is_err() {
+            tracing::warn!(env = %environment, "webhook queue full; notification dropped");
+        }
+    }
+}
+
+impl Delivery {
+    /// Waits up to `limit` for queued notifications to go out (all notifiers must be dropped
+    /// first, so the queue ends).
+    pub async fn finish(self, limit: Duration) {
+        if tokio::time::timeout(limit, self.task).await.is_err() {
+            tracing::warn!("webhook notifications still pending at exit were dropped");
+        }
+    }
+}
+
+async fn deliver(webhooks: Vec<WebhookConfig>, mut queue: mpsc::Receiver<Notification>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = match reqwest::Client::builder().build() {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cannot build the webhook HTTP client; notifications are off");
+            return;
+        }
+    };
+    while let Some(notification) = queue.recv().await {
+        let body = match serde_json::to_string(&notification) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a notification");
+                continue;
+            }
+        };
+        for webhook in &webhooks {
+            if !webhook.events.is_empty() && !webhook.events.contains(&notification.event) {
+                continue;
+            }
+            send(&client, webhook, &notification.event, &body).await;
+        }
+    }
+}
+
+/// Posts `body`, retrying with backoff (1 s, 2 s, 4 s, …) on errors and 5xx answers.
+async fn send(client: &reqwest::Client, webhook: &WebhookConfig, event: &str, body: &str) {
+    for attempt in 1..=ATTEMPTS {
+        let result = client
+            .post(&webhook.url)
+            .timeout(webhook.timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        let retry = match result {
+            Ok(response) if response.status().is_success() => return,
+            Ok(response) if response.status().is_client_error() => {
+                tracing::error!(url = %webhook.url, status = %response.status(), event, "webhook refused the notification");
+                return;
+            }
+            Ok(response) => format!("status {}", response.status()),
+            Err(error) => error.to_string(),
+        };
+        if attempt == ATTEMPTS {
+            tracing::error!(url = %webhook.url, event, error = %retry, "webhook notification given up after {ATTEMPTS} attempts");
+            return;
+        }
+        let wait = Duration::from_secs(1 << (attempt - 1));
+        tracing::warn!(url = %webhook.url, event, error = %retry, retry_in = ?wait, "webhook notification failed");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Revision;
+
+    #[test]
+    fn failures_and_reverts_carry_their_reason_and_target() {
+        let failed = Event::RolloutFailed {
+            revision: Revision("b".repeat(40)),
+            reason: "check web failed".into(),
+        };
+        let note = Notification::for_event("staging", &failed, Utc::now()).expect("notified");
+        assert_eq!(note.event, "failed");
+        assert_eq!(note.reason.as_deref(), Some("check web failed"));
+        assert_eq!(
+            note.text,
+            "gitopsd staging: bbbbbbbbbbbb failed: check web failed"
+        );
+        let healthy = Event::Healthy {
+            revision: Revision("b".repeat(40)),
+        };
+        assert!(Notification::for_event("staging", &healthy, Utc::now()).is_none());
+    }
+}
