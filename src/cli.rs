@@ -120,5 +120,9 @@ pub enum Command {
         /// Only this environment.
         #[arg(long)]
         env: Option<String>,
+        /// Delivery figures instead: deployment frequency, lead time, change failure rate and
+        /// mean time to restore.
+        #[arg(long)]
+        stats: bool,
     },
 }

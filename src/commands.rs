@@ -343,16 +343,25 @@ pub async fn validate(
     })
 }
 
-/// `gitopsd history`: every journal record, per environment.
+/// `gitopsd history`: every journal record, per environment; with `stats`, the delivery
+/// figures computed from them.
 pub fn history(
     config: &Config,
     only: Option<&str>,
+    stats: bool,
     out: &mut dyn Write,
 ) -> Result<u8, CommandError> {
+    let source = GitSource::new(&config.repo, &config.state.dir);
     for environment in selected(config, only)? {
         let path = Journal::path_for(&config.state.dir, &environment.name);
         let loaded = journal::load(&path)?;
-        journal_view::write_history(&loaded.records, out)?;
+        if stats {
+            let figures =
+                crate::stats::DeliveryStats::compute(&loaded.records, |r| source.commit_time(r));
+            write!(out, "{}\n{figures}", environment.name)?;
+        } else {
+            journal_view::write_history(&loaded.records, out)?;
+        }
     }
     Ok(EXIT_OK)
 }

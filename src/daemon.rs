@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::config::WindowConfig;
 use crate::config::{Config, EnvironmentConfig, TargetConfig};
+use crate::config_watch::watch_config;
 use crate::executor::{EnvironmentRun, Outcome, ReconcileError};
 use crate::gates::Gates;
 use crate::heartbeat::{BEAT_INTERVAL, Heartbeat, Heartbeats};
@@ -476,6 +477,13 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
             }
         });
     }
+    // Edits to the config file reload it like SIGHUP does.
+    let (config_changed, mut config_changes) = mpsc::channel(1);
+    let _config_watcher = watch_config(config_path, config_changed)
+        .inspect_err(|error| {
+            tracing::warn!(%error, config = %config_path.display(), "cannot watch the config file; reload with SIGHUP");
+        })
+        .ok();
     let mut config = config;
     loop {
         let mut generation = Generation::spawn(&config, &context, &signals.shutdown);
@@ -484,6 +492,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
             config_path,
             &mut generation,
             &mut signals,
+            &mut config_changes,
             &mut context,
         )
         .await
@@ -517,6 +526,7 @@ async fn serve(
     config_path: &Path,
     generation: &mut Generation,
     signals: &mut Signals,
+    config_changes: &mut mpsc::Receiver<()>,
     context: &mut DaemonContext,
 ) -> End {
     let source = GitSource::new(&config.repo, &config.state.dir);
@@ -570,6 +580,19 @@ async fn serve(
                     Ok(new) => return End::Reload(Box::new(new)),
                     Err(error) => tracing::error!(%error, "config reload refused; the running config stays in force"),
                 },
+                Some(()) = config_changes.recv() => {
+                    // Let the writer finish; several events for one save are one reload.
+                    tokio::time::sleep(SETTLE * 3).await;
+                    while config_changes.try_recv().is_ok() {}
+                    match Config::load(config_path) {
+                        Ok(new) if new == *config => {}
+                        Ok(new) => {
+                            tracing::info!("config file changed: reloading");
+                            return End::Reload(Box::new(new));
+                        }
+                        Err(error) => tracing::error!(%error, "changed config refused; the running config stays in force"),
+                    }
+                }
             }
             if *signals.shutdown.borrow() {
                 return End::Stop;

@@ -102,9 +102,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 let config = Config::load(&cli.config)?;
                 Ok(commands::status(&config, env.as_deref(), &mut stdout)?)
             }
-            Command::History { env } => {
+            Command::History { env, stats } => {
                 let config = Config::load(&cli.config)?;
-                Ok(commands::history(&config, env.as_deref(), &mut stdout)?)
+                Ok(commands::history(
+                    &config,
+                    env.as_deref(),
+                    stats,
+                    &mut stdout,
+                )?)
             }
         }
     })

@@ -422,6 +422,14 @@ impl GitSource {
         Ok(Some(Revision(id.to_string())))
     }
 
+    /// When `revision` was committed (committer time), if the mirror has it.
+    pub fn commit_time(&self, revision: &Revision) -> Option<chrono::DateTime<chrono::Utc>> {
+        let repo = self.open().ok()?;
+        let id = gix::ObjectId::from_hex(revision.0.as_bytes()).ok()?;
+        let seconds = repo.find_commit(id).ok()?.time().ok()?.seconds;
+        chrono::DateTime::from_timestamp(seconds, 0)
+    }
+
     /// Reads the manifest files under `path` at `revision`, recursively, in sorted order.
     pub fn snapshot(&self, revision: &Revision, path: &str) -> Result<Snapshot, SourceError> {
         let repo = self.open()?;

@@ -245,6 +245,25 @@ fn bad_commit_fails_at_step_two_and_is_reverted_byte_for_byte_and_held() {
         "{text}"
     );
 
+    let stats = rollout
+        .workspace
+        .run(&["history", "--stats", "--env", "staging"]);
+    assert_exit(&stats, 0);
+    let text = stdout(&stats);
+    assert!(text.contains("1 deployments over"), "{text}");
+    assert!(
+        text.contains("change failure rate:    50% (1 of 2 rollouts failed)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(failed rollout's start to reverted, 1 restores)"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("lead time:              median n/a"),
+        "{text}"
+    );
+
     // The next pass does not retry the failed commit.
     let journal_len = rollout.workspace.journal("staging").len();
     rollout.take_observed();

@@ -201,3 +201,34 @@ fn sighup_reloads_the_config_and_refuses_an_invalid_one() {
     );
     assert!(socket.has("RELOADING=1"));
 }
+
+#[test]
+fn editing_the_config_file_reloads_it_without_a_signal() {
+    let workspace = Workspace::new();
+    workspace.write_config(&workspace.repo.dir.display().to_string(), "1h");
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    write_environment(&workspace.repo, "qa", 1);
+    workspace.repo.commit("initial");
+    let socket = NotifySocket::bind();
+    let _child = daemon(&workspace, &socket);
+    assert!(wait_for(Duration::from_secs(30), || socket.has("READY=1")));
+    std::thread::sleep(Duration::from_millis(300));
+    let config = std::fs::read_to_string(&workspace.config).expect("config");
+    // Written the way editors do: a new file renamed over the old one.
+    let replacement = workspace.path("gitopsd.toml.new");
+    std::fs::write(
+        &replacement,
+        format!("{config}\n[[environment]]\nname = \"qa\"\npath = \"environments/qa\"\ntarget = {{ type = \"directory\", path = \"live/qa\" }}\nnamespace = \"shop\"\n"),
+    )
+    .expect("write");
+    std::fs::rename(&replacement, &workspace.config).expect("rename");
+    assert!(
+        wait_for(Duration::from_secs(20), || workspace
+            .live("qa")
+            .join("shop")
+            .is_dir()),
+        "the edited config was picked up"
+    );
+    assert!(socket.has("RELOADING=1"));
+}
