@@ -192,19 +192,26 @@ pub struct DiffRequest<'a> {
 /// Holds that would keep `revision` from rolling out in `environment`.
 fn holds(config: &Config, environment: &EnvironmentConfig, revision: &Revision) -> Vec<String> {
     let path = Journal::path_for(&config.state.dir, &environment.name);
-    let Ok(loaded) = journal::load(&path) else {
-        return Vec::new();
-    };
-    let history = History::from_records(&loaded.records);
+    let history = journal::load(&path)
+        .map(|loaded| History::from_records(&loaded.records))
+        .unwrap_or_default();
+    let mut holds = Vec::new();
     if history.failed.contains(revision) {
-        vec![format!(
+        holds.push(format!(
             "revision {} failed in {} before; it is held and will not be applied",
             revision.short(),
             environment.name
-        )]
-    } else {
-        Vec::new()
+        ));
     }
+    if history.paused {
+        holds.push(format!(
+            "{} is paused (gitopsd resume to continue)",
+            environment.name
+        ));
+    }
+    let gates = daemon::gates_for(environment, &config.state.dir);
+    holds.extend(gates.holds(revision, &history.approved, chrono::Utc::now()));
+    holds
 }
 
 fn as_objects(desired: &[Desired]) -> Vec<Object> {

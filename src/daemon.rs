@@ -100,20 +100,8 @@ impl EnvironmentRuntime {
         })
     }
 
-    /// The gates as they stand now: the upstream environment's journal is read afresh.
     fn gates(&self) -> Gates {
-        let upstream = self.config.after.as_ref().map(|upstream| {
-            let path = Journal::path_for(&self.state_dir, upstream);
-            let healthy = journal::load(&path)
-                .map(|loaded| History::from_records(&loaded.records).healthy)
-                .unwrap_or_default();
-            (upstream.clone(), healthy)
-        });
-        Gates {
-            window: self.config.window.as_ref().map(WindowConfig::window),
-            upstream,
-            manual_approval: self.config.manual_approval,
-        }
+        gates_for(&self.config, &self.state_dir)
     }
 
     async fn pass(
@@ -165,6 +153,23 @@ impl EnvironmentRuntime {
         ) {
             metrics.succeeded(name, chrono::Utc::now().timestamp());
         }
+    }
+}
+
+/// An environment's gates as they stand now: the upstream environment's journal is read
+/// afresh.
+pub fn gates_for(environment: &EnvironmentConfig, state_dir: &Path) -> Gates {
+    let upstream = environment.after.as_ref().map(|upstream| {
+        let path = Journal::path_for(state_dir, upstream);
+        let healthy = journal::load(&path)
+            .map(|loaded| History::from_records(&loaded.records).healthy)
+            .unwrap_or_default();
+        (upstream.clone(), healthy)
+    });
+    Gates {
+        window: environment.window.as_ref().map(WindowConfig::window),
+        upstream,
+        manual_approval: environment.manual_approval,
     }
 }
 

@@ -88,16 +88,27 @@ impl Gates {
         approved: &BTreeSet<Revision>,
         now: DateTime<Utc>,
     ) -> Option<String> {
+        self.holds(revision, approved, now).into_iter().next()
+    }
+
+    /// Everything that holds `revision` back at `now`: upstream, approval, window.
+    pub fn holds(
+        &self,
+        revision: &Revision,
+        approved: &BTreeSet<Revision>,
+        now: DateTime<Utc>,
+    ) -> Vec<String> {
+        let mut holds = Vec::new();
         if let Some((upstream, healthy)) = &self.upstream
             && !healthy.contains(revision)
         {
-            return Some(format!(
+            holds.push(format!(
                 "waiting for {} to be healthy in {upstream} (after = \"{upstream}\")",
                 revision.short()
             ));
         }
         if self.manual_approval && !approved.contains(revision) {
-            return Some(format!(
+            holds.push(format!(
                 "waiting for approval: gitopsd approve --env <env> {}",
                 revision.short()
             ));
@@ -105,7 +116,7 @@ impl Gates {
         if let Some(window) = &self.window
             && let WindowState::Closed { opens } = window.state(now)
         {
-            return Some(match opens {
+            holds.push(match opens {
                 Some(opens) => format!(
                     "outside the change window; it opens at {}",
                     opens.format("%Y-%m-%dT%H:%M:%SZ")
@@ -113,7 +124,7 @@ impl Gates {
                 None => "outside the change window; it never opens again".into(),
             });
         }
-        None
+        holds
     }
 }
 

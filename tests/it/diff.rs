@@ -331,3 +331,41 @@ fn ci_workflow_recipe_works_with_environment_overrides() {
     );
     assert!(!workspace.path("state").exists());
 }
+
+#[test]
+fn gates_that_would_hold_the_rollout_are_shown() {
+    let workspace = Workspace::new();
+    workspace.write_config_with(
+        &workspace.repo.dir.display().to_string(),
+        "30s",
+        "approval = \"manual\"\nwindow = { schedule = \"0 0 1 1 *\", duration = \"1m\" }\n",
+    );
+    let (old, new) = fixture(&workspace);
+    let output = workspace.run(&["diff", "--env", "staging", "--against", &old, "--rev", &new]);
+    assert_exit(&output, 1);
+    let text = stdout(&output);
+    assert!(text.contains("hold: waiting for approval"), "{text}");
+    let json = workspace.run(&[
+        "diff",
+        "--env",
+        "staging",
+        "--against",
+        &old,
+        "--rev",
+        &new,
+        "--output",
+        "json",
+    ]);
+    let parsed: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("JSON");
+    let holds = parsed["environments"][0]["rollout"]["holds"]
+        .as_array()
+        .expect("holds")
+        .clone();
+    assert_eq!(holds.len(), 2, "{holds:?}");
+    assert!(
+        holds[1]
+            .as_str()
+            .expect("text")
+            .starts_with("outside the change window; it opens at")
+    );
+}
