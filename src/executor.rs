@@ -293,14 +293,23 @@ impl<T: Target> EnvironmentRun<'_, T> {
         self.target.list().await.map_err(ReconcileError::Live)
     }
 
-    /// Puts back anything that differs from a healthy revision, in place.
-    async fn converge(&mut self, revision: &Revision) -> Result<Outcome, ReconcileError> {
+    /// The revision's desired objects, the live ones, and the plan between them.
+    async fn plan_for(
+        &mut self,
+        revision: &Revision,
+    ) -> Result<(Vec<Desired>, Vec<Object>, Plan), ReconcileError> {
         let desired = self.desired(revision).await?;
         let live = self.live().await?;
         let plan = plan::plan(&desired, &live, self.config.prune);
         for orphan in &plan.orphaned {
             tracing::warn!(object = %orphan, "owned object is gone from git but prune is off; leaving it");
         }
+        Ok((desired, live, plan))
+    }
+
+    /// Puts back anything that differs from a healthy revision, in place.
+    async fn converge(&mut self, revision: &Revision) -> Result<Outcome, ReconcileError> {
+        let (_, _, plan) = self.plan_for(revision).await?;
         if plan.is_empty() {
             return Ok(Outcome::Unchanged {
                 revision: revision.clone(),
@@ -367,12 +376,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
         revision: &Revision,
         previous: Option<Revision>,
     ) -> Result<Outcome, ReconcileError> {
-        let desired = self.desired(revision).await?;
-        let live = self.live().await?;
-        let plan = plan::plan(&desired, &live, self.config.prune);
-        for orphan in &plan.orphaned {
-            tracing::warn!(object = %orphan, "owned object is gone from git but prune is off; leaving it");
-        }
+        let (desired, live, plan) = self.plan_for(revision).await?;
         if plan.is_empty() {
             // Nothing to roll out (e.g. a commit outside this environment's folder).
             self.journal(Event::Healthy {

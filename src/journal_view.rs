@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use crate::journal::{Event, Record};
+use crate::journal::{ChangeRecord, Event, Record};
 use crate::rollout::History;
 
 /// Writes journal records, one line each, with the objects or problems they name indented
@@ -25,15 +25,7 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
                 }
             }
             Event::ReconcileStarted { changes, .. } | Event::ReconcileFinished { changes, .. } => {
-                for change in changes {
-                    writeln!(
-                        out,
-                        "      {} {} {}",
-                        change.action.sign(),
-                        change.action.verb(),
-                        change.object
-                    )?;
-                }
+                write_changes(changes, out)?;
             }
             Event::ReconcileFailed { applied, error, .. } => {
                 writeln!(out, "      after {applied} changes: {error}")?;
@@ -53,15 +45,7 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
                 for canary in canaries {
                     writeln!(out, "      canary for {canary}")?;
                 }
-                for change in changes {
-                    writeln!(
-                        out,
-                        "      {} {} {}",
-                        change.action.sign(),
-                        change.action.verb(),
-                        change.object
-                    )?;
-                }
+                write_changes(changes, out)?;
             }
             Event::StepStarted { step, weight, .. } | Event::StepPassed { step, weight, .. } => {
                 writeln!(out, "      step {} ({weight}%)", step + 1)?;
@@ -90,6 +74,19 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
             | Event::Resumed { .. }
             | Event::Approved { .. } => {}
         }
+    }
+    Ok(())
+}
+
+fn write_changes(changes: &[ChangeRecord], out: &mut dyn Write) -> io::Result<()> {
+    for change in changes {
+        writeln!(
+            out,
+            "      {} {} {}",
+            change.action.sign(),
+            change.action.verb(),
+            change.object
+        )?;
     }
     Ok(())
 }
