@@ -144,7 +144,7 @@ impl EnvironmentRuntime {
             Err(ReconcileError::FirstDeployFailed { .. }) => metrics.rollout(name, "failed"),
             _ => {}
         }
-        if let Some(current) = History::from_records(&self.journal.records()).current {
+        if let Some(current) = self.journal.with_records(History::from_records).current {
             metrics.at_revision(name, &current.0);
         }
         if matches!(

@@ -213,23 +213,24 @@ impl<T: Target> EnvironmentRun<'_, T> {
 
     /// Whether an operator paused the environment (the last pause or resume wins).
     fn paused(&self) -> bool {
-        self.journal
-            .records()
-            .iter()
-            .rev()
-            .find_map(|record| match record.event {
-                Event::Paused { .. } => Some(true),
-                Event::Resumed { .. } => Some(false),
-                _ => None,
-            })
-            .unwrap_or(false)
+        self.journal.with_records(|records| {
+            records
+                .iter()
+                .rev()
+                .find_map(|record| match record.event {
+                    Event::Paused { .. } => Some(true),
+                    Event::Resumed { .. } => Some(false),
+                    _ => None,
+                })
+                .unwrap_or(false)
+        })
     }
 
     /// Brings the environment toward the branch tip `tip`, as its journal says is next.
     pub async fn pass(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
         // At most: finish an interrupted revert, then act on the tip.
         for _ in 0..2 {
-            let history = History::from_records(&self.journal.records());
+            let history = self.journal.with_records(History::from_records);
             match history.next_step(tip, self.gates, Utc::now()) {
                 NextStep::Revert(revert) => {
                     let resumed = history.reverting.is_some();

@@ -263,8 +263,9 @@ impl SharedJournal {
         self.lock().append(event, now).cloned()
     }
 
-    pub fn records(&self) -> Vec<Record> {
-        self.lock().records().to_vec()
+    /// Runs `read` on the records without copying them.
+    pub fn with_records<T>(&self, read: impl FnOnce(&[Record]) -> T) -> T {
+        read(self.lock().records())
     }
 
     pub fn last_rejected_is(&self, revision: &Revision) -> bool {

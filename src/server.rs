@@ -142,7 +142,7 @@ struct FailureStatus {
 }
 
 fn environment_status(name: &str, journal: &SharedJournal) -> EnvironmentStatus {
-    let history = History::from_records(&journal.records());
+    let history = journal.with_records(History::from_records);
     let text = |revision: &Option<Revision>| revision.as_ref().map(|r| r.0.clone());
     EnvironmentStatus {
         environment: name.to_string(),
