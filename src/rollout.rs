@@ -754,6 +754,61 @@ mod tests {
     }
 
     #[test]
+    fn no_gate_or_pause_holds_back_a_revert() {
+        let records = [
+            record(
+                1,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(2, started('b', Some('a'))),
+            record(
+                3,
+                Event::Paused {
+                    revision: revision('b'),
+                },
+            ),
+        ];
+        let closed = Gates {
+            window: Some(
+                crate::gates::Window::parse("0 0 1 1 *", Duration::from_secs(60), "UTC")
+                    .expect("valid window"),
+            ),
+            upstream: Some(("staging".into(), BTreeSet::new())),
+            manual_approval: true,
+        };
+        let history = History::from_records(&records);
+        assert!(matches!(
+            history.next_step(&revision('c'), &closed, at(100)),
+            NextStep::Revert(_)
+        ));
+        // Once back at `a`, the pause and then the gates hold the new tip.
+        let mut reverted = records.to_vec();
+        reverted.push(record(
+            4,
+            Event::Reverted {
+                revision: revision('b'),
+                to: revision('a'),
+            },
+        ));
+        let history = History::from_records(&reverted);
+        assert!(
+            matches!(history.next_step(&revision('c'), &closed, at(100)), NextStep::Wait { ref reason } if reason.starts_with("paused"))
+        );
+        reverted.push(record(
+            5,
+            Event::Resumed {
+                revision: revision('c'),
+            },
+        ));
+        let history = History::from_records(&reverted);
+        assert!(
+            matches!(history.next_step(&revision('c'), &closed, at(100)), NextStep::Wait { ref reason } if reason.contains("healthy in staging"))
+        );
+    }
+
+    #[test]
     fn an_interrupted_revert_is_finished_and_a_failed_first_deploy_holds() {
         let reverting = [
             record(
