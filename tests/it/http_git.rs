@@ -24,6 +24,15 @@ struct GitHttpServer {
 
 impl GitHttpServer {
     fn start(root: &Path, credentials: Option<(&str, &str)>) -> Self {
+        Self::start_with(root, credentials, None)
+    }
+
+    /// With `tls`, serves HTTPS.
+    fn start_with(
+        root: &Path,
+        credentials: Option<(&str, &str)>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("address");
         let expected = credentials.map(|(user, token)| {
@@ -42,8 +51,17 @@ impl GitHttpServer {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    if let Ok(stream) = stream {
-                        handle(stream, &root, expected.as_deref(), &unauthorized);
+                    let Ok(stream) = stream else { continue };
+                    match &tls {
+                        None => handle(stream, &root, expected.as_deref(), &unauthorized),
+                        Some(config) => {
+                            let Ok(connection) = rustls::ServerConnection::new(config.clone())
+                            else {
+                                continue;
+                            };
+                            let tls_stream = rustls::StreamOwned::new(connection, stream);
+                            handle(tls_stream, &root, expected.as_deref(), &unauthorized);
+                        }
                     }
                 }
             })
@@ -91,8 +109,13 @@ fn read_chunked(reader: &mut impl BufRead) -> Vec<u8> {
     body
 }
 
-fn handle(stream: TcpStream, root: &PathBuf, expected: Option<&str>, unauthorized: &AtomicUsize) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+fn handle(
+    mut stream: impl Read + Write,
+    root: &PathBuf,
+    expected: Option<&str>,
+    unauthorized: &AtomicUsize,
+) {
+    let mut reader = BufReader::new(&mut stream);
     let mut request_line = String::new();
     if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
         return;
@@ -110,8 +133,8 @@ fn handle(stream: TcpStream, root: &PathBuf, expected: Option<&str>, unauthorize
             headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
         }
     }
-    let mut stream = stream;
     if expected.is_some() && headers.get("authorization").map(String::as_str) != expected {
+        drop(reader);
         unauthorized.fetch_add(1, Ordering::SeqCst);
         let _ = write!(
             stream,
@@ -133,6 +156,7 @@ fn handle(stream: TcpStream, root: &PathBuf, expected: Option<&str>, unauthorize
         let _ = reader.read_exact(&mut body);
         body
     };
+    drop(reader);
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let mut child = Command::new("git")
         .arg("http-backend")
@@ -259,6 +283,116 @@ fn a_server_asking_for_credentials_gets_a_clear_error() {
     assert_exit(&output, 2);
     assert!(
         stderr(&output).contains("repo.token_file: needs an https:// url"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// A self-signed certificate for 127.0.0.1 made with the openssl CLI, and a rustls server
+/// config using it. Returns the config and the certificate's PEM path (the client's CA file).
+fn tls_config(dir: &Path) -> (Arc<rustls::ServerConfig>, PathBuf) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            // A certificate that is its own trust anchor must not claim to be a CA.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success(), "openssl made a certificate");
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .expect("cert file")
+        .map(|c| c.expect("certificate"))
+        .collect();
+    let private_key = PrivateKeyDer::from_pem_file(&key).expect("key file");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .expect("server config");
+    (Arc::new(config), cert)
+}
+
+#[test]
+fn repository_is_fetched_over_https_with_a_token_file() {
+    let workspace = Workspace::new();
+    write_environment(&workspace.repo, "staging", 2);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("initial");
+    let (tls, ca) = tls_config(workspace.root.path());
+    let server = GitHttpServer::start_with(
+        workspace.root.path(),
+        Some(("x-access-token", "s3cret")),
+        Some(tls),
+    );
+    std::fs::write(workspace.path("token"), "s3cret\n").expect("token file");
+    workspace.write_config(&format!("https://{}/repo", server.address), "30s");
+    let config = std::fs::read_to_string(&workspace.config).expect("config");
+    std::fs::write(
+        &workspace.config,
+        config.replace(
+            "max_file_bytes = 65536",
+            "max_file_bytes = 65536\ntoken_file = \"token\"",
+        ),
+    )
+    .expect("config");
+    // The system trust store, pointed at the test's own CA.
+    let run = || {
+        workspace
+            .gitopsd(&["run", "--once"])
+            .env("SSL_CERT_FILE", &ca)
+            .output()
+            .expect("runs")
+    };
+    let output = run();
+    assert_exit(&output, 0);
+    assert!(
+        !stderr(&output).contains("s3cret"),
+        "the token is never logged"
+    );
+    let deployment = std::fs::read_to_string(
+        workspace
+            .live("staging")
+            .join("shop/Deployment.apps/web.yaml"),
+    )
+    .expect("reconciled over https");
+    assert!(deployment.contains("replicas: 2"));
+
+    // A wrong token is refused by the server, and the pass fails.
+    std::fs::write(workspace.path("token"), "wrong\n").expect("token file");
+    write_environment(&workspace.repo, "staging", 3);
+    workspace.repo.commit("three");
+    let before = server.unauthorized.load(Ordering::SeqCst);
+    let output = run();
+    assert_exit(&output, 1);
+    assert!(server.unauthorized.load(Ordering::SeqCst) > before);
+    assert!(
+        stderr(&output).contains("fetch failed"),
         "{}",
         stderr(&output)
     );
