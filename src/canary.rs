@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use crate::model::{Object, ResourceKey};
+use crate::model::{ANNOTATION_TEMPLATE_HASH, Object, ResourceKey};
 use crate::plan::{Action, Change, Desired, Plan};
 
 /// Suffix of every canary object's name.
@@ -186,8 +186,11 @@ pub fn split(plan: &Plan, desired: &[Desired], live: &[Object]) -> RolloutSpec {
             continue; // a new Deployment has nothing to compare with: created as is
         };
         let stable_live = crate::diff::normalize(&current.body);
-        let template_changed =
-            stable_live.pointer("/spec/template") != wanted.body.pointer("/spec/template");
+        // Live templates can carry server defaults: trust the applied template's hash if any.
+        let template_changed = match current.annotation(ANNOTATION_TEMPLATE_HASH) {
+            Some(applied) => wanted.template_hash().as_deref() != Some(applied),
+            None => stable_live.pointer("/spec/template") != wanted.body.pointer("/spec/template"),
+        };
         let configs: BTreeSet<ResourceKey> = referenced_configs(wanted)
             .into_iter()
             .filter(|key| config_updates.contains_key(key))
@@ -393,7 +396,7 @@ spec: {{selector: {{app: web}}}}
     fn spec_for(old: &str, new: &str) -> RolloutSpec {
         let live = live(old);
         let wanted = desired(new);
-        let plan = crate::plan::plan(&wanted, &live, true);
+        let plan = crate::plan::plan(&wanted, &live, true, crate::plan::Compare::Content);
         split(&plan, &wanted, &live)
     }
 

@@ -240,14 +240,14 @@ pub async fn diff(
             let desired = desired_or_empty(&revisions.source, environment, &revision).await?;
             let live = match &environment.target {
                 TargetConfig::Directory { path } => DirectoryTarget::new(path, &environment.name)
-                    .list()
+                    .list(&Default::default())
                     .await
                     .map_err(|source| CommandError::Live {
                         environment: environment.name.clone(),
                         source,
                     })?,
             };
-            let plan = plan::plan(&desired, &live, environment.prune);
+            let plan = plan::plan(&desired, &live, environment.prune, plan::Compare::Content);
             reports.push(EnvironmentReport::build(ReportInput {
                 environment: &environment.name,
                 from: "live".into(),

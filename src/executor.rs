@@ -16,8 +16,8 @@ use crate::heartbeat::{BEAT_INTERVAL, Heartbeat};
 use crate::journal::{Baseline, ChangeRecord, Event, JournalError, SharedJournal};
 use crate::manifest::{self, ManifestErrors, ParseOptions};
 use crate::metrics::Metrics;
-use crate::model::{ANNOTATION_HASH, ANNOTATION_REVISION, Object, ResourceKey, Revision};
-use crate::plan::{self, Action, Change, Desired, Plan, stage};
+use crate::model::{ANNOTATION_HASH, ANNOTATION_REVISION, KindRef, Object, ResourceKey, Revision};
+use crate::plan::{self, Action, Change, Compare, Desired, Plan, stage};
 use crate::probe::Prober;
 use crate::rollout::{
     Decision, History, Milestone, NextStep, Observation, RevertInFlight, Rollout, Timing,
@@ -290,8 +290,33 @@ impl<T: Target> EnvironmentRun<'_, T> {
         }
     }
 
-    async fn live(&self) -> Result<Vec<Object>, ReconcileError> {
-        self.target.list().await.map_err(ReconcileError::Live)
+    /// Live objects of every type the environment uses or has used. New types are added to
+    /// the inventory in the journal before anything of them is applied.
+    async fn live(
+        &mut self,
+        desired: &[Desired],
+        revision: &Revision,
+    ) -> Result<Vec<Object>, ReconcileError> {
+        let known = self
+            .journal
+            .with_records(|records| History::from_records(records).kinds);
+        let mut kinds = known.clone();
+        kinds.extend(desired.iter().filter_map(|d| KindRef::of(&d.body)));
+        if kinds != known {
+            self.journal(Event::Inventory {
+                revision: revision.clone(),
+                kinds: kinds.iter().cloned().collect(),
+            })?;
+        }
+        self.target.list(&kinds).await.map_err(ReconcileError::Live)
+    }
+
+    fn compare(&self) -> Compare {
+        if self.target.compares_by_hash() {
+            Compare::Hash
+        } else {
+            Compare::Content
+        }
     }
 
     /// The revision's desired objects, the live ones, and the plan between them.
@@ -300,8 +325,8 @@ impl<T: Target> EnvironmentRun<'_, T> {
         revision: &Revision,
     ) -> Result<(Vec<Desired>, Vec<Object>, Plan), ReconcileError> {
         let desired = self.desired(revision).await?;
-        let live = self.live().await?;
-        let plan = plan::plan(&desired, &live, self.config.prune);
+        let live = self.live(&desired, revision).await?;
+        let plan = plan::plan(&desired, &live, self.config.prune, self.compare());
         for orphan in &plan.orphaned {
             tracing::warn!(object = %orphan, "owned object is gone from git but prune is off; leaving it");
         }
@@ -649,8 +674,8 @@ impl<T: Target> EnvironmentRun<'_, T> {
             Ok(desired) => desired,
             Err(error) => return Err(revert_error(error.to_string())),
         };
-        let live = self.live().await?;
-        let plan = plan::plan(&desired, &live, true);
+        let live = self.live(&desired, &revert.to).await?;
+        let plan = plan::plan(&desired, &live, true, self.compare());
         let live_by_key: BTreeMap<&ResourceKey, &Object> =
             live.iter().map(|object| (&object.key, object)).collect();
         let writes: Vec<Write> = plan_writes(&plan)

@@ -105,6 +105,12 @@ pub enum Event {
     Approved { revision: Revision },
     /// An operator rolled back to `revision`; it stays pinned while the branch tip is `tip`.
     Pinned { revision: Revision, tip: Revision },
+    /// Every type the environment has used so far (listed on each pass, so objects of a type a
+    /// revision drops entirely are still found and pruned).
+    Inventory {
+        revision: Revision,
+        kinds: Vec<crate::model::KindRef>,
+    },
 }
 
 /// How an object was marked before a rollout touched it (absent: it did not exist).
@@ -136,6 +142,7 @@ impl Event {
             Event::Resumed { .. } => "resumed",
             Event::Approved { .. } => "approved",
             Event::Pinned { .. } => "pinned",
+            Event::Inventory { .. } => "inventory",
         }
     }
 
@@ -158,7 +165,8 @@ impl Event {
             | Event::Paused { revision }
             | Event::Resumed { revision }
             | Event::Approved { revision }
-            | Event::Pinned { revision, .. } => revision,
+            | Event::Pinned { revision, .. }
+            | Event::Inventory { revision, .. } => revision,
         }
     }
 }

@@ -68,6 +68,10 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
                     tip.short()
                 )?;
             }
+            Event::Inventory { kinds, .. } => {
+                let kinds: Vec<String> = kinds.iter().map(ToString::to_string).collect();
+                writeln!(out, "      types: {}", kinds.join(", "))?;
+            }
             Event::Promoted { .. }
             | Event::Healthy { .. }
             | Event::Paused { .. }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod probe;
+pub mod readiness;
 pub mod report;
 pub mod rollout;
 pub mod server;

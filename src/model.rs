@@ -48,6 +48,33 @@ impl fmt::Display for ResourceKey {
     }
 }
 
+/// A type of object as the API serves it: `apiVersion` and `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KindRef {
+    pub api_version: String,
+    pub kind: String,
+}
+
+impl KindRef {
+    /// The type of an object body, if it names one.
+    pub fn of(body: &Value) -> Option<Self> {
+        Some(Self {
+            api_version: body.get("apiVersion")?.as_str()?.to_string(),
+            kind: body.get("kind")?.as_str()?.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for KindRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.api_version, self.kind)
+    }
+}
+
+/// Annotation on Deployments: hash of the desired pod template, so a canary is only started
+/// when the template really changed (live templates carry server defaults).
+pub const ANNOTATION_TEMPLATE_HASH: &str = "gitopsd.io/template-hash";
+
 /// One manifest object: its key and its full body as parsed from YAML.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Object {

@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 
 use crate::diff::{self, RenderError};
 use crate::model::{
-    ANNOTATION_HASH, ANNOTATION_REVISION, LABEL_ENVIRONMENT, LABEL_MANAGED_BY, MANAGER, Object,
-    ResourceKey, Revision,
+    ANNOTATION_HASH, ANNOTATION_REVISION, ANNOTATION_TEMPLATE_HASH, LABEL_ENVIRONMENT,
+    LABEL_MANAGED_BY, MANAGER, Object, ResourceKey, Revision,
 };
 
 /// A desired object after normalization, with its content hash.
@@ -44,9 +44,20 @@ impl Desired {
                 insert_entry(metadata, "labels", LABEL_ENVIRONMENT, environment);
                 insert_entry(metadata, "annotations", ANNOTATION_REVISION, &revision.0);
                 insert_entry(metadata, "annotations", ANNOTATION_HASH, &self.hash);
+                if let Some(template) = self.template_hash() {
+                    insert_entry(metadata, "annotations", ANNOTATION_TEMPLATE_HASH, &template);
+                }
             }
         }
         body
+    }
+
+    /// Hash of a Deployment's pod template.
+    pub fn template_hash(&self) -> Option<String> {
+        if self.key.group != "apps" || self.key.kind != "Deployment" {
+            return None;
+        }
+        self.body.pointer("/spec/template").map(diff::content_hash)
     }
 }
 
@@ -185,13 +196,26 @@ pub fn stage(key: &ResourceKey) -> u8 {
     }
 }
 
-/// Compares desired objects with the live objects the environment owns. An object is
-/// unchanged when its normalized live body equals the desired one, so edits made outside git
-/// show up as updates.
-pub fn plan(desired: &[Desired], live: &[Object], prune: bool) -> Plan {
+/// How "unchanged" is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// The normalized live body equals the desired one, so edits made outside git show up as
+    /// updates (the directory target).
+    Content,
+    /// The live `gitopsd.io/hash` annotation equals the desired hash (targets whose live
+    /// objects carry server defaults, like Kubernetes).
+    Hash,
+}
+
+/// Compares desired objects with the live objects the environment owns.
+pub fn plan(desired: &[Desired], live: &[Object], prune: bool, compare: Compare) -> Plan {
     let live_by_key: BTreeMap<&ResourceKey, Value> = live
         .iter()
         .map(|object| (&object.key, diff::normalize(&object.body)))
+        .collect();
+    let live_hashes: BTreeMap<&ResourceKey, &str> = live
+        .iter()
+        .filter_map(|object| Some((&object.key, object.annotation(ANNOTATION_HASH)?)))
         .collect();
     let mut applies = Vec::new();
     let mut unchanged = 0;
@@ -200,7 +224,14 @@ pub fn plan(desired: &[Desired], live: &[Object], prune: bool) -> Plan {
             None => applies.push(Change::Create {
                 desired: wanted.clone(),
             }),
-            Some(current) if *current == wanted.body => unchanged += 1,
+            Some(current)
+                if match compare {
+                    Compare::Content => *current == wanted.body,
+                    Compare::Hash => live_hashes.get(&wanted.key) == Some(&wanted.hash.as_str()),
+                } =>
+            {
+                unchanged += 1
+            }
             Some(current) => applies.push(Change::Update {
                 desired: wanted.clone(),
                 live: current.clone(),
@@ -242,7 +273,7 @@ pub fn compare_revisions(old: &[Desired], new: &[Desired]) -> Plan {
             body: d.body.clone(),
         })
         .collect();
-    plan(new, &old_as_live, true)
+    plan(new, &old_as_live, true, Compare::Content)
 }
 
 #[cfg(test)]
@@ -310,7 +341,7 @@ metadata: {name: added}
 
     #[test]
     fn create_update_delete_and_unchanged() {
-        let plan = plan(&desired(NEW), &live(&desired(OLD)), true);
+        let plan = plan(&desired(NEW), &live(&desired(OLD)), true, Compare::Content);
         let summary: Vec<String> = plan
             .changes
             .iter()
@@ -332,14 +363,14 @@ metadata: {name: added}
 
     #[test]
     fn without_prune_dropped_objects_are_only_reported() {
-        let plan = plan(&desired(NEW), &live(&desired(OLD)), false);
+        let plan = plan(&desired(NEW), &live(&desired(OLD)), false, Compare::Content);
         assert_eq!(plan.count(Action::Delete), 0);
         assert_eq!(plan.orphaned.len(), 1);
     }
 
     #[test]
     fn same_state_is_an_empty_plan_even_at_another_revision() {
-        let plan = plan(&desired(OLD), &live(&desired(OLD)), true);
+        let plan = plan(&desired(OLD), &live(&desired(OLD)), true, Compare::Content);
         assert!(plan.is_empty());
         assert_eq!(plan.unchanged, 3);
     }
@@ -357,7 +388,7 @@ metadata: {name: added}
         let old = desired(
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: ns1}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
         );
-        let plan = plan(&[], &live(&old), true);
+        let plan = plan(&[], &live(&old), true, Compare::Content);
         assert_eq!(plan.changes[0].key().kind, "Deployment");
         assert_eq!(plan.changes[1].key().kind, "Namespace");
     }

@@ -264,6 +264,8 @@ pub struct History {
     pub approved: BTreeSet<Revision>,
     /// Rolled back by an operator: the pinned revision and the branch tip at that time.
     pub pin: Option<(Revision, Revision)>,
+    /// Every type of object the environment has used.
+    pub kinds: BTreeSet<crate::model::KindRef>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -391,6 +393,9 @@ impl History {
             }
             Event::Pinned { revision, tip } => {
                 self.pin = Some((revision.clone(), tip.clone()));
+            }
+            Event::Inventory { kinds, .. } => {
+                self.kinds.extend(kinds.iter().cloned());
             }
             Event::ReconcileFinished { revision, .. } => {
                 self.current = Some(revision.clone());

@@ -5,6 +5,7 @@
 //! to an environment when its object carries that environment's ownership labels and sits at
 //! the path its key gives; nothing else is ever overwritten or deleted.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use serde_json::Value;
 
 use super::{Target, TargetError};
 use crate::diff;
-use crate::model::{Object, ResourceKey};
+use crate::model::{KindRef, Object, ResourceKey};
 
 /// Folder of cluster-scoped objects.
 const CLUSTER_DIR: &str = "_cluster";
@@ -59,7 +60,8 @@ impl DirectoryTarget {
 }
 
 impl Target for DirectoryTarget {
-    async fn list(&self) -> Result<Vec<Object>, TargetError> {
+    /// Every owned file, whatever its type: the folder is read whole.
+    async fn list(&self, _kinds: &BTreeSet<KindRef>) -> Result<Vec<Object>, TargetError> {
         self.blocking(list_owned).await
     }
 
@@ -276,12 +278,12 @@ mod tests {
         target.apply(&key, &body).await.expect("apply");
         let path = dir.path().join("web/ConfigMap/settings.yaml");
         assert!(path.is_file());
-        let live = target.list().await.expect("list");
+        let live = target.list(&BTreeSet::new()).await.expect("list");
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].body, body);
         assert!(
             DirectoryTarget::new(dir.path(), "production")
-                .list()
+                .list(&BTreeSet::new())
                 .await
                 .expect("list")
                 .is_empty(),
@@ -307,7 +309,13 @@ mod tests {
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: handmade}\n",
         )
         .expect("write");
-        assert!(target.list().await.expect("list").is_empty());
+        assert!(
+            target
+                .list(&BTreeSet::new())
+                .await
+                .expect("list")
+                .is_empty()
+        );
         assert!(target.apply(&key, &body).await.is_err());
         assert!(target.delete(&key).await.is_err());
         assert!(path.is_file());
@@ -321,7 +329,7 @@ mod tests {
         target.apply(&key, &body).await.expect("apply");
         let stale = dir.path().join("web/ConfigMap/.b.yaml.gitopsd-tmp");
         fs::write(&stale, "partial").expect("write");
-        target.list().await.expect("list");
+        target.list(&BTreeSet::new()).await.expect("list");
         assert!(!stale.exists());
     }
 }

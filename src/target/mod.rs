@@ -7,7 +7,9 @@ use std::future::Future;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::model::{Object, ResourceKey};
+use std::collections::BTreeSet;
+
+use crate::model::{KindRef, Object, ResourceKey};
 
 pub use directory::DirectoryTarget;
 
@@ -26,8 +28,16 @@ pub enum TargetError {
 /// A place objects are applied to. Implementations only ever list, change and delete objects
 /// that carry the environment's ownership marks.
 pub trait Target: Send + Sync {
-    /// Every live object this environment owns.
-    fn list(&self) -> impl Future<Output = Result<Vec<Object>, TargetError>> + Send;
+    /// Every live object of the given types that this environment owns.
+    fn list(
+        &self,
+        kinds: &BTreeSet<KindRef>,
+    ) -> impl Future<Output = Result<Vec<Object>, TargetError>> + Send;
+    /// True when live objects carry server-side defaults, so "unchanged" is decided by the
+    /// `gitopsd.io/hash` annotation rather than by comparing bodies.
+    fn compares_by_hash(&self) -> bool {
+        false
+    }
     /// Creates or replaces an object with `body` (already stamped with ownership marks).
     fn apply(
         &self,
