@@ -5,18 +5,20 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError, EnvironmentConfig, TargetConfig};
+use crate::config::{Config, ConfigError, EnvironmentConfig};
 use crate::daemon::{self, Signals};
 use crate::executor::{DesiredError, Outcome, load_desired};
 use crate::journal::{self, Journal, JournalError};
 use crate::journal_view;
-use crate::model::Object;
 use crate::model::Revision;
+use crate::model::{KindRef, Object};
 use crate::plan::{self, Desired};
+use crate::plan::{Change, Plan};
 use crate::report::{Colour, DiffReport, EnvironmentReport, ReportInput};
 use crate::rollout::History;
 use crate::source::{GitSource, SourceError};
-use crate::target::{DirectoryTarget, Target, TargetError};
+use crate::target::{AnyTarget, Target, TargetError};
+use std::collections::BTreeSet;
 
 /// Exit code: success, no change, valid.
 pub const EXIT_OK: u8 = 0;
@@ -214,6 +216,43 @@ fn holds(config: &Config, environment: &EnvironmentConfig, revision: &Revision) 
     holds
 }
 
+/// The types an environment has used, from its journal.
+fn inventory(config: &Config, environment: &EnvironmentConfig) -> BTreeSet<KindRef> {
+    let path = Journal::path_for(&config.state.dir, &environment.name);
+    journal::load(&path)
+        .map(|loaded| History::from_records(&loaded.records).kinds)
+        .unwrap_or_default()
+}
+
+/// For targets that default fields (Kubernetes), replaces each update's desired body with what
+/// a server-side dry run says the object would become, so the diff shows only real changes.
+async fn dry_run_updates(target: &AnyTarget, plan: &mut Plan) -> Result<(), TargetError> {
+    let mut kept = Vec::new();
+    let mut unchanged = 0;
+    for change in plan.changes.drain(..) {
+        match change {
+            Change::Update { mut desired, live } => {
+                match target.dry_run(&desired.key, &desired.body).await? {
+                    Some(result) => {
+                        let result = crate::diff::normalize(&result);
+                        if result == live {
+                            unchanged += 1;
+                        } else {
+                            desired.body = result;
+                            kept.push(Change::Update { desired, live });
+                        }
+                    }
+                    None => kept.push(Change::Update { desired, live }),
+                }
+            }
+            other => kept.push(other),
+        }
+    }
+    plan.changes = kept;
+    plan.unchanged += unchanged;
+    Ok(())
+}
+
 fn as_objects(desired: &[Desired]) -> Vec<Object> {
     desired
         .iter()
@@ -238,16 +277,33 @@ pub async fn diff(
         let revision = revisions.resolve(request.rev).await?;
         for environment in environments {
             let desired = desired_or_empty(&revisions.source, environment, &revision).await?;
-            let live = match &environment.target {
-                TargetConfig::Directory { path } => DirectoryTarget::new(path, &environment.name)
-                    .list(&Default::default())
-                    .await
-                    .map_err(|source| CommandError::Live {
-                        environment: environment.name.clone(),
-                        source,
-                    })?,
+            let target = AnyTarget::open(&environment.target, &environment.name)
+                .await
+                .map_err(|source| CommandError::Live {
+                    environment: environment.name.clone(),
+                    source,
+                })?;
+            let mut kinds = inventory(config, environment);
+            kinds.extend(desired.iter().filter_map(|d| KindRef::of(&d.body)));
+            let live = target
+                .list(&kinds)
+                .await
+                .map_err(|source| CommandError::Live {
+                    environment: environment.name.clone(),
+                    source,
+                })?;
+            let compare = if target.compares_by_hash() {
+                plan::Compare::Hash
+            } else {
+                plan::Compare::Content
             };
-            let plan = plan::plan(&desired, &live, environment.prune, plan::Compare::Content);
+            let mut plan = plan::plan(&desired, &live, environment.prune, compare);
+            dry_run_updates(&target, &mut plan)
+                .await
+                .map_err(|source| CommandError::Live {
+                    environment: environment.name.clone(),
+                    source,
+                })?;
             reports.push(EnvironmentReport::build(ReportInput {
                 environment: &environment.name,
                 from: "live".into(),

@@ -180,6 +180,8 @@ pub enum CheckKind {
 pub enum TargetConfig {
     /// Live state is a folder of YAML files.
     Directory { path: PathBuf },
+    /// A Kubernetes cluster through its API server.
+    Kubernetes(crate::target::KubernetesSettings),
 }
 
 /// One problem, under the key it concerns (`environment[1].target.path`).
@@ -586,17 +588,34 @@ impl Checker {
                 path.map(|path| TargetConfig::Directory { path })
             }
             "kubernetes" => {
-                self.problem(
-                    join(&key, "type"),
-                    "the kubernetes target is not available in this version; use \"directory\"",
-                );
-                target.clear();
-                None
+                let kubeconfig = self.path(&mut target, &key, "kubeconfig", base);
+                let context = self.string(&mut target, &key, "context");
+                let force_conflicts = self
+                    .boolean(&mut target, &key, "force_conflicts")
+                    .unwrap_or(false);
+                let concurrency = self.unsigned(&mut target, &key, "concurrency").unwrap_or(8);
+                if concurrency == 0 {
+                    self.problem(join(&key, "concurrency"), "must be at least 1");
+                }
+                let delete_foreign_namespaces = self
+                    .boolean(&mut target, &key, "delete_foreign_namespaces")
+                    .unwrap_or(false);
+                Some(TargetConfig::Kubernetes(
+                    crate::target::KubernetesSettings {
+                        kubeconfig,
+                        context,
+                        force_conflicts,
+                        concurrency: usize::try_from(concurrency).unwrap_or(8).max(1),
+                        delete_foreign_namespaces,
+                    },
+                ))
             }
             other => {
                 self.problem(
                     join(&key, "type"),
-                    format!("unknown target type {other:?}; expected \"directory\""),
+                    format!(
+                        "unknown target type {other:?}; expected \"directory\" or \"kubernetes\""
+                    ),
                 );
                 target.clear();
                 None

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::WindowConfig;
-use crate::config::{Config, EnvironmentConfig, TargetConfig};
+use crate::config::{Config, EnvironmentConfig};
 use crate::config_watch::watch_config;
 use crate::executor::{EnvironmentRun, Outcome, ReconcileError};
 use crate::gates::Gates;
@@ -27,7 +27,7 @@ use crate::server::{self, ApiState, Controls, EnvironmentHandle, Reloadable};
 use crate::source::watch::watch_refs;
 use crate::source::{Fetched, GitSource, SourceError};
 use crate::systemd::Systemd;
-use crate::target::DirectoryTarget;
+use crate::target::AnyTarget;
 use crate::webhook::{Delivery, Notifier};
 
 /// Longest wait between retries of a failing fetch.
@@ -79,17 +79,17 @@ fn log_fetched(fetched: &Fetched) {
 struct EnvironmentRuntime {
     config: EnvironmentConfig,
     state_dir: PathBuf,
-    target: DirectoryTarget,
+    target: AnyTarget,
     journal: SharedJournal,
     prober: Prober,
 }
 
 impl EnvironmentRuntime {
-    fn open(config: EnvironmentConfig, state_dir: &Path) -> Result<Self, ReconcileError> {
+    async fn open(config: EnvironmentConfig, state_dir: &Path) -> Result<Self, ReconcileError> {
         let journal = SharedJournal::new(Journal::open(state_dir, &config.name)?);
-        let target = match &config.target {
-            TargetConfig::Directory { path } => DirectoryTarget::new(path, &config.name),
-        };
+        let target = AnyTarget::open(&config.target, &config.name)
+            .await
+            .map_err(ReconcileError::Live)?;
         let prober = Prober::new().map_err(|e| ReconcileError::Worker(e.to_string()))?;
         Ok(Self {
             config,
@@ -235,7 +235,7 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
             tasks.spawn(
                 async move {
                     let name = environment.name.clone();
-                    let result = match EnvironmentRuntime::open(environment, &state_dir) {
+                    let result = match EnvironmentRuntime::open(environment, &state_dir).await {
                         Ok(mut runtime) => {
                             runtime
                                 .pass(&source, &tip, shutdown, Heartbeat::default(), &observers)
@@ -658,7 +658,7 @@ async fn environment_loop(
         observers,
     } = shared;
     let name = environment.name.clone();
-    let mut runtime = match EnvironmentRuntime::open(environment, &state_dir) {
+    let mut runtime = match EnvironmentRuntime::open(environment, &state_dir).await {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "environment disabled: cannot open its journal");

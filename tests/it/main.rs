@@ -1,12 +1,14 @@
 //! Integration tests: the gitopsd binary against real git repositories and directory targets.
 
 mod api;
+mod apiserver;
 mod bad_input;
 mod crash;
 mod daemon;
 mod diff;
 mod helpers;
 mod http_git;
+mod kubernetes;
 mod prometheus;
 mod reconcile;
 mod rollout;

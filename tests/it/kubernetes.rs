@@ -1,0 +1,227 @@
+//! The kubernetes target against the in-repo API server stand-in (tests/it/apiserver.rs).
+
+use axum::http::Method;
+
+use crate::apiserver::ApiServerStandIn;
+use crate::helpers::*;
+
+/// A workspace whose staging environment targets the stand-in.
+fn on_stand_in(target_extra: &str) -> (Workspace, ApiServerStandIn) {
+    let server = ApiServerStandIn::start();
+    let workspace = Workspace::new();
+    std::fs::write(workspace.path("kubeconfig"), server.kubeconfig()).expect("kubeconfig");
+    workspace.write_config(&workspace.repo.dir.display().to_string(), "30s");
+    let config = std::fs::read_to_string(&workspace.config).expect("config");
+    let config = config.replace(
+        "target = { type = \"directory\", path = \"live/staging\" }",
+        &format!("target = {{ type = \"kubernetes\", kubeconfig = \"kubeconfig\", context = \"stand-in\"{target_extra} }}"),
+    );
+    std::fs::write(&workspace.config, config).expect("config");
+    workspace.repo.write(
+        "environments/production/one.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: one\n",
+    );
+    (workspace, server)
+}
+
+fn app(repo: &Repo, image: &str) {
+    repo.write(
+        "environments/staging/app.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  MODE: staging\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 4\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n        - name: web\n          image: {image}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {{app: web}}\n  ports: [{{port: 80}}]\n"
+        ),
+    );
+}
+
+#[test]
+fn apply_then_a_no_op_pass_sends_no_patch_and_lists_once_per_type() {
+    let (workspace, server) = on_stand_in("");
+    app(&workspace.repo, "web:1");
+    workspace.repo.commit("initial");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 0);
+    let deployment = server
+        .get("apps", "deployments", Some("shop"), "web")
+        .expect("applied");
+    assert_eq!(
+        deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "gitopsd"
+    );
+    assert_eq!(
+        deployment["metadata"]["managedFields"][0]["manager"],
+        "gitopsd"
+    );
+    assert!(server.get("", "namespaces", None, "shop").is_some());
+
+    server.reset_counts();
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 0);
+    assert_eq!(
+        server.count_method("PATCH"),
+        0,
+        "a no-op pass applies nothing"
+    );
+    for plural in ["namespaces", "configmaps", "deployments", "services"] {
+        assert_eq!(
+            server.count(&format!("LIST {plural}")),
+            1,
+            "one LIST of {plural}"
+        );
+    }
+    assert_eq!(server.count_method("GET"), 0, "never a GET per object");
+
+    // Server defaults do not show up as changes in a diff against live.
+    let diff = workspace.run(&["diff", "--env", "staging"]);
+    assert_exit(&diff, 0);
+}
+
+#[test]
+fn prune_deletes_only_owned_objects() {
+    let (workspace, server) = on_stand_in("");
+    app(&workspace.repo, "web:1");
+    workspace.repo.write(
+        "environments/staging/extra.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\n  namespace: shop\n",
+    );
+    workspace.repo.commit("with extra");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    server.put(
+        "",
+        "configmaps",
+        Some("shop"),
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "handmade", "namespace": "shop"}}),
+        "kubectl",
+    );
+    workspace.repo.remove("environments/staging/extra.yaml");
+    workspace.repo.commit("without extra");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let mut names = server.names("", "configmaps");
+    names.sort();
+    assert_eq!(names, ["handmade", "settings"]);
+}
+
+#[test]
+fn a_crd_and_its_custom_resources_in_one_revision() {
+    let (workspace, server) = on_stand_in("");
+    workspace.repo.write(
+        "environments/staging/crd.yaml",
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.example.com\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {kind: Widget, plural: widgets}\n  versions:\n    - {name: v1, served: true, storage: true}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: gear\nspec:\n  teeth: 12\n",
+    );
+    workspace.repo.commit("crd and cr");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 0);
+    let widget = server
+        .get("example.com", "widgets", Some("shop"), "gear")
+        .expect("custom resource applied");
+    assert_eq!(widget["spec"]["teeth"], 12);
+}
+
+#[test]
+fn a_conflict_is_reported_and_force_takes_over() {
+    let (workspace, server) = on_stand_in("");
+    server.put(
+        "",
+        "configmaps",
+        Some("shop"),
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "shop"}, "data": {"MODE": "manual"}}),
+        "kubectl",
+    );
+    app(&workspace.repo, "web:1");
+    workspace.repo.commit("initial");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    let errors = stderr(&output);
+    assert!(
+        errors.contains("ConfigMap shop/settings: conflict (409"),
+        "{errors}"
+    );
+    assert!(errors.contains("set force_conflicts = true"), "{errors}");
+
+    let config = std::fs::read_to_string(&workspace.config).expect("config");
+    std::fs::write(
+        &workspace.config,
+        config.replace(
+            "context = \"stand-in\" }",
+            "context = \"stand-in\", force_conflicts = true }",
+        ),
+    )
+    .expect("config");
+    // The failed revision is held; the next commit rolls out with force.
+    workspace.repo.write(
+        "environments/staging/note.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: note\n",
+    );
+    workspace.repo.commit("retry with force");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let settings = server
+        .get("", "configmaps", Some("shop"), "settings")
+        .expect("settings");
+    assert_eq!(settings["data"]["MODE"], "staging");
+}
+
+#[test]
+fn server_errors_are_retried() {
+    let (workspace, server) = on_stand_in("");
+    app(&workspace.repo, "web:1");
+    workspace.repo.commit("initial");
+    server.fail(Method::PATCH, "/configmaps/settings", 503, 2);
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 0);
+    assert_eq!(
+        server.count("PATCH configmaps"),
+        3,
+        "two 503s, then success"
+    );
+}
+
+#[test]
+fn an_unknown_kind_is_reported_clearly() {
+    let (workspace, _server) = on_stand_in("");
+    workspace.repo.write(
+        "environments/staging/gizmo.yaml",
+        "apiVersion: nope.example.com/v1\nkind: Gizmo\nmetadata:\n  name: g\n",
+    );
+    workspace.repo.commit("unknown kind");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    assert!(
+        stderr(&output)
+            .contains("Gizmo.nope.example.com shop/g: unknown kind nope.example.com/v1 Gizmo"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn an_image_change_rolls_out_through_a_canary_on_the_api() {
+    let (workspace, server) = on_stand_in("");
+    let config = std::fs::read_to_string(&workspace.config).expect("config");
+    std::fs::write(
+        &workspace.config,
+        format!("{config}\n[environment.rollout]\nsteps = [50, 100]\nbake = \"200ms\"\n"),
+    )
+    .expect("config");
+    app(&workspace.repo, "web:1");
+    workspace.repo.commit("initial");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    server.reset_counts();
+    app(&workspace.repo, "web:2");
+    workspace.repo.commit("web 2");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    // Stable scaled down, canary created, then the promoted stable and the canary deleted.
+    assert_eq!(server.count("PATCH deployments"), 3);
+    assert_eq!(server.count("DELETE deployments"), 1);
+    let web = server
+        .get("apps", "deployments", Some("shop"), "web")
+        .expect("web");
+    assert_eq!(
+        web["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:2"
+    );
+    assert_eq!(web["spec"]["replicas"], 4);
+    assert!(
+        server
+            .get("apps", "deployments", Some("shop"), "web-canary")
+            .is_none()
+    );
+}
