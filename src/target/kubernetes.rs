@@ -44,6 +44,25 @@ pub struct KubernetesSettings {
     pub delete_foreign_namespaces: bool,
 }
 
+/// Why a type could not be resolved.
+#[derive(Debug, Clone)]
+enum ResolveError {
+    /// The API server answered and does not serve the type.
+    Unknown(String),
+    /// The API server could not be asked.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResolveError::Unknown(message) | ResolveError::Unreachable(message) => {
+                f.write_str(message)
+            }
+        }
+    }
+}
+
 /// A resolved type: where its API lives and whether it is namespaced.
 #[derive(Debug, Clone)]
 struct Resolved {
@@ -183,7 +202,7 @@ impl KubernetesTarget {
 
     /// Where a type's API lives, from discovery (cached). `patient` asks again for a while
     /// when the kind is unknown, for custom resources whose CRD was applied just before.
-    async fn resolve(&self, kind: &KindRef, patient: bool) -> Result<Resolved, String> {
+    async fn resolve(&self, kind: &KindRef, patient: bool) -> Result<Resolved, ResolveError> {
         if let Some(found) = self.lock_discovery().get(kind) {
             return Ok(found.clone());
         }
@@ -211,6 +230,17 @@ impl KubernetesTarget {
                     return Ok(resolved);
                 }
                 Err(error) => {
+                    let served_answer = match &error {
+                        kube::Error::Api(status) => status.code == 404,
+                        kube::Error::Discovery(_) => true,
+                        _ => false,
+                    };
+                    if !served_answer {
+                        return Err(ResolveError::Unreachable(format!(
+                            "cannot reach the API server to look up {kind}: {}",
+                            describe(&error).1
+                        )));
+                    }
                     last = describe(&error).1;
                     if attempt < tries {
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -218,9 +248,9 @@ impl KubernetesTarget {
                 }
             }
         }
-        Err(format!(
+        Err(ResolveError::Unknown(format!(
             "unknown kind {kind}: the API server does not serve it ({last})"
-        ))
+        )))
     }
 
     fn lock_discovery(&self) -> std::sync::MutexGuard<'_, BTreeMap<KindRef, Resolved>> {
@@ -245,7 +275,7 @@ impl KubernetesTarget {
             .get(&(key.group.clone(), key.kind.clone()))
             .cloned()
             .ok_or_else(|| format!("type of {key} was never listed or applied"))?;
-        self.resolve(&kind, false).await
+        self.resolve(&kind, false).await.map_err(|e| e.to_string())
     }
 
     /// Whether `namespace` holds objects that are not this environment's (checked on the
@@ -306,10 +336,16 @@ impl Target for KubernetesTarget {
         for kind in kinds {
             let resolved = match self.resolve(kind, false).await {
                 Ok(resolved) => resolved,
-                Err(message) => {
+                Err(ResolveError::Unknown(message)) => {
                     // A type that went away (its CRD deleted) has nothing left to list.
                     tracing::warn!(%kind, %message, "skipping a type the API server no longer serves");
                     continue;
+                }
+                Err(ResolveError::Unreachable(message)) => {
+                    return Err(TargetError::List {
+                        location: format!("{kind}"),
+                        message,
+                    });
                 }
             };
             let api = self.api(&resolved, None);
@@ -346,7 +382,7 @@ impl Target for KubernetesTarget {
         let resolved = self
             .resolve(&kind, true)
             .await
-            .map_err(|message| object_error("apply", key, message))?;
+            .map_err(|error| object_error("apply", key, error.to_string()))?;
         let object: DynamicObject = serde_json::from_value(body.clone())
             .map_err(|e| object_error("apply", key, e.to_string()))?;
         let mut params = PatchParams::apply(FIELD_MANAGER);
@@ -375,7 +411,7 @@ impl Target for KubernetesTarget {
         let resolved = self
             .resolve(&kind, false)
             .await
-            .map_err(|message| object_error("dry-run", key, message))?;
+            .map_err(|error| object_error("dry-run", key, error.to_string()))?;
         let object: DynamicObject = serde_json::from_value(body.clone())
             .map_err(|e| object_error("dry-run", key, e.to_string()))?;
         let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();

@@ -225,3 +225,96 @@ fn an_image_change_rolls_out_through_a_canary_on_the_api() {
             .is_none()
     );
 }
+
+#[test]
+fn a_namespace_holding_foreign_objects_is_not_deleted() {
+    let (workspace, server) = on_stand_in("");
+    app(&workspace.repo, "web:1");
+    workspace.repo.commit("initial");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    server.put(
+        "",
+        "configmaps",
+        Some("shop"),
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "theirs", "namespace": "shop"}}),
+        "kubectl",
+    );
+    // The revision drops everything but a placeholder; the namespace holds `theirs`.
+    workspace.repo.remove("environments/staging/app.yaml");
+    workspace
+        .repo
+        .write("environments/staging/README.md", "empty on purpose\n");
+    workspace.repo.commit("remove the app");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    assert!(
+        stderr(&output)
+            .contains("Namespace shop: the namespace holds objects gitopsd does not own"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(server.get("", "namespaces", None, "shop").is_some());
+    assert!(
+        server
+            .get("", "configmaps", Some("shop"), "theirs")
+            .is_some()
+    );
+    // The revision failed, so the environment was reverted to the one before.
+    assert!(
+        server
+            .get("apps", "deployments", Some("shop"), "web")
+            .is_some()
+    );
+}
+
+#[test]
+fn a_no_op_pass_over_a_thousand_objects_lists_once_and_patches_nothing() {
+    let (workspace, server) = on_stand_in("");
+    let mut text = String::new();
+    for index in 0..1000 {
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-{index:04}\ndata:\n  value: \"{index}\"\n"
+        ));
+    }
+    // Kept under the workspace's file size limit: ten files of a hundred.
+    for (part, chunk) in text
+        .split_inclusive("---\n")
+        .collect::<Vec<_>>()
+        .chunks(100)
+        .enumerate()
+    {
+        workspace.repo.write(
+            &format!("environments/staging/many-{part}.yaml"),
+            &chunk.concat(),
+        );
+    }
+    workspace.repo.commit("a thousand config maps");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    assert_eq!(server.names("", "configmaps").len(), 1000);
+    server.reset_counts();
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    assert_eq!(server.count("LIST configmaps"), 1);
+    assert_eq!(server.count_method("PATCH"), 0);
+    assert_eq!(server.count_method("GET"), 0);
+}
+
+#[test]
+fn an_unreachable_cluster_is_a_clear_error_not_a_panic() {
+    let (workspace, server) = on_stand_in("");
+    let address = server.address;
+    drop(server);
+    std::fs::write(
+        workspace.path("kubeconfig"),
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: http://{address}\ncontexts:\n- name: stand-in\n  context: {{cluster: gone, user: nobody}}\nusers:\n- name: nobody\n  user: {{}}\ncurrent-context: stand-in\n"),
+    )
+    .expect("kubeconfig");
+    app(&workspace.repo, "web:1");
+    workspace.repo.commit("initial");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    let errors = stderr(&output);
+    assert!(!errors.contains("panicked"), "{errors}");
+    assert!(errors.contains("cannot reach the API server"), "{errors}");
+    let diff = workspace.run(&["diff", "--env", "staging"]);
+    assert_exit(&diff, 2);
+}

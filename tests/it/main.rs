@@ -6,6 +6,7 @@ mod bad_input;
 mod crash;
 mod daemon;
 mod diff;
+mod e2e;
 mod helpers;
 mod http_git;
 mod kubernetes;
