@@ -600,12 +600,17 @@ impl Checker {
                 let delete_foreign_namespaces = self
                     .boolean(&mut target, &key, "delete_foreign_namespaces")
                     .unwrap_or(false);
+                let requests_per_second = self
+                    .unsigned(&mut target, &key, "requests_per_second")
+                    .unwrap_or(0);
                 Some(TargetConfig::Kubernetes(
                     crate::target::KubernetesSettings {
                         kubeconfig,
                         context,
                         force_conflicts,
                         concurrency: usize::try_from(concurrency).unwrap_or(8).max(1),
+                        requests_per_second: u32::try_from(requests_per_second)
+                            .unwrap_or(u32::MAX),
                         delete_foreign_namespaces,
                     },
                 ))

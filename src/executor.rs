@@ -26,6 +26,8 @@ use crate::source::{GitSource, SourceError};
 use crate::target::{Target, TargetError};
 use crate::webhook::Notifier;
 
+/// Writes of one stage in flight at once (a target may bound its requests further).
+const WRITE_CONCURRENCY: usize = 8;
 /// How often readiness is polled while a step waits for it.
 const READINESS_POLL: Duration = Duration::from_secs(1);
 
@@ -378,21 +380,49 @@ impl<T: Target> EnvironmentRun<'_, T> {
         writes: &[Write],
         revision_of: impl Fn(&Desired) -> Revision,
     ) -> Result<(), (usize, TargetError)> {
-        for (done, write) in writes.iter().enumerate() {
-            let result = match write {
-                Write::Apply(desired) => {
-                    let body = desired.stamped(&self.config.name, &revision_of(desired));
-                    self.target.apply(&desired.key, &body).await
+        let mut done = 0;
+        // Stages stay in order; the writes inside one stage go out together, a few at a time.
+        for group in writes.chunk_by(|a, b| {
+            stage(a.key()) == stage(b.key())
+                && matches!(a, Write::Apply(_)) == matches!(b, Write::Apply(_))
+        }) {
+            for batch in group.chunks(WRITE_CONCURRENCY) {
+                let writes: Vec<_> = batch
+                    .iter()
+                    .map(|write| self.write_one(write, &revision_of))
+                    .collect();
+                let mut first_error = None;
+                for result in futures_util::future::join_all(writes).await {
+                    match result {
+                        Ok(()) => done += 1,
+                        Err(error) => {
+                            first_error.get_or_insert(error);
+                        }
+                    }
                 }
-                Write::Delete(key) => self.target.delete(key).await,
-            };
-            result.map_err(|error| (done, error))?;
-            let action = if matches!(write, Write::Apply(_)) {
-                "apply"
-            } else {
-                "delete"
-            };
-            tracing::debug!(action, object = %write.key(), "written");
+                if let Some(error) = first_error {
+                    return Err((done, error));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_one(
+        &self,
+        write: &Write,
+        revision_of: &impl Fn(&Desired) -> Revision,
+    ) -> Result<(), TargetError> {
+        match write {
+            Write::Apply(desired) => {
+                let body = desired.stamped(&self.config.name, &revision_of(desired));
+                self.target.apply(&desired.key, &body).await?;
+                tracing::debug!(action = "apply", object = %desired.key, "written");
+            }
+            Write::Delete(key) => {
+                self.target.delete(key).await?;
+                tracing::debug!(action = "delete", object = %key, "written");
+            }
         }
         Ok(())
     }

@@ -40,6 +40,8 @@ pub struct KubernetesSettings {
     pub force_conflicts: bool,
     /// Requests in flight at once.
     pub concurrency: usize,
+    /// Requests started per second at most (0: no limit).
+    pub requests_per_second: u32,
     /// Delete a Namespace even when it holds objects gitopsd does not own.
     pub delete_foreign_namespaces: bool,
 }
@@ -78,6 +80,17 @@ pub struct KubernetesTarget {
     discovery: Mutex<BTreeMap<KindRef, Resolved>>,
     by_group_kind: Mutex<BTreeMap<(String, String), KindRef>>,
     requests: Semaphore,
+    /// When the next request may start, for `requests_per_second`.
+    next_slot: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+/// One client per (kubeconfig, context), shared by the environments that use it.
+type ClientKey = (Option<PathBuf>, Option<String>);
+
+fn clients() -> &'static Mutex<BTreeMap<ClientKey, Client>> {
+    static CLIENTS: std::sync::OnceLock<Mutex<BTreeMap<ClientKey, Client>>> =
+        std::sync::OnceLock::new();
+    CLIENTS.get_or_init(Default::default)
 }
 
 impl std::fmt::Debug for KubernetesTarget {
@@ -130,6 +143,31 @@ impl KubernetesTarget {
     ) -> Result<Self, TargetError> {
         // kube and gix share one rustls provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let key = (settings.kubeconfig.clone(), settings.context.clone());
+        let cached = clients().lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let client = match cached {
+            Some(client) => client,
+            None => {
+                let client = Self::client(&settings).await?;
+                clients()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, client.clone());
+                client
+            }
+        };
+        Ok(Self {
+            client,
+            environment: environment.to_string(),
+            requests: Semaphore::new(settings.concurrency.max(1)),
+            settings,
+            discovery: Mutex::new(BTreeMap::new()),
+            by_group_kind: Mutex::new(BTreeMap::new()),
+            next_slot: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    async fn client(settings: &KubernetesSettings) -> Result<Client, TargetError> {
         let options = KubeConfigOptions {
             context: settings.context.clone(),
             ..KubeConfigOptions::default()
@@ -152,16 +190,24 @@ impl KubernetesTarget {
                 })?,
             },
         };
-        let client = Client::try_from(config)
-            .map_err(|e| connect_error(format!("cannot build the Kubernetes client: {e}")))?;
-        Ok(Self {
-            client,
-            environment: environment.to_string(),
-            requests: Semaphore::new(settings.concurrency.max(1)),
-            settings,
-            discovery: Mutex::new(BTreeMap::new()),
-            by_group_kind: Mutex::new(BTreeMap::new()),
-        })
+        Client::try_from(config)
+            .map_err(|e| connect_error(format!("cannot build the Kubernetes client: {e}")))
+    }
+
+    /// Waits for the next request slot under `requests_per_second`.
+    async fn pace(&self) {
+        if self.settings.requests_per_second == 0 {
+            return;
+        }
+        let gap = Duration::from_secs(1) / self.settings.requests_per_second;
+        let start = {
+            let mut next = self.next_slot.lock().await;
+            let now = tokio::time::Instant::now();
+            let start = (*next).max(now);
+            *next = start + gap;
+            start
+        };
+        tokio::time::sleep_until(start).await;
     }
 
     fn selector(&self) -> String {
@@ -184,6 +230,7 @@ impl KubernetesTarget {
             .map_err(|e| (false, e.to_string()))?;
         let mut attempt = 1;
         loop {
+            self.pace().await;
             match request().await {
                 Ok(value) => return Ok(value),
                 Err(error) => {
