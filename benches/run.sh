@@ -3,3 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench --bench diff_revisions
+cargo bench --bench kube_noop

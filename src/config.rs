@@ -609,8 +609,7 @@ impl Checker {
                         context,
                         force_conflicts,
                         concurrency: usize::try_from(concurrency).unwrap_or(8).max(1),
-                        requests_per_second: u32::try_from(requests_per_second)
-                            .unwrap_or(u32::MAX),
+                        requests_per_second: u32::try_from(requests_per_second).unwrap_or(u32::MAX),
                         delete_foreign_namespaces,
                     },
                 ))

@@ -144,7 +144,11 @@ impl KubernetesTarget {
         // kube and gix share one rustls provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let key = (settings.kubeconfig.clone(), settings.context.clone());
-        let cached = clients().lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let cached = clients()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
         let client = match cached {
             Some(client) => client,
             None => {

@@ -318,3 +318,30 @@ fn an_unreachable_cluster_is_a_clear_error_not_a_panic() {
     let diff = workspace.run(&["diff", "--env", "staging"]);
     assert_exit(&diff, 2);
 }
+
+#[test]
+fn an_invalid_object_is_reported_by_name_and_the_half_applied_stage_too() {
+    let (workspace, server) = on_stand_in("");
+    app(&workspace.repo, "web:1");
+    workspace.repo.write(
+        "environments/staging/broken.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: broken\nspec:\n  replicas: -1\n  selector:\n    matchLabels: {app: broken}\n  template:\n    metadata:\n      labels: {app: broken}\n    spec:\n      containers: [{name: c, image: x}]\n",
+    );
+    workspace.repo.commit("invalid replicas");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    let errors = stderr(&output);
+    assert!(
+        errors.contains("apply Deployment.apps shop/broken: invalid (422"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("writes done, then"),
+        "the half-applied stage is reported: {errors}"
+    );
+    assert!(
+        server
+            .get("apps", "deployments", Some("shop"), "broken")
+            .is_none()
+    );
+}
