@@ -361,8 +361,19 @@ impl KubernetesTarget {
                 let labels = item.metadata.labels.clone().unwrap_or_default();
                 let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGER)
                     && labels.get(LABEL_ENVIRONMENT) == Some(&self.environment);
-                // The root CA bundle Kubernetes puts in every namespace is nobody's work.
-                !ours && item.metadata.name.as_deref() != Some("kube-root-ca.crt")
+                // Objects a controller made (pods of our Deployments) go with their owner;
+                // the CA bundle and default account Kubernetes puts in every namespace are
+                // nobody's work.
+                let controlled = item
+                    .metadata
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|owners| !owners.is_empty());
+                let automatic = matches!(
+                    (kind.kind.as_str(), item.metadata.name.as_deref()),
+                    ("ConfigMap", Some("kube-root-ca.crt")) | ("ServiceAccount", Some("default"))
+                );
+                !ours && !controlled && !automatic
             });
             if foreign {
                 return Ok(true);

@@ -345,3 +345,32 @@ fn an_invalid_object_is_reported_by_name_and_the_half_applied_stage_too() {
             .is_none()
     );
 }
+
+#[test]
+fn a_namespace_with_only_controller_made_objects_is_pruned() {
+    let (workspace, server) = on_stand_in("");
+    app(&workspace.repo, "web:1");
+    workspace.repo.commit("initial");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    // A pod of our Deployment, as its ReplicaSet would make it.
+    server.put(
+        "",
+        "pods",
+        Some("shop"),
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-abc", "namespace": "shop",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5f7", "uid": "u1", "controller": true}]}}),
+        "kube-controller-manager",
+    );
+    workspace.repo.remove("environments/staging/app.yaml");
+    workspace
+        .repo
+        .write("environments/staging/README.md", "empty on purpose\n");
+    workspace.repo.commit("remove the app");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 0);
+    assert!(
+        server.get("", "namespaces", None, "shop").is_none(),
+        "{}",
+        stderr(&output)
+    );
+}
