@@ -33,6 +33,22 @@ fn app(repo: &Repo, image: &str) {
     );
 }
 
+/// Commits the app at web:1 and rolls it out.
+fn deploy_app(workspace: &Workspace) {
+    app(&workspace.repo, "web:1");
+    workspace.repo.commit("initial");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+}
+
+/// Commits an environment with nothing in it (a placeholder keeps the folder).
+fn remove_app(workspace: &Workspace) {
+    workspace.repo.remove("environments/staging/app.yaml");
+    workspace
+        .repo
+        .write("environments/staging/README.md", "empty on purpose\n");
+    workspace.repo.commit("remove the app");
+}
+
 #[test]
 fn apply_then_a_no_op_pass_sends_no_patch_and_lists_once_per_type() {
     let (workspace, server) = on_stand_in("");
@@ -201,9 +217,7 @@ fn an_image_change_rolls_out_through_a_canary_on_the_api() {
         format!("{config}\n[environment.rollout]\nsteps = [50, 100]\nbake = \"200ms\"\n"),
     )
     .expect("config");
-    app(&workspace.repo, "web:1");
-    workspace.repo.commit("initial");
-    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    deploy_app(&workspace);
     server.reset_counts();
     app(&workspace.repo, "web:2");
     workspace.repo.commit("web 2");
@@ -229,9 +243,7 @@ fn an_image_change_rolls_out_through_a_canary_on_the_api() {
 #[test]
 fn a_namespace_holding_foreign_objects_is_not_deleted() {
     let (workspace, server) = on_stand_in("");
-    app(&workspace.repo, "web:1");
-    workspace.repo.commit("initial");
-    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    deploy_app(&workspace);
     server.put(
         "",
         "configmaps",
@@ -240,11 +252,7 @@ fn a_namespace_holding_foreign_objects_is_not_deleted() {
         "kubectl",
     );
     // The revision drops everything but a placeholder; the namespace holds `theirs`.
-    workspace.repo.remove("environments/staging/app.yaml");
-    workspace
-        .repo
-        .write("environments/staging/README.md", "empty on purpose\n");
-    workspace.repo.commit("remove the app");
+    remove_app(&workspace);
     let output = workspace.run(&["run", "--once"]);
     assert_exit(&output, 1);
     assert!(
@@ -349,9 +357,7 @@ fn an_invalid_object_is_reported_by_name_and_the_half_applied_stage_too() {
 #[test]
 fn a_namespace_with_only_controller_made_objects_is_pruned() {
     let (workspace, server) = on_stand_in("");
-    app(&workspace.repo, "web:1");
-    workspace.repo.commit("initial");
-    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    deploy_app(&workspace);
     // A pod of our Deployment, as its ReplicaSet would make it.
     server.put(
         "",
@@ -361,11 +367,7 @@ fn a_namespace_with_only_controller_made_objects_is_pruned() {
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5f7", "uid": "u1", "controller": true}]}}),
         "kube-controller-manager",
     );
-    workspace.repo.remove("environments/staging/app.yaml");
-    workspace
-        .repo
-        .write("environments/staging/README.md", "empty on purpose\n");
-    workspace.repo.commit("remove the app");
+    remove_app(&workspace);
     let output = workspace.run(&["run", "--once"]);
     assert_exit(&output, 0);
     assert!(
