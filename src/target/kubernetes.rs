@@ -25,6 +25,8 @@ use crate::readiness::readiness;
 pub const FIELD_MANAGER: &str = "gitopsd";
 /// Attempts for a request that failed with a 5xx, 429 or a transport error.
 const ATTEMPTS: u32 = 4;
+/// How long an applied CRD may take to become Established.
+const CRD_ESTABLISHED: Duration = Duration::from_secs(60);
 /// Times discovery is asked again for a kind it does not know (a CRD applied just before).
 const DISCOVERY_RETRIES: u32 = 10;
 
@@ -212,6 +214,43 @@ impl KubernetesTarget {
             start
         };
         tokio::time::sleep_until(start).await;
+    }
+
+    /// Waits until an applied CRD is Established, so its custom resources can follow.
+    async fn await_established(
+        &self,
+        key: &ResourceKey,
+        api: &Api<DynamicObject>,
+    ) -> Result<(), TargetError> {
+        let deadline = tokio::time::Instant::now() + CRD_ESTABLISHED;
+        loop {
+            let live = self
+                .call(|| api.get_opt(&key.name))
+                .await
+                .map_err(|(_, message)| object_error("apply", key, message))?;
+            let body = live
+                .map(|live| serde_json::to_value(&live))
+                .transpose()
+                .map_err(|e| object_error("apply", key, e.to_string()))?;
+            let state = match &body {
+                Some(body) => readiness(&key.group, &key.kind, body),
+                None => Err("not found after apply".into()),
+            };
+            match state {
+                Ok(()) => return Ok(()),
+                Err(reason) if tokio::time::Instant::now() >= deadline => {
+                    return Err(object_error(
+                        "apply",
+                        key,
+                        format!(
+                            "not Established within {}s: {reason}",
+                            CRD_ESTABLISHED.as_secs()
+                        ),
+                    ));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
     }
 
     fn selector(&self) -> String {
@@ -463,6 +502,9 @@ impl Target for KubernetesTarget {
                 };
                 object_error("apply", key, format!("{message}{hint}"))
             })?;
+        if key.group == "apiextensions.k8s.io" && key.kind == "CustomResourceDefinition" {
+            self.await_established(key, &api).await?;
+        }
         Ok(())
     }
 

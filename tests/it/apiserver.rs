@@ -13,8 +13,8 @@
 //! Not modelled: field-level ownership merges (an apply replaces the object's fields), watches,
 //! admission, validation beyond JSON shape, namespace existence and finalizers, garbage
 //! collection, authentication, and controllers — except that Deployments, StatefulSets and
-//! DaemonSets report themselves fully rolled out and CRDs Established as soon as they are
-//! applied.
+//! DaemonSets report themselves fully rolled out as soon as they are applied, and CRDs become
+//! Established (and their types served) at once or, with `delay_crds`, after a few GETs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -76,6 +76,10 @@ struct Store {
     failures: Vec<(Method, String, u16, usize)>,
     /// Requests by "METHOD plural".
     requests: BTreeMap<String, usize>,
+    /// GETs an applied CRD answers before it is Established (its types are served from then).
+    crd_delay: usize,
+    /// CRDs not Established yet: name → GETs left.
+    pending_crds: BTreeMap<String, usize>,
     next_resource_version: u64,
 }
 
@@ -160,6 +164,12 @@ impl ApiServerStandIn {
 
     pub fn reset_counts(&self) {
         self.lock().requests.clear();
+    }
+
+    /// Applied CRDs answer `gets` GETs before they are Established and their types served,
+    /// like a real API server that needs a moment to accept new names.
+    pub fn delay_crds(&self, gets: usize) {
+        self.lock().crd_delay = gets;
     }
 
     /// The next `times` requests of `method` whose path contains `fragment` fail with `code`.
@@ -360,6 +370,23 @@ fn complete(object: &mut Value, resource: &Resource, generation: i64) {
     }
 }
 
+/// Serves the types a CRD defines.
+fn serve_crd(store: &mut Store, crd: &Value) {
+    let spec = &crd["spec"];
+    for version in spec["versions"].as_array().cloned().unwrap_or_default() {
+        let served = Resource {
+            group: spec["group"].as_str().unwrap_or("").into(),
+            version: version["name"].as_str().unwrap_or("").into(),
+            kind: spec["names"]["kind"].as_str().unwrap_or("").into(),
+            plural: spec["names"]["plural"].as_str().unwrap_or("").into(),
+            namespaced: spec["scope"].as_str() == Some("Namespaced"),
+        };
+        if !store.resources.contains(&served) {
+            store.resources.push(served);
+        }
+    }
+}
+
 fn handle(
     store: &Mutex<Store>,
     method: Method,
@@ -461,6 +488,28 @@ fn handle(
             ok(
                 json!({"kind": format!("{}List", resource.kind), "apiVersion": list_version, "metadata": {"resourceVersion": store.next_resource_version.to_string()}, "items": items}),
             )
+        }
+        ("GET", Some(name))
+            if resource.kind == "CustomResourceDefinition"
+                && store.pending_crds.contains_key(&name) =>
+        {
+            let left = store.pending_crds.get(&name).copied().unwrap_or(0);
+            let key = (group.clone(), plural.clone(), None, name.clone());
+            if left <= 1 {
+                store.pending_crds.remove(&name);
+                if let Some(mut object) = store.objects.get(&key).cloned() {
+                    serve_crd(&mut store, &object);
+                    object["status"] =
+                        json!({"conditions": [{"type": "Established", "status": "True"}]});
+                    store.objects.insert(key.clone(), object);
+                }
+            } else {
+                store.pending_crds.insert(name.clone(), left - 1);
+            }
+            match store.objects.get(&key) {
+                Some(object) => ok(object.clone()),
+                None => status(404, "NotFound", format!("{plural} \"{name}\" not found")),
+            }
         }
         ("GET", Some(name)) => match store.objects.get(&(
             group.clone(),
@@ -580,18 +629,13 @@ fn handle(
             if !dry_run {
                 store.next_resource_version = resource_version;
                 if resource.kind == "CustomResourceDefinition" {
-                    let spec = &applied["spec"];
-                    for version in spec["versions"].as_array().cloned().unwrap_or_default() {
-                        let served = Resource {
-                            group: spec["group"].as_str().unwrap_or("").into(),
-                            version: version["name"].as_str().unwrap_or("").into(),
-                            kind: spec["names"]["kind"].as_str().unwrap_or("").into(),
-                            plural: spec["names"]["plural"].as_str().unwrap_or("").into(),
-                            namespaced: spec["scope"].as_str() == Some("Namespaced"),
-                        };
-                        if !store.resources.contains(&served) {
-                            store.resources.push(served);
-                        }
+                    if store.crd_delay > 0 && existing.is_none() {
+                        applied["status"] =
+                            json!({"conditions": [{"type": "Established", "status": "False"}]});
+                        let delay = store.crd_delay;
+                        store.pending_crds.insert(name.clone(), delay);
+                    } else {
+                        serve_crd(&mut store, &applied);
                     }
                 }
                 store.objects.insert(key, applied.clone());

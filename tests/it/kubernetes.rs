@@ -119,6 +119,8 @@ fn prune_deletes_only_owned_objects() {
 #[test]
 fn a_crd_and_its_custom_resources_in_one_revision() {
     let (workspace, server) = on_stand_in("");
+    // The CRD is Established (and its type served) only on the third look.
+    server.delay_crds(3);
     workspace.repo.write(
         "environments/staging/crd.yaml",
         "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.example.com\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {kind: Widget, plural: widgets}\n  versions:\n    - {name: v1, served: true, storage: true}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: gear\nspec:\n  teeth: 12\n",
@@ -130,6 +132,10 @@ fn a_crd_and_its_custom_resources_in_one_revision() {
         .get("example.com", "widgets", Some("shop"), "gear")
         .expect("custom resource applied");
     assert_eq!(widget["spec"]["teeth"], 12);
+    assert!(
+        server.count("GET customresourcedefinitions") >= 3,
+        "gitopsd waited for the CRD to be Established"
+    );
 }
 
 #[test]
