@@ -18,12 +18,10 @@ fn with_api(workspace: &Workspace, extra_staging: &str, extra_top: &str) -> Stri
         "1h",
         extra_staging,
     );
-    let config = std::fs::read_to_string(&workspace.config).expect("config");
-    let config = config.replace(
+    workspace.edit_config(
         "[state]",
         &format!("[api]\nlisten = \"{address}\"\ntoken_file = \"api-token\"\n\n{extra_top}[state]"),
     );
-    std::fs::write(&workspace.config, config).expect("config");
     address
 }
 
@@ -254,13 +252,11 @@ fn after_gate_promotes_only_what_is_healthy_upstream() {
             workspace.path("fail").display()
         ),
     );
-    let config = std::fs::read_to_string(&workspace.config).expect("config");
-    let config = config.replacen(
+    // Production, configured first, waits for staging.
+    workspace.edit_config(
         "namespace = \"shop\"\n",
         "namespace = \"shop\"\nafter = \"staging\"\n",
-        1,
     );
-    std::fs::write(&workspace.config, config).expect("config");
 
     write_environment(&workspace.repo, "staging", 1);
     write_environment(&workspace.repo, "production", 1);

@@ -52,16 +52,13 @@ fn e2e_deploy_canary_revert_and_prune_on_a_real_cluster() {
             marker.display()
         ),
     );
-    let config = std::fs::read_to_string(&workspace.config).expect("config");
-    let config = config
-        .replace(
-            "target = { type = \"directory\", path = \"live/staging\" }\nnamespace = \"shop\"",
-            &format!(
-                "target = {{ type = \"kubernetes\", kubeconfig = \"{}\" }}\nnamespace = \"{namespace}\"",
-                kubeconfig.display()
-            ),
-        );
-    std::fs::write(&workspace.config, config).expect("config");
+    workspace.edit_config(
+        "target = { type = \"directory\", path = \"live/staging\" }\nnamespace = \"shop\"",
+        &format!(
+            "target = {{ type = \"kubernetes\", kubeconfig = \"{}\" }}\nnamespace = \"{namespace}\"",
+            kubeconfig.display()
+        ),
+    );
     workspace.repo.write(
         "environments/production/one.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: one\n",

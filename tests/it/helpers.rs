@@ -118,6 +118,25 @@ namespace = "shop"
         fs::write(&self.config, text).expect("write config");
     }
 
+    /// Replaces `from` with `to` in the config file; `from` must be there, so a test never
+    /// runs on a config it only believes it changed.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let config = fs::read_to_string(&self.config).expect("read config");
+        assert!(
+            config.contains(from),
+            "{from:?} is not in the config:\n{config}"
+        );
+        fs::write(&self.config, config.replacen(from, to, 1)).expect("write config");
+    }
+
+    /// Adds lines to the `[repo]` table.
+    pub fn add_repo_keys(&self, lines: &str) {
+        self.edit_config(
+            "max_file_bytes = 65536\n",
+            &format!("max_file_bytes = 65536\n{lines}\n"),
+        );
+    }
+
     pub fn path(&self, relative: &str) -> PathBuf {
         self.root.path().join(relative)
     }

@@ -270,15 +270,7 @@ fn a_server_asking_for_credentials_gets_a_clear_error() {
 
     // A token over plain http is refused before anything is sent.
     std::fs::write(workspace.path("token"), "s3cret\n").expect("token file");
-    let config = std::fs::read_to_string(&workspace.config).expect("config");
-    std::fs::write(
-        &workspace.config,
-        config.replace(
-            "max_file_bytes = 65536",
-            "max_file_bytes = 65536\ntoken_file = \"token\"",
-        ),
-    )
-    .expect("config");
+    workspace.add_repo_keys("token_file = \"token\"");
     let output = workspace.run(&["run", "--once"]);
     assert_exit(&output, 2);
     assert!(
@@ -352,15 +344,7 @@ fn repository_is_fetched_over_https_with_a_token_file() {
     );
     std::fs::write(workspace.path("token"), "s3cret\n").expect("token file");
     workspace.write_config(&format!("https://{}/repo", server.address), "30s");
-    let config = std::fs::read_to_string(&workspace.config).expect("config");
-    std::fs::write(
-        &workspace.config,
-        config.replace(
-            "max_file_bytes = 65536",
-            "max_file_bytes = 65536\ntoken_file = \"token\"",
-        ),
-    )
-    .expect("config");
+    workspace.add_repo_keys("token_file = \"token\"");
     // The system trust store, pointed at the test's own CA.
     let run = || {
         workspace

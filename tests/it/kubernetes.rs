@@ -11,12 +11,10 @@ fn on_stand_in(target_extra: &str) -> (Workspace, ApiServerStandIn) {
     let workspace = Workspace::new();
     std::fs::write(workspace.path("kubeconfig"), server.kubeconfig()).expect("kubeconfig");
     workspace.write_config(&workspace.repo.dir.display().to_string(), "30s");
-    let config = std::fs::read_to_string(&workspace.config).expect("config");
-    let config = config.replace(
+    workspace.edit_config(
         "target = { type = \"directory\", path = \"live/staging\" }",
         &format!("target = {{ type = \"kubernetes\", kubeconfig = \"kubeconfig\", context = \"stand-in\"{target_extra} }}"),
     );
-    std::fs::write(&workspace.config, config).expect("config");
     workspace.repo.write(
         "environments/production/one.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: one\n",
@@ -159,15 +157,10 @@ fn a_conflict_is_reported_and_force_takes_over() {
     );
     assert!(errors.contains("set force_conflicts = true"), "{errors}");
 
-    let config = std::fs::read_to_string(&workspace.config).expect("config");
-    std::fs::write(
-        &workspace.config,
-        config.replace(
-            "context = \"stand-in\" }",
-            "context = \"stand-in\", force_conflicts = true }",
-        ),
-    )
-    .expect("config");
+    workspace.edit_config(
+        "context = \"stand-in\" }",
+        "context = \"stand-in\", force_conflicts = true }",
+    );
     // The failed revision is held; the next commit rolls out with force.
     workspace.repo.write(
         "environments/staging/note.yaml",

@@ -378,12 +378,10 @@ fn revert_commit_is_pushed_to_a_bare_repository() {
         &workspace.repo.dir,
         &["remote", "add", "origin", &bare.display().to_string()],
     );
-    let config = fs::read_to_string(&workspace.config).expect("config");
-    let config = config.replace(
+    workspace.edit_config(
         &format!("url = \"{}\"", workspace.repo.dir.display()),
         &format!("url = \"{}\"", bare.display()),
     );
-    fs::write(&workspace.config, config).expect("config");
 
     web(&workspace.repo, "web:1", "hello", 10);
     let healthy = workspace.repo.commit("web 1");

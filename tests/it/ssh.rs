@@ -101,19 +101,11 @@ fn repository_is_fetched_over_ssh_with_a_key_and_known_hosts() {
     );
     let with_ssh = |known_hosts_file: &Path| {
         workspace.write_config(&url, "30s");
-        let config = fs::read_to_string(&workspace.config).expect("config");
-        fs::write(
-            &workspace.config,
-            config.replace(
-                "max_file_bytes = 65536",
-                &format!(
-                    "max_file_bytes = 65536\nssh_key_file = \"{}\"\nssh_known_hosts_file = \"{}\"",
-                    client_key.display(),
-                    known_hosts_file.display()
-                ),
-            ),
-        )
-        .expect("config");
+        workspace.add_repo_keys(&format!(
+            "ssh_key_file = \"{}\"\nssh_known_hosts_file = \"{}\"",
+            client_key.display(),
+            known_hosts_file.display()
+        ));
     };
 
     with_ssh(&known_hosts);

@@ -51,12 +51,10 @@ fn receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
 }
 
 fn add_webhook(workspace: &Workspace, address: &str) {
-    let config = std::fs::read_to_string(&workspace.config).expect("config");
-    let config = config.replace(
+    workspace.edit_config(
         "[state]",
         &format!("[[webhook]]\nurl = \"http://{address}/hook\"\ntimeout = \"2s\"\n\n[state]"),
     );
-    std::fs::write(&workspace.config, config).expect("config");
 }
 
 #[test]
