@@ -326,14 +326,28 @@ impl Checker {
         }
     }
 
-    fn string(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<String> {
-        match dict.remove(key)? {
-            Value::String(_, text) => Some(text),
-            _ => {
-                self.problem(join(prefix, key), "must be a string");
-                None
-            }
+    /// Takes `key` out of `dict` and converts it with `read`; a value of the wrong type is
+    /// reported as "must be {what}". Absent keys are `None` without a problem.
+    fn take<T>(
+        &mut self,
+        dict: &mut Dict,
+        prefix: &str,
+        key: &str,
+        what: &str,
+        read: impl FnOnce(Value) -> Option<T>,
+    ) -> Option<T> {
+        let value = read(dict.remove(key)?);
+        if value.is_none() {
+            self.problem(join(prefix, key), format!("must be {what}"));
         }
+        value
+    }
+
+    fn string(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<String> {
+        self.take(dict, prefix, key, "a string", |value| match value {
+            Value::String(_, text) => Some(text),
+            _ => None,
+        })
     }
 
     fn required_string(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<String> {
@@ -345,28 +359,16 @@ impl Checker {
     }
 
     fn boolean(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<bool> {
-        match dict.remove(key)? {
+        self.take(dict, prefix, key, "true or false", |value| match value {
             Value::Bool(_, flag) => Some(flag),
-            _ => {
-                self.problem(join(prefix, key), "must be true or false");
-                None
-            }
-        }
+            _ => None,
+        })
     }
 
     fn unsigned(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<u64> {
-        let value = dict.remove(key)?;
-        // TOML integers arrive signed, environment values unsigned.
-        let number = value
-            .to_u128()
-            .or_else(|| value.to_i128().and_then(|n| u128::try_from(n).ok()));
-        match number.and_then(|n| u64::try_from(n).ok()) {
-            Some(number) => Some(number),
-            None => {
-                self.problem(join(prefix, key), "must be a non-negative integer");
-                None
-            }
-        }
+        self.take(dict, prefix, key, "a non-negative integer", |value| {
+            non_negative(&value).and_then(|n| u64::try_from(n).ok())
+        })
     }
 
     fn duration(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<Duration> {
@@ -632,27 +634,19 @@ impl Checker {
 
 impl Checker {
     fn number(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<f64> {
-        let value = dict.remove(key)?;
-        // `max = 1` is an integer in TOML; it is meant as 1.0.
-        #[allow(clippy::cast_precision_loss)]
-        let number = value.to_f64().or_else(|| value.to_i128().map(|n| n as f64));
-        match number {
-            Some(number) if number.is_finite() => Some(number),
-            _ => {
-                self.problem(join(prefix, key), "must be a number");
-                None
-            }
-        }
+        self.take(dict, prefix, key, "a number", |value| {
+            // `max = 1` is an integer in TOML; it is meant as 1.0.
+            #[allow(clippy::cast_precision_loss)]
+            let number = value.to_f64().or_else(|| value.to_i128().map(|n| n as f64));
+            number.filter(|n| n.is_finite())
+        })
     }
 
     fn table(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<Dict> {
-        match dict.remove(key)? {
+        self.take(dict, prefix, key, "a table", |value| match value {
             Value::Dict(_, table) => Some(table),
-            _ => {
-                self.problem(join(prefix, key), "must be a table");
-                None
-            }
-        }
+            _ => None,
+        })
     }
 
     fn rollout(&mut self, dict: &mut Dict, prefix: &str) -> RolloutConfig {
