@@ -3,10 +3,15 @@
 //! A Deployment whose pod template changed, or whose referenced ConfigMap/Secret changed, is
 //! not updated in place. At a step of weight w, `<name>-canary` runs the new template with
 //! round(w% × N) replicas (at least 1) and the stable Deployment keeps the old template with
-//! the rest. The canary's selector and pod labels add `gitopsd.io/track: canary`, so the two
-//! Deployments never select each other's pods while a Service on the app labels selects both.
-//! Changed ConfigMaps/Secrets the workload uses reach only the canary, as `<name>-canary`
-//! copies, until promotion.
+//! the rest. The canary's selector and pod labels add `gitopsd.io/track: canary`, so the
+//! canary Deployment never selects stable pods while a Service on the app labels selects
+//! both. Changed ConfigMaps/Secrets the workload uses reach only the canary, as
+//! `<name>-canary` copies, until promotion.
+//!
+//! The stable is written from the manifest it was applied from (the previous revision's), never
+//! from its live body, so gitopsd takes no field that git leaves out. A Deployment whose
+//! manifest has no `replicas` belongs to an autoscaler or an operator for its size: its
+//! stable is never scaled, and the canary runs on top of the live count.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,12 +28,16 @@ pub const LABEL_TRACK: &str = "gitopsd.io/track";
 /// One Deployment rolled out through canary steps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CanaryUnit {
-    /// The live Deployment before the rollout (normalized).
-    pub stable_live: Value,
+    /// What the stable is written from during steps: the previous revision's manifest of the
+    /// Deployment (its live body, normalized, when that is not at hand).
+    pub stable_base: Value,
     /// The Deployment as the revision wants it.
     pub desired: Desired,
-    /// Replicas the revision asks for (N).
+    /// Replicas the steps split (N): the manifest's, or the live count when it sets none.
     pub replicas: u32,
+    /// The manifest sets `replicas`, so gitopsd owns them and scales the stable down as the
+    /// canary grows; otherwise the canary runs on top and the stable is left alone.
+    pub scales_stable: bool,
     /// Changed ConfigMaps/Secrets the new template references.
     pub configs: BTreeSet<ResourceKey>,
 }
@@ -82,11 +91,10 @@ pub fn canary_replicas(weight: u8, replicas: u32) -> u32 {
         .clamp(1, replicas.max(1))
 }
 
-fn replicas_of(body: &Value) -> u32 {
+fn replicas_of(body: &Value) -> Option<u32> {
     body.pointer("/spec/replicas")
         .and_then(Value::as_u64)
         .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(1)
 }
 
 /// Calls `visit(kind, name)` for every ConfigMap/Secret name a pod template refers to.
@@ -165,7 +173,15 @@ pub fn referenced_configs(deployment: &Desired) -> BTreeSet<ResourceKey> {
 }
 
 /// Splits a plan into immediate changes, canary units, held configs and deferred deletions.
-pub fn split(plan: &Plan, desired: &[Desired], live: &[Object]) -> RolloutSpec {
+/// `previous` holds the manifests the live objects were applied from, where known.
+pub fn split(
+    plan: &Plan,
+    desired: &[Desired],
+    live: &[Object],
+    previous: &[Desired],
+) -> RolloutSpec {
+    let previous_by_key: BTreeMap<&ResourceKey, &Desired> =
+        previous.iter().map(|d| (&d.key, d)).collect();
     let config_updates: BTreeMap<&ResourceKey, &Desired> = plan
         .changes
         .iter()
@@ -197,10 +213,17 @@ pub fn split(plan: &Plan, desired: &[Desired], live: &[Object]) -> RolloutSpec {
             .collect();
         if template_changed || !configs.is_empty() {
             held_keys.extend(configs.iter().cloned());
+            let wanted_replicas = replicas_of(&wanted.body);
+            let stable_base = previous_by_key
+                .get(&wanted.key)
+                .map_or(stable_live.clone(), |previous| previous.body.clone());
             canaries.push(CanaryUnit {
-                stable_live,
+                replicas: wanted_replicas
+                    .or_else(|| replicas_of(&stable_live))
+                    .unwrap_or(1),
+                scales_stable: wanted_replicas.is_some(),
+                stable_base,
                 desired: wanted.clone(),
-                replicas: replicas_of(&wanted.body),
                 configs,
             });
         }
@@ -303,9 +326,11 @@ pub fn canary_step(spec: &RolloutSpec, weight: u8) -> StepObjects {
     }
     for unit in &spec.canaries {
         let canary = canary_replicas(weight, unit.replicas);
-        let mut stable = unit.stable_live.clone();
-        set_replicas(&mut stable, unit.replicas.saturating_sub(canary));
-        apply.push(Desired::from_body(unit.desired.key.clone(), stable));
+        if unit.scales_stable {
+            let mut stable = unit.stable_base.clone();
+            set_replicas(&mut stable, unit.replicas.saturating_sub(canary));
+            apply.push(Desired::from_body(unit.desired.key.clone(), stable));
+        }
         apply.push(canary_deployment(unit, canary));
     }
     StepObjects {
@@ -397,7 +422,7 @@ spec: {{selector: {{app: web}}}}
         let live = live(old);
         let wanted = desired(new);
         let plan = crate::plan::plan(&wanted, &live, true, crate::plan::Compare::Content);
-        split(&plan, &wanted, &live)
+        split(&plan, &wanted, &live, &desired(old))
     }
 
     fn find<'a>(step: &'a StepObjects, name: &str) -> &'a Desired {
@@ -463,6 +488,58 @@ spec: {{selector: {{app: web}}}}
             "web:2"
         );
         assert_eq!(promoted.delete, [canary_key(&promoted.apply[0].key)]);
+    }
+
+    #[test]
+    fn without_replicas_in_git_the_stable_keeps_its_live_size_and_the_canary_surges() {
+        let old = app("web:1", "hi", 1).replace("  replicas: 1\n", "");
+        let new = app("web:2", "hi", 1).replace("  replicas: 1\n", "");
+        let mut live = live(&old);
+        // An autoscaler runs 5 pods.
+        for object in &mut live {
+            if object.key.kind == "Deployment" {
+                object.body["spec"]["replicas"] = 5.into();
+            }
+        }
+        let wanted = desired(&new);
+        let plan = crate::plan::plan(&wanted, &live, true, crate::plan::Compare::Content);
+        let spec = split(&plan, &wanted, &live, &desired(&old));
+        assert_eq!(spec.canaries.len(), 1);
+        let step = canary_step(&spec, 20);
+        assert!(
+            step.apply.iter().all(|d| d.key.name != "web"),
+            "the stable is not written: its size is not gitopsd's"
+        );
+        assert_eq!(find(&step, "web-canary").body["spec"]["replicas"], 1);
+        assert_eq!(
+            find(&canary_step(&spec, 50), "web-canary").body["spec"]["replicas"],
+            3
+        );
+        let promoted = promotion(&spec);
+        assert!(
+            promoted.apply[0].body["spec"].get("replicas").is_none(),
+            "promotion does not take the replicas field either"
+        );
+    }
+
+    #[test]
+    fn the_stable_is_written_from_its_previous_manifest_not_its_live_body() {
+        let old = app("web:1", "hi", 4);
+        let mut live = live(&old);
+        for object in &mut live {
+            if object.key.kind == "Deployment" {
+                object.body["spec"]["progressDeadlineSeconds"] = 600.into();
+            }
+        }
+        let wanted = desired(&app("web:2", "hi", 4));
+        let plan = crate::plan::plan(&wanted, &live, true, crate::plan::Compare::Subset);
+        let spec = split(&plan, &wanted, &live, &desired(&old));
+        let stable = find(&canary_step(&spec, 50), "web").body.clone();
+        assert_eq!(stable["spec"]["replicas"], 2);
+        assert!(
+            stable["spec"].get("progressDeadlineSeconds").is_none(),
+            "a server default is not taken over"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ use thiserror::Error;
 
 use crate::config::{Config, ConfigError, EnvironmentConfig};
 use crate::daemon::{self, Signals};
-use crate::executor::{DesiredError, Outcome, load_desired};
+use crate::executor::{
+    DesiredError, Outcome, empty_revision_problem, load_desired, load_desired_offline,
+};
 use crate::journal::{self, Journal, JournalError};
 use crate::journal_view;
 use crate::model::Revision;
@@ -156,21 +158,23 @@ fn selected<'a>(
     }
 }
 
-/// Desired objects of an environment at a revision; a folder that does not exist there is an
-/// empty environment (added or removed by the change being previewed).
+/// Desired objects of an environment at a revision, with scopes from `target` when there is
+/// one; a folder that does not exist there is an empty environment (added or removed by the
+/// change being previewed).
 async fn desired_or_empty(
     source: &GitSource,
     environment: &EnvironmentConfig,
     revision: &Revision,
+    target: Option<&AnyTarget>,
 ) -> Result<Vec<Desired>, CommandError> {
-    match load_desired(source, environment, revision).await {
-        Ok(desired) => Ok(desired),
-        Err(DesiredError::Source(SourceError::MissingPath { .. })) => Ok(Vec::new()),
-        Err(source) => Err(CommandError::Desired {
-            environment: environment.name.clone(),
-            source,
-        }),
-    }
+    let loaded = match target {
+        Some(target) => load_desired(source, environment, revision, target).await,
+        None => load_desired_offline(source, environment, revision).await,
+    };
+    loaded.map_err(|source| CommandError::Desired {
+        environment: environment.name.clone(),
+        source,
+    })
 }
 
 /// Output format of `gitopsd diff`.
@@ -225,26 +229,42 @@ fn inventory(config: &Config, environment: &EnvironmentConfig) -> BTreeSet<KindR
 }
 
 /// For targets that default fields (Kubernetes), replaces each update's desired body with what
-/// a server-side dry run says the object would become, so the diff shows only real changes.
+/// a server-side dry run says the object would become, so the diff shows only real changes;
+/// a drift the dry run shows is not there is dropped, one it confirms names its fields.
 async fn dry_run_updates(target: &AnyTarget, plan: &mut Plan) -> Result<(), TargetError> {
     let mut kept = Vec::new();
     let mut unchanged = 0;
     for change in plan.changes.drain(..) {
         match change {
-            Change::Update { mut desired, live } => {
-                match target.dry_run(&desired.key, &desired.body).await? {
-                    Some(result) => {
-                        let result = crate::diff::normalize(&result);
-                        if result == live {
-                            unchanged += 1;
+            Change::Update {
+                mut desired,
+                live,
+                drift,
+            } => match target.dry_run(&desired.key, &desired.body).await? {
+                Some(result) => {
+                    let result = crate::diff::normalize(&result);
+                    if result == live {
+                        unchanged += 1;
+                    } else {
+                        let drift = if drift.is_empty() {
+                            drift
                         } else {
-                            desired.body = result;
-                            kept.push(Change::Update { desired, live });
-                        }
+                            crate::diff::differing_fields(&live, &result)
+                        };
+                        desired.body = result;
+                        kept.push(Change::Update {
+                            desired,
+                            live,
+                            drift,
+                        });
                     }
-                    None => kept.push(Change::Update { desired, live }),
                 }
-            }
+                None => kept.push(Change::Update {
+                    desired,
+                    live,
+                    drift,
+                }),
+            },
             other => kept.push(other),
         }
     }
@@ -276,13 +296,15 @@ pub async fn diff(
         revisions.refresh().await?;
         let revision = revisions.resolve(request.rev).await?;
         for environment in environments {
-            let desired = desired_or_empty(&revisions.source, environment, &revision).await?;
-            let target = AnyTarget::open(&environment.target, &environment.name)
-                .await
-                .map_err(|source| CommandError::Live {
-                    environment: environment.name.clone(),
-                    source,
-                })?;
+            let target =
+                AnyTarget::open(environment)
+                    .await
+                    .map_err(|source| CommandError::Live {
+                        environment: environment.name.clone(),
+                        source,
+                    })?;
+            let desired =
+                desired_or_empty(&revisions.source, environment, &revision, Some(&target)).await?;
             let mut kinds = inventory(config, environment);
             kinds.extend(desired.iter().filter_map(|d| KindRef::of(&d.body)));
             let live = target
@@ -292,12 +314,13 @@ pub async fn diff(
                     environment: environment.name.clone(),
                     source,
                 })?;
-            let compare = if target.compares_by_hash() {
-                plan::Compare::Hash
-            } else {
-                plan::Compare::Content
-            };
-            let mut plan = plan::plan(&desired, &live, environment.prune, compare);
+            let mut plan = plan::plan(&desired, &live, environment.prune, target.compare());
+            let mut holds = holds(config, environment, &revision);
+            if let Some(problem) = empty_revision_problem(environment, desired.len(), live.len()) {
+                // What the daemon would do: refuse, and delete nothing.
+                holds.insert(0, format!("rejected: {problem}"));
+                plan = plan::Plan::default();
+            }
             dry_run_updates(&target, &mut plan)
                 .await
                 .map_err(|source| CommandError::Live {
@@ -312,15 +335,15 @@ pub async fn diff(
                 desired: &desired,
                 live: &live,
                 rollout: &environment.rollout,
-                holds: holds(config, environment, &revision),
+                holds,
             })?);
         }
     } else {
         let old = revisions.resolve(Some(request.against)).await?;
         let new = revisions.resolve(request.rev).await?;
         for environment in environments {
-            let old_desired = desired_or_empty(&revisions.source, environment, &old).await?;
-            let new_desired = desired_or_empty(&revisions.source, environment, &new).await?;
+            let old_desired = desired_or_empty(&revisions.source, environment, &old, None).await?;
+            let new_desired = desired_or_empty(&revisions.source, environment, &new, None).await?;
             let plan = plan::compare_revisions(&old_desired, &new_desired);
             reports.push(EnvironmentReport::build(ReportInput {
                 environment: &environment.name,
@@ -370,7 +393,17 @@ pub async fn validate(
     let revision = revisions.resolve(rev).await?;
     let mut invalid = false;
     for environment in &config.environments {
-        match load_desired(&revisions.source, environment, &revision).await {
+        match load_desired_offline(&revisions.source, environment, &revision).await {
+            Ok(desired) if desired.is_empty() && !environment.allow_empty => {
+                invalid = true;
+                writeln!(
+                    out,
+                    "invalid: {} at {}: {} holds no objects; gitopsd rejects this revision while the environment has live objects (set allow_empty = true if it should delete them)",
+                    environment.name,
+                    revision.short(),
+                    environment.path
+                )?;
+            }
             Ok(desired) => writeln!(
                 out,
                 "ok: {} at {}: {} objects",
@@ -386,10 +419,6 @@ pub async fn validate(
                     environment.name,
                     revision.short()
                 )?;
-            }
-            Err(DesiredError::Source(error @ SourceError::MissingPath { .. })) => {
-                invalid = true;
-                writeln!(out, "invalid: {}: {error}", environment.name)?;
             }
             Err(source) => {
                 return Err(CommandError::Desired {

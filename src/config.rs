@@ -80,6 +80,11 @@ pub struct EnvironmentConfig {
     /// Namespace for namespaced objects that name none.
     pub namespace: String,
     pub prune: bool,
+    /// A revision with no objects may delete every live object (else it is rejected).
+    pub allow_empty: bool,
+    /// `<repo url>#<branch>:<path>`: where the environment's manifests come from, recorded on
+    /// what it owns so that another install of gitopsd can tell it is not the owner.
+    pub source: String,
     pub rollout: RolloutConfig,
     pub health: Vec<HealthCheckConfig>,
     /// Only revisions that finished healthy in this environment roll out here.
@@ -262,7 +267,7 @@ impl Config {
         check.no_more(state_dict, "state");
         let api = check.api(&mut root, base);
         let webhooks = check.webhooks(&mut root);
-        let environments = check.environments(&mut root, base);
+        let environments = check.environments(&mut root, base, repo.as_ref());
         check.no_more(root, "");
         match (repo, check.problems.is_empty()) {
             (Some(repo), true) => Ok(Config {
@@ -445,7 +450,13 @@ impl Checker {
         })
     }
 
-    fn environments(&mut self, root: &mut Dict, base: &Path) -> Vec<EnvironmentConfig> {
+    fn environments(
+        &mut self,
+        root: &mut Dict,
+        base: &Path,
+        repo: Option<&RepoConfig>,
+    ) -> Vec<EnvironmentConfig> {
+        let (repo_url, repo_branch) = repo.map_or(("", ""), |repo| (&repo.url, &repo.branch));
         let items = match root.remove("environment") {
             Some(Value::Array(_, items)) => items,
             Some(_) => {
@@ -508,6 +519,9 @@ impl Checker {
                 .string(&mut dict, &prefix, "namespace")
                 .unwrap_or_else(|| "default".into());
             let prune = self.boolean(&mut dict, &prefix, "prune").unwrap_or(true);
+            let allow_empty = self
+                .boolean(&mut dict, &prefix, "allow_empty")
+                .unwrap_or(false);
             let rollout = self.rollout(&mut dict, &prefix);
             let health = self.health_checks(&mut dict, &prefix);
             let after = self.string(&mut dict, &prefix, "after");
@@ -525,12 +539,15 @@ impl Checker {
             let window = self.window(&mut dict, &prefix);
             self.no_more(dict, &prefix);
             if let (Some(name), Some(path), Some(target)) = (name, path, target) {
+                let path = path.trim_end_matches('/').to_string();
                 environments.push(EnvironmentConfig {
+                    source: format!("{repo_url}#{repo_branch}:{path}"),
                     name,
-                    path: path.trim_end_matches('/').to_string(),
+                    path,
                     target,
                     namespace,
                     prune,
+                    allow_empty,
                     rollout,
                     health,
                     after,
@@ -594,7 +611,9 @@ impl Checker {
                 let context = self.string(&mut target, &key, "context");
                 let force_conflicts = self
                     .boolean(&mut target, &key, "force_conflicts")
-                    .unwrap_or(false);
+                    .unwrap_or(true);
+                let adopt = self.boolean(&mut target, &key, "adopt").unwrap_or(false);
+                let applyset_namespace = self.string(&mut target, &key, "applyset_namespace");
                 let concurrency = self.unsigned(&mut target, &key, "concurrency").unwrap_or(8);
                 if concurrency == 0 {
                     self.problem(join(&key, "concurrency"), "must be at least 1");
@@ -610,6 +629,8 @@ impl Checker {
                         kubeconfig,
                         context,
                         force_conflicts,
+                        adopt,
+                        applyset_namespace,
                         concurrency: usize::try_from(concurrency).unwrap_or(8).max(1),
                         requests_per_second: u32::try_from(requests_per_second).unwrap_or(u32::MAX),
                         delete_foreign_namespaces,

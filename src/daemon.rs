@@ -87,7 +87,7 @@ struct EnvironmentRuntime {
 impl EnvironmentRuntime {
     async fn open(config: EnvironmentConfig, state_dir: &Path) -> Result<Self, ReconcileError> {
         let journal = SharedJournal::new(Journal::open(state_dir, &config.name)?);
-        let target = AnyTarget::open(&config.target, &config.name)
+        let target = AnyTarget::open(&config)
             .await
             .map_err(ReconcileError::Live)?;
         let prober = Prober::new().map_err(|e| ReconcileError::Worker(e.to_string()))?;
@@ -137,9 +137,6 @@ impl EnvironmentRuntime {
         metrics.reconciled(name, took);
         match result {
             Ok(Outcome::RolledOut { .. }) => metrics.rollout(name, "healthy"),
-            Ok(Outcome::Converged { changes, .. }) => {
-                metrics.drifted(name, u64::try_from(changes.len()).unwrap_or(u64::MAX));
-            }
             Err(ReconcileError::RolledBack { .. }) => metrics.rollout(name, "reverted"),
             Err(ReconcileError::FirstDeployFailed { .. }) => metrics.rollout(name, "failed"),
             _ => {}

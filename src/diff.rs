@@ -49,6 +49,7 @@ fn strip_own_entries(metadata: &mut Map<String, Value>, field: &str) {
     };
     entries.retain(|name, value| {
         let ours = name.starts_with(OWN_PREFIX)
+            || name == crate::target::applyset::LABEL_PART_OF
             || (name == LABEL_MANAGED_BY && value.as_str() == Some(MANAGER));
         !ours
     });
@@ -139,6 +140,112 @@ pub fn unified(old_label: &str, new_label: &str, old: &str, new: &str) -> String
         .to_string()
 }
 
+/// Paths (`spec.template.spec.containers[0].image`) where `live` does not hold what
+/// `desired` sets: the drift check. Fields `desired` leaves out are not looked at, and values
+/// are compared loosely (`0.5` and `500m` are one quantity, `80` and `"80"` one port), so a
+/// path found here is a suspicion for the server to confirm, not a verdict.
+pub fn unmet_fields(desired: &Value, live: &Value) -> Vec<String> {
+    let mut paths = Vec::new();
+    collect_unmet(desired, Some(live), &mut String::new(), &mut paths);
+    paths
+}
+
+fn collect_unmet(desired: &Value, live: Option<&Value>, path: &mut String, out: &mut Vec<String>) {
+    match (desired, live) {
+        (Value::Null, _) => {}
+        // Servers drop empty maps and lists; absent and empty agree.
+        (Value::Object(map), None) if map.is_empty() => {}
+        (Value::Array(items), None) if items.is_empty() => {}
+        (Value::Object(wanted), Some(Value::Object(have))) => {
+            for (key, value) in wanted {
+                let length = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                collect_unmet(value, have.get(key), path, out);
+                path.truncate(length);
+            }
+        }
+        (Value::Array(wanted), Some(Value::Array(have))) if wanted.len() == have.len() => {
+            for (index, (value, held)) in wanted.iter().zip(have).enumerate() {
+                let length = path.len();
+                path.push_str(&format!("[{index}]"));
+                collect_unmet(value, Some(held), path, out);
+                path.truncate(length);
+            }
+        }
+        (wanted, Some(held)) if scalars_agree(wanted, held) => {}
+        _ => out.push(if path.is_empty() {
+            ".".to_string()
+        } else {
+            path.clone()
+        }),
+    }
+}
+
+/// Paths where two bodies differ either way (fields only one of them has included).
+pub fn differing_fields(old: &Value, new: &Value) -> Vec<String> {
+    let mut paths = unmet_fields(new, old);
+    for path in unmet_fields(old, new) {
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths
+}
+
+fn scalars_agree(wanted: &Value, held: &Value) -> bool {
+    if wanted == held {
+        return true;
+    }
+    match (wanted, held) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::String(text), Value::Number(number))
+        | (Value::Number(number), Value::String(text)) => {
+            text.parse::<f64>().ok() == number.as_f64()
+        }
+        (Value::String(a), Value::String(b)) => {
+            matches!((quantity(a), quantity(b)), (Some(x), Some(y)) if (x - y).abs() <= x.abs().max(y.abs()) * 1e-12)
+        }
+        _ => false,
+    }
+}
+
+/// The value of a Kubernetes quantity (`500m`, `1Gi`, `1e3`), if `text` is one.
+fn quantity(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        exponent => {
+            let power: i32 = exponent.strip_prefix(['e', 'E'])?.parse().ok()?;
+            10f64.powi(power)
+        }
+    };
+    Some(number * factor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +302,69 @@ mod tests {
         assert!(diff.contains("-y: 2"), "{diff}");
         assert!(diff.contains("+y: 3"), "{diff}");
         assert!(unified("a", "b", "same\n", "same\n").is_empty());
+    }
+
+    #[test]
+    fn drift_check_reads_only_what_git_sets() {
+        let desired = json!({
+            "spec": {
+                "replicas": 2,
+                "template": {"spec": {"containers": [
+                    {"name": "web", "image": "web:1", "resources": {"limits": {"cpu": "0.5", "memory": "1024Mi"}},
+                     "ports": [{"containerPort": "8080"}], "env": []}
+                ]}},
+                "selector": {}
+            }
+        });
+        let live = json!({
+            "spec": {
+                "replicas": 2,
+                "revisionHistoryLimit": 10,
+                "template": {"spec": {"containers": [
+                    {"name": "web", "image": "web:1", "imagePullPolicy": "IfNotPresent",
+                     "resources": {"limits": {"cpu": "500m", "memory": "1Gi"}},
+                     "ports": [{"containerPort": 8080, "protocol": "TCP"}]}
+                ]}}
+            }
+        });
+        assert!(
+            unmet_fields(&desired, &live).is_empty(),
+            "{:?}",
+            unmet_fields(&desired, &live)
+        );
+        let mut drifted = live.clone();
+        drifted["spec"]["replicas"] = json!(5);
+        drifted["spec"]["template"]["spec"]["containers"][0]["image"] = json!("web:hotfix");
+        assert_eq!(
+            unmet_fields(&desired, &drifted),
+            ["spec.replicas", "spec.template.spec.containers[0].image"]
+        );
+        let mut unset = desired.clone();
+        unset["spec"]
+            .as_object_mut()
+            .expect("map")
+            .remove("replicas");
+        assert!(
+            unmet_fields(&unset, &drifted)
+                .iter()
+                .all(|p| p != "spec.replicas"),
+            "a field git leaves out is not drift"
+        );
+    }
+
+    #[test]
+    fn quantities_compare_by_value() {
+        assert_eq!(quantity("500m"), Some(0.5));
+        assert_eq!(quantity("1Gi"), quantity("1024Mi"));
+        assert_eq!(quantity("1e3"), Some(1000.0));
+        assert_eq!(quantity("web"), None);
+        assert!(!scalars_agree(&json!("1"), &json!("1Ki")));
+    }
+
+    #[test]
+    fn differing_fields_look_both_ways() {
+        let old = json!({"data": {"a": "1", "b": "2"}});
+        let new = json!({"data": {"a": "9", "c": "3"}});
+        assert_eq!(differing_fields(&old, &new), ["data.a", "data.b", "data.c"]);
     }
 }

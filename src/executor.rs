@@ -13,8 +13,8 @@ use crate::config::EnvironmentConfig;
 use crate::gates::Gates;
 use crate::health::HealthTracker;
 use crate::heartbeat::{BEAT_INTERVAL, Heartbeat};
-use crate::journal::{Baseline, ChangeRecord, Event, JournalError, SharedJournal};
-use crate::manifest::{self, ManifestErrors, ParseOptions};
+use crate::journal::{Baseline, ChangeRecord, DriftRecord, Event, JournalError, SharedJournal};
+use crate::manifest::{self, ManifestErrors, ParseOptions, Scopes};
 use crate::metrics::Metrics;
 use crate::model::{ANNOTATION_HASH, ANNOTATION_REVISION, KindRef, Object, ResourceKey, Revision};
 use crate::plan::{self, Action, Change, Compare, Desired, Plan, stage};
@@ -23,7 +23,7 @@ use crate::rollout::{
     Decision, History, Milestone, NextStep, Observation, RevertInFlight, Rollout, Timing,
 };
 use crate::source::{GitSource, SourceError};
-use crate::target::{Target, TargetError};
+use crate::target::{DriftCheck, Target, TargetError};
 use crate::webhook::Notifier;
 
 /// Writes of one stage in flight at once (a target may bound its requests further).
@@ -42,6 +42,13 @@ pub enum ReconcileError {
     Source(#[from] SourceError),
     #[error("reading live state: {0}")]
     Live(TargetError),
+    #[error("revision {revision} rejected, nothing applied: {problem}")]
+    Empty { revision: Revision, problem: String },
+    #[error("revision {revision} not applied: {problems}")]
+    Ownership {
+        revision: Revision,
+        problems: String,
+    },
     #[error(
         "revision {revision}: {applied} of {planned} changes applied, then: {source}; the rest is retried on the next pass"
     )]
@@ -81,6 +88,8 @@ pub enum DesiredError {
     Source(#[from] SourceError),
     #[error("{0}")]
     Manifests(ManifestErrors),
+    #[error("looking up where types live: {0}")]
+    Scopes(TargetError),
     #[error("worker thread failed: {0}")]
     Worker(String),
 }
@@ -111,24 +120,78 @@ pub enum Outcome {
     Pinned { revision: Revision },
 }
 
-/// Reads and validates an environment's desired objects at `revision`.
-pub async fn load_desired(
+/// Reads an environment's documents at `revision`; a folder the revision does not have reads
+/// as no documents (an empty revision, which the pass then judges).
+async fn read_documents(
     source: &GitSource,
     environment: &EnvironmentConfig,
     revision: &Revision,
-) -> Result<Vec<Desired>, DesiredError> {
+) -> Result<manifest::Documents, DesiredError> {
     let source = source.clone();
     let revision = revision.clone();
     let path = environment.path.clone();
     let snapshot = tokio::task::spawn_blocking(move || source.snapshot(&revision, &path))
         .await
-        .map_err(|e| DesiredError::Worker(e.to_string()))??;
+        .map_err(|e| DesiredError::Worker(e.to_string()))?;
+    match snapshot {
+        Ok(snapshot) => Ok(manifest::read(&snapshot.files, snapshot.problems)),
+        Err(SourceError::MissingPath { .. }) => Ok(manifest::Documents::default()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn complete(
+    documents: manifest::Documents,
+    environment: &EnvironmentConfig,
+    scopes: &Scopes,
+) -> Result<Vec<Desired>, DesiredError> {
     let options = ParseOptions {
         default_namespace: environment.namespace.clone(),
     };
-    let objects = manifest::parse(&snapshot.files, snapshot.problems, &options)
+    let objects = documents
+        .complete(&options, scopes)
         .map_err(DesiredError::Manifests)?;
     Ok(objects.iter().map(Desired::new).collect())
+}
+
+/// Reads and validates an environment's desired objects at `revision`, with the scope of each
+/// type as `target` knows it (discovery, for Kubernetes).
+pub async fn load_desired<T: Target>(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+    target: &T,
+) -> Result<Vec<Desired>, DesiredError> {
+    let documents = read_documents(source, environment, revision).await?;
+    let scopes = target
+        .scopes(&documents.kinds())
+        .await
+        .map_err(DesiredError::Scopes)?;
+    complete(documents, environment, &scopes)
+}
+
+/// Like [`load_desired`], without a target to ask: built-in kinds and CRDs in the revision.
+pub async fn load_desired_offline(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+) -> Result<Vec<Desired>, DesiredError> {
+    let documents = read_documents(source, environment, revision).await?;
+    complete(documents, environment, &Scopes::offline())
+}
+
+/// Why a revision with no objects may not be applied over live ones; `None` when it may.
+pub fn empty_revision_problem(
+    environment: &EnvironmentConfig,
+    desired: usize,
+    live: usize,
+) -> Option<String> {
+    (desired == 0 && live > 0 && !environment.allow_empty).then(|| {
+        format!(
+            "{} holds no objects at this revision while environment {} has {live} live; a mistyped or removed folder must not delete everything (set allow_empty = true if it should)",
+            environment.path, environment.name
+        )
+    })
 }
 
 /// The journal form of a plan's changes.
@@ -273,23 +336,30 @@ impl<T: Target> EnvironmentRun<'_, T> {
     }
 
     async fn desired(&mut self, revision: &Revision) -> Result<Vec<Desired>, ReconcileError> {
-        match load_desired(self.source, self.config, revision).await {
+        match load_desired(self.source, self.config, revision, self.target).await {
             Ok(desired) => Ok(desired),
             Err(DesiredError::Manifests(errors)) => {
-                if !self.journal.last_rejected_is(revision) {
-                    self.journal(Event::Rejected {
-                        revision: revision.clone(),
-                        problems: errors.0.iter().map(ToString::to_string).collect(),
-                    })?;
-                }
+                self.reject(revision, errors.0.iter().map(ToString::to_string).collect())?;
                 Err(ReconcileError::Rejected {
                     revision: revision.clone(),
                     errors,
                 })
             }
             Err(DesiredError::Source(error)) => Err(error.into()),
+            Err(DesiredError::Scopes(error)) => Err(ReconcileError::Live(error)),
             Err(DesiredError::Worker(message)) => Err(ReconcileError::Worker(message)),
         }
+    }
+
+    /// Journals a rejection once per revision.
+    fn reject(&mut self, revision: &Revision, problems: Vec<String>) -> Result<(), JournalError> {
+        if !self.journal.last_rejected_is(revision) {
+            self.journal(Event::Rejected {
+                revision: revision.clone(),
+                problems,
+            })?;
+        }
+        Ok(())
     }
 
     /// Live objects of every type the environment uses or has used. New types are added to
@@ -314,31 +384,123 @@ impl<T: Target> EnvironmentRun<'_, T> {
     }
 
     fn compare(&self) -> Compare {
-        if self.target.compares_by_hash() {
-            Compare::Hash
-        } else {
-            Compare::Content
-        }
+        self.target.compare()
     }
 
-    /// The revision's desired objects, the live ones, and the plan between them.
+    /// The revision's desired objects, the live ones, and the plan between them. Refuses an
+    /// empty revision over live objects, and objects another owner holds.
     async fn plan_for(
         &mut self,
         revision: &Revision,
     ) -> Result<(Vec<Desired>, Vec<Object>, Plan), ReconcileError> {
         let desired = self.desired(revision).await?;
         let live = self.live(&desired, revision).await?;
-        let plan = plan::plan(&desired, &live, self.config.prune, self.compare());
+        if let Some(problem) = empty_revision_problem(self.config, desired.len(), live.len()) {
+            self.reject(revision, vec![problem.clone()])?;
+            return Err(ReconcileError::Empty {
+                revision: revision.clone(),
+                problem,
+            });
+        }
+        let mut plan = plan::plan(&desired, &live, self.config.prune, self.compare());
+        self.refuse_foreign(revision, &plan).await?;
+        confirm_drift(self.target, &mut plan, &live, &self.config.name, revision)
+            .await
+            .map_err(ReconcileError::Live)?;
         for orphan in &plan.orphaned {
             tracing::warn!(object = %orphan, "owned object is gone from git but prune is off; leaving it");
         }
         Ok((desired, live, plan))
     }
 
+    /// Fails the pass, before anything is written, when an object it would create lives
+    /// under another owner.
+    async fn refuse_foreign(
+        &mut self,
+        revision: &Revision,
+        plan: &Plan,
+    ) -> Result<(), ReconcileError> {
+        let creates: Vec<ResourceKey> = plan
+            .changes
+            .iter()
+            .filter(|change| change.action() == Action::Create)
+            .map(|change| change.key().clone())
+            .collect();
+        let foreign = self
+            .target
+            .foreign_owners(&creates)
+            .await
+            .map_err(ReconcileError::Live)?;
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        let problems: Vec<String> = foreign
+            .iter()
+            .map(|found| {
+                format!(
+                    "{} is live and held by {}; not taking it over (set adopt = true on the target to take it)",
+                    found.key, found.owner
+                )
+            })
+            .collect();
+        self.reject(revision, problems.clone())?;
+        Err(ReconcileError::Ownership {
+            revision: revision.clone(),
+            problems: problems.join("; "),
+        })
+    }
+
+    /// Records on the target that the environment now owns exactly the revision's objects
+    /// (and, without prune, the ones it left behind).
+    async fn settle(
+        &self,
+        desired: &[Desired],
+        orphaned: &[ResourceKey],
+    ) -> Result<(), ReconcileError> {
+        let keys: Vec<ResourceKey> = desired
+            .iter()
+            .map(|d| d.key.clone())
+            .chain(orphaned.iter().cloned())
+            .collect();
+        self.target
+            .settle(&keys)
+            .await
+            .map_err(ReconcileError::Live)
+    }
+
+    /// Journals and counts the drift a pass put back.
+    fn drift_corrected(&mut self, revision: &Revision, plan: &Plan) -> Result<(), JournalError> {
+        let objects: Vec<DriftRecord> = plan
+            .changes
+            .iter()
+            .filter_map(|change| {
+                Some(DriftRecord {
+                    object: change.key().to_string(),
+                    fields: change.drift()?.to_vec(),
+                })
+            })
+            .collect();
+        if objects.is_empty() {
+            return Ok(());
+        }
+        for object in &objects {
+            tracing::info!(env = %self.config.name, object = %object.object, fields = ?object.fields, "drift put back");
+        }
+        self.metrics.drifted(
+            &self.config.name,
+            u64::try_from(objects.len()).unwrap_or(u64::MAX),
+        );
+        self.journal(Event::DriftCorrected {
+            revision: revision.clone(),
+            objects,
+        })
+    }
+
     /// Puts back anything that differs from a healthy revision, in place.
     async fn converge(&mut self, revision: &Revision) -> Result<Outcome, ReconcileError> {
-        let (_, _, plan) = self.plan_for(revision).await?;
+        let (desired, _, plan) = self.plan_for(revision).await?;
         if plan.is_empty() {
+            self.settle(&desired, &plan.orphaned).await?;
             return Ok(Outcome::Unchanged {
                 revision: revision.clone(),
             });
@@ -367,6 +529,8 @@ impl<T: Target> EnvironmentRun<'_, T> {
             revision: revision.clone(),
             changes: changes.clone(),
         })?;
+        self.drift_corrected(revision, &plan)?;
+        self.settle(&desired, &plan.orphaned).await?;
         Ok(Outcome::Converged {
             revision: revision.clone(),
             changes,
@@ -380,6 +544,14 @@ impl<T: Target> EnvironmentRun<'_, T> {
         writes: &[Write],
         revision_of: impl Fn(&Desired) -> Revision,
     ) -> Result<(), (usize, TargetError)> {
+        let applied: Vec<ResourceKey> = writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::Apply(desired) => Some(desired.key.clone()),
+                Write::Delete(_) => None,
+            })
+            .collect();
+        self.target.announce(&applied);
         let mut done = 0;
         // Stages stay in order; the writes inside one stage go out together, a few at a time.
         for group in writes.chunk_by(|a, b| {
@@ -435,6 +607,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
         let (desired, live, plan) = self.plan_for(revision).await?;
         if plan.is_empty() {
             // Nothing to roll out (e.g. a commit outside this environment's folder).
+            self.settle(&desired, &plan.orphaned).await?;
             self.journal(Event::Healthy {
                 revision: revision.clone(),
             })?;
@@ -442,7 +615,20 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 revision: revision.clone(),
             });
         }
-        let spec = canary::split(&plan, &desired, &live);
+        // The manifests the stables were applied from: what they are written from during steps.
+        let before = match &previous {
+            Some(previous) => {
+                match load_desired(self.source, self.config, previous, self.target).await {
+                    Ok(before) => before,
+                    Err(error) => {
+                        tracing::warn!(%error, previous = %previous.short(), "cannot read the previous revision; stables are written from their live bodies");
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        let spec = canary::split(&plan, &desired, &live, &before);
         let steps = if spec.has_canaries() {
             self.config.rollout.steps.clone()
         } else {
@@ -523,6 +709,8 @@ impl<T: Target> EnvironmentRun<'_, T> {
                     rollout.observe(observation, Utc::now())
                 }
                 Decision::Succeed => {
+                    self.drift_corrected(revision, &plan)?;
+                    self.settle(&desired, &plan.orphaned).await?;
                     self.journal(Event::Healthy {
                         revision: revision.clone(),
                     })?;
@@ -700,12 +888,15 @@ impl<T: Target> EnvironmentRun<'_, T> {
             to: revert.to.clone(),
             message,
         };
-        let desired = match load_desired(self.source, self.config, &revert.to).await {
+        let desired = match load_desired(self.source, self.config, &revert.to, self.target).await {
             Ok(desired) => desired,
             Err(error) => return Err(revert_error(error.to_string())),
         };
         let live = self.live(&desired, &revert.to).await?;
-        let plan = plan::plan(&desired, &live, true, self.compare());
+        let mut plan = plan::plan(&desired, &live, true, self.compare());
+        confirm_drift(self.target, &mut plan, &live, &self.config.name, &revert.to)
+            .await
+            .map_err(ReconcileError::Live)?;
         let live_by_key: BTreeMap<&ResourceKey, &Object> =
             live.iter().map(|object| (&object.key, object)).collect();
         let writes: Vec<Write> = plan_writes(&plan)
@@ -738,6 +929,12 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 writes.len()
             )));
         }
+        let kept: Vec<ResourceKey> = if self.config.prune {
+            Vec::new()
+        } else {
+            plan.orphaned.clone()
+        };
+        self.settle(&desired, &kept).await?;
         self.journal(Event::Reverted {
             revision: revert.revision.clone(),
             to: revert.to.clone(),
@@ -823,4 +1020,53 @@ fn baseline(plan: &Plan, spec: &RolloutSpec, live: &[Object]) -> Vec<Baseline> {
             })
         })
         .collect()
+}
+
+/// Asks the target about each suspected drift: a server-side dry run clears false suspicions
+/// (and remembers them) and names the fields that would really change.
+async fn confirm_drift<T: Target>(
+    target: &T,
+    plan: &mut Plan,
+    live: &[Object],
+    environment: &str,
+    revision: &Revision,
+) -> Result<(), TargetError> {
+    let live_by_key: BTreeMap<&ResourceKey, &Object> =
+        live.iter().map(|object| (&object.key, object)).collect();
+    let mut kept = Vec::with_capacity(plan.changes.len());
+    for change in std::mem::take(&mut plan.changes) {
+        let Change::Update {
+            desired,
+            live: normalized,
+            drift,
+        } = change
+        else {
+            kept.push(change);
+            continue;
+        };
+        let Some(object) = live_by_key.get(&desired.key).filter(|_| !drift.is_empty()) else {
+            kept.push(Change::Update {
+                desired,
+                live: normalized,
+                drift,
+            });
+            continue;
+        };
+        let body = desired.stamped(environment, revision);
+        match target.check_drift(&desired.key, &body, object).await? {
+            DriftCheck::Cleared => plan.unchanged += 1,
+            DriftCheck::Unchecked => kept.push(Change::Update {
+                desired,
+                live: normalized,
+                drift,
+            }),
+            DriftCheck::Confirmed(fields) => kept.push(Change::Update {
+                desired,
+                live: normalized,
+                drift: if fields.is_empty() { drift } else { fields },
+            }),
+        }
+    }
+    plan.changes = kept;
+    Ok(())
 }

@@ -105,12 +105,26 @@ pub enum Event {
     Approved { revision: Revision },
     /// An operator rolled back to `revision`; it stays pinned while the branch tip is `tip`.
     Pinned { revision: Revision, tip: Revision },
+    /// Objects found changed outside git since they were applied were put back: each with
+    /// the field paths that no longer held git's values.
+    DriftCorrected {
+        revision: Revision,
+        objects: Vec<DriftRecord>,
+    },
     /// Every type the environment has used so far (listed on each pass, so objects of a type a
     /// revision drops entirely are still found and pruned).
     Inventory {
         revision: Revision,
         kinds: Vec<crate::model::KindRef>,
     },
+}
+
+/// One object whose drift was put back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftRecord {
+    pub object: String,
+    /// Field paths (`spec.replicas`, `data.MODE`) that differed from git.
+    pub fields: Vec<String>,
 }
 
 /// How an object was marked before a rollout touched it (absent: it did not exist).
@@ -142,6 +156,7 @@ impl Event {
             Event::Resumed { .. } => "resumed",
             Event::Approved { .. } => "approved",
             Event::Pinned { .. } => "pinned",
+            Event::DriftCorrected { .. } => "drift_corrected",
             Event::Inventory { .. } => "inventory",
         }
     }
@@ -166,6 +181,7 @@ impl Event {
             | Event::Resumed { revision }
             | Event::Approved { revision }
             | Event::Pinned { revision, .. }
+            | Event::DriftCorrected { revision, .. }
             | Event::Inventory { revision, .. } => revision,
         }
     }

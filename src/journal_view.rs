@@ -68,6 +68,16 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
                     tip.short()
                 )?;
             }
+            Event::DriftCorrected { objects, .. } => {
+                for object in objects {
+                    writeln!(
+                        out,
+                        "      ~ {} ({})",
+                        object.object,
+                        object.fields.join(", ")
+                    )?;
+                }
+            }
             Event::Inventory { kinds, .. } => {
                 let kinds: Vec<String> = kinds.iter().map(ToString::to_string).collect();
                 writeln!(out, "      types: {}", kinds.join(", "))?;

@@ -6,7 +6,7 @@ use std::fmt;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::model::{Object, ResourceKey, group_of, is_cluster_scoped};
+use crate::model::{KindRef, Object, ResourceKey, cluster_scoped_kinds, group_of};
 
 /// One manifest file read from the source, with its path relative to the repository root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,16 +88,71 @@ pub fn is_manifest_path(path: &str) -> bool {
     path.ends_with(".yaml") || path.ends_with(".yml")
 }
 
-/// Parses every file into objects. Fails with every problem at once: earlier problems
-/// (`known_problems`, found while reading the files) are reported together with parse errors.
+/// Whether a type's objects live in a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Namespaced,
+    Cluster,
+}
+
+/// What is known of the scope of types, besides the CRDs in the revision itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scopes {
+    /// Answers by (group, kind), e.g. from an API server's discovery.
+    pub known: BTreeMap<(String, String), Scope>,
+    /// Reject types that are neither known nor defined by a CRD in the revision (an API server
+    /// that does not serve them) instead of taking them as namespaced.
+    pub reject_unknown: bool,
+}
+
+impl Scopes {
+    /// Without an API server: the built-in cluster-scoped kinds; everything else namespaced.
+    pub fn offline() -> Self {
+        Self {
+            known: cluster_scoped_kinds()
+                .map(|(group, kind)| ((group.to_string(), kind.to_string()), Scope::Cluster))
+                .collect(),
+            reject_unknown: false,
+        }
+    }
+}
+
+/// Parses every file into objects, with types' scopes from the built-in list. Fails with
+/// every problem at once: earlier problems (`known_problems`, found while reading the files)
+/// are reported together with parse errors.
 pub fn parse(
     files: &[ManifestFile],
     known_problems: Vec<Problem>,
     options: &ParseOptions,
 ) -> Result<Vec<Object>, ManifestErrors> {
+    read(files, known_problems).complete(options, &Scopes::offline())
+}
+
+/// A revision's documents, checked but for their namespaces, which depend on where each type
+/// lives (see [`Documents::complete`]).
+#[derive(Debug, Clone, Default)]
+pub struct Documents {
+    pending: Vec<Pending>,
+    problems: Vec<Problem>,
+}
+
+/// One object whose namespace is not settled yet.
+#[derive(Debug, Clone)]
+struct Pending {
+    problem_at: Problem,
+    /// `file document N [item M]`, for duplicate messages.
+    place: String,
+    group: String,
+    kind: String,
+    name: String,
+    declared_namespace: Option<String>,
+    body: Value,
+}
+
+/// Reads every file into documents; see [`parse`].
+pub fn read(files: &[ManifestFile], known_problems: Vec<Problem>) -> Documents {
     let mut problems = known_problems;
-    let mut seen: BTreeMap<ResourceKey, String> = BTreeMap::new();
-    let mut objects = Vec::new();
+    let mut pending = Vec::new();
     for file in files {
         let Ok(text) = std::str::from_utf8(&file.bytes) else {
             problems.push(Problem::file(&file.path, "file is not valid UTF-8"));
@@ -117,35 +172,151 @@ pub fn parse(
                 }
             };
             for (item, body) in expand_list(value, &location, &mut problems) {
-                match validate(body, options) {
-                    Ok(object) => {
-                        let here = location.describe(item);
-                        if let Some(first) = seen.get(&object.key) {
-                            problems.push(location.problem(
-                                Some(object.key.to_string()),
-                                format!("duplicate object, first defined in {first}"),
-                            ));
-                        } else {
-                            seen.insert(object.key.clone(), here);
-                            objects.push(object);
-                        }
-                    }
+                let in_item = |message: String| match item {
+                    Some(item) => format!("item {item}: {message}"),
+                    None => message,
+                };
+                match validate(body) {
+                    Ok(checked) => pending.push(Pending {
+                        problem_at: location.problem(Some(checked.identity.clone()), String::new()),
+                        place: location.describe(item),
+                        group: checked.group,
+                        kind: checked.kind,
+                        name: checked.name,
+                        declared_namespace: checked.declared_namespace,
+                        body: checked.body,
+                    }),
                     Err((object, message)) => {
-                        let message = match item {
-                            Some(item) => format!("item {item}: {message}"),
-                            None => message,
-                        };
-                        problems.push(location.problem(object, message));
+                        problems.push(location.problem(object, in_item(message)));
                     }
                 }
             }
         }
     }
-    if problems.is_empty() {
-        Ok(objects)
-    } else {
-        Err(ManifestErrors(problems))
+    Documents { pending, problems }
+}
+
+impl Documents {
+    /// The types the documents use.
+    pub fn kinds(&self) -> std::collections::BTreeSet<KindRef> {
+        self.pending
+            .iter()
+            .filter_map(|pending| KindRef::of(&pending.body))
+            .collect()
     }
+
+    /// Whether the revision holds no objects and no problems.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.problems.is_empty()
+    }
+
+    /// Settles namespaces: namespaced objects that name none get the default; a namespace on a
+    /// cluster-scoped object is an error. Scopes come from `scopes`, then from CRDs in the
+    /// revision, then (unless `scopes` rejects unknown types) namespaced.
+    pub fn complete(
+        self,
+        options: &ParseOptions,
+        scopes: &Scopes,
+    ) -> Result<Vec<Object>, ManifestErrors> {
+        let mut problems = self.problems;
+        let defined = defined_by_crds(&self.pending);
+        let mut seen: BTreeMap<ResourceKey, String> = BTreeMap::new();
+        let mut objects = Vec::new();
+        for pending in self.pending {
+            let type_key = (pending.group.clone(), pending.kind.clone());
+            let scope = scopes
+                .known
+                .get(&type_key)
+                .or_else(|| defined.get(&type_key))
+                .copied();
+            let fail = |message: String| Problem {
+                message,
+                ..pending.problem_at.clone()
+            };
+            let namespace = match (scope, &pending.declared_namespace) {
+                (None, _) if scopes.reject_unknown => {
+                    let api_version = pending
+                        .body
+                        .get("apiVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    problems.push(fail(format!(
+                        "unknown type {api_version} {}: the API server does not serve it and no CustomResourceDefinition in this revision defines it",
+                        pending.kind
+                    )));
+                    continue;
+                }
+                (Some(Scope::Cluster), Some(namespace)) => {
+                    problems.push(fail(format!(
+                        "{} is cluster-scoped but names metadata.namespace {namespace:?}; remove the namespace",
+                        pending.kind
+                    )));
+                    continue;
+                }
+                (Some(Scope::Cluster), None) => None,
+                (_, Some(namespace)) => Some(namespace.clone()),
+                (_, None) => Some(options.default_namespace.clone()),
+            };
+            if let Some(namespace) = &namespace
+                && !valid_dns_label(namespace)
+            {
+                problems.push(fail(format!(
+                    "invalid metadata.namespace {namespace:?}: must be a DNS label"
+                )));
+                continue;
+            }
+            let mut body = pending.body;
+            // Written back so the stored body says exactly what is applied.
+            if let Some(metadata) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+                match &namespace {
+                    Some(namespace) => {
+                        metadata.insert("namespace".into(), Value::String(namespace.clone()));
+                    }
+                    None => {
+                        metadata.remove("namespace");
+                    }
+                }
+            }
+            let key = ResourceKey {
+                group: pending.group,
+                kind: pending.kind,
+                namespace,
+                name: pending.name,
+            };
+            if let Some(first) = seen.get(&key) {
+                problems.push(Problem {
+                    object: Some(key.to_string()),
+                    ..fail(format!("duplicate object, first defined in {first}"))
+                });
+                continue;
+            }
+            seen.insert(key.clone(), pending.place);
+            objects.push(Object { key, body });
+        }
+        if problems.is_empty() {
+            Ok(objects)
+        } else {
+            Err(ManifestErrors(problems))
+        }
+    }
+}
+
+/// Scopes of the types that CRDs among the documents define.
+fn defined_by_crds(pending: &[Pending]) -> BTreeMap<(String, String), Scope> {
+    pending
+        .iter()
+        .filter(|p| p.group == "apiextensions.k8s.io" && p.kind == "CustomResourceDefinition")
+        .filter_map(|crd| {
+            let spec = crd.body.get("spec")?;
+            let group = spec.get("group")?.as_str()?.to_string();
+            let kind = spec.pointer("/names/kind")?.as_str()?.to_string();
+            let scope = match spec.get("scope")?.as_str()? {
+                "Cluster" => Scope::Cluster,
+                _ => Scope::Namespaced,
+            };
+            Some(((group, kind), scope))
+        })
+        .collect()
 }
 
 /// Where a document sits, for error messages.
@@ -277,9 +448,19 @@ fn expand_list(
     }
 }
 
-/// Checks one body and completes its namespace. On failure returns what could be read of the
-/// object's identity and the reason.
-fn validate(mut body: Value, options: &ParseOptions) -> Result<Object, (Option<String>, String)> {
+/// A body that passed every check but the namespace's.
+struct Checked {
+    identity: String,
+    group: String,
+    kind: String,
+    name: String,
+    declared_namespace: Option<String>,
+    body: Value,
+}
+
+/// Checks one body. On failure returns what could be read of the object's identity and the
+/// reason.
+fn validate(body: Value) -> Result<Checked, (Option<String>, String)> {
     let Some(map) = body.as_object() else {
         return Err((None, "document is not a mapping".into()));
     };
@@ -325,44 +506,17 @@ fn validate(mut body: Value, options: &ParseOptions) -> Result<Object, (Option<S
     if let Some(reason) = invalid_name(&name) {
         return fail(&format!("invalid metadata.name {name:?}: {reason}"));
     }
-    let group = group_of(&api_version).to_string();
-    let declared_namespace = metadata.get("namespace");
-    let namespace = if is_cluster_scoped(&group, &kind) {
-        None
-    } else {
-        match declared_namespace {
-            Some(Value::String(namespace)) => Some(namespace.clone()),
-            Some(_) => return fail("metadata.namespace must be a string"),
-            None => Some(options.default_namespace.clone()),
-        }
+    let declared_namespace = match metadata.get("namespace") {
+        Some(Value::String(namespace)) => Some(namespace.clone()),
+        Some(Value::Null) | None => None,
+        Some(_) => return fail("metadata.namespace must be a string"),
     };
-    if let Some(namespace) = &namespace
-        && !valid_dns_label(namespace)
-    {
-        return fail(&format!(
-            "invalid metadata.namespace {namespace:?}: must be a DNS label"
-        ));
-    }
-    // Written back so the stored body says exactly what is applied.
-    let metadata = body
-        .get_mut("metadata")
-        .and_then(Value::as_object_mut)
-        .expect("metadata was checked to be a mapping above");
-    match &namespace {
-        Some(namespace) => {
-            metadata.insert("namespace".into(), Value::String(namespace.clone()));
-        }
-        None => {
-            metadata.remove("namespace");
-        }
-    }
-    Ok(Object {
-        key: ResourceKey {
-            group,
-            kind,
-            namespace,
-            name,
-        },
+    Ok(Checked {
+        identity: partial.unwrap_or_default(),
+        group: group_of(&api_version).to_string(),
+        kind,
+        name,
+        declared_namespace,
         body,
     })
 }
@@ -447,7 +601,7 @@ mod tests {
         let objects = parse(
             &[file(
                 "env/a.yaml",
-                "# licence header\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: web, namespace: ignored}\n",
+                "# licence header\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n",
             )],
             Vec::new(),
             &options(),
@@ -458,6 +612,58 @@ mod tests {
         assert_eq!(objects[0].body["metadata"]["namespace"], "web");
         assert_eq!(objects[1].key.namespace, None);
         assert!(objects[1].body["metadata"].get("namespace").is_none());
+    }
+
+    const CLUSTER_CRD: &str = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.example.com}\nspec:\n  group: example.com\n  scope: Cluster\n  names: {kind: Widget, plural: widgets}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\n";
+
+    #[test]
+    fn custom_resources_take_their_scope_from_a_crd_in_the_revision() {
+        let objects =
+            parse(&[file("crd.yaml", CLUSTER_CRD)], Vec::new(), &options()).expect("valid");
+        assert_eq!(objects[1].key.to_string(), "Widget.example.com w1");
+        assert!(objects[1].body["metadata"].get("namespace").is_none());
+    }
+
+    #[test]
+    fn discovered_scopes_win_and_unknown_types_can_be_rejected() {
+        let text = "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g1}\n---\napiVersion: example.com/v1\nkind: Gizmo\nmetadata: {name: z1}\n";
+        let scopes = Scopes {
+            known: [(
+                ("example.com".to_string(), "Gadget".to_string()),
+                Scope::Cluster,
+            )]
+            .into(),
+            reject_unknown: true,
+        };
+        let problems = read(&[file("cr.yaml", text)], Vec::new())
+            .complete(&options(), &scopes)
+            .expect_err("Gizmo is served by nobody");
+        let problems: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(
+                "cr.yaml: document 2 (line 4): Gizmo z1: unknown type example.com/v1 Gizmo"
+            ),
+            "{problems:?}"
+        );
+        let offline = read(&[file("cr.yaml", text)], Vec::new())
+            .complete(&options(), &Scopes::offline())
+            .expect("offline, unknown types are namespaced");
+        assert_eq!(offline[1].key.namespace.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn a_namespace_on_a_cluster_scoped_object_is_an_error_naming_it() {
+        let problems = problems(&[file(
+            "rbac.yaml",
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: reader, namespace: web}\n",
+        )]);
+        assert_eq!(
+            problems,
+            [
+                "rbac.yaml: document 1 (line 1): ClusterRole reader: ClusterRole is cluster-scoped but names metadata.namespace \"web\"; remove the namespace"
+            ]
+        );
     }
 
     #[test]

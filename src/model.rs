@@ -153,8 +153,9 @@ impl fmt::Display for Revision {
     }
 }
 
-/// Kinds that are cluster-scoped in Kubernetes. The directory target has no API server to ask,
-/// so namespace defaulting follows this list; the kubernetes target uses discovery instead.
+/// Built-in kinds that are cluster-scoped in Kubernetes. Without an API server to ask (the
+/// directory target, offline diffs) namespaces follow this list; the kubernetes target asks
+/// discovery instead.
 const CLUSTER_SCOPED: &[(&str, &str)] = &[
     ("", "Namespace"),
     ("", "Node"),
@@ -180,11 +181,14 @@ const CLUSTER_SCOPED: &[(&str, &str)] = &[
     ("apiregistration.k8s.io", "APIService"),
 ];
 
-/// True for kinds known to be cluster-scoped.
+/// The built-in cluster-scoped kinds, as (group, kind).
+pub fn cluster_scoped_kinds() -> impl Iterator<Item = (&'static str, &'static str)> {
+    CLUSTER_SCOPED.iter().copied()
+}
+
+/// True for built-in kinds known to be cluster-scoped.
 pub fn is_cluster_scoped(group: &str, kind: &str) -> bool {
-    CLUSTER_SCOPED
-        .iter()
-        .any(|(g, k)| *g == group && *k == kind)
+    cluster_scoped_kinds().any(|(g, k)| g == group && k == kind)
 }
 
 #[cfg(test)]

@@ -100,9 +100,20 @@ impl Action {
 /// One change to make. Live bodies are normalized.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    Create { desired: Desired },
-    Update { desired: Desired, live: Value },
-    Delete { key: ResourceKey, live: Value },
+    Create {
+        desired: Desired,
+    },
+    Update {
+        desired: Desired,
+        live: Value,
+        /// Set when the live object was applied from this very desired object and has been
+        /// changed since (drift): the field paths that no longer hold git's values.
+        drift: Vec<String>,
+    },
+    Delete {
+        key: ResourceKey,
+        live: Value,
+    },
 }
 
 impl Change {
@@ -126,6 +137,14 @@ impl Change {
         match self {
             Change::Create { desired } | Change::Update { desired, .. } => Some(desired),
             Change::Delete { .. } => None,
+        }
+    }
+
+    /// The drifted field paths, for an update that puts back drift.
+    pub fn drift(&self) -> Option<&[String]> {
+        match self {
+            Change::Update { drift, .. } if !drift.is_empty() => Some(drift),
+            _ => None,
         }
     }
 
@@ -196,15 +215,17 @@ pub fn stage(key: &ResourceKey) -> u8 {
     }
 }
 
-/// How "unchanged" is decided.
+/// How "unchanged" is decided. Either way a live `gitopsd.io/hash` other than the desired
+/// hash is a change from git; with the same hash, a difference is drift.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compare {
-    /// The normalized live body equals the desired one, so edits made outside git show up as
-    /// updates (the directory target).
+    /// The normalized live body equals the desired one, so any edit made outside git is drift
+    /// (the directory target, whose files gitopsd owns whole).
     Content,
-    /// The live `gitopsd.io/hash` annotation equals the desired hash (targets whose live
-    /// objects carry server defaults, like Kubernetes).
-    Hash,
+    /// Every field the desired body sets holds the same value live (targets whose live objects
+    /// carry server defaults and other writers' fields, like Kubernetes). Fields git leaves
+    /// out are not looked at.
+    Subset,
 }
 
 /// Compares desired objects with the live objects the environment owns.
@@ -224,18 +245,26 @@ pub fn plan(desired: &[Desired], live: &[Object], prune: bool, compare: Compare)
             None => applies.push(Change::Create {
                 desired: wanted.clone(),
             }),
-            Some(current)
-                if match compare {
-                    Compare::Content => *current == wanted.body,
-                    Compare::Hash => live_hashes.get(&wanted.key) == Some(&wanted.hash.as_str()),
-                } =>
-            {
-                unchanged += 1
+            Some(current) => {
+                let same_source = live_hashes.get(&wanted.key) == Some(&wanted.hash.as_str());
+                let drift = match compare {
+                    Compare::Content if *current == wanted.body => None,
+                    Compare::Content => Some(diff::differing_fields(current, &wanted.body)),
+                    Compare::Subset if !same_source => Some(Vec::new()),
+                    Compare::Subset => {
+                        let unmet = diff::unmet_fields(&wanted.body, current);
+                        (!unmet.is_empty()).then_some(unmet)
+                    }
+                };
+                match drift {
+                    None => unchanged += 1,
+                    Some(drift) => applies.push(Change::Update {
+                        desired: wanted.clone(),
+                        live: current.clone(),
+                        drift: if same_source { drift } else { Vec::new() },
+                    }),
+                }
             }
-            Some(current) => applies.push(Change::Update {
-                desired: wanted.clone(),
-                live: current.clone(),
-            }),
         }
     }
     let wanted_keys: BTreeMap<&ResourceKey, ()> = desired.iter().map(|d| (&d.key, ())).collect();

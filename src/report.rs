@@ -97,7 +97,7 @@ impl EnvironmentReport {
         for change in &plan.changes {
             changes.push(change_report(change)?);
         }
-        let spec = canary::split(plan, input.desired, input.live);
+        let spec = canary::split(plan, input.desired, input.live, &[]);
         let steps = if spec.has_canaries() {
             input.rollout.steps.clone()
         } else {

@@ -405,7 +405,8 @@ impl History {
             | Event::ReconcileFailed { .. }
             | Event::StepPassed { .. }
             | Event::Promoted { .. }
-            | Event::RevertCommitted { .. } => {}
+            | Event::RevertCommitted { .. }
+            | Event::DriftCorrected { .. } => {}
         }
     }
 

@@ -1,6 +1,8 @@
-//! Kubernetes target (kube-rs): server-side apply as field manager `gitopsd`, live state from
-//! one LIST per type with the ownership label selector, pruning with background propagation,
-//! readiness by kind, transient errors retried with backoff.
+//! Kubernetes target (kube-rs): ownership as an ApplySet (a parent ConfigMap per environment,
+//! members labelled `applyset.kubernetes.io/part-of`), server-side apply as field manager
+//! `gitopsd-<env>`, live state from one LIST per recorded type by the membership label, drift
+//! confirmed by server-side dry runs, scopes from discovery, pruning with background
+//! propagation, readiness by kind, transient errors retried with backoff.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -10,19 +12,24 @@ use std::time::Duration;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::discovery::{Scope, pinned_kind};
+use kube::discovery::{Scope, oneshot, pinned_kind};
 use kube::{Client, Config};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::{Target, TargetError};
+use super::applyset::{
+    self, GroupKind, Holder, LABEL_ID, LABEL_PART_OF, Owner, ParentRef, ParentState, Record,
+};
+use super::{DriftCheck, ForeignOwner, Target, TargetError};
+use crate::manifest::{self, Scopes};
 use crate::model::{
     KindRef, LABEL_ENVIRONMENT, LABEL_MANAGED_BY, MANAGER, Object, ResourceKey, group_of,
 };
+use crate::plan::Compare;
 use crate::readiness::readiness;
 
-/// Field manager of every server-side apply.
-pub const FIELD_MANAGER: &str = "gitopsd";
+/// Prefix of every field manager gitopsd applies as; the environment's name follows.
+pub const FIELD_MANAGER_PREFIX: &str = "gitopsd-";
 /// Attempts for a request that failed with a 5xx, 429 or a transport error.
 const ATTEMPTS: u32 = 4;
 /// How long an applied CRD may take to become Established.
@@ -38,8 +45,13 @@ pub struct KubernetesSettings {
     pub kubeconfig: Option<PathBuf>,
     /// Context in the kubeconfig; its current context when unset.
     pub context: Option<String>,
-    /// Take over fields another manager owns instead of failing with a conflict.
+    /// Take over fields another manager owns instead of failing with a conflict (never those
+    /// of another gitopsd environment).
     pub force_conflicts: bool,
+    /// Take over a parent or members that another source holds.
+    pub adopt: bool,
+    /// Namespace of the parent ConfigMap; the environment's `namespace` when unset.
+    pub applyset_namespace: Option<String>,
     /// Requests in flight at once.
     pub concurrency: usize,
     /// Requests started per second at most (0: no limit).
@@ -74,10 +86,42 @@ struct Resolved {
     namespaced: bool,
 }
 
+/// What this target knows of its parent ConfigMap.
+#[derive(Debug, Default)]
+struct ParentCache {
+    /// The live parent as last read or written; `None` until read, `Some(None)` when absent.
+    live: Option<Option<ParentState>>,
+    /// What the writes under way will apply: recorded with the first of them.
+    announced: Record,
+}
+
+/// The types and namespaces of `keys`, as a parent records them.
+fn record_of<'a>(keys: impl IntoIterator<Item = &'a ResourceKey>) -> Record {
+    let mut record = Record::default();
+    for key in keys {
+        record.group_kinds.insert(GroupKind {
+            group: key.group.clone(),
+            kind: key.kind.clone(),
+        });
+        record.namespaces.extend(key.namespace.clone());
+    }
+    record
+}
+
 pub struct KubernetesTarget {
     client: Client,
     environment: String,
+    owner: Owner,
+    parent: ParentRef,
+    /// The applyset id every member is labelled with.
+    id: String,
+    field_manager: String,
     settings: KubernetesSettings,
+    parent_cache: Mutex<ParentCache>,
+    /// Serializes writes of the parent.
+    parent_writes: tokio::sync::Mutex<()>,
+    /// Objects a dry run showed to hold what git sets, by the resourceVersion then.
+    cleared: Mutex<BTreeMap<ResourceKey, String>>,
     /// Discovery results by type, and the last version seen per (group, kind) for deletes.
     discovery: Mutex<BTreeMap<KindRef, Resolved>>,
     by_group_kind: Mutex<BTreeMap<(String, String), KindRef>>,
@@ -111,11 +155,24 @@ fn connect_error(message: impl Into<String>) -> TargetError {
     }
 }
 
-/// What went wrong with one request, and whether trying again may help.
-fn describe(error: &kube::Error) -> (bool, String) {
+/// Why one request failed, and whether trying again may help.
+#[derive(Debug, Clone)]
+struct Failure {
+    /// The HTTP status the API server answered with, if it answered.
+    code: Option<u16>,
+    retryable: bool,
+    message: String,
+}
+
+impl Failure {
+    fn is(&self, code: u16) -> bool {
+        self.code == Some(code)
+    }
+}
+
+fn describe(error: &kube::Error) -> Failure {
     match error {
         kube::Error::Api(status) => {
-            let retry = status.code >= 500 || status.code == 429;
             let what = match status.code {
                 409 => "conflict",
                 422 => "invalid",
@@ -124,23 +181,63 @@ fn describe(error: &kube::Error) -> (bool, String) {
                 401 => "unauthorized",
                 _ => "refused",
             };
-            (
-                retry,
-                format!(
+            Failure {
+                code: Some(status.code),
+                retryable: status.code >= 500 || status.code == 429,
+                message: format!(
                     "{what} ({} {}): {}",
                     status.code, status.reason, status.message
                 ),
-            )
+            }
         }
-        kube::Error::HyperError(_) | kube::Error::Service(_) => (true, format!("{error}")),
-        other => (false, other.to_string()),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => Failure {
+            code: None,
+            retryable: true,
+            message: error.to_string(),
+        },
+        other => Failure {
+            code: None,
+            retryable: false,
+            message: other.to_string(),
+        },
     }
 }
 
+/// The environment a conflicting gitopsd field manager belongs to, if a 409's message names
+/// one other than `ours` (`conflict with "gitopsd-production" using apps/v1: .spec.replicas`).
+fn conflicting_environment(message: &str, ours: &str) -> Option<String> {
+    message
+        .split("conflict with \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .find(|manager| manager.starts_with(FIELD_MANAGER_PREFIX) && *manager != ours)
+        .map(|manager| manager[FIELD_MANAGER_PREFIX.len()..].to_string())
+}
+
+/// `body` with the applyset membership label added.
+fn with_membership(body: &Value, id: &str) -> Value {
+    let mut body = body.clone();
+    if let Some(metadata) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        let labels = metadata
+            .entry("labels")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert(LABEL_PART_OF.into(), Value::String(id.to_string()));
+        }
+    }
+    body
+}
+
+fn is_namespace(key: &ResourceKey) -> bool {
+    key.group.is_empty() && key.kind == "Namespace"
+}
+
 impl KubernetesTarget {
-    /// Builds a client from the kubeconfig (or in-cluster config) for `environment`.
+    /// Builds a client from the kubeconfig (or in-cluster config) for `owner`'s environment,
+    /// whose parent ConfigMap lives in `parent_namespace`.
     pub async fn connect(
-        environment: &str,
+        owner: Owner,
+        parent_namespace: &str,
         settings: KubernetesSettings,
     ) -> Result<Self, TargetError> {
         // kube and gix share one rustls provider.
@@ -162,9 +259,17 @@ impl KubernetesTarget {
                 client
             }
         };
+        let parent = ParentRef::for_environment(&owner.environment, parent_namespace);
         Ok(Self {
             client,
-            environment: environment.to_string(),
+            environment: owner.environment.clone(),
+            field_manager: format!("{FIELD_MANAGER_PREFIX}{}", owner.environment),
+            id: parent.id(),
+            parent,
+            owner,
+            parent_cache: Mutex::new(ParentCache::default()),
+            parent_writes: tokio::sync::Mutex::new(()),
+            cleared: Mutex::new(BTreeMap::new()),
             requests: Semaphore::new(settings.concurrency.max(1)),
             settings,
             discovery: Mutex::new(BTreeMap::new()),
@@ -227,7 +332,7 @@ impl KubernetesTarget {
             let live = self
                 .call(|| api.get_opt(&key.name))
                 .await
-                .map_err(|(_, message)| object_error("apply", key, message))?;
+                .map_err(|failure| object_error("apply", key, failure.message))?;
             let body = live
                 .map(|live| serde_json::to_value(&live))
                 .transpose()
@@ -254,35 +359,32 @@ impl KubernetesTarget {
     }
 
     fn selector(&self) -> String {
-        format!(
-            "{LABEL_MANAGED_BY}={MANAGER},{LABEL_ENVIRONMENT}={}",
-            self.environment
-        )
+        format!("{LABEL_PART_OF}={}", self.id)
     }
 
     /// Runs `request` with bounded concurrency, retrying transient failures with backoff.
-    async fn call<T, F, Fut>(&self, mut request: F) -> Result<T, (bool, String)>
+    async fn call<T, F, Fut>(&self, mut request: F) -> Result<T, Failure>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, kube::Error>>,
     {
-        let _permit = self
-            .requests
-            .acquire()
-            .await
-            .map_err(|e| (false, e.to_string()))?;
+        let _permit = self.requests.acquire().await.map_err(|e| Failure {
+            code: None,
+            retryable: false,
+            message: e.to_string(),
+        })?;
         let mut attempt = 1;
         loop {
             self.pace().await;
             match request().await {
                 Ok(value) => return Ok(value),
                 Err(error) => {
-                    let (retry, message) = describe(&error);
-                    if !retry || attempt == ATTEMPTS {
-                        return Err((retry, message));
+                    let failure = describe(&error);
+                    if !failure.retryable || attempt == ATTEMPTS {
+                        return Err(failure);
                     }
                     let wait = Duration::from_millis(200 * (1 << attempt));
-                    tracing::warn!(error = %message, attempt, retry_in = ?wait, "Kubernetes request failed; retrying");
+                    tracing::warn!(error = %failure.message, attempt, retry_in = ?wait, "Kubernetes request failed; retrying");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
@@ -328,10 +430,10 @@ impl KubernetesTarget {
                     if !served_answer {
                         return Err(ResolveError::Unreachable(format!(
                             "cannot reach the API server to look up {kind}: {}",
-                            describe(&error).1
+                            describe(&error).message
                         )));
                     }
-                    last = describe(&error).1;
+                    last = describe(&error).message;
                     if attempt < tries {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
@@ -368,6 +470,43 @@ impl KubernetesTarget {
         self.resolve(&kind, false).await.map_err(|e| e.to_string())
     }
 
+    /// The served version of a group-kind the parent records (which has no version).
+    async fn resolve_group_kind(&self, group_kind: &GroupKind) -> Result<KindRef, ResolveError> {
+        let known = self
+            .by_group_kind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(group_kind.group.clone(), group_kind.kind.clone()))
+            .cloned();
+        if let Some(kind) = known {
+            return Ok(kind);
+        }
+        let group = match oneshot::group(&self.client, &group_kind.group).await {
+            Ok(group) => group,
+            Err(error) => {
+                let failure = describe(&error);
+                let unserved = failure.is(404) || matches!(error, kube::Error::Discovery(_));
+                return Err(if unserved {
+                    ResolveError::Unknown(format!("group {:?} is not served", group_kind.group))
+                } else {
+                    ResolveError::Unreachable(format!(
+                        "cannot reach the API server to look up {group_kind}: {}",
+                        failure.message
+                    ))
+                });
+            }
+        };
+        let Some((resource, _)) = group.recommended_kind(&group_kind.kind) else {
+            return Err(ResolveError::Unknown(format!("{group_kind} is not served")));
+        };
+        let kind = KindRef {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+        };
+        self.resolve(&kind, false).await?;
+        Ok(kind)
+    }
+
     /// Whether `namespace` holds objects that are not this environment's (checked on the
     /// types the environment uses and the common built-in ones).
     async fn namespace_has_foreign_objects(&self, namespace: &str) -> Result<bool, String> {
@@ -393,13 +532,14 @@ impl KubernetesTarget {
             let api = self.api(&resolved, Some(namespace));
             let everything = ListParams::default();
             let list = self
-                .call(|| api.list(&everything))
+                .call(|| api.list_metadata(&everything))
                 .await
-                .map_err(|(_, message)| message)?;
+                .map_err(|failure| failure.message)?;
             let foreign = list.items.iter().any(|item| {
                 let labels = item.metadata.labels.clone().unwrap_or_default();
-                let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGER)
-                    && labels.get(LABEL_ENVIRONMENT) == Some(&self.environment);
+                // Members of this applyset, and its parent.
+                let ours = labels.get(LABEL_PART_OF) == Some(&self.id)
+                    || labels.get(LABEL_ID) == Some(&self.id);
                 // Objects a controller made (pods of our Deployments) go with their owner;
                 // the CA bundle and default account Kubernetes puts in every namespace are
                 // nobody's work.
@@ -420,6 +560,141 @@ impl KubernetesTarget {
         }
         Ok(false)
     }
+
+    /// The live parent, read once and then kept as this target last wrote it.
+    async fn parent_state(&self) -> Result<Option<ParentState>, TargetError> {
+        if let Some(live) = &self.lock_parent().live {
+            return Ok(live.clone());
+        }
+        self.read_parent().await
+    }
+
+    /// Reads the live parent afresh.
+    async fn read_parent(&self) -> Result<Option<ParentState>, TargetError> {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.parent.namespace,
+            &ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+        );
+        let live = self
+            .call(|| api.get_opt(&self.parent.name))
+            .await
+            .map_err(|failure| TargetError::List {
+                location: self.parent.to_string(),
+                message: failure.message,
+            })?;
+        let state = live
+            .map(|object| serde_json::to_value(&object).map(|body| ParentState::from_body(&body)))
+            .transpose()
+            .map_err(|e| TargetError::List {
+                location: self.parent.to_string(),
+                message: e.to_string(),
+            })?;
+        self.lock_parent().live = Some(state.clone());
+        Ok(state)
+    }
+
+    fn lock_parent(&self) -> std::sync::MutexGuard<'_, ParentCache> {
+        self.parent_cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses a parent another source or tool holds, unless `adopt` is set.
+    fn check_holder(&self, parent: Option<&ParentState>) -> Result<(), TargetError> {
+        match applyset::holder(parent, &self.owner.source) {
+            Holder::Nobody | Holder::Us => Ok(()),
+            Holder::Other(_) if self.settings.adopt => {
+                tracing::warn!(parent = %self.parent, "adopting an applyset parent another owner held (adopt = true)");
+                Ok(())
+            }
+            Holder::Other(owner) => Err(TargetError::Ownership {
+                message: format!(
+                    "{} is held by {owner}; environment {} of {} will not write to it or prune its members (set adopt = true on the target to take it over)",
+                    self.parent, self.environment, self.owner.source
+                ),
+            }),
+        }
+    }
+
+    /// Writes the parent so it records `record` (exactly).
+    async fn write_parent(&self, record: &Record) -> Result<(), TargetError> {
+        let body = applyset::parent_body(&self.parent, &self.owner, record);
+        let object: DynamicObject =
+            serde_json::from_value(body.clone()).map_err(|e| TargetError::Ownership {
+                message: format!("{}: {e}", self.parent),
+            })?;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.parent.namespace,
+            &ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+        );
+        let params = PatchParams::apply(&self.field_manager).force();
+        let patch = Patch::Apply(&object);
+        self.call(|| api.patch(&self.parent.name, &params, &patch))
+            .await
+            .map_err(|failure| TargetError::Object {
+                operation: "record ownership in",
+                object: self.parent.to_string(),
+                message: if failure.is(404) {
+                    format!(
+                        "{}; create namespace {:?} or set applyset_namespace on the target",
+                        failure.message, self.parent.namespace
+                    )
+                } else {
+                    failure.message
+                },
+            })?;
+        self.lock_parent().live = Some(Some(ParentState::from_body(&body)));
+        Ok(())
+    }
+
+    /// Makes sure the parent records the type and namespace of `key` before it is applied, so
+    /// a later pass that no longer wants it still finds it to prune.
+    async fn record_member(&self, key: &ResourceKey) -> Result<(), TargetError> {
+        let _writing = self.parent_writes.lock().await;
+        let parent = self.parent_state().await?;
+        self.check_holder(parent.as_ref())?;
+        let current = parent.unwrap_or_default();
+        if record_of([key]).is_covered_by(&current, &self.parent) {
+            return Ok(());
+        }
+        let announced = std::mem::take(&mut self.lock_parent().announced);
+        let mut wanted = record_of([key]).union(&current);
+        wanted.group_kinds.extend(announced.group_kinds);
+        wanted.namespaces.extend(announced.namespaces);
+        self.write_parent(&wanted).await
+    }
+
+    /// Who holds an applyset, for refusals: its parent's source or tooling when found.
+    async fn describe_applyset(&self, id: &str) -> String {
+        let api: Api<DynamicObject> = Api::all_with(
+            self.client.clone(),
+            &ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+        );
+        let params = ListParams::default().labels(&format!("{LABEL_ID}={id}"));
+        let Ok(found) = self.call(|| api.list_metadata(&params)).await else {
+            return format!("applyset {id}");
+        };
+        match found.items.first() {
+            Some(parent) => {
+                let annotations = parent.metadata.annotations.clone().unwrap_or_default();
+                let who = annotations
+                    .get(applyset::ANNOTATION_SOURCE)
+                    .map(|source| format!("gitopsd source {source}"))
+                    .or_else(|| {
+                        annotations
+                            .get(applyset::ANNOTATION_TOOLING)
+                            .map(|tool| format!("tool {tool}"))
+                    })
+                    .unwrap_or_else(|| "an unknown tool".into());
+                format!(
+                    "applyset {id} (parent ConfigMap {}/{}, {who})",
+                    parent.metadata.namespace.clone().unwrap_or_default(),
+                    parent.metadata.name.clone().unwrap_or_default()
+                )
+            }
+            None => format!("applyset {id}"),
+        }
+    }
 }
 
 fn object_error(operation: &'static str, key: &ResourceKey, message: String) -> TargetError {
@@ -432,9 +707,33 @@ fn object_error(operation: &'static str, key: &ResourceKey, message: String) -> 
 
 impl Target for KubernetesTarget {
     async fn list(&self, kinds: &BTreeSet<KindRef>) -> Result<Vec<Object>, TargetError> {
+        // A pass starts from the parent as it is now: another writer may have changed it.
+        let parent = self.read_parent().await?;
+        self.check_holder(parent.as_ref())?;
+        let mut types: BTreeSet<KindRef> = kinds.clone();
+        for group_kind in parent.iter().flat_map(|parent| &parent.group_kinds) {
+            if types.iter().any(|kind| GroupKind::of(kind) == *group_kind) {
+                continue;
+            }
+            match self.resolve_group_kind(group_kind).await {
+                Ok(kind) => {
+                    types.insert(kind);
+                }
+                Err(ResolveError::Unknown(message)) => {
+                    tracing::warn!(%group_kind, %message, "the applyset records a type the API server no longer serves; skipping it");
+                }
+                Err(ResolveError::Unreachable(message)) => {
+                    return Err(TargetError::List {
+                        location: group_kind.to_string(),
+                        message,
+                    });
+                }
+            }
+        }
         let selector = self.selector();
         let mut objects = Vec::new();
-        for kind in kinds {
+        let mut listed = BTreeSet::new();
+        for kind in &types {
             let resolved = match self.resolve(kind, false).await {
                 Ok(resolved) => resolved,
                 Err(ResolveError::Unknown(message)) => {
@@ -449,15 +748,19 @@ impl Target for KubernetesTarget {
                     });
                 }
             };
+            // Two versions of one type list the same objects.
+            if !listed.insert(GroupKind::of(kind)) {
+                continue;
+            }
             let api = self.api(&resolved, None);
             let params = ListParams::default().labels(&selector);
-            let list = self
-                .call(|| api.list(&params))
-                .await
-                .map_err(|(_, message)| TargetError::List {
-                    location: format!("{kind}"),
-                    message,
-                })?;
+            let list =
+                self.call(|| api.list(&params))
+                    .await
+                    .map_err(|failure| TargetError::List {
+                        location: format!("{kind}"),
+                        message: failure.message,
+                    })?;
             for item in list.items {
                 let mut body = serde_json::to_value(&item).map_err(|e| TargetError::List {
                     location: format!("{kind}"),
@@ -480,28 +783,45 @@ impl Target for KubernetesTarget {
         let kind = KindRef::of(body).ok_or_else(|| {
             object_error("apply", key, "the body has no apiVersion or kind".into())
         })?;
+        // The parent may live in a namespace the revision creates: Namespaces go first.
+        if !is_namespace(key) {
+            self.record_member(key).await?;
+        }
         let resolved = self
             .resolve(&kind, true)
             .await
             .map_err(|error| object_error("apply", key, error.to_string()))?;
-        let object: DynamicObject = serde_json::from_value(body.clone())
+        let object: DynamicObject = serde_json::from_value(with_membership(body, &self.id))
             .map_err(|e| object_error("apply", key, e.to_string()))?;
-        let mut params = PatchParams::apply(FIELD_MANAGER);
-        if self.settings.force_conflicts {
-            params = params.force();
-        }
         let api = self.api(&resolved, key.namespace.as_deref());
         let patch = Patch::Apply(&object);
-        self.call(|| api.patch(&key.name, &params, &patch))
-            .await
-            .map_err(|(_, message)| {
-                let hint = if message.starts_with("conflict") && !self.settings.force_conflicts {
-                    " (another field manager owns these fields; set force_conflicts = true to take them over)"
+        let gentle = PatchParams::apply(&self.field_manager);
+        let outcome = match self.call(|| api.patch(&key.name, &gentle, &patch)).await {
+            Err(failure) if failure.is(409) => {
+                // Never take fields from another environment; others only when allowed.
+                if let Some(other) = conflicting_environment(&failure.message, &self.field_manager)
+                {
+                    Err(format!(
+                        "{}; gitopsd environment {other:?} sets these fields too: two environments must not manage the same fields",
+                        failure.message
+                    ))
+                } else if self.settings.force_conflicts {
+                    let forced = gentle.clone().force();
+                    self.call(|| api.patch(&key.name, &forced, &patch))
+                        .await
+                        .map(|_| ())
+                        .map_err(|failure| failure.message)
                 } else {
-                    ""
-                };
-                object_error("apply", key, format!("{message}{hint}"))
-            })?;
+                    Err(format!(
+                        "{} (another field manager owns these fields; force_conflicts = true takes them over)",
+                        failure.message
+                    ))
+                }
+            }
+            Err(failure) => Err(failure.message),
+            Ok(_) => Ok(()),
+        };
+        outcome.map_err(|message| object_error("apply", key, message))?;
         if key.group == "apiextensions.k8s.io" && key.kind == "CustomResourceDefinition" {
             self.await_established(key, &api).await?;
         }
@@ -516,15 +836,15 @@ impl Target for KubernetesTarget {
             .resolve(&kind, false)
             .await
             .map_err(|error| object_error("dry-run", key, error.to_string()))?;
-        let object: DynamicObject = serde_json::from_value(body.clone())
+        let object: DynamicObject = serde_json::from_value(with_membership(body, &self.id))
             .map_err(|e| object_error("dry-run", key, e.to_string()))?;
-        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+        let params = PatchParams::apply(&self.field_manager).force().dry_run();
         let api = self.api(&resolved, key.namespace.as_deref());
         let patch = Patch::Apply(&object);
         let result = self
             .call(|| api.patch(&key.name, &params, &patch))
             .await
-            .map_err(|(_, message)| object_error("dry-run", key, message))?;
+            .map_err(|failure| object_error("dry-run", key, failure.message))?;
         let mut result = serde_json::to_value(&result)
             .map_err(|e| object_error("dry-run", key, e.to_string()))?;
         if let Some(map) = result.as_object_mut() {
@@ -539,10 +859,7 @@ impl Target for KubernetesTarget {
             .resolve_key(key)
             .await
             .map_err(|message| object_error("delete", key, message))?;
-        if key.group.is_empty()
-            && key.kind == "Namespace"
-            && !self.settings.delete_foreign_namespaces
-        {
+        if is_namespace(key) && !self.settings.delete_foreign_namespaces {
             let foreign = self
                 .namespace_has_foreign_objects(&key.name)
                 .await
@@ -559,8 +876,8 @@ impl Target for KubernetesTarget {
         let background = DeleteParams::background();
         match self.call(|| api.delete(&key.name, &background)).await {
             Ok(_) => Ok(()),
-            Err((_, message)) if message.starts_with("not found") => Ok(()),
-            Err((_, message)) => Err(object_error("delete", key, message)),
+            Err(failure) if failure.is(404) => Ok(()),
+            Err(failure) => Err(object_error("delete", key, failure.message)),
         }
     }
 
@@ -575,7 +892,7 @@ impl Target for KubernetesTarget {
             let live = self
                 .call(|| api.get_opt(&key.name))
                 .await
-                .map_err(|(_, message)| object_error("read", key, message))?;
+                .map_err(|failure| object_error("read", key, failure.message))?;
             let Some(live) = live else {
                 waiting.push(format!("{key}: not found"));
                 continue;
@@ -589,7 +906,216 @@ impl Target for KubernetesTarget {
         Ok(waiting)
     }
 
-    fn compares_by_hash(&self) -> bool {
-        true
+    fn compare(&self) -> Compare {
+        Compare::Subset
+    }
+
+    async fn scopes(&self, kinds: &BTreeSet<KindRef>) -> Result<Scopes, TargetError> {
+        let mut scopes = Scopes {
+            known: BTreeMap::new(),
+            reject_unknown: true,
+        };
+        for kind in kinds {
+            match self.resolve(kind, false).await {
+                Ok(resolved) => {
+                    let scope = if resolved.namespaced {
+                        manifest::Scope::Namespaced
+                    } else {
+                        manifest::Scope::Cluster
+                    };
+                    scopes.known.insert(
+                        (group_of(&kind.api_version).to_string(), kind.kind.clone()),
+                        scope,
+                    );
+                }
+                // Left to a CRD in the revision, or rejected.
+                Err(ResolveError::Unknown(_)) => {}
+                Err(ResolveError::Unreachable(message)) => {
+                    return Err(TargetError::List {
+                        location: format!("{kind}"),
+                        message,
+                    });
+                }
+            }
+        }
+        Ok(scopes)
+    }
+
+    async fn check_drift(
+        &self,
+        key: &ResourceKey,
+        body: &Value,
+        live: &Object,
+    ) -> Result<DriftCheck, TargetError> {
+        let version = live
+            .body
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let cleared_before = self
+            .cleared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|cleared| *cleared == version && !version.is_empty());
+        if cleared_before {
+            return Ok(DriftCheck::Cleared);
+        }
+        let Some(result) = self.dry_run(key, body).await? else {
+            return Ok(DriftCheck::Unchecked);
+        };
+        let now = crate::diff::normalize(&live.body);
+        let after = crate::diff::normalize(&result);
+        if now == after {
+            self.cleared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), version);
+            return Ok(DriftCheck::Cleared);
+        }
+        Ok(DriftCheck::Confirmed(crate::diff::differing_fields(
+            &now, &after,
+        )))
+    }
+
+    async fn foreign_owners(&self, keys: &[ResourceKey]) -> Result<Vec<ForeignOwner>, TargetError> {
+        if self.settings.adopt || keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One metadata LIST per type and namespace among the keys.
+        let mut groups: BTreeMap<(String, String, Option<String>), BTreeSet<&str>> =
+            BTreeMap::new();
+        for key in keys {
+            groups
+                .entry((key.group.clone(), key.kind.clone(), key.namespace.clone()))
+                .or_default()
+                .insert(&key.name);
+        }
+        let mut foreign = Vec::new();
+        for ((group, kind, namespace), names) in groups {
+            let group_kind = GroupKind { group, kind };
+            let kind_ref = match self.resolve_group_kind(&group_kind).await {
+                Ok(kind_ref) => kind_ref,
+                // Not served yet (a CRD in this revision): nothing of it can exist.
+                Err(ResolveError::Unknown(_)) => continue,
+                Err(ResolveError::Unreachable(message)) => {
+                    return Err(TargetError::List {
+                        location: group_kind.to_string(),
+                        message,
+                    });
+                }
+            };
+            let resolved =
+                self.resolve(&kind_ref, false)
+                    .await
+                    .map_err(|error| TargetError::List {
+                        location: group_kind.to_string(),
+                        message: error.to_string(),
+                    })?;
+            let api = self.api(&resolved, namespace.as_deref());
+            let everything = ListParams::default();
+            let list = self
+                .call(|| api.list_metadata(&everything))
+                .await
+                .map_err(|failure| TargetError::List {
+                    location: group_kind.to_string(),
+                    message: failure.message,
+                })?;
+            for item in list.items {
+                let Some(name) = item.metadata.name.as_deref() else {
+                    continue;
+                };
+                if !names.contains(name) {
+                    continue;
+                }
+                let labels = item.metadata.labels.clone().unwrap_or_default();
+                let owner = match labels.get(LABEL_PART_OF) {
+                    Some(id) if *id == self.id => None,
+                    Some(id) => Some(self.describe_applyset(id).await),
+                    // Applied by a gitopsd before applysets: this environment's are adopted.
+                    None => match (labels.get(LABEL_MANAGED_BY), labels.get(LABEL_ENVIRONMENT)) {
+                        (Some(manager), Some(environment))
+                            if manager == MANAGER && *environment != self.environment =>
+                        {
+                            Some(format!("gitopsd environment {environment:?}"))
+                        }
+                        _ => None,
+                    },
+                };
+                if let Some(owner) = owner {
+                    foreign.push(ForeignOwner {
+                        key: ResourceKey {
+                            group: group_kind.group.clone(),
+                            kind: group_kind.kind.clone(),
+                            namespace: namespace.clone(),
+                            name: name.to_string(),
+                        },
+                        owner,
+                    });
+                }
+            }
+        }
+        Ok(foreign)
+    }
+
+    fn announce(&self, keys: &[ResourceKey]) {
+        let announced = record_of(keys);
+        let mut cache = self.lock_parent();
+        cache.announced.group_kinds.extend(announced.group_kinds);
+        cache.announced.namespaces.extend(announced.namespaces);
+    }
+
+    async fn settle(&self, keys: &[ResourceKey]) -> Result<(), TargetError> {
+        let _writing = self.parent_writes.lock().await;
+        let parent = self.parent_state().await?;
+        self.check_holder(parent.as_ref())?;
+        self.lock_parent().announced = Record::default();
+        let record = record_of(keys);
+        if parent
+            .as_ref()
+            .is_some_and(|parent| record.is_recorded_by(parent, &self.parent))
+        {
+            return Ok(());
+        }
+        self.write_parent(&record).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_with_another_environment_names_it() {
+        let message = r#"conflict (409 Conflict): Apply failed with 2 conflicts: conflict with "gitopsd-production" using apps/v1: .spec.replicas; conflict with "kubectl-scale": .spec.replicas"#;
+        assert_eq!(
+            conflicting_environment(message, "gitopsd-staging"),
+            Some("production".into())
+        );
+        assert_eq!(
+            conflicting_environment(
+                r#"Apply failed with 1 conflict: conflict with "kubectl-scale" using apps/v1: .spec.replicas"#,
+                "gitopsd-staging"
+            ),
+            None
+        );
+        // The field manager before environments had their own is gitopsd's too.
+        assert_eq!(
+            conflicting_environment(
+                r#"conflict with "gitopsd" using v1: .data.a"#,
+                "gitopsd-staging"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn members_are_labelled_with_the_applyset_id() {
+        let body = serde_json::json!({"metadata": {"name": "a"}});
+        assert_eq!(
+            with_membership(&body, "applyset-x-v1")["metadata"]["labels"][LABEL_PART_OF],
+            "applyset-x-v1"
+        );
     }
 }

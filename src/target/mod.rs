@@ -1,16 +1,18 @@
 //! Where live state lives: the `Target` trait and its backends.
 
+pub mod applyset;
 pub mod directory;
 pub mod kubernetes;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 
 use serde_json::Value;
 use thiserror::Error;
 
-use std::collections::BTreeSet;
-
+use crate::manifest::Scopes;
 use crate::model::{KindRef, Object, ResourceKey};
+use crate::plan::Compare;
 
 pub use directory::DirectoryTarget;
 pub use kubernetes::{KubernetesSettings, KubernetesTarget};
@@ -25,6 +27,28 @@ pub enum TargetError {
     },
     #[error("cannot list live objects in {location}: {message}")]
     List { location: String, message: String },
+    /// Another owner holds what this environment would write; nothing was written.
+    #[error("refused: {message}")]
+    Ownership { message: String },
+}
+
+/// What a server made of a suspected drift.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriftCheck {
+    /// No server to ask: the suspicion stands as found.
+    Unchecked,
+    /// Applying would change nothing (a default or a value the server rewrites misled it).
+    Cleared,
+    /// Applying would change these field paths.
+    Confirmed(Vec<String>),
+}
+
+/// A live object at a key the environment is about to create, held by another owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignOwner {
+    pub key: ResourceKey,
+    /// Who holds it, in words an operator can act on.
+    pub owner: String,
 }
 
 /// A place objects are applied to. Implementations only ever list, change and delete objects
@@ -44,10 +68,43 @@ pub trait Target: Send + Sync {
     ) -> impl Future<Output = Result<Option<Value>, TargetError>> + Send {
         async { Ok(None) }
     }
-    /// True when live objects carry server-side defaults, so "unchanged" is decided by the
-    /// `gitopsd.io/hash` annotation rather than by comparing bodies.
-    fn compares_by_hash(&self) -> bool {
-        false
+    /// How desired and live bodies are compared.
+    fn compare(&self) -> Compare {
+        Compare::Content
+    }
+    /// Where the given types live (namespaced or cluster-scoped).
+    fn scopes(
+        &self,
+        _kinds: &BTreeSet<KindRef>,
+    ) -> impl Future<Output = Result<Scopes, TargetError>> + Send {
+        async { Ok(Scopes::offline()) }
+    }
+    /// Asks the target whether applying `body` over `live` would change anything.
+    fn check_drift(
+        &self,
+        _key: &ResourceKey,
+        _body: &Value,
+        _live: &Object,
+    ) -> impl Future<Output = Result<DriftCheck, TargetError>> + Send {
+        async { Ok(DriftCheck::Unchecked) }
+    }
+    /// Of `keys` (objects about to be created), those that already live under another owner.
+    fn foreign_owners(
+        &self,
+        _keys: &[ResourceKey],
+    ) -> impl Future<Output = Result<Vec<ForeignOwner>, TargetError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+    /// Tells the target which objects the writes about to start will apply, so an ownership
+    /// record is written once for all of them rather than once per new type.
+    fn announce(&self, _keys: &[ResourceKey]) {}
+    /// Records, once a pass has written everything, that the environment owns exactly the
+    /// objects at `keys` (their types and namespaces).
+    fn settle(
+        &self,
+        _keys: &[ResourceKey],
+    ) -> impl Future<Output = Result<(), TargetError>> + Send {
+        async { Ok(()) }
     }
     /// Creates or replaces an object with `body` (already stamped with ownership marks).
     fn apply(
@@ -72,18 +129,25 @@ pub enum AnyTarget {
 }
 
 impl AnyTarget {
-    /// Opens the configured target (for Kubernetes: builds its client).
-    pub async fn open(
-        target: &crate::config::TargetConfig,
-        environment: &str,
-    ) -> Result<Self, TargetError> {
-        Ok(match target {
+    /// Opens the target `environment` is configured with (for Kubernetes: builds its client).
+    pub async fn open(environment: &crate::config::EnvironmentConfig) -> Result<Self, TargetError> {
+        Ok(match &environment.target {
             crate::config::TargetConfig::Directory { path } => {
-                AnyTarget::Directory(DirectoryTarget::new(path, environment))
+                AnyTarget::Directory(DirectoryTarget::new(path, &environment.name))
             }
-            crate::config::TargetConfig::Kubernetes(settings) => AnyTarget::Kubernetes(Box::new(
-                KubernetesTarget::connect(environment, settings.clone()).await?,
-            )),
+            crate::config::TargetConfig::Kubernetes(settings) => {
+                let owner = applyset::Owner {
+                    environment: environment.name.clone(),
+                    source: environment.source.clone(),
+                };
+                let parent_namespace = settings
+                    .applyset_namespace
+                    .clone()
+                    .unwrap_or_else(|| environment.namespace.clone());
+                AnyTarget::Kubernetes(Box::new(
+                    KubernetesTarget::connect(owner, &parent_namespace, settings.clone()).await?,
+                ))
+            }
         })
     }
 }
@@ -124,10 +188,50 @@ impl Target for AnyTarget {
         }
     }
 
-    fn compares_by_hash(&self) -> bool {
+    fn compare(&self) -> Compare {
         match self {
-            AnyTarget::Directory(target) => target.compares_by_hash(),
-            AnyTarget::Kubernetes(target) => target.compares_by_hash(),
+            AnyTarget::Directory(target) => target.compare(),
+            AnyTarget::Kubernetes(target) => target.compare(),
+        }
+    }
+
+    async fn scopes(&self, kinds: &BTreeSet<KindRef>) -> Result<Scopes, TargetError> {
+        match self {
+            AnyTarget::Directory(target) => target.scopes(kinds).await,
+            AnyTarget::Kubernetes(target) => target.scopes(kinds).await,
+        }
+    }
+
+    async fn check_drift(
+        &self,
+        key: &ResourceKey,
+        body: &Value,
+        live: &Object,
+    ) -> Result<DriftCheck, TargetError> {
+        match self {
+            AnyTarget::Directory(target) => target.check_drift(key, body, live).await,
+            AnyTarget::Kubernetes(target) => target.check_drift(key, body, live).await,
+        }
+    }
+
+    async fn foreign_owners(&self, keys: &[ResourceKey]) -> Result<Vec<ForeignOwner>, TargetError> {
+        match self {
+            AnyTarget::Directory(target) => target.foreign_owners(keys).await,
+            AnyTarget::Kubernetes(target) => target.foreign_owners(keys).await,
+        }
+    }
+
+    fn announce(&self, keys: &[ResourceKey]) {
+        match self {
+            AnyTarget::Directory(target) => target.announce(keys),
+            AnyTarget::Kubernetes(target) => target.announce(keys),
+        }
+    }
+
+    async fn settle(&self, keys: &[ResourceKey]) -> Result<(), TargetError> {
+        match self {
+            AnyTarget::Directory(target) => target.settle(keys).await,
+            AnyTarget::Kubernetes(target) => target.settle(keys).await,
         }
     }
 }

@@ -129,6 +129,14 @@ namespace = "shop"
         fs::write(&self.config, config.replacen(from, to, 1)).expect("write config");
     }
 
+    /// Lets a revision empty the staging environment (`allow_empty = true`).
+    pub fn allow_empty_staging(&self) {
+        self.edit_config(
+            "path = \"environments/staging\"\n",
+            "path = \"environments/staging\"\nallow_empty = true\n",
+        );
+    }
+
     /// Adds lines to the `[repo]` table.
     pub fn add_repo_keys(&self, lines: &str) {
         self.edit_config(

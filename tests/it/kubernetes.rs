@@ -62,8 +62,25 @@ fn apply_then_a_no_op_pass_sends_no_patch_and_lists_once_per_type() {
         "gitopsd"
     );
     assert_eq!(
-        deployment["metadata"]["managedFields"][0]["manager"],
-        "gitopsd"
+        deployment["metadata"]["managedFields"][0]["manager"], "gitopsd-staging",
+        "each environment applies as its own field manager"
+    );
+    assert!(
+        deployment["metadata"]["labels"]["applyset.kubernetes.io/part-of"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("applyset-")),
+        "{deployment}"
+    );
+    let parent = server
+        .get("", "configmaps", Some("shop"), "gitopsd-staging")
+        .expect("the applyset parent is created in the environment's namespace");
+    assert_eq!(
+        parent["metadata"]["annotations"]["applyset.kubernetes.io/contains-group-kinds"],
+        "ConfigMap,Deployment.apps,Namespace,Service"
+    );
+    assert_eq!(
+        parent["metadata"]["labels"]["applyset.kubernetes.io/id"],
+        deployment["metadata"]["labels"]["applyset.kubernetes.io/part-of"]
     );
     assert!(server.get("", "namespaces", None, "shop").is_some());
 
@@ -82,7 +99,12 @@ fn apply_then_a_no_op_pass_sends_no_patch_and_lists_once_per_type() {
             "one LIST of {plural}"
         );
     }
-    assert_eq!(server.count_method("GET"), 0, "never a GET per object");
+    assert_eq!(
+        server.count_method("GET"),
+        1,
+        "one GET, of the applyset parent; never a GET per object"
+    );
+    assert_eq!(server.count("GET configmaps"), 1);
 
     // Server defaults do not show up as changes in a diff against live.
     let diff = workspace.run(&["diff", "--env", "staging"]);
@@ -111,7 +133,7 @@ fn prune_deletes_only_owned_objects() {
     assert_exit(&workspace.run(&["run", "--once"]), 0);
     let mut names = server.names("", "configmaps");
     names.sort();
-    assert_eq!(names, ["handmade", "settings"]);
+    assert_eq!(names, ["gitopsd-staging", "handmade", "settings"]);
 }
 
 #[test]
@@ -137,8 +159,8 @@ fn a_crd_and_its_custom_resources_in_one_revision() {
 }
 
 #[test]
-fn a_conflict_is_reported_and_force_takes_over() {
-    let (workspace, server) = on_stand_in("");
+fn a_conflict_is_reported_without_force_and_force_takes_over() {
+    let (workspace, server) = on_stand_in(", force_conflicts = false");
     server.put(
         "",
         "configmaps",
@@ -155,12 +177,13 @@ fn a_conflict_is_reported_and_force_takes_over() {
         errors.contains("ConfigMap shop/settings: conflict (409"),
         "{errors}"
     );
-    assert!(errors.contains("set force_conflicts = true"), "{errors}");
-
-    workspace.edit_config(
-        "context = \"stand-in\" }",
-        "context = \"stand-in\", force_conflicts = true }",
+    assert!(
+        errors.contains("force_conflicts = true takes them over"),
+        "{errors}"
     );
+
+    // Git is the source of truth by default.
+    workspace.edit_config(", force_conflicts = false", "");
     // The failed revision is held; the next commit rolls out with force.
     workspace.repo.write(
         "environments/staging/note.yaml",
@@ -184,8 +207,8 @@ fn server_errors_are_retried() {
     assert_exit(&output, 0);
     assert_eq!(
         server.count("PATCH configmaps"),
-        3,
-        "two 503s, then success"
+        4,
+        "two 503s, then success (and one write of the applyset parent)"
     );
 }
 
@@ -200,8 +223,9 @@ fn an_unknown_kind_is_reported_clearly() {
     let output = workspace.run(&["run", "--once"]);
     assert_exit(&output, 1);
     assert!(
-        stderr(&output)
-            .contains("Gizmo.nope.example.com shop/g: unknown kind nope.example.com/v1 Gizmo"),
+        stderr(&output).contains(
+            "environments/staging/gizmo.yaml: document 1 (line 1): Gizmo g: unknown type nope.example.com/v1 Gizmo: the API server does not serve it"
+        ),
         "{}",
         stderr(&output)
     );
@@ -242,6 +266,7 @@ fn an_image_change_rolls_out_through_a_canary_on_the_api() {
 #[test]
 fn a_namespace_holding_foreign_objects_is_not_deleted() {
     let (workspace, server) = on_stand_in("");
+    workspace.allow_empty_staging();
     deploy_app(&workspace);
     server.put(
         "",
@@ -297,12 +322,16 @@ fn a_no_op_pass_over_a_thousand_objects_lists_once_and_patches_nothing() {
     }
     workspace.repo.commit("a thousand config maps");
     assert_exit(&workspace.run(&["run", "--once"]), 0);
-    assert_eq!(server.names("", "configmaps").len(), 1000);
+    assert_eq!(
+        server.names("", "configmaps").len(),
+        1001,
+        "a thousand and the applyset parent"
+    );
     server.reset_counts();
     assert_exit(&workspace.run(&["run", "--once"]), 0);
     assert_eq!(server.count("LIST configmaps"), 1);
     assert_eq!(server.count_method("PATCH"), 0);
-    assert_eq!(server.count_method("GET"), 0);
+    assert_eq!(server.count_method("GET"), 1, "the applyset parent only");
 }
 
 #[test]
@@ -356,6 +385,7 @@ fn an_invalid_object_is_reported_by_name_and_the_half_applied_stage_too() {
 #[test]
 fn a_namespace_with_only_controller_made_objects_is_pruned() {
     let (workspace, server) = on_stand_in("");
+    workspace.allow_empty_staging();
     deploy_app(&workspace);
     // A pod of our Deployment, as its ReplicaSet would make it.
     server.put(
