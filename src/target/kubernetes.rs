@@ -647,6 +647,31 @@ impl KubernetesTarget {
         Ok(())
     }
 
+    /// Deletes the parent (when `exists`), once the environment owns nothing.
+    async fn delete_parent(&self, exists: bool) -> Result<(), TargetError> {
+        if exists {
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                self.client.clone(),
+                &self.parent.namespace,
+                &ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+            );
+            let background = DeleteParams::background();
+            match self.call(|| api.delete(&self.parent.name, &background)).await {
+                Ok(_) => {}
+                Err(failure) if failure.is(404) => {}
+                Err(failure) => {
+                    return Err(TargetError::Object {
+                        operation: "delete",
+                        object: self.parent.to_string(),
+                        message: failure.message,
+                    });
+                }
+            }
+        }
+        self.lock_parent().live = Some(None);
+        Ok(())
+    }
+
     /// Makes sure the parent records the type and namespace of `key` before it is applied, so
     /// a later pass that no longer wants it still finds it to prune.
     async fn record_member(&self, key: &ResourceKey) -> Result<(), TargetError> {
@@ -1072,6 +1097,10 @@ impl Target for KubernetesTarget {
         self.check_holder(parent.as_ref())?;
         self.lock_parent().announced = Record::default();
         let record = record_of(keys);
+        if record.group_kinds.is_empty() {
+            // Nothing owned is left: the parent goes too (its namespace may be going).
+            return self.delete_parent(parent.is_some()).await;
+        }
         if parent
             .as_ref()
             .is_some_and(|parent| record.is_recorded_by(parent, &self.parent))
