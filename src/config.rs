@@ -1063,12 +1063,51 @@ mod tests {
         assert_eq!(env.path, "environments/staging");
         assert_eq!(env.namespace, "default");
         assert!(env.prune);
+        assert!(
+            !env.allow_empty,
+            "an empty revision is refused unless allowed"
+        );
+        assert_eq!(
+            env.source, "/etc/gitopsd/deploy-repo#main:environments/staging",
+            "what ownership records name as the source"
+        );
         assert_eq!(
             env.target,
             TargetConfig::Directory {
                 path: PathBuf::from("/etc/gitopsd/live/staging")
             }
         );
+    }
+
+    #[test]
+    fn kubernetes_targets_force_by_default_and_take_ownership_keys() {
+        let config = parse(
+            r#"
+            [repo]
+            url = "https://git.example.com/ops.git"
+            [[environment]]
+            name = "staging"
+            path = "envs/staging"
+            allow_empty = true
+            target = { type = "kubernetes", context = "lab" }
+            [[environment]]
+            name = "production"
+            path = "envs/production"
+            target = { type = "kubernetes", force_conflicts = false, adopt = true, applyset_namespace = "gitopsd" }
+            "#,
+        )
+        .expect("valid");
+        let settings = |index: usize| match &config.environments[index].target {
+            TargetConfig::Kubernetes(settings) => settings.clone(),
+            other => panic!("not kubernetes: {other:?}"),
+        };
+        assert!(config.environments[0].allow_empty);
+        assert!(settings(0).force_conflicts, "git is the source of truth");
+        assert!(!settings(0).adopt);
+        assert_eq!(settings(0).applyset_namespace, None);
+        assert!(!settings(1).force_conflicts);
+        assert!(settings(1).adopt);
+        assert_eq!(settings(1).applyset_namespace.as_deref(), Some("gitopsd"));
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub struct ChangeReport {
     pub name: String,
     /// Unified diff of the normalized YAML; Secret values are redacted.
     pub diff: String,
+    /// For an update that puts back drift (the live object changed outside git since it was
+    /// applied): the field paths that no longer hold git's values.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
 }
 
 /// The rollout the change would get.
@@ -151,6 +155,7 @@ fn change_report(change: &Change) -> Result<ChangeReport, RenderError> {
         namespace: key.namespace.clone(),
         name: key.name.clone(),
         diff: diff::unified(&format!("a/{label}"), &format!("b/{label}"), &old, &new),
+        drift: change.drift().map(<[String]>::to_vec).unwrap_or_default(),
     })
 }
 
@@ -306,12 +311,18 @@ impl DiffReport {
                     Action::Update => "1;33",
                     Action::Delete => "1;31",
                 };
-                let header = format!(
+                let mut header = format!(
                     "{} {} {}",
                     change.action.sign(),
                     change.action.verb(),
                     change.object
                 );
+                if !change.drift.is_empty() {
+                    header.push_str(&format!(
+                        " (drift: changed outside git: {})",
+                        change.drift.join(", ")
+                    ));
+                }
                 writeln!(out, "{}", paint(colour, code, &header))?;
                 for line in change.diff.lines() {
                     match diff_line_colour(line) {

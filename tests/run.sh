@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, first installing what it needs from Debian's packages when it is
-# missing: git (repositories, `git daemon`), prometheus (the prometheus health check test) and
-# openssh-server (fetching over ssh from an sshd on 127.0.0.1), openssl (a test certificate for
-# fetching over https).
+# missing: git (repositories, `git daemon`), prometheus (the prometheus health check test),
+# openssh-server (fetching over ssh from an sshd on 127.0.0.1) and openssl (a test certificate
+# for fetching over https).
+#
+# Then the real-cluster suite (tests/it/e2e.rs) against a real Kubernetes control plane: the
+# cluster GITOPSD_E2E_KUBECONFIG names, or else a lab of its own started from
+# ../shared/k8s-lab (kube-apiserver and kube-controller-manager v1.28.7, etcd), in its own
+# LAB_DIR and on its own ports so a lab you run by hand is never touched, and purged at the
+# end, failed or not. GITOPSD_SKIP_E2E=1 skips that part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +27,24 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo test "$@"
+
+if [ "${GITOPSD_SKIP_E2E:-0}" = 1 ]; then
+  echo "tests/run.sh: GITOPSD_SKIP_E2E=1: the real-cluster suite did not run" >&2
+  exit 0
+fi
+
+lab=../shared/k8s-lab
+if [ -z "${GITOPSD_E2E_KUBECONFIG:-}" ]; then
+  if [ ! -x "$lab/up.sh" ]; then
+    echo "tests/run.sh: no $lab and no GITOPSD_E2E_KUBECONFIG: cannot run the real-cluster suite" >&2
+    exit 2
+  fi
+  export LAB_DIR=${TMPDIR:-/tmp}/gitopsd-test-lab-$$
+  export LAB_API_PORT=${LAB_API_PORT:-16443} LAB_ETCD_PORT=${LAB_ETCD_PORT:-12379}
+  export LAB_ETCD_PEER_PORT=${LAB_ETCD_PEER_PORT:-12380} LAB_KCM_PORT=${LAB_KCM_PORT:-20257}
+  trap '"$lab/down.sh" --purge >/dev/null 2>&1 || true' EXIT
+  "$lab/up.sh" >/dev/null
+  export GITOPSD_E2E_KUBECONFIG=$LAB_DIR/kubeconfig
+  export GITOPSD_TEST_KUBECTL=${GITOPSD_TEST_KUBECTL:-$LAB_DIR/bin/kubectl}
+fi
+cargo test --test it -- --ignored e2e

@@ -30,6 +30,8 @@ use crate::readiness::readiness;
 
 /// Prefix of every field manager gitopsd applies as; the environment's name follows.
 pub const FIELD_MANAGER_PREFIX: &str = "gitopsd-";
+/// The one field manager of gitopsd before environments had their own.
+const LEGACY_FIELD_MANAGER: &str = "gitopsd";
 /// Attempts for a request that failed with a 5xx, 429 or a transport error.
 const ATTEMPTS: u32 = 4;
 /// How long an applied CRD may take to become Established.
@@ -122,6 +124,9 @@ pub struct KubernetesTarget {
     parent_writes: tokio::sync::Mutex<()>,
     /// Objects a dry run showed to hold what git sets, by the resourceVersion then.
     cleared: Mutex<BTreeMap<ResourceKey, String>>,
+    /// Members whose managed fields still name [`LEGACY_FIELD_MANAGER`], with the merge patch
+    /// that drops it; sent when a pass settles.
+    legacy_managers: Mutex<BTreeMap<ResourceKey, (KindRef, Value)>>,
     /// Discovery results by type, and the last version seen per (group, kind) for deletes.
     discovery: Mutex<BTreeMap<KindRef, Resolved>>,
     by_group_kind: Mutex<BTreeMap<(String, String), KindRef>>,
@@ -228,6 +233,30 @@ fn with_membership(body: &Value, id: &str) -> Value {
     body
 }
 
+/// A merge patch that removes [`LEGACY_FIELD_MANAGER`]'s managed-fields entry from `body`,
+/// conditional on its resourceVersion; `None` when there is no such entry.
+fn without_legacy_manager(body: &Value) -> Option<Value> {
+    let entries = body.pointer("/metadata/managedFields")?.as_array()?;
+    let is_legacy = |entry: &Value| {
+        entry.get("manager").and_then(Value::as_str) == Some(LEGACY_FIELD_MANAGER)
+            && entry.get("operation").and_then(Value::as_str) == Some("Apply")
+    };
+    if !entries.iter().any(is_legacy) {
+        return None;
+    }
+    let kept: Vec<Value> = entries.iter().filter(|e| !is_legacy(e)).cloned().collect();
+    // An empty list would ask the server to keep managed fields as they are.
+    if kept.is_empty() {
+        return None;
+    }
+    Some(serde_json::json!({
+        "metadata": {
+            "resourceVersion": body.pointer("/metadata/resourceVersion")?,
+            "managedFields": kept,
+        }
+    }))
+}
+
 fn is_namespace(key: &ResourceKey) -> bool {
     key.group.is_empty() && key.kind == "Namespace"
 }
@@ -270,6 +299,7 @@ impl KubernetesTarget {
             parent_cache: Mutex::new(ParentCache::default()),
             parent_writes: tokio::sync::Mutex::new(()),
             cleared: Mutex::new(BTreeMap::new()),
+            legacy_managers: Mutex::new(BTreeMap::new()),
             requests: Semaphore::new(settings.concurrency.max(1)),
             settings,
             discovery: Mutex::new(BTreeMap::new()),
@@ -647,6 +677,38 @@ impl KubernetesTarget {
         Ok(())
     }
 
+    /// Drops the managed-fields entry of the field manager gitopsd used before environments
+    /// had their own, from members found with it: left there, it would keep alive every field
+    /// git later removes. Best effort: a member changed meanwhile is done on a later pass.
+    async fn forget_legacy_manager(&self, keys: &[ResourceKey]) {
+        let pending = std::mem::take(
+            &mut *self
+                .legacy_managers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let wanted: BTreeSet<&ResourceKey> = keys.iter().collect();
+        for (key, (kind, patch)) in pending {
+            if !wanted.contains(&key) {
+                continue;
+            }
+            let Ok(resolved) = self.resolve(&kind, false).await else {
+                continue;
+            };
+            let api = self.api(&resolved, key.namespace.as_deref());
+            let params = PatchParams::default();
+            let merge = Patch::Merge(&patch);
+            match self.call(|| api.patch(&key.name, &params, &merge)).await {
+                Ok(_) => {
+                    tracing::info!(object = %key, "dropped the field manager of gitopsd before per-environment managers");
+                }
+                Err(failure) => {
+                    tracing::debug!(object = %key, error = %failure.message, "legacy field manager left for a later pass");
+                }
+            }
+        }
+    }
+
     /// Deletes the parent (when `exists`), once the environment owns nothing.
     async fn delete_parent(&self, exists: bool) -> Result<(), TargetError> {
         if exists {
@@ -656,7 +718,10 @@ impl KubernetesTarget {
                 &ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
             );
             let background = DeleteParams::background();
-            match self.call(|| api.delete(&self.parent.name, &background)).await {
+            match self
+                .call(|| api.delete(&self.parent.name, &background))
+                .await
+            {
                 Ok(_) => {}
                 Err(failure) if failure.is(404) => {}
                 Err(failure) => {
@@ -797,6 +862,12 @@ impl Target for KubernetesTarget {
                     map.insert("kind".into(), Value::String(kind.kind.clone()));
                 }
                 if let Some(object) = Object::from_body(body) {
+                    if let Some(patch) = without_legacy_manager(&object.body) {
+                        self.legacy_managers
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(object.key.clone(), (kind.clone(), patch));
+                    }
                     objects.push(object);
                 }
             }
@@ -1097,6 +1168,7 @@ impl Target for KubernetesTarget {
         self.check_holder(parent.as_ref())?;
         self.lock_parent().announced = Record::default();
         let record = record_of(keys);
+        self.forget_legacy_manager(keys).await;
         if record.group_kinds.is_empty() {
             // Nothing owned is left: the parent goes too (its namespace may be going).
             return self.delete_parent(parent.is_some()).await;
@@ -1137,6 +1209,28 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn the_legacy_field_manager_is_dropped_and_the_rest_kept() {
+        let body = serde_json::json!({"metadata": {"resourceVersion": "42", "managedFields": [
+            {"manager": "gitopsd", "operation": "Apply"},
+            {"manager": "gitopsd-staging", "operation": "Apply"},
+            {"manager": "kube-controller-manager", "operation": "Update"}
+        ]}});
+        let patch = without_legacy_manager(&body).expect("a legacy entry is there");
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        let managers: Vec<&str> = patch["metadata"]["managedFields"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|entry| entry["manager"].as_str())
+            .collect();
+        assert_eq!(managers, ["gitopsd-staging", "kube-controller-manager"]);
+        let current = serde_json::json!({"metadata": {"managedFields": [
+            {"manager": "gitopsd-staging", "operation": "Apply"}
+        ]}});
+        assert_eq!(without_legacy_manager(&current), None);
     }
 
     #[test]

@@ -87,12 +87,24 @@ fn diff_against_live_shows_pending_changes() {
     let drift = workspace.run(&["diff", "--env", "staging"]);
     assert_exit(&drift, 1);
     assert!(
-        stdout(&drift).contains("~ update ConfigMap shop/extra"),
+        stdout(&drift)
+            .contains("~ update ConfigMap shop/extra (drift: changed outside git: data.a)"),
         "{}",
         stdout(&drift)
     );
     assert_exit(&workspace.run(&["run", "--once"]), 0);
     assert_eq!(std::fs::read_to_string(&file).expect("live file"), original);
+    let records = workspace.journal("staging");
+    let corrected: Vec<_> = records
+        .iter()
+        .filter_map(|record| match &record.event {
+            gitopsd::journal::Event::DriftCorrected { objects, .. } => Some(objects.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(corrected.len(), 1, "{records:?}");
+    assert_eq!(corrected[0][0].object, "ConfigMap shop/extra");
+    assert_eq!(corrected[0][0].fields, ["data.a"]);
 }
 
 /// A fixture with one of each: a create, an update, a delete, a Secret change, and a

@@ -13,6 +13,7 @@ mod kubernetes;
 mod prometheus;
 mod reconcile;
 mod rollout;
+mod scale;
 mod ssh;
 mod systemd;
 mod validate;
