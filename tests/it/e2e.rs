@@ -829,3 +829,42 @@ fn e2e_objects_applied_before_applysets_are_adopted_in_place() {
     let kept = cluster.get(Some(ns), "configmap/kept").expect("kept");
     assert!(kept["data"].get("B").is_none(), "{kept}");
 }
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_another_writer_does_not_block_the_next_canary() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("writer");
+    let ns = namespace.as_str();
+    let workspace = workspace_on(&cluster, ns, &rollout("[50, 100]"));
+    let commit = |version: &str| {
+        workspace.repo.write(
+            "environments/staging/app.yaml",
+            &app_yaml(ns, version, Some(2), false),
+        );
+        workspace.repo.commit(&format!("v{version}"))
+    };
+    commit("1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    // Someone scales by hand, then a new image is committed before any pass puts it back.
+    cluster.kubectl(&["-n", ns, "scale", "deployment/web", "--replicas=5"]);
+    let second = commit("2");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 0);
+    assert!(
+        stderr(&output).contains("canaries=[\"Deployment.apps"),
+        "{}",
+        stderr(&output)
+    );
+    let status = stdout(&workspace.run(&["status", "--env", "staging"]));
+    assert!(
+        status.contains(&format!("last healthy revision:  {}", &second[..12])),
+        "{status}"
+    );
+    let web = cluster.get(Some(ns), "deployment/web").expect("web");
+    assert_eq!(web["spec"]["replicas"], 2, "git sets the replicas");
+    assert_eq!(
+        web["spec"]["template"]["metadata"]["annotations"]["release"],
+        "2"
+    );
+}
