@@ -2,6 +2,9 @@
 //! `git diff A B` of the same revisions, measured in the same run (wall time and peak RSS).
 //! Run with `benches/run.sh` (or `cargo bench --bench diff_revisions`).
 
+mod support;
+use support::git;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,22 +12,6 @@ use std::time::{Duration, Instant};
 const OBJECTS: usize = 2000;
 const FILES: usize = 20;
 const RUNS: usize = 7;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
-        .output()
-        .expect("git runs");
-    assert!(output.status.success(), "git {args:?} failed");
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
 
 /// One object of the fixture; `version` changes its content.
 fn object(index: usize, version: u32) -> String {

@@ -2,6 +2,9 @@
 //! in-repo API server stand-in: wall time and the requests it sends (one LIST per type, no
 //! PATCH). Run with `benches/run.sh` (or `cargo bench --bench kube_noop`).
 
+mod support;
+use support::git;
+
 #[path = "../tests/it/apiserver.rs"]
 #[allow(dead_code)]
 mod apiserver;
@@ -11,21 +14,6 @@ use std::time::{Duration, Instant};
 
 const OBJECTS: usize = 1000;
 const RUNS: usize = 5;
-
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let status = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
-        .status()
-        .expect("git runs");
-    assert!(status.success(), "git {args:?}");
-}
 
 fn main() {
     let server = apiserver::ApiServerStandIn::start();

@@ -5,29 +5,17 @@
 //! the PATH); `benches/run.sh` starts a k8s-lab for it. Without the variable it says so and
 //! measures nothing.
 
+mod support;
+use support::git;
+
 #[path = "../tests/it/scale.rs"]
 mod scale;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 5;
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
-        .status()
-        .expect("git runs");
-    assert!(status.success(), "git {args:?}");
-}
 
 /// Runs `command` under `/usr/bin/time`: wall time, peak RSS in KiB, exit code.
 fn measure(command: &mut Command) -> (Duration, u64, i32) {

@@ -229,6 +229,23 @@ fn app_yaml(namespace: &str, version: &str, replicas: Option<u32>, extra: bool) 
     text
 }
 
+/// Commits [`app_yaml`] at `version` to staging and runs a pass that must succeed.
+fn deploy(
+    workspace: &Workspace,
+    namespace: &str,
+    version: &str,
+    replicas: Option<u32>,
+    extra: bool,
+) -> String {
+    workspace.repo.write(
+        "environments/staging/app.yaml",
+        &app_yaml(namespace, version, replicas, extra),
+    );
+    let commit = workspace.repo.commit(&format!("v{version}"));
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    commit
+}
+
 fn events<'a>(records: &'a [gitopsd::journal::Record], name: &str) -> Vec<&'a Event> {
     records
         .iter()
@@ -324,12 +341,7 @@ fn e2e_drift_from_kubectl_is_put_back_and_fields_git_omits_are_left_alone() {
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("drift");
     let workspace = workspace_on(&cluster, &namespace, &rollout("[100]"));
-    workspace.repo.write(
-        "environments/staging/app.yaml",
-        &app_yaml(&namespace, "1", Some(2), false),
-    );
-    workspace.repo.commit("v1");
-    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    deploy(&workspace, &namespace, "1", Some(2), false);
 
     // An operator edits what git sets, and adds what git does not.
     let ns = namespace.as_str();
@@ -499,12 +511,7 @@ fn e2e_a_wiped_state_dir_deletes_and_recreates_nothing() {
     let namespace = cluster.namespace("wiped");
     let ns = namespace.as_str();
     let workspace = workspace_on(&cluster, ns, &rollout("[100]"));
-    workspace.repo.write(
-        "environments/staging/app.yaml",
-        &app_yaml(ns, "1", Some(1), true),
-    );
-    workspace.repo.commit("v1");
-    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    deploy(&workspace, ns, "1", Some(1), true);
     let objects = [
         "configmap/web-config",
         "configmap/extra",
@@ -600,12 +607,7 @@ fn e2e_an_empty_revision_is_refused_unless_allowed() {
     let namespace = cluster.namespace("empty");
     let ns = namespace.as_str();
     let workspace = workspace_on(&cluster, ns, &rollout("[100]"));
-    workspace.repo.write(
-        "environments/staging/app.yaml",
-        &app_yaml(ns, "1", Some(1), true),
-    );
-    workspace.repo.commit("v1");
-    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    deploy(&workspace, ns, "1", Some(1), true);
     let uid = cluster.uid(Some(ns), "configmap/extra");
 
     workspace.repo.remove("environments/staging/app.yaml");
