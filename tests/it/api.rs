@@ -314,3 +314,36 @@ fn a_closed_window_holds_changes() {
     assert_eq!(live_replicas(&workspace, "staging"), "");
     assert_eq!(live_replicas(&workspace, "production"), "replicas: 1");
 }
+
+#[test]
+fn drift_put_back_by_the_daemon_is_counted_in_metrics() {
+    let workspace = Workspace::new();
+    let address = with_api(&workspace, "", "");
+    workspace.edit_config("poll_interval = \"1h\"", "poll_interval = \"1s\"");
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("initial");
+    let _daemon = start(&workspace, &address);
+    let live = workspace
+        .live("staging")
+        .join("shop/Deployment.apps/web.yaml");
+    assert!(wait_for(Duration::from_secs(20), || live.is_file()));
+    let metrics = || {
+        http_request(&address, "GET", "/metrics", &[], "")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+    let drift_line = |text: &str| {
+        text.lines()
+            .find(|line| line.starts_with("gitopsd_drift_total{environment=\"staging\"}"))
+            .map(str::to_string)
+    };
+
+    let text = std::fs::read_to_string(&live).expect("live file");
+    std::fs::write(&live, text.replace("replicas: 1", "replicas: 7")).expect("edit live file");
+    let counted = wait_for(Duration::from_secs(20), || {
+        drift_line(&metrics()).is_some_and(|line| line.ends_with(" 1"))
+    });
+    assert!(counted, "{}", metrics());
+    assert_eq!(live_replicas(&workspace, "staging"), "replicas: 1");
+}

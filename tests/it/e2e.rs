@@ -502,6 +502,33 @@ fn e2e_two_installs_with_one_environment_name_never_prune_each_other() {
     );
     let a = cluster.get(Some(&first_ns), "configmap/a").expect("a");
     assert!(a.get("data").is_none(), "nothing was written: {a}");
+
+    // `adopt = true` takes it over; then the first install is the one refused.
+    second.edit_config(
+        &format!("kubeconfig = \"{}\" }}", cluster.kubeconfig.display()),
+        &format!(
+            "kubeconfig = \"{}\", adopt = true }}",
+            cluster.kubeconfig.display()
+        ),
+    );
+    assert_exit(&second.run(&["run", "--once"]), 0);
+    let a = cluster.get(Some(&first_ns), "configmap/a").expect("a");
+    assert_eq!(a["data"]["taken"], "yes");
+    let second_parent = cluster
+        .get(Some(&second_ns), "configmap/gitopsd-staging")
+        .expect("second parent");
+    assert_eq!(
+        a["metadata"]["labels"]["applyset.kubernetes.io/part-of"],
+        second_parent["metadata"]["labels"]["applyset.kubernetes.io/id"]
+    );
+    let output = first.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    let second_source = format!("{}#main:environments/staging", second.repo.dir.display());
+    assert!(
+        stderr(&output).contains(&second_source),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
