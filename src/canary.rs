@@ -60,10 +60,13 @@ impl RolloutSpec {
     }
 }
 
-/// Objects to write and delete for one step.
+/// Objects to write and delete for one step, capacity first: `apply` adds capacity (canaries,
+/// config copies, promoted stables) and must be ready before `shrink` (stables scaled down)
+/// and `delete` (canaries at promotion, deferred deletions) take any away.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepObjects {
     pub apply: Vec<Desired>,
+    pub shrink: Vec<Desired>,
     pub delete: Vec<ResourceKey>,
 }
 
@@ -313,10 +316,11 @@ fn canary_deployment(unit: &CanaryUnit, replicas: u32) -> Desired {
     Desired::from_body(key, body)
 }
 
-/// Objects for a canary step (weight below 100): canary Deployments, config copies, and stable
-/// Deployments scaled down to make room.
+/// Objects for a canary step (weight below 100): canary Deployments and config copies, then
+/// stable Deployments scaled down to make room once the canary is ready.
 pub fn canary_step(spec: &RolloutSpec, weight: u8) -> StepObjects {
     let mut apply = Vec::new();
+    let mut shrink = Vec::new();
     for config in &spec.held {
         let key = canary_key(&config.key);
         apply.push(Desired::from_body(
@@ -329,12 +333,13 @@ pub fn canary_step(spec: &RolloutSpec, weight: u8) -> StepObjects {
         if unit.scales_stable {
             let mut stable = unit.stable_base.clone();
             set_replicas(&mut stable, unit.replicas.saturating_sub(canary));
-            apply.push(Desired::from_body(unit.desired.key.clone(), stable));
+            shrink.push(Desired::from_body(unit.desired.key.clone(), stable));
         }
         apply.push(canary_deployment(unit, canary));
     }
     StepObjects {
         apply,
+        shrink,
         delete: Vec::new(),
     }
 }
@@ -351,7 +356,11 @@ pub fn promotion(spec: &RolloutSpec) -> StepObjects {
         .collect();
     delete.extend(spec.held.iter().map(|config| canary_key(&config.key)));
     delete.extend(spec.deferred.iter().map(|change| change.key().clone()));
-    StepObjects { apply, delete }
+    StepObjects {
+        apply,
+        shrink: Vec::new(),
+        delete,
+    }
 }
 
 #[cfg(test)]
@@ -428,6 +437,7 @@ spec: {{selector: {{app: web}}}}
     fn find<'a>(step: &'a StepObjects, name: &str) -> &'a Desired {
         step.apply
             .iter()
+            .chain(&step.shrink)
             .find(|d| d.key.name == name)
             .unwrap_or_else(|| panic!("{name} is in the step"))
     }
@@ -450,6 +460,12 @@ spec: {{selector: {{app: web}}}}
         let step = canary_step(&spec, 10);
         let stable = find(&step, "web");
         let canary = find(&step, "web-canary");
+        assert_eq!(
+            (step.apply.len(), step.shrink.len()),
+            (1, 1),
+            "capacity first: the canary is added, and only then the stable scaled down"
+        );
+        assert_eq!(step.shrink[0].key.name, "web");
         assert_eq!(stable.body["spec"]["replicas"], 9);
         assert_eq!(
             stable.body["spec"]["template"]["spec"]["containers"][0]["image"],
@@ -507,7 +523,10 @@ spec: {{selector: {{app: web}}}}
         assert_eq!(spec.canaries.len(), 1);
         let step = canary_step(&spec, 20);
         assert!(
-            step.apply.iter().all(|d| d.key.name != "web"),
+            step.apply
+                .iter()
+                .chain(&step.shrink)
+                .all(|d| d.key.name != "web"),
             "the stable is not written: its size is not gitopsd's"
         );
         assert_eq!(find(&step, "web-canary").body["spec"]["replicas"], 1);

@@ -103,6 +103,12 @@ pub enum Command {
         #[arg(long)]
         env: String,
     },
+    /// Clear the held failure of the branch tip, so the running daemon rolls it out again
+    /// (after a fix outside git: a missing CRD installed, a quota raised).
+    Retry {
+        #[arg(long)]
+        env: String,
+    },
     /// Resume a paused environment, and lift a rollback pin.
     Resume {
         #[arg(long)]

@@ -478,6 +478,7 @@ pub enum ControlAction {
     Approve(String),
     Pause,
     Resume,
+    Retry,
     Rollback(String),
 }
 
@@ -487,6 +488,7 @@ impl ControlAction {
             ControlAction::Approve(_) => "approve",
             ControlAction::Pause => "pause",
             ControlAction::Resume => "resume",
+            ControlAction::Retry => "retry",
             ControlAction::Rollback(_) => "rollback",
         }
     }
@@ -495,7 +497,9 @@ impl ControlAction {
         match self {
             ControlAction::Approve(revision) => serde_json::json!({ "revision": revision }),
             ControlAction::Rollback(to) => serde_json::json!({ "to": to }),
-            ControlAction::Pause | ControlAction::Resume => serde_json::json!({}),
+            ControlAction::Pause | ControlAction::Resume | ControlAction::Retry => {
+                serde_json::json!({})
+            }
         }
     }
 }
@@ -518,7 +522,7 @@ pub enum ControlError {
     Refused { status: u16, message: String },
 }
 
-/// `gitopsd approve|pause|resume|rollback`: one POST to the running daemon's API.
+/// `gitopsd approve|pause|resume|retry|rollback`: one POST to the running daemon's API.
 pub async fn control(
     config: &Config,
     environment: &str,

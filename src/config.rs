@@ -132,6 +132,8 @@ pub struct RolloutConfig {
     pub verify: Duration,
     /// After a revert, commit the environment's folder back to the healthy revision and push.
     pub revert_commit: bool,
+    /// Restarts a container of a new pod may have before the step fails at once.
+    pub max_restarts: u32,
 }
 
 impl Default for RolloutConfig {
@@ -142,6 +144,7 @@ impl Default for RolloutConfig {
             timeout: Duration::from_secs(300),
             verify: Duration::ZERO,
             revert_commit: false,
+            max_restarts: 2,
         }
     }
 }
@@ -716,6 +719,13 @@ impl Checker {
         let revert_commit = self
             .boolean(&mut table, &key, "revert_commit")
             .unwrap_or(defaults.revert_commit);
+        let max_restarts = match self.unsigned(&mut table, &key, "max_restarts") {
+            Some(n) => u32::try_from(n).unwrap_or_else(|_| {
+                self.problem(join(&key, "max_restarts"), "is too large");
+                defaults.max_restarts
+            }),
+            None => defaults.max_restarts,
+        };
         self.no_more(table, &key);
         RolloutConfig {
             steps,
@@ -723,6 +733,7 @@ impl Checker {
             timeout,
             verify,
             revert_commit,
+            max_restarts,
         }
     }
 

@@ -603,6 +603,9 @@ async fn serve(
     }
 }
 
+/// The longest a blocked environment waits before it tries the cluster again.
+const MAX_BLOCKED_BACKOFF: Duration = Duration::from_secs(60);
+
 /// Wait before retrying the `failures`-th failed fetch in a row: 2 s doubling, at most 5 min.
 pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.clamp(1, 9)).min(MAX_BACKOFF)
@@ -632,10 +635,39 @@ fn describe(outcome: &Result<Outcome, ReconcileError>) -> String {
         Err(ReconcileError::RolledBack { revision, to, .. }) => {
             format!("reverted {} to {}", revision.short(), to.short())
         }
+        Err(error) if error.blocked_reason().is_some() => {
+            let mut text = error.blocked_reason().unwrap_or_default();
+            text.truncate(120);
+            format!("blocked: {text}")
+        }
         Err(error) => {
             let mut text = error.to_string();
             text.truncate(120);
             format!("failing: {text}")
+        }
+    }
+}
+
+/// Waits `wait` (beating the heartbeat) or until an operator wakes the environment; false
+/// when the process is stopping.
+async fn back_off(
+    wait: Duration,
+    wake: &Notify,
+    signals: &mut EnvironmentSignals,
+    heartbeat: &Heartbeat,
+) -> bool {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        heartbeat.beat();
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep((until - now).min(BEAT_INTERVAL)) => {}
+            _ = wake.notified() => return true,
+            _ = signals.shutdown.changed() => return false,
+            _ = signals.drain.changed() => return false,
         }
     }
 }
@@ -673,6 +705,7 @@ async fn environment_loop(
     );
     board.set(&name, "starting".into());
     let mut last_error = None;
+    let mut blocked_passes: u32 = 0;
     loop {
         tokio::select! {
             changed = tips.changed() => if changed.is_err() { break },
@@ -699,6 +732,18 @@ async fn environment_loop(
             .await;
         heartbeat.beat();
         board.set(&name, describe(&result));
+        // A blocked environment waits before trying again, longer each time, unless an
+        // operator wakes it.
+        blocked_passes = match &result {
+            Err(error) if error.blocked_reason().is_some() => blocked_passes + 1,
+            _ => 0,
+        };
+        if blocked_passes > 0 {
+            let wait = backoff(blocked_passes).min(MAX_BLOCKED_BACKOFF);
+            if !back_off(wait, &wake, &mut signals, &heartbeat).await {
+                break;
+            }
+        }
         match result {
             Ok(_) => last_error = None,
             Err(error) => {

@@ -19,11 +19,12 @@ use crate::metrics::Metrics;
 use crate::model::{ANNOTATION_HASH, ANNOTATION_REVISION, KindRef, Object, ResourceKey, Revision};
 use crate::plan::{self, Action, Change, Compare, Desired, Plan, stage};
 use crate::probe::Prober;
+use crate::rollout::cause;
 use crate::rollout::{
     Decision, History, Milestone, NextStep, Observation, RevertInFlight, Rollout, Timing,
 };
 use crate::source::{GitSource, SourceError};
-use crate::target::{DriftCheck, Target, TargetError};
+use crate::target::{DriftCheck, FailureClass, Target, TargetError};
 use crate::webhook::Notifier;
 
 /// Writes of one stage in flight at once (a target may bound its requests further).
@@ -73,12 +74,34 @@ pub enum ReconcileError {
         to: Revision,
         message: String,
     },
+    #[error(
+        "revision {revision} blocked by the cluster, not failed; retried with backoff: {reason}"
+    )]
+    Blocked { revision: Revision, reason: String },
     #[error("stopped by shutdown in the middle of a rollout; it is reverted and redone on restart")]
     Interrupted,
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error("worker thread failed: {0}")]
     Worker(String),
+}
+
+impl ReconcileError {
+    /// What the cluster refuses, when the pass failed because of it rather than the revision:
+    /// an environment in this state is `blocked`, and tried again with backoff.
+    pub fn blocked_reason(&self) -> Option<String> {
+        match self {
+            ReconcileError::Blocked { reason, .. } => Some(reason.clone()),
+            ReconcileError::Live(error) | ReconcileError::Apply { source: error, .. }
+                if error.class() == FailureClass::Infrastructure =>
+            {
+                Some(error.to_string())
+            }
+            // A revert that cannot finish is tried again on every pass.
+            ReconcileError::Revert { message, .. } => Some(format!("revert stopped: {message}")),
+            _ => None,
+        }
+    }
 }
 
 /// Error while turning a revision into desired objects.
@@ -240,15 +263,23 @@ impl Write {
 }
 
 /// Applies in stage order, then deletes in reverse stage order.
-fn ordered(objects: StepObjects) -> Vec<Write> {
-    let mut applies = objects.apply;
+fn ordered(mut applies: Vec<Desired>, mut deletes: Vec<ResourceKey>) -> Vec<Write> {
     applies.sort_by(|a, b| (stage(&a.key), &a.key).cmp(&(stage(&b.key), &b.key)));
-    let mut deletes = objects.delete;
     deletes.sort_by(|a, b| (stage(b), b).cmp(&(stage(a), a)));
     applies
         .into_iter()
         .map(Write::Apply)
         .chain(deletes.into_iter().map(Write::Delete))
+        .collect()
+}
+
+fn applied_keys(writes: &[Write]) -> Vec<ResourceKey> {
+    writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Apply(desired) => Some(desired.key.clone()),
+            Write::Delete(_) => None,
+        })
         .collect()
 }
 
@@ -291,8 +322,40 @@ impl<T: Target> EnvironmentRun<'_, T> {
         })
     }
 
-    /// Brings the environment toward the branch tip `tip`, as its journal says is next.
+    /// Brings the environment toward the branch tip `tip`, as its journal says is next, and
+    /// records whether the cluster is blocking it.
     pub async fn pass(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
+        let result = self.next(tip).await;
+        let blocked = self
+            .journal
+            .with_records(|records| History::from_records(records).blocked);
+        match (&result, blocked) {
+            (Err(error), blocked) => {
+                if let Some(reason) = error.blocked_reason() {
+                    self.metrics.set_blocked(&self.config.name, true);
+                    let revision = match error {
+                        ReconcileError::Blocked { revision, .. } => revision.clone(),
+                        _ => tip.clone(),
+                    };
+                    if blocked != Some((revision.clone(), reason.clone())) {
+                        tracing::warn!(env = %self.config.name, revision = %revision.short(), %reason, "blocked by the cluster; the revision is not blamed");
+                        self.journal(Event::Blocked { revision, reason })?;
+                    }
+                }
+            }
+            (Ok(_), blocked) => {
+                self.metrics.set_blocked(&self.config.name, false);
+                if blocked.is_some() {
+                    self.journal(Event::Unblocked {
+                        revision: tip.clone(),
+                    })?;
+                }
+            }
+        }
+        result
+    }
+
+    async fn next(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
         // At most: finish an interrupted revert, then act on the tip.
         for _ in 0..2 {
             let history = self.journal.with_records(History::from_records);
@@ -544,14 +607,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
         writes: &[Write],
         revision_of: impl Fn(&Desired) -> Revision,
     ) -> Result<(), (usize, TargetError)> {
-        let applied: Vec<ResourceKey> = writes
-            .iter()
-            .filter_map(|write| match write {
-                Write::Apply(desired) => Some(desired.key.clone()),
-                Write::Delete(_) => None,
-            })
-            .collect();
-        self.target.announce(&applied);
+        self.target.announce(&applied_keys(writes));
         let mut done = 0;
         // Stages stay in order; the writes inside one stage go out together, a few at a time.
         for group in writes.chunk_by(|a, b| {
@@ -665,6 +721,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
         let mut rollout = Rollout::new(steps, timing);
         let mut tracker = HealthTracker::new(&self.config.health);
         let mut step_keys: Vec<ResourceKey> = Vec::new();
+        let mut shrinking = StepObjects::default();
         let mut decision = rollout.decision();
         loop {
             let (milestone, next) = match decision {
@@ -675,14 +732,16 @@ impl<T: Target> EnvironmentRun<'_, T> {
                         weight,
                     })?;
                     tracing::info!(env = %self.config.name, revision = %revision.short(), step = step + 1, weight, "step started");
-                    let writes = ordered(step_objects(&spec, step, weight));
-                    step_keys = writes
-                        .iter()
-                        .filter_map(|w| match w {
-                            Write::Apply(desired) => Some(desired.key.clone()),
-                            Write::Delete(_) => None,
-                        })
-                        .collect();
+                    let objects = step_objects(&spec, step, weight);
+                    // Capacity first: what this step adds is written and ready before anything
+                    // it replaces is scaled down or deleted.
+                    let writes = ordered(objects.apply, Vec::new());
+                    shrinking = StepObjects {
+                        shrink: objects.shrink,
+                        delete: objects.delete,
+                        ..StepObjects::default()
+                    };
+                    step_keys = applied_keys(&writes);
                     match self.write_all(&writes, |_| revision.clone()).await {
                         Ok(()) => rollout.observe(Observation::Applied, Utc::now()),
                         Err((applied, error)) => {
@@ -691,12 +750,24 @@ impl<T: Target> EnvironmentRun<'_, T> {
                                 step + 1,
                                 writes.len()
                             );
-                            (
-                                Some(Milestone::Failed {
-                                    reason: reason.clone(),
-                                }),
-                                Decision::Revert { reason },
-                            )
+                            self.write_failed(revision, &previous, &marks, reason, &error)
+                                .await?
+                        }
+                    }
+                }
+                Decision::Shrink { step, weight } => {
+                    let objects = std::mem::take(&mut shrinking);
+                    let writes = ordered(objects.shrink, objects.delete);
+                    match self.write_all(&writes, |_| revision.clone()).await {
+                        Ok(()) => rollout.observe(Observation::Shrunk, Utc::now()),
+                        Err((applied, error)) => {
+                            let reason = format!(
+                                "step {} ({weight}%): {applied} of {} scale-downs and deletions done, then: {error}",
+                                step + 1,
+                                writes.len()
+                            );
+                            self.write_failed(revision, &previous, &marks, reason, &error)
+                                .await?
                         }
                     }
                 }
@@ -720,11 +791,13 @@ impl<T: Target> EnvironmentRun<'_, T> {
                         changes,
                     });
                 }
-                Decision::Revert { reason } => {
+                Decision::Revert { reason, cause } => {
                     self.journal(Event::RolloutFailed {
                         revision: revision.clone(),
                         reason: reason.clone(),
+                        cause: Some(cause.clone()),
                     })?;
+                    self.metrics.rollout_failed(&self.config.name, &cause);
                     tracing::error!(env = %self.config.name, revision = %revision.short(), %reason, "rollout failed");
                     let Some(to) = previous else {
                         tracing::error!(env = %self.config.name, revision = %revision.short(), "first deploy failed: nothing to revert to; holding");
@@ -789,12 +862,24 @@ impl<T: Target> EnvironmentRun<'_, T> {
         keys: &[ResourceKey],
         deadline: DateTime<Utc>,
     ) -> Result<Observation, ReconcileError> {
-        let not_ready = self
+        let readiness = self
             .target
-            .not_ready(keys)
+            .readiness(keys, self.config.rollout.max_restarts)
             .await
             .map_err(ReconcileError::Live)?;
-        if not_ready.is_empty() {
+        if let Some(first) = readiness.failed.first() {
+            let detail = readiness
+                .failed
+                .iter()
+                .map(|failed| failed.detail.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Ok(Observation::Broken {
+                cause: first.cause.clone(),
+                detail,
+            });
+        }
+        if readiness.is_ready() {
             return Ok(Observation::Ready);
         }
         let now = Utc::now();
@@ -806,7 +891,50 @@ impl<T: Target> EnvironmentRun<'_, T> {
             }
         }
         Ok(Observation::NotReady {
-            detail: not_ready.join("; "),
+            detail: readiness.waiting.join("; "),
+        })
+    }
+
+    /// A write of a step failed. The revision is blamed (reverted and held) only when the
+    /// server judged an object; when the cluster could not take the write, the partial step
+    /// is undone without blaming the revision, which is tried again with backoff.
+    async fn write_failed(
+        &mut self,
+        revision: &Revision,
+        previous: &Option<Revision>,
+        marks: &[Baseline],
+        reason: String,
+        error: &TargetError,
+    ) -> Result<(Option<Milestone>, Decision), ReconcileError> {
+        if error.class() == FailureClass::Revision {
+            return Ok((
+                Some(Milestone::Failed {
+                    reason: reason.clone(),
+                }),
+                Decision::Revert {
+                    reason,
+                    cause: cause::REJECTED.into(),
+                },
+            ));
+        }
+        self.journal(Event::Blocked {
+            revision: revision.clone(),
+            reason: reason.clone(),
+        })?;
+        tracing::warn!(env = %self.config.name, revision = %revision.short(), %reason, "the cluster refused a write; undoing the step without blaming the revision");
+        if let Some(to) = previous {
+            let revert = RevertInFlight {
+                revision: revision.clone(),
+                to: to.clone(),
+                reason: format!("blocked: {reason}"),
+                failed: false,
+                baseline: marks.to_vec(),
+            };
+            self.revert(&revert, false).await?;
+        }
+        Err(ReconcileError::Blocked {
+            revision: revision.clone(),
+            reason,
         })
     }
 

@@ -78,8 +78,21 @@ pub enum Event {
         check: String,
         detail: String,
     },
-    /// The revision failed; it is never applied again.
-    RolloutFailed { revision: Revision, reason: String },
+    /// The revision failed; it is not applied again unless an operator retries it. `cause`
+    /// is short (`CrashLoopBackOff`, `CheckFailed`, `Timeout`, `Rejected`), for metrics.
+    RolloutFailed {
+        revision: Revision,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<String>,
+    },
+    /// The cluster could not take the revision now (unreachable, 5xx, 429, a conflict):
+    /// the revision is not blamed and is tried again with backoff.
+    Blocked { revision: Revision, reason: String },
+    /// What blocked the environment is gone: a pass went through.
+    Unblocked { revision: Revision },
+    /// An operator cleared the held failure of `revision`, so it rolls out again.
+    Retried { revision: Revision },
     /// About to put the environment back to `to`. `failed` is false when undoing a rollout
     /// that a restart interrupted.
     RevertStarted {
@@ -158,6 +171,9 @@ impl Event {
             Event::Pinned { .. } => "pinned",
             Event::DriftCorrected { .. } => "drift_corrected",
             Event::Inventory { .. } => "inventory",
+            Event::Blocked { .. } => "blocked",
+            Event::Unblocked { .. } => "unblocked",
+            Event::Retried { .. } => "retried",
         }
     }
 
@@ -173,6 +189,9 @@ impl Event {
             | Event::Promoted { revision }
             | Event::CheckFailed { revision, .. }
             | Event::RolloutFailed { revision, .. }
+            | Event::Blocked { revision, .. }
+            | Event::Unblocked { revision }
+            | Event::Retried { revision }
             | Event::RevertStarted { revision, .. }
             | Event::Reverted { revision, .. }
             | Event::RevertCommitted { revision, .. }

@@ -53,7 +53,11 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
             Event::CheckFailed { check, detail, .. } => {
                 writeln!(out, "      {check}: {detail}")?;
             }
-            Event::RolloutFailed { reason, .. } => writeln!(out, "      {reason}")?,
+            Event::RolloutFailed { reason, cause, .. } => match cause {
+                Some(cause) => writeln!(out, "      {cause}: {reason}")?,
+                None => writeln!(out, "      {reason}")?,
+            },
+            Event::Blocked { reason, .. } => writeln!(out, "      {reason}")?,
             Event::RevertStarted { to, reason, .. } => {
                 writeln!(out, "      back to {}: {reason}", to.short())?;
             }
@@ -86,7 +90,9 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
             | Event::Healthy { .. }
             | Event::Paused { .. }
             | Event::Resumed { .. }
-            | Event::Approved { .. } => {}
+            | Event::Approved { .. }
+            | Event::Unblocked { .. }
+            | Event::Retried { .. } => {}
         }
     }
     Ok(())
@@ -154,10 +160,22 @@ pub fn write_status(environment: &str, records: &[Record], out: &mut dyn Write) 
             writeln!(out, "  failing check:          {check}: {detail}")?;
         }
     }
-    if let Some(failure) = &history.last_failure {
+    if let Some((revision, reason)) = &history.blocked {
         writeln!(
             out,
-            "  last failed revision:   {} (held, not retried): {}",
+            "  blocked: {reason} (revision {} is not blamed; retried with backoff)",
+            revision.short()
+        )?;
+    }
+    if let Some(failure) = &history.last_failure {
+        let held = if history.failed.contains(&failure.revision) {
+            "held; gitopsd retry rolls it out again"
+        } else {
+            "retried"
+        };
+        writeln!(
+            out,
+            "  last failed revision:   {} ({held}): {}",
             failure.revision.short(),
             failure.reason
         )?;

@@ -92,6 +92,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Command::Pause { env } => {
                 control(&cli.config, &env, ControlAction::Pause, &mut stdout).await
             }
+            Command::Retry { env } => {
+                control(&cli.config, &env, ControlAction::Retry, &mut stdout).await
+            }
             Command::Resume { env } => {
                 control(&cli.config, &env, ControlAction::Resume, &mut stdout).await
             }

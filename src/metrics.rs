@@ -34,6 +34,12 @@ pub struct CheckLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub environment: String,
+    pub cause: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FetchLabels {
     pub result: String,
 }
@@ -53,6 +59,8 @@ pub struct Metrics {
     fetch_seconds: Family<FetchLabels, Histogram, fn() -> Histogram>,
     checks: Family<CheckLabels, Counter>,
     drift: Family<EnvironmentLabel, Counter>,
+    failures: Family<CauseLabels, Counter>,
+    blocked: Family<EnvironmentLabel, Gauge>,
     /// The revision label last set per environment, so its old series can be removed.
     revisions_set: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
@@ -73,6 +81,8 @@ impl Default for Metrics {
             );
         let checks = Family::<CheckLabels, Counter>::default();
         let drift = Family::<EnvironmentLabel, Counter>::default();
+        let failures = Family::<CauseLabels, Counter>::default();
+        let blocked = Family::<EnvironmentLabel, Gauge>::default();
         registry.register(
             "reconcile_duration_seconds",
             "Time one pass over an environment took (rollouts include their bake and verify time)",
@@ -108,8 +118,20 @@ impl Default for Metrics {
             "Objects found changed outside git and put back",
             drift.clone(),
         );
+        registry.register(
+            "rollout_failures",
+            "Failed rollouts by cause: a Kubernetes reason (CrashLoopBackOff, ImagePullBackOff, ProgressDeadlineExceeded, JobFailed, Restarts), CheckFailed, Timeout or Rejected",
+            failures.clone(),
+        );
+        registry.register(
+            "blocked",
+            "1 while the cluster refuses an environment's writes or reads (unreachable, 5xx, 429, conflict): the revision is not blamed and is retried",
+            blocked.clone(),
+        );
         Self {
             registry,
+            failures,
+            blocked,
             reconcile_seconds,
             rollouts,
             revision,
@@ -194,6 +216,23 @@ impl Metrics {
                 environment: environment.into(),
             })
             .inc_by(objects);
+    }
+
+    pub fn rollout_failed(&self, environment: &str, cause: &str) {
+        self.failures
+            .get_or_create(&CauseLabels {
+                environment: environment.into(),
+                cause: cause.into(),
+            })
+            .inc();
+    }
+
+    pub fn set_blocked(&self, environment: &str, blocked: bool) {
+        self.blocked
+            .get_or_create(&EnvironmentLabel {
+                environment: environment.into(),
+            })
+            .set(i64::from(blocked));
     }
 
     /// The text exposition format.

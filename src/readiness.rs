@@ -1,5 +1,5 @@
 //! Readiness of live Kubernetes objects by kind, after the kstatus rules (pure): a verdict from
-//! an object's body, tested on inline YAML.
+//! an object's body or its pods, tested on inline YAML.
 
 use serde_json::Value;
 
@@ -108,6 +108,199 @@ pub fn readiness(group: &str, kind: &str, body: &Value) -> Result<(), String> {
     }
 }
 
+/// Why an object will not become ready by waiting: a short cause (the Kubernetes reason, for
+/// metrics) and what was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    pub cause: String,
+    pub detail: String,
+}
+
+/// Container waiting reasons that mean the pod is broken, not slow.
+const BROKEN_WAITING: [&str; 5] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CreateContainerConfigError",
+    "InvalidImageName",
+];
+
+/// An object that has given up, judged from its own status: a Deployment past its progress
+/// deadline (for its current spec) or a failed Job.
+pub fn stuck(group: &str, kind: &str, body: &Value) -> Option<Stuck> {
+    match (group, kind) {
+        ("apps", "Deployment") => {
+            let int = |pointer: &str| body.pointer(pointer).and_then(Value::as_i64);
+            // A condition left from an earlier spec says nothing about this one.
+            if int("/status/observedGeneration") < int("/metadata/generation") {
+                return None;
+            }
+            let progressing = conditions(body)
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Progressing"))?;
+            let field = |name: &str| progressing.get(name).and_then(Value::as_str);
+            (field("status") == Some("False")
+                && field("reason") == Some("ProgressDeadlineExceeded"))
+            .then(|| Stuck {
+                cause: "ProgressDeadlineExceeded".into(),
+                detail: format!(
+                    "ProgressDeadlineExceeded: {}",
+                    field("message").unwrap_or("no progress within progressDeadlineSeconds")
+                ),
+            })
+        }
+        ("batch", "Job") => condition(body, "Failed").then(|| {
+            let message = conditions(body)
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Failed"))
+                .and_then(|c| c.get("message").and_then(Value::as_str))
+                .unwrap_or("the job failed");
+            Stuck {
+                cause: "JobFailed".into(),
+                detail: format!("Job failed: {message}"),
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// A pod that is broken: a container waiting for a reason no wait cures, or restarted more
+/// than `max_restarts` times.
+pub fn broken_pod(pod: &Value, max_restarts: u32) -> Option<Stuck> {
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let statuses = ["/status/initContainerStatuses", "/status/containerStatuses"]
+        .iter()
+        .filter_map(|pointer| pod.pointer(pointer).and_then(Value::as_array))
+        .flatten();
+    for status in statuses {
+        let container = status.get("name").and_then(Value::as_str).unwrap_or("?");
+        if let Some(reason) = status
+            .pointer("/state/waiting/reason")
+            .and_then(Value::as_str)
+            .filter(|reason| BROKEN_WAITING.contains(reason))
+        {
+            let message = status
+                .pointer("/state/waiting/message")
+                .and_then(Value::as_str)
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            return Some(Stuck {
+                cause: reason.to_string(),
+                detail: format!(
+                    "pod {name}: container {container} is waiting in {reason}{message}"
+                ),
+            });
+        }
+        let restarts = status
+            .get("restartCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        if restarts > u64::from(max_restarts) {
+            return Some(Stuck {
+                cause: "Restarts".into(),
+                detail: format!(
+                    "pod {name}: container {container} restarted {restarts} times (max_restarts = {max_restarts})"
+                ),
+            });
+        }
+    }
+    None
+}
+
+/// The label selector text (`a=b,c in (d,e)`) of a workload's `spec.selector`, or `None` when
+/// it has none (a selector that matches everything is never used to find pods).
+pub fn selector_text(body: &Value) -> Option<String> {
+    let selector = body.pointer("/spec/selector")?;
+    let mut terms: Vec<String> = selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(key, value)| Some(format!("{key}={}", value.as_str()?)))
+        .collect();
+    for expression in selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = expression.get("key").and_then(Value::as_str)?;
+        let values: Vec<&str> = expression
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        terms.push(match expression.get("operator").and_then(Value::as_str)? {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            _ => return None,
+        });
+    }
+    (!terms.is_empty()).then(|| terms.join(","))
+}
+
+/// Which pods run a workload's newest template: for a StatefulSet, its `updateRevision`; for
+/// a Deployment, the `pod-template-hash` of its newest ReplicaSet among `replica_sets`.
+pub fn new_template_label(
+    kind: &str,
+    workload: &Value,
+    replica_sets: &[Value],
+) -> Option<(&'static str, String)> {
+    match kind {
+        "StatefulSet" => workload
+            .pointer("/status/updateRevision")
+            .and_then(Value::as_str)
+            .map(|revision| ("controller-revision-hash", revision.to_string())),
+        "Deployment" => {
+            let uid = workload.pointer("/metadata/uid").and_then(Value::as_str)?;
+            let revision = |rs: &Value| {
+                rs.pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+                    .and_then(Value::as_str)
+                    .and_then(|r| r.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            replica_sets
+                .iter()
+                .filter(|rs| {
+                    rs.pointer("/metadata/ownerReferences")
+                        .and_then(Value::as_array)
+                        .is_some_and(|owners| {
+                            owners
+                                .iter()
+                                .any(|o| o.get("uid").and_then(Value::as_str) == Some(uid))
+                        })
+                })
+                .max_by_key(|rs| revision(rs))
+                .and_then(|rs| {
+                    rs.pointer("/metadata/labels/pod-template-hash")
+                        .and_then(Value::as_str)
+                })
+                .map(|hash| ("pod-template-hash", hash.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a pod carries `label` = `value`.
+pub fn has_label(pod: &Value, label: &str, value: &str) -> bool {
+    pod.pointer("/metadata/labels")
+        .and_then(|labels| labels.get(label))
+        .and_then(Value::as_str)
+        == Some(value)
+}
+
+fn conditions(body: &Value) -> impl Iterator<Item = &Value> {
+    body.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
 /// True when `status.conditions` holds `kind` with status "True".
 fn condition(body: &Value, kind: &str) -> bool {
     body.pointer("/status/conditions")
@@ -199,5 +392,105 @@ mod tests {
             Ok(())
         );
         assert_eq!(readiness("", "ConfigMap", &yaml("data: {}\n")), Ok(()));
+    }
+
+    #[test]
+    fn a_deployment_past_its_progress_deadline_is_stuck_only_for_its_current_spec() {
+        let text = |observed: u8| {
+            format!(
+                "metadata: {{generation: 3}}\nstatus:\n  observedGeneration: {observed}\n  conditions:\n  - {{type: Progressing, status: 'False', reason: ProgressDeadlineExceeded, message: 'ReplicaSet \"web-1\" has timed out progressing.'}}\n"
+            )
+        };
+        let stuck_now = stuck("apps", "Deployment", &yaml(&text(3))).expect("past the deadline");
+        assert_eq!(stuck_now.cause, "ProgressDeadlineExceeded");
+        assert!(
+            stuck_now.detail.contains("timed out progressing"),
+            "{stuck_now:?}"
+        );
+        assert_eq!(
+            stuck("apps", "Deployment", &yaml(&text(2))),
+            None,
+            "stale condition"
+        );
+        let progressing = yaml(
+            "metadata: {generation: 1}\nstatus: {observedGeneration: 1, conditions: [{type: Progressing, status: 'True', reason: ReplicaSetUpdated}]}\n",
+        );
+        assert_eq!(stuck("apps", "Deployment", &progressing), None);
+        let job = yaml(
+            "status: {conditions: [{type: Failed, status: 'True', message: BackoffLimitExceeded}]}\n",
+        );
+        assert_eq!(
+            stuck("batch", "Job", &job).map(|s| s.cause),
+            Some("JobFailed".into())
+        );
+    }
+
+    #[test]
+    fn broken_pods_are_named_with_their_reason() {
+        let pod = |state: &str, restarts: u32| {
+            yaml(&format!(
+                "metadata: {{name: web-canary-x}}\nstatus:\n  containerStatuses:\n  - {{name: web, restartCount: {restarts}, state: {state}}}\n"
+            ))
+        };
+        let crash = broken_pod(
+            &pod(
+                "{waiting: {reason: CrashLoopBackOff, message: back-off 10s}}",
+                1,
+            ),
+            2,
+        )
+        .expect("crash loop");
+        assert_eq!(crash.cause, "CrashLoopBackOff");
+        assert!(
+            crash.detail.contains("pod web-canary-x: container web"),
+            "{crash:?}"
+        );
+        let pull = broken_pod(&pod("{waiting: {reason: ImagePullBackOff}}", 0), 2).expect("pull");
+        assert_eq!(pull.cause, "ImagePullBackOff");
+        assert_eq!(
+            broken_pod(&pod("{waiting: {reason: ContainerCreating}}", 0), 2),
+            None
+        );
+        assert_eq!(
+            broken_pod(&pod("{running: {}}", 2), 2),
+            None,
+            "at the limit"
+        );
+        assert_eq!(
+            broken_pod(&pod("{running: {}}", 3), 2).map(|s| s.cause),
+            Some("Restarts".into())
+        );
+    }
+
+    #[test]
+    fn selectors_become_label_selector_text() {
+        let body = yaml(
+            "spec:\n  selector:\n    matchLabels: {app: web, gitopsd.io/track: canary}\n    matchExpressions:\n    - {key: tier, operator: In, values: [a, b]}\n    - {key: legacy, operator: DoesNotExist}\n",
+        );
+        assert_eq!(
+            selector_text(&body).as_deref(),
+            Some("app=web,gitopsd.io/track=canary,tier in (a,b),!legacy")
+        );
+        assert_eq!(selector_text(&yaml("spec: {selector: {}}\n")), None);
+    }
+
+    #[test]
+    fn the_newest_replicaset_of_a_deployment_names_its_new_pods() {
+        let deployment = yaml("metadata: {uid: d1}\n");
+        let rs = |hash: &str, revision: u8, owner: &str| {
+            yaml(&format!(
+                "metadata:\n  labels: {{pod-template-hash: {hash}}}\n  annotations: {{deployment.kubernetes.io/revision: '{revision}'}}\n  ownerReferences: [{{uid: {owner}}}]\n"
+            ))
+        };
+        let sets = [rs("old", 1, "d1"), rs("new", 2, "d1"), rs("other", 9, "d2")];
+        assert_eq!(
+            new_template_label("Deployment", &deployment, &sets),
+            Some(("pod-template-hash", "new".to_string()))
+        );
+        let sts = yaml("status: {updateRevision: web-7f}\n");
+        assert_eq!(
+            new_template_label("StatefulSet", &sts, &[]),
+            Some(("controller-revision-hash", "web-7f".to_string()))
+        );
     }
 }

@@ -31,6 +31,11 @@ pub enum Phase {
         step: usize,
         deadline: DateTime<Utc>,
     },
+    /// The step's new capacity is ready: what it replaces may now go (stables scaled down,
+    /// canaries and deferred deletions removed at promotion).
+    Shrink {
+        step: usize,
+    },
     /// A canary step holding while checks run.
     Bake {
         step: usize,
@@ -43,7 +48,15 @@ pub enum Phase {
     Succeeded,
     Failed {
         reason: String,
+        cause: String,
     },
+}
+
+/// Causes of a failed rollout that are not a Kubernetes reason (metrics label them).
+pub mod cause {
+    pub const CHECK_FAILED: &str = "CheckFailed";
+    pub const TIMEOUT: &str = "Timeout";
+    pub const REJECTED: &str = "Rejected";
 }
 
 /// What the executor saw since the last decision.
@@ -55,6 +68,11 @@ pub enum Observation {
     Ready,
     /// Some object is not ready yet.
     NotReady { detail: String },
+    /// Some object will not become ready by waiting (a crash-looping pod, a missed progress
+    /// deadline): the step fails at once.
+    Broken { cause: String, detail: String },
+    /// The step's shrinking writes are done.
+    Shrunk,
     /// A check reached its failure threshold.
     CheckFailed(CheckFailure),
     /// Nothing new; time passed.
@@ -68,12 +86,14 @@ pub enum Decision {
     ApplyStep { step: usize, weight: u8 },
     /// Poll readiness until ready or `deadline`.
     AwaitReady { deadline: DateTime<Utc> },
+    /// Write what step `step` removes, now that its new capacity is ready.
+    Shrink { step: usize, weight: u8 },
     /// Run checks until `until`.
     Watch { until: DateTime<Utc> },
     /// The revision is healthy.
     Succeed,
     /// Put the environment back to its last healthy revision.
-    Revert { reason: String },
+    Revert { reason: String, cause: String },
 }
 
 /// A milestone worth journaling, produced by a transition.
@@ -91,6 +111,16 @@ pub struct Rollout {
     steps: Vec<u8>,
     timing: Timing,
     phase: Phase,
+}
+
+fn failed(reason: String, cause: &str) -> (Option<Phase>, Option<Milestone>) {
+    (
+        Some(Phase::Failed {
+            reason: reason.clone(),
+            cause: cause.to_string(),
+        }),
+        Some(Milestone::Failed { reason }),
+    )
 }
 
 fn after(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
@@ -133,12 +163,17 @@ impl Rollout {
             Phase::AwaitReady { deadline, .. } => Decision::AwaitReady {
                 deadline: *deadline,
             },
+            Phase::Shrink { step } => Decision::Shrink {
+                step: *step,
+                weight: self.weight(*step),
+            },
             Phase::Bake { until, .. } | Phase::Verify { until } => {
                 Decision::Watch { until: *until }
             }
             Phase::Succeeded => Decision::Succeed,
-            Phase::Failed { reason } => Decision::Revert {
+            Phase::Failed { reason, cause } => Decision::Revert {
                 reason: reason.clone(),
+                cause: cause.clone(),
             },
         }
     }
@@ -158,6 +193,9 @@ impl Rollout {
                 None,
             ),
             (Phase::AwaitReady { step, .. }, Observation::Ready) => {
+                (Some(Phase::Shrink { step: *step }), None)
+            }
+            (Phase::Shrink { step }, Observation::Shrunk) => {
                 if self.is_last(*step) {
                     (
                         Some(Phase::Verify {
@@ -184,15 +222,14 @@ impl Rollout {
                     self.weight(*step),
                     humantime::format_duration(self.timing.timeout)
                 );
-                (
-                    Some(Phase::Failed {
-                        reason: reason.clone(),
-                    }),
-                    Some(Milestone::Failed { reason }),
-                )
+                failed(reason, cause::TIMEOUT)
+            }
+            (Phase::AwaitReady { step, .. }, Observation::Broken { cause, detail }) => {
+                let reason = format!("step {} ({}%): {detail}", step + 1, self.weight(*step));
+                failed(reason, &cause)
             }
             (
-                Phase::Bake { step, .. } | Phase::AwaitReady { step, .. },
+                Phase::Bake { step, .. } | Phase::AwaitReady { step, .. } | Phase::Shrink { step },
                 Observation::CheckFailed(failure),
             ) => {
                 let reason = format!(
@@ -203,24 +240,14 @@ impl Rollout {
                     failure.consecutive,
                     failure.detail
                 );
-                (
-                    Some(Phase::Failed {
-                        reason: reason.clone(),
-                    }),
-                    Some(Milestone::Failed { reason }),
-                )
+                failed(reason, cause::CHECK_FAILED)
             }
             (Phase::Verify { .. }, Observation::CheckFailed(failure)) => {
                 let reason = format!(
                     "verify after promotion: check {:?} failed {} times in a row: {}",
                     failure.check, failure.consecutive, failure.detail
                 );
-                (
-                    Some(Phase::Failed {
-                        reason: reason.clone(),
-                    }),
-                    Some(Milestone::Failed { reason }),
-                )
+                failed(reason, cause::CHECK_FAILED)
             }
             (Phase::Bake { step, until }, Observation::Tick) if now >= *until => (
                 Some(Phase::Apply { step: step + 1 }),
@@ -266,6 +293,9 @@ pub struct History {
     pub pin: Option<(Revision, Revision)>,
     /// Every type of object the environment has used.
     pub kinds: BTreeSet<crate::model::KindRef>,
+    /// What the cluster is refusing now, for the revision it holds back (not a failure of
+    /// the revision: it is tried again).
+    pub blocked: Option<(Revision, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -315,6 +345,7 @@ impl History {
                 baseline,
                 ..
             } => {
+                self.blocked = None;
                 self.in_flight = Some(InFlight {
                     revision: revision.clone(),
                     previous: previous.clone(),
@@ -334,7 +365,10 @@ impl History {
                     flight.failing_checks.push((check.clone(), detail.clone()));
                 }
             }
-            Event::RolloutFailed { revision, reason } => {
+            Event::RolloutFailed {
+                revision, reason, ..
+            } => {
+                self.blocked = None;
                 self.failed.insert(revision.clone());
                 self.last_failure = Some(Failure {
                     revision: revision.clone(),
@@ -378,6 +412,7 @@ impl History {
                 self.current = Some(to.clone());
             }
             Event::Healthy { revision } => {
+                self.blocked = None;
                 self.in_flight = None;
                 self.last_healthy = Some(revision.clone());
                 self.current = Some(revision.clone());
@@ -398,7 +433,15 @@ impl History {
                 self.kinds.extend(kinds.iter().cloned());
             }
             Event::ReconcileFinished { revision, .. } => {
+                self.blocked = None;
                 self.current = Some(revision.clone());
+            }
+            Event::Blocked { revision, reason } => {
+                self.blocked = Some((revision.clone(), reason.clone()));
+            }
+            Event::Unblocked { .. } => self.blocked = None,
+            Event::Retried { revision } => {
+                self.failed.remove(revision);
             }
             Event::Rejected { .. }
             | Event::ReconcileStarted { .. }
@@ -527,6 +570,17 @@ mod tests {
         );
         assert_eq!(
             rollout.observe(Observation::Ready, at(5)),
+            (
+                None,
+                Decision::Shrink {
+                    step: 0,
+                    weight: 10
+                }
+            ),
+            "what the canary replaces goes only once the canary is ready"
+        );
+        assert_eq!(
+            rollout.observe(Observation::Shrunk, at(5)),
             (None, Decision::Watch { until: at(65) })
         );
         assert_eq!(
@@ -549,6 +603,7 @@ mod tests {
         );
         rollout.observe(Observation::Applied, at(66));
         rollout.observe(Observation::Ready, at(66));
+        rollout.observe(Observation::Shrunk, at(66));
         let (milestone, decision) = rollout.observe(Observation::Tick, at(126));
         assert_eq!(
             milestone,
@@ -568,6 +623,17 @@ mod tests {
         assert_eq!(
             rollout.observe(Observation::Ready, at(128)),
             (
+                None,
+                Decision::Shrink {
+                    step: 2,
+                    weight: 100
+                }
+            ),
+            "the canary is deleted only once the promoted stable is ready"
+        );
+        assert_eq!(
+            rollout.observe(Observation::Shrunk, at(128)),
+            (
                 Some(Milestone::Promoted),
                 Decision::Watch { until: at(248) }
             )
@@ -583,9 +649,11 @@ mod tests {
         let mut rollout = Rollout::new(vec![10, 50, 100], timing());
         rollout.observe(Observation::Applied, at(0));
         rollout.observe(Observation::Ready, at(0));
+        rollout.observe(Observation::Shrunk, at(0));
         rollout.observe(Observation::Tick, at(60));
         rollout.observe(Observation::Applied, at(60));
         rollout.observe(Observation::Ready, at(61));
+        rollout.observe(Observation::Shrunk, at(61));
         let (milestone, decision) = rollout.observe(Observation::CheckFailed(failure()), at(70));
         let Some(Milestone::Failed { reason }) = milestone else {
             panic!("expected a failure milestone");
@@ -594,7 +662,13 @@ mod tests {
             reason.starts_with("step 2 (50%): check \"errors\" failed 3 times"),
             "{reason}"
         );
-        assert_eq!(decision, Decision::Revert { reason });
+        assert_eq!(
+            decision,
+            Decision::Revert {
+                reason,
+                cause: cause::CHECK_FAILED.into()
+            }
+        );
     }
 
     #[test]
@@ -602,9 +676,10 @@ mod tests {
         let mut rollout = Rollout::new(vec![100], timing());
         rollout.observe(Observation::Applied, at(0));
         rollout.observe(Observation::Ready, at(1));
+        rollout.observe(Observation::Shrunk, at(1));
         let (_, decision) = rollout.observe(Observation::CheckFailed(failure()), at(50));
         assert!(
-            matches!(decision, Decision::Revert { ref reason } if reason.starts_with("verify after promotion")),
+            matches!(decision, Decision::Revert { ref reason, .. } if reason.starts_with("verify after promotion")),
             "{decision:?}"
         );
     }
@@ -621,8 +696,39 @@ mod tests {
             None,
             "still within the timeout"
         );
-        let (milestone, _) = rollout.observe(not_ready(), at(30));
+        let (milestone, decision) = rollout.observe(not_ready(), at(30));
         assert!(matches!(milestone, Some(Milestone::Failed { .. })));
+        assert!(
+            matches!(decision, Decision::Revert { ref cause, .. } if cause == cause::TIMEOUT),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn a_broken_object_fails_the_step_at_once_without_waiting_for_the_timeout() {
+        let mut rollout = Rollout::new(vec![25, 100], timing());
+        rollout.observe(Observation::Applied, at(0));
+        let (milestone, decision) = rollout.observe(
+            Observation::Broken {
+                cause: "CrashLoopBackOff".into(),
+                detail: "Deployment.apps shop/web-canary: pod web-canary-1: container web is waiting in CrashLoopBackOff".into(),
+            },
+            at(3),
+        );
+        let Some(Milestone::Failed { reason }) = milestone else {
+            panic!("expected a failure, got {milestone:?}");
+        };
+        assert!(
+            reason.starts_with("step 1 (25%): Deployment.apps shop/web-canary: pod"),
+            "{reason}"
+        );
+        assert_eq!(
+            decision,
+            Decision::Revert {
+                reason,
+                cause: "CrashLoopBackOff".into()
+            }
+        );
     }
 
     #[test]
@@ -637,6 +743,7 @@ mod tests {
         );
         rollout.observe(Observation::Applied, at(0));
         rollout.observe(Observation::Ready, at(0));
+        rollout.observe(Observation::Shrunk, at(0));
         assert_eq!(
             rollout.observe(Observation::Tick, at(0)).1,
             Decision::Succeed
@@ -687,6 +794,7 @@ mod tests {
                 Event::RolloutFailed {
                     revision: revision('b'),
                     reason: "bad".into(),
+                    cause: None,
                 },
             ),
             record(
@@ -760,6 +868,101 @@ mod tests {
     }
 
     #[test]
+    fn a_block_is_not_a_failure_and_a_retry_clears_a_held_failure() {
+        let blocked = History::from_records(&[
+            record(
+                1,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(
+                2,
+                Event::Blocked {
+                    revision: revision('b'),
+                    reason: "connection refused".into(),
+                },
+            ),
+        ]);
+        assert_eq!(
+            blocked.blocked,
+            Some((revision('b'), "connection refused".into()))
+        );
+        assert!(
+            matches!(
+                blocked.next_step(&revision('b'), &Gates::default(), at(0)),
+                NextStep::Rollout { .. }
+            ),
+            "a blocked revision is tried again"
+        );
+        let held = History::from_records(&[
+            record(
+                1,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(2, started('b', Some('a'))),
+            record(
+                3,
+                Event::RolloutFailed {
+                    revision: revision('b'),
+                    reason: "invalid".into(),
+                    cause: Some(cause::REJECTED.into()),
+                },
+            ),
+        ]);
+        assert!(held.failed.contains(&revision('b')));
+        let mut records = vec![
+            record(
+                1,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(2, started('b', Some('a'))),
+            record(
+                3,
+                Event::RolloutFailed {
+                    revision: revision('b'),
+                    reason: "invalid".into(),
+                    cause: Some(cause::REJECTED.into()),
+                },
+            ),
+            record(
+                4,
+                Event::RevertStarted {
+                    revision: revision('b'),
+                    to: revision('a'),
+                    reason: "invalid".into(),
+                    failed: true,
+                },
+            ),
+            record(
+                5,
+                Event::Reverted {
+                    revision: revision('b'),
+                    to: revision('a'),
+                },
+            ),
+        ];
+        assert!(matches!(
+            History::from_records(&records).next_step(&revision('b'), &Gates::default(), at(0)),
+            NextStep::Hold { .. }
+        ));
+        records.push(record(
+            6,
+            Event::Retried {
+                revision: revision('b'),
+            },
+        ));
+        assert!(matches!(
+            History::from_records(&records).next_step(&revision('b'), &Gates::default(), at(0)),
+            NextStep::Rollout { .. }
+        ));
+    }
+
+    #[test]
     fn no_gate_or_pause_holds_back_a_revert() {
         let records = [
             record(
@@ -829,6 +1032,7 @@ mod tests {
                 Event::RolloutFailed {
                     revision: revision('b'),
                     reason: "bad".into(),
+                    cause: None,
                 },
             ),
             record(
@@ -853,6 +1057,7 @@ mod tests {
                 Event::RolloutFailed {
                     revision: revision('a'),
                     reason: "bad".into(),
+                    cause: None,
                 },
             ),
         ];

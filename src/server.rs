@@ -1,5 +1,5 @@
 //! The HTTP API: `/healthz`, `/readyz`, `/metrics`, `/status`, and the control endpoints
-//! (approve, pause, resume, rollback) behind a bearer token.
+//! (approve, pause, resume, retry, rollback) behind a bearer token.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -120,6 +120,8 @@ struct EnvironmentStatus {
     last_failed: Option<FailureStatus>,
     paused: bool,
     pinned: Option<String>,
+    /// What the cluster refuses now (the revision is not blamed and is retried).
+    blocked: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -177,6 +179,7 @@ fn environment_status(name: &str, journal: &SharedJournal) -> EnvironmentStatus 
         }),
         paused: history.paused,
         pinned: history.pin.as_ref().map(|(revision, _)| revision.0.clone()),
+        blocked: history.blocked.as_ref().map(|(_, reason)| reason.clone()),
     }
 }
 
@@ -284,6 +287,21 @@ async fn control(
     let event = match action.as_str() {
         "pause" => Event::Paused { revision: tip },
         "resume" => Event::Resumed { revision: tip },
+        "retry" => {
+            let held = handle
+                .journal
+                .with_records(|records| History::from_records(records).failed.contains(&tip));
+            if !held {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the branch tip {} is not held as failed: nothing to retry",
+                        tip.short()
+                    ),
+                );
+            }
+            Event::Retried { revision: tip }
+        }
         "approve" => {
             let Some(rev) = body.revision else {
                 return error(StatusCode::BAD_REQUEST, "approve needs {\"revision\": REV}");

@@ -197,6 +197,7 @@ mod tests {
                 Event::RolloutFailed {
                     revision: revision('b'),
                     reason: "x".into(),
+                    cause: None,
                 },
             ),
             record(

@@ -19,7 +19,7 @@ const ATTEMPTS: u32 = 5;
 /// One notification, as posted.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Notification {
-    /// `rollout_started`, `step_passed`, `promoted`, `failed` or `reverted`.
+    /// `rollout_started`, `step_passed`, `promoted`, `failed`, `reverted` or `blocked`.
     pub event: String,
     pub environment: String,
     pub revision: String,
@@ -30,6 +30,9 @@ pub struct Notification {
     pub weight: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For `failed`: the short cause (`CrashLoopBackOff`, `CheckFailed`, `Timeout`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     /// The revision a revert returned to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
@@ -50,6 +53,7 @@ impl Notification {
             step: None,
             weight: None,
             reason: None,
+            cause: None,
             to: None,
             text: format!("gitopsd {environment}: {text}"),
         };
@@ -78,9 +82,17 @@ impl Notification {
             Event::Promoted { .. } => {
                 Some(base("promoted", format!("{short} promoted; verifying")))
             }
-            Event::RolloutFailed { reason, .. } => Some(Notification {
+            Event::RolloutFailed { reason, cause, .. } => Some(Notification {
                 reason: Some(reason.clone()),
+                cause: cause.clone(),
                 ..base("failed", format!("{short} failed: {reason}"))
+            }),
+            Event::Blocked { reason, .. } => Some(Notification {
+                reason: Some(reason.clone()),
+                ..base(
+                    "blocked",
+                    format!("{short} blocked by the cluster, not failed; retrying: {reason}"),
+                )
             }),
             Event::Reverted { to, .. } => Some(Notification {
                 to: Some(to.0.clone()),
@@ -201,6 +213,7 @@ mod tests {
         let failed = Event::RolloutFailed {
             revision: Revision("b".repeat(40)),
             reason: "check web failed".into(),
+            cause: None,
         };
         let note = Notification::for_event("staging", &failed, Utc::now()).expect("notified");
         assert_eq!(note.event, "failed");

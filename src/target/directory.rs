@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{Target, TargetError};
+use super::{FailureClass, Readiness, Target, TargetError};
 use crate::diff;
 use crate::model::{KindRef, Object, ResourceKey};
 
@@ -79,20 +79,29 @@ impl Target for DirectoryTarget {
     }
 
     /// A file is ready once written: there is nothing behind it to wait for.
-    async fn not_ready(&self, keys: &[ResourceKey]) -> Result<Vec<String>, TargetError> {
-        Ok(keys
-            .iter()
-            .filter(|key| !Self::path_of(&self.root, key).is_file())
-            .map(|key| format!("{key}: not written"))
-            .collect())
+    async fn readiness(
+        &self,
+        keys: &[ResourceKey],
+        _max_restarts: u32,
+    ) -> Result<Readiness, TargetError> {
+        Ok(Readiness {
+            waiting: keys
+                .iter()
+                .filter(|key| !Self::path_of(&self.root, key).is_file())
+                .map(|key| format!("{key}: not written"))
+                .collect(),
+            failed: Vec::new(),
+        })
     }
 }
 
+/// A file that cannot be written is the host's problem (disk, permissions), not the revision's.
 fn object_error(operation: &'static str, key: &ResourceKey, message: String) -> TargetError {
     TargetError::Object {
         operation,
         object: key.to_string(),
         message,
+        class: FailureClass::Infrastructure,
     }
 }
 

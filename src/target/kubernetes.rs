@@ -20,13 +20,13 @@ use tokio::sync::Semaphore;
 use super::applyset::{
     self, GroupKind, Holder, LABEL_ID, LABEL_PART_OF, Owner, ParentRef, ParentState, Record,
 };
-use super::{DriftCheck, ForeignOwner, Target, TargetError};
+use super::{DriftCheck, FailedObject, FailureClass, ForeignOwner, Readiness, Target, TargetError};
 use crate::manifest::{self, Scopes};
 use crate::model::{
     KindRef, LABEL_ENVIRONMENT, LABEL_MANAGED_BY, MANAGER, Object, ResourceKey, group_of,
 };
 use crate::plan::Compare;
-use crate::readiness::readiness;
+use crate::readiness::{self, readiness};
 
 /// Prefix of every field manager gitopsd applies as; the environment's name follows.
 pub const FIELD_MANAGER_PREFIX: &str = "gitopsd-";
@@ -167,11 +167,27 @@ struct Failure {
     code: Option<u16>,
     retryable: bool,
     message: String,
+    class: FailureClass,
 }
 
 impl Failure {
     fn is(&self, code: u16) -> bool {
         self.code == Some(code)
+    }
+}
+
+/// How a v1.28 API server answers a server-side apply with a field its schema lacks: a 500
+/// that no retry will change.
+const UNKNOWN_FIELD: &str = "failed to create typed patch object";
+
+/// Whom an answer of the API server blames. The object itself is at fault when the server
+/// judged it (400, 404 for a write, 422, or an apply its schema refuses); everything else
+/// (no answer, 401, 403, 409, 429, 5xx) is the cluster's state, and passes.
+fn classify(code: Option<u16>, message: &str) -> FailureClass {
+    match code {
+        Some(400 | 404 | 422) => FailureClass::Revision,
+        Some(500) if message.contains(UNKNOWN_FIELD) => FailureClass::Revision,
+        _ => FailureClass::Infrastructure,
     }
 }
 
@@ -184,26 +200,32 @@ fn describe(error: &kube::Error) -> Failure {
                 403 => "forbidden",
                 404 => "not found",
                 401 => "unauthorized",
+                429 => "throttled",
                 _ => "refused",
             };
+            let class = classify(Some(status.code), &status.message);
             Failure {
                 code: Some(status.code),
-                retryable: status.code >= 500 || status.code == 429,
+                retryable: (status.code >= 500 || status.code == 429)
+                    && class == FailureClass::Infrastructure,
                 message: format!(
                     "{what} ({} {}): {}",
                     status.code, status.reason, status.message
                 ),
+                class,
             }
         }
         kube::Error::HyperError(_) | kube::Error::Service(_) => Failure {
             code: None,
             retryable: true,
             message: error.to_string(),
+            class: FailureClass::Infrastructure,
         },
         other => Failure {
             code: None,
             retryable: false,
             message: other.to_string(),
+            class: FailureClass::Infrastructure,
         },
     }
 }
@@ -313,7 +335,7 @@ impl KubernetesTarget {
             context: settings.context.clone(),
             ..KubeConfigOptions::default()
         };
-        let config = match &settings.kubeconfig {
+        let mut config = match &settings.kubeconfig {
             Some(path) => {
                 let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
                     connect_error(format!("cannot read kubeconfig {}: {e}", path.display()))
@@ -331,6 +353,8 @@ impl KubernetesTarget {
                 })?,
             },
         };
+        // One retry layer, ours (`call`): kube's own would multiply every attempt.
+        config.default_retry = false;
         Client::try_from(config)
             .map_err(|e| connect_error(format!("cannot build the Kubernetes client: {e}")))
     }
@@ -402,6 +426,7 @@ impl KubernetesTarget {
             code: None,
             retryable: false,
             message: e.to_string(),
+            class: FailureClass::Infrastructure,
         })?;
         let mut attempt = 1;
         loop {
@@ -420,6 +445,63 @@ impl KubernetesTarget {
                 }
             }
         }
+    }
+
+    /// The first broken pod running a workload's newest template (Deployments and
+    /// StatefulSets): one LIST of its pods by selector, and for a Deployment with a broken
+    /// pod, one LIST of its ReplicaSets to tell the new template's pods from the old.
+    async fn broken_pods(
+        &self,
+        key: &ResourceKey,
+        workload: &Value,
+        max_restarts: u32,
+    ) -> Result<Option<readiness::Stuck>, TargetError> {
+        if key.group != "apps" || !matches!(key.kind.as_str(), "Deployment" | "StatefulSet") {
+            return Ok(None);
+        }
+        let Some(selector) = readiness::selector_text(workload) else {
+            return Ok(None);
+        };
+        let namespace = key.namespace.as_deref().unwrap_or("default");
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), namespace);
+        let params = ListParams::default().labels(&selector);
+        let listed = self
+            .call(|| pods.list(&params))
+            .await
+            .map_err(|failure| answer_error("read pods of", key, failure))?;
+        let broken: Vec<(Value, readiness::Stuck)> = listed
+            .items
+            .iter()
+            .filter_map(|pod| serde_json::to_value(pod).ok())
+            .filter_map(|pod| readiness::broken_pod(&pod, max_restarts).map(|s| (pod, s)))
+            .collect();
+        if broken.is_empty() {
+            return Ok(None);
+        }
+        let replica_sets = if key.kind == "Deployment" {
+            let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+                Api::namespaced(self.client.clone(), namespace);
+            self.call(|| sets.list(&params))
+                .await
+                .map_err(|failure| answer_error("read replica sets of", key, failure))?
+                .items
+                .iter()
+                .filter_map(|set| serde_json::to_value(set).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // A pod of the old template that breaks is not this revision's doing.
+        let Some((label, value)) =
+            readiness::new_template_label(&key.kind, workload, &replica_sets)
+        else {
+            return Ok(None);
+        };
+        Ok(broken
+            .into_iter()
+            .find(|(pod, _)| readiness::has_label(pod, label, &value))
+            .map(|(_, stuck)| stuck))
     }
 
     /// Where a type's API lives, from discovery (cached). `patient` asks again for a while
@@ -664,6 +746,8 @@ impl KubernetesTarget {
             .map_err(|failure| TargetError::Object {
                 operation: "record ownership in",
                 object: self.parent.to_string(),
+                // Where the parent lives is the config's business, never the revision's.
+                class: FailureClass::Infrastructure,
                 message: if failure.is(404) {
                     format!(
                         "{}; create namespace {:?} or set applyset_namespace on the target",
@@ -729,6 +813,7 @@ impl KubernetesTarget {
                         operation: "delete",
                         object: self.parent.to_string(),
                         message: failure.message,
+                        class: failure.class,
                     });
                 }
             }
@@ -787,12 +872,28 @@ impl KubernetesTarget {
     }
 }
 
+/// A failure on the way to the server (discovery, encoding): the cluster's, not the object's.
 fn object_error(operation: &'static str, key: &ResourceKey, message: String) -> TargetError {
+    classed_error(operation, key, message, FailureClass::Infrastructure)
+}
+
+fn classed_error(
+    operation: &'static str,
+    key: &ResourceKey,
+    message: String,
+    class: FailureClass,
+) -> TargetError {
     TargetError::Object {
         operation,
         object: key.to_string(),
         message,
+        class,
     }
+}
+
+/// The server's answer to a request about one object.
+fn answer_error(operation: &'static str, key: &ResourceKey, failure: Failure) -> TargetError {
+    classed_error(operation, key, failure.message, failure.class)
 }
 
 impl Target for KubernetesTarget {
@@ -877,7 +978,12 @@ impl Target for KubernetesTarget {
 
     async fn apply(&self, key: &ResourceKey, body: &Value) -> Result<(), TargetError> {
         let kind = KindRef::of(body).ok_or_else(|| {
-            object_error("apply", key, "the body has no apiVersion or kind".into())
+            classed_error(
+                "apply",
+                key,
+                "the body has no apiVersion or kind".into(),
+                FailureClass::Revision,
+            )
         })?;
         // The parent may live in a namespace the revision creates: Namespaces go first.
         if !is_namespace(key) {
@@ -892,32 +998,40 @@ impl Target for KubernetesTarget {
         let api = self.api(&resolved, key.namespace.as_deref());
         let patch = Patch::Apply(&object);
         let gentle = PatchParams::apply(&self.field_manager);
-        let outcome = match self.call(|| api.patch(&key.name, &gentle, &patch)).await {
+        match self.call(|| api.patch(&key.name, &gentle, &patch)).await {
             Err(failure) if failure.is(409) => {
                 // Never take fields from another environment; others only when allowed.
                 if let Some(other) = conflicting_environment(&failure.message, &self.field_manager)
                 {
-                    Err(format!(
-                        "{}; gitopsd environment {other:?} sets these fields too: two environments must not manage the same fields",
-                        failure.message
-                    ))
+                    return Err(classed_error(
+                        "apply",
+                        key,
+                        format!(
+                            "{}; gitopsd environment {other:?} sets these fields too: two environments must not manage the same fields",
+                            failure.message
+                        ),
+                        FailureClass::Revision,
+                    ));
                 } else if self.settings.force_conflicts {
                     let forced = gentle.clone().force();
                     self.call(|| api.patch(&key.name, &forced, &patch))
                         .await
-                        .map(|_| ())
-                        .map_err(|failure| failure.message)
+                        .map_err(|failure| answer_error("apply", key, failure))?;
                 } else {
-                    Err(format!(
-                        "{} (another field manager owns these fields; force_conflicts = true takes them over)",
-                        failure.message
-                    ))
+                    return Err(classed_error(
+                        "apply",
+                        key,
+                        format!(
+                            "{} (another field manager owns these fields; force_conflicts = true takes them over)",
+                            failure.message
+                        ),
+                        FailureClass::Infrastructure,
+                    ));
                 }
             }
-            Err(failure) => Err(failure.message),
-            Ok(_) => Ok(()),
-        };
-        outcome.map_err(|message| object_error("apply", key, message))?;
+            Err(failure) => return Err(answer_error("apply", key, failure)),
+            Ok(_) => {}
+        }
         if key.group == "apiextensions.k8s.io" && key.kind == "CustomResourceDefinition" {
             self.await_established(key, &api).await?;
         }
@@ -940,7 +1054,7 @@ impl Target for KubernetesTarget {
         let result = self
             .call(|| api.patch(&key.name, &params, &patch))
             .await
-            .map_err(|failure| object_error("dry-run", key, failure.message))?;
+            .map_err(|failure| answer_error("dry-run", key, failure))?;
         let mut result = serde_json::to_value(&result)
             .map_err(|e| object_error("dry-run", key, e.to_string()))?;
         if let Some(map) = result.as_object_mut() {
@@ -973,12 +1087,16 @@ impl Target for KubernetesTarget {
         match self.call(|| api.delete(&key.name, &background)).await {
             Ok(_) => Ok(()),
             Err(failure) if failure.is(404) => Ok(()),
-            Err(failure) => Err(object_error("delete", key, failure.message)),
+            Err(failure) => Err(answer_error("delete", key, failure)),
         }
     }
 
-    async fn not_ready(&self, keys: &[ResourceKey]) -> Result<Vec<String>, TargetError> {
-        let mut waiting = Vec::new();
+    async fn readiness(
+        &self,
+        keys: &[ResourceKey],
+        max_restarts: u32,
+    ) -> Result<Readiness, TargetError> {
+        let mut readiness = Readiness::default();
         for key in keys {
             let resolved = self
                 .resolve_key(key)
@@ -988,18 +1106,34 @@ impl Target for KubernetesTarget {
             let live = self
                 .call(|| api.get_opt(&key.name))
                 .await
-                .map_err(|failure| object_error("read", key, failure.message))?;
+                .map_err(|failure| answer_error("read", key, failure))?;
             let Some(live) = live else {
-                waiting.push(format!("{key}: not found"));
+                readiness.waiting.push(format!("{key}: not found"));
                 continue;
             };
             let body = serde_json::to_value(&live)
                 .map_err(|e| object_error("read", key, e.to_string()))?;
-            if let Err(reason) = readiness(&key.group, &key.kind, &body) {
-                waiting.push(format!("{key}: {reason}"));
+            if let Some(stuck) = readiness::stuck(&key.group, &key.kind, &body) {
+                readiness.failed.push(FailedObject {
+                    cause: stuck.cause,
+                    detail: format!("{key}: {}", stuck.detail),
+                });
+                continue;
+            }
+            let Err(reason) = readiness::readiness(&key.group, &key.kind, &body) else {
+                continue;
+            };
+            // Only a workload still waiting has its pods looked at: one LIST per poll.
+            if let Some(stuck) = self.broken_pods(key, &body, max_restarts).await? {
+                readiness.failed.push(FailedObject {
+                    cause: stuck.cause,
+                    detail: format!("{key}: {}", stuck.detail),
+                });
+            } else {
+                readiness.waiting.push(format!("{key}: {reason}"));
             }
         }
-        Ok(waiting)
+        Ok(readiness)
     }
 
     fn compare(&self) -> Compare {
@@ -1186,6 +1320,32 @@ impl Target for KubernetesTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_blames_the_revision_only_when_it_judged_the_object() {
+        for code in [400, 404, 422] {
+            assert_eq!(classify(Some(code), "x"), FailureClass::Revision, "{code}");
+        }
+        assert_eq!(
+            classify(
+                Some(500),
+                "failed to create typed patch object (/v1, Kind=ConfigMap) shop/x: .spec.bogus: field not declared in schema"
+            ),
+            FailureClass::Revision,
+            "how v1.28 answers an unknown field"
+        );
+        for code in [401, 403, 409, 429, 500, 503, 504] {
+            assert_eq!(
+                classify(Some(code), "etcdserver: request timed out"),
+                FailureClass::Infrastructure,
+                "{code}"
+            );
+        }
+        assert_eq!(
+            classify(None, "connection refused"),
+            FailureClass::Infrastructure
+        );
+    }
 
     #[test]
     fn a_conflict_with_another_environment_names_it() {

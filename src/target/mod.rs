@@ -17,6 +17,16 @@ use crate::plan::Compare;
 pub use directory::DirectoryTarget;
 pub use kubernetes::{KubernetesSettings, KubernetesTarget};
 
+/// Whom a failed write blames: the revision (hold it as failed) or the cluster (retry later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The server judged the object itself: invalid, unknown field, not allowed by schema.
+    Revision,
+    /// The cluster could not take the write now: unreachable, 5xx, 429, timeout, conflict,
+    /// refused credentials or permissions. A good commit must not be held for it.
+    Infrastructure,
+}
+
 #[derive(Debug, Error)]
 pub enum TargetError {
     #[error("{operation} {object}: {message}")]
@@ -24,12 +34,49 @@ pub enum TargetError {
         operation: &'static str,
         object: String,
         message: String,
+        class: FailureClass,
     },
     #[error("cannot list live objects in {location}: {message}")]
     List { location: String, message: String },
     /// Another owner holds what this environment would write; nothing was written.
     #[error("refused: {message}")]
     Ownership { message: String },
+}
+
+impl TargetError {
+    /// Whom the failure blames.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            TargetError::Object { class, .. } => *class,
+            TargetError::List { .. } => FailureClass::Infrastructure,
+            TargetError::Ownership { .. } => FailureClass::Revision,
+        }
+    }
+}
+
+/// Where the objects of a step stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Objects still on their way, each with what it waits for.
+    pub waiting: Vec<String>,
+    /// Objects that will not get there (a crash-looping pod, a missed progress deadline, a
+    /// failed Job), each with the reason: the step fails at once.
+    pub failed: Vec<FailedObject>,
+}
+
+/// An object that will not become ready by waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedObject {
+    /// Short cause, as Kubernetes names it (`CrashLoopBackOff`, `ProgressDeadlineExceeded`).
+    pub cause: String,
+    /// The object and what was seen.
+    pub detail: String,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.waiting.is_empty() && self.failed.is_empty()
+    }
 }
 
 /// What a server made of a suspected drift.
@@ -114,11 +161,13 @@ pub trait Target: Send + Sync {
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
     /// Deletes an owned object; deleting one that is already gone succeeds.
     fn delete(&self, key: &ResourceKey) -> impl Future<Output = Result<(), TargetError>> + Send;
-    /// Which of `keys` are not ready yet, each with the reason; empty when all are.
-    fn not_ready(
+    /// Which of `keys` are not ready yet, and which have failed for good; a pod of a new
+    /// template counts as failed once it restarted more than `max_restarts` times.
+    fn readiness(
         &self,
         keys: &[ResourceKey],
-    ) -> impl Future<Output = Result<Vec<String>, TargetError>> + Send;
+        max_restarts: u32,
+    ) -> impl Future<Output = Result<Readiness, TargetError>> + Send;
 }
 
 /// The target an environment is configured with.
@@ -174,10 +223,14 @@ impl Target for AnyTarget {
         }
     }
 
-    async fn not_ready(&self, keys: &[ResourceKey]) -> Result<Vec<String>, TargetError> {
+    async fn readiness(
+        &self,
+        keys: &[ResourceKey],
+        max_restarts: u32,
+    ) -> Result<Readiness, TargetError> {
         match self {
-            AnyTarget::Directory(target) => target.not_ready(keys).await,
-            AnyTarget::Kubernetes(target) => target.not_ready(keys).await,
+            AnyTarget::Directory(target) => target.readiness(keys, max_restarts).await,
+            AnyTarget::Kubernetes(target) => target.readiness(keys, max_restarts).await,
         }
     }
 

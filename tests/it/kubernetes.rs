@@ -405,3 +405,59 @@ fn a_namespace_with_only_controller_made_objects_is_pruned() {
         stderr(&output)
     );
 }
+
+#[test]
+fn server_errors_that_outlast_the_retries_block_the_revision_without_holding_it() {
+    let (workspace, server) = on_stand_in("");
+    let config = std::fs::read_to_string(&workspace.config).expect("config");
+    std::fs::write(
+        &workspace.config,
+        format!("{config}\n[environment.rollout]\nsteps = [50, 100]\nbake = \"100ms\"\n"),
+    )
+    .expect("config");
+    deploy_app(&workspace);
+    app(&workspace.repo, "web:2");
+    workspace.repo.commit("web 2");
+    // Every attempt at the canary fails: the request's own retries are used up.
+    server.fail(Method::PATCH, "/deployments/web-canary", 503, 4);
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    assert!(
+        stderr(&output).contains("blocked by the cluster, not failed"),
+        "{}",
+        stderr(&output)
+    );
+    let events: Vec<String> = workspace
+        .journal("staging")
+        .iter()
+        .map(|record| record.event.name().to_string())
+        .collect();
+    assert!(events.contains(&"blocked".to_string()), "{events:?}");
+    assert!(
+        !events.contains(&"rollout_failed".to_string()),
+        "a 503 does not blame the revision: {events:?}"
+    );
+    let status = stdout(&workspace.run(&["status"]));
+    assert!(status.contains("blocked: step 1 (50%)"), "{status}");
+    assert!(!status.contains("last failed revision"), "{status}");
+    let web = server
+        .get("apps", "deployments", Some("shop"), "web")
+        .expect("web");
+    assert_eq!(
+        web["spec"]["template"]["spec"]["containers"][0]["image"], "web:1",
+        "the partial step is undone"
+    );
+
+    // The cluster answers again: the same tip rolls out, without a new commit.
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 0);
+    let web = server
+        .get("apps", "deployments", Some("shop"), "web")
+        .expect("web");
+    assert_eq!(
+        web["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:2"
+    );
+    let status = stdout(&workspace.run(&["status"]));
+    assert!(!status.contains("blocked"), "{status}");
+}
