@@ -24,13 +24,13 @@ use crate::scale::scale_manifests;
 
 /// Held shared by every test, and exclusively by the ones that count the API server's
 /// requests, so no other test's traffic lands in their counts.
-static QUIET: std::sync::RwLock<()> = std::sync::RwLock::new(());
+pub(crate) static QUIET: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// The cluster under test, driven by `kubectl` as an operator would.
-struct Cluster {
+pub(crate) struct Cluster {
     _turn: Turn,
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
+    pub(crate) kubectl: PathBuf,
     /// Deleted when the test ends: namespaces, then cluster-scoped objects (`kind/name`).
     namespaces: Vec<String>,
     cluster_objects: Vec<String>,
@@ -44,7 +44,7 @@ enum Turn {
 }
 
 impl Cluster {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let turn = Turn::Shared(QUIET.read().unwrap_or_else(|p| p.into_inner()));
         Self::with_turn(turn)
     }
@@ -91,13 +91,13 @@ impl Cluster {
     }
 
     /// A namespace name of this test's own, deleted at the end.
-    fn namespace(&mut self, tag: &str) -> String {
+    pub(crate) fn namespace(&mut self, tag: &str) -> String {
         let name = format!("gitopsd-e2e-{}-{tag}", std::process::id());
         self.namespaces.push(name.clone());
         name
     }
 
-    fn kubectl_output(&self, args: &[&str]) -> Output {
+    pub(crate) fn kubectl_output(&self, args: &[&str]) -> Output {
         Command::new(&self.kubectl)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -107,7 +107,7 @@ impl Cluster {
     }
 
     /// Runs kubectl and returns its stdout; fails the test when it fails.
-    fn kubectl(&self, args: &[&str]) -> String {
+    pub(crate) fn kubectl(&self, args: &[&str]) -> String {
         let output = self.kubectl_output(args);
         assert!(
             output.status.success(),
@@ -118,7 +118,7 @@ impl Cluster {
     }
 
     /// The object as JSON, or `None` when it does not exist.
-    fn get(&self, namespace: Option<&str>, what: &str) -> Option<Value> {
+    pub(crate) fn get(&self, namespace: Option<&str>, what: &str) -> Option<Value> {
         let mut args = vec!["get", what, "-o", "json", "--ignore-not-found"];
         if let Some(namespace) = namespace {
             args.extend(["-n", namespace]);
@@ -127,7 +127,7 @@ impl Cluster {
         (!text.trim().is_empty()).then(|| serde_json::from_str(&text).expect("kubectl JSON"))
     }
 
-    fn uid(&self, namespace: Option<&str>, what: &str) -> String {
+    pub(crate) fn uid(&self, namespace: Option<&str>, what: &str) -> String {
         self.get(namespace, what)
             .unwrap_or_else(|| panic!("{what} exists"))["metadata"]["uid"]
             .as_str()
@@ -182,7 +182,7 @@ impl Drop for Cluster {
 
 /// A workspace whose staging environment targets the cluster with `namespace`, with
 /// `staging_extra` appended to the environment (rollout and checks).
-fn workspace_on(cluster: &Cluster, namespace: &str, staging_extra: &str) -> Workspace {
+pub(crate) fn workspace_on(cluster: &Cluster, namespace: &str, staging_extra: &str) -> Workspace {
     let workspace = Workspace::new();
     workspace.write_config_with(
         &workspace.repo.dir.display().to_string(),
@@ -204,14 +204,14 @@ fn workspace_on(cluster: &Cluster, namespace: &str, staging_extra: &str) -> Work
 }
 
 /// A health check that fails while `marker` exists.
-fn marker_check(marker: &std::path::Path) -> String {
+pub(crate) fn marker_check(marker: &std::path::Path) -> String {
     format!(
         "[[environment.health]]\nname = \"marker\"\ntype = \"exec\"\ncommand = \"sh -c 'test ! -f {}'\"\ninterval = \"1s\"\nfailures = 2\n",
         marker.display()
     )
 }
 
-fn rollout(steps: &str) -> String {
+pub(crate) fn rollout(steps: &str) -> String {
     format!(
         "[environment.rollout]\nsteps = {steps}\nbake = \"3s\"\nverify = \"3s\"\ntimeout = \"3m\"\n"
     )
@@ -246,7 +246,7 @@ fn deploy(
     commit
 }
 
-fn events<'a>(records: &'a [gitopsd::journal::Record], name: &str) -> Vec<&'a Event> {
+pub(crate) fn events<'a>(records: &'a [gitopsd::journal::Record], name: &str) -> Vec<&'a Event> {
     records
         .iter()
         .map(|record| &record.event)

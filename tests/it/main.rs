@@ -7,6 +7,7 @@ mod crash;
 mod daemon;
 mod diff;
 mod e2e;
+mod e2e_rollout;
 mod helpers;
 mod http_git;
 mod kubernetes;

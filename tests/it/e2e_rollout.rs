@@ -1,0 +1,547 @@
+//! Real-cluster suite, rollouts: broken pods fail a step at once, an invalid object holds its
+//! revision until `gitopsd retry`, capacity never drops while a canary runs, and an API server
+//! outage blocks a rollout without blaming its revision. Run like tests/it/e2e.rs.
+
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gitopsd::journal::Event;
+use serde_json::Value;
+
+use crate::e2e::{Cluster, events, rollout, workspace_on};
+use crate::helpers::*;
+
+const TOKEN: &str = "e2e-token";
+
+/// Namespace, Deployment `web` (with `replicas` unless `None`) and its Service. The pod
+/// template carries `release` and any `pod_annotations`; `spec_extra` goes into the spec.
+fn web_yaml(
+    namespace: &str,
+    release: &str,
+    replicas: Option<u32>,
+    pod_annotations: &str,
+    spec_extra: &str,
+) -> String {
+    let replicas = replicas.map_or(String::new(), |n| format!("  replicas: {n}\n"));
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n{replicas}{spec_extra}  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n      annotations: {{release: \"{release}\"{pod_annotations}}}\n    spec:\n      containers:\n        - name: web\n          image: registry.k8s.io/pause:3.9\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {{app: web}}\n  ports: [{{port: 80}}]\n"
+    )
+}
+
+fn commit_web(workspace: &Workspace, text: &str, message: &str) -> String {
+    workspace.repo.write("environments/staging/app.yaml", text);
+    workspace.repo.commit(message)
+}
+
+fn failure_cause(workspace: &Workspace) -> Option<String> {
+    let records = workspace.journal("staging");
+    events(&records, "rollout_failed")
+        .last()
+        .and_then(|event| match event {
+            Event::RolloutFailed { cause, .. } => cause.clone(),
+            _ => None,
+        })
+}
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_broken_canary_pods_fail_the_step_at_once_and_name_the_reason() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("broken");
+    let timeout = Duration::from_secs(120);
+    let workspace = workspace_on(
+        &cluster,
+        &namespace,
+        &rollout("[50, 100]").replace("timeout = \"3m\"", "timeout = \"120s\""),
+    );
+    commit_web(
+        &workspace,
+        &web_yaml(&namespace, "1", Some(2), "", ""),
+        "v1",
+    );
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+
+    for (lab_state, reason) in [
+        ("crash", "CrashLoopBackOff"),
+        ("imagepull", "ImagePullBackOff"),
+    ] {
+        commit_web(
+            &workspace,
+            &web_yaml(
+                &namespace,
+                lab_state,
+                Some(2),
+                &format!(", lab/unhealthy: {lab_state}"),
+                "  progressDeadlineSeconds: 15\n",
+            ),
+            lab_state,
+        );
+        let started = Instant::now();
+        let output = workspace.run(&["run", "--once"]);
+        let took = started.elapsed();
+        assert_exit(&output, 1);
+        assert!(
+            took < timeout,
+            "the step waited for its whole timeout ({took:?}) instead of failing on {reason}"
+        );
+        assert!(stderr(&output).contains(reason), "{}", stderr(&output));
+        assert_eq!(failure_cause(&workspace).as_deref(), Some(reason));
+        let status = stdout(&workspace.run(&["status", "--env", "staging"]));
+        assert!(status.contains(reason), "{status}");
+        assert!(
+            cluster
+                .get(Some(&namespace), "deployment/web-canary")
+                .is_none(),
+            "the revert removed the canary"
+        );
+    }
+}
+
+/// A running daemon with an API on a free port; killed when dropped.
+fn daemon_with_api(workspace: &Workspace) -> (ChildGuard, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    std::fs::write(workspace.path("api-token"), format!("{TOKEN}\n")).expect("token");
+    workspace.edit_config(
+        "[state]",
+        &format!("[api]\nlisten = \"{address}\"\ntoken_file = \"api-token\"\n\n[state]"),
+    );
+    let child = ChildGuard(
+        workspace
+            .gitopsd(&["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("daemon starts"),
+    );
+    (child, address)
+}
+
+fn count(workspace: &Workspace, event: &str) -> usize {
+    events(&workspace.journal("staging"), event).len()
+}
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_an_invalid_object_holds_the_revision_and_retry_rolls_it_out_again() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("invalid");
+    let workspace = workspace_on(&cluster, &namespace, &rollout("[100]"));
+    workspace.edit_config("poll_interval = \"30s\"", "poll_interval = \"1s\"");
+    commit_web(
+        &workspace,
+        &web_yaml(&namespace, "1", Some(1), "", ""),
+        "v1",
+    );
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let mut text = web_yaml(&namespace, "2", Some(1), "", "");
+    text.push_str(
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  labels: {tier: \"not a valid label value!\"}\ndata: {MODE: x}\n",
+    );
+    let bad = commit_web(&workspace, &text, "invalid label");
+
+    let (_daemon, address) = daemon_with_api(&workspace);
+    assert!(
+        wait_for(Duration::from_secs(60), || count(&workspace, "reverted")
+            >= 1),
+        "the invalid revision was never reverted"
+    );
+    let records = workspace.journal("staging");
+    let failed = events(&records, "rollout_failed");
+    let Some(Event::RolloutFailed { reason, cause, .. }) = failed.last() else {
+        panic!("no rollout_failed: {records:?}");
+    };
+    assert!(reason.contains("invalid (422"), "{reason}");
+    assert!(
+        reason.contains("not a valid label value"),
+        "the server's message: {reason}"
+    );
+    assert_eq!(cause.as_deref(), Some("Rejected"));
+    let status = stdout(&workspace.run(&["status", "--env", "staging"]));
+    assert!(status.contains("held; gitopsd retry"), "{status}");
+    // Held: the daemon does not try it again on its own.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        count(&workspace, "rollout_started"),
+        2,
+        "v1 and one try of the bad revision"
+    );
+
+    let ready = wait_for(Duration::from_secs(30), || {
+        http_request(&address, "GET", "/readyz", &[], "").is_some_and(|(status, _)| status == 200)
+    });
+    assert!(ready, "/readyz never answered 200");
+    let output = workspace.run(&["retry", "--env", "staging"]);
+    assert_exit(&output, 0);
+    assert!(stdout(&output).contains(&bad), "{}", stdout(&output));
+    assert!(
+        wait_for(Duration::from_secs(60), || count(&workspace, "reverted")
+            >= 2),
+        "the retried revision did not roll out (and fail) again"
+    );
+    assert_eq!(count(&workspace, "retried"), 1);
+    assert_eq!(
+        count(&workspace, "rollout_failed"),
+        2,
+        "it fails again the same way"
+    );
+    // An environment whose tip is not held has nothing to retry.
+    let none_held = workspace.run(&["retry", "--env", "production"]);
+    assert!(!none_held.status.success());
+    assert!(
+        stderr(&none_held).contains("not held as failed"),
+        "{}",
+        stderr(&none_held)
+    );
+}
+
+/// Pods behind the Service (`app=web`) that are Ready and not being deleted, as a watch of
+/// pod events reports them.
+struct ReadyWatch {
+    _child: ChildGuard,
+    seen: Arc<Mutex<WatchState>>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    ready: BTreeMap<String, bool>,
+    /// The fewest ready pods seen since `arm`, and every pod name seen.
+    lowest: Option<usize>,
+    armed: bool,
+    names: std::collections::BTreeSet<String>,
+}
+
+impl WatchState {
+    fn count(&self) -> usize {
+        self.ready.values().filter(|ready| **ready).count()
+    }
+}
+
+impl ReadyWatch {
+    fn start(cluster: &Cluster, namespace: &str) -> Self {
+        let mut child = Command::new(&cluster.kubectl)
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args([
+                "get",
+                "pods",
+                "-n",
+                namespace,
+                "-l",
+                "app=web",
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                "json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl watch starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let seen = Arc::new(Mutex::new(WatchState::default()));
+        let state = seen.clone();
+        std::thread::spawn(move || {
+            let stream = serde_json::Deserializer::from_reader(BufReader::new(stdout));
+            for event in stream.into_iter::<Value>() {
+                let Ok(event) = event else { break };
+                let pod = &event["object"];
+                let name = pod["metadata"]["name"].as_str().unwrap_or("?").to_string();
+                let ready = event["type"] != "DELETED"
+                    && pod["metadata"].get("deletionTimestamp").is_none()
+                    && pod["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|conditions| {
+                            conditions
+                                .iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        });
+                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                state.names.insert(name.clone());
+                state.ready.insert(name, ready);
+                if state.armed {
+                    let count = state.count();
+                    state.lowest = Some(state.lowest.map_or(count, |low| low.min(count)));
+                }
+            }
+        });
+        Self {
+            _child: ChildGuard(child),
+            seen,
+        }
+    }
+
+    /// Waits until `n` pods are ready, then starts recording the lowest count.
+    fn arm_at(&self, n: usize) {
+        let ready = wait_for(Duration::from_secs(60), || {
+            self.seen.lock().unwrap_or_else(|p| p.into_inner()).count() == n
+        });
+        assert!(ready, "the watch never saw {n} ready pods");
+        let mut state = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        state.armed = true;
+        state.lowest = Some(state.count());
+    }
+
+    fn lowest_and_names(&self) -> (usize, Vec<String>) {
+        let state = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            state.lowest.unwrap_or(0),
+            state.names.iter().cloned().collect(),
+        )
+    }
+}
+
+/// Makes every new pod of a namespace take a few seconds to become Ready, as real containers
+/// do (the lab's kubelet makes them Ready at once): pods start with `lab/unhealthy: "true"`
+/// from their template, and this lifts it `delay` after it first sees them.
+struct SlowStarts {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const SLOW_START: &str = ", lab/unhealthy: \"true\"";
+
+impl SlowStarts {
+    fn start(cluster: &Cluster, namespace: &str, delay: Duration) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let kubectl = cluster.kubectl.clone();
+        let kubeconfig = cluster.kubeconfig.clone();
+        let namespace = namespace.to_string();
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut first_seen: BTreeMap<String, Instant> = BTreeMap::new();
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let output = Command::new(&kubectl)
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(["get", "pods", "-n", &namespace, "-o", "json"])
+                    .output();
+                let pods: Value = output
+                    .ok()
+                    .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+                    .unwrap_or_default();
+                for pod in pods["items"].as_array().into_iter().flatten() {
+                    if pod["metadata"]["annotations"]["lab/unhealthy"] != "true" {
+                        continue;
+                    }
+                    let name = pod["metadata"]["name"].as_str().unwrap_or("?").to_string();
+                    let seen = *first_seen.entry(name.clone()).or_insert_with(Instant::now);
+                    if seen.elapsed() >= delay {
+                        let _ = Command::new(&kubectl)
+                            .arg("--kubeconfig")
+                            .arg(&kubeconfig)
+                            .args(["annotate", "pod", "-n", &namespace, &name, "lab/unhealthy-"])
+                            .output();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SlowStarts {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_ready_pods_behind_the_service_never_drop_during_a_canary_and_its_promotion() {
+    let mut cluster = Cluster::new();
+    for (tag, replicas, floor) in [("capacity", Some(4), 3), ("surge", None, 1)] {
+        let namespace = cluster.namespace(tag);
+        let workspace = workspace_on(&cluster, &namespace, &rollout("[25, 50, 100]"));
+        let _slow = SlowStarts::start(&cluster, &namespace, Duration::from_secs(4));
+        commit_web(
+            &workspace,
+            &web_yaml(&namespace, "1", replicas, SLOW_START, ""),
+            "v1",
+        );
+        assert_exit(&workspace.run(&["run", "--once"]), 0);
+        let watch = ReadyWatch::start(&cluster, &namespace);
+        watch.arm_at(replicas.map_or(1, |n| n as usize));
+
+        commit_web(
+            &workspace,
+            &web_yaml(&namespace, "2", replicas, SLOW_START, ""),
+            "v2",
+        );
+        let output = workspace.run(&["run", "--once"]);
+        assert_exit(&output, 0);
+        // Let the last deletions reach the watch.
+        std::thread::sleep(Duration::from_secs(2));
+        let (lowest, names) = watch.lowest_and_names();
+        assert!(
+            names.iter().any(|name| name.starts_with("web-canary-")),
+            "the watch saw no canary pod: {names:?}"
+        );
+        assert!(
+            lowest >= floor,
+            "{tag}: ready pods behind the Service dropped to {lowest} (floor {floor}); pods seen: {names:?}"
+        );
+        assert!(
+            cluster
+                .get(Some(&namespace), "deployment/web-canary")
+                .is_none()
+        );
+    }
+}
+
+/// A control plane of the test's own, on its own ports and folder, so it can be stopped and
+/// started while other tests use the shared one. Purged when dropped.
+struct OwnLab {
+    dir: PathBuf,
+    scripts: PathBuf,
+    ports: [u16; 4],
+}
+
+impl OwnLab {
+    fn start() -> Self {
+        let scripts = std::env::var_os("GITOPSD_TEST_LAB").map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/k8s-lab"),
+            PathBuf::from,
+        );
+        let lab = Self {
+            dir: std::env::temp_dir().join(format!("gitopsd-outage-lab-{}", std::process::id())),
+            scripts,
+            ports: [free_port(), free_port(), free_port(), free_port()],
+        };
+        lab.up();
+        lab
+    }
+
+    fn script(&self, name: &str, args: &[&str]) {
+        let [api, etcd, peer, kcm] = self.ports;
+        let output = Command::new("bash")
+            .arg(self.scripts.join(name))
+            .args(args)
+            .env("LAB_DIR", &self.dir)
+            .env("LAB_API_PORT", api.to_string())
+            .env("LAB_ETCD_PORT", etcd.to_string())
+            .env("LAB_ETCD_PEER_PORT", peer.to_string())
+            .env("LAB_KCM_PORT", kcm.to_string())
+            .output()
+            .expect("lab script runs");
+        assert!(
+            output.status.success(),
+            "{name} failed:\n{}",
+            stderr(&output)
+        );
+    }
+
+    fn up(&self) {
+        self.script("up.sh", &[]);
+    }
+
+    fn down(&self) {
+        self.script("down.sh", &[]);
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+}
+
+impl Drop for OwnLab {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(self.scripts.join("down.sh"))
+            .arg("--purge")
+            .env("LAB_DIR", &self.dir)
+            .output();
+    }
+}
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_an_api_server_outage_during_a_step_blocks_without_holding_the_revision() {
+    // Only the lab scripts of the shared cluster's kind are needed: this test runs its own.
+    let lab = OwnLab::start();
+    let namespace = format!("gitopsd-e2e-{}-outage", std::process::id());
+    let workspace = Workspace::new();
+    workspace.write_config_with(
+        &workspace.repo.dir.display().to_string(),
+        "1s",
+        "[environment.rollout]\nsteps = [50, 100]\nbake = \"8s\"\ntimeout = \"2m\"\n",
+    );
+    workspace.edit_config(
+        "target = { type = \"directory\", path = \"live/staging\" }\nnamespace = \"shop\"",
+        &format!(
+            "target = {{ type = \"kubernetes\", kubeconfig = \"{}\" }}\nnamespace = \"{namespace}\"",
+            lab.kubeconfig().display()
+        ),
+    );
+    workspace.repo.write(
+        "environments/production/one.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: one\n",
+    );
+    commit_web(
+        &workspace,
+        &web_yaml(&namespace, "1", Some(2), "", ""),
+        "v1",
+    );
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+
+    let tip = commit_web(
+        &workspace,
+        &web_yaml(&namespace, "2", Some(2), "", ""),
+        "v2",
+    );
+    let _daemon = ChildGuard(
+        workspace
+            .gitopsd(&["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("daemon starts"),
+    );
+    assert!(
+        wait_for(Duration::from_secs(60), || count(
+            &workspace,
+            "step_started"
+        ) >= 1),
+        "the rollout never started"
+    );
+    // Stop the control plane while step 1 bakes; step 2 then meets no API server.
+    lab.down();
+    assert!(
+        wait_for(Duration::from_secs(90), || count(&workspace, "blocked")
+            >= 1),
+        "the outage was never reported as blocked: {:?}",
+        workspace.journal("staging")
+    );
+    let status = stdout(&workspace.run(&["status", "--env", "staging"]));
+    assert!(status.contains("blocked:"), "{status}");
+    lab.up();
+    let healthy = wait_for(Duration::from_secs(180), || {
+        workspace
+            .journal("staging")
+            .iter()
+            .any(|record| matches!(&record.event, Event::Healthy { revision } if revision.0 == tip))
+    });
+    assert!(
+        healthy,
+        "the tip never rolled out once the server was back: {:?}",
+        workspace.journal("staging")
+    );
+    assert_eq!(
+        count(&workspace, "rollout_failed"),
+        0,
+        "the revision was never blamed"
+    );
+    let status = stdout(&workspace.run(&["status", "--env", "staging"]));
+    assert!(!status.contains("blocked"), "{status}");
+    assert!(!status.contains("last failed revision"), "{status}");
+}
