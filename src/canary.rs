@@ -5,7 +5,9 @@
 //! round(w% × N) replicas (at least 1) and the stable Deployment keeps the old template with
 //! the rest. The canary's selector and pod labels add `gitopsd.io/track: canary`, so the
 //! canary Deployment never selects stable pods while a Service on the app labels selects
-//! both. Changed ConfigMaps/Secrets the workload uses reach only the canary, as
+//! both. The stable's selector is immutable and stays as git wrote it, so it matches canary
+//! pods too (its ReplicaSets only count pods they own; anything else selecting by its labels,
+//! a PodDisruptionBudget or a metric query, sees both tracks). Changed ConfigMaps/Secrets the workload uses reach only the canary, as
 //! `<name>-canary` copies, until promotion.
 //!
 //! The stable is written from the manifest it was applied from (the previous revision's), never
@@ -356,6 +358,9 @@ pub fn promotion(spec: &RolloutSpec) -> StepObjects {
         .collect();
     delete.extend(spec.held.iter().map(|config| canary_key(&config.key)));
     delete.extend(spec.deferred.iter().map(|change| change.key().clone()));
+    // After a restart the canary objects are live, so the plan deletes them too.
+    let mut seen = BTreeSet::new();
+    delete.retain(|key| seen.insert(key.clone()));
     StepObjects {
         apply,
         shrink: Vec::new(),

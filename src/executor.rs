@@ -21,7 +21,7 @@ use crate::plan::{self, Action, Change, Compare, Desired, Plan, stage};
 use crate::probe::Prober;
 use crate::rollout::cause;
 use crate::rollout::{
-    Decision, History, Milestone, NextStep, Observation, RevertInFlight, Rollout, Timing,
+    Decision, History, Milestone, NextStep, Observation, Resume, RevertInFlight, Rollout, Timing,
 };
 use crate::source::{GitSource, SourceError};
 use crate::target::{DriftCheck, FailureClass, Target, TargetError};
@@ -78,7 +78,7 @@ pub enum ReconcileError {
         "revision {revision} blocked by the cluster, not failed; retried with backoff: {reason}"
     )]
     Blocked { revision: Revision, reason: String },
-    #[error("stopped by shutdown in the middle of a rollout; it is reverted and redone on restart")]
+    #[error("stopped by shutdown in the middle of a rollout; it goes on from its step on restart")]
     Interrupted,
     #[error(transparent)]
     Journal(#[from] JournalError),
@@ -283,13 +283,15 @@ fn applied_keys(writes: &[Write]) -> Vec<ResourceKey> {
         .collect()
 }
 
-fn step_objects(spec: &RolloutSpec, step: usize, weight: u8) -> StepObjects {
+/// The objects of a step at `weight`; the `first` step of a run also writes every change with
+/// no canary meaning.
+fn step_objects(spec: &RolloutSpec, first: bool, weight: u8) -> StepObjects {
     let mut objects = if weight < 100 {
         canary::canary_step(spec, weight)
     } else {
         canary::promotion(spec)
     };
-    if step == 0 {
+    if first {
         objects.apply.extend(
             spec.immediate
                 .iter()
@@ -387,7 +389,11 @@ impl<T: Target> EnvironmentRun<'_, T> {
                     return Ok(Outcome::Waiting { reason });
                 }
                 NextStep::Rollout { revision, previous } => {
-                    return self.rollout(&revision, previous).await;
+                    return self.rollout(&revision, previous, None).await;
+                }
+                NextStep::Resume(resume) => {
+                    let (revision, previous) = (resume.revision.clone(), resume.previous.clone());
+                    return self.rollout(&revision, previous, Some(resume)).await;
                 }
             }
         }
@@ -659,9 +665,10 @@ impl<T: Target> EnvironmentRun<'_, T> {
         &mut self,
         revision: &Revision,
         previous: Option<Revision>,
+        resume: Option<Resume>,
     ) -> Result<Outcome, ReconcileError> {
         let (desired, live, plan) = self.plan_for(revision).await?;
-        if plan.is_empty() {
+        if plan.is_empty() && resume.is_none() {
             // Nothing to roll out (e.g. a commit outside this environment's folder).
             self.settle(&desired, &plan.orphaned).await?;
             self.journal(Event::Healthy {
@@ -685,40 +692,64 @@ impl<T: Target> EnvironmentRun<'_, T> {
             None => Vec::new(),
         };
         let spec = canary::split(&plan, &desired, &live, &before);
-        let steps = if spec.has_canaries() {
-            self.config.rollout.steps.clone()
-        } else {
-            vec![100]
-        };
         let changes = change_records(&plan.changes);
-        let marks = baseline(&plan, &spec, &live);
-        let canaries: Vec<String> = spec
-            .canaries
-            .iter()
-            .map(|unit| unit.desired.key.to_string())
-            .collect();
-        self.journal(Event::RolloutStarted {
-            revision: revision.clone(),
-            previous: previous.clone(),
-            steps: steps.clone(),
-            changes: changes.clone(),
-            canaries: canaries.clone(),
-            baseline: marks.clone(),
-        })?;
-        tracing::info!(
-            env = %self.config.name,
-            revision = %revision.short(),
-            steps = ?steps,
-            canaries = ?canaries,
-            changes = changes.len(),
-            "rollout started"
-        );
         let timing = Timing {
             bake: self.config.rollout.bake,
             timeout: self.config.rollout.timeout,
             verify: self.config.rollout.verify,
         };
-        let mut rollout = Rollout::new(steps, timing);
+        let (mut rollout, marks, first_step) = match resume {
+            Some(resume) => {
+                // The steps and marks it started with; the canary objects are still there.
+                // Once the stables carry the new template nothing is left but the promotion.
+                let last = resume.steps.len().saturating_sub(1);
+                let from = if spec.has_canaries() {
+                    resume.from
+                } else {
+                    last
+                };
+                self.journal(Event::RolloutResumed {
+                    revision: revision.clone(),
+                    step: from,
+                })?;
+                tracing::info!(env = %self.config.name, revision = %revision.short(), step = from + 1, "rollout resumed after a restart");
+                (
+                    Rollout::starting_at(resume.steps, timing, from),
+                    resume.baseline,
+                    from,
+                )
+            }
+            None => {
+                let steps = if spec.has_canaries() {
+                    self.config.rollout.steps.clone()
+                } else {
+                    vec![100]
+                };
+                let marks = baseline(&plan, &spec, &live);
+                let canaries: Vec<String> = spec
+                    .canaries
+                    .iter()
+                    .map(|unit| unit.desired.key.to_string())
+                    .collect();
+                self.journal(Event::RolloutStarted {
+                    revision: revision.clone(),
+                    previous: previous.clone(),
+                    steps: steps.clone(),
+                    changes: changes.clone(),
+                    canaries: canaries.clone(),
+                    baseline: marks.clone(),
+                })?;
+                tracing::info!(
+                    env = %self.config.name,
+                    revision = %revision.short(),
+                    steps = ?steps,
+                    canaries = ?canaries,
+                    changes = changes.len(),
+                    "rollout started"
+                );
+                (Rollout::new(steps, timing), marks, 0)
+            }
+        };
         let mut tracker = HealthTracker::new(&self.config.health);
         let mut step_keys: Vec<ResourceKey> = Vec::new();
         let mut shrinking = StepObjects::default();
@@ -732,7 +763,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
                         weight,
                     })?;
                     tracing::info!(env = %self.config.name, revision = %revision.short(), step = step + 1, weight, "step started");
-                    let objects = step_objects(&spec, step, weight);
+                    let objects = step_objects(&spec, step == first_step, weight);
                     // Capacity first: what this step adds is written and ready before anything
                     // it replaces is scaled down or deleted.
                     let writes = ordered(objects.apply, Vec::new());

@@ -58,6 +58,9 @@ pub enum Event {
         canaries: Vec<String>,
         baseline: Vec<Baseline>,
     },
+    /// A rollout interrupted by a restart goes on from step `step` (its objects are still
+    /// there; the step is written again and its bake starts over).
+    RolloutResumed { revision: Revision, step: usize },
     /// About to write the objects of a step (weight 100 is the promotion).
     StepStarted {
         revision: Revision,
@@ -172,6 +175,7 @@ impl Event {
             Event::DriftCorrected { .. } => "drift_corrected",
             Event::Inventory { .. } => "inventory",
             Event::Blocked { .. } => "blocked",
+            Event::RolloutResumed { .. } => "rollout_resumed",
             Event::Unblocked { .. } => "unblocked",
             Event::Retried { .. } => "retried",
         }
@@ -190,6 +194,7 @@ impl Event {
             | Event::CheckFailed { revision, .. }
             | Event::RolloutFailed { revision, .. }
             | Event::Blocked { revision, .. }
+            | Event::RolloutResumed { revision, .. }
             | Event::Unblocked { revision }
             | Event::Retried { revision }
             | Event::RevertStarted { revision, .. }

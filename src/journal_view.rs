@@ -47,6 +47,9 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
                 }
                 write_changes(changes, out)?;
             }
+            Event::RolloutResumed { step, .. } => {
+                writeln!(out, "      after a restart, from step {}", step + 1)?;
+            }
             Event::StepStarted { step, weight, .. } | Event::StepPassed { step, weight, .. } => {
                 writeln!(out, "      step {} ({weight}%)", step + 1)?;
             }

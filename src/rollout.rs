@@ -137,6 +137,17 @@ impl Rollout {
         }
     }
 
+    /// A rollout that goes on from `step` (after a restart).
+    pub fn starting_at(steps: Vec<u8>, timing: Timing, step: usize) -> Self {
+        Self {
+            phase: Phase::Apply {
+                step: step.min(steps.len().saturating_sub(1)),
+            },
+            steps,
+            timing,
+        }
+    }
+
     pub fn phase(&self) -> &Phase {
         &self.phase
     }
@@ -310,8 +321,12 @@ pub struct InFlight {
     pub revision: Revision,
     pub previous: Option<Revision>,
     pub baseline: Vec<Baseline>,
+    /// The canary weights it started with.
+    pub steps: Vec<u8>,
     /// Step in flight: index and weight.
     pub step: Option<(usize, u8)>,
+    /// The last step that passed its bake.
+    pub passed: Option<usize>,
     pub failed: Option<String>,
     /// Checks that failed during this rollout: name and detail.
     pub failing_checks: Vec<(String, String)>,
@@ -343,6 +358,7 @@ impl History {
                 revision,
                 previous,
                 baseline,
+                steps,
                 ..
             } => {
                 self.blocked = None;
@@ -350,7 +366,9 @@ impl History {
                     revision: revision.clone(),
                     previous: previous.clone(),
                     baseline: baseline.clone(),
+                    steps: steps.clone(),
                     step: None,
+                    passed: None,
                     failed: None,
                     failing_checks: Vec::new(),
                 });
@@ -358,6 +376,11 @@ impl History {
             Event::StepStarted { step, weight, .. } => {
                 if let Some(flight) = &mut self.in_flight {
                     flight.step = Some((*step, *weight));
+                }
+            }
+            Event::StepPassed { step, .. } => {
+                if let Some(flight) = &mut self.in_flight {
+                    flight.passed = Some(*step);
                 }
             }
             Event::CheckFailed { check, detail, .. } => {
@@ -446,8 +469,8 @@ impl History {
             Event::Rejected { .. }
             | Event::ReconcileStarted { .. }
             | Event::ReconcileFailed { .. }
-            | Event::StepPassed { .. }
             | Event::Promoted { .. }
+            | Event::RolloutResumed { .. }
             | Event::RevertCommitted { .. }
             | Event::DriftCorrected { .. } => {}
         }
@@ -460,6 +483,22 @@ impl History {
             return NextStep::Revert(revert.clone());
         }
         if let Some(flight) = &self.in_flight {
+            // Interrupted by a restart while the tip is still what it rolls out: go on from
+            // the step it had reached rather than undo and redo it.
+            if flight.failed.is_none() && flight.revision == *tip {
+                let from = match (flight.step, flight.passed) {
+                    (_, Some(passed)) => passed + 1,
+                    (Some((step, _)), None) => step,
+                    (None, None) => 0,
+                };
+                return NextStep::Resume(Resume {
+                    revision: flight.revision.clone(),
+                    previous: flight.previous.clone(),
+                    steps: flight.steps.clone(),
+                    from: from.min(flight.steps.len().saturating_sub(1)),
+                    baseline: flight.baseline.clone(),
+                });
+            }
             // An interrupted first deploy has nothing to return to and is simply done again.
             if let Some(previous) = &flight.previous {
                 return NextStep::Revert(RevertInFlight {
@@ -503,9 +542,24 @@ impl History {
     }
 }
 
+/// A rollout a restart interrupted, to go on with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    pub revision: Revision,
+    pub previous: Option<Revision>,
+    /// The weights it started with.
+    pub steps: Vec<u8>,
+    /// The step to go on from (written again; its bake starts over).
+    pub from: usize,
+    /// How the objects it touches were marked before it started.
+    pub baseline: Vec<Baseline>,
+}
+
 /// What an environment does on a pass.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NextStep {
+    /// Go on with a rollout a restart interrupted.
+    Resume(Resume),
     /// Roll `revision` out; `previous` is what a revert would return to.
     Rollout {
         revision: Revision,
@@ -839,8 +893,8 @@ mod tests {
     }
 
     #[test]
-    fn an_interrupted_rollout_is_reverted_without_blaming_the_revision() {
-        let records = [
+    fn an_interrupted_rollout_resumes_at_its_step_unless_the_tip_moved_on() {
+        let mut records = vec![
             record(
                 1,
                 Event::Healthy {
@@ -848,23 +902,44 @@ mod tests {
                 },
             ),
             record(2, started('b', Some('a'))),
-            record(
-                3,
-                Event::StepStarted {
-                    revision: revision('b'),
-                    step: 0,
-                    weight: 10,
-                },
-            ),
         ];
+        let resume_from = |records: &[Record]| match History::from_records(records).next_step(
+            &revision('b'),
+            &Gates::default(),
+            at(0),
+        ) {
+            NextStep::Resume(resume) => resume.from,
+            other => panic!("expected a resume, got {other:?}"),
+        };
+        assert_eq!(resume_from(&records), 0, "killed before its first step");
+        records.push(record(
+            3,
+            Event::StepStarted {
+                revision: revision('b'),
+                step: 0,
+                weight: 10,
+            },
+        ));
+        assert_eq!(resume_from(&records), 0, "the step is written again");
+        records.push(record(
+            4,
+            Event::StepPassed {
+                revision: revision('b'),
+                step: 0,
+                weight: 10,
+            },
+        ));
+        assert_eq!(resume_from(&records), 1, "a passed step is not baked again");
         let history = History::from_records(&records);
-        let NextStep::Revert(revert) = history.next_step(&revision('b'), &Gates::default(), at(0))
+        assert!(history.failed.is_empty());
+
+        // A newer commit arrived meanwhile: the interrupted one is undone, not blamed.
+        let NextStep::Revert(revert) = history.next_step(&revision('c'), &Gates::default(), at(0))
         else {
             panic!("expected a revert");
         };
         assert_eq!(revert.to, revision('a'));
         assert!(!revert.failed);
-        assert!(history.failed.is_empty());
     }
 
     #[test]

@@ -240,7 +240,11 @@ fn delete_object(root: &Path, environment: &str, key: &ResourceKey) -> Result<()
             path.display()
         )));
     }
-    fs::remove_file(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    match fs::remove_file(&path) {
+        // Gone meanwhile (another write of the same stage): deleted is deleted.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        result => result.map_err(|e| fail(format!("{}: {e}", path.display())))?,
+    }
     let mut dir = path.parent();
     while let Some(current) = dir {
         if current == root {

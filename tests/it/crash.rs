@@ -108,7 +108,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 #[test]
-fn sigkill_at_each_journal_point_of_a_rollout_ends_fully_old_or_fully_new() {
+fn sigkill_at_each_journal_point_of_a_rollout_resumes_and_ends_fully_new() {
     use crate::rollout::{RolloutWorkspace, web};
     let rollout = RolloutWorkspace::new(
         "steps = [10, 50, 100]\nbake = \"300ms\"\nverify = \"300ms\"\ntimeout = \"5s\"",
@@ -170,8 +170,25 @@ fn sigkill_at_each_journal_point_of_a_rollout_ends_fully_old_or_fully_new() {
             );
         }
 
+        let killed_at = journal.len();
+        let interrupted = history.in_flight.is_some();
         let rerun = workspace.run(&["run", "--once"]);
         assert_exit(&rerun, 0);
+        let after: Vec<&str> = workspace.journal("staging")[killed_at..]
+            .iter()
+            .map(|record| record.event.name())
+            .collect();
+        if interrupted {
+            assert_eq!(
+                after.first(),
+                Some(&"rollout_resumed"),
+                "point {point}: the restart goes on with the rollout: {after:?}"
+            );
+            assert!(
+                !after.contains(&"revert_started"),
+                "point {point}: nothing is undone: {after:?}"
+            );
+        }
         let live = tree(&workspace.live("staging"));
         assert!(
             live == new_tree || live == old_tree,

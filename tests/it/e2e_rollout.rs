@@ -545,3 +545,92 @@ fn e2e_an_api_server_outage_during_a_step_blocks_without_holding_the_revision() 
     assert!(!status.contains("blocked"), "{status}");
     assert!(!status.contains("last failed revision"), "{status}");
 }
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_sigkill_at_each_journal_point_of_a_rollout_resumes_it() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("resume");
+    let workspace = workspace_on(
+        &cluster,
+        &namespace,
+        "[environment.rollout]\nsteps = [25, 50, 100]\nbake = \"2s\"\nverify = \"1s\"\ntimeout = \"2m\"\n",
+    );
+    commit_web(
+        &workspace,
+        &web_yaml(&namespace, "0", Some(4), "", ""),
+        "v0",
+    );
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let journal_path = gitopsd::journal::Journal::path_for(&workspace.path("state"), "staging");
+    let lines = || {
+        std::fs::read(&journal_path)
+            .map(|bytes| bytes.iter().filter(|b| **b == b'\n').count())
+            .unwrap_or(0)
+    };
+    // rollout_started, 3 × step_started, 2 × step_passed, promoted, healthy.
+    for point in 1..=8 {
+        let before = lines();
+        let tip = commit_web(
+            &workspace,
+            &web_yaml(&namespace, &point.to_string(), Some(4), "", ""),
+            &format!("v{point}"),
+        );
+        let mut child = ChildGuard(
+            workspace
+                .gitopsd(&["run", "--once"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("gitopsd starts"),
+        );
+        assert!(
+            wait_for(Duration::from_secs(60), || lines() >= before + point),
+            "point {point} was never reached"
+        );
+        child.signal(libc::SIGKILL);
+        child
+            .wait_timeout(Duration::from_secs(10))
+            .expect("killed child exits");
+        let killed_at = workspace.journal("staging").len();
+        let interrupted = gitopsd::rollout::History::from_records(&workspace.journal("staging"))
+            .in_flight
+            .map(|flight| flight.step);
+
+        assert_exit(&workspace.run(&["run", "--once"]), 0);
+        let records = workspace.journal("staging");
+        let after: Vec<&Event> = records[killed_at..].iter().map(|r| &r.event).collect();
+        if let Some(step) = interrupted {
+            let Some(Event::RolloutResumed { step: resumed, .. }) = after.first() else {
+                panic!("point {point}: the restart did not resume: {after:?}");
+            };
+            if point == 4 {
+                assert_eq!(step.map(|(index, _)| index), Some(1), "killed in step 2");
+                assert_eq!(*resumed, 1, "step 2 goes on; step 1 is not done again");
+            }
+            assert!(
+                !after.iter().any(|event| event.name() == "revert_started"),
+                "point {point}: nothing is undone: {after:?}"
+            );
+        }
+        assert!(
+            matches!(records.last().map(|r| &r.event), Some(Event::Healthy { revision }) if revision.0 == tip),
+            "point {point}: ends healthy at the tip: {after:?}"
+        );
+        assert!(
+            cluster
+                .get(Some(&namespace), "deployment/web-canary")
+                .is_none(),
+            "point {point}: no canary left"
+        );
+        let web = cluster
+            .get(Some(&namespace), "deployment/web")
+            .expect("web");
+        assert_eq!(web["spec"]["replicas"], 4, "point {point}");
+        assert_eq!(
+            web["spec"]["template"]["metadata"]["annotations"]["release"],
+            point.to_string(),
+            "point {point}"
+        );
+    }
+}
