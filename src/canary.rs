@@ -44,12 +44,24 @@ pub struct CanaryUnit {
     pub configs: BTreeSet<ResourceKey>,
 }
 
+/// One StatefulSet rolled out through canary steps by its partition: at weight w the
+/// `round(w% × N)` highest ordinals run the new template, the rest keep the old one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionUnit {
+    /// The StatefulSet as the revision wants it.
+    pub desired: Desired,
+    /// Replicas the steps split (N): the manifest's, or the live count when it sets none.
+    pub replicas: u32,
+}
+
 /// A plan split into what a rollout does when.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RolloutSpec {
     /// Creates and updates with no canary meaning: applied with the first step.
     pub immediate: Vec<Change>,
     pub canaries: Vec<CanaryUnit>,
+    /// StatefulSets whose template changed, canaried by partition.
+    pub partitioned: Vec<PartitionUnit>,
     /// Changed configs used by canaries: copied during steps, applied at promotion.
     pub held: Vec<Desired>,
     /// Deletions: carried out at promotion, once nothing stable can still use them.
@@ -58,7 +70,7 @@ pub struct RolloutSpec {
 
 impl RolloutSpec {
     pub fn has_canaries(&self) -> bool {
-        !self.canaries.is_empty()
+        !self.canaries.is_empty() || !self.partitioned.is_empty()
     }
 }
 
@@ -74,6 +86,16 @@ pub struct StepObjects {
 
 fn is_deployment(key: &ResourceKey) -> bool {
     key.group == "apps" && key.kind == "Deployment"
+}
+
+fn is_stateful_set(key: &ResourceKey) -> bool {
+    key.group == "apps" && key.kind == "StatefulSet"
+}
+
+/// DaemonSets have no canary here: a changed template rolls out at 100% with readiness and
+/// the verify window.
+pub fn is_daemon_set(key: &ResourceKey) -> bool {
+    key.group == "apps" && key.kind == "DaemonSet"
 }
 
 fn is_config(key: &ResourceKey) -> bool {
@@ -233,7 +255,45 @@ pub fn split(
             });
         }
     }
-    let canary_keys: BTreeSet<&ResourceKey> = canaries.iter().map(|u| &u.desired.key).collect();
+    let updated: BTreeSet<&ResourceKey> = plan
+        .changes
+        .iter()
+        .filter(|change| change.action() == Action::Update)
+        .map(Change::key)
+        .collect();
+    let mut partitioned = Vec::new();
+    for wanted in desired
+        .iter()
+        .filter(|d| is_stateful_set(&d.key) && updated.contains(&d.key))
+    {
+        let Some(current) = live_by_key.get(&wanted.key) else {
+            continue;
+        };
+        let on_delete = wanted
+            .body
+            .pointer("/spec/updateStrategy/type")
+            .and_then(Value::as_str)
+            == Some("OnDelete");
+        let live_body = crate::diff::normalize(&current.body);
+        let template_changed = match current.annotation(ANNOTATION_TEMPLATE_HASH) {
+            Some(applied) => wanted.template_hash().as_deref() != Some(applied),
+            None => live_body.pointer("/spec/template") != wanted.body.pointer("/spec/template"),
+        };
+        // OnDelete leaves pods to whoever deletes them: there is no partition to move.
+        if template_changed && !on_delete {
+            partitioned.push(PartitionUnit {
+                replicas: replicas_of(&wanted.body)
+                    .or_else(|| replicas_of(&live_body))
+                    .unwrap_or(1),
+                desired: wanted.clone(),
+            });
+        }
+    }
+    let canary_keys: BTreeSet<&ResourceKey> = canaries
+        .iter()
+        .map(|u| &u.desired.key)
+        .chain(partitioned.iter().map(|u| &u.desired.key))
+        .collect();
     let mut immediate = Vec::new();
     let mut deferred = Vec::new();
     for change in &plan.changes {
@@ -250,6 +310,7 @@ pub fn split(
     RolloutSpec {
         immediate,
         canaries,
+        partitioned,
         held,
         deferred,
     }
@@ -288,6 +349,27 @@ fn set_replicas(body: &mut Value, replicas: u32) {
     if let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut) {
         spec.insert("replicas".into(), Value::from(replicas));
     }
+}
+
+/// A StatefulSet with the new template and its rolling update held at `partition`: pods with
+/// an ordinal at or above it run the new template.
+fn partitioned_body(unit: &PartitionUnit, partition: u32) -> Desired {
+    let mut body = unit.desired.body.clone();
+    if let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut) {
+        let strategy = spec
+            .entry("updateStrategy")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(strategy) = strategy.as_object_mut() {
+            strategy.insert("type".into(), Value::String("RollingUpdate".into()));
+            let rolling = strategy
+                .entry("rollingUpdate")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(rolling) = rolling.as_object_mut() {
+                rolling.insert("partition".into(), Value::from(partition));
+            }
+        }
+    }
+    Desired::from_body(unit.desired.key.clone(), body)
 }
 
 /// The canary Deployment of a unit at `replicas`.
@@ -339,6 +421,12 @@ pub fn canary_step(spec: &RolloutSpec, weight: u8) -> StepObjects {
         }
         apply.push(canary_deployment(unit, canary));
     }
+    for unit in &spec.partitioned {
+        let partition = unit
+            .replicas
+            .saturating_sub(canary_replicas(weight, unit.replicas));
+        apply.push(partitioned_body(unit, partition));
+    }
     StepObjects {
         apply,
         shrink,
@@ -351,6 +439,17 @@ pub fn canary_step(spec: &RolloutSpec, weight: u8) -> StepObjects {
 pub fn promotion(spec: &RolloutSpec) -> StepObjects {
     let mut apply: Vec<Desired> = spec.held.clone();
     apply.extend(spec.canaries.iter().map(|unit| unit.desired.clone()));
+    apply.extend(spec.partitioned.iter().map(|unit| {
+        match unit
+            .desired
+            .body
+            .pointer("/spec/updateStrategy/rollingUpdate/partition")
+        {
+            // Git sets a partition of its own: it is git's to keep.
+            Some(_) => unit.desired.clone(),
+            None => partitioned_body(unit, 0),
+        }
+    }));
     let mut delete: Vec<ResourceKey> = spec
         .canaries
         .iter()
@@ -563,6 +662,46 @@ spec: {{selector: {{app: web}}}}
         assert!(
             stable["spec"].get("progressDeadlineSeconds").is_none(),
             "a server default is not taken over"
+        );
+    }
+
+    #[test]
+    fn a_statefulset_canaries_by_partition_from_its_highest_ordinals() {
+        let sts = |image: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  replicas: 4\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec: {{containers: [{{name: db, image: {image}}}]}}\n"
+            )
+        };
+        let spec = spec_for(&sts("db:1"), &sts("db:2"));
+        assert!(spec.has_canaries());
+        assert_eq!(spec.partitioned.len(), 1);
+        assert!(
+            spec.immediate.is_empty(),
+            "the StatefulSet is not applied at once"
+        );
+        let partition = |step: &StepObjects| {
+            let body = &find(step, "db").body;
+            assert_eq!(
+                body["spec"]["template"]["spec"]["containers"][0]["image"],
+                "db:2"
+            );
+            body["spec"]["updateStrategy"]["rollingUpdate"]["partition"].clone()
+        };
+        assert_eq!(partition(&canary_step(&spec, 25)), 3, "ordinal 3 only");
+        assert_eq!(partition(&canary_step(&spec, 50)), 2, "ordinals 2 and 3");
+        assert_eq!(
+            partition(&promotion(&spec)),
+            0,
+            "promotion updates every pod"
+        );
+        let on_delete = sts("db:2").replace(
+            "  serviceName: db\n",
+            "  serviceName: db\n  updateStrategy: {type: OnDelete}\n",
+        );
+        let spec = spec_for(&sts("db:1"), &on_delete);
+        assert!(
+            spec.partitioned.is_empty(),
+            "OnDelete has no partition to move"
         );
     }
 

@@ -52,9 +52,11 @@ impl Desired {
         body
     }
 
-    /// Hash of a Deployment's pod template.
+    /// Hash of a Deployment's or StatefulSet's pod template.
     pub fn template_hash(&self) -> Option<String> {
-        if self.key.group != "apps" || self.key.kind != "Deployment" {
+        if self.key.group != "apps"
+            || !matches!(self.key.kind.as_str(), "Deployment" | "StatefulSet")
+        {
             return None;
         }
         self.body.pointer("/spec/template").map(diff::content_hash)

@@ -37,6 +37,20 @@ pub fn readiness(group: &str, kind: &str, body: &Value) -> Result<(), String> {
             caught_up()?;
             let ready = int("/status/readyReplicas").unwrap_or(0);
             let updated = int("/status/updatedReplicas").unwrap_or(0);
+            // Held at a partition (a canary step): only the ordinals at or above it update.
+            let partition = int("/spec/updateStrategy/rollingUpdate/partition").unwrap_or(0);
+            if partition > 0 {
+                let wanted = (desired - partition).max(0);
+                return if ready < desired {
+                    Err(format!("{ready} of {desired} replicas ready"))
+                } else if updated < wanted {
+                    Err(format!(
+                        "{updated} of {wanted} replicas above partition {partition} updated"
+                    ))
+                } else {
+                    Ok(())
+                };
+            }
             let current = body
                 .pointer("/status/currentRevision")
                 .and_then(Value::as_str);
@@ -349,6 +363,20 @@ mod tests {
             "metadata: {generation: 1}\nspec: {replicas: 2}\nstatus: {observedGeneration: 1, readyReplicas: 2, updatedReplicas: 2, currentRevision: a, updateRevision: b}\n",
         );
         assert!(readiness("apps", "StatefulSet", &sts).is_err());
+        let held = |updated: u8| {
+            yaml(&format!(
+                "metadata: {{generation: 2}}\nspec: {{replicas: 4, updateStrategy: {{rollingUpdate: {{partition: 2}}}}}}\nstatus: {{observedGeneration: 2, readyReplicas: 4, updatedReplicas: {updated}, currentRevision: a, updateRevision: b}}\n"
+            ))
+        };
+        assert!(
+            readiness("apps", "StatefulSet", &held(1)).is_err(),
+            "ordinal 2 is not updated yet"
+        );
+        assert_eq!(
+            readiness("apps", "StatefulSet", &held(2)),
+            Ok(()),
+            "at a partition, only the ordinals above it update"
+        );
         let ds = yaml(
             "metadata: {generation: 1}\nstatus: {observedGeneration: 1, desiredNumberScheduled: 3, updatedNumberScheduled: 3, numberAvailable: 3}\n",
         );

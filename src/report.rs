@@ -77,6 +77,12 @@ pub struct RolloutPreview {
     pub canaries: Vec<String>,
     /// ConfigMaps/Secrets that only canary pods would see until promotion.
     pub canary_configs: Vec<String>,
+    /// StatefulSets that would step through their partition, highest ordinals first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitioned: Vec<String>,
+    /// DaemonSets that would change at 100% (with readiness and verify; no canary).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub direct: Vec<String>,
     /// Anything that would hold the rollout back.
     pub holds: Vec<String>,
 }
@@ -127,6 +133,19 @@ impl EnvironmentReport {
                     .map(|unit| unit.desired.key.to_string())
                     .collect(),
                 canary_configs: spec.held.iter().map(|d| d.key.to_string()).collect(),
+                partitioned: spec
+                    .partitioned
+                    .iter()
+                    .map(|unit| unit.desired.key.to_string())
+                    .collect(),
+                direct: plan
+                    .changes
+                    .iter()
+                    .filter(|change| {
+                        change.action() == Action::Update && canary::is_daemon_set(change.key())
+                    })
+                    .map(|change| change.key().to_string())
+                    .collect(),
                 holds: input.holds,
             },
         })
@@ -245,20 +264,40 @@ fn diff_line_colour(line: &str) -> Option<&'static str> {
 }
 
 fn rollout_line(rollout: &RolloutPreview) -> String {
-    if rollout.canaries.is_empty() {
-        return "applied at once (no Deployment needs a canary)".into();
-    }
-    let steps: Vec<String> = rollout.steps.iter().map(|w| format!("{w}%")).collect();
-    let mut line = format!(
-        "canary {} for {}",
-        steps.join(" → "),
-        rollout.canaries.join(", ")
-    );
+    let mut line = if rollout.canaries.is_empty() && rollout.partitioned.is_empty() {
+        "applied at once (no Deployment or StatefulSet needs a canary)".to_string()
+    } else {
+        let steps: Vec<String> = rollout.steps.iter().map(|w| format!("{w}%")).collect();
+        let mut line = format!("canary {}", steps.join(" → "));
+        if !rollout.canaries.is_empty() {
+            let _ = write!(line, " for {}", rollout.canaries.join(", "));
+        }
+        if !rollout.partitioned.is_empty() {
+            let _ = write!(
+                line,
+                "{} {} by partition, highest ordinals first",
+                if rollout.canaries.is_empty() {
+                    " for"
+                } else {
+                    ";"
+                },
+                rollout.partitioned.join(", ")
+            );
+        }
+        line
+    };
     if !rollout.canary_configs.is_empty() {
         let _ = write!(
             line,
             "; only canary pods see the new {} until promotion",
             rollout.canary_configs.join(", ")
+        );
+    }
+    if !rollout.direct.is_empty() {
+        let _ = write!(
+            line,
+            "; {} roll out at 100% with readiness and verify (DaemonSets get no canary)",
+            rollout.direct.join(", ")
         );
     }
     line

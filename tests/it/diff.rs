@@ -381,3 +381,53 @@ fn gates_that_would_hold_the_rollout_are_shown() {
             .starts_with("outside the change window; it opens at")
     );
 }
+
+#[test]
+fn diff_says_how_statefulsets_and_daemonsets_roll_out() {
+    let workspace = Workspace::new();
+    rollout_config(&workspace);
+    let workloads = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\nspec:\n  replicas: 4\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec: {{containers: [{{name: db, image: {image}}}]}}\n---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\nspec:\n  selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: {{app: agent}}}}\n    spec: {{containers: [{{name: agent, image: {image}}}]}}\n"
+        )
+    };
+    workspace
+        .repo
+        .write("environments/staging/workloads.yaml", &workloads("v:1"));
+    write_environment(&workspace.repo, "production", 1);
+    let old = workspace.repo.commit("v1");
+    workspace
+        .repo
+        .write("environments/staging/workloads.yaml", &workloads("v:2"));
+    let new = workspace.repo.commit("v2");
+    let output = workspace.run(&["diff", "--env", "staging", "--against", &old, "--rev", &new]);
+    assert_exit(&output, 1);
+    let text = stdout(&output);
+    assert!(
+        text.contains(
+            "canary 10% → 50% → 100% for StatefulSet.apps shop/db by partition, highest ordinals first"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "DaemonSet.apps shop/agent roll out at 100% with readiness and verify (DaemonSets get no canary)"
+        ),
+        "{text}"
+    );
+    let json = stdout(&workspace.run(&[
+        "diff",
+        "--env",
+        "staging",
+        "--against",
+        &old,
+        "--rev",
+        &new,
+        "--output",
+        "json",
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let rollout = &report["environments"][0]["rollout"];
+    assert_eq!(rollout["partitioned"][0], "StatefulSet.apps shop/db");
+    assert_eq!(rollout["direct"][0], "DaemonSet.apps shop/agent");
+}
