@@ -82,6 +82,10 @@ pub enum Command {
         /// Revision to check (default: the configured branch's tip).
         #[arg(long)]
         rev: Option<String>,
+        /// Also dry-run every object on each environment's cluster (server-side apply with
+        /// dryRun=All), so what only the API server knows is caught too.
+        #[arg(long)]
+        server: bool,
     },
     /// Show each environment's current and last healthy revision, the rollout step in flight
     /// and failing checks.

@@ -7,11 +7,13 @@ use thiserror::Error;
 
 use crate::config::{Config, ConfigError, EnvironmentConfig};
 use crate::daemon::{self, Signals};
+use crate::dry_run::dry_run_all;
 use crate::executor::{
-    DesiredError, Outcome, empty_revision_problem, load_desired, load_desired_offline,
+    DesiredError, Outcome, empty_revision_problem, load_desired, load_desired_offline, load_located,
 };
 use crate::journal::{self, Journal, JournalError};
 use crate::journal_view;
+use crate::manifest::ManifestErrors;
 use crate::model::Revision;
 use crate::model::{KindRef, Object};
 use crate::plan::{self, Desired};
@@ -372,10 +374,12 @@ pub async fn diff(
     })
 }
 
-/// `gitopsd validate`: the config, then every environment's manifests at `rev`.
+/// `gitopsd validate`: the config, then every environment's manifests at `rev`; with
+/// `server`, a server-side dry run of every object on each environment's cluster.
 pub async fn validate(
     config_path: &Path,
     rev: Option<&str>,
+    server: bool,
     out: &mut dyn Write,
 ) -> Result<u8, CommandError> {
     let config = match Config::load(config_path) {
@@ -403,6 +407,11 @@ pub async fn validate(
                     revision.short(),
                     environment.path
                 )?;
+            }
+            Ok(_) if server => {
+                if !validate_on_server(environment, &revisions.source, &revision, out).await? {
+                    invalid = true;
+                }
             }
             Ok(desired) => writeln!(
                 out,
@@ -433,6 +442,78 @@ pub async fn validate(
     } else {
         EXIT_OK
     })
+}
+
+/// Dry-runs an environment's objects on its target; false when the server refuses any.
+async fn validate_on_server(
+    environment: &EnvironmentConfig,
+    source: &GitSource,
+    revision: &Revision,
+    out: &mut dyn Write,
+) -> Result<bool, CommandError> {
+    let live_error = |source: TargetError| CommandError::Live {
+        environment: environment.name.clone(),
+        source,
+    };
+    let target = AnyTarget::open(environment).await.map_err(live_error)?;
+    if matches!(target, AnyTarget::Directory(_)) {
+        writeln!(
+            out,
+            "ok: {} at {}: a directory target has no server to dry-run on",
+            environment.name,
+            revision.short()
+        )?;
+        return Ok(true);
+    }
+    let located = match load_located(source, environment, revision, &target).await {
+        Ok(located) => located,
+        Err(DesiredError::Manifests(errors)) => {
+            writeln!(
+                out,
+                "invalid: {} at {}: {errors}",
+                environment.name,
+                revision.short()
+            )?;
+            return Ok(false);
+        }
+        Err(source) => {
+            return Err(CommandError::Desired {
+                environment: environment.name.clone(),
+                source,
+            });
+        }
+    };
+    let report = dry_run_all(&target, &environment.name, revision, &located)
+        .await
+        .map_err(live_error)?;
+    if !report.problems.is_empty() {
+        writeln!(
+            out,
+            "invalid: {} at {}: {}",
+            environment.name,
+            revision.short(),
+            ManifestErrors(report.problems)
+        )?;
+        return Ok(false);
+    }
+    writeln!(
+        out,
+        "ok: {} at {}: {} objects, {} accepted by a server-side dry run{}",
+        environment.name,
+        revision.short(),
+        located.len(),
+        report.accepted,
+        if report.unchecked.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} not checked yet ({})",
+                report.unchecked.len(),
+                report.unchecked.join("; ")
+            )
+        }
+    )?;
+    Ok(true)
 }
 
 /// `gitopsd history`: every journal record, per environment; with `stats`, the delivery

@@ -193,6 +193,30 @@ pub async fn load_desired<T: Target>(
     complete(documents, environment, &scopes)
 }
 
+/// Like [`load_desired`], each object with the file and document it comes from.
+pub async fn load_located<T: Target>(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+    target: &T,
+) -> Result<Vec<(Desired, manifest::Problem)>, DesiredError> {
+    let documents = read_documents(source, environment, revision).await?;
+    let scopes = target
+        .scopes(&documents.kinds())
+        .await
+        .map_err(DesiredError::Scopes)?;
+    let options = ParseOptions {
+        default_namespace: environment.namespace.clone(),
+    };
+    let located = documents
+        .complete_located(&options, &scopes)
+        .map_err(DesiredError::Manifests)?;
+    Ok(located
+        .into_iter()
+        .map(|(object, at)| (Desired::new(&object), at))
+        .collect())
+}
+
 /// Like [`load_desired`], without a target to ask: built-in kinds and CRDs in the revision.
 pub async fn load_desired_offline(
     source: &GitSource,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod config_watch;
 pub mod daemon;
 pub mod diff;
+pub mod dry_run;
 pub mod executor;
 pub mod gates;
 pub mod health;

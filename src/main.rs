@@ -44,8 +44,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     runtime.block_on(async move {
         let mut stdout = std::io::stdout().lock();
         match cli.command {
-            Command::Validate { rev } => {
-                Ok(commands::validate(&cli.config, rev.as_deref(), &mut stdout).await?)
+            Command::Validate { rev, server } => {
+                Ok(commands::validate(&cli.config, rev.as_deref(), server, &mut stdout).await?)
             }
             Command::Run { once } => {
                 let config = Config::load(&cli.config)?;

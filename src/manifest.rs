@@ -218,6 +218,17 @@ impl Documents {
         options: &ParseOptions,
         scopes: &Scopes,
     ) -> Result<Vec<Object>, ManifestErrors> {
+        self.complete_located(options, scopes)
+            .map(|located| located.into_iter().map(|(object, _)| object).collect())
+    }
+
+    /// Like [`Documents::complete`], each object with where it was written: a [`Problem`]
+    /// with an empty message, for problems found later (a server's dry run) to fill in.
+    pub fn complete_located(
+        self,
+        options: &ParseOptions,
+        scopes: &Scopes,
+    ) -> Result<Vec<(Object, Problem)>, ManifestErrors> {
         let mut problems = self.problems;
         let defined = defined_by_crds(&self.pending);
         let mut seen: BTreeMap<ResourceKey, String> = BTreeMap::new();
@@ -291,7 +302,11 @@ impl Documents {
                 continue;
             }
             seen.insert(key.clone(), pending.place);
-            objects.push(Object { key, body });
+            let at = Problem {
+                object: Some(key.to_string()),
+                ..pending.problem_at
+            };
+            objects.push((Object { key, body }, at));
         }
         if problems.is_empty() {
             Ok(objects)

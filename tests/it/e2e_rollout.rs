@@ -761,3 +761,69 @@ fn e2e_a_statefulset_canaries_by_partition_and_a_failed_check_reverts_every_pod(
         "the old template is restored"
     );
 }
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_validate_server_catches_what_only_the_api_server_knows() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("validate");
+    let workspace = workspace_on(&cluster, &namespace, "");
+    commit_web(
+        &workspace,
+        &web_yaml(&namespace, "1", Some(1), "", ""),
+        "v1",
+    );
+
+    // Offline everything is valid; on the server, the namespace does not exist yet.
+    let output = workspace.run(&["validate", "--server"]);
+    assert_exit(&output, 0);
+    let text = stdout(&output);
+    assert!(
+        text.contains("accepted by a server-side dry run")
+            && text.contains("its namespace comes with this revision"),
+        "{text}"
+    );
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let output = workspace.run(&["validate", "--server"]);
+    assert_exit(&output, 0);
+    assert!(
+        stdout(&output).contains("3 objects, 3 accepted by a server-side dry run"),
+        "{}",
+        stdout(&output)
+    );
+
+    let mut text = web_yaml(&namespace, "2", Some(1), "", "  bogusField: 1\n");
+    text.push_str(
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  labels: {tier: \"not a valid label value!\"}\n",
+    );
+    workspace.repo.write("environments/staging/app.yaml", &text);
+    workspace.repo.commit("two mistakes only the server sees");
+    let offline = workspace.run(&["validate"]);
+    assert_exit(&offline, 0);
+    let output = workspace.run(&["validate", "--server"]);
+    assert_exit(&output, 1);
+    let text = stdout(&output);
+    assert!(
+        text.contains("environments/staging/app.yaml: document 2 (line")
+            && text.contains("Deployment.apps")
+            && text.contains("field not declared in schema"),
+        "the unknown field, with its file and document: {text}"
+    );
+    assert!(
+        text.contains("environments/staging/app.yaml: document 4 (line")
+            && text.contains("not a valid label value"),
+        "the invalid label, with its file and document: {text}"
+    );
+    let web = cluster
+        .get(Some(&namespace), "deployment/web")
+        .expect("web");
+    assert_eq!(
+        web["spec"]["template"]["metadata"]["annotations"]["release"], "1",
+        "a dry run changes nothing"
+    );
+    assert!(
+        cluster
+            .get(Some(&namespace), "configmap/settings")
+            .is_none()
+    );
+}
