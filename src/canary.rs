@@ -26,6 +26,72 @@ use crate::plan::{Action, Change, Desired, Plan};
 pub const CANARY_SUFFIX: &str = "-canary";
 /// Pod and selector label that sets canary pods apart.
 pub const LABEL_TRACK: &str = "gitopsd.io/track";
+/// Value of [`LABEL_TRACK`] on stable pods (template label only, never the selector).
+pub const TRACK_STABLE: &str = "stable";
+
+/// What a live Deployment's pod template is, for deciding whether a write may label it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveTemplate {
+    /// The template hash gitopsd stamped when it last wrote it.
+    pub hash: Option<String>,
+    /// Its pod template already carries `gitopsd.io/track: stable`.
+    pub tracked: bool,
+}
+
+impl LiveTemplate {
+    pub fn of(object: &Object) -> Self {
+        Self {
+            hash: object
+                .annotation(ANNOTATION_TEMPLATE_HASH)
+                .map(str::to_string),
+            tracked: object
+                .body
+                .pointer("/spec/template/metadata/labels")
+                .and_then(|labels| labels.get(LABEL_TRACK))
+                .and_then(Value::as_str)
+                == Some(TRACK_STABLE),
+        }
+    }
+}
+
+/// Labels a stable Deployment's pods `gitopsd.io/track: stable` through its template (never its
+/// selector, which is immutable), so a metric query can tell the tracks apart. Only when the
+/// write changes the template anyway, or the live template has the label already: adding it
+/// alone would restart every pod, and upgrading gitopsd must not do that.
+pub fn mark_stable_track(
+    key: &ResourceKey,
+    body: &mut Value,
+    template_hash: Option<&str>,
+    live: Option<&LiveTemplate>,
+) {
+    if !is_deployment(key) {
+        return;
+    }
+    let changes_template = live.is_none_or(|live| live.hash.as_deref() != template_hash);
+    if !(changes_template || live.is_some_and(|live| live.tracked)) {
+        return;
+    }
+    let Some(template) = body
+        .pointer_mut("/spec/template")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let metadata = template
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(metadata) = metadata.as_object_mut() else {
+        return;
+    };
+    let labels = metadata
+        .entry("labels")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(labels) = labels.as_object_mut()
+        && !labels.contains_key(LABEL_TRACK)
+    {
+        labels.insert(LABEL_TRACK.into(), Value::String(TRACK_STABLE.into()));
+    }
+}
 
 /// One Deployment rolled out through canary steps.
 #[derive(Debug, Clone, PartialEq)]
@@ -702,6 +768,63 @@ spec: {{selector: {{app: web}}}}
         assert!(
             spec.partitioned.is_empty(),
             "OnDelete has no partition to move"
+        );
+    }
+
+    #[test]
+    fn stable_pods_are_labelled_through_the_template_only_when_it_changes_anyway() {
+        let web = desired(&app("web:1", "hi", 4))
+            .into_iter()
+            .find(|d| d.key.kind == "Deployment")
+            .expect("web");
+        let hash = web.template_hash();
+        let labelled = |live: Option<LiveTemplate>, hash: Option<&str>| {
+            let mut body = web.body.clone();
+            mark_stable_track(&web.key, &mut body, hash, live.as_ref());
+            assert!(
+                body["spec"]["selector"]["matchLabels"]
+                    .get(LABEL_TRACK)
+                    .is_none(),
+                "the selector is immutable"
+            );
+            body["spec"]["template"]["metadata"]["labels"]
+                .get(LABEL_TRACK)
+                .cloned()
+        };
+        let stable = Some(Value::String(TRACK_STABLE.into()));
+        assert_eq!(labelled(None, hash.as_deref()), stable, "a new Deployment");
+        let untracked = LiveTemplate {
+            hash: hash.clone(),
+            tracked: false,
+        };
+        assert_eq!(
+            labelled(Some(untracked.clone()), hash.as_deref()),
+            None,
+            "same template, never labelled: adding the label alone would restart every pod"
+        );
+        assert_eq!(
+            labelled(Some(untracked), Some("another template")),
+            stable,
+            "the template changes anyway"
+        );
+        let tracked = LiveTemplate {
+            hash: hash.clone(),
+            tracked: true,
+        };
+        assert_eq!(labelled(Some(tracked), hash.as_deref()), stable, "kept");
+        let spec = spec_for(&app("web:1", "hi", 4), &app("web:2", "hi", 4));
+        let mut canary = find(&canary_step(&spec, 50), "web-canary").body.clone();
+        mark_stable_track(&canary_key(&web.key), &mut canary, None, None);
+        assert_eq!(
+            canary["spec"]["template"]["metadata"]["labels"][LABEL_TRACK], "canary",
+            "a canary stays a canary"
+        );
+        let mut body = web.body.clone();
+        mark_stable_track(&web.key, &mut body, None, None);
+        assert_eq!(
+            crate::diff::normalize(&body),
+            web.body,
+            "the label is gitopsd's, not the author's: it never shows as a change"
         );
     }
 

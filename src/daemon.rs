@@ -125,6 +125,7 @@ impl EnvironmentRuntime {
             heartbeat,
             metrics: &observers.metrics,
             notifier: &observers.notifier,
+            live_templates: Default::default(),
         }
         .pass(tip)
         .await;

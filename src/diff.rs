@@ -39,8 +39,35 @@ pub fn normalize(body: &Value) -> Value {
             strip_own_entries(metadata, "labels");
             strip_own_entries(metadata, "annotations");
         }
+        // The stable track label gitopsd adds to pod templates is not the author's either.
+        if let Some(labels) = top
+            .get_mut("spec")
+            .and_then(|spec| spec.pointer_mut("/template/metadata"))
+            .and_then(Value::as_object_mut)
+        {
+            let stable = labels
+                .get("labels")
+                .and_then(|l| l.get(crate::canary::LABEL_TRACK))
+                .and_then(Value::as_str)
+                == Some(crate::canary::TRACK_STABLE);
+            if stable {
+                strip_track(labels);
+            }
+        }
     }
     body
+}
+
+fn strip_track(template_metadata: &mut Map<String, Value>) {
+    if let Some(labels) = template_metadata
+        .get_mut("labels")
+        .and_then(Value::as_object_mut)
+    {
+        labels.remove(crate::canary::LABEL_TRACK);
+        if labels.is_empty() {
+            template_metadata.remove("labels");
+        }
+    }
 }
 
 fn strip_own_entries(metadata: &mut Map<String, Value>, field: &str) {

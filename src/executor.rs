@@ -269,6 +269,9 @@ pub struct EnvironmentRun<'a, T: Target> {
     pub metrics: &'a Metrics,
     /// Told about rollout events; never blocks.
     pub notifier: &'a Notifier,
+    /// The pod templates of live Deployments as last listed (see
+    /// [`canary::mark_stable_track`]).
+    pub live_templates: BTreeMap<ResourceKey, canary::LiveTemplate>,
 }
 
 /// One step of writing: apply or delete.
@@ -473,7 +476,17 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 kinds: kinds.iter().cloned().collect(),
             })?;
         }
-        self.target.list(&kinds).await.map_err(ReconcileError::Live)
+        let live = self
+            .target
+            .list(&kinds)
+            .await
+            .map_err(ReconcileError::Live)?;
+        self.live_templates = live
+            .iter()
+            .filter(|object| object.key.group == "apps" && object.key.kind == "Deployment")
+            .map(|object| (object.key.clone(), canary::LiveTemplate::of(object)))
+            .collect();
+        Ok(live)
     }
 
     fn compare(&self) -> Compare {
@@ -673,7 +686,13 @@ impl<T: Target> EnvironmentRun<'_, T> {
     ) -> Result<(), TargetError> {
         match write {
             Write::Apply(desired) => {
-                let body = desired.stamped(&self.config.name, &revision_of(desired));
+                let mut body = desired.stamped(&self.config.name, &revision_of(desired));
+                canary::mark_stable_track(
+                    &desired.key,
+                    &mut body,
+                    desired.template_hash().as_deref(),
+                    self.live_templates.get(&desired.key),
+                );
                 self.target.apply(&desired.key, &body).await?;
                 tracing::debug!(action = "apply", object = %desired.key, "written");
             }

@@ -827,3 +827,142 @@ fn e2e_validate_server_catches_what_only_the_api_server_knows() {
             .is_none()
     );
 }
+
+/// `gitopsd.io/track` of each pod of the app, by pod name.
+fn tracks(cluster: &Cluster, namespace: &str) -> BTreeMap<String, String> {
+    let pods: Value = serde_json::from_str(&cluster.kubectl(&[
+        "get", "pods", "-n", namespace, "-l", "app=web", "-o", "json",
+    ]))
+    .expect("pods");
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|pod| pod["metadata"].get("deletionTimestamp").is_none())
+        .map(|pod| {
+            (
+                pod["metadata"]["name"].as_str().unwrap_or("?").to_string(),
+                pod["metadata"]["labels"]["gitopsd.io/track"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_pods_carry_their_track_and_an_upgrade_restarts_nothing() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("track");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("tracks.log");
+    // Records each pod's track during every bake.
+    let recorder = dir.path().join("record.sh");
+    std::fs::write(
+        &recorder,
+        format!(
+            "#!/bin/sh\n{} --kubeconfig {} get pods -n {namespace} -l app=web -o jsonpath='{{range .items[*]}}{{.metadata.name}}={{.metadata.labels.gitopsd\\.io/track}} {{end}}' >> {log}\necho >> {log}\n",
+            cluster.kubectl.display(),
+            cluster.kubeconfig.display(),
+            log = log.display(),
+        ),
+    )
+    .expect("recorder");
+    let workspace = workspace_on(
+        &cluster,
+        &namespace,
+        &format!(
+            "{}[[environment.health]]\nname = \"record\"\ntype = \"exec\"\ncommand = \"sh {}\"\ninterval = \"1s\"\n",
+            rollout("[50, 100]"),
+            recorder.display()
+        ),
+    );
+    commit_web(
+        &workspace,
+        &web_yaml(&namespace, "1", Some(2), "", ""),
+        "v1",
+    );
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let web = cluster
+        .get(Some(&namespace), "deployment/web")
+        .expect("web");
+    assert_eq!(
+        web["spec"]["template"]["metadata"]["labels"]["gitopsd.io/track"], "stable",
+        "a new Deployment's pods are labelled stable"
+    );
+    assert!(
+        web["spec"]["selector"]["matchLabels"]
+            .get("gitopsd.io/track")
+            .is_none(),
+        "never the selector"
+    );
+    assert_exit(&workspace.run(&["diff", "--env", "staging"]), 0);
+
+    // As a Deployment applied by an older gitopsd: no label on its template.
+    cluster.kubectl(&[
+        "patch",
+        "deployment",
+        "web",
+        "-n",
+        &namespace,
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/template/metadata/labels/gitopsd.io~1track"}]"#,
+    ]);
+    assert!(wait_for(Duration::from_secs(30), || {
+        tracks(&cluster, &namespace).values().all(String::is_empty)
+            && tracks(&cluster, &namespace).len() == 2
+    }));
+    let generation = |cluster: &Cluster| {
+        cluster
+            .get(Some(&namespace), "deployment/web")
+            .expect("web")["metadata"]["generation"]
+            .as_u64()
+            .expect("generation")
+    };
+    let before = generation(&cluster);
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    assert_eq!(
+        generation(&cluster),
+        before,
+        "a pass adds no label on its own"
+    );
+    // A change that leaves the template alone does not add it either: no pod restarts.
+    commit_web(
+        &workspace,
+        &web_yaml(&namespace, "1", Some(3), "", ""),
+        "3 replicas",
+    );
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let web = cluster
+        .get(Some(&namespace), "deployment/web")
+        .expect("web");
+    assert_eq!(web["spec"]["replicas"], 3);
+    assert!(
+        web["spec"]["template"]["metadata"]["labels"]
+            .get("gitopsd.io/track")
+            .is_none(),
+        "the template is untouched"
+    );
+
+    // A template change: canary pods say canary during the bake, and after the promotion the
+    // stable's pods say stable.
+    let _ = std::fs::remove_file(&log);
+    commit_web(
+        &workspace,
+        &web_yaml(&namespace, "2", Some(3), "", ""),
+        "v2",
+    );
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let recorded = std::fs::read_to_string(&log).expect("the check recorded");
+    assert!(
+        recorded.contains("web-canary-") && recorded.contains("=canary"),
+        "{recorded}"
+    );
+    assert!(wait_for(Duration::from_secs(30), || {
+        let tracks = tracks(&cluster, &namespace);
+        tracks.len() == 3 && tracks.values().all(|track| track == "stable")
+    }));
+}
