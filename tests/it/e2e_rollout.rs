@@ -99,6 +99,23 @@ fn e2e_broken_canary_pods_fail_the_step_at_once_and_name_the_reason() {
             "the revert removed the canary"
         );
     }
+
+    // A Job that fails fails its step at once too.
+    let mut text = web_yaml(&namespace, "1", Some(2), "", "");
+    text.push_str(
+        "---\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: migrate\nspec:\n  backoffLimit: 0\n  template:\n    metadata:\n      annotations: {lab/unhealthy: fail}\n    spec:\n      restartPolicy: Never\n      containers: [{name: migrate, image: registry.k8s.io/pause:3.9}]\n",
+    );
+    commit_web(&workspace, &text, "a failing migration");
+    let started = Instant::now();
+    let output = workspace.run(&["run", "--once"]);
+    let took = started.elapsed();
+    assert_exit(&output, 1);
+    assert!(took < timeout, "waited {took:?} for a failed Job");
+    assert_eq!(failure_cause(&workspace).as_deref(), Some("JobFailed"));
+    assert!(
+        cluster.get(Some(&namespace), "job/migrate").is_none(),
+        "reverted"
+    );
 }
 
 /// A running daemon with an API on a free port; killed when dropped.
