@@ -422,12 +422,7 @@ pub async fn validate(
             )?,
             Err(DesiredError::Manifests(errors)) => {
                 invalid = true;
-                writeln!(
-                    out,
-                    "invalid: {} at {}: {errors}",
-                    environment.name,
-                    revision.short()
-                )?;
+                write_invalid(out, environment, &revision, &errors)?;
             }
             Err(source) => {
                 return Err(CommandError::Desired {
@@ -442,6 +437,20 @@ pub async fn validate(
     } else {
         EXIT_OK
     })
+}
+
+fn write_invalid(
+    out: &mut dyn Write,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+    errors: &ManifestErrors,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "invalid: {} at {}: {errors}",
+        environment.name,
+        revision.short()
+    )
 }
 
 /// Dry-runs an environment's objects on its target; false when the server refuses any.
@@ -468,12 +477,7 @@ async fn validate_on_server(
     let located = match load_located(source, environment, revision, &target).await {
         Ok(located) => located,
         Err(DesiredError::Manifests(errors)) => {
-            writeln!(
-                out,
-                "invalid: {} at {}: {errors}",
-                environment.name,
-                revision.short()
-            )?;
+            write_invalid(out, environment, revision, &errors)?;
             return Ok(false);
         }
         Err(source) => {
@@ -487,13 +491,7 @@ async fn validate_on_server(
         .await
         .map_err(live_error)?;
     if !report.problems.is_empty() {
-        writeln!(
-            out,
-            "invalid: {} at {}: {}",
-            environment.name,
-            revision.short(),
-            ManifestErrors(report.problems)
-        )?;
+        write_invalid(out, environment, revision, &ManifestErrors(report.problems))?;
         return Ok(false);
     }
     writeln!(

@@ -970,24 +970,6 @@ mod tests {
             ),
             "a blocked revision is tried again"
         );
-        let held = History::from_records(&[
-            record(
-                1,
-                Event::Healthy {
-                    revision: revision('a'),
-                },
-            ),
-            record(2, started('b', Some('a'))),
-            record(
-                3,
-                Event::RolloutFailed {
-                    revision: revision('b'),
-                    reason: "invalid".into(),
-                    cause: Some(cause::REJECTED.into()),
-                },
-            ),
-        ]);
-        assert!(held.failed.contains(&revision('b')));
         let mut records = vec![
             record(
                 1,

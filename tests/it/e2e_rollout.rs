@@ -658,6 +658,34 @@ fn stateful_set_yaml(namespace: &str, release: &str) -> String {
     )
 }
 
+/// An `exec` check that appends `name=<field>` of each pod matching `selector` to `log` as a
+/// line every second, and fails while `marker` exists.
+fn recording_check(
+    cluster: &Cluster,
+    namespace: &str,
+    selector: &str,
+    field: &str,
+    log: &std::path::Path,
+    marker: &std::path::Path,
+) -> String {
+    let recorder = log.with_extension("sh");
+    std::fs::write(
+        &recorder,
+        format!(
+            "#!/bin/sh\n{} --kubeconfig {} get pods -n {namespace} -l {selector} -o jsonpath='{{range .items[*]}}{{.metadata.name}}={{{field}}} {{end}}' >> {log}\necho >> {log}\ntest ! -f {marker}\n",
+            cluster.kubectl.display(),
+            cluster.kubeconfig.display(),
+            log = log.display(),
+            marker = marker.display(),
+        ),
+    )
+    .expect("recorder");
+    format!(
+        "[[environment.health]]\nname = \"record\"\ntype = \"exec\"\ncommand = \"sh {}\"\ninterval = \"1s\"\nfailures = 1\ntimeout = \"10s\"\n",
+        recorder.display()
+    )
+}
+
 /// Each line the recorder wrote: pod name → controller revision hash.
 fn recorded_revisions(log: &std::path::Path) -> Vec<BTreeMap<String, String>> {
     std::fs::read_to_string(log)
@@ -689,23 +717,15 @@ fn e2e_a_statefulset_canaries_by_partition_and_a_failed_check_reverts_every_pod(
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("revisions.log");
     let marker = dir.path().join("unhealthy");
-    // A check that records which pod runs which revision every second of every bake, and
-    // fails while the marker exists.
-    let recorder = dir.path().join("record.sh");
-    std::fs::write(
-        &recorder,
-        format!(
-            "#!/bin/sh\n{} --kubeconfig {} get pods -n {namespace} -l app=db -o jsonpath='{{range .items[*]}}{{.metadata.name}}={{.metadata.labels.controller-revision-hash}} {{end}}' >> {log}\necho >> {log}\ntest ! -f {marker}\n",
-            cluster.kubectl.display(),
-            cluster.kubeconfig.display(),
-            log = log.display(),
-            marker = marker.display(),
-        ),
-    )
-    .expect("recorder");
-    let check = format!(
-        "[[environment.health]]\nname = \"record\"\ntype = \"exec\"\ncommand = \"sh {}\"\ninterval = \"1s\"\nfailures = 1\ntimeout = \"10s\"\n",
-        recorder.display()
+    // Records which pod runs which revision every second of every bake, and fails while the
+    // marker exists.
+    let check = recording_check(
+        &cluster,
+        &namespace,
+        "app=db",
+        ".metadata.labels.controller-revision-hash",
+        &log,
+        &marker,
     );
     let workspace = workspace_on(
         &cluster,
@@ -876,25 +896,18 @@ fn e2e_pods_carry_their_track_and_an_upgrade_restarts_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("tracks.log");
     // Records each pod's track during every bake.
-    let recorder = dir.path().join("record.sh");
-    std::fs::write(
-        &recorder,
-        format!(
-            "#!/bin/sh\n{} --kubeconfig {} get pods -n {namespace} -l app=web -o jsonpath='{{range .items[*]}}{{.metadata.name}}={{.metadata.labels.gitopsd\\.io/track}} {{end}}' >> {log}\necho >> {log}\n",
-            cluster.kubectl.display(),
-            cluster.kubeconfig.display(),
-            log = log.display(),
-        ),
-    )
-    .expect("recorder");
+    let check = recording_check(
+        &cluster,
+        &namespace,
+        "app=web",
+        ".metadata.labels.gitopsd\\.io/track",
+        &log,
+        &dir.path().join("never"),
+    );
     let workspace = workspace_on(
         &cluster,
         &namespace,
-        &format!(
-            "{}[[environment.health]]\nname = \"record\"\ntype = \"exec\"\ncommand = \"sh {}\"\ninterval = \"1s\"\n",
-            rollout("[50, 100]"),
-            recorder.display()
-        ),
+        &format!("{}{check}", rollout("[50, 100]")),
     );
     commit_web(
         &workspace,

@@ -31,6 +31,16 @@ fn app(repo: &Repo, image: &str) {
     );
 }
 
+/// Rolls out through a 50% canary step baking for `bake`.
+fn with_two_steps(workspace: &Workspace, bake: &str) {
+    let config = std::fs::read_to_string(&workspace.config).expect("config");
+    std::fs::write(
+        &workspace.config,
+        format!("{config}\n[environment.rollout]\nsteps = [50, 100]\nbake = \"{bake}\"\n"),
+    )
+    .expect("config");
+}
+
 /// Commits the app at web:1 and rolls it out.
 fn deploy_app(workspace: &Workspace) {
     app(&workspace.repo, "web:1");
@@ -234,12 +244,7 @@ fn an_unknown_kind_is_reported_clearly() {
 #[test]
 fn an_image_change_rolls_out_through_a_canary_on_the_api() {
     let (workspace, server) = on_stand_in("");
-    let config = std::fs::read_to_string(&workspace.config).expect("config");
-    std::fs::write(
-        &workspace.config,
-        format!("{config}\n[environment.rollout]\nsteps = [50, 100]\nbake = \"200ms\"\n"),
-    )
-    .expect("config");
+    with_two_steps(&workspace, "200ms");
     deploy_app(&workspace);
     server.reset_counts();
     app(&workspace.repo, "web:2");
@@ -409,12 +414,7 @@ fn a_namespace_with_only_controller_made_objects_is_pruned() {
 #[test]
 fn server_errors_that_outlast_the_retries_block_the_revision_without_holding_it() {
     let (workspace, server) = on_stand_in("");
-    let config = std::fs::read_to_string(&workspace.config).expect("config");
-    std::fs::write(
-        &workspace.config,
-        format!("{config}\n[environment.rollout]\nsteps = [50, 100]\nbake = \"100ms\"\n"),
-    )
-    .expect("config");
+    with_two_steps(&workspace, "100ms");
     deploy_app(&workspace);
     app(&workspace.repo, "web:2");
     workspace.repo.commit("web 2");
