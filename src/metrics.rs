@@ -270,4 +270,27 @@ mod tests {
         assert!(text.contains("gitopsd_check_results_total{environment=\"metrics-test\",check=\"web\",result=\"unhealthy\"} 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
+
+    #[test]
+    fn failures_count_by_cause_and_blocked_is_a_gauge() {
+        let metrics = Metrics::default();
+        metrics.rollout_failed("staging", "CrashLoopBackOff");
+        metrics.rollout_failed("staging", "CrashLoopBackOff");
+        metrics.set_blocked("staging", true);
+        let text = metrics.render();
+        assert!(
+            text.contains("gitopsd_rollout_failures_total{environment=\"staging\",cause=\"CrashLoopBackOff\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gitopsd_blocked{environment=\"staging\"} 1"),
+            "{text}"
+        );
+        metrics.set_blocked("staging", false);
+        assert!(
+            metrics
+                .render()
+                .contains("gitopsd_blocked{environment=\"staging\"} 0")
+        );
+    }
 }

@@ -227,4 +227,26 @@ mod tests {
         };
         assert!(Notification::for_event("staging", &healthy, Utc::now()).is_none());
     }
+
+    #[test]
+    fn a_fast_failure_names_its_cause_and_a_block_is_not_a_failure() {
+        let crashed = Event::RolloutFailed {
+            revision: Revision("b".repeat(40)),
+            reason: "step 1 (25%): pod web-canary-x: container web is waiting in CrashLoopBackOff"
+                .into(),
+            cause: Some("CrashLoopBackOff".into()),
+        };
+        let note = Notification::for_event("staging", &crashed, Utc::now()).expect("notified");
+        assert_eq!(note.cause.as_deref(), Some("CrashLoopBackOff"));
+        let blocked = Event::Blocked {
+            revision: Revision("b".repeat(40)),
+            reason: "connection refused".into(),
+        };
+        let note = Notification::for_event("staging", &blocked, Utc::now()).expect("notified");
+        assert_eq!(note.event, "blocked");
+        assert_eq!(note.reason.as_deref(), Some("connection refused"));
+        assert!(note.text.contains("not failed"), "{}", note.text);
+        let json = serde_json::to_value(&note).expect("JSON");
+        assert!(json.get("cause").is_none(), "absent, not null: {json}");
+    }
 }
