@@ -206,7 +206,7 @@ fn holds(config: &Config, environment: &EnvironmentConfig, revision: &Revision) 
     let mut holds = Vec::new();
     if history.failed.contains(revision) {
         holds.push(format!(
-            "revision {} failed in {} before; it is held and will not be applied",
+            "revision {} failed in {} before; it is held and will not be applied unless an operator runs gitopsd retry",
             revision.short(),
             environment.name
         ));

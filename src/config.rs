@@ -48,6 +48,7 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "promoted",
     "failed",
     "reverted",
+    "blocked",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +83,8 @@ pub struct EnvironmentConfig {
     pub prune: bool,
     /// A revision with no objects may delete every live object (else it is rejected).
     pub allow_empty: bool,
+    /// What the environment may touch: namespaces, kinds, cluster-scoped objects.
+    pub policy: crate::policy::Policy,
     /// `<repo url>#<branch>:<path>`: where the environment's manifests come from, recorded on
     /// what it owns so that another install of gitopsd can tell it is not the owner.
     pub source: String,
@@ -525,6 +528,7 @@ impl Checker {
             let allow_empty = self
                 .boolean(&mut dict, &prefix, "allow_empty")
                 .unwrap_or(false);
+            let policy = self.policy(&mut dict, &prefix);
             let rollout = self.rollout(&mut dict, &prefix);
             let health = self.health_checks(&mut dict, &prefix);
             let after = self.string(&mut dict, &prefix, "after");
@@ -551,6 +555,7 @@ impl Checker {
                     namespace,
                     prune,
                     allow_empty,
+                    policy,
                     rollout,
                     health,
                     after,
@@ -914,6 +919,66 @@ impl Checker {
         }
     }
 
+    /// Globs in an array of strings at `key`, each checked.
+    fn globs(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Vec<crate::policy::Glob> {
+        let Some(value) = dict.remove(key) else {
+            return Vec::new();
+        };
+        self.glob_list(value, &join(prefix, key))
+    }
+
+    fn glob_list(&mut self, value: Value, key: &str) -> Vec<crate::policy::Glob> {
+        let Value::Array(_, items) = value else {
+            self.problem(key.to_string(), "must be an array of glob patterns");
+            return Vec::new();
+        };
+        let mut globs = Vec::new();
+        for item in items {
+            match item.as_str().map(crate::policy::Glob::new) {
+                Some(Ok(glob)) => globs.push(glob),
+                Some(Err(error)) => self.problem(
+                    key.to_string(),
+                    format!(
+                        "{:?} is not a valid glob: {error}",
+                        item.as_str().unwrap_or("")
+                    ),
+                ),
+                None => self.problem(key.to_string(), "must be an array of glob patterns"),
+            }
+        }
+        globs
+    }
+
+    /// `allowed_namespaces`, `allowed_kinds`, `denied_kinds` and `cluster_scoped`.
+    fn policy(&mut self, dict: &mut Dict, prefix: &str) -> crate::policy::Policy {
+        use crate::policy::{ClusterScoped, Policy};
+        let allowed_namespaces = self.globs(dict, prefix, "allowed_namespaces");
+        let allowed_kinds = self.globs(dict, prefix, "allowed_kinds");
+        let denied_kinds = self.globs(dict, prefix, "denied_kinds");
+        let key = join(prefix, "cluster_scoped");
+        let cluster_scoped = match dict.remove("cluster_scoped") {
+            None => ClusterScoped::Allow,
+            Some(value) => match value.as_str() {
+                Some("allow") => ClusterScoped::Allow,
+                Some("deny") => ClusterScoped::Deny,
+                Some(other) => {
+                    self.problem(
+                        key,
+                        format!("unknown value {other:?}; expected \"allow\", \"deny\" or a list of group/Kind globs"),
+                    );
+                    ClusterScoped::Deny
+                }
+                None => ClusterScoped::Only(self.glob_list(value, &key)),
+            },
+        };
+        Policy {
+            allowed_namespaces,
+            allowed_kinds,
+            denied_kinds,
+            cluster_scoped,
+        }
+    }
+
     fn webhooks(&mut self, root: &mut Dict) -> Vec<WebhookConfig> {
         let items = match root.remove("webhook") {
             None => return Vec::new(),
@@ -1045,6 +1110,49 @@ mod tests {
             .extract()
             .expect("test TOML is well-formed");
         Config::from_dict(root, Path::new("/etc/gitopsd"))
+    }
+
+    #[test]
+    fn environment_limits_are_checked_with_their_keys() {
+        let problems = parse(
+            r#"
+            [repo]
+            url = "deploy-repo"
+            [[environment]]
+            name = "staging"
+            path = "environments/staging"
+            target = { type = "directory", path = "live/staging" }
+            allowed_kinds = ["apps/[", 3]
+            cluster_scoped = "maybe"
+            "#,
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "environment[0].allowed_kinds",
+                "environment[0].allowed_kinds",
+                "environment[0].cluster_scoped"
+            ],
+            "{problems:?}"
+        );
+        let config = parse(
+            r#"
+            [repo]
+            url = "deploy-repo"
+            [[environment]]
+            name = "staging"
+            path = "environments/staging"
+            target = { type = "directory", path = "live/staging" }
+            cluster_scoped = ["core/Namespace"]
+            "#,
+        )
+        .expect("valid");
+        assert!(matches!(
+            &config.environments[0].policy.cluster_scoped,
+            crate::policy::ClusterScoped::Only(globs) if globs.len() == 1
+        ));
     }
 
     #[test]

@@ -163,18 +163,47 @@ async fn read_documents(
     }
 }
 
+/// Settles namespaces, then holds every object to what the environment may touch: one
+/// problem per object outside it, each with its file and document.
+fn complete_located(
+    documents: manifest::Documents,
+    environment: &EnvironmentConfig,
+    scopes: &Scopes,
+) -> Result<Vec<(Desired, manifest::Problem)>, DesiredError> {
+    let options = ParseOptions {
+        default_namespace: environment.namespace.clone(),
+    };
+    let located = documents
+        .complete_located(&options, scopes)
+        .map_err(DesiredError::Manifests)?;
+    let refused: Vec<manifest::Problem> = located
+        .iter()
+        .filter_map(|(object, at)| {
+            let why = environment.policy.refusal(&object.key)?;
+            Some(manifest::Problem {
+                message: format!("not allowed in environment {}: {why}", environment.name),
+                ..at.clone()
+            })
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(DesiredError::Manifests(ManifestErrors(refused)));
+    }
+    Ok(located
+        .into_iter()
+        .map(|(object, at)| (Desired::new(&object), at))
+        .collect())
+}
+
 fn complete(
     documents: manifest::Documents,
     environment: &EnvironmentConfig,
     scopes: &Scopes,
 ) -> Result<Vec<Desired>, DesiredError> {
-    let options = ParseOptions {
-        default_namespace: environment.namespace.clone(),
-    };
-    let objects = documents
-        .complete(&options, scopes)
-        .map_err(DesiredError::Manifests)?;
-    Ok(objects.iter().map(Desired::new).collect())
+    Ok(complete_located(documents, environment, scopes)?
+        .into_iter()
+        .map(|(desired, _)| desired)
+        .collect())
 }
 
 /// Reads and validates an environment's desired objects at `revision`, with the scope of each
@@ -205,16 +234,7 @@ pub async fn load_located<T: Target>(
         .scopes(&documents.kinds())
         .await
         .map_err(DesiredError::Scopes)?;
-    let options = ParseOptions {
-        default_namespace: environment.namespace.clone(),
-    };
-    let located = documents
-        .complete_located(&options, &scopes)
-        .map_err(DesiredError::Manifests)?;
-    Ok(located
-        .into_iter()
-        .map(|(object, at)| (Desired::new(&object), at))
-        .collect())
+    complete_located(documents, environment, &scopes)
 }
 
 /// Like [`load_desired`], without a target to ask: built-in kinds and CRDs in the revision.

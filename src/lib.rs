@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod policy;
 pub mod probe;
 pub mod readiness;
 pub mod report;

@@ -131,3 +131,58 @@ fn symlinks_are_refused() {
     assert!(tree(&workspace.live("staging")).is_empty());
     assert!(!tree(&workspace.live("production")).is_empty());
 }
+
+#[test]
+fn objects_outside_what_an_environment_may_touch_reject_the_whole_revision() {
+    let workspace = Workspace::new();
+    workspace.write_config_with(
+        &workspace.repo.dir.display().to_string(),
+        "30s",
+        "allowed_namespaces = [\"shop\", \"shop-*\"]\nallowed_kinds = [\"core/*\", \"apps/*\", \"rbac.authorization.k8s.io/*\"]\ndenied_kinds = [\"core/Secret\"]\ncluster_scoped = \"deny\"\n",
+    );
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("good");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let staging_before = tree(&workspace.live("staging"));
+
+    write_environment(&workspace.repo, "staging", 3);
+    workspace.repo.write(
+        "environments/staging/outside.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: elsewhere\n  namespace: kube-system\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: everything\nrules: []\n---\napiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: nightly\nspec:\n  schedule: \"0 0 * * *\"\n  jobTemplate: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: x}]}}}}\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: token\nstringData: {token: x}\n",
+    );
+    workspace.repo.commit("four objects staging may not touch");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    let errors = stderr(&output);
+    for expected in [
+        "environments/staging/outside.yaml: document 1 (line 1): ConfigMap kube-system/elsewhere: not allowed in environment staging: namespace \"kube-system\" is not allowed (allowed_namespaces: \"shop\", \"shop-*\")",
+        "environments/staging/outside.yaml: document 2 (line 6): ClusterRole.rbac.authorization.k8s.io everything: not allowed in environment staging: rbac.authorization.k8s.io/ClusterRole is cluster-scoped and this environment may hold no cluster-scoped objects (cluster_scoped = \"deny\")",
+        "environments/staging/outside.yaml: document 3 (line 12): CronJob.batch shop/nightly: not allowed in environment staging: kind batch/CronJob is not allowed",
+        "environments/staging/outside.yaml: document 4 (line 20): Secret shop/token: not allowed in environment staging: kind core/Secret is denied (denied_kinds \"core/Secret\")",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "missing {expected:?} in:\n{errors}"
+        );
+    }
+    assert_eq!(
+        tree(&workspace.live("staging")),
+        staging_before,
+        "nothing of the revision is applied, not even its allowed change"
+    );
+    let validate = workspace.run(&["validate"]);
+    assert_exit(&validate, 1);
+    assert!(
+        stdout(&validate).contains("kind batch/CronJob is not allowed"),
+        "{}",
+        stdout(&validate)
+    );
+    let diff = workspace.run(&["diff", "--env", "staging"]);
+    assert_exit(&diff, 2);
+    assert!(
+        stderr(&diff).contains("cluster_scoped = \"deny\""),
+        "{}",
+        stderr(&diff)
+    );
+}

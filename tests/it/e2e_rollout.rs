@@ -1,6 +1,9 @@
-//! Real-cluster suite, rollouts: broken pods fail a step at once, an invalid object holds its
-//! revision until `gitopsd retry`, capacity never drops while a canary runs, and an API server
-//! outage blocks a rollout without blaming its revision. Run like tests/it/e2e.rs.
+//! Real-cluster suite, rollouts and revision checks: broken pods and failed Jobs fail a step at
+//! once, an invalid object holds its revision until `gitopsd retry`, capacity never drops while
+//! a canary runs, an API server outage blocks a rollout without blaming its revision, a restart
+//! resumes a rollout, StatefulSets canary by partition, pods carry their track, and objects a
+//! revision may not touch, or only the server knows are wrong, are refused before they are
+//! applied. Run like tests/it/e2e.rs.
 
 use std::collections::BTreeMap;
 use std::io::BufReader;
@@ -995,4 +998,46 @@ fn e2e_pods_carry_their_track_and_an_upgrade_restarts_nothing() {
         let tracks = tracks(&cluster, &namespace);
         tracks.len() == 3 && tracks.values().all(|track| track == "stable")
     }));
+}
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_objects_outside_what_an_environment_may_touch_are_refused_before_anything_is_applied() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("limits");
+    let role = format!("{namespace}-everything");
+    let workspace = workspace_on(
+        &cluster,
+        &namespace,
+        &format!(
+            "allowed_namespaces = [\"{namespace}\"]\ncluster_scoped = [\"core/Namespace\"]\ndenied_kinds = [\"core/Secret\"]\n"
+        ),
+    );
+    let mut text = web_yaml(&namespace, "1", Some(1), "", "");
+    text.push_str(&format!(
+        "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {role}\nrules: []\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: elsewhere\n  namespace: default\n"
+    ));
+    commit_web(
+        &workspace,
+        &text,
+        "a ClusterRole and a ConfigMap in default",
+    );
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    let errors = stderr(&output);
+    assert!(
+        errors.contains("document 4 (line") && errors.contains(&format!("ClusterRole.rbac.authorization.k8s.io {role}: not allowed in environment staging: rbac.authorization.k8s.io/ClusterRole is cluster-scoped and not among cluster_scoped")),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("ConfigMap default/elsewhere: not allowed in environment staging: namespace \"default\" is not allowed"),
+        "{errors}"
+    );
+    assert!(
+        cluster
+            .get(None, &format!("namespace/{namespace}"))
+            .is_none(),
+        "nothing of the revision is applied"
+    );
+    assert!(cluster.get(None, &format!("clusterrole/{role}")).is_none());
 }
