@@ -204,6 +204,13 @@ fn holds(config: &Config, environment: &EnvironmentConfig, revision: &Revision) 
         .map(|loaded| History::from_records(&loaded.records))
         .unwrap_or_default();
     let mut holds = Vec::new();
+    let source = GitSource::new(&config.repo, &config.state.dir);
+    if let Err(unverified) = source.verify(revision, history.last_healthy.as_ref()) {
+        holds.push(format!(
+            "not applied: {unverified} ([repo.verify]); {} stays at its last verified revision",
+            environment.name
+        ));
+    }
     if history.failed.contains(revision) {
         holds.push(format!(
             "revision {} failed in {} before; it is held and will not be applied unless an operator runs gitopsd retry",
@@ -396,6 +403,18 @@ pub async fn validate(
     }
     let revision = revisions.resolve(rev).await?;
     let mut invalid = false;
+    match revisions.source.verify(&revision, None) {
+        Ok(None) => {}
+        Ok(Some(signer)) => writeln!(out, "verify: {}: signed by {}", revision.short(), signer.0)?,
+        Err(unverified) => {
+            invalid = true;
+            writeln!(
+                out,
+                "invalid: {}: {unverified}; gitopsd will not apply it ([repo.verify])",
+                revision.short()
+            )?;
+        }
+    }
     for environment in &config.environments {
         match load_desired_offline(&revisions.source, environment, &revision).await {
             Ok(desired) if desired.is_empty() && !environment.allow_empty => {

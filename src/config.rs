@@ -49,6 +49,7 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "failed",
     "reverted",
     "blocked",
+    "verify_failed",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +66,8 @@ pub struct RepoConfig {
     /// known_hosts for ssh; host keys are then checked strictly against it alone.
     pub ssh_known_hosts_file: Option<PathBuf>,
     pub max_file_bytes: u64,
+    /// `[repo.verify]`: only signed commits are applied.
+    pub verify: Option<crate::source::verify::VerifyConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -429,6 +432,9 @@ impl Checker {
         let max_file_bytes = self
             .unsigned(dict, "repo", "max_file_bytes")
             .unwrap_or(DEFAULT_MAX_FILE_BYTES);
+        let verify = self
+            .table(dict, "repo", "verify")
+            .and_then(|table| self.verify(table, base));
         self.no_more(std::mem::take(dict), "repo");
         let (url, local_path) = resolve_url(&url?, base);
         if token_file.is_some() && !url.starts_with("https://") {
@@ -453,6 +459,45 @@ impl Checker {
             ssh_key_file,
             ssh_known_hosts_file,
             max_file_bytes,
+            verify,
+        })
+    }
+
+    /// `[repo.verify]`: where trust comes from, and which commits need it.
+    fn verify(
+        &mut self,
+        mut table: Dict,
+        base: &Path,
+    ) -> Option<crate::source::verify::VerifyConfig> {
+        use crate::source::verify::{VerifyConfig, VerifyMode};
+        let prefix = "repo.verify";
+        let allowed_signers = self.path(&mut table, prefix, "allowed_signers", base);
+        let gpg_keyring = self.path(&mut table, prefix, "gpg_keyring", base);
+        let signing_key = self.path(&mut table, prefix, "signing_key", base);
+        let mode = match self.string(&mut table, prefix, "mode").as_deref() {
+            None | Some("head") => VerifyMode::Head,
+            Some("all") => VerifyMode::All,
+            Some(other) => {
+                self.problem(
+                    join(prefix, "mode"),
+                    format!("unknown mode {other:?}; expected \"head\" or \"all\""),
+                );
+                VerifyMode::Head
+            }
+        };
+        self.no_more(table, prefix);
+        if allowed_signers.is_none() && gpg_keyring.is_none() {
+            self.problem(
+                prefix.into(),
+                "needs allowed_signers (SSH signatures) or gpg_keyring (OpenPGP), or both",
+            );
+            return None;
+        }
+        Some(VerifyConfig {
+            allowed_signers,
+            gpg_keyring,
+            mode,
+            signing_key,
         })
     }
 

@@ -75,6 +75,13 @@ pub enum ReconcileError {
         message: String,
     },
     #[error(
+        "revision {revision} not applied: {unverified}; the environment stays at its last verified revision"
+    )]
+    Unverified {
+        revision: Revision,
+        unverified: crate::source::git::Unverified,
+    },
+    #[error(
         "revision {revision} blocked by the cluster, not failed; retried with backoff: {reason}"
     )]
     Blocked { revision: Revision, reason: String },
@@ -405,6 +412,60 @@ impl<T: Target> EnvironmentRun<'_, T> {
     }
 
     async fn next(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
+        if let Err(unverified) = self.verify(tip).await? {
+            return self.refuse_unverified(tip, unverified).await;
+        }
+        self.next_verified(tip).await
+    }
+
+    /// Checks the tip's signatures as `[repo.verify]` asks (nothing to check without it).
+    async fn verify(
+        &self,
+        tip: &Revision,
+    ) -> Result<Result<(), crate::source::git::Unverified>, ReconcileError> {
+        if !self.source.verifies() {
+            return Ok(Ok(()));
+        }
+        let base = self
+            .journal
+            .with_records(|records| History::from_records(records).last_healthy);
+        let source = self.source.clone();
+        let tip = tip.clone();
+        let verified = tokio::task::spawn_blocking(move || source.verify(&tip, base.as_ref()))
+            .await
+            .map_err(|e| ReconcileError::Worker(e.to_string()))?;
+        Ok(verified.map(|_| ()))
+    }
+
+    /// The tip did not verify: it is journaled (once), counted and announced, and the
+    /// environment stays at its last verified revision, still corrected for drift.
+    async fn refuse_unverified(
+        &mut self,
+        tip: &Revision,
+        unverified: crate::source::git::Unverified,
+    ) -> Result<Outcome, ReconcileError> {
+        let history = self.journal.with_records(History::from_records);
+        let reason = unverified.to_string();
+        if history.unverified != Some((tip.clone(), reason.clone())) {
+            tracing::error!(env = %self.config.name, revision = %tip.short(), %reason, "revision refused: signature did not verify");
+            self.metrics.verify_failed(&self.config.name);
+            self.journal(Event::VerifyFailed {
+                revision: tip.clone(),
+                commit: unverified.commit.clone(),
+                reason,
+            })?;
+        }
+        // The last healthy revision was verified when it rolled out: carry on from there.
+        if let Some(verified) = history.last_healthy.clone().filter(|r| r != tip) {
+            self.next_verified(&verified).await?;
+        }
+        Err(ReconcileError::Unverified {
+            revision: tip.clone(),
+            unverified,
+        })
+    }
+
+    async fn next_verified(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
         // At most: finish an interrupted revert, then act on the tip.
         for _ in 0..2 {
             let history = self.journal.with_records(History::from_records);
@@ -673,9 +734,14 @@ impl<T: Target> EnvironmentRun<'_, T> {
         self.target.announce(&applied_keys(writes));
         let mut done = 0;
         // Stages stay in order; the writes inside one stage go out together, a few at a time.
+        // Namespaces go before the rest of their stage, not beside it: what follows (the
+        // ownership record, a CRD's custom resources) may live in them.
+        let is_namespace =
+            |write: &Write| write.key().group.is_empty() && write.key().kind == "Namespace";
         for group in writes.chunk_by(|a, b| {
             stage(a.key()) == stage(b.key())
                 && matches!(a, Write::Apply(_)) == matches!(b, Write::Apply(_))
+                && is_namespace(a) == is_namespace(b)
         }) {
             for batch in group.chunks(WRITE_CONCURRENCY) {
                 let writes: Vec<_> = batch

@@ -96,6 +96,13 @@ pub enum Event {
     Unblocked { revision: Revision },
     /// An operator cleared the held failure of `revision`, so it rolls out again.
     Retried { revision: Revision },
+    /// The branch tip `revision` is not applied: `commit` (the tip, or with `mode = "all"` a
+    /// commit before it) is unsigned or not signed by an allowed key.
+    VerifyFailed {
+        revision: Revision,
+        commit: Revision,
+        reason: String,
+    },
     /// About to put the environment back to `to`. `failed` is false when undoing a rollout
     /// that a restart interrupted.
     RevertStarted {
@@ -178,6 +185,7 @@ impl Event {
             Event::RolloutResumed { .. } => "rollout_resumed",
             Event::Unblocked { .. } => "unblocked",
             Event::Retried { .. } => "retried",
+            Event::VerifyFailed { .. } => "verify_failed",
         }
     }
 
@@ -197,6 +205,7 @@ impl Event {
             | Event::RolloutResumed { revision, .. }
             | Event::Unblocked { revision }
             | Event::Retried { revision }
+            | Event::VerifyFailed { revision, .. }
             | Event::RevertStarted { revision, .. }
             | Event::Reverted { revision, .. }
             | Event::RevertCommitted { revision, .. }

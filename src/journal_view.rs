@@ -61,6 +61,7 @@ pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> 
                 None => writeln!(out, "      {reason}")?,
             },
             Event::Blocked { reason, .. } => writeln!(out, "      {reason}")?,
+            Event::VerifyFailed { reason, .. } => writeln!(out, "      {reason}")?,
             Event::RevertStarted { to, reason, .. } => {
                 writeln!(out, "      back to {}: {reason}", to.short())?;
             }
@@ -162,6 +163,13 @@ pub fn write_status(environment: &str, records: &[Record], out: &mut dyn Write) 
         for (check, detail) in failing {
             writeln!(out, "  failing check:          {check}: {detail}")?;
         }
+    }
+    if let Some((revision, reason)) = &history.unverified {
+        writeln!(
+            out,
+            "  refused tip:            {} ({reason}); staying at the last verified revision",
+            revision.short()
+        )?;
     }
     if let Some((revision, reason)) = &history.blocked {
         writeln!(

@@ -60,6 +60,7 @@ pub struct Metrics {
     checks: Family<CheckLabels, Counter>,
     drift: Family<EnvironmentLabel, Counter>,
     failures: Family<CauseLabels, Counter>,
+    verify_failures: Family<EnvironmentLabel, Counter>,
     blocked: Family<EnvironmentLabel, Gauge>,
     /// The revision label last set per environment, so its old series can be removed.
     revisions_set: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
@@ -83,6 +84,12 @@ impl Default for Metrics {
         let drift = Family::<EnvironmentLabel, Counter>::default();
         let failures = Family::<CauseLabels, Counter>::default();
         let blocked = Family::<EnvironmentLabel, Gauge>::default();
+        let verify_failures = Family::<EnvironmentLabel, Counter>::default();
+        registry.register(
+            "verify_failures",
+            "Branch tips refused because a commit was unsigned or not signed by an allowed key ([repo.verify])",
+            verify_failures.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time one pass over an environment took (rollouts include their bake and verify time)",
@@ -132,6 +139,7 @@ impl Default for Metrics {
             registry,
             failures,
             blocked,
+            verify_failures,
             reconcile_seconds,
             rollouts,
             revision,
@@ -223,6 +231,14 @@ impl Metrics {
             .get_or_create(&CauseLabels {
                 environment: environment.into(),
                 cause: cause.into(),
+            })
+            .inc();
+    }
+
+    pub fn verify_failed(&self, environment: &str) {
+        self.verify_failures
+            .get_or_create(&EnvironmentLabel {
+                environment: environment.into(),
             })
             .inc();
     }

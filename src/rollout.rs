@@ -307,6 +307,8 @@ pub struct History {
     /// What the cluster is refusing now, for the revision it holds back (not a failure of
     /// the revision: it is tried again).
     pub blocked: Option<(Revision, String)>,
+    /// A branch tip refused because its signature did not verify, and why.
+    pub unverified: Option<(Revision, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -362,6 +364,7 @@ impl History {
                 ..
             } => {
                 self.blocked = None;
+                self.unverified = None;
                 self.in_flight = Some(InFlight {
                     revision: revision.clone(),
                     previous: previous.clone(),
@@ -436,6 +439,7 @@ impl History {
             }
             Event::Healthy { revision } => {
                 self.blocked = None;
+                self.unverified = None;
                 self.in_flight = None;
                 self.last_healthy = Some(revision.clone());
                 self.current = Some(revision.clone());
@@ -463,6 +467,11 @@ impl History {
                 self.blocked = Some((revision.clone(), reason.clone()));
             }
             Event::Unblocked { .. } => self.blocked = None,
+            Event::VerifyFailed {
+                revision, reason, ..
+            } => {
+                self.unverified = Some((revision.clone(), reason.clone()));
+            }
             Event::Retried { revision } => {
                 self.failed.remove(revision);
             }

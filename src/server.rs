@@ -315,9 +315,25 @@ async fn control(
             let Some(rev) = body.to else {
                 return error(StatusCode::BAD_REQUEST, "rollback needs {\"to\": REV}");
             };
-            match resolve(rev).await {
-                Ok(revision) => Event::Pinned { revision, tip },
+            let revision = match resolve(rev).await {
+                Ok(revision) => revision,
                 Err(message) => return error(StatusCode::BAD_REQUEST, message),
+            };
+            // A rollback applies a revision like any other: it must be signed as required.
+            let checked = {
+                let source = source.clone();
+                let revision = revision.clone();
+                tokio::task::spawn_blocking(move || source.verify(&revision, None)).await
+            };
+            match checked {
+                Ok(Ok(_)) => Event::Pinned { revision, tip },
+                Ok(Err(unverified)) => {
+                    return error(
+                        StatusCode::CONFLICT,
+                        format!("refused: {unverified} ([repo.verify])"),
+                    );
+                }
+                Err(join) => return error(StatusCode::INTERNAL_SERVER_ERROR, join.to_string()),
             }
         }
         other => return error(StatusCode::NOT_FOUND, format!("unknown action {other:?}")),

@@ -87,6 +87,16 @@ impl Notification {
                 cause: cause.clone(),
                 ..base("failed", format!("{short} failed: {reason}"))
             }),
+            Event::VerifyFailed { commit, reason, .. } => Some(Notification {
+                reason: Some(reason.clone()),
+                ..base(
+                    "verify_failed",
+                    format!(
+                        "{short} refused: commit {} did not verify: {reason}",
+                        commit.short()
+                    ),
+                )
+            }),
             Event::Blocked { reason, .. } => Some(Notification {
                 reason: Some(reason.clone()),
                 ..base(

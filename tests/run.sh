@@ -2,7 +2,8 @@
 # Runs the whole test suite, first installing what it needs from Debian's packages when it is
 # missing: git (repositories, `git daemon`), prometheus (the prometheus health check test),
 # openssh-server (fetching over ssh from an sshd on 127.0.0.1) and openssl (a test certificate
-# for fetching over https).
+# for fetching over https), openssh-client and gnupg/gpgv (signed commits: ssh-keygen and gpg
+# sign, gpgv verifies).
 #
 # Then the real-cluster suite (tests/it/e2e.rs) against a real Kubernetes control plane: the
 # cluster GITOPSD_E2E_KUBECONFIG names, or else a lab of its own started from
@@ -17,6 +18,9 @@ command -v git >/dev/null || need+=(git)
 [ -x /usr/bin/prometheus ] || need+=(prometheus)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v openssl >/dev/null || need+=(openssl)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v gpg >/dev/null || need+=(gnupg)
+command -v gpgv >/dev/null || need+=(gpgv)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: please install ${need[*]} (apt-get install ${need[*]}), or run as root" >&2

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use gix::remote::Direction;
 use thiserror::Error;
 
+use super::verify::{Signer, Verifier, VerifyConfig, VerifyError, VerifyMode};
 use crate::config::RepoConfig;
 use crate::manifest::{ManifestFile, Problem, is_manifest_path};
 use crate::model::Revision;
@@ -45,6 +46,47 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A commit the verification refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unverified {
+    pub commit: Revision,
+    pub reason: VerifyError,
+}
+
+impl std::fmt::Display for Unverified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "commit {} {}", self.commit.short(), self.reason)
+    }
+}
+
+/// Signs a commit gitopsd writes with its SSH key, as `git commit -S` with `gpg.format = ssh`
+/// would: an sshsig over the commit without the signature, in a `gpgsig` header.
+fn sign_commit(commit: &mut gix::objs::Commit, key_file: &Path) -> Result<(), SourceError> {
+    use gix::objs::WriteTo;
+    let sign_error = |message: String| SourceError::Commit {
+        message: format!("signing with {}: {message}", key_file.display()),
+    };
+    let key =
+        ssh_key::PrivateKey::read_openssh_file(key_file).map_err(|e| sign_error(e.to_string()))?;
+    if key.is_encrypted() {
+        return Err(sign_error(
+            "the key is encrypted; gitopsd needs one without a passphrase (readable by its user only)".into(),
+        ));
+    }
+    let mut payload = Vec::new();
+    commit
+        .write_to(&mut payload)
+        .map_err(|e| sign_error(e.to_string()))?;
+    let signature = key
+        .sign("git", ssh_key::HashAlg::Sha512, &payload)
+        .and_then(|signature| signature.to_pem(ssh_key::LineEnding::LF))
+        .map_err(|e| sign_error(e.to_string()))?;
+    commit
+        .extra_headers
+        .push(("gpgsig".into(), signature.trim_end().to_string().into()));
+    Ok(())
 }
 
 /// A gix error with its causes: gix's Display shows only the outermost message ("Transport
@@ -124,6 +166,8 @@ pub struct GitSource {
     branch: String,
     auth: Auth,
     max_file_bytes: u64,
+    /// `[repo.verify]`: which commits must be signed, and by whom.
+    verify: Option<VerifyConfig>,
 }
 
 impl GitSource {
@@ -149,7 +193,75 @@ impl GitSource {
             branch: repo.branch.clone(),
             auth,
             max_file_bytes: repo.max_file_bytes,
+            verify: repo.verify.clone(),
         }
+    }
+
+    /// Whether commits must be signed before they are applied.
+    pub fn verifies(&self) -> bool {
+        self.verify.is_some()
+    }
+
+    /// Checks that `tip` may be applied: with `mode = "head"` its own signature, with
+    /// `mode = "all"` every commit since `base` (the last verified revision; the tip alone when
+    /// there is none). `Ok(None)` when no verification is configured; the failing commit and
+    /// why otherwise.
+    pub fn verify(
+        &self,
+        tip: &Revision,
+        base: Option<&Revision>,
+    ) -> Result<Option<Signer>, Unverified> {
+        let Some(config) = &self.verify else {
+            return Ok(None);
+        };
+        let fail = |commit: &Revision, reason: VerifyError| Unverified {
+            commit: commit.clone(),
+            reason,
+        };
+        let verifier = Verifier::load(config).map_err(|reason| fail(tip, reason))?;
+        let repo = self
+            .open()
+            .map_err(|e| fail(tip, VerifyError::Bad(e.to_string())))?;
+        let id = |revision: &Revision| {
+            gix::ObjectId::from_hex(revision.0.as_bytes())
+                .map_err(|e| fail(revision, VerifyError::Bad(e.to_string())))
+        };
+        let mut commits = vec![tip.clone()];
+        if verifier.mode == VerifyMode::All
+            && let Some(base) = base
+            && base != tip
+        {
+            let walk = repo
+                .rev_walk([id(tip)?])
+                .with_hidden([id(base)?])
+                .all()
+                .map_err(|e| fail(tip, VerifyError::Bad(gix_message(&e))))?;
+            commits = Vec::new();
+            for info in walk {
+                let info = info.map_err(|e| fail(tip, VerifyError::Bad(gix_message(&e))))?;
+                commits.push(Revision(info.id.to_string()));
+            }
+            // Oldest first, so the first bad commit is the one named.
+            commits.reverse();
+        }
+        let mut signer = None;
+        for commit in &commits {
+            let object = repo
+                .find_commit(id(commit)?)
+                .map_err(|e| fail(commit, VerifyError::Bad(gix_message(&e))))?;
+            let signed = object
+                .signature()
+                .map_err(|e| fail(commit, VerifyError::Bad(gix_message(&e))))?;
+            let (signature, data) = match &signed {
+                Some((signature, data)) => (Some(signature.as_ref()), data.to_bstring()),
+                None => (None, Default::default()),
+            };
+            let found = verifier
+                .check(signature.map(|s| s.as_ref()), &data)
+                .map_err(|reason| fail(commit, reason))?;
+            signer = Some(found);
+        }
+        Ok(signer)
     }
 
     pub fn url(&self) -> &str {
@@ -364,7 +476,7 @@ impl GitSource {
         };
         let tip_id =
             gix::ObjectId::from_hex(tip.0.as_bytes()).map_err(|e| commit_error(gix_message(&e)))?;
-        let commit = gix::objs::Commit {
+        let mut commit = gix::objs::Commit {
             tree: tree.detach(),
             parents: vec![tip_id].into(),
             author: signature.clone(),
@@ -373,6 +485,9 @@ impl GitSource {
             message: message.into(),
             extra_headers: Vec::new(),
         };
+        if let Some(key) = self.verify.as_ref().and_then(|v| v.signing_key.as_deref()) {
+            sign_commit(&mut commit, key)?;
+        }
         let id = repo
             .write_object(&commit)
             .map_err(|e| commit_error(gix_message(&e)))?

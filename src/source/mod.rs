@@ -1,6 +1,7 @@
 //! Where desired state comes from: snapshots of an environment's files at a git revision.
 
 pub mod git;
+pub mod verify;
 pub mod watch;
 
 pub use git::{Fetched, GitSource, Snapshot, SourceError};

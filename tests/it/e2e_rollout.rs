@@ -121,25 +121,6 @@ fn e2e_broken_canary_pods_fail_the_step_at_once_and_name_the_reason() {
     );
 }
 
-/// A running daemon with an API on a free port; killed when dropped.
-fn daemon_with_api(workspace: &Workspace) -> (ChildGuard, String) {
-    let address = format!("127.0.0.1:{}", free_port());
-    std::fs::write(workspace.path("api-token"), format!("{TOKEN}\n")).expect("token");
-    workspace.edit_config(
-        "[state]",
-        &format!("[api]\nlisten = \"{address}\"\ntoken_file = \"api-token\"\n\n[state]"),
-    );
-    let child = ChildGuard(
-        workspace
-            .gitopsd(&["run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("daemon starts"),
-    );
-    (child, address)
-}
-
 fn count(workspace: &Workspace, event: &str) -> usize {
     events(&workspace.journal("staging"), event).len()
 }
@@ -163,7 +144,7 @@ fn e2e_an_invalid_object_holds_the_revision_and_retry_rolls_it_out_again() {
     );
     let bad = commit_web(&workspace, &text, "invalid label");
 
-    let (_daemon, address) = daemon_with_api(&workspace);
+    let (_daemon, address) = daemon_with_api(&workspace, TOKEN);
     assert!(
         wait_for(Duration::from_secs(60), || count(&workspace, "reverted")
             >= 1),

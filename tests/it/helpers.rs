@@ -292,6 +292,26 @@ impl Drop for ChildGuard {
     }
 }
 
+/// A running `gitopsd run` with an `[api]` on a free port of 127.0.0.1 and `token` in its token
+/// file; killed when dropped. Returns it and the API's address.
+pub fn daemon_with_api(workspace: &Workspace, token: &str) -> (ChildGuard, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    fs::write(workspace.path("api-token"), format!("{token}\n")).expect("token");
+    workspace.edit_config(
+        "[state]",
+        &format!("[api]\nlisten = \"{address}\"\ntoken_file = \"api-token\"\n\n[state]"),
+    );
+    let child = ChildGuard(
+        workspace
+            .gitopsd(&["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("daemon starts"),
+    );
+    (child, address)
+}
+
 /// `git daemon` serving `base` on 127.0.0.1 at a free port.
 pub struct GitDaemon {
     pub port: u16,

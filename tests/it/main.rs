@@ -18,4 +18,5 @@ mod scale;
 mod ssh;
 mod systemd;
 mod validate;
+mod verify;
 mod webhook;
