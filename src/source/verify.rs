@@ -96,6 +96,25 @@ fn fields(line: &str) -> Vec<String> {
     fields
 }
 
+/// Splits an options field at commas outside double quotes.
+fn split_options(options: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    for (index, c) in options.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&options[start..index]);
+                start = index + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&options[start..]);
+    parts
+}
+
 fn is_key_type(field: &str) -> bool {
     field.starts_with("ssh-") || field.starts_with("ecdsa-") || field.starts_with("sk-")
 }
@@ -124,7 +143,7 @@ impl AllowedSigners {
                 None => return Err(problem("no key".into())),
             };
             let mut namespaces = None;
-            for option in options.map(|o| o.split(',')).into_iter().flatten() {
+            for option in options.map(split_options).into_iter().flatten() {
                 let (name, value) = option.split_once('=').unwrap_or((option, ""));
                 match name.to_ascii_lowercase().as_str() {
                     "namespaces" => {
