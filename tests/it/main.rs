@@ -15,6 +15,7 @@ mod prometheus;
 mod reconcile;
 mod rollout;
 mod scale;
+mod secrets;
 mod ssh;
 mod systemd;
 mod validate;

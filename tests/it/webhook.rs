@@ -9,7 +9,7 @@ use crate::helpers::*;
 use crate::rollout::{RolloutWorkspace, web};
 
 /// Records every POST body; answers 500 to the very first request, 200 afterwards.
-fn receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+pub(crate) fn receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = listener.local_addr().expect("address").to_string();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -50,7 +50,7 @@ fn receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
     (address, received)
 }
 
-fn add_webhook(workspace: &Workspace, address: &str) {
+pub(crate) fn add_webhook(workspace: &Workspace, address: &str) {
     workspace.edit_config(
         "[state]",
         &format!("[[webhook]]\nurl = \"http://{address}/hook\"\ntimeout = \"2s\"\n\n[state]"),
