@@ -408,7 +408,18 @@ struct Shared {
 
 /// The API token, read from `api.token_file`.
 fn read_token(config: &Config) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
     let path = config.api.as_ref()?.token_file.as_ref()?;
+    if let Ok(metadata) = std::fs::metadata(path)
+        && metadata.permissions().mode() & 0o004 != 0
+    {
+        tracing::error!(
+            file = %path.display(),
+            mode = format!("{:o}", metadata.permissions().mode() & 0o777),
+            "the api token file is readable by every user; control endpoints are disabled until it is not (chmod 600)"
+        );
+        return None;
+    }
     match std::fs::read_to_string(path) {
         Ok(token) if !token.trim().is_empty() => Some(token.trim().to_string()),
         Ok(_) => {
@@ -472,6 +483,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
             ready: context.ready.clone(),
             metrics: context.metrics.clone(),
             reloadable: context.reloadable.clone(),
+            limiter: Default::default(),
         };
         let listen = api.listen;
         tokio::spawn(async move {

@@ -1,12 +1,13 @@
 //! The HTTP API: `/healthz`, `/readyz`, `/metrics`, `/status`, and the control endpoints
 //! (approve, pause, resume, retry, rollback) behind a bearer token.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -63,6 +64,46 @@ pub struct Reloadable {
     pub source: GitSource,
 }
 
+/// Largest request body a control endpoint reads.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Failed authentications one address may make within [`FAILURE_WINDOW`].
+const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Failed authentications per client address, so a token cannot be guessed at speed.
+#[derive(Debug, Default)]
+pub struct AuthLimiter(Mutex<HashMap<IpAddr, (u32, Instant)>>);
+
+impl AuthLimiter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How long `peer` must wait before it may try again, if it used up its failures.
+    pub fn locked_out(&self, peer: IpAddr, now: Instant) -> Option<Duration> {
+        let mut failures = self.lock();
+        let (count, since) = *failures.get(&peer)?;
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= FAILURE_WINDOW {
+            failures.remove(&peer);
+            return None;
+        }
+        (count >= MAX_FAILURES).then(|| FAILURE_WINDOW - elapsed)
+    }
+
+    /// Counts a failed authentication of `peer`.
+    pub fn failed(&self, peer: IpAddr, now: Instant) {
+        let mut failures = self.lock();
+        let entry = failures.entry(peer).or_insert((0, now));
+        if now.saturating_duration_since(entry.1) >= FAILURE_WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+    }
+}
+
 /// Shared by every request.
 #[derive(Debug, Clone)]
 pub struct ApiState {
@@ -70,6 +111,16 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
     pub reloadable: Arc<RwLock<Reloadable>>,
+    pub limiter: Arc<AuthLimiter>,
+}
+
+/// The warning for an API that listens beyond this host, if it does.
+pub fn exposure_warning(listen: SocketAddr) -> Option<String> {
+    (!listen.ip().is_loopback()).then(|| {
+        format!(
+            "the HTTP API listens on {listen}, beyond this host: /metrics and /status are readable by anyone who can reach it and the control endpoints are one token away; listen on 127.0.0.1 behind a proxy with TLS unless that is intended"
+        )
+    })
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -79,6 +130,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/api/v1/environments/{environment}/{action}", post(control))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -86,7 +138,14 @@ pub fn router(state: ApiState) -> Router {
 pub async fn serve(listen: SocketAddr, state: ApiState) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, "HTTP API listening");
-    axum::serve(listener, router(state)).await
+    if let Some(warning) = exposure_warning(listen) {
+        tracing::warn!("{warning}");
+    }
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
@@ -220,6 +279,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 async fn control(
     State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((environment, action)): Path<(String, String)>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -241,7 +301,20 @@ async fn control(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
+    if let Some(wait) = state.limiter.locked_out(peer.ip(), Instant::now()) {
+        tracing::warn!(%peer, "control request refused: too many failed authentications");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
+            Json(
+                serde_json::json!({ "error": "too many failed authentications; try again later" }),
+            ),
+        )
+            .into_response();
+    }
     if !presented.is_some_and(|presented| same(presented.as_bytes(), token.as_bytes())) {
+        state.limiter.failed(peer.ip(), Instant::now());
+        tracing::warn!(%peer, %environment, %action, "control request refused: bad or missing token");
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -350,4 +423,42 @@ async fn control(
         revision,
     })
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_authentications_lock_an_address_out_for_a_while() {
+        let limiter = AuthLimiter::default();
+        let peer: IpAddr = [127, 0, 0, 1].into();
+        let other: IpAddr = [127, 0, 0, 2].into();
+        let start = Instant::now();
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(limiter.locked_out(peer, start), None);
+            limiter.failed(peer, start);
+        }
+        assert!(limiter.locked_out(peer, start).is_some());
+        assert_eq!(limiter.locked_out(other, start), None, "per address");
+        assert_eq!(
+            limiter.locked_out(peer, start + FAILURE_WINDOW),
+            None,
+            "the window passes"
+        );
+    }
+
+    #[test]
+    fn an_api_beyond_loopback_is_warned_about() {
+        assert!(exposure_warning("0.0.0.0:9107".parse().expect("address")).is_some());
+        assert!(exposure_warning("[::]:9107".parse().expect("address")).is_some());
+        assert_eq!(
+            exposure_warning("127.0.0.1:9107".parse().expect("address")),
+            None
+        );
+        assert_eq!(
+            exposure_warning("[::1]:9107".parse().expect("address")),
+            None
+        );
+    }
 }

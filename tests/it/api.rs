@@ -12,7 +12,7 @@ const TOKEN: &str = "test-token-123";
 /// A workspace whose config has an [api] on a free port with a token file.
 fn with_api(workspace: &Workspace, extra_staging: &str, extra_top: &str) -> String {
     let address = format!("127.0.0.1:{}", free_port());
-    std::fs::write(workspace.path("api-token"), format!("{TOKEN}\n")).expect("token");
+    workspace.write_token(TOKEN);
     workspace.write_config_with(
         &workspace.repo.dir.display().to_string(),
         "1h",
@@ -111,6 +111,68 @@ fn endpoints_answer_and_control_needs_the_token() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("unknown revision"), "{body}");
+}
+
+#[test]
+fn the_api_refuses_big_bodies_guessing_and_a_token_anyone_can_read() {
+    let workspace = Workspace::new();
+    let address = with_api(&workspace, "", "");
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("initial");
+    let daemon = start(&workspace, &address);
+    let path = "/api/v1/environments/staging/approve";
+
+    let huge = format!("{{\"revision\":\"{}\"}}", "x".repeat(100_000));
+    assert_eq!(
+        post(&address, path, Some(TOKEN), &huge).0,
+        413,
+        "body limit"
+    );
+
+    for attempt in 1..=5 {
+        assert_eq!(
+            post(&address, path, Some("guess"), "").0,
+            401,
+            "failed attempt {attempt}"
+        );
+    }
+    let (status, body) = post(&address, path, Some("guess"), "");
+    assert_eq!(status, 429, "{body}");
+    let (status, _) = post(
+        &address,
+        "/api/v1/environments/staging/pause",
+        Some(TOKEN),
+        "",
+    );
+    assert_eq!(status, 429, "locked out for a while, even with the token");
+    drop(daemon);
+
+    // A token file every user can read is refused (and the daemon says why).
+    use std::os::unix::fs::PermissionsExt as _;
+    let token = workspace.path("api-token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let log = workspace.path("daemon.log");
+    let _daemon = ChildGuard(
+        workspace
+            .gitopsd(&["run"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("daemon starts"),
+    );
+    assert!(wait_for(Duration::from_secs(30), || {
+        http_request(&address, "GET", "/readyz", &[], "").is_some_and(|(status, _)| status == 200)
+    }));
+    let (status, body) = post(
+        &address,
+        "/api/v1/environments/staging/pause",
+        Some(TOKEN),
+        "",
+    );
+    assert_eq!(status, 403, "{body}");
+    let logged = std::fs::read_to_string(&log).expect("log");
+    assert!(logged.contains("readable by every user"), "{logged}");
 }
 
 #[test]

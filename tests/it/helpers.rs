@@ -129,6 +129,14 @@ namespace = "shop"
         fs::write(&self.config, config.replacen(from, to, 1)).expect("write config");
     }
 
+    /// Writes the API token file, readable by its owner only (gitopsd refuses any other).
+    pub fn write_token(&self, token: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.path("api-token");
+        fs::write(&path, format!("{token}\n")).expect("token");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    }
+
     /// Lets a revision empty the staging environment (`allow_empty = true`).
     pub fn allow_empty_staging(&self) {
         self.edit_config(
@@ -296,7 +304,7 @@ impl Drop for ChildGuard {
 /// file; killed when dropped. Returns it and the API's address.
 pub fn daemon_with_api(workspace: &Workspace, token: &str) -> (ChildGuard, String) {
     let address = format!("127.0.0.1:{}", free_port());
-    fs::write(workspace.path("api-token"), format!("{token}\n")).expect("token");
+    workspace.write_token(token);
     workspace.edit_config(
         "[state]",
         &format!("[api]\nlisten = \"{address}\"\ntoken_file = \"api-token\"\n\n[state]"),

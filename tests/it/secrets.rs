@@ -59,7 +59,7 @@ fn a_planted_secret_value_appears_on_no_channel() {
     let (hook, received) = receiver();
     add_webhook(&workspace, &hook);
     let address = format!("127.0.0.1:{}", free_port());
-    std::fs::write(workspace.path("api-token"), format!("{TOKEN}\n")).expect("token");
+    workspace.write_token(TOKEN);
     workspace.edit_config(
         "[state]",
         &format!("[api]\nlisten = \"{address}\"\ntoken_file = \"api-token\"\n\n[state]"),
@@ -119,7 +119,10 @@ fn a_planted_secret_value_appears_on_no_channel() {
     );
     drop(daemon);
 
-    assert_clean("daemon logs at trace level", &std::fs::read_to_string(&log).expect("log"));
+    assert_clean(
+        "daemon logs at trace level",
+        &std::fs::read_to_string(&log).expect("log"),
+    );
     let hooks: Vec<String> = received
         .lock()
         .expect("lock")
@@ -136,7 +139,10 @@ fn a_planted_secret_value_appears_on_no_channel() {
         &["history"][..],
         &["diff", "--env", "staging"][..],
     ] {
-        assert_clean(&format!("{command:?}"), &all_output(&workspace.run(command)));
+        assert_clean(
+            &format!("{command:?}"),
+            &all_output(&workspace.run(command)),
+        );
     }
     let journal = std::fs::read_to_string(gitopsd::journal::Journal::path_for(
         &workspace.path("state"),
