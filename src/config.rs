@@ -66,6 +66,12 @@ pub struct RepoConfig {
     /// known_hosts for ssh; host keys are then checked strictly against it alone.
     pub ssh_known_hosts_file: Option<PathBuf>,
     pub max_file_bytes: u64,
+    /// Manifest files one environment folder may hold.
+    pub max_files: usize,
+    /// Bytes of manifests one environment folder may hold.
+    pub max_total_bytes: u64,
+    /// Documents, nesting and aliases one revision's YAML may use.
+    pub limits: crate::manifest::Limits,
     /// `[repo.verify]`: only signed commits are applied.
     pub verify: Option<crate::source::verify::VerifyConfig>,
 }
@@ -432,6 +438,20 @@ impl Checker {
         let max_file_bytes = self
             .unsigned(dict, "repo", "max_file_bytes")
             .unwrap_or(DEFAULT_MAX_FILE_BYTES);
+        let defaults = crate::manifest::Limits::default();
+        let mut count = |key: &str, default: usize| {
+            self.unsigned(dict, "repo", key)
+                .map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        let max_files = count("max_files", 5_000);
+        let limits = crate::manifest::Limits {
+            max_documents: count("max_documents", defaults.max_documents),
+            max_depth: count("max_depth", defaults.max_depth),
+            max_aliases: count("max_aliases", defaults.max_aliases),
+        };
+        let max_total_bytes = self
+            .unsigned(dict, "repo", "max_total_bytes")
+            .unwrap_or(64 * 1024 * 1024);
         let verify = self
             .table(dict, "repo", "verify")
             .and_then(|table| self.verify(table, base));
@@ -459,6 +479,9 @@ impl Checker {
             ssh_key_file,
             ssh_known_hosts_file,
             max_file_bytes,
+            max_files,
+            max_total_bytes,
+            limits,
             verify,
         })
     }

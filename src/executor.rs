@@ -164,7 +164,11 @@ async fn read_documents(
         .await
         .map_err(|e| DesiredError::Worker(e.to_string()))?;
     match snapshot {
-        Ok(snapshot) => Ok(manifest::read(&snapshot.files, snapshot.problems)),
+        Ok(snapshot) => Ok(manifest::read_limited(
+            &snapshot.files,
+            snapshot.problems,
+            &snapshot.limits,
+        )),
         Err(SourceError::MissingPath { .. }) => Ok(manifest::Documents::default()),
         Err(error) => Err(error.into()),
     }

@@ -149,10 +149,52 @@ struct Pending {
     body: Value,
 }
 
-/// Reads every file into documents; see [`parse`].
+/// What one revision may ask of the parser: hostile input stops at these, with a problem that
+/// names the file and document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// YAML documents in the whole revision.
+    pub max_documents: usize,
+    /// Nesting of one document (maps and sequences).
+    pub max_depth: usize,
+    /// Alias uses (`*ref`) in one document, so an alias bomb cannot expand.
+    pub max_aliases: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_documents: 20_000,
+            max_depth: 64,
+            max_aliases: 1_000,
+        }
+    }
+}
+
+fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
+    // Both are non-exhaustive: start from the defaults and set what gitopsd limits.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = limits.max_depth;
+    budget.max_aliases = limits.max_aliases;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
+/// Reads every file into documents with the default [`Limits`]; see [`parse`].
 pub fn read(files: &[ManifestFile], known_problems: Vec<Problem>) -> Documents {
+    read_limited(files, known_problems, &Limits::default())
+}
+
+/// Reads every file into documents, within `limits`.
+pub fn read_limited(
+    files: &[ManifestFile],
+    known_problems: Vec<Problem>,
+    limits: &Limits,
+) -> Documents {
     let mut problems = known_problems;
     let mut pending = Vec::new();
+    let mut documents = 0usize;
     for file in files {
         let Ok(text) = std::str::from_utf8(&file.bytes) else {
             problems.push(Problem::file(&file.path, "file is not valid UTF-8"));
@@ -164,13 +206,25 @@ pub fn read(files: &[ManifestFile], known_problems: Vec<Problem>) -> Documents {
                 document: document.index,
                 line: document.first_line,
             };
-            let value: Value = match serde_saphyr::from_str(document.text) {
-                Ok(value) => value,
-                Err(error) => {
-                    problems.push(location.yaml_problem(&error));
-                    continue;
-                }
-            };
+            documents += 1;
+            if documents > limits.max_documents {
+                problems.push(location.problem(
+                    None,
+                    format!(
+                        "the revision holds more than {} YAML documents (repo.max_documents); the rest is not read",
+                        limits.max_documents
+                    ),
+                ));
+                return Documents { pending, problems };
+            }
+            let value: Value =
+                match serde_saphyr::from_str_with_options(document.text, yaml_options(limits)) {
+                    Ok(value) => value,
+                    Err(error) => {
+                        problems.push(location.yaml_problem(&error));
+                        continue;
+                    }
+                };
             for (item, body) in expand_list(value, &location, &mut problems) {
                 let in_item = |message: String| match item {
                     Some(item) => format!("item {item}: {message}"),

@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use super::verify::{Signer, Verifier, VerifyConfig, VerifyError, VerifyMode};
 use crate::config::RepoConfig;
-use crate::manifest::{ManifestFile, Problem, is_manifest_path};
+use crate::manifest::{Limits, ManifestFile, Problem, is_manifest_path};
 use crate::model::Revision;
 
 /// Local refs the mirror keeps the remote's branches under.
@@ -156,6 +156,8 @@ pub struct Snapshot {
     pub files: Vec<ManifestFile>,
     /// Entries refused while reading (symlinks, submodules, oversized files).
     pub problems: Vec<Problem>,
+    /// What parsing these files may cost.
+    pub limits: Limits,
 }
 
 /// A git repository mirrored under the state directory.
@@ -166,6 +168,9 @@ pub struct GitSource {
     branch: String,
     auth: Auth,
     max_file_bytes: u64,
+    max_files: usize,
+    max_total_bytes: u64,
+    limits: Limits,
     /// `[repo.verify]`: which commits must be signed, and by whom.
     verify: Option<VerifyConfig>,
 }
@@ -193,6 +198,9 @@ impl GitSource {
             branch: repo.branch.clone(),
             auth,
             max_file_bytes: repo.max_file_bytes,
+            max_files: repo.max_files,
+            max_total_bytes: repo.max_total_bytes,
+            limits: repo.limits,
             verify: repo.verify.clone(),
         }
     }
@@ -586,8 +594,19 @@ impl GitSource {
         records.sort_by(|a, b| a.filepath.cmp(&b.filepath));
         let mut files = Vec::new();
         let mut problems = Vec::new();
+        let mut total_bytes = 0u64;
         for record in records {
             let file = format!("{path}/{}", record.filepath);
+            if files.len() >= self.max_files && is_manifest_path(&file) {
+                problems.push(Problem::file(
+                    file,
+                    format!(
+                        "{path} holds more than {} manifest files (repo.max_files); the rest is not read",
+                        self.max_files
+                    ),
+                ));
+                break;
+            }
             if record.mode.is_tree() {
                 continue;
             }
@@ -619,6 +638,17 @@ impl GitSource {
                 ));
                 continue;
             }
+            total_bytes += size;
+            if total_bytes > self.max_total_bytes {
+                problems.push(Problem::file(
+                    file,
+                    format!(
+                        "{path} holds more than {} bytes of manifests (repo.max_total_bytes); the rest is not read",
+                        self.max_total_bytes
+                    ),
+                ));
+                break;
+            }
             let blob = repo
                 .find_blob(record.oid)
                 .map_err(|e| read_error(&file, gix_message(&e)))?;
@@ -631,6 +661,7 @@ impl GitSource {
             revision: revision.clone(),
             files,
             problems,
+            limits: self.limits,
         })
     }
 }

@@ -12,6 +12,7 @@ mod helpers;
 mod http_git;
 mod kubernetes;
 mod prometheus;
+mod properties;
 mod reconcile;
 mod rollout;
 mod scale;
