@@ -293,7 +293,12 @@ mod tests {
         metrics.rollout_failed("staging", "CrashLoopBackOff");
         metrics.rollout_failed("staging", "CrashLoopBackOff");
         metrics.set_blocked("staging", true);
+        metrics.verify_failed("staging");
         let text = metrics.render();
+        assert!(
+            text.contains("gitopsd_verify_failures_total{environment=\"staging\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("gitopsd_rollout_failures_total{environment=\"staging\",cause=\"CrashLoopBackOff\"} 2"),
             "{text}"
