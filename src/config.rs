@@ -66,6 +66,8 @@ pub struct RepoConfig {
     /// known_hosts for ssh; host keys are then checked strictly against it alone.
     pub ssh_known_hosts_file: Option<PathBuf>,
     pub max_file_bytes: u64,
+    /// How long one fetch may take before it is interrupted.
+    pub fetch_timeout: Duration,
     /// Manifest files one environment folder may hold.
     pub max_files: usize,
     /// Bytes of manifests one environment folder may hold.
@@ -452,6 +454,9 @@ impl Checker {
         let max_total_bytes = self
             .unsigned(dict, "repo", "max_total_bytes")
             .unwrap_or(64 * 1024 * 1024);
+        let fetch_timeout = self
+            .duration(dict, "repo", "fetch_timeout")
+            .unwrap_or(Duration::from_secs(120));
         let verify = self
             .table(dict, "repo", "verify")
             .and_then(|table| self.verify(table, base));
@@ -479,6 +484,7 @@ impl Checker {
             ssh_key_file,
             ssh_known_hosts_file,
             max_file_bytes,
+            fetch_timeout,
             max_files,
             max_total_bytes,
             limits,

@@ -53,13 +53,55 @@ impl PassReport {
 
 /// Fetches on a blocking thread.
 pub async fn fetch(source: &GitSource) -> Result<Fetched, SourceError> {
-    let source = source.clone();
-    tokio::task::spawn_blocking(move || source.fetch())
-        .await
-        .map_err(|error| SourceError::Fetch {
-            url: "(worker thread)".into(),
-            message: error.to_string(),
-        })?
+    fetch_until(source, None).await
+}
+
+/// Fetches on a worker thread, interrupting it (gix's interrupt flag) after the source's
+/// `fetch_timeout` or when `shutdown` turns true, so a remote that stops answering never holds
+/// the daemon.
+pub async fn fetch_until(
+    source: &GitSource,
+    shutdown: Option<watch::Receiver<bool>>,
+) -> Result<Fetched, SourceError> {
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let timeout = source.fetch_timeout();
+    let mut worker = {
+        let source = source.clone();
+        let interrupt = interrupt.clone();
+        tokio::task::spawn_blocking(move || source.fetch_with(&interrupt))
+    };
+    let stopped = async move {
+        match shutdown {
+            Some(mut shutdown) => {
+                while !*shutdown.borrow_and_update() {
+                    if shutdown.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let gave_up = tokio::select! {
+        joined = &mut worker => {
+            return joined.map_err(|error| SourceError::Fetch {
+                url: "(worker thread)".into(),
+                message: error.to_string(),
+            })?;
+        }
+        _ = tokio::time::sleep(timeout) => format!(
+            "no answer within {} (repo.fetch_timeout); the fetch was interrupted",
+            humantime::format_duration(timeout)
+        ),
+        _ = stopped => "stopped by shutdown".to_string(),
+    };
+    interrupt.store(true, Ordering::Relaxed);
+    // The flag stops a transfer in progress; a connection that never answers is left to its
+    // worker thread, which ends with it.
+    Err(SourceError::Fetch {
+        url: source.url().to_string(),
+        message: gave_up,
+    })
 }
 
 fn log_fetched(fetched: &Fetched) {
@@ -204,7 +246,7 @@ fn waves(environments: &[EnvironmentConfig]) -> Vec<Vec<EnvironmentConfig>> {
 /// flight.
 pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassReport {
     let source = GitSource::new(&config.repo, &config.state.dir);
-    let (tip, fetch_error) = match fetch(&source).await {
+    let (tip, fetch_error) = match fetch_until(&source, Some(shutdown.clone())).await {
         Ok(fetched) => {
             log_fetched(&fetched);
             (Some(fetched.tip), None)
@@ -549,7 +591,7 @@ async fn serve(
     let mut first = true;
     loop {
         let started = std::time::Instant::now();
-        let fetched = fetch(&source).await;
+        let fetched = fetch_until(&source, Some(signals.shutdown.clone())).await;
         context.metrics.fetched(fetched.is_ok(), started.elapsed());
         let delay = match fetched {
             Ok(fetched) => {

@@ -41,7 +41,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     // One TLS provider for the whole process (gix's https transport uses rustls).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let mut stdout = std::io::stdout().lock();
         match cli.command {
             Command::Validate { rev, server } => {
@@ -115,7 +115,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 )?)
             }
         }
-    })
+    });
+    // A worker thread can still be stuck in a fetch whose remote never answered (it was given
+    // up on): do not wait for it on the way out.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// Turns true on SIGTERM or ctrl-c.

@@ -171,6 +171,7 @@ pub struct GitSource {
     max_files: usize,
     max_total_bytes: u64,
     limits: Limits,
+    fetch_timeout: std::time::Duration,
     /// `[repo.verify]`: which commits must be signed, and by whom.
     verify: Option<VerifyConfig>,
 }
@@ -201,6 +202,7 @@ impl GitSource {
             max_files: repo.max_files,
             max_total_bytes: repo.max_total_bytes,
             limits: repo.limits,
+            fetch_timeout: repo.fetch_timeout,
             verify: repo.verify.clone(),
         }
     }
@@ -316,6 +318,16 @@ impl GitSource {
     /// Fetches every branch of the remote into the mirror and resolves the configured one.
     /// Blocking: call from a blocking thread.
     pub fn fetch(&self) -> Result<Fetched, SourceError> {
+        self.fetch_with(&AtomicBool::new(false))
+    }
+
+    /// How long one fetch may take before it is interrupted.
+    pub fn fetch_timeout(&self) -> std::time::Duration {
+        self.fetch_timeout
+    }
+
+    /// Fetches the branches; gives up when `interrupt` turns true (a timeout, a shutdown).
+    pub fn fetch_with(&self, interrupt: &AtomicBool) -> Result<Fetched, SourceError> {
         let mut repo = self.open()?;
         let fetch_error = |message: String| SourceError::Fetch {
             url: self.url.clone(),
@@ -367,11 +379,10 @@ impl GitSource {
                 _ => Ok(None),
             });
         }
-        let interrupt = AtomicBool::new(false);
         connection
             .prepare_fetch(gix::progress::Discard, Default::default())
             .map_err(|e| fetch_error(gix_message(&e)))?
-            .receive(gix::progress::Discard, &interrupt)
+            .receive(gix::progress::Discard, interrupt)
             .map_err(|e| fetch_error(gix_message(&e)))?;
         let Some(tip) = self.branch_tip_in(&repo) else {
             return Err(SourceError::MissingBranch {

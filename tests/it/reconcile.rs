@@ -176,3 +176,48 @@ fn unreachable_remote_fails_the_pass_and_keeps_live_state() {
     );
     assert_eq!(tree(&workspace.live("staging")), before);
 }
+
+/// A git:// server on 127.0.0.1 that accepts connections and never answers.
+fn silent_server() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("git://{}/repo", listener.local_addr().expect("address"));
+    (listener, url)
+}
+
+#[test]
+fn a_remote_that_never_answers_is_given_up_on_and_a_shutdown_is_not_held() {
+    let workspace = Workspace::new();
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("initial");
+    let (_listener, url) = silent_server();
+    workspace.write_config(&url, "30s");
+    workspace.edit_config(
+        "max_file_bytes = 65536\n",
+        "max_file_bytes = 65536\nfetch_timeout = \"1s\"\n",
+    );
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    assert!(
+        stderr(&output).contains("no answer within 1s (repo.fetch_timeout)"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A long timeout: SIGTERM still stops the daemon in the middle of the fetch.
+    workspace.edit_config("fetch_timeout = \"1s\"", "fetch_timeout = \"10m\"");
+    let mut daemon = ChildGuard(
+        workspace
+            .gitopsd(&["run"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("daemon starts"),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    daemon.signal(libc::SIGTERM);
+    let status = daemon
+        .wait_timeout(std::time::Duration::from_secs(30))
+        .expect("the daemon stops although the fetch never ends");
+    assert!(status.success(), "{status:?}");
+}
