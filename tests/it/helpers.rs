@@ -129,6 +129,23 @@ namespace = "shop"
         fs::write(&self.config, config.replacen(from, to, 1)).expect("write config");
     }
 
+    /// Makes a bare repository `remote.git` the work tree's `origin` and gitopsd's url (so
+    /// `git push origin main` is what reaches gitopsd); returns its path.
+    pub fn bare_remote(&self) -> PathBuf {
+        let bare = self.path("remote.git");
+        let bare_text = bare.display().to_string();
+        git(
+            self.root.path(),
+            &["init", "-q", "--bare", "-b", "main", &bare_text],
+        );
+        git(&self.repo.dir, &["remote", "add", "origin", &bare_text]);
+        self.edit_config(
+            &format!("url = \"{}\"", self.repo.dir.display()),
+            &format!("url = \"{bare_text}\""),
+        );
+        bare
+    }
+
     /// Writes the API token file, readable by its owner only (gitopsd refuses any other).
     pub fn write_token(&self, token: &str) {
         use std::os::unix::fs::PermissionsExt as _;

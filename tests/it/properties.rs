@@ -77,28 +77,31 @@ fn odd_text() -> impl Strategy<Value = String> {
     .prop_map(|parts| parts.concat())
 }
 
+/// `base` with each edit applied in turn: at a random character boundary, `remove` bytes (to
+/// the next boundary) replaced by `insert`.
+fn apply_edits(base: &str, edits: Vec<(prop::sample::Index, usize, String)>) -> String {
+    let mut text = base.to_string();
+    for (at, remove, insert) in edits {
+        let boundaries: Vec<usize> = text
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([text.len()])
+            .collect();
+        let start = boundaries[at.index(boundaries.len())];
+        let end = boundaries
+            .iter()
+            .copied()
+            .find(|&b| b >= start + remove)
+            .unwrap_or(text.len());
+        text.replace_range(start..end, &insert);
+    }
+    text
+}
+
 /// A valid manifest with random edits: text removed, replaced or inserted at random places.
 fn mutated_manifest() -> impl Strategy<Value = String> {
-    prop::collection::vec((any::<prop::sample::Index>(), 0..20usize, odd_text()), 1..6).prop_map(
-        |edits| {
-            let mut text = VALID.to_string();
-            for (at, remove, insert) in edits {
-                let boundaries: Vec<usize> = text
-                    .char_indices()
-                    .map(|(i, _)| i)
-                    .chain([text.len()])
-                    .collect();
-                let start = boundaries[at.index(boundaries.len())];
-                let end = boundaries
-                    .iter()
-                    .copied()
-                    .find(|&b| b >= start + remove)
-                    .unwrap_or(text.len());
-                text.replace_range(start..end, &insert);
-            }
-            text
-        },
-    )
+    prop::collection::vec((any::<prop::sample::Index>(), 0..20usize, odd_text()), 1..6)
+        .prop_map(|edits| apply_edits(VALID, edits))
 }
 
 /// Sequences or maps nested `depth` deep inside an object.
@@ -287,22 +290,11 @@ fn mutated_config() -> impl Strategy<Value = String> {
         1..5,
     )
     .prop_map(|edits| {
-        let mut text = VALID_CONFIG.to_string();
-        for (at, remove, insert) in edits {
-            let boundaries: Vec<usize> = text
-                .char_indices()
-                .map(|(i, _)| i)
-                .chain([text.len()])
-                .collect();
-            let start = boundaries[at.index(boundaries.len())];
-            let end = boundaries
-                .iter()
-                .copied()
-                .find(|&b| b >= start + remove)
-                .unwrap_or(text.len());
-            text.replace_range(start..end, &insert.concat());
-        }
-        text
+        let edits = edits
+            .into_iter()
+            .map(|(at, remove, insert)| (at, remove, insert.concat()))
+            .collect();
+        apply_edits(VALID_CONFIG, edits)
     })
 }
 

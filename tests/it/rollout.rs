@@ -362,26 +362,7 @@ timeout = "5s""#,
 fn revert_commit_is_pushed_to_a_bare_repository() {
     let rollout = RolloutWorkspace::new(&format!("{STEPS}\nrevert_commit = true"));
     let workspace = &rollout.workspace;
-    let bare = workspace.path("remote.git");
-    git(
-        workspace.root.path(),
-        &[
-            "init",
-            "-q",
-            "--bare",
-            "-b",
-            "main",
-            &bare.display().to_string(),
-        ],
-    );
-    git(
-        &workspace.repo.dir,
-        &["remote", "add", "origin", &bare.display().to_string()],
-    );
-    workspace.edit_config(
-        &format!("url = \"{}\"", workspace.repo.dir.display()),
-        &format!("url = \"{}\"", bare.display()),
-    );
+    let bare = workspace.bare_remote();
 
     web(&workspace.repo, "web:1", "hello", 10);
     let healthy = workspace.repo.commit("web 1");

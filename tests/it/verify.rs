@@ -291,26 +291,7 @@ fn gitopsd_signs_its_revert_commits_so_they_verify_too() {
     let allowed =
         format!("deployer@example.com {deployer_public}\ngitopsd@example.com {robot_public}\n");
     std::fs::write(workspace.path("allowed_signers"), &allowed).expect("allowed signers");
-    let bare = workspace.path("remote.git");
-    git(
-        workspace.root.path(),
-        &[
-            "init",
-            "-q",
-            "--bare",
-            "-b",
-            "main",
-            &bare.display().to_string(),
-        ],
-    );
-    git(
-        &workspace.repo.dir,
-        &["remote", "add", "origin", &bare.display().to_string()],
-    );
-    workspace.edit_config(
-        &format!("url = \"{}\"", workspace.repo.dir.display()),
-        &format!("url = \"{}\"", bare.display()),
-    );
+    let bare = workspace.bare_remote();
     workspace.edit_config(
         "max_file_bytes = 65536\n",
         &format!(
