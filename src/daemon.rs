@@ -311,7 +311,7 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
 
 /// Process signals the daemon obeys.
 pub struct Signals {
-    /// Turns true on SIGTERM or ctrl-c: stop, interrupting rollouts (they are redone on start).
+    /// Turns true on SIGTERM or ctrl-c: stop, interrupting rollouts (they resume on start).
     pub shutdown: watch::Receiver<bool>,
     /// One message per SIGHUP: reload the config file.
     pub reload: mpsc::Receiver<()>,

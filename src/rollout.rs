@@ -284,7 +284,7 @@ impl Rollout {
 pub struct History {
     /// The last revision that finished its rollout healthy.
     pub last_healthy: Option<Revision>,
-    /// Revisions that failed and are never applied again.
+    /// Revisions that failed: held, not applied again unless an operator retries them.
     pub failed: BTreeSet<Revision>,
     /// A rollout that started and has no outcome yet.
     pub in_flight: Option<InFlight>,
