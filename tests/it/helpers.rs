@@ -350,9 +350,11 @@ impl GitDaemon {
             .local_addr()
             .expect("local addr")
             .port();
-        let child = Command::new("git")
+        // `git daemon` runs git-daemon as a child of its own; start that binary directly so
+        // the guard's kill reaches the process that listens.
+        let exec_path = git(base, &["--exec-path"]);
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
             .args([
-                "daemon",
                 "--reuseaddr",
                 "--export-all",
                 "--listen=127.0.0.1",
