@@ -33,7 +33,7 @@ import re, sys
 text = open(sys.argv[1]).read()
 units = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 cases, longest = 0, (0.0, "")
-for name, n, took in re.findall(r"^property (\w+): (\d+) cases, longest (\S+)$", text, re.M):
+for name, n, took in re.findall(r"property (\w+): (\d+) cases, longest (\S+)", text):
     cases += int(n)
     value, unit = re.match(r"([0-9.]+)(ns|µs|us|ms|s)$", took).groups()
     seconds = float(value) * units[unit]
