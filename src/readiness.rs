@@ -259,43 +259,52 @@ pub fn selector_text(body: &Value) -> Option<String> {
 }
 
 /// Which pods run a workload's newest template: for a StatefulSet, its `updateRevision`; for
-/// a Deployment, the `pod-template-hash` of its newest ReplicaSet among `replica_sets`.
+/// a Deployment, the `pod-template-hash` of its newest ReplicaSet, and for a DaemonSet the
+/// `controller-revision-hash` of its newest ControllerRevision, among `revisions` (what the
+/// workload owns of those).
 pub fn new_template_label(
     kind: &str,
     workload: &Value,
-    replica_sets: &[Value],
+    revisions: &[Value],
 ) -> Option<(&'static str, String)> {
+    let uid = workload.pointer("/metadata/uid").and_then(Value::as_str);
+    let newest = |number: &dyn Fn(&Value) -> u64| {
+        revisions
+            .iter()
+            .filter(|owned| {
+                owned
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|owners| {
+                        owners
+                            .iter()
+                            .any(|o| uid.is_some() && o.get("uid").and_then(Value::as_str) == uid)
+                    })
+            })
+            .max_by_key(|owned| number(owned))
+    };
     match kind {
         "StatefulSet" => workload
             .pointer("/status/updateRevision")
             .and_then(Value::as_str)
             .map(|revision| ("controller-revision-hash", revision.to_string())),
-        "Deployment" => {
-            let uid = workload.pointer("/metadata/uid").and_then(Value::as_str)?;
-            let revision = |rs: &Value| {
-                rs.pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+        "Deployment" => newest(&|rs| {
+            rs.pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+                .and_then(Value::as_str)
+                .and_then(|r| r.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .and_then(|rs| {
+            rs.pointer("/metadata/labels/pod-template-hash")
+                .and_then(Value::as_str)
+        })
+        .map(|hash| ("pod-template-hash", hash.to_string())),
+        "DaemonSet" => newest(&|cr| cr.get("revision").and_then(Value::as_u64).unwrap_or(0))
+            .and_then(|cr| {
+                cr.pointer("/metadata/labels/controller-revision-hash")
                     .and_then(Value::as_str)
-                    .and_then(|r| r.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            replica_sets
-                .iter()
-                .filter(|rs| {
-                    rs.pointer("/metadata/ownerReferences")
-                        .and_then(Value::as_array)
-                        .is_some_and(|owners| {
-                            owners
-                                .iter()
-                                .any(|o| o.get("uid").and_then(Value::as_str) == Some(uid))
-                        })
-                })
-                .max_by_key(|rs| revision(rs))
-                .and_then(|rs| {
-                    rs.pointer("/metadata/labels/pod-template-hash")
-                        .and_then(Value::as_str)
-                })
-                .map(|hash| ("pod-template-hash", hash.to_string()))
-        }
+            })
+            .map(|hash| ("controller-revision-hash", hash.to_string())),
         _ => None,
     }
 }
@@ -514,6 +523,16 @@ mod tests {
         assert_eq!(
             new_template_label("Deployment", &deployment, &sets),
             Some(("pod-template-hash", "new".to_string()))
+        );
+        let ds = yaml("metadata: {uid: d1}\n");
+        let cr = |hash: &str, revision: u8| {
+            yaml(&format!(
+                "metadata:\n  labels: {{controller-revision-hash: {hash}}}\n  ownerReferences: [{{uid: d1}}]\nrevision: {revision}\n"
+            ))
+        };
+        assert_eq!(
+            new_template_label("DaemonSet", &ds, &[cr("old", 1), cr("new", 2)]),
+            Some(("controller-revision-hash", "new".to_string()))
         );
         let sts = yaml("status: {updateRevision: web-7f}\n");
         assert_eq!(

@@ -447,16 +447,22 @@ impl KubernetesTarget {
         }
     }
 
-    /// The first broken pod running a workload's newest template (Deployments and
-    /// StatefulSets): one LIST of its pods by selector, and for a Deployment with a broken
-    /// pod, one LIST of its ReplicaSets to tell the new template's pods from the old.
+    /// The first broken pod running a workload's newest template (Deployments, StatefulSets
+    /// and DaemonSets): one LIST of its pods by selector, and when one is broken, for a
+    /// Deployment one LIST of its ReplicaSets (for a DaemonSet, of its ControllerRevisions) to
+    /// tell the new template's pods from the old.
     async fn broken_pods(
         &self,
         key: &ResourceKey,
         workload: &Value,
         max_restarts: u32,
     ) -> Result<Option<readiness::Stuck>, TargetError> {
-        if key.group != "apps" || !matches!(key.kind.as_str(), "Deployment" | "StatefulSet") {
+        if key.group != "apps"
+            || !matches!(
+                key.kind.as_str(),
+                "Deployment" | "StatefulSet" | "DaemonSet"
+            )
+        {
             return Ok(None);
         }
         let Some(selector) = readiness::selector_text(workload) else {
@@ -479,22 +485,33 @@ impl KubernetesTarget {
         if broken.is_empty() {
             return Ok(None);
         }
-        let replica_sets = if key.kind == "Deployment" {
-            let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
-                Api::namespaced(self.client.clone(), namespace);
-            self.call(|| sets.list(&params))
-                .await
-                .map_err(|failure| answer_error("read replica sets of", key, failure))?
-                .items
-                .iter()
-                .filter_map(|set| serde_json::to_value(set).ok())
-                .collect()
-        } else {
-            Vec::new()
+        let owned = match key.kind.as_str() {
+            "Deployment" => {
+                let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+                    Api::namespaced(self.client.clone(), namespace);
+                self.call(|| sets.list(&params))
+                    .await
+                    .map_err(|failure| answer_error("read replica sets of", key, failure))?
+                    .items
+                    .iter()
+                    .filter_map(|set| serde_json::to_value(set).ok())
+                    .collect()
+            }
+            "DaemonSet" => {
+                let revisions: Api<k8s_openapi::api::apps::v1::ControllerRevision> =
+                    Api::namespaced(self.client.clone(), namespace);
+                self.call(|| revisions.list(&params))
+                    .await
+                    .map_err(|failure| answer_error("read revisions of", key, failure))?
+                    .items
+                    .iter()
+                    .filter_map(|revision| serde_json::to_value(revision).ok())
+                    .collect()
+            }
+            _ => Vec::new(),
         };
         // A pod of the old template that breaks is not this revision's doing.
-        let Some((label, value)) =
-            readiness::new_template_label(&key.kind, workload, &replica_sets)
+        let Some((label, value)) = readiness::new_template_label(&key.kind, workload, &owned)
         else {
             return Ok(None);
         };

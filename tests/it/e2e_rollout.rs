@@ -1022,3 +1022,43 @@ fn e2e_objects_outside_what_an_environment_may_touch_are_refused_before_anything
     );
     assert!(cluster.get(None, &format!("clusterrole/{role}")).is_none());
 }
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_a_daemonset_whose_new_pods_crash_fails_at_once() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("daemonset");
+    let workspace = workspace_on(
+        &cluster,
+        &namespace,
+        &rollout("[100]").replace("timeout = \"3m\"", "timeout = \"120s\""),
+    );
+    let agent = |release: &str, annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\nspec:\n  selector:\n    matchLabels: {{app: agent}}\n  template:\n    metadata:\n      labels: {{app: agent}}\n      annotations: {{release: \"{release}\"{annotations}}}\n    spec:\n      containers:\n        - name: agent\n          image: registry.k8s.io/pause:3.9\n"
+        )
+    };
+    commit_web(&workspace, &agent("1", ""), "v1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    commit_web(
+        &workspace,
+        &agent("2", ", lab/unhealthy: crash"),
+        "v2 crashes",
+    );
+    let started = Instant::now();
+    let output = workspace.run(&["run", "--once"]);
+    let took = started.elapsed();
+    assert_exit(&output, 1);
+    assert!(took < Duration::from_secs(120), "waited {took:?}");
+    assert_eq!(
+        failure_cause(&workspace).as_deref(),
+        Some("CrashLoopBackOff")
+    );
+    let agent = cluster
+        .get(Some(&namespace), "daemonset/agent")
+        .expect("agent");
+    assert_eq!(
+        agent["spec"]["template"]["metadata"]["annotations"]["release"], "1",
+        "reverted"
+    );
+}
