@@ -26,14 +26,7 @@ fn with_api(workspace: &Workspace, extra_staging: &str, extra_top: &str) -> Stri
 }
 
 fn start(workspace: &Workspace, address: &str) -> ChildGuard {
-    let child = ChildGuard(
-        workspace
-            .gitopsd(&["run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("daemon starts"),
-    );
+    let child = workspace.spawn(&["run"]);
     let ready = wait_for(Duration::from_secs(30), || {
         http_request(address, "GET", "/readyz", &[], "").is_some_and(|(status, _)| status == 200)
     });

@@ -1,6 +1,5 @@
 //! SIGKILL in the middle of a large reconcile: the rerun converges and the journal is whole.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use gitopsd::journal::Event;
@@ -33,14 +32,7 @@ fn sigkill_during_reconcile_then_rerun_converges() {
     many_objects(&workspace.repo);
     workspace.repo.commit("a thousand objects");
 
-    let mut child = ChildGuard(
-        workspace
-            .gitopsd(&["run", "--once"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gitopsd starts"),
-    );
+    let mut child = workspace.spawn(&["run", "--once"]);
     let live = workspace.live("staging").join("shop/ConfigMap");
     let count = || std::fs::read_dir(&live).map(|d| d.count()).unwrap_or(0);
     let started = wait_for(Duration::from_secs(60), || count() >= 50);
@@ -141,14 +133,7 @@ fn sigkill_at_each_journal_point_of_a_rollout_resumes_and_ends_fully_new() {
     };
     for point in 1..=points {
         restore();
-        let mut child = ChildGuard(
-            workspace
-                .gitopsd(&["run", "--once"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("gitopsd starts"),
-        );
+        let mut child = workspace.spawn(&["run", "--once"]);
         let reached = wait_for(Duration::from_secs(30), || {
             std::fs::read(&journal_path)
                 .map(|bytes| bytes.iter().filter(|b| **b == b'\n').count() >= old_records + point)

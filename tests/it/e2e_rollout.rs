@@ -500,14 +500,7 @@ fn e2e_an_api_server_outage_during_a_step_blocks_without_holding_the_revision() 
         &web_yaml(&namespace, "2", Some(2), "", ""),
         "v2",
     );
-    let _daemon = ChildGuard(
-        workspace
-            .gitopsd(&["run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("daemon starts"),
-    );
+    let _daemon = workspace.spawn(&["run"]);
     assert!(
         wait_for(Duration::from_secs(60), || count(
             &workspace,
@@ -577,14 +570,7 @@ fn e2e_sigkill_at_each_journal_point_of_a_rollout_resumes_it() {
             &web_yaml(&namespace, &point.to_string(), Some(4), "", ""),
             &format!("v{point}"),
         );
-        let mut child = ChildGuard(
-            workspace
-                .gitopsd(&["run", "--once"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("gitopsd starts"),
-        );
+        let mut child = workspace.spawn(&["run", "--once"]);
         assert!(
             wait_for(Duration::from_secs(60), || lines() >= before + point),
             "point {point} was never reached"

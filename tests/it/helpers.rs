@@ -183,6 +183,18 @@ namespace = "shop"
         gitopsd_with_config(&self.config, args)
     }
 
+    /// Starts gitopsd with `args` in the background, its output discarded; killed when the
+    /// guard drops.
+    pub fn spawn(&self, args: &[&str]) -> ChildGuard {
+        ChildGuard(
+            self.gitopsd(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("gitopsd starts"),
+        )
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.gitopsd(args).output().expect("gitopsd runs")
     }
@@ -326,14 +338,7 @@ pub fn daemon_with_api(workspace: &Workspace, token: &str) -> (ChildGuard, Strin
         "[state]",
         &format!("[api]\nlisten = \"{address}\"\ntoken_file = \"api-token\"\n\n[state]"),
     );
-    let child = ChildGuard(
-        workspace
-            .gitopsd(&["run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("daemon starts"),
-    );
+    let child = workspace.spawn(&["run"]);
     (child, address)
 }
 

@@ -206,14 +206,7 @@ fn a_remote_that_never_answers_is_given_up_on_and_a_shutdown_is_not_held() {
 
     // A long timeout: SIGTERM still stops the daemon in the middle of the fetch.
     workspace.edit_config("fetch_timeout = \"1s\"", "fetch_timeout = \"10m\"");
-    let mut daemon = ChildGuard(
-        workspace
-            .gitopsd(&["run"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("daemon starts"),
-    );
+    let mut daemon = workspace.spawn(&["run"]);
     std::thread::sleep(std::time::Duration::from_secs(1));
     daemon.signal(libc::SIGTERM);
     let status = daemon

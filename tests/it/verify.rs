@@ -73,6 +73,17 @@ fn verifying_workspace(allowed: &str, mode: &str) -> Workspace {
     workspace
 }
 
+/// A pass refuses the tip, naming `commit` and why.
+fn assert_refused(workspace: &Workspace, commit: &str, why: &str) {
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    assert!(
+        stderr(&output).contains(&format!("commit {} {why}", &commit[..12])),
+        "{}",
+        stderr(&output)
+    );
+}
+
 fn verify_failures(workspace: &Workspace) -> Vec<(String, String)> {
     workspace
         .journal("staging")
@@ -110,13 +121,7 @@ fn only_commits_signed_by_an_allowed_ssh_key_are_applied() {
     // An unsigned commit on top: refused, and staging stays where it was.
     write_environment(&workspace.repo, "staging", 5);
     let unsigned = workspace.repo.commit("unsigned");
-    let output = workspace.run(&["run", "--once"]);
-    assert_exit(&output, 1);
-    assert!(
-        stderr(&output).contains(&format!("commit {} not signed", &unsigned[..12])),
-        "{}",
-        stderr(&output)
-    );
+    assert_refused(&workspace, &unsigned, "not signed");
     assert_eq!(tree(&workspace.live("staging")), verified_tree);
     assert_eq!(verify_failures(&workspace).len(), 1);
     let status = stdout(&workspace.run(&["status", "--env", "staging"]));
@@ -140,15 +145,10 @@ fn only_commits_signed_by_an_allowed_ssh_key_are_applied() {
 
     // Signed, but by a key outside the signers file.
     let untrusted = commit_signed(&workspace.repo, "stranger", &ssh_signing(&stranger), &[]);
-    let output = workspace.run(&["run", "--once"]);
-    assert_exit(&output, 1);
-    assert!(
-        stderr(&output).contains(&format!(
-            "commit {} signed by a key that is not allowed",
-            &untrusted[..12]
-        )),
-        "{}",
-        stderr(&output)
+    assert_refused(
+        &workspace,
+        &untrusted,
+        "signed by a key that is not allowed",
     );
     assert_eq!(tree(&workspace.live("staging")), verified_tree);
 
@@ -179,13 +179,7 @@ fn with_mode_all_an_unsigned_commit_in_the_middle_is_refused() {
     let middle = workspace.repo.commit("unsigned, in the middle");
     write_environment(&workspace.repo, "staging", 3);
     commit_signed(&workspace.repo, "signed tip", &ssh_signing(&deployer), &[]);
-    let output = workspace.run(&["run", "--once"]);
-    assert_exit(&output, 1);
-    assert!(
-        stderr(&output).contains(&format!("commit {} not signed", &middle[..12])),
-        "{}",
-        stderr(&output)
-    );
+    assert_refused(&workspace, &middle, "not signed");
     assert_eq!(tree(&workspace.live("staging")), verified_tree);
     let failures = verify_failures(&workspace);
     assert_eq!(failures.len(), 1);
@@ -266,15 +260,10 @@ fn an_openpgp_signature_is_checked_with_gpgv_against_the_keyring() {
         &["user.signingkey=m@example.com".to_string()],
         &[("GNUPGHOME", other.path())],
     );
-    let output = workspace.run(&["run", "--once"]);
-    assert_exit(&output, 1);
-    assert!(
-        stderr(&output).contains(&format!(
-            "commit {} signed by a key that is not allowed",
-            &untrusted[..12]
-        )),
-        "{}",
-        stderr(&output)
+    assert_refused(
+        &workspace,
+        &untrusted,
+        "signed by a key that is not allowed",
     );
 }
 
