@@ -81,6 +81,8 @@ pub struct RepoConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateConfig {
     pub dir: PathBuf,
+    /// Bytes of rendered output kept in `<dir>/render-cache`.
+    pub render_cache_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +90,8 @@ pub struct EnvironmentConfig {
     pub name: String,
     /// Folder of the environment's manifests, relative to the repository root.
     pub path: String,
+    /// How the folder becomes manifests when it is not plain YAML (kustomize, helm, a command).
+    pub render: Option<crate::render::RenderConfig>,
     pub target: TargetConfig,
     /// Namespace for namespaced objects that name none.
     pub namespace: String,
@@ -281,15 +285,36 @@ impl Config {
         let state_dir = check
             .path(&mut state_dict, "state", "dir", base)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let render_cache_max_bytes = check
+            .unsigned(&mut state_dict, "state", "render_cache_max_bytes")
+            .unwrap_or(256 * 1024 * 1024);
         check.no_more(state_dict, "state");
         let api = check.api(&mut root, base);
         let webhooks = check.webhooks(&mut root);
-        let environments = check.environments(&mut root, base, repo.as_ref());
+        let mut environments = check.environments(&mut root, base, repo.as_ref());
+        let paths: Vec<String> = environments.iter().map(|e| e.path.clone()).collect();
+        for environment in &mut environments {
+            let own = environment.path.clone();
+            let Some(render) = environment.render.as_mut() else {
+                continue;
+            };
+            render.cache_max_bytes = render_cache_max_bytes;
+            // Other environments' own folders, unless they hold this one (a shared base).
+            let holds_own = |path: &String| own.starts_with(&format!("{path}/"));
+            render.revert_excluded = paths
+                .iter()
+                .filter(|path| **path != own && !holds_own(path))
+                .cloned()
+                .collect();
+        }
         check.no_more(root, "");
         match (repo, check.problems.is_empty()) {
             (Some(repo), true) => Ok(Config {
                 repo,
-                state: StateConfig { dir: state_dir },
+                state: StateConfig {
+                    dir: state_dir,
+                    render_cache_max_bytes,
+                },
                 api,
                 webhooks,
                 environments,
@@ -586,6 +611,15 @@ impl Checker {
                     "must be a relative folder inside the repository (no '..')",
                 );
             }
+            let namespace = self
+                .string(&mut dict, &prefix, "namespace")
+                .unwrap_or_else(|| "default".into());
+            let render = self.render(
+                &mut dict,
+                &prefix,
+                name.as_deref().unwrap_or_default(),
+                &namespace,
+            );
             let target = self.target(&mut dict, &prefix, base);
             if let Some(TargetConfig::Directory { path }) = &target
                 && !target_paths.insert(path.clone())
@@ -595,9 +629,6 @@ impl Checker {
                     "another environment already uses this folder",
                 );
             }
-            let namespace = self
-                .string(&mut dict, &prefix, "namespace")
-                .unwrap_or_else(|| "default".into());
             let prune = self.boolean(&mut dict, &prefix, "prune").unwrap_or(true);
             let allow_empty = self
                 .boolean(&mut dict, &prefix, "allow_empty")
@@ -625,6 +656,7 @@ impl Checker {
                     source: format!("{repo_url}#{repo_branch}:{path}"),
                     name,
                     path,
+                    render,
                     target,
                     namespace,
                     prune,
@@ -991,6 +1023,153 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// An array of strings at `key`.
+    fn strings(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<Vec<String>> {
+        self.take(dict, prefix, key, "an array of strings", |value| {
+            let Value::Array(_, items) = value else {
+                return None;
+            };
+            items
+                .into_iter()
+                .map(|item| item.into_string())
+                .collect::<Option<Vec<String>>>()
+        })
+    }
+
+    /// A folder or file inside the repository at `key`.
+    fn repo_path(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<String> {
+        let path = self.required_string(dict, prefix, key)?;
+        if !valid_repo_path(&path) {
+            self.problem(
+                join(prefix, key),
+                "must be a relative path inside the repository (no '..')",
+            );
+        }
+        Some(path)
+    }
+
+    /// `render = { kind = … }`: kustomize, helm or a command.
+    fn render(
+        &mut self,
+        dict: &mut Dict,
+        prefix: &str,
+        environment: &str,
+        namespace: &str,
+    ) -> Option<crate::render::RenderConfig> {
+        use crate::render::{RenderConfig, Tool, is_repo_program};
+        let key = join(prefix, "render");
+        let mut table = self.table(dict, prefix, "render")?;
+        let kind = self.required_string(&mut table, &key, "kind");
+        let timeout = self
+            .duration(&mut table, &key, "timeout")
+            .unwrap_or(Duration::from_secs(60));
+        let env = self.strings(&mut table, &key, "env").unwrap_or_default();
+        for name in &env {
+            if name.is_empty() || name.contains('=') || name == "PATH" || name == "HOME" {
+                self.problem(
+                    join(&key, "env"),
+                    format!("{name:?} cannot be passed: names a variable, not PATH or HOME (gitopsd sets those)"),
+                );
+            }
+        }
+        let max_output_bytes = self
+            .unsigned(&mut table, &key, "max_output_bytes")
+            .unwrap_or(64 * 1024 * 1024);
+        let max_tree_bytes = self
+            .unsigned(&mut table, &key, "max_tree_bytes")
+            .unwrap_or(256 * 1024 * 1024);
+        let allow_repo_commands = self
+            .boolean(&mut table, &key, "allow_repo_commands")
+            .unwrap_or(false);
+        let binary = |check: &mut Self, table: &mut Dict| {
+            let binary = check.string(table, &key, "binary");
+            if binary.as_deref() == Some("") {
+                check.problem(join(&key, "binary"), "must not be empty");
+            }
+            binary
+        };
+        let tool = match kind.as_deref() {
+            None => None,
+            Some("kustomize") => Some(Tool::Kustomize {
+                binary: binary(self, &mut table),
+            }),
+            Some("helm") => {
+                let binary = binary(self, &mut table);
+                let chart = self.repo_path(&mut table, &key, "chart");
+                let values = self.strings(&mut table, &key, "values").unwrap_or_default();
+                for file in &values {
+                    if !valid_repo_path(file) {
+                        self.problem(
+                            join(&key, "values"),
+                            format!(
+                                "{file:?} must be a relative path inside the repository (no '..')"
+                            ),
+                        );
+                    }
+                }
+                let release = self
+                    .string(&mut table, &key, "release")
+                    .unwrap_or_else(|| environment.to_string());
+                let namespace = self
+                    .string(&mut table, &key, "namespace")
+                    .unwrap_or_else(|| namespace.to_string());
+                chart.map(|chart| Tool::Helm {
+                    binary,
+                    chart,
+                    values,
+                    release,
+                    namespace,
+                })
+            }
+            Some("command") => match self.strings(&mut table, &key, "command") {
+                Some(argv) if argv.first().is_some_and(|program| !program.is_empty()) => {
+                    Some(Tool::Command { argv })
+                }
+                Some(_) => {
+                    self.problem(join(&key, "command"), "must name a program first");
+                    None
+                }
+                None => {
+                    if !self.problems.iter().any(|p| p.key == join(&key, "command")) {
+                        self.problem(join(&key, "command"), "missing");
+                    }
+                    None
+                }
+            },
+            Some(other) => {
+                self.problem(
+                    join(&key, "kind"),
+                    format!(
+                        "unknown render kind {other:?}; expected \"kustomize\", \"helm\" or \"command\""
+                    ),
+                );
+                table.clear();
+                None
+            }
+        };
+        self.no_more(table, &key);
+        let tool = tool?;
+        if is_repo_program(tool.program()) && !allow_repo_commands {
+            self.problem(
+                join(&key, tool.program_key()),
+                format!(
+                    "{:?} runs a program from the repository, which gitopsd treats as data, not code it trusts; set allow_repo_commands = true to allow it",
+                    tool.program()
+                ),
+            );
+        }
+        Some(RenderConfig {
+            tool,
+            timeout,
+            env,
+            max_output_bytes,
+            max_tree_bytes,
+            allow_repo_commands,
+            cache_max_bytes: 0,
+            revert_excluded: Vec::new(),
+        })
     }
 
     /// Globs in an array of strings at `key`, each checked.

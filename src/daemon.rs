@@ -242,9 +242,23 @@ fn waves(environments: &[EnvironmentConfig]) -> Vec<Vec<EnvironmentConfig>> {
     waves
 }
 
+/// Removes the folders of renders whose process died (a crash, a SIGKILL).
+fn clean_render_leftovers(config: &Config) {
+    if config.environments.iter().all(|e| e.render.is_none()) {
+        return;
+    }
+    let renderer = crate::render::Renderer::new(&config.state.dir, 0);
+    match renderer.clean_stale() {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "removed folders left by interrupted renders"),
+        Err(error) => tracing::warn!(%error, "cannot remove folders left by interrupted renders"),
+    }
+}
+
 /// One fetch, then every environment reconciled concurrently; `shutdown` stops rollouts in
 /// flight.
 pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassReport {
+    clean_render_leftovers(config);
     let source = GitSource::new(&config.repo, &config.state.dir);
     let (tip, fetch_error) = match fetch_until(&source, Some(shutdown.clone())).await {
         Ok(fetched) => {
@@ -355,6 +369,7 @@ struct Generation {
 
 impl Generation {
     fn spawn(config: &Config, context: &DaemonContext, shutdown: &watch::Receiver<bool>) -> Self {
+        clean_render_leftovers(config);
         let source = GitSource::new(&config.repo, &config.state.dir);
         let (tips, tip_receiver) = watch::channel::<Option<Revision>>(None);
         let (drain, drain_receiver) = watch::channel(false);

@@ -23,7 +23,7 @@ use crate::rollout::cause;
 use crate::rollout::{
     Decision, History, Milestone, NextStep, Observation, Resume, RevertInFlight, Rollout, Timing,
 };
-use crate::source::{GitSource, SourceError};
+use crate::source::{GitSource, RevertScope, SourceError};
 use crate::target::{DriftCheck, FailureClass, Target, TargetError};
 use crate::webhook::Notifier;
 
@@ -120,6 +120,8 @@ pub enum DesiredError {
     Manifests(ManifestErrors),
     #[error("looking up where types live: {0}")]
     Scopes(TargetError),
+    #[error("{0}")]
+    Render(crate::render::RenderError),
     #[error("worker thread failed: {0}")]
     Worker(String),
 }
@@ -157,6 +159,9 @@ async fn read_documents(
     environment: &EnvironmentConfig,
     revision: &Revision,
 ) -> Result<manifest::Documents, DesiredError> {
+    if let Some(render) = &environment.render {
+        return read_rendered(source, environment, render, revision).await;
+    }
     let source = source.clone();
     let revision = revision.clone();
     let path = environment.path.clone();
@@ -171,6 +176,40 @@ async fn read_documents(
         )),
         Err(SourceError::MissingPath { .. }) => Ok(manifest::Documents::default()),
         Err(error) => Err(error.into()),
+    }
+}
+
+/// Renders the environment at `revision` and reads the output as one manifest file named
+/// after the command. A render that fails rejects the revision like a manifest problem.
+async fn read_rendered(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    render: &crate::render::RenderConfig,
+    revision: &Revision,
+) -> Result<manifest::Documents, DesiredError> {
+    use crate::render::{RenderError, Renderer};
+    let renderer = Renderer::new(source.state_dir(), render.cache_max_bytes);
+    match renderer
+        .render(source, render, &environment.path, revision)
+        .await
+    {
+        Ok(rendered) => {
+            tracing::debug!(env = %environment.name, command = %rendered.command, cached = rendered.cached, bytes = rendered.output.len(), "rendered");
+            let file = manifest::ManifestFile {
+                path: format!("render `{}`", rendered.command),
+                bytes: rendered.output,
+            };
+            Ok(manifest::read_limited(
+                &[file],
+                Vec::new(),
+                &source.limits(),
+            ))
+        }
+        Err(RenderError::Failed(failure)) => Err(DesiredError::Manifests(ManifestErrors(vec![
+            manifest::Problem::file(format!("render `{}`", failure.command), failure.message),
+        ]))),
+        Err(RenderError::Source(error)) => Err(DesiredError::Source(error)),
+        Err(error) => Err(DesiredError::Render(error)),
     }
 }
 
@@ -529,6 +568,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
             Err(DesiredError::Source(error)) => Err(error.into()),
             Err(DesiredError::Scopes(error)) => Err(ReconcileError::Live(error)),
             Err(DesiredError::Worker(message)) => Err(ReconcileError::Worker(message)),
+            Err(DesiredError::Render(error)) => Err(ReconcileError::Worker(error.to_string())),
         }
     }
 
@@ -1241,6 +1281,11 @@ impl<T: Target> EnvironmentRun<'_, T> {
     async fn push_revert_commit(&mut self, revert: &RevertInFlight) -> Result<(), ReconcileError> {
         let source = self.source.clone();
         let path = self.config.path.clone();
+        let excluded = self
+            .config
+            .render
+            .as_ref()
+            .map(|r| r.revert_excluded.clone());
         let message = format!(
             "Revert {} to {}\n\ngitopsd reverted environment {} because revision {} failed:\n{}\n",
             path,
@@ -1251,7 +1296,13 @@ impl<T: Target> EnvironmentRun<'_, T> {
         );
         let healthy = revert.to.clone();
         let pushed = tokio::task::spawn_blocking(move || {
-            source.push_revert_commit(&path, &healthy, &message)
+            let scope = match &excluded {
+                // A render may read any file: every input is put back but the other
+                // environments' own folders.
+                Some(excluded) => RevertScope::AllExcept(excluded),
+                None => RevertScope::Folder(&path),
+            };
+            source.push_revert_commit(scope, &healthy, &message)
         })
         .await
         .map_err(|e| ReconcileError::Worker(e.to_string()))?;

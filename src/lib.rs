@@ -21,6 +21,7 @@ pub mod plan;
 pub mod policy;
 pub mod probe;
 pub mod readiness;
+pub mod render;
 pub mod report;
 pub mod rollout;
 pub mod server;

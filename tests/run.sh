@@ -3,7 +3,8 @@
 # missing: git (repositories, `git daemon`), prometheus (the prometheus health check test),
 # openssh-server (fetching over ssh from an sshd on 127.0.0.1) and openssl (a test certificate
 # for fetching over https), openssh-client and gnupg/gpgv (signed commits: ssh-keygen and gpg
-# sign, gpgv verifies).
+# sign, gpgv verifies). GITOPSD_TEST_KUBECTL is a kubectl for `kubectl kustomize`; unset, it is
+# unpacked from ../shared/k8s-lab/bin/kubectl.xz into a temporary folder.
 #
 # Then the real-cluster suite (tests/it/e2e.rs) against a real Kubernetes control plane: the
 # cluster GITOPSD_E2E_KUBECONFIG names, or else a lab of its own started from
@@ -30,6 +31,25 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+lab=../shared/k8s-lab
+# Rendered environments are tested with `kubectl kustomize` from k8s-lab's kubectl v1.28.7.
+if [ -z "${GITOPSD_TEST_KUBECTL:-}" ]; then
+  [ -r "$lab/bin/kubectl.xz" ] || {
+    echo "tests/run.sh: no $lab/bin/kubectl.xz and no GITOPSD_TEST_KUBECTL: the render tests need a kubectl" >&2
+    exit 2
+  }
+  if ! command -v xz >/dev/null; then
+    [ "$(id -u)" -eq 0 ] || { echo "tests/run.sh: please install xz-utils" >&2; exit 2; }
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends xz-utils >/dev/null
+  fi
+  kubectl_dir=$(mktemp -d)
+  trap 'rm -rf "$kubectl_dir"' EXIT
+  xz -dc "$lab/bin/kubectl.xz" >"$kubectl_dir/kubectl"
+  chmod 755 "$kubectl_dir/kubectl"
+  export GITOPSD_TEST_KUBECTL=$kubectl_dir/kubectl
+fi
+
 cargo test "$@"
 
 if [ "${GITOPSD_SKIP_E2E:-0}" = 1 ]; then
@@ -37,7 +57,6 @@ if [ "${GITOPSD_SKIP_E2E:-0}" = 1 ]; then
   exit 0
 fi
 
-lab=../shared/k8s-lab
 if [ -z "${GITOPSD_E2E_KUBECONFIG:-}" ]; then
   if [ ! -x "$lab/up.sh" ]; then
     echo "tests/run.sh: no $lab and no GITOPSD_E2E_KUBECONFIG: cannot run the real-cluster suite" >&2
@@ -46,9 +65,8 @@ if [ -z "${GITOPSD_E2E_KUBECONFIG:-}" ]; then
   export LAB_DIR=${TMPDIR:-/tmp}/gitopsd-test-lab-$$
   export LAB_API_PORT=${LAB_API_PORT:-16443} LAB_ETCD_PORT=${LAB_ETCD_PORT:-12379}
   export LAB_ETCD_PEER_PORT=${LAB_ETCD_PEER_PORT:-12380} LAB_KCM_PORT=${LAB_KCM_PORT:-20257}
-  trap '"$lab/down.sh" --purge >/dev/null 2>&1 || true' EXIT
+  trap '"$lab/down.sh" --purge >/dev/null 2>&1 || true; rm -rf "${kubectl_dir:-}"' EXIT
   "$lab/up.sh" >/dev/null
   export GITOPSD_E2E_KUBECONFIG=$LAB_DIR/kubeconfig
-  export GITOPSD_TEST_KUBECTL=${GITOPSD_TEST_KUBECTL:-$LAB_DIR/bin/kubectl}
 fi
 cargo test --test it -- --ignored e2e

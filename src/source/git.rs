@@ -40,6 +40,17 @@ pub enum SourceError {
     Commit { message: String },
     #[error("git push to {url} failed: {message}")]
     Push { url: String, message: String },
+    #[error("cannot write {} while unpacking revision {revision}: {source}", path.display())]
+    Unpack {
+        path: PathBuf,
+        revision: Revision,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "revision {revision} holds more than {limit} bytes of files (render.max_tree_bytes); not unpacked"
+    )]
+    TreeTooLarge { revision: Revision, limit: u64 },
     #[error("cannot read token file {}: {source}", path.display())]
     TokenFile {
         path: PathBuf,
@@ -160,9 +171,42 @@ pub struct Snapshot {
     pub limits: Limits,
 }
 
+/// What a revert commit puts back to the healthy revision.
+#[derive(Debug, Clone, Copy)]
+pub enum RevertScope<'a> {
+    /// The environment's folder of plain manifests.
+    Folder(&'a str),
+    /// Every file of a rendered environment's inputs: all files but those under the given
+    /// folders (the other environments' own folders), since a render may read any of them.
+    AllExcept(&'a [String]),
+}
+
+/// Every file under `tree` (blobs, links, submodules) with its id and kind, by path.
+fn files_of(
+    tree: &gix::Tree<'_>,
+) -> Result<std::collections::BTreeMap<String, (gix::ObjectId, gix::object::tree::EntryKind)>, String>
+{
+    let mut recorder = gix::traverse::tree::Recorder::default();
+    tree.traverse()
+        .breadthfirst(&mut recorder)
+        .map_err(|e| gix_message(&e))?;
+    Ok(recorder
+        .records
+        .into_iter()
+        .filter(|record| !record.mode.is_tree())
+        .map(|record| {
+            (
+                record.filepath.to_string(),
+                (record.oid, record.mode.kind()),
+            )
+        })
+        .collect())
+}
+
 /// A git repository mirrored under the state directory.
 #[derive(Debug, Clone)]
 pub struct GitSource {
+    state_dir: PathBuf,
     mirror: PathBuf,
     url: String,
     branch: String,
@@ -194,6 +238,7 @@ impl GitSource {
             },
         };
         Self {
+            state_dir: state_dir.to_path_buf(),
             mirror: state_dir.join("repo.git"),
             url: repo.url.clone(),
             branch: repo.branch.clone(),
@@ -276,6 +321,16 @@ impl GitSource {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// What parsing a revision's YAML may cost.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The state directory the mirror lives in (render caches sit beside it).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     pub fn branch(&self) -> &str {
@@ -448,13 +503,13 @@ impl GitSource {
             .ok_or_else(unknown)
     }
 
-    /// Commits, on top of the branch tip, the tree of `path` as it was at `healthy`, and pushes
+    /// Commits, on top of the branch tip, what `scope` covers as it was at `healthy`, and pushes
     /// that commit to the branch with `git push` (gix cannot push). Returns `None` when the tip
-    /// already holds those manifests. The push is a fast-forward only: if the branch moved
+    /// already holds those files. The push is a fast-forward only: if the branch moved
     /// meanwhile it is refused and reported.
     pub fn push_revert_commit(
         &self,
-        path: &str,
+        scope: RevertScope<'_>,
         healthy: &Revision,
         message: &str,
     ) -> Result<Option<Revision>, SourceError> {
@@ -471,22 +526,55 @@ impl GitSource {
         let tip_tree = tree_of(&tip)?;
         let healthy_tree = tree_of(healthy)?;
         let entry_id = |tree: &gix::Tree<'_>| -> Result<Option<gix::ObjectId>, SourceError> {
+            let RevertScope::Folder(path) = scope else {
+                return Ok(None);
+            };
             tree.lookup_entry_by_path(path)
                 .map(|entry| entry.map(|entry| entry.object_id()))
                 .map_err(|e| commit_error(gix_message(&e)))
         };
-        let wanted = entry_id(&healthy_tree)?;
-        if entry_id(&tip_tree)? == wanted {
-            return Ok(None);
-        }
         let mut editor = repo
             .edit_tree(tip_tree.id)
             .map_err(|e| commit_error(gix_message(&e)))?;
-        match wanted {
-            Some(id) => editor.upsert(path, gix::object::tree::EntryKind::Tree, id),
-            None => editor.remove(path),
+        match scope {
+            RevertScope::Folder(path) => {
+                let wanted = entry_id(&healthy_tree)?;
+                if entry_id(&tip_tree)? == wanted {
+                    return Ok(None);
+                }
+                match wanted {
+                    Some(id) => editor.upsert(path, gix::object::tree::EntryKind::Tree, id),
+                    None => editor.remove(path),
+                }
+                .map_err(|e| commit_error(gix_message(&e)))?;
+            }
+            RevertScope::AllExcept(excluded) => {
+                let healthy_files = files_of(&healthy_tree).map_err(commit_error)?;
+                let tip_files = files_of(&tip_tree).map_err(commit_error)?;
+                let under = |file: &str, folder: &String| {
+                    file.strip_prefix(folder.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+                };
+                let changed: Vec<&String> = healthy_files
+                    .keys()
+                    .chain(tip_files.keys())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .filter(|file| healthy_files.get(*file) != tip_files.get(*file))
+                    .filter(|file| !excluded.iter().any(|folder| under(file, folder)))
+                    .collect();
+                if changed.is_empty() {
+                    return Ok(None);
+                }
+                for file in changed {
+                    match healthy_files.get(file) {
+                        Some((id, kind)) => editor.upsert(file.as_str(), *kind, *id),
+                        None => editor.remove(file.as_str()),
+                    }
+                    .map_err(|e| commit_error(gix_message(&e)))?;
+                }
+            }
         }
-        .map_err(|e| commit_error(gix_message(&e)))?;
         let tree = editor.write().map_err(|e| commit_error(gix_message(&e)))?;
         let signature = gix::actor::Signature {
             name: "gitopsd".into(),
@@ -562,6 +650,90 @@ impl GitSource {
         let id = gix::ObjectId::from_hex(revision.0.as_bytes()).ok()?;
         let seconds = repo.find_commit(id).ok()?.time().ok()?.seconds;
         chrono::DateTime::from_timestamp(seconds, 0)
+    }
+
+    /// The id of `revision`'s root tree: two commits with the same files share it.
+    pub fn tree_id(&self, revision: &Revision) -> Result<String, SourceError> {
+        let repo = self.open()?;
+        let read_error = |message: String| SourceError::Read {
+            what: "root tree".into(),
+            revision: revision.clone(),
+            message,
+        };
+        let id = gix::ObjectId::from_hex(revision.0.as_bytes())
+            .map_err(|e| read_error(gix_message(&e)))?;
+        let commit = repo
+            .find_commit(id)
+            .map_err(|e| read_error(gix_message(&e)))?;
+        let tree = commit.tree_id().map_err(|e| read_error(gix_message(&e)))?;
+        Ok(tree.to_string())
+    }
+
+    /// Writes every file of `revision` under `dest` (an empty folder), executables with their
+    /// mode. Symlinks and submodules are left out: a link could point outside the repository.
+    /// Refuses trees holding more than `max_bytes`.
+    pub fn materialize(
+        &self,
+        revision: &Revision,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> Result<(), SourceError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let repo = self.open()?;
+        let read_error = |what: &str, message: String| SourceError::Read {
+            what: what.to_string(),
+            revision: revision.clone(),
+            message,
+        };
+        let unpack_error = |path: PathBuf, source: std::io::Error| SourceError::Unpack {
+            path,
+            revision: revision.clone(),
+            source,
+        };
+        let id = gix::ObjectId::from_hex(revision.0.as_bytes())
+            .map_err(|e| read_error("commit id", gix_message(&e)))?;
+        let root = repo
+            .find_commit(id)
+            .and_then(|commit| commit.tree())
+            .map_err(|e| read_error("root tree", gix_message(&e)))?;
+        let mut recorder = gix::traverse::tree::Recorder::default();
+        root.traverse()
+            .breadthfirst(&mut recorder)
+            .map_err(|e| read_error("root tree", gix_message(&e)))?;
+        let mut total = 0u64;
+        for record in recorder.records {
+            let path = dest.join(record.filepath.to_string());
+            if record.mode.is_tree() {
+                std::fs::create_dir_all(&path).map_err(|e| unpack_error(path, e))?;
+                continue;
+            }
+            if !record.mode.is_blob() {
+                continue;
+            }
+            let file = record.filepath.to_string();
+            total += repo
+                .find_header(record.oid)
+                .map_err(|e| read_error(&file, gix_message(&e)))?
+                .size();
+            if total > max_bytes {
+                return Err(SourceError::TreeTooLarge {
+                    revision: revision.clone(),
+                    limit: max_bytes,
+                });
+            }
+            let blob = repo
+                .find_blob(record.oid)
+                .map_err(|e| read_error(&file, gix_message(&e)))?;
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| unpack_error(parent.into(), e))?;
+            }
+            std::fs::write(&path, &blob.data).map_err(|e| unpack_error(path.clone(), e))?;
+            if record.mode.is_executable() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| unpack_error(path.clone(), e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Reads the manifest files under `path` at `revision`, recursively, in sorted order.

@@ -4,4 +4,4 @@ pub mod git;
 pub mod verify;
 pub mod watch;
 
-pub use git::{Fetched, GitSource, Snapshot, SourceError};
+pub use git::{Fetched, GitSource, RevertScope, Snapshot, SourceError};

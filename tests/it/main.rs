@@ -14,6 +14,7 @@ mod kubernetes;
 mod prometheus;
 mod properties;
 mod reconcile;
+mod render;
 mod rollout;
 mod scale;
 mod secrets;

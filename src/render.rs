@@ -1,0 +1,782 @@
+//! Rendered environments: kustomize, helm or a plugin command turns a revision's tree into
+//! manifests, run sandboxed in a private folder, with the output cached by tree, config and
+//! tool version.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::model::Revision;
+use crate::source::{GitSource, SourceError};
+
+/// Bytes of a failed render's stderr kept for the journal and `validate`.
+const STDERR_TAIL_BYTES: usize = 2048;
+/// How long `<tool> version` may take.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Held while a tool's version is asked and remembered.
+static VERSION_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Folder under the state directory holding rendered output.
+const CACHE_FOLDER: &str = "render-cache";
+/// Folder under the state directory holding the trees renders run in.
+const WORK_FOLDER: &str = "render-tmp";
+
+/// `render = { … }` of an environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderConfig {
+    pub tool: Tool,
+    /// How long one render may run.
+    pub timeout: Duration,
+    /// Variables of gitopsd's own environment the tool also sees, besides `PATH` and `HOME`.
+    pub env: Vec<String>,
+    /// Largest output accepted.
+    pub max_output_bytes: u64,
+    /// Largest revision tree unpacked for a render.
+    pub max_tree_bytes: u64,
+    /// Programs inside the repository may run (the repository is otherwise only data).
+    pub allow_repo_commands: bool,
+    /// `state.render_cache_max_bytes`: what the render cache may hold.
+    pub cache_max_bytes: u64,
+    /// Folders a revert commit leaves alone: the other environments' own folders.
+    pub revert_excluded: Vec<String>,
+}
+
+/// Which tool renders.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tool {
+    /// `kustomize build <path>`, or `kubectl kustomize <path>` when `binary` is a kubectl or
+    /// is unset and no `kustomize` is on the PATH.
+    Kustomize { binary: Option<String> },
+    /// `helm template <release> <chart> --namespace <namespace> --values <each>`.
+    Helm {
+        binary: Option<String>,
+        chart: String,
+        values: Vec<String>,
+        release: String,
+        namespace: String,
+    },
+    /// Any program printing manifests; `{path}` in an argument is the environment's folder.
+    Command { argv: Vec<String> },
+}
+
+impl Tool {
+    /// The program as configured: a name looked up on the PATH, an absolute path, or a path
+    /// inside the repository.
+    pub fn program(&self) -> &str {
+        match self {
+            Tool::Kustomize { binary } => binary.as_deref().unwrap_or("kustomize"),
+            Tool::Helm { binary, .. } => binary.as_deref().unwrap_or("helm"),
+            Tool::Command { argv } => argv.first().map_or("", String::as_str),
+        }
+    }
+
+    /// The config key naming the program, for config errors.
+    pub fn program_key(&self) -> &'static str {
+        match self {
+            Tool::Command { .. } => "command",
+            _ => "binary",
+        }
+    }
+}
+
+/// True for a program given as a path inside the repository (`./render.sh`, `bin/tool`): the
+/// render would run code from git.
+pub fn is_repo_program(program: &str) -> bool {
+    !program.starts_with('/') && program.contains('/')
+}
+
+/// A resolved command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Arguments that print the tool's version; `None` when the program is identified by its
+    /// content instead (plugin commands).
+    pub version_args: Option<Vec<String>>,
+}
+
+impl Invocation {
+    /// The command line as shown in problems and logs.
+    pub fn display(&self) -> String {
+        let name = self.program.file_name().map_or_else(
+            || self.program.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        std::iter::once(name)
+            .chain(self.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// How `tool` is invoked for the environment folder `path`, with `program` already resolved.
+pub fn invocation(tool: &Tool, path: &str, program: PathBuf) -> Invocation {
+    match tool {
+        Tool::Kustomize { .. } => {
+            let is_kubectl = program
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("kubectl"));
+            if is_kubectl {
+                Invocation {
+                    program,
+                    args: vec!["kustomize".into(), path.into()],
+                    version_args: Some(vec!["version".into(), "--client".into()]),
+                }
+            } else {
+                Invocation {
+                    program,
+                    args: vec!["build".into(), path.into()],
+                    version_args: Some(vec!["version".into()]),
+                }
+            }
+        }
+        Tool::Helm {
+            chart,
+            values,
+            release,
+            namespace,
+            ..
+        } => {
+            let mut args = vec![
+                "template".into(),
+                release.clone(),
+                chart.clone(),
+                "--namespace".into(),
+                namespace.clone(),
+            ];
+            for file in values {
+                args.extend(["--values".into(), file.clone()]);
+            }
+            Invocation {
+                program,
+                args,
+                version_args: Some(vec!["version".into(), "--short".into()]),
+            }
+        }
+        Tool::Command { argv } => Invocation {
+            program,
+            args: argv
+                .iter()
+                .skip(1)
+                .map(|arg| arg.replace("{path}", path))
+                .collect(),
+            version_args: None,
+        },
+    }
+}
+
+/// The PATH a tool sees: gitopsd's own, without relative entries (they would resolve inside
+/// the unpacked repository).
+pub fn sanitized_path(path: Option<&std::ffi::OsStr>) -> Vec<PathBuf> {
+    path.map(|path| {
+        std::env::split_paths(path)
+            .filter(|dir| dir.is_absolute())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Finds `name` as an executable file in `dirs`.
+fn find_on_path(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    dirs.iter().map(|dir| dir.join(name)).find(|candidate| {
+        std::fs::metadata(candidate)
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// A render that failed: the revision is rejected with this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderFailure {
+    /// The command line, as shown.
+    pub command: String,
+    pub message: String,
+}
+
+/// Why no manifests came out of a render.
+#[derive(Debug, Error)]
+pub enum RenderError {
+    /// The tool failed on this revision (or could not run): the revision is rejected.
+    #[error("render `{}`: {}", .0.command, .0.message)]
+    Failed(RenderFailure),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("render cache {}: {source}", path.display())]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("render worker failed: {0}")]
+    Worker(String),
+}
+
+/// Manifests a render printed.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// The command line, used as the file name of problems in the output.
+    pub command: String,
+    pub output: Vec<u8>,
+    /// True when the output came from the cache and no tool ran.
+    pub cached: bool,
+}
+
+/// Renders environments, caching output under the state directory.
+#[derive(Debug, Clone)]
+pub struct Renderer {
+    cache_dir: PathBuf,
+    work_dir: PathBuf,
+    /// Bytes the cache may hold; the least recently used entries go first.
+    cache_max_bytes: u64,
+}
+
+impl Renderer {
+    pub fn new(state_dir: &Path, cache_max_bytes: u64) -> Self {
+        Self {
+            cache_dir: state_dir.join(CACHE_FOLDER),
+            work_dir: state_dir.join(WORK_FOLDER),
+            cache_max_bytes,
+        }
+    }
+
+    /// Renders the environment folder `path` of `revision`, from the cache when this tree,
+    /// config and tool version were rendered before.
+    pub async fn render(
+        &self,
+        source: &GitSource,
+        config: &RenderConfig,
+        path: &str,
+        revision: &Revision,
+    ) -> Result<Rendered, RenderError> {
+        let tree = blocking({
+            let source = source.clone();
+            let revision = revision.clone();
+            move || source.tree_id(&revision).map_err(RenderError::from)
+        })
+        .await?;
+        let search_path = sanitized_path(std::env::var_os("PATH").as_deref());
+        let work = self.work_folder().await?;
+        let program = resolve_program(config, &search_path, work.path());
+        let invocation = invocation(&config.tool, path, program);
+        let command = invocation.display();
+        let fail = |message: String| {
+            RenderError::Failed(RenderFailure {
+                command: command.clone(),
+                message,
+            })
+        };
+        let sandbox = Sandbox {
+            dir: work.path().to_path_buf(),
+            path: std::env::join_paths(&search_path).unwrap_or_default(),
+            env: config
+                .env
+                .iter()
+                .filter_map(|name| Some((name.clone(), std::env::var_os(name)?)))
+                .collect(),
+        };
+        let version = if is_repo_program(config.tool.program()) {
+            // Inside the repository: the tree id already names its content.
+            String::new()
+        } else {
+            self.version(&invocation, &sandbox).await.map_err(fail)?
+        };
+        let key = cache_key(&tree, config, &invocation, &sandbox.env, &version);
+        let entry = self.cache_dir.join(format!("{key}.yaml"));
+        if let Some(output) = self.cached(&entry).await {
+            return Ok(Rendered {
+                command,
+                output,
+                cached: true,
+            });
+        }
+        blocking({
+            let source = source.clone();
+            let revision = revision.clone();
+            let dest = work.path().to_path_buf();
+            let max = config.max_tree_bytes;
+            move || {
+                source
+                    .materialize(&revision, &dest, max)
+                    .map_err(RenderError::from)
+            }
+        })
+        .await?;
+        let output = run(
+            &invocation,
+            &sandbox,
+            config.timeout,
+            config.max_output_bytes,
+        )
+        .await
+        .map_err(fail)?;
+        drop(work);
+        self.store(&entry, &output).await?;
+        Ok(Rendered {
+            command,
+            output,
+            cached: false,
+        })
+    }
+
+    /// A fresh private folder `<pid>-<random>` under the work folder, removed when dropped.
+    async fn work_folder(&self) -> Result<tempfile::TempDir, RenderError> {
+        let parent = self.work_dir.clone();
+        blocking(move || {
+            let cache_error = |source| RenderError::Cache {
+                path: parent.clone(),
+                source,
+            };
+            std::fs::create_dir_all(&parent).map_err(cache_error)?;
+            tempfile::Builder::new()
+                .prefix(&format!("{}-", std::process::id()))
+                .tempdir_in(&parent)
+                .map_err(cache_error)
+        })
+        .await
+    }
+
+    /// The tool's version output, remembered by the program file's path, size and mtime so
+    /// that an unchanged tool is not run again, even by the next process.
+    async fn version(&self, invocation: &Invocation, sandbox: &Sandbox) -> Result<String, String> {
+        let Some(args) = &invocation.version_args else {
+            return file_identity(&invocation.program).await;
+        };
+        let meta = tokio::fs::metadata(&invocation.program)
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", invocation.program.display()))?;
+        let stamp = format!(
+            "{}\0{}\0{:?}\0{}",
+            invocation.program.display(),
+            meta.len(),
+            meta.modified().ok(),
+            args.join(" ")
+        );
+        let memo = self.cache_dir.join(format!(
+            "version-{}",
+            hex(&Sha256::digest(stamp.as_bytes()))
+        ));
+        // Environments render concurrently; one asks, the others read its answer.
+        let _one_at_a_time = VERSION_LOCK.lock().await;
+        if let Ok(version) = tokio::fs::read_to_string(&memo).await {
+            return Ok(version);
+        }
+        let probe = Invocation {
+            program: invocation.program.clone(),
+            args: args.clone(),
+            version_args: None,
+        };
+        let output = run(&probe, sandbox, VERSION_TIMEOUT, 64 * 1024)
+            .await
+            .map_err(|message| format!("cannot tell its version: {message}"))?;
+        let version = String::from_utf8_lossy(&output).into_owned();
+        // Best effort: without the memo the version is asked again next time.
+        let _ = write_atomically(&memo, version.as_bytes()).await;
+        Ok(version)
+    }
+
+    async fn cached(&self, entry: &Path) -> Option<Vec<u8>> {
+        let output = tokio::fs::read(entry).await.ok()?;
+        // Touched so that eviction takes the least recently used first.
+        let file = std::fs::File::options().append(true).open(entry).ok();
+        if let Some(file) = file {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+        Some(output)
+    }
+
+    async fn store(&self, entry: &Path, output: &[u8]) -> Result<(), RenderError> {
+        write_atomically(entry, output)
+            .await
+            .map_err(|source| RenderError::Cache {
+                path: entry.to_path_buf(),
+                source,
+            })?;
+        let dir = self.cache_dir.clone();
+        let max = self.cache_max_bytes;
+        blocking(move || {
+            evict(&dir, max).map_err(|source| RenderError::Cache { path: dir, source })
+        })
+        .await
+    }
+
+    /// Removes work folders left by processes that are gone (a crash, a SIGKILL).
+    pub fn clean_stale(&self) -> std::io::Result<usize> {
+        let entries = match std::fs::read_dir(&self.work_dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(error) => return Err(error),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owner = name
+                .split('-')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok());
+            let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                std::fs::remove_dir_all(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The program to run: a repository path inside the unpacked tree, an absolute path as is, a
+/// name from the PATH. A kustomize left unset falls back to `kubectl kustomize`.
+fn resolve_program(config: &RenderConfig, search_path: &[PathBuf], tree: &Path) -> PathBuf {
+    let program = config.tool.program();
+    if is_repo_program(program) {
+        return tree.join(program);
+    }
+    if program.starts_with('/') {
+        return PathBuf::from(program);
+    }
+    if let Some(found) = find_on_path(program, search_path) {
+        return found;
+    }
+    if matches!(config.tool, Tool::Kustomize { binary: None })
+        && let Some(kubectl) = find_on_path("kubectl", search_path)
+    {
+        return kubectl;
+    }
+    PathBuf::from(program)
+}
+
+/// What the tool sees: its folder, PATH, HOME and the variables passed through.
+struct Sandbox {
+    dir: PathBuf,
+    path: std::ffi::OsString,
+    env: Vec<(String, std::ffi::OsString)>,
+}
+
+/// Runs `invocation` in the sandbox: no shell, stdin closed, a cleared environment, its own
+/// process group (killed as a whole at the end), stdout capped at `max_output` bytes.
+async fn run(
+    invocation: &Invocation,
+    sandbox: &Sandbox,
+    timeout: Duration,
+    max_output: u64,
+) -> Result<Vec<u8>, String> {
+    let mut command = tokio::process::Command::new(&invocation.program);
+    command
+        .args(&invocation.args)
+        .current_dir(&sandbox.dir)
+        .env_clear()
+        .env("PATH", &sandbox.path)
+        .env("HOME", &sandbox.dir)
+        .envs(sandbox.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", invocation.program.display()))?;
+    let group = child
+        .id()
+        .and_then(|pid| rustix::process::Pid::from_raw(i32::try_from(pid).ok()?));
+    let kill_group = || {
+        if let Some(group) = group {
+            // ESRCH once everything has exited is expected.
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    };
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let finished = tokio::time::timeout(timeout, async {
+        let capped = async {
+            let output = read_capped(stdout, max_output).await;
+            if output.is_err() {
+                // Stops the tool now, so that stderr ends too.
+                kill_group();
+            }
+            output
+        };
+        let (output, tail) = tokio::join!(capped, read_tail(stderr));
+        (output, tail, child.wait().await)
+    })
+    .await;
+    kill_group();
+    let Ok((output, tail, status)) = finished else {
+        let _ = child.kill().await;
+        return Err(format!(
+            "did not finish within {} (render.timeout); killed",
+            humantime::format_duration(timeout)
+        ));
+    };
+    let output = output.map_err(|message| with_tail(message, &tail))?;
+    let status = status.map_err(|e| format!("cannot wait for it: {e}"))?;
+    if !status.success() {
+        let how = match status.code() {
+            Some(code) => format!("exited with status {code}"),
+            None => "was killed by a signal".into(),
+        };
+        return Err(with_tail(how, &tail));
+    }
+    Ok(output)
+}
+
+fn with_tail(message: String, tail: &str) -> String {
+    if tail.trim().is_empty() {
+        message
+    } else {
+        format!("{message}: {}", tail.trim())
+    }
+}
+
+/// Reads all of `stream`, or fails past `max` bytes.
+async fn read_capped(stream: Option<impl AsyncRead + Unpin>, max: u64) -> Result<Vec<u8>, String> {
+    let Some(stream) = stream else {
+        return Ok(Vec::new());
+    };
+    let mut output = Vec::new();
+    let read = stream
+        .take(max.saturating_add(1))
+        .read_to_end(&mut output)
+        .await;
+    match read {
+        Ok(_) if output.len() as u64 > max => Err(format!(
+            "printed more than {max} bytes (render.max_output_bytes); killed"
+        )),
+        Ok(_) => Ok(output),
+        Err(error) => Err(format!("cannot read its output: {error}")),
+    }
+}
+
+/// The last [`STDERR_TAIL_BYTES`] of `stream`, as text.
+async fn read_tail(stream: Option<impl AsyncRead + Unpin>) -> String {
+    let Some(mut stream) = stream else {
+        return String::new();
+    };
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buffer = [0u8; 8192];
+    while let Ok(n) = stream.read(&mut buffer).await {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&buffer[..n]);
+        if tail.len() > STDERR_TAIL_BYTES {
+            tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+        }
+    }
+    String::from_utf8_lossy(&tail).into_owned()
+}
+
+/// A plugin program's identity: the hash of its content.
+async fn file_identity(program: &Path) -> Result<String, String> {
+    let bytes = tokio::fs::read(program)
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    Ok(hex(&Sha256::digest(&bytes)))
+}
+
+/// The cache key: what decides a render's output.
+fn cache_key(
+    tree: &str,
+    config: &RenderConfig,
+    invocation: &Invocation,
+    env: &[(String, std::ffi::OsString)],
+    version: &str,
+) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"gitopsd-render-1\0");
+    hasher.update(tree.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(format!("{:?}", config.tool).as_bytes());
+    hasher.update(b"\0");
+    hasher.update(invocation.display().as_bytes());
+    for (name, value) in env {
+        hasher.update(b"\0");
+        hasher.update(name.as_bytes());
+        hasher.update(b"=");
+        hasher.update(value.as_encoded_bytes());
+    }
+    hasher.update(b"\0");
+    hasher.update(version.as_bytes());
+    hex(&hasher.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Temp file, fsync, rename: a reader sees the old file or the whole new one.
+async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let path = path.to_path_buf();
+    let bytes = bytes.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.as_file().sync_all()?;
+        file.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Removes the least recently used outputs until the cache holds at most `max` bytes.
+fn evict(dir: &Path, max: u64) -> std::io::Result<()> {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() && entry.file_name().to_string_lossy().ends_with(".yaml") {
+            entries.push((meta.modified()?, meta.len(), entry.path()));
+        }
+    }
+    let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+    entries.sort();
+    for (_, len, path) in entries {
+        if total <= max {
+            break;
+        }
+        std::fs::remove_file(&path)?;
+        total -= len;
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RenderError> + Send + 'static,
+) -> Result<T, RenderError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RenderError::Worker(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kustomize(binary: Option<&str>) -> Tool {
+        Tool::Kustomize {
+            binary: binary.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn kustomize_runs_build_and_kubectl_runs_its_kustomize() {
+        let own = invocation(
+            &kustomize(None),
+            "overlays/prod",
+            "/usr/bin/kustomize".into(),
+        );
+        assert_eq!(own.args, ["build", "overlays/prod"]);
+        assert_eq!(
+            own.version_args.as_deref(),
+            Some(&["version".to_string()][..])
+        );
+        let kubectl = invocation(&kustomize(None), "overlays/prod", "/opt/kubectl".into());
+        assert_eq!(kubectl.args, ["kustomize", "overlays/prod"]);
+        assert_eq!(kubectl.display(), "kubectl kustomize overlays/prod");
+    }
+
+    #[test]
+    fn helm_gets_release_chart_namespace_and_each_values_file() {
+        let tool = Tool::Helm {
+            binary: None,
+            chart: "charts/web".into(),
+            values: vec!["values/common.yaml".into(), "values/prod.yaml".into()],
+            release: "web".into(),
+            namespace: "shop".into(),
+        };
+        let helm = invocation(&tool, "env/prod", "/usr/bin/helm".into());
+        assert_eq!(
+            helm.args,
+            [
+                "template",
+                "web",
+                "charts/web",
+                "--namespace",
+                "shop",
+                "--values",
+                "values/common.yaml",
+                "--values",
+                "values/prod.yaml"
+            ]
+        );
+    }
+
+    #[test]
+    fn commands_get_the_folder_in_place_of_the_placeholder() {
+        let tool = Tool::Command {
+            argv: vec!["render".into(), "--dir={path}".into(), "{path}".into()],
+        };
+        let command = invocation(&tool, "envs/a", "/usr/local/bin/render".into());
+        assert_eq!(command.args, ["--dir=envs/a", "envs/a"]);
+        assert_eq!(command.version_args, None);
+    }
+
+    #[test]
+    fn only_relative_paths_are_repository_programs() {
+        assert!(is_repo_program("./render.sh"));
+        assert!(is_repo_program("tools/render"));
+        assert!(!is_repo_program("/usr/bin/kustomize"));
+        assert!(!is_repo_program("kustomize"));
+    }
+
+    #[test]
+    fn relative_path_entries_are_dropped() {
+        let path = std::ffi::OsString::from("/usr/bin:.:bin::/opt/tools");
+        assert_eq!(
+            sanitized_path(Some(&path)),
+            [PathBuf::from("/usr/bin"), PathBuf::from("/opt/tools")]
+        );
+    }
+
+    #[test]
+    fn the_key_changes_with_tree_config_environment_and_version() {
+        let config = RenderConfig {
+            tool: kustomize(None),
+            timeout: Duration::from_secs(60),
+            env: Vec::new(),
+            max_output_bytes: 1 << 20,
+            max_tree_bytes: 1 << 20,
+            allow_repo_commands: false,
+            cache_max_bytes: 1 << 20,
+            revert_excluded: Vec::new(),
+        };
+        let call = invocation(&config.tool, "overlays/a", "/usr/bin/kustomize".into());
+        let base = cache_key("tree1", &config, &call, &[], "v5");
+        assert_eq!(base, cache_key("tree1", &config, &call, &[], "v5"));
+        assert_ne!(base, cache_key("tree2", &config, &call, &[], "v5"));
+        assert_ne!(base, cache_key("tree1", &config, &call, &[], "v6"));
+        let other = invocation(&config.tool, "overlays/b", "/usr/bin/kustomize".into());
+        assert_ne!(base, cache_key("tree1", &config, &other, &[], "v5"));
+        let env = [("HELM_X".to_string(), "1".into())];
+        assert_ne!(base, cache_key("tree1", &config, &call, &env, "v5"));
+    }
+
+    #[test]
+    fn eviction_drops_the_least_recently_used_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let now = std::time::SystemTime::now();
+        for (name, age) in [("old", 30), ("mid", 20), ("new", 10)] {
+            let path = dir.path().join(format!("{name}.yaml"));
+            std::fs::write(&path, vec![b'x'; 100]).expect("write");
+            let file = std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .expect("open");
+            file.set_modified(now - Duration::from_secs(age))
+                .expect("set mtime");
+        }
+        evict(dir.path(), 250).expect("evict");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["mid.yaml", "new.yaml"]);
+    }
+}
