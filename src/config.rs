@@ -1409,6 +1409,104 @@ mod tests {
     }
 
     #[test]
+    fn render_tables_are_read_with_defaults_and_checked_with_their_keys() {
+        let config = parse(
+            r#"
+            [repo]
+            url = "deploy-repo"
+            [state]
+            render_cache_max_bytes = 1000
+            [[environment]]
+            name = "staging"
+            path = "overlays/staging"
+            render = { kind = "kustomize" }
+            target = { type = "directory", path = "live/staging" }
+            [[environment]]
+            name = "prod"
+            path = "charts/web"
+            namespace = "shop"
+            render = { kind = "helm", chart = "charts/web", values = ["values/prod.yaml"], env = ["HELM_CACHE_HOME"], timeout = "2m" }
+            target = { type = "directory", path = "live/prod" }
+            [[environment]]
+            name = "other"
+            path = "overlays/other"
+            target = { type = "directory", path = "live/other" }
+            "#,
+        )
+        .expect("valid");
+        let staging = config.environments[0].render.as_ref().expect("render");
+        assert_eq!(
+            staging.tool,
+            crate::render::Tool::Kustomize { binary: None }
+        );
+        assert_eq!(staging.timeout, Duration::from_secs(60));
+        assert_eq!(staging.cache_max_bytes, 1000);
+        assert!(!staging.allow_repo_commands);
+        assert_eq!(staging.revert_excluded, ["charts/web", "overlays/other"]);
+        let prod = config.environments[1].render.as_ref().expect("render");
+        assert_eq!(
+            prod.tool,
+            crate::render::Tool::Helm {
+                binary: None,
+                chart: "charts/web".into(),
+                values: vec!["values/prod.yaml".into()],
+                release: "prod".into(),
+                namespace: "shop".into(),
+            },
+            "release and namespace default to the environment's"
+        );
+        assert_eq!(prod.env, ["HELM_CACHE_HOME"]);
+        assert_eq!(prod.timeout, Duration::from_secs(120));
+        assert_eq!(config.environments[2].render, None);
+
+        let problems = parse(
+            r#"
+            [repo]
+            url = "deploy-repo"
+            [[environment]]
+            name = "a"
+            path = "a"
+            render = { kind = "jsonnet" }
+            target = { type = "directory", path = "a" }
+            [[environment]]
+            name = "b"
+            path = "b"
+            render = { kind = "helm", values = ["../secrets.yaml"], env = ["PATH"] }
+            target = { type = "directory", path = "b" }
+            [[environment]]
+            name = "c"
+            path = "c"
+            render = { kind = "command", command = ["./render.sh", "{path}"], shell = true }
+            target = { type = "directory", path = "c" }
+            [[environment]]
+            name = "d"
+            path = "d"
+            render = { kind = "command", command = [] }
+            target = { type = "directory", path = "d" }
+            "#,
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "environment[0].render.kind",
+                "environment[1].render.env",
+                "environment[1].render.chart",
+                "environment[1].render.values",
+                "environment[2].render.shell",
+                "environment[2].render.command",
+                "environment[3].render.command",
+            ],
+            "{problems:#?}"
+        );
+        assert!(
+            problems[5].message.contains("allow_repo_commands = true"),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
     fn minimal_config_gets_defaults_and_absolute_paths() {
         let config = parse(
             r#"

@@ -704,3 +704,99 @@ fn a_failed_rendered_revision_reverts_from_the_cache_and_the_revert_commit_resto
         "another environment's own folder is left alone"
     );
 }
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_kustomize_overlays_roll_out_through_a_canary_on_a_real_cluster() {
+    let mut cluster = crate::e2e::Cluster::new();
+    let namespaces: Vec<String> = ["stg", "prd"]
+        .iter()
+        .map(|tag| cluster.namespace(&format!("kz-{tag}")))
+        .collect();
+    let overlays: Vec<(&str, &str, u32)> = vec![
+        ("staging", namespaces[0].as_str(), 2),
+        ("production", namespaces[1].as_str(), 4),
+    ];
+    let workspace = Workspace::new();
+    let mut config = format!(
+        "[repo]\nurl = \"{}\"\nbranch = \"main\"\n\n[state]\ndir = \"state\"\n",
+        workspace.repo.dir.display()
+    );
+    for (environment, _, _) in &overlays {
+        config.push_str(&format!(
+            "\n[[environment]]\nname = \"{environment}\"\npath = \"overlays/{environment}\"\nrender = {{ kind = \"kustomize\", binary = \"{kubectl}\" }}\ntarget = {{ type = \"kubernetes\", kubeconfig = \"{kubeconfig}\" }}\n{rollout}",
+            kubectl = cluster.kubectl.display(),
+            kubeconfig = cluster.kubeconfig.display(),
+            rollout = crate::e2e::rollout("[50, 100]"),
+        ));
+    }
+    fs::write(&workspace.config, config).expect("config");
+    kustomize_fixture(&workspace.repo, "3.8", &overlays);
+    workspace.repo.commit("pause 3.8");
+    let first = workspace.run(&["run", "--once"]);
+    assert_exit(&first, 0);
+
+    let deployment = |environment: &str, namespace: &str| {
+        cluster
+            .get(Some(namespace), &format!("deployment/{environment}-web"))
+            .unwrap_or_else(|| panic!("{environment}-web in {namespace}"))
+    };
+    for (environment, namespace, replicas) in &overlays {
+        let live = deployment(environment, namespace);
+        assert_eq!(live["spec"]["replicas"], *replicas);
+        assert_eq!(
+            live["spec"]["template"]["spec"]["containers"][0]["image"],
+            "mirror.example/pause:3.8"
+        );
+        let config_map =
+            live["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"]
+                .as_str()
+                .expect("configMapRef")
+                .to_string();
+        assert!(config_map.starts_with(&format!("{environment}-web-config-")));
+        let data = cluster
+            .get(Some(namespace), &format!("configmap/{config_map}"))
+            .expect("the generated ConfigMap");
+        assert_eq!(data["data"]["MODE"], *environment);
+    }
+
+    kustomize_fixture(&workspace.repo, "3.9", &overlays);
+    workspace.repo.commit("pause 3.9 in the base");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 0);
+    for (environment, namespace, replicas) in &overlays {
+        let records = workspace.journal(environment);
+        let started = crate::e2e::events(&records, "rollout_started");
+        let Some(Event::RolloutStarted { canaries, .. }) = started.last() else {
+            panic!("{environment}: no rollout: {records:?}");
+        };
+        assert_eq!(
+            canaries,
+            &[format!("Deployment.apps {namespace}/{environment}-web")],
+            "{environment}"
+        );
+        let steps: Vec<u8> = crate::e2e::events(&records, "step_passed")
+            .iter()
+            .filter_map(|event| match event {
+                Event::StepPassed { weight, .. } => Some(*weight),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps, [50], "{environment}");
+        let live = deployment(environment, namespace);
+        assert_eq!(live["spec"]["replicas"], *replicas);
+        assert_eq!(
+            live["spec"]["template"]["spec"]["containers"][0]["image"],
+            "mirror.example/pause:3.9"
+        );
+        assert!(
+            cluster
+                .get(
+                    Some(namespace),
+                    &format!("deployment/{environment}-web-canary")
+                )
+                .is_none()
+        );
+    }
+    assert_exit(&workspace.run(&["diff"]), 0);
+}
