@@ -3,11 +3,10 @@
 //! Run with `benches/run.sh` (or `cargo bench --bench diff_revisions`).
 
 mod support;
-use support::git;
+use support::{git, measure};
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 const OBJECTS: usize = 2000;
 const FILES: usize = 20;
@@ -43,41 +42,6 @@ fn write_fixture(repo: &Path, range: std::ops::Range<usize>, changed_version: u3
         if !text.is_empty() {
             std::fs::write(dir.join(format!("part-{file:02}.yaml")), text).expect("write");
         }
-    }
-}
-
-struct Measurement {
-    median: Duration,
-    peak_rss_kib: i64,
-}
-
-/// Runs `command` `RUNS` times; median wall time and the largest peak RSS.
-fn measure(mut make: impl FnMut() -> Command) -> Measurement {
-    let mut times = Vec::new();
-    let mut peak = 0;
-    for _ in 0..RUNS {
-        let mut command = make();
-        command.stdout(Stdio::null()).stderr(Stdio::null());
-        let start = Instant::now();
-        let child = command.spawn().expect("command starts");
-        let pid = i32::try_from(child.id()).expect("pid fits");
-        let mut status = 0;
-        // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: waits for our own child; pointers are to live locals.
-        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        times.push(start.elapsed());
-        assert_eq!(waited, pid, "wait4 failed");
-        assert!(libc::WIFEXITED(status), "command did not exit normally");
-        let code = libc::WEXITSTATUS(status);
-        assert!(code <= 1, "command failed with exit code {code}");
-        peak = peak.max(usage.ru_maxrss);
-        std::mem::forget(child); // already reaped by wait4
-    }
-    times.sort();
-    Measurement {
-        median: times[RUNS / 2],
-        peak_rss_kib: peak,
     }
 }
 
@@ -133,12 +97,16 @@ fn main() {
         .unwrap_or_default()
         .to_string();
 
-    let ours = measure(diff);
-    let theirs = measure(|| {
-        let mut command = Command::new("git");
-        command.current_dir(&repo).args(["diff", &old, &new]);
-        command
-    });
+    let ours = measure(RUNS, || {}, diff);
+    let theirs = measure(
+        RUNS,
+        || {},
+        || {
+            let mut command = Command::new("git");
+            command.current_dir(&repo).args(["diff", &old, &new]);
+            command
+        },
+    );
     println!("fixture: {OBJECTS} objects in {FILES} files; {stats}");
     println!("median of {RUNS} runs, peak RSS over all runs:");
     println!("| command | time | peak memory |");
