@@ -758,6 +758,65 @@ mod tests {
     }
 
     #[test]
+    fn an_unset_kustomize_falls_back_to_kubectl_on_the_path() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let bin = tempfile::tempdir().expect("temp dir");
+        let kubectl = bin.path().join("kubectl");
+        std::fs::write(&kubectl, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&kubectl, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let config = |tool| RenderConfig {
+            tool,
+            timeout: Duration::from_secs(1),
+            env: Vec::new(),
+            max_output_bytes: 1,
+            max_tree_bytes: 1,
+            allow_repo_commands: false,
+            cache_max_bytes: 1,
+            revert_excluded: Vec::new(),
+        };
+        let dirs = [bin.path().to_path_buf()];
+        let tree = Path::new("/work/tree");
+        let program = resolve_program(&config(kustomize(None)), &dirs, tree);
+        assert_eq!(program, kubectl);
+        assert_eq!(
+            invocation(&kustomize(None), "o/p", program).display(),
+            "kubectl kustomize o/p"
+        );
+        let kustomize_file = bin.path().join("kustomize");
+        std::fs::copy(&kubectl, &kustomize_file).expect("copy");
+        assert_eq!(
+            resolve_program(&config(kustomize(None)), &dirs, tree),
+            kustomize_file,
+            "a kustomize on the PATH comes first"
+        );
+        let repo_tool = Tool::Command {
+            argv: vec!["./render.sh".into()],
+        };
+        assert_eq!(
+            resolve_program(&config(repo_tool), &dirs, tree),
+            Path::new("/work/tree/./render.sh")
+        );
+    }
+
+    #[test]
+    fn folders_of_dead_processes_are_removed_and_live_ones_kept() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let renderer = Renderer::new(state.path(), 1);
+        assert_eq!(renderer.clean_stale().expect("no folder yet"), 0);
+        let work = state.path().join(WORK_FOLDER);
+        // Pids are below 2^22 on Linux: this one never runs.
+        let dead = work.join("99999999-abc");
+        let live = work.join(format!("{}-def", std::process::id()));
+        for folder in [&dead, &live] {
+            std::fs::create_dir_all(folder.join("base")).expect("mkdir");
+            std::fs::write(folder.join("base/file.yaml"), "x").expect("write");
+        }
+        assert_eq!(renderer.clean_stale().expect("cleaned"), 1);
+        assert!(!dead.exists());
+        assert!(live.join("base/file.yaml").is_file());
+    }
+
+    #[test]
     fn eviction_drops_the_least_recently_used_first() {
         let dir = tempfile::tempdir().expect("temp dir");
         let now = std::time::SystemTime::now();
