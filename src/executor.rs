@@ -1286,9 +1286,14 @@ impl<T: Target> EnvironmentRun<'_, T> {
             .render
             .as_ref()
             .map(|r| r.revert_excluded.clone());
+        let what = if excluded.is_some() {
+            format!("the inputs of {path} (rendered)")
+        } else {
+            path.clone()
+        };
         let message = format!(
             "Revert {} to {}\n\ngitopsd reverted environment {} because revision {} failed:\n{}\n",
-            path,
+            what,
             revert.to.short(),
             self.config.name,
             revert.revision,

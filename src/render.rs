@@ -476,6 +476,15 @@ async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // SAFETY: runs in the forked child before exec; prctl is one async-signal-safe system call
+    // and nothing is allocated.
+    unsafe {
+        // If gitopsd dies (SIGKILL, a crash), the tool dies with it instead of running on.
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", invocation.program.display()))?;

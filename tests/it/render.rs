@@ -20,6 +20,15 @@ pub(crate) fn test_kubectl() -> PathBuf {
     }
 }
 
+/// True when process `pid` is gone, or a zombie waiting for init to reap it.
+fn process_gone(pid: &str) -> bool {
+    fs::read_to_string(format!("/proc/{}/stat", pid.trim())).map_or(true, |stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
 /// Writes an executable script.
 fn script(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt as _;
@@ -378,15 +387,18 @@ fn an_unchanged_revision_is_rendered_once_across_passes_processes_and_commands()
 
     kustomize_fixture(&render.workspace.repo, "3.9", OVERLAYS);
     let second = render.workspace.repo.commit("pause 3.9");
-    let diff = render.workspace.run(&[
-        "diff",
-        "--env",
-        "staging",
-        "--against",
-        &first,
-        "--rev",
-        &second,
-    ]);
+    let diff_staging = || {
+        render.workspace.run(&[
+            "diff",
+            "--env",
+            "staging",
+            "--against",
+            &first,
+            "--rev",
+            &second,
+        ])
+    };
+    let diff = diff_staging();
     assert_exit(&diff, 1);
     let text = stdout(&diff);
     assert!(
@@ -399,18 +411,7 @@ fn an_unchanged_revision_is_rendered_once_across_passes_processes_and_commands()
         ["build overlays/staging"],
         "only the new tree is rendered"
     );
-    assert_exit(
-        &render.workspace.run(&[
-            "diff",
-            "--env",
-            "staging",
-            "--against",
-            &first,
-            "--rev",
-            &second,
-        ]),
-        1,
-    );
+    assert_exit(&diff_staging(), 1);
     assert_eq!(runs(&log), ["build overlays/staging"], "and only once");
 }
 
@@ -504,17 +505,8 @@ fn plugin_commands_see_only_allowed_variables_and_each_failure_is_named() {
         "{text}"
     );
     let sleeper = fs::read_to_string(&pidfile).expect("the hanging plugin started a child");
-    let stat = format!("/proc/{}/stat", sleeper.trim());
-    // Gone, or a zombie waiting for init to reap it.
-    let dead = || {
-        fs::read_to_string(&stat).map_or(true, |stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
-    };
     assert!(
-        wait_for(std::time::Duration::from_secs(5), dead),
+        wait_for(std::time::Duration::from_secs(5), || process_gone(&sleeper)),
         "the plugin's whole process group is killed, its child too"
     );
 
@@ -690,6 +682,12 @@ fn a_failed_rendered_revision_reverts_from_the_cache_and_the_revert_commit_resto
         full.extend_from_slice(args);
         git(render.workspace.root.path(), &full)
     };
+    assert!(
+        bare_git(&["log", "-1", "--format=%s", "main"])
+            .starts_with("Revert the inputs of overlays/production (rendered) to"),
+        "{}",
+        bare_git(&["log", "-1", "--format=%B", "main"])
+    );
     assert_eq!(
         bare_git(&["rev-parse", "main:base"]),
         bare_git(&["rev-parse", &format!("{healthy}:base")]),
@@ -799,4 +797,67 @@ fn e2e_kustomize_overlays_roll_out_through_a_canary_on_a_real_cluster() {
         );
     }
     assert_exit(&workspace.run(&["diff"]), 0);
+}
+
+#[test]
+fn a_killed_gitopsd_takes_its_render_along_and_the_next_start_removes_the_folder() {
+    let workspace = Workspace::new();
+    let plugin = workspace.path("slow.sh");
+    let pidfile = workspace.path("slow.pid");
+    script(
+        &plugin,
+        &format!(
+            "#!/bin/sh\necho $$ > {}\nexec sleep 300\n",
+            pidfile.display()
+        ),
+    );
+    let config = |command: &Path| {
+        format!(
+            "[repo]\nurl = \"{}\"\n\n[state]\ndir = \"state\"\n\n[[environment]]\nname = \"web\"\npath = \"envs/web\"\nrender = {{ kind = \"command\", command = [\"{}\"], timeout = \"10m\" }}\ntarget = {{ type = \"directory\", path = \"live/web\" }}\n",
+            workspace.repo.dir.display(),
+            command.display()
+        )
+    };
+    fs::write(&workspace.config, config(&plugin)).expect("config");
+    workspace
+        .repo
+        .write("envs/web/app.yaml", "kind: ConfigMap\n");
+    workspace.repo.commit("one");
+
+    let mut daemon = workspace.spawn(&["run", "--once"]);
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || pidfile.is_file()),
+        "the render started"
+    );
+    let work = workspace.path("state/render-tmp");
+    assert_eq!(fs::read_dir(&work).expect("work folder").count(), 1);
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_timeout(std::time::Duration::from_secs(10));
+    let tool = fs::read_to_string(&pidfile).expect("pid");
+    let gone = wait_for(std::time::Duration::from_secs(5), || process_gone(&tool));
+    if !gone {
+        // Leave nothing behind, even when failing.
+        let pid: i32 = tool.trim().parse().expect("a pid");
+        // SAFETY: kill(2) on a pid this test's plugin wrote; no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(gone, "the render tool dies with gitopsd");
+    assert_eq!(
+        fs::read_dir(&work).expect("work folder").count(),
+        1,
+        "the folder outlives the kill"
+    );
+
+    let quick = workspace.path("quick.sh");
+    script(
+        &quick,
+        "#!/bin/sh\nprintf 'apiVersion: v1\\nkind: ConfigMap\\nmetadata:\\n  name: web\\n'\n",
+    );
+    fs::write(&workspace.config, config(&quick)).expect("config");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    assert_eq!(
+        fs::read_dir(&work).expect("work folder").count(),
+        0,
+        "the next start removed it"
+    );
 }
