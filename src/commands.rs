@@ -19,7 +19,6 @@ use crate::model::{KindRef, Object};
 use crate::plan::{self, Desired};
 use crate::plan::{Change, Plan};
 use crate::report::{Colour, DiffReport, EnvironmentReport, ReportInput};
-use crate::rollout::History;
 use crate::source::{GitSource, SourceError};
 use crate::target::{AnyTarget, Target, TargetError};
 use std::collections::BTreeSet;
@@ -200,9 +199,7 @@ pub struct DiffRequest<'a> {
 /// Holds that would keep `revision` from rolling out in `environment`.
 fn holds(config: &Config, environment: &EnvironmentConfig, revision: &Revision) -> Vec<String> {
     let path = Journal::path_for(&config.state.dir, &environment.name);
-    let history = journal::load(&path)
-        .map(|loaded| History::from_records(&loaded.records))
-        .unwrap_or_default();
+    let history = journal::load_history(&path).unwrap_or_default();
     let mut holds = Vec::new();
     let source = GitSource::new(&config.repo, &config.state.dir);
     if let Err(unverified) = source.verify(revision, history.last_healthy.as_ref()) {
@@ -232,8 +229,8 @@ fn holds(config: &Config, environment: &EnvironmentConfig, revision: &Revision) 
 /// The types an environment has used, from its journal.
 fn inventory(config: &Config, environment: &EnvironmentConfig) -> BTreeSet<KindRef> {
     let path = Journal::path_for(&config.state.dir, &environment.name);
-    journal::load(&path)
-        .map(|loaded| History::from_records(&loaded.records).kinds)
+    journal::load_history(&path)
+        .map(|history| history.kinds)
         .unwrap_or_default()
 }
 
@@ -543,14 +540,12 @@ pub fn history(
 ) -> Result<u8, CommandError> {
     let source = GitSource::new(&config.repo, &config.state.dir);
     for environment in selected(config, only)? {
-        let path = Journal::path_for(&config.state.dir, &environment.name);
-        let loaded = journal::load(&path)?;
+        let records = journal::load_all(&config.state.dir, &environment.name)?;
         if stats {
-            let figures =
-                crate::stats::DeliveryStats::compute(&loaded.records, |r| source.commit_time(r));
+            let figures = crate::stats::DeliveryStats::compute(&records, |r| source.commit_time(r));
             write!(out, "{}\n{figures}", environment.name)?;
         } else {
-            journal_view::write_history(&loaded.records, out)?;
+            journal_view::write_history(&records, out)?;
         }
     }
     Ok(EXIT_OK)
@@ -564,8 +559,8 @@ pub fn status(
 ) -> Result<u8, CommandError> {
     for environment in selected(config, only)? {
         let path = Journal::path_for(&config.state.dir, &environment.name);
-        let loaded = journal::load(&path)?;
-        journal_view::write_status(&environment.name, &loaded.records, out)?;
+        let history = journal::load_history(&path)?;
+        journal_view::write_status(&environment.name, &history, out)?;
     }
     Ok(EXIT_OK)
 }

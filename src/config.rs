@@ -83,6 +83,8 @@ pub struct StateConfig {
     pub dir: PathBuf,
     /// Bytes of rendered output kept in `<dir>/render-cache`.
     pub render_cache_max_bytes: u64,
+    /// When journals are compacted.
+    pub journal: crate::journal::Compaction,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -288,6 +290,23 @@ impl Config {
         let render_cache_max_bytes = check
             .unsigned(&mut state_dict, "state", "render_cache_max_bytes")
             .unwrap_or(256 * 1024 * 1024);
+        let journal_defaults = crate::journal::Compaction::default();
+        let journal = crate::journal::Compaction {
+            max_bytes: check
+                .unsigned(&mut state_dict, "state", "journal_max_bytes")
+                .unwrap_or(journal_defaults.max_bytes),
+            max_age: check
+                .duration(&mut state_dict, "state", "journal_max_age")
+                .unwrap_or(journal_defaults.max_age),
+            keep_records: match check.unsigned(&mut state_dict, "state", "journal_keep_records") {
+                Some(0) => {
+                    check.problem("state.journal_keep_records".into(), "must be at least 1");
+                    journal_defaults.keep_records
+                }
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                None => journal_defaults.keep_records,
+            },
+        };
         check.no_more(state_dict, "state");
         let api = check.api(&mut root, base);
         let webhooks = check.webhooks(&mut root);
@@ -314,6 +333,7 @@ impl Config {
                 state: StateConfig {
                     dir: state_dir,
                     render_cache_max_bytes,
+                    journal,
                 },
                 api,
                 webhooks,
@@ -1502,6 +1522,53 @@ mod tests {
         );
         assert!(
             problems[5].message.contains("allow_repo_commands = true"),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn journal_compaction_keys_are_read_and_checked() {
+        let config = parse(
+            r#"
+            [repo]
+            url = "r"
+            [state]
+            journal_max_bytes = 4096
+            journal_max_age = "7d"
+            journal_keep_records = 10
+            [[environment]]
+            name = "a"
+            path = "a"
+            target = { type = "directory", path = "a" }
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(
+            config.state.journal,
+            crate::journal::Compaction {
+                max_bytes: 4096,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                keep_records: 10,
+            }
+        );
+        let problems = parse(
+            r#"
+            [repo]
+            url = "r"
+            [state]
+            journal_max_age = "soon"
+            journal_keep_records = 0
+            [[environment]]
+            name = "a"
+            path = "a"
+            target = { type = "directory", path = "a" }
+            "#,
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["state.journal_max_age", "state.journal_keep_records"],
             "{problems:#?}"
         );
     }

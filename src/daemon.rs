@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::WindowConfig;
-use crate::config::{Config, EnvironmentConfig};
+use crate::config::{Config, EnvironmentConfig, StateConfig};
 use crate::config_watch::watch_config;
 use crate::executor::{EnvironmentRun, Outcome, ReconcileError};
 use crate::gates::Gates;
@@ -22,7 +22,6 @@ use crate::journal::{self, Journal, SharedJournal};
 use crate::metrics::Metrics;
 use crate::model::Revision;
 use crate::probe::Prober;
-use crate::rollout::History;
 use crate::server::{self, ApiState, Controls, EnvironmentHandle, Reloadable};
 use crate::source::watch::watch_refs;
 use crate::source::{Fetched, GitSource, SourceError};
@@ -127,8 +126,10 @@ struct EnvironmentRuntime {
 }
 
 impl EnvironmentRuntime {
-    async fn open(config: EnvironmentConfig, state_dir: &Path) -> Result<Self, ReconcileError> {
-        let journal = SharedJournal::new(Journal::open(state_dir, &config.name)?);
+    async fn open(config: EnvironmentConfig, state: &StateConfig) -> Result<Self, ReconcileError> {
+        let state_dir = &state.dir;
+        let journal =
+            SharedJournal::new(Journal::open_with(state_dir, &config.name, state.journal)?);
         let target = AnyTarget::open(&config)
             .await
             .map_err(ReconcileError::Live)?;
@@ -184,7 +185,7 @@ impl EnvironmentRuntime {
             Err(ReconcileError::FirstDeployFailed { .. }) => metrics.rollout(name, "failed"),
             _ => {}
         }
-        if let Some(current) = self.journal.with_records(History::from_records).current {
+        if let Some(current) = self.journal.with_history(|history| history.current.clone()) {
             metrics.at_revision(name, &current.0);
         }
         if matches!(
@@ -201,8 +202,8 @@ impl EnvironmentRuntime {
 pub fn gates_for(environment: &EnvironmentConfig, state_dir: &Path) -> Gates {
     let upstream = environment.after.as_ref().map(|upstream| {
         let path = Journal::path_for(state_dir, upstream);
-        let healthy = journal::load(&path)
-            .map(|loaded| History::from_records(&loaded.records).healthy)
+        let healthy = journal::load_history(&path)
+            .map(|history| history.healthy)
             .unwrap_or_default();
         (upstream.clone(), healthy)
     });
@@ -281,7 +282,7 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
         let mut tasks = JoinSet::new();
         for environment in wave {
             let source = source.clone();
-            let state_dir = config.state.dir.clone();
+            let state = config.state.clone();
             let tip = tip.clone();
             let shutdown = shutdown.clone();
             let observers = observers.clone();
@@ -289,7 +290,7 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
             tasks.spawn(
                 async move {
                     let name = environment.name.clone();
-                    let result = match EnvironmentRuntime::open(environment, &state_dir).await {
+                    let result = match EnvironmentRuntime::open(environment, &state).await {
                         Ok(mut runtime) => {
                             runtime
                                 .pass(&source, &tip, shutdown, Heartbeat::default(), &observers)
@@ -388,7 +389,7 @@ impl Generation {
                 environment_loop(
                     environment,
                     source.clone(),
-                    config.state.dir.clone(),
+                    config.state.clone(),
                     tip_receiver.clone(),
                     EnvironmentSignals {
                         shutdown: shutdown.clone(),
@@ -745,7 +746,7 @@ async fn back_off(
 async fn environment_loop(
     environment: EnvironmentConfig,
     source: GitSource,
-    state_dir: PathBuf,
+    state: StateConfig,
     mut tips: watch::Receiver<Option<Revision>>,
     mut signals: EnvironmentSignals,
     heartbeat: Heartbeat,
@@ -757,7 +758,7 @@ async fn environment_loop(
         observers,
     } = shared;
     let name = environment.name.clone();
-    let mut runtime = match EnvironmentRuntime::open(environment, &state_dir).await {
+    let mut runtime = match EnvironmentRuntime::open(environment, &state).await {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "environment disabled: cannot open its journal");

@@ -408,26 +408,14 @@ impl<T: Target> EnvironmentRun<'_, T> {
 
     /// Whether an operator paused the environment (the last pause or resume wins).
     fn paused(&self) -> bool {
-        self.journal.with_records(|records| {
-            records
-                .iter()
-                .rev()
-                .find_map(|record| match record.event {
-                    Event::Paused { .. } => Some(true),
-                    Event::Resumed { .. } => Some(false),
-                    _ => None,
-                })
-                .unwrap_or(false)
-        })
+        self.journal.with_history(|history| history.paused)
     }
 
     /// Brings the environment toward the branch tip `tip`, as its journal says is next, and
     /// records whether the cluster is blocking it.
     pub async fn pass(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
         let result = self.next(tip).await;
-        let blocked = self
-            .journal
-            .with_records(|records| History::from_records(records).blocked);
+        let blocked = self.journal.with_history(|history| history.blocked.clone());
         match (&result, blocked) {
             (Err(error), blocked) => {
                 if let Some(reason) = error.blocked_reason() {
@@ -471,7 +459,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
         }
         let base = self
             .journal
-            .with_records(|records| History::from_records(records).last_healthy);
+            .with_history(|history| history.last_healthy.clone());
         let source = self.source.clone();
         let tip = tip.clone();
         let verified = tokio::task::spawn_blocking(move || source.verify(&tip, base.as_ref()))
@@ -487,7 +475,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
         tip: &Revision,
         unverified: crate::source::git::Unverified,
     ) -> Result<Outcome, ReconcileError> {
-        let history = self.journal.with_records(History::from_records);
+        let history = self.journal.with_history(History::clone);
         let reason = unverified.to_string();
         if history.unverified != Some((tip.clone(), reason.clone())) {
             tracing::error!(env = %self.config.name, revision = %tip.short(), %reason, "revision refused: signature did not verify");
@@ -511,7 +499,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
     async fn next_verified(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
         // At most: finish an interrupted revert, then act on the tip.
         for _ in 0..2 {
-            let history = self.journal.with_records(History::from_records);
+            let history = self.journal.with_history(History::clone);
             match history.next_step(tip, self.gates, Utc::now()) {
                 NextStep::Revert(revert) => {
                     let resumed = history.reverting.is_some();
@@ -590,9 +578,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
         desired: &[Desired],
         revision: &Revision,
     ) -> Result<Vec<Object>, ReconcileError> {
-        let known = self
-            .journal
-            .with_records(|records| History::from_records(records).kinds);
+        let known = self.journal.with_history(|history| history.kinds.clone());
         let mut kinds = known.clone();
         kinds.extend(desired.iter().filter_map(|d| KindRef::of(&d.body)));
         if kinds != known {

@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::model::Revision;
 use crate::plan::Action;
+use crate::rollout::History;
 
 /// One journal line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,16 +250,47 @@ pub enum JournalError {
     Encode(#[from] serde_json::Error),
 }
 
+/// The first line of a compacted journal: the history folded from every record moved to a
+/// segment, up to and including `seq`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotLine {
+    // First, so that a snapshot line is told from a record by its opening bytes.
+    snapshot: History,
+    seq: u64,
+    time: DateTime<Utc>,
+    environment: String,
+}
+
+/// How a snapshot line starts.
+const SNAPSHOT_PREFIX: &[u8] = br#"{"snapshot":"#;
+
 /// Records read back from a journal file.
 #[derive(Debug, Default)]
 pub struct Loaded {
+    /// The history of the records compacted away, when the file starts with a snapshot.
+    pub snapshot: Option<History>,
+    /// Seq of the last record the snapshot holds (0 without one).
+    pub snapshot_seq: u64,
+    /// Whole records after the snapshot.
     pub records: Vec<Record>,
     /// Bytes of a torn last line (a write cut short by a crash), ignored.
     pub torn_bytes: usize,
 }
 
-/// Reads all whole records. A last line that is unterminated or unparsable is a torn write and
-/// is skipped; a bad line anywhere else is corruption and an error.
+impl Loaded {
+    /// The environment's whole history: the snapshot's, with the records after it folded in.
+    pub fn history(&self) -> History {
+        let mut history = self.snapshot.clone().unwrap_or_default();
+        for record in &self.records {
+            history.apply(&record.event);
+        }
+        history
+    }
+}
+
+/// Reads the active journal file: a snapshot (after a compaction) and the whole records after
+/// it. A last line that is unterminated or unparsable is a torn write and is skipped; a bad
+/// line anywhere else is corruption and an error.
 pub fn load(path: &Path) -> Result<Loaded, JournalError> {
     let text = match fs::read(path) {
         Ok(bytes) => bytes,
@@ -274,29 +306,75 @@ pub fn load(path: &Path) -> Result<Loaded, JournalError> {
     };
     let whole_len = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let mut loaded = Loaded {
-        records: Vec::new(),
         torn_bytes: text.len() - whole_len,
+        ..Loaded::default()
     };
     let lines: Vec<&[u8]> = text[..whole_len]
         .split(|b| *b == b'\n')
         .filter(|line| !line.is_empty())
         .collect();
+    let corrupt = |line: usize, error: serde_json::Error| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        line,
+        message: error.to_string(),
+    };
     for (index, line) in lines.iter().enumerate() {
+        if index == 0 && line.starts_with(SNAPSHOT_PREFIX) {
+            let snapshot: SnapshotLine = serde_json::from_slice(line).map_err(|e| corrupt(1, e))?;
+            loaded.snapshot_seq = snapshot.seq;
+            loaded.snapshot = Some(snapshot.snapshot);
+            continue;
+        }
         match serde_json::from_slice::<Record>(line) {
             Ok(record) => loaded.records.push(record),
             Err(_) if index + 1 == lines.len() && loaded.torn_bytes == 0 => {
                 loaded.torn_bytes = line.len() + 1;
             }
-            Err(error) => {
-                return Err(JournalError::Corrupt {
-                    path: path.to_path_buf(),
-                    line: index + 1,
-                    message: error.to_string(),
-                });
-            }
+            Err(error) => return Err(corrupt(index + 1, error)),
         }
     }
     Ok(loaded)
+}
+
+/// The environment's history as its active journal file tells it (snapshot and tail).
+pub fn load_history(path: &Path) -> Result<History, JournalError> {
+    load(path).map(|loaded| loaded.history())
+}
+
+/// Every record of an environment, oldest first: the compacted segments, then the active
+/// file. A record found twice (a compaction cut short after writing its segment) counts once.
+pub fn load_all(state_dir: &Path, environment: &str) -> Result<Vec<Record>, JournalError> {
+    let dir = Journal::segments_for(state_dir, environment);
+    let mut segments = Vec::new();
+    match fs::read_dir(&dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry
+                    .map_err(|source| JournalError::Io {
+                        path: dir.clone(),
+                        source,
+                    })?
+                    .path();
+                if path.extension().is_some_and(|ext| ext == "jsonl") {
+                    segments.push(path);
+                }
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(JournalError::Io { path: dir, source }),
+    }
+    // Named by their first seq, zero-padded: name order is seq order.
+    segments.sort();
+    segments.push(Journal::path_for(state_dir, environment));
+    let mut records: Vec<Record> = Vec::new();
+    for path in segments {
+        for record in load(&path)?.records {
+            if records.last().is_none_or(|last| record.seq > last.seq) {
+                records.push(record);
+            }
+        }
+    }
+    Ok(records)
 }
 
 /// A journal shared by an environment's task and the control API; appends are serialized.
@@ -310,19 +388,19 @@ impl SharedJournal {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Journal> {
         // A panic while appending cannot leave a half-written record in memory: the record
-        // is pushed only after the write succeeded.
+        // is folded in only after the write succeeded.
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn append(&self, event: Event, now: DateTime<Utc>) -> Result<Record, JournalError> {
-        self.lock().append(event, now).cloned()
+        self.lock().append(event, now)
     }
 
-    /// Runs `read` on the records without copying them.
-    pub fn with_records<T>(&self, read: impl FnOnce(&[Record]) -> T) -> T {
-        read(self.lock().records())
+    /// Runs `read` on the environment's history, folded as records were appended.
+    pub fn with_history<T>(&self, read: impl FnOnce(&History) -> T) -> T {
+        read(self.lock().history())
     }
 
     pub fn last_rejected_is(&self, revision: &Revision) -> bool {
@@ -330,14 +408,44 @@ impl SharedJournal {
     }
 }
 
-/// An open journal of one environment, ready to append.
+/// When the active journal file is compacted (`[state]` journal keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// Compact once the active file is larger than this.
+    pub max_bytes: u64,
+    /// Compact once its oldest record is older than this.
+    pub max_age: std::time::Duration,
+    /// Records kept in the active file after the snapshot.
+    pub keep_records: usize,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Self {
+            max_bytes: 16 * 1024 * 1024,
+            max_age: std::time::Duration::from_secs(90 * 24 * 3600),
+            keep_records: 1000,
+        }
+    }
+}
+
+/// An open journal of one environment, ready to append. Only the folded history and the last
+/// record are held in memory; `load_all` reads every record back.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
+    segments: PathBuf,
     environment: String,
     file: File,
     next_seq: u64,
-    records: Vec<Record>,
+    history: History,
+    last: Option<Record>,
+    compaction: Compaction,
+    /// Size of the active file.
+    bytes: u64,
+    /// Records after the snapshot in the active file, and the time of the oldest.
+    active_records: usize,
+    oldest: Option<DateTime<Utc>>,
 }
 
 impl Journal {
@@ -348,10 +456,28 @@ impl Journal {
             .join(format!("{environment}.jsonl"))
     }
 
-    /// Opens (creating if needed) and loads the journal, cutting off a torn last line so the
-    /// next record starts on a line of its own.
+    /// Folder of an environment's compacted segments.
+    pub fn segments_for(state_dir: &Path, environment: &str) -> PathBuf {
+        state_dir
+            .join("journal")
+            .join(format!("{environment}.segments"))
+    }
+
+    /// Opens with the default compaction settings.
     pub fn open(state_dir: &Path, environment: &str) -> Result<Self, JournalError> {
+        Self::open_with(state_dir, environment, Compaction::default())
+    }
+
+    /// Opens (creating if needed) and loads the journal, cutting off a torn last line so the
+    /// next record starts on a line of its own, and removing what a compaction cut short
+    /// left behind.
+    pub fn open_with(
+        state_dir: &Path,
+        environment: &str,
+        compaction: Compaction,
+    ) -> Result<Self, JournalError> {
         let path = Self::path_for(state_dir, environment);
+        let segments = Self::segments_for(state_dir, environment);
         let io = |source| JournalError::Io {
             path: path.clone(),
             source,
@@ -359,6 +485,8 @@ impl Journal {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io)?;
         }
+        remove_temporaries(path.parent().unwrap_or(state_dir)).map_err(io)?;
+        remove_temporaries(&segments).map_err(io)?;
         let loaded = load(&path)?;
         let mut file = OpenOptions::new()
             .read(true)
@@ -379,18 +507,27 @@ impl Journal {
             file.seek(SeekFrom::End(0)).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
-        let next_seq = loaded.records.last().map_or(1, |r| r.seq + 1);
+        let bytes = file.metadata().map_err(io)?.len();
+        let history = loaded.history();
+        let next_seq = loaded.records.last().map_or(loaded.snapshot_seq, |r| r.seq) + 1;
         Ok(Self {
             path,
+            segments,
             environment: environment.to_string(),
             file,
             next_seq,
-            records: loaded.records,
+            history,
+            active_records: loaded.records.len(),
+            oldest: loaded.records.first().map(|r| r.time),
+            last: loaded.records.into_iter().last(),
+            compaction,
+            bytes,
         })
     }
 
-    /// Appends one record and makes it durable before returning.
-    pub fn append(&mut self, event: Event, now: DateTime<Utc>) -> Result<&Record, JournalError> {
+    /// Appends one record and makes it durable before returning; then compacts the file if it
+    /// has grown past its size or age.
+    pub fn append(&mut self, event: Event, now: DateTime<Utc>) -> Result<Record, JournalError> {
         let record = Record {
             seq: self.next_seq,
             time: now,
@@ -406,41 +543,137 @@ impl Journal {
         self.file.write_all(&line).map_err(io)?;
         self.file.sync_data().map_err(io)?;
         self.next_seq += 1;
-        self.records.push(record);
-        Ok(self.records.last().expect("a record was just pushed"))
-    }
-
-    /// Every record, oldest first.
-    pub fn records(&self) -> &[Record] {
-        &self.records
-    }
-
-    /// The revision of the last finished reconcile.
-    pub fn last_applied(&self) -> Option<&Revision> {
-        self.records
-            .iter()
-            .rev()
-            .find_map(|record| match &record.event {
-                Event::ReconcileFinished { revision, .. } => Some(revision),
-                _ => None,
-            })
-    }
-
-    /// A reconcile that started and has no outcome: the process died while applying.
-    pub fn interrupted(&self) -> Option<&Revision> {
-        match self.records.last().map(|r| &r.event) {
-            Some(Event::ReconcileStarted { revision, .. }) => Some(revision),
-            _ => None,
+        self.bytes += line.len() as u64;
+        self.active_records += 1;
+        self.oldest.get_or_insert(now);
+        self.history.apply(&record.event);
+        self.last = Some(record.clone());
+        if self.due(now) {
+            self.compact(now)?;
         }
+        Ok(record)
+    }
+
+    fn due(&self, now: DateTime<Utc>) -> bool {
+        if self.active_records <= self.compaction.keep_records {
+            return false;
+        }
+        let old = self.oldest.is_some_and(|oldest| {
+            (now - oldest)
+                .to_std()
+                .is_ok_and(|age| age > self.compaction.max_age)
+        });
+        self.bytes > self.compaction.max_bytes || old
+    }
+
+    /// Moves every record but the newest `keep_records` to a segment file, and rewrites the
+    /// active file as a snapshot of their history followed by the records kept. Each file is
+    /// written whole (temp, fsync, rename, fsync of the folder): a crash at any point leaves
+    /// the old active file or the new one, and at worst a segment whose records the active
+    /// file also holds (read once by [`load_all`]).
+    pub fn compact(&mut self, now: DateTime<Utc>) -> Result<(), JournalError> {
+        let loaded = load(&self.path)?;
+        let split = loaded
+            .records
+            .len()
+            .saturating_sub(self.compaction.keep_records.max(1));
+        if split == 0 {
+            return Ok(());
+        }
+        let (moved, kept) = loaded.records.split_at(split);
+        let mut snapshot = loaded.snapshot.clone().unwrap_or_default();
+        for record in moved {
+            snapshot.apply(&record.event);
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| JournalError::Io { path, source }
+        };
+        fs::create_dir_all(&self.segments).map_err(io(&self.segments))?;
+        let segment = self.segments.join(format!("{:012}.jsonl", moved[0].seq));
+        let mut text = Vec::new();
+        for record in moved {
+            serde_json::to_writer(&mut text, record)?;
+            text.push(b'\n');
+        }
+        write_whole(&segment, &text).map_err(io(&segment))?;
+
+        let mut text = Vec::new();
+        serde_json::to_writer(
+            &mut text,
+            &SnapshotLine {
+                snapshot,
+                seq: moved[moved.len() - 1].seq,
+                time: now,
+                environment: self.environment.clone(),
+            },
+        )?;
+        text.push(b'\n');
+        for record in kept {
+            serde_json::to_writer(&mut text, record)?;
+            text.push(b'\n');
+        }
+        write_whole(&self.path, &text).map_err(io(&self.path))?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io(&self.path))?;
+        self.bytes = text.len() as u64;
+        self.active_records = kept.len();
+        self.oldest = kept.first().map(|r| r.time);
+        tracing::info!(
+            journal = %self.path.display(),
+            moved = moved.len(),
+            kept = kept.len(),
+            segment = %segment.display(),
+            "journal compacted"
+        );
+        Ok(())
+    }
+
+    /// The environment's history, folded from every record.
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// True when the last record already rejects `revision`, so it is not recorded again.
     pub fn last_rejected_is(&self, revision: &Revision) -> bool {
         matches!(
-            self.records.last().map(|r| &r.event),
+            self.last.as_ref().map(|r| &r.event),
             Some(Event::Rejected { revision: rejected, .. }) if rejected == revision
         )
     }
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or all of the new one: a
+/// temporary file beside it, fsync, rename, fsync of the folder.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut file = File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&temporary, path)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Removes `*.tmp` files a compaction cut short left in `dir`.
+fn remove_temporaries(dir: &Path) -> std::io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "tmp") {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -471,10 +704,11 @@ mod tests {
             journal.append(finished('a'), now).expect("append");
             journal.append(finished('b'), now).expect("append");
         }
-        let journal = Journal::open(dir.path(), "staging").expect("reopen");
-        let seqs: Vec<u64> = journal.records().iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, [1, 2]);
-        assert_eq!(journal.last_applied(), Some(&revision('b')));
+        let mut journal = Journal::open(dir.path(), "staging").expect("reopen");
+        assert_eq!(journal.append(finished('c'), now).expect("append").seq, 3);
+        let records = load_all(dir.path(), "staging").expect("loads");
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
     }
 
     #[test]
@@ -509,19 +743,122 @@ mod tests {
         assert!(error.to_string().contains("line 1 is corrupt"), "{error}");
     }
 
+    fn healthy(c: char) -> Event {
+        Event::Healthy {
+            revision: revision(c),
+        }
+    }
+
+    fn settings(keep_records: usize) -> Compaction {
+        Compaction {
+            max_bytes: 1,
+            max_age: std::time::Duration::from_secs(3600),
+            keep_records,
+        }
+    }
+
+    /// Appends `count` rollouts' worth of records, alternating revisions.
+    fn fill(journal: &mut Journal, count: usize, now: DateTime<Utc>) {
+        for index in 0..count {
+            let c = if index % 2 == 0 { 'a' } else { 'b' };
+            journal.append(finished(c), now).expect("append");
+            journal.append(healthy(c), now).expect("append");
+        }
+    }
+
     #[test]
-    fn interrupted_reconcile_is_visible() {
+    fn compaction_moves_old_records_to_segments_and_keeps_history_and_every_record() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let now = Utc::now();
+        let mut plain = Journal::open(dir.path(), "plain").expect("open");
+        fill(&mut plain, 10, now);
+        let mut compacted = Journal::open_with(dir.path(), "small", settings(3)).expect("open");
+        fill(&mut compacted, 10, now);
+
+        let active = load(&Journal::path_for(dir.path(), "small")).expect("loads");
+        assert!(active.snapshot.is_some());
+        assert_eq!(
+            active.records.len(),
+            3,
+            "only the newest records stay active"
+        );
+        assert_eq!(compacted.history(), plain.history());
+        assert_eq!(active.history(), *plain.history());
+        let all: Vec<(u64, Event)> = load_all(dir.path(), "small")
+            .expect("loads")
+            .into_iter()
+            .map(|r| (r.seq, r.event))
+            .collect();
+        let expected: Vec<(u64, Event)> = load_all(dir.path(), "plain")
+            .expect("loads")
+            .into_iter()
+            .map(|r| (r.seq, r.event))
+            .collect();
+        assert_eq!(all, expected);
+
+        let reopened = Journal::open_with(dir.path(), "small", settings(3)).expect("reopen");
+        assert_eq!(reopened.history(), plain.history());
+        assert_eq!(reopened.next_seq, 21);
+    }
+
+    #[test]
+    fn a_compaction_cut_short_loses_nothing_and_counts_nothing_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = Utc::now();
         let mut journal = Journal::open(dir.path(), "s").expect("open");
+        fill(&mut journal, 5, now);
+        let path = Journal::path_for(dir.path(), "s");
+        let before = fs::read(&path).expect("read");
+        let expected = load_all(dir.path(), "s").expect("loads");
+        drop(journal);
+
+        // Killed after the segment was renamed into place, before the active file was.
+        let mut journal = Journal::open_with(dir.path(), "s", settings(2)).expect("open");
+        journal.compact(now).expect("compact");
+        drop(journal);
+        fs::write(&path, &before).expect("put the old active file back");
+        assert_eq!(load_all(dir.path(), "s").expect("loads"), expected);
+        // Killed while writing temporaries: they are ignored and removed.
+        let segments = Journal::segments_for(dir.path(), "s");
+        fs::write(segments.join("000000000009.jsonl.tmp"), b"{\"seq\":9,").expect("tmp");
+        fs::write(path.with_extension("jsonl.tmp"), b"{\"snap").expect("tmp");
+        assert_eq!(load_all(dir.path(), "s").expect("loads"), expected);
+        let mut journal = Journal::open_with(dir.path(), "s", settings(2)).expect("reopen");
+        assert!(!segments.join("000000000009.jsonl.tmp").exists());
+        assert!(!path.with_extension("jsonl.tmp").exists());
+        assert_eq!(
+            *journal.history(),
+            History::from_records(&expected),
+            "the history is whole"
+        );
+        // The next compaction rewrites the same segment with more records.
+        journal.append(finished('c'), now).expect("append");
+        let all = load_all(dir.path(), "s").expect("loads");
+        assert_eq!(all.len(), expected.len() + 1);
+        assert_eq!(all[..expected.len()], expected[..]);
+    }
+
+    #[test]
+    fn old_records_are_compacted_by_age_even_when_the_file_is_small() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let start = Utc::now();
+        let settings = Compaction {
+            max_bytes: u64::MAX,
+            max_age: std::time::Duration::from_secs(3600),
+            keep_records: 2,
+        };
+        let mut journal = Journal::open_with(dir.path(), "s", settings).expect("open");
+        fill(&mut journal, 3, start);
+        let path = Journal::path_for(dir.path(), "s");
+        assert!(
+            load(&path).expect("loads").snapshot.is_none(),
+            "young: kept"
+        );
         journal
-            .append(
-                Event::ReconcileStarted {
-                    revision: revision('d'),
-                    changes: Vec::new(),
-                },
-                Utc::now(),
-            )
+            .append(healthy('a'), start + chrono::Duration::hours(2))
             .expect("append");
-        assert_eq!(journal.interrupted(), Some(&revision('d')));
+        let active = load(&path).expect("loads");
+        assert!(active.snapshot.is_some());
+        assert_eq!(active.records.len(), 2);
     }
 }

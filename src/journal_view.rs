@@ -116,8 +116,7 @@ fn write_changes(changes: &[ChangeRecord], out: &mut dyn Write) -> io::Result<()
 }
 
 /// Writes one environment's status, as its journal tells it.
-pub fn write_status(environment: &str, records: &[Record], out: &mut dyn Write) -> io::Result<()> {
-    let history = History::from_records(records);
+pub fn write_status(environment: &str, history: &History, out: &mut dyn Write) -> io::Result<()> {
     let short = |revision: Option<&crate::model::Revision>| {
         revision.map_or_else(|| "none".to_string(), |r| r.short().to_string())
     };

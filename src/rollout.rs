@@ -280,7 +280,8 @@ impl Rollout {
 }
 
 /// An environment's story so far, folded from its journal.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct History {
     /// The last revision that finished its rollout healthy.
     pub last_healthy: Option<Revision>,
@@ -311,14 +312,14 @@ pub struct History {
     pub unverified: Option<(Revision, String)>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Failure {
     pub revision: Revision,
     pub reason: String,
     pub checks: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct InFlight {
     pub revision: Revision,
     pub previous: Option<Revision>,
@@ -334,7 +335,7 @@ pub struct InFlight {
     pub failing_checks: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RevertInFlight {
     pub revision: Revision,
     pub to: Revision,
@@ -354,7 +355,8 @@ impl History {
         history
     }
 
-    fn apply(&mut self, event: &Event) {
+    /// Folds one more event in.
+    pub fn apply(&mut self, event: &Event) {
         match event {
             Event::RolloutStarted {
                 revision,

@@ -203,7 +203,7 @@ struct FailureStatus {
 }
 
 fn environment_status(name: &str, journal: &SharedJournal) -> EnvironmentStatus {
-    let history = journal.with_records(History::from_records);
+    let history = journal.with_history(History::clone);
     let text = |revision: &Option<Revision>| revision.as_ref().map(|r| r.0.clone());
     EnvironmentStatus {
         environment: name.to_string(),
@@ -363,7 +363,7 @@ async fn control(
         "retry" => {
             let held = handle
                 .journal
-                .with_records(|records| History::from_records(records).failed.contains(&tip));
+                .with_history(|history| history.failed.contains(&tip));
             if !held {
                 return error(
                     StatusCode::CONFLICT,

@@ -101,16 +101,45 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[test]
 fn sigkill_at_each_journal_point_of_a_rollout_resumes_and_ends_fully_new() {
+    sigkill_at_each_journal_point(false);
+}
+
+/// The same with the journal compacted after every record, so that kills land during
+/// compactions too; `history --stats` must not change.
+#[test]
+fn sigkill_at_each_journal_point_while_the_journal_compacts_loses_nothing() {
+    sigkill_at_each_journal_point(true);
+}
+
+fn sigkill_at_each_journal_point(compacting: bool) {
     use crate::rollout::{RolloutWorkspace, web};
     let rollout = RolloutWorkspace::new(
         "steps = [10, 50, 100]\nbake = \"300ms\"\nverify = \"300ms\"\ntimeout = \"5s\"",
     );
     let workspace = &rollout.workspace;
+    if compacting {
+        workspace.edit_config(
+            "dir = \"state\"\n",
+            "dir = \"state\"\njournal_max_bytes = 1\njournal_keep_records = 2\n",
+        );
+    }
     web(&workspace.repo, "web:1", "hello", 10);
     workspace.repo.commit("web 1");
     assert_exit(&workspace.run(&["run", "--once"]), 0);
-    let journal_path = gitopsd::journal::Journal::path_for(&workspace.path("state"), "staging");
-    let old_journal = std::fs::read(&journal_path).expect("journal");
+    if compacting {
+        let active = gitopsd::journal::load(&gitopsd::journal::Journal::path_for(
+            &workspace.path("state"),
+            "staging",
+        ))
+        .expect("loads");
+        assert!(
+            active.snapshot.is_some() && active.records.len() == 2,
+            "the first deploy was compacted already"
+        );
+    }
+    let journal_dir = workspace.path("state/journal");
+    let saved_journal = workspace.path("saved-journal");
+    copy_dir(&journal_dir, &saved_journal);
     let old_records = workspace.journal("staging").len();
     let old_tree = tree(&workspace.live("staging"));
     let saved_live = workspace.path("saved-live");
@@ -126,8 +155,13 @@ fn sigkill_at_each_journal_point_of_a_rollout_resumes_and_ends_fully_new() {
         "rollout_started, 3 × step_started, 2 × step_passed, promoted, healthy"
     );
 
+    let stats = |workspace: &Workspace| {
+        let output = workspace.run(&["history", "--stats", "--env", "staging"]);
+        assert_exit(&output, 0);
+        stdout(&output)
+    };
     let restore = || {
-        std::fs::write(&journal_path, &old_journal).expect("restore journal");
+        copy_dir(&saved_journal, &journal_dir);
         copy_dir(&saved_live, &workspace.live("staging"));
         assert_eq!(tree(&workspace.live("staging")), old_tree);
     };
@@ -135,9 +169,8 @@ fn sigkill_at_each_journal_point_of_a_rollout_resumes_and_ends_fully_new() {
         restore();
         let mut child = workspace.spawn(&["run", "--once"]);
         let reached = wait_for(Duration::from_secs(30), || {
-            std::fs::read(&journal_path)
-                .map(|bytes| bytes.iter().filter(|b| **b == b'\n').count() >= old_records + point)
-                .unwrap_or(false)
+            gitopsd::journal::load_all(&workspace.path("state"), "staging")
+                .is_ok_and(|records| records.len() >= old_records + point)
         });
         assert!(reached, "journal point {point} was never reached");
         child.signal(libc::SIGKILL);
@@ -192,4 +225,24 @@ fn sigkill_at_each_journal_point_of_a_rollout_resumes_and_ends_fully_new() {
             "point {point}: the journal ends healthy"
         );
     }
+    let history = |workspace: &Workspace| stdout(&workspace.run(&["history", "--env", "staging"]));
+    let before = (stats(workspace), history(workspace));
+    let mut journal = gitopsd::journal::Journal::open_with(
+        &workspace.path("state"),
+        "staging",
+        gitopsd::journal::Compaction {
+            max_bytes: u64::MAX,
+            max_age: Duration::from_secs(3600),
+            keep_records: 1,
+        },
+    )
+    .expect("journal opens");
+    journal.compact(chrono::Utc::now()).expect("compacts");
+    drop(journal);
+    assert_eq!(
+        (stats(workspace), history(workspace)),
+        before,
+        "a compaction changes neither the history nor its statistics"
+    );
+    assert!(before.0.contains("deployments over"), "{}", before.0);
 }

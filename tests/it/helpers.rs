@@ -200,10 +200,8 @@ namespace = "shop"
     }
 
     pub fn journal(&self, environment: &str) -> Vec<gitopsd::journal::Record> {
-        let path = gitopsd::journal::Journal::path_for(&self.path("state"), environment);
-        gitopsd::journal::load(&path)
+        gitopsd::journal::load_all(&self.path("state"), environment)
             .expect("journal reads back whole")
-            .records
     }
 }
 
