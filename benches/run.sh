@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 lab=../shared/k8s-lab
 cargo bench --bench diff_revisions
 cargo bench --bench kube_noop
+cargo bench --bench idle
 
 # render needs a kubectl (for `kubectl kustomize`): GITOPSD_TEST_KUBECTL, else k8s-lab's.
 if [ -z "${GITOPSD_TEST_KUBECTL:-}" ] && [ -r "$lab/bin/kubectl.xz" ]; then

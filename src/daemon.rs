@@ -26,7 +26,7 @@ use crate::server::{self, ApiState, Controls, EnvironmentHandle, Reloadable};
 use crate::source::watch::watch_refs;
 use crate::source::{Fetched, GitSource, SourceError};
 use crate::systemd::Systemd;
-use crate::target::AnyTarget;
+use crate::target::{AnyTarget, Target as _};
 use crate::webhook::{Delivery, Notifier};
 
 /// Longest wait between retries of a failing fetch.
@@ -123,6 +123,18 @@ struct EnvironmentRuntime {
     target: AnyTarget,
     journal: SharedJournal,
     prober: Prober,
+    /// What the last pass that found nothing to do saw; see [`Quiet`].
+    quiet: Option<Quiet>,
+}
+
+/// A pass found the target at `revision` with nothing to change: while the branch tip, the
+/// journal and the target's fingerprint stay the same, the next pass would find the same, so
+/// it is skipped without parsing or listing anything.
+#[derive(Debug, Clone, PartialEq)]
+struct Quiet {
+    revision: Revision,
+    journal_seq: u64,
+    fingerprint: String,
 }
 
 impl EnvironmentRuntime {
@@ -140,6 +152,7 @@ impl EnvironmentRuntime {
             target,
             journal,
             prober,
+            quiet: None,
         })
     }
 
@@ -155,8 +168,30 @@ impl EnvironmentRuntime {
         heartbeat: Heartbeat,
         observers: &Observers,
     ) -> Result<Outcome, ReconcileError> {
-        let gates = self.gates();
         let started = std::time::Instant::now();
+        // Taken before the pass, so that a change made while it runs shows in the next one.
+        let fingerprint = match self.target.fingerprint().await {
+            Ok(fingerprint) => fingerprint,
+            Err(error) => {
+                tracing::debug!(%error, "no fingerprint of the target; the pass lists it");
+                None
+            }
+        };
+        let journal_seq = self.journal.next_seq();
+        let seen = fingerprint.map(|fingerprint| Quiet {
+            revision: tip.clone(),
+            journal_seq,
+            fingerprint,
+        });
+        if seen.is_some() && seen == self.quiet {
+            tracing::debug!(revision = %tip.short(), "branch tip, journal and target unchanged; nothing to do");
+            let result = Ok(Outcome::Unchanged {
+                revision: tip.clone(),
+            });
+            self.record(&result, started.elapsed(), &observers.metrics);
+            return result;
+        }
+        let gates = self.gates();
         let result = EnvironmentRun {
             config: &self.config,
             source,
@@ -172,7 +207,14 @@ impl EnvironmentRuntime {
         }
         .pass(tip)
         .await;
+        self.quiet = match &result {
+            Ok(Outcome::Unchanged { revision }) if revision == tip => {
+                seen.filter(|seen| seen.journal_seq == self.journal.next_seq())
+            }
+            _ => None,
+        };
         self.record(&result, started.elapsed(), &observers.metrics);
+        crate::memory::release_freed_memory();
         result
     }
 

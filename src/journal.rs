@@ -406,6 +406,11 @@ impl SharedJournal {
     pub fn last_rejected_is(&self, revision: &Revision) -> bool {
         self.lock().last_rejected_is(revision)
     }
+
+    /// Seq the next record gets: changes whenever anything is journaled.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
+    }
 }
 
 /// When the active journal file is compacted (`[state]` journal keys).

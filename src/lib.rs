@@ -15,6 +15,7 @@ pub mod heartbeat;
 pub mod journal;
 pub mod journal_view;
 pub mod manifest;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod plan;

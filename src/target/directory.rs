@@ -78,6 +78,11 @@ impl Target for DirectoryTarget {
             .await
     }
 
+    /// Every file's path, size, modification time and inode, hashed: `stat` only, nothing read.
+    async fn fingerprint(&self) -> Result<Option<String>, TargetError> {
+        self.blocking(|root, _| fingerprint(root).map(Some)).await
+    }
+
     /// A file is ready once written: there is nothing behind it to wait for.
     async fn readiness(
         &self,
@@ -260,6 +265,53 @@ fn delete_object(root: &Path, environment: &str, key: &ResourceKey) -> Result<()
     File::open(synced)
         .and_then(|f| f.sync_all())
         .map_err(|e| fail(format!("{}: {e}", synced.display())))
+}
+
+/// Hash of the metadata of every entry under `root`, in path order.
+fn fingerprint(root: &Path) -> Result<String, TargetError> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::MetadataExt as _;
+    let fail = |path: &Path, error: std::io::Error| TargetError::List {
+        location: path.display().to_string(),
+        message: error.to_string(),
+    };
+    let mut hasher = Sha256::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(fail(&dir, error)),
+        };
+        let mut paths = Vec::new();
+        for entry in entries {
+            paths.push(entry.map_err(|e| fail(&dir, e))?.path());
+        }
+        paths.sort();
+        for path in paths.into_iter().rev() {
+            let meta = fs::symlink_metadata(&path).map_err(|e| fail(&path, e))?;
+            hasher.update(path.as_os_str().as_encoded_bytes());
+            for number in [
+                meta.len(),
+                meta.ino(),
+                u64::from(meta.mode()),
+                meta.mtime() as u64,
+                meta.mtime_nsec() as u64,
+                meta.ctime() as u64,
+                meta.ctime_nsec() as u64,
+            ] {
+                hasher.update(number.to_le_bytes());
+            }
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect())
 }
 
 #[cfg(test)]

@@ -119,6 +119,12 @@ pub trait Target: Send + Sync {
     fn compare(&self) -> Compare {
         Compare::Content
     }
+    /// A cheap summary of the whole live state that changes whenever any of it changes, so
+    /// that a pass over an unchanged revision and an unchanged target can be skipped; `None`
+    /// where the target has no such summary (every pass then lists).
+    fn fingerprint(&self) -> impl Future<Output = Result<Option<String>, TargetError>> + Send {
+        async { Ok(None) }
+    }
     /// Where the given types live (namespaced or cluster-scoped).
     fn scopes(
         &self,
@@ -245,6 +251,13 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Directory(target) => target.compare(),
             AnyTarget::Kubernetes(target) => target.compare(),
+        }
+    }
+
+    async fn fingerprint(&self) -> Result<Option<String>, TargetError> {
+        match self {
+            AnyTarget::Directory(target) => target.fingerprint().await,
+            AnyTarget::Kubernetes(target) => target.fingerprint().await,
         }
     }
 

@@ -70,3 +70,50 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(lines > 0);
 }
+
+#[test]
+fn quiet_passes_skip_work_until_the_live_folder_changes() {
+    let workspace = Workspace::new();
+    workspace.write_config(&workspace.repo.dir.display().to_string(), "1s");
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("initial");
+    let log = workspace.path("daemon.log");
+    let _daemon = ChildGuard(
+        workspace
+            .gitopsd(&["run"])
+            .env("GITOPSD_LOG", "gitopsd=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("daemon starts"),
+    );
+    let quiet = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains("env=staging") && line.contains("nothing to do"))
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || quiet() >= 2),
+        "passes over an unchanged tip and folder are skipped"
+    );
+
+    let deployment = workspace
+        .live("staging")
+        .join("shop/Deployment.apps/web.yaml");
+    let text = std::fs::read_to_string(&deployment).expect("live file");
+    std::fs::write(&deployment, text.replace("replicas: 1", "replicas: 9")).expect("drift");
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            std::fs::read_to_string(&deployment).is_ok_and(|text| text.contains("replicas: 1"))
+        }),
+        "a change to the live folder ends the quiet: the drift is put back"
+    );
+    let after_drift = quiet();
+    assert!(
+        wait_for(Duration::from_secs(20), || quiet() > after_drift + 1),
+        "and then it is quiet again"
+    );
+}
