@@ -34,6 +34,9 @@ pub const FIELD_MANAGER_PREFIX: &str = "gitopsd-";
 const LEGACY_FIELD_MANAGER: &str = "gitopsd";
 /// Attempts for a request that failed with a 5xx, 429 or a transport error.
 const ATTEMPTS: u32 = 4;
+/// Objects per LIST page (kubectl's default chunk size): a page is turned into objects and
+/// dropped before the next is asked for.
+const LIST_PAGE: u32 = 500;
 /// How long an applied CRD may take to become Established.
 const CRD_ESTABLISHED: Duration = Duration::from_secs(60);
 /// Times discovery is asked again for a kind it does not know (a CRD applied just before).
@@ -284,6 +287,36 @@ fn is_namespace(key: &ResourceKey) -> bool {
 }
 
 impl KubernetesTarget {
+    /// Turns one LIST page of `kind` into objects, noting the legacy field managers to drop.
+    fn take_page(
+        &self,
+        kind: &KindRef,
+        items: Vec<DynamicObject>,
+        objects: &mut Vec<Object>,
+    ) -> Result<(), TargetError> {
+        for item in items {
+            let mut body = serde_json::to_value(&item).map_err(|e| TargetError::List {
+                location: format!("{kind}"),
+                message: e.to_string(),
+            })?;
+            // List items often leave out their type.
+            if let Some(map) = body.as_object_mut() {
+                map.insert("apiVersion".into(), Value::String(kind.api_version.clone()));
+                map.insert("kind".into(), Value::String(kind.kind.clone()));
+            }
+            if let Some(object) = Object::from_body(body) {
+                if let Some(patch) = without_legacy_manager(&object.body) {
+                    self.legacy_managers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(object.key.clone(), (kind.clone(), patch));
+                }
+                objects.push(object);
+            }
+        }
+        Ok(())
+    }
+
     /// Builds a client from the kubeconfig (or in-cluster config) for `owner`'s environment,
     /// whose parent ConfigMap lives in `parent_namespace`.
     pub async fn connect(
@@ -961,32 +994,24 @@ impl Target for KubernetesTarget {
                 continue;
             }
             let api = self.api(&resolved, None);
-            let params = ListParams::default().labels(&selector);
-            let list =
-                self.call(|| api.list(&params))
-                    .await
-                    .map_err(|failure| TargetError::List {
-                        location: format!("{kind}"),
-                        message: failure.message,
-                    })?;
-            for item in list.items {
-                let mut body = serde_json::to_value(&item).map_err(|e| TargetError::List {
-                    location: format!("{kind}"),
-                    message: e.to_string(),
-                })?;
-                // List items often leave out their type.
-                if let Some(map) = body.as_object_mut() {
-                    map.insert("apiVersion".into(), Value::String(kind.api_version.clone()));
-                    map.insert("kind".into(), Value::String(kind.kind.clone()));
-                }
-                if let Some(object) = Object::from_body(body) {
-                    if let Some(patch) = without_legacy_manager(&object.body) {
-                        self.legacy_managers
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(object.key.clone(), (kind.clone(), patch));
-                    }
-                    objects.push(object);
+            let mut params = ListParams::default().labels(&selector).limit(LIST_PAGE);
+            loop {
+                let list =
+                    self.call(|| api.list(&params))
+                        .await
+                        .map_err(|failure| TargetError::List {
+                            location: format!("{kind}"),
+                            message: failure.message,
+                        })?;
+                let next = list
+                    .metadata
+                    .continue_
+                    .clone()
+                    .filter(|token| !token.is_empty());
+                self.take_page(kind, list.items, &mut objects)?;
+                match next {
+                    Some(token) => params = params.continue_token(&token),
+                    None => break,
                 }
             }
         }
