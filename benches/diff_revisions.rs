@@ -59,6 +59,12 @@ fn main() {
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "B"]);
     let new = git(&repo, &["rev-parse", "HEAD"]);
+    // C: one object of one file changed.
+    let part = repo.join("environments/bench/part-05.yaml");
+    let text = std::fs::read_to_string(&part).expect("read");
+    std::fs::write(&part, text.replacen("setting: \"1\"", "setting: \"9\"", 1)).expect("write");
+    git(&repo, &["commit", "-q", "-am", "C"]);
+    let one_file = git(&repo, &["rev-parse", "HEAD"]);
 
     let config = dir.path().join("gitopsd.toml");
     std::fs::write(
@@ -70,19 +76,20 @@ fn main() {
     )
     .expect("config");
     let gitopsd = env!("CARGO_BIN_EXE_gitopsd");
-    let diff = || {
+    let diff_between = |from: &str, to: &str| {
         let mut command = Command::new(gitopsd);
         command.arg("--config").arg(&config).args([
             "diff",
             "--against",
-            &old,
+            from,
             "--rev",
-            &new,
+            to,
             "--color",
             "never",
         ]);
         command
     };
+    let diff = || diff_between(&old, &new);
     // The first run fills the mirror; it is not measured.
     let first = diff().output().expect("gitopsd diff runs");
     assert_eq!(
@@ -98,15 +105,14 @@ fn main() {
         .to_string();
 
     let ours = measure(RUNS, || {}, diff);
-    let theirs = measure(
-        RUNS,
-        || {},
-        || {
-            let mut command = Command::new("git");
-            command.current_dir(&repo).args(["diff", &old, &new]);
-            command
-        },
-    );
+    let git_diff = |from: &str, to: &str| {
+        let mut command = Command::new("git");
+        command.current_dir(&repo).args(["diff", from, to]);
+        command
+    };
+    let theirs = measure(RUNS, || {}, || git_diff(&old, &new));
+    let ours_one = measure(RUNS, || {}, || diff_between(&new, &one_file));
+    let theirs_one = measure(RUNS, || {}, || git_diff(&new, &one_file));
     println!("fixture: {OBJECTS} objects in {FILES} files; {stats}");
     println!("median of {RUNS} runs, peak RSS over all runs:");
     println!("| command | time | peak memory |");
@@ -120,5 +126,15 @@ fn main() {
         "| `git diff A B` | {:.1} ms | {:.1} MiB |",
         theirs.median.as_secs_f64() * 1000.0,
         theirs.peak_rss_kib as f64 / 1024.0
+    );
+    println!(
+        "| `gitopsd diff --against B --rev C` (one object in one file changed) | {:.1} ms | {:.1} MiB |",
+        ours_one.median.as_secs_f64() * 1000.0,
+        ours_one.peak_rss_kib as f64 / 1024.0
+    );
+    println!(
+        "| `git diff B C` | {:.1} ms | {:.1} MiB |",
+        theirs_one.median.as_secs_f64() * 1000.0,
+        theirs_one.peak_rss_kib as f64 / 1024.0
     );
 }

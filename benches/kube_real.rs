@@ -1,6 +1,9 @@
 //! Benchmark: 2,004 objects (4 Namespaces, 1,000 ConfigMaps, 500 Deployments, 500 Services)
 //! on a real API server: the first `gitopsd run --once`, then no-op passes, beside
-//! `kubectl diff --server-side` of the same objects, in the same run. Needs the kubeconfig of a
+//! `kubectl diff --server-side` and a no-op `kubectl apply --server-side` of the same objects;
+//! and the first apply of 1,504 objects without workloads (no readiness to wait for) by
+//! gitopsd, by one `kubectl apply --server-side` and by 8 parallel ones, each into namespaces
+//! of its own, in the same run. Needs the kubeconfig of a
 //! disposable cluster in `GITOPSD_E2E_KUBECONFIG` and `kubectl` (`GITOPSD_TEST_KUBECTL`, else
 //! the PATH); `benches/run.sh` starts a k8s-lab for it. Without the variable it says so and
 //! measures nothing.
@@ -47,6 +50,41 @@ fn measure(command: &mut Command) -> (Duration, u64, i32) {
     (took, peak, output.status.code().unwrap_or(-1))
 }
 
+/// The scale manifests without their Deployments: 4 Namespaces, 1,000 ConfigMaps and 500
+/// Services.
+fn without_workloads(namespaces: &[String]) -> Vec<(String, String)> {
+    scale::scale_manifests(namespaces)
+        .into_iter()
+        .map(|(file, text)| {
+            let kept: Vec<&str> = text
+                .split("---\n")
+                .filter(|document| !document.is_empty() && !document.contains("kind: Deployment"))
+                .collect();
+            (file, format!("---\n{}", kept.join("---\n")))
+        })
+        .collect()
+}
+
+fn bench_namespaces(tag: &str) -> Vec<String> {
+    (0..4)
+        .map(|index| format!("gitopsd-bench-{}-{tag}{index}", std::process::id()))
+        .collect()
+}
+
+/// Writes `files` into a new folder `name` under `dir`.
+fn write_files(dir: &std::path::Path, name: &str, files: &[(String, String)]) -> PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    for (file, text) in files {
+        std::fs::write(folder.join(file), text).expect("manifests");
+    }
+    folder
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 fn median(mut runs: Vec<(Duration, u64)>) -> (Duration, u64) {
     runs.sort();
     runs[runs.len() / 2]
@@ -64,6 +102,22 @@ fn main() {
         command.arg("--kubeconfig").arg(&kubeconfig).args(args);
         command
     };
+    // Namespaces still being deleted (an earlier run's) load the server: wait for them.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        let phases = kubectl_cmd(&[
+            "get",
+            "namespaces",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ])
+        .output()
+        .expect("kubectl runs");
+        if !String::from_utf8_lossy(&phases.stdout).contains("Terminating") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("repo");
     let manifests = dir.path().join("manifests");
@@ -129,7 +183,112 @@ fn main() {
             })
             .collect(),
     );
-    for namespace in &namespaces {
+    let apply_args = |folder: &str| -> Vec<String> {
+        [
+            "apply",
+            "--server-side",
+            "--field-manager=gitopsd-bench",
+            "--force-conflicts",
+            "-f",
+            folder,
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect()
+    };
+    // The first apply takes the fields over from gitopsd's manager; the next ones are no-ops.
+    let warm = measure(&mut kubectl_cmd(&as_strs(&apply_args(&manifests_arg))));
+    assert_eq!(warm.2, 0, "kubectl apply failed");
+    let apply_noop = median(
+        (0..3)
+            .map(|_| {
+                let (took, peak, code) =
+                    measure(&mut kubectl_cmd(&as_strs(&apply_args(&manifests_arg))));
+                assert_eq!(code, 0, "kubectl apply failed");
+                (took, peak)
+            })
+            .collect(),
+    );
+
+    // First apply of 1,504 objects, three ways, each into namespaces of its own.
+    let ours = bench_namespaces("g");
+    let single = bench_namespaces("k");
+    let parallel = bench_namespaces("p");
+    let first_repo = dir.path().join("first-repo");
+    std::fs::create_dir_all(first_repo.join("env")).expect("mkdir");
+    for (file, text) in without_workloads(&ours) {
+        std::fs::write(first_repo.join("env").join(&file), &text).expect("manifests");
+    }
+    git(&first_repo, &["init", "-q", "-b", "main"]);
+    git(&first_repo, &["add", "-A"]);
+    git(&first_repo, &["commit", "-q", "-m", "1,504 objects"]);
+    let first_config = dir.path().join("first.toml");
+    std::fs::write(
+        &first_config,
+        format!(
+            "[repo]\nurl = \"{}\"\nmax_file_bytes = 1048576\n[state]\ndir = \"first-state\"\n[[environment]]\nname = \"first\"\npath = \"env\"\nnamespace = \"{}\"\ntarget = {{ type = \"kubernetes\", kubeconfig = \"{}\" }}\n",
+            first_repo.display(),
+            ours[0],
+            kubeconfig.display()
+        ),
+    )
+    .expect("config");
+    let (ours_took, ours_peak, code) = measure(
+        Command::new(env!("CARGO_BIN_EXE_gitopsd"))
+            .arg("--config")
+            .arg(&first_config)
+            .args(["run", "--once"])
+            .env("GITOPSD_LOG", "warn"),
+    );
+    assert_eq!(code, 0, "gitopsd's first apply failed");
+    let single_folder = write_files(dir.path(), "single", &without_workloads(&single));
+    let (single_took, single_peak, code) = measure(&mut kubectl_cmd(&as_strs(&apply_args(
+        &single_folder.display().to_string(),
+    ))));
+    assert_eq!(code, 0, "kubectl apply failed");
+    // 8 processes: the Namespaces first (the rest needs them), then the 19 other files
+    // shared out among the 8.
+    let parallel_files = without_workloads(&parallel);
+    let started = Instant::now();
+    let namespaces_folder = write_files(dir.path(), "parallel-ns", &parallel_files[..1]);
+    let status = kubectl_cmd(&as_strs(&apply_args(
+        &namespaces_folder.display().to_string(),
+    )))
+    .output()
+    .expect("kubectl runs");
+    assert!(
+        status.status.success(),
+        "kubectl apply of the namespaces failed"
+    );
+    let children: Vec<std::process::Child> = (0..8)
+        .map(|worker| {
+            let share: Vec<(String, String)> = parallel_files[1..]
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| index % 8 == worker)
+                .map(|(_, file)| file.clone())
+                .collect();
+            let folder = write_files(dir.path(), &format!("parallel-{worker}"), &share);
+            kubectl_cmd(&as_strs(&apply_args(&folder.display().to_string())))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("kubectl starts")
+        })
+        .collect();
+    for mut child in children {
+        assert!(
+            child.wait().expect("kubectl ends").success(),
+            "a kubectl failed"
+        );
+    }
+    let parallel_took = started.elapsed();
+
+    for namespace in namespaces
+        .iter()
+        .chain(&ours)
+        .chain(&single)
+        .chain(&parallel)
+    {
         let _ = kubectl_cmd(&["delete", "namespace", namespace, "--wait=false"]).output();
     }
 
@@ -155,5 +314,28 @@ fn main() {
         "| `kubectl diff --server-side -f` of the same objects (median of 3) | {} | {} |",
         ms(diff.0),
         mib(diff.1)
+    );
+    println!(
+        "| `kubectl apply --server-side -f`, no-op (median of 3) | {} | {} |",
+        ms(apply_noop.0),
+        mib(apply_noop.1)
+    );
+    println!();
+    println!("First apply of 1,504 objects (4 Namespaces, 1,000 ConfigMaps, 500 Services):");
+    println!("| command | time | peak memory |");
+    println!("| --- | --- | --- |");
+    println!(
+        "| `gitopsd run --once` | {} | {} |",
+        ms(ours_took),
+        mib(ours_peak)
+    );
+    println!(
+        "| `kubectl apply --server-side -f` | {} | {} |",
+        ms(single_took),
+        mib(single_peak)
+    );
+    println!(
+        "| 8 parallel `kubectl apply --server-side` (after the Namespaces) | {} | |",
+        ms(parallel_took)
     );
 }
