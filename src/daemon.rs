@@ -140,8 +140,9 @@ struct Quiet {
 impl EnvironmentRuntime {
     async fn open(config: EnvironmentConfig, state: &StateConfig) -> Result<Self, ReconcileError> {
         let state_dir = &state.dir;
-        let journal =
-            SharedJournal::new(Journal::open_with(state_dir, &config.name, state.journal)?);
+        let journal = SharedJournal::new(crate::blocking::run(|| {
+            Journal::open_with(state_dir, &config.name, state.journal)
+        })?);
         let target = AnyTarget::open(&config)
             .await
             .map_err(ReconcileError::Live)?;
@@ -191,7 +192,8 @@ impl EnvironmentRuntime {
             self.record(&result, started.elapsed(), &observers.metrics);
             return result;
         }
-        let gates = self.gates();
+        // Reads the upstream environment's journal file.
+        let gates = crate::blocking::run(|| self.gates());
         let result = EnvironmentRun {
             config: &self.config,
             source,

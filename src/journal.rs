@@ -394,8 +394,9 @@ impl SharedJournal {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Appends and fsyncs (and compacts when due), off the async worker's other tasks.
     pub fn append(&self, event: Event, now: DateTime<Utc>) -> Result<Record, JournalError> {
-        self.lock().append(event, now)
+        crate::blocking::run(|| self.lock().append(event, now))
     }
 
     /// Runs `read` on the environment's history, folded as records were appended.

@@ -1,5 +1,6 @@
 //! gitopsd: a GitOps reconciler daemon. Git → desired objects → plan → target, journaled.
 
+pub mod blocking;
 pub mod canary;
 pub mod cli;
 pub mod commands;
