@@ -117,24 +117,19 @@ fn main() {
     println!("median of {RUNS} runs, peak RSS over all runs:");
     println!("| command | time | peak memory |");
     println!("| --- | --- | --- |");
-    println!(
-        "| `gitopsd diff --against A --rev B` | {:.1} ms | {:.1} MiB |",
-        ours.median.as_secs_f64() * 1000.0,
-        ours.peak_rss_kib as f64 / 1024.0
-    );
-    println!(
-        "| `git diff A B` | {:.1} ms | {:.1} MiB |",
-        theirs.median.as_secs_f64() * 1000.0,
-        theirs.peak_rss_kib as f64 / 1024.0
-    );
-    println!(
-        "| `gitopsd diff --against B --rev C` (one object in one file changed) | {:.1} ms | {:.1} MiB |",
-        ours_one.median.as_secs_f64() * 1000.0,
-        ours_one.peak_rss_kib as f64 / 1024.0
-    );
-    println!(
-        "| `git diff B C` | {:.1} ms | {:.1} MiB |",
-        theirs_one.median.as_secs_f64() * 1000.0,
-        theirs_one.peak_rss_kib as f64 / 1024.0
-    );
+    for (name, measured) in [
+        ("`gitopsd diff --against A --rev B`", &ours),
+        ("`git diff A B`", &theirs),
+        (
+            "`gitopsd diff --against B --rev C` (one object in one file changed)",
+            &ours_one,
+        ),
+        ("`git diff B C`", &theirs_one),
+    ] {
+        println!(
+            "| {name} | {:.1} ms | {:.1} MiB |",
+            measured.median.as_secs_f64() * 1000.0,
+            measured.peak_rss_kib as f64 / 1024.0
+        );
+    }
 }

@@ -7,6 +7,9 @@
 mod support;
 use support::git;
 
+#[path = "../tests/it/scale.rs"]
+mod scale;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,30 +21,8 @@ fn write_environment(repo: &Path, environment: &str) {
     let dir = repo.join(format!("environments/{environment}"));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let namespaces: Vec<String> = (0..4).map(|n| format!("{environment}-{n}")).collect();
-    let mut text = String::new();
-    for namespace in &namespaces {
-        text.push_str(&format!(
-            "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"
-        ));
-    }
-    std::fs::write(dir.join("namespaces.yaml"), std::mem::take(&mut text)).expect("write");
-    for part in 0..19 {
-        for index in (part * 1000 / 19)..((part + 1) * 1000 / 19) {
-            let namespace = &namespaces[index % namespaces.len()];
-            text.push_str(&format!(
-                "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-{index:04}\n  namespace: {namespace}\ndata:\n  value: \"{index}\"\n"
-            ));
-            if index % 2 == 0 {
-                text.push_str(&format!(
-                    "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app-{index:04}\n  namespace: {namespace}\nspec:\n  replicas: 0\n  selector:\n    matchLabels: {{app: app-{index:04}}}\n  template:\n    metadata:\n      labels: {{app: app-{index:04}}}\n    spec:\n      containers:\n        - name: app\n          image: registry.k8s.io/pause:3.9\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: app-{index:04}\n  namespace: {namespace}\nspec:\n  selector: {{app: app-{index:04}}}\n  ports: [{{port: 80}}]\n"
-                ));
-            }
-        }
-        std::fs::write(
-            dir.join(format!("part-{part:02}.yaml")),
-            std::mem::take(&mut text),
-        )
-        .expect("write");
+    for (file, text) in scale::scale_manifests(&namespaces) {
+        std::fs::write(dir.join(file), text).expect("write");
     }
 }
 
