@@ -291,14 +291,10 @@ impl KubernetesTarget {
     fn take_page(
         &self,
         kind: &KindRef,
-        items: Vec<DynamicObject>,
+        items: Vec<Value>,
         objects: &mut Vec<Object>,
     ) -> Result<(), TargetError> {
-        for item in items {
-            let mut body = serde_json::to_value(&item).map_err(|e| TargetError::List {
-                location: format!("{kind}"),
-                message: e.to_string(),
-            })?;
+        for mut body in items {
             // List items often leave out their type.
             if let Some(map) = body.as_object_mut() {
                 map.insert("apiVersion".into(), Value::String(kind.api_version.clone()));
@@ -993,16 +989,24 @@ impl Target for KubernetesTarget {
             if !listed.insert(GroupKind::of(kind)) {
                 continue;
             }
-            let api = self.api(&resolved, None);
+            // Items are read straight into JSON values: the typed DynamicObject would only be
+            // turned back into JSON.
+            let url = <DynamicObject as kube::Resource>::url_path(&resolved.resource, None);
             let mut params = ListParams::default().labels(&selector).limit(LIST_PAGE);
             loop {
-                let list =
-                    self.call(|| api.list(&params))
-                        .await
-                        .map_err(|failure| TargetError::List {
-                            location: format!("{kind}"),
-                            message: failure.message,
-                        })?;
+                let list: kube::core::ObjectList<Value> = self
+                    .call(|| {
+                        let request = kube::core::Request::new(&url)
+                            .list(&params)
+                            .map_err(kube::Error::BuildRequest);
+                        let client = self.client.clone();
+                        async move { client.request(request?).await }
+                    })
+                    .await
+                    .map_err(|failure| TargetError::List {
+                        location: format!("{kind}"),
+                        message: failure.message,
+                    })?;
                 let next = list
                     .metadata
                     .continue_
