@@ -457,13 +457,19 @@ struct Sandbox {
 
 /// Runs `invocation` in the sandbox: no shell, stdin closed, a cleared environment, its own
 /// process group (killed as a whole at the end), stdout capped at `max_output` bytes.
+///
+/// The tool is started, and waited for, by a thread of its own, and dies with that thread
+/// (`PR_SET_PDEATHSIG`): the thread lives exactly as long as the tool unless gitopsd itself
+/// dies, so a SIGKILLed gitopsd takes the tool along. A runtime thread would not do: it may
+/// end while the tool still runs.
 async fn run(
     invocation: &Invocation,
     sandbox: &Sandbox,
     timeout: Duration,
     max_output: u64,
 ) -> Result<Vec<u8>, String> {
-    let mut command = tokio::process::Command::new(&invocation.program);
+    use std::os::unix::process::CommandExt as _;
+    let mut command = std::process::Command::new(&invocation.program);
     command
         .args(&invocation.args)
         .current_dir(&sandbox.dir)
@@ -474,31 +480,51 @@ async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
     // SAFETY: runs in the forked child before exec; prctl is one async-signal-safe system call
     // and nothing is allocated.
     unsafe {
-        // If gitopsd dies (SIGKILL, a crash), the tool dies with it instead of running on.
         command.pre_exec(|| {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
                 .map_err(std::io::Error::from)
         });
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", invocation.program.display()))?;
-    let group = child
-        .id()
-        .and_then(|pid| rustix::process::Pid::from_raw(i32::try_from(pid).ok()?));
+    let cannot_run =
+        |e: std::io::Error| format!("cannot run {}: {e}", invocation.program.display());
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (exited_tx, exited_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("gitopsd-render".into())
+        .spawn(move || match command.spawn() {
+            Ok(mut child) => {
+                let pipes = (child.id(), child.stdout.take(), child.stderr.take());
+                let _ = started_tx.send(Ok(pipes));
+                let _ = exited_tx.send(child.wait());
+            }
+            Err(error) => {
+                let _ = started_tx.send(Err(error));
+            }
+        })
+        .map_err(cannot_run)?;
+    let (pid, stdout, stderr) = started_rx
+        .await
+        .map_err(|_| "the thread starting it ended".to_string())?
+        .map_err(cannot_run)?;
+    let group = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
     let kill_group = || {
         if let Some(group) = group {
             // ESRCH once everything has exited is expected.
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
     };
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
+    let stdout = stdout
+        .map(tokio::process::ChildStdout::from_std)
+        .transpose()
+        .map_err(cannot_run)?;
+    let stderr = stderr
+        .map(tokio::process::ChildStderr::from_std)
+        .transpose()
+        .map_err(cannot_run)?;
     let finished = tokio::time::timeout(timeout, async {
         let capped = async {
             let output = read_capped(stdout, max_output).await;
@@ -509,19 +535,22 @@ async fn run(
             output
         };
         let (output, tail) = tokio::join!(capped, read_tail(stderr));
-        (output, tail, child.wait().await)
+        (output, tail, exited_rx.await)
     })
     .await;
+    // Whatever happened, nothing of the tool's group outlives the render (and the waiting
+    // thread ends).
     kill_group();
     let Ok((output, tail, status)) = finished else {
-        let _ = child.kill().await;
         return Err(format!(
             "did not finish within {} (render.timeout); killed",
             humantime::format_duration(timeout)
         ));
     };
     let output = output.map_err(|message| with_tail(message, &tail))?;
-    let status = status.map_err(|e| format!("cannot wait for it: {e}"))?;
+    let status = status
+        .map_err(|_| "the thread waiting for it ended".to_string())?
+        .map_err(|e| format!("cannot wait for it: {e}"))?;
     if !status.success() {
         let how = match status.code() {
             Some(code) => format!("exited with status {code}"),
