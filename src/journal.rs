@@ -602,7 +602,7 @@ impl Journal {
             serde_json::to_writer(&mut text, record)?;
             text.push(b'\n');
         }
-        write_whole(&segment, &text).map_err(io(&segment))?;
+        crate::durable::write_whole(&segment, &text).map_err(io(&segment))?;
 
         let mut text = Vec::new();
         serde_json::to_writer(
@@ -619,7 +619,7 @@ impl Journal {
             serde_json::to_writer(&mut text, record)?;
             text.push(b'\n');
         }
-        write_whole(&self.path, &text).map_err(io(&self.path))?;
+        crate::durable::write_whole(&self.path, &text).map_err(io(&self.path))?;
         self.file = OpenOptions::new()
             .append(true)
             .open(&self.path)
@@ -649,21 +649,6 @@ impl Journal {
             Some(Event::Rejected { revision: rejected, .. }) if rejected == revision
         )
     }
-}
-
-/// Writes `bytes` to `path` so that readers see the old file or all of the new one: a
-/// temporary file beside it, fsync, rename, fsync of the folder.
-fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let mut file = File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temporary, path)?;
-    File::open(dir)?.sync_all()
 }
 
 /// Removes `*.tmp` files a compaction cut short left in `dir`.

@@ -9,6 +9,7 @@ pub mod config_watch;
 pub mod daemon;
 pub mod diff;
 pub mod dry_run;
+pub mod durable;
 pub mod executor;
 pub mod gates;
 pub mod health;

@@ -645,18 +645,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Temp file, fsync, rename: a reader sees the old file or the whole new one.
+/// Writes a cache file whole ([`crate::durable::write_whole`]), creating the cache folder.
 async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let path = path.to_path_buf();
     let bytes = bytes.to_vec();
     tokio::task::spawn_blocking(move || {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let mut file = tempfile::NamedTempFile::new_in(dir)?;
-        std::io::Write::write_all(&mut file, &bytes)?;
-        file.as_file().sync_all()?;
-        file.persist(&path).map_err(|e| e.error)?;
-        Ok(())
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+        crate::durable::write_whole(&path, &bytes)
     })
     .await
     .map_err(std::io::Error::other)?
