@@ -544,6 +544,7 @@ mod tests {
             &[ManifestFile {
                 path: "t.yaml".into(),
                 bytes: yaml.as_bytes().to_vec(),
+                blob: None,
             }],
             Vec::new(),
             &ParseOptions {

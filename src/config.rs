@@ -748,7 +748,9 @@ impl Checker {
                     .unwrap_or(true);
                 let adopt = self.boolean(&mut target, &key, "adopt").unwrap_or(false);
                 let applyset_namespace = self.string(&mut target, &key, "applyset_namespace");
-                let concurrency = self.unsigned(&mut target, &key, "concurrency").unwrap_or(8);
+                let concurrency = self
+                    .unsigned(&mut target, &key, "concurrency")
+                    .unwrap_or(32);
                 if concurrency == 0 {
                     self.problem(join(&key, "concurrency"), "must be at least 1");
                 }
@@ -765,7 +767,7 @@ impl Checker {
                         force_conflicts,
                         adopt,
                         applyset_namespace,
-                        concurrency: usize::try_from(concurrency).unwrap_or(8).max(1),
+                        concurrency: usize::try_from(concurrency).unwrap_or(32).max(1),
                         requests_per_second: u32::try_from(requests_per_second).unwrap_or(u32::MAX),
                         delete_foreign_namespaces,
                     },

@@ -29,7 +29,11 @@ pub enum RenderError {
 /// labels and annotations gitopsd adds itself. Maps left empty by that are removed too, so a
 /// manifest without labels equals its applied copy.
 pub fn normalize(body: &Value) -> Value {
-    let mut body = body.clone();
+    normalize_owned(body.clone())
+}
+
+/// [`normalize`] of a body the caller no longer needs, without copying it.
+pub fn normalize_owned(mut body: Value) -> Value {
     if let Some(top) = body.as_object_mut() {
         top.remove("status");
         if let Some(metadata) = top.get_mut("metadata").and_then(Value::as_object_mut) {

@@ -27,8 +27,9 @@ use crate::source::{GitSource, RevertScope, SourceError};
 use crate::target::{DriftCheck, FailureClass, Target, TargetError};
 use crate::webhook::Notifier;
 
-/// Writes of one stage in flight at once (a target may bound its requests further).
-const WRITE_CONCURRENCY: usize = 8;
+/// Writes of one stage started at once; the target bounds its requests further (the
+/// Kubernetes target by an adaptive limit), so this only needs to be above its ceiling.
+const WRITE_WINDOW: usize = 64;
 /// How often readiness is polled while a step waits for it.
 const READINESS_POLL: Duration = Duration::from_secs(1);
 
@@ -165,15 +166,20 @@ async fn read_documents(
     let source = source.clone();
     let revision = revision.clone();
     let path = environment.path.clone();
-    let snapshot = tokio::task::spawn_blocking(move || source.snapshot(&revision, &path))
-        .await
-        .map_err(|e| DesiredError::Worker(e.to_string()))?;
-    match snapshot {
-        Ok(snapshot) => Ok(manifest::read_limited(
+    // Reading blobs and parsing are CPU and disk work: off the async workers.
+    let read = tokio::task::spawn_blocking(move || {
+        let snapshot = source.snapshot(&revision, &path)?;
+        Ok::<_, SourceError>(manifest::read_cached(
             &snapshot.files,
             snapshot.problems,
             &snapshot.limits,
-        )),
+            Some(source.parse_cache()),
+        ))
+    })
+    .await
+    .map_err(|e| DesiredError::Worker(e.to_string()))?;
+    match read {
+        Ok(documents) => Ok(documents),
         Err(SourceError::MissingPath { .. }) => Ok(manifest::Documents::default()),
         Err(error) => Err(error.into()),
     }
@@ -198,6 +204,7 @@ async fn read_rendered(
             let file = manifest::ManifestFile {
                 path: format!("render `{}`", rendered.command),
                 bytes: rendered.output,
+                blob: None,
             };
             Ok(manifest::read_limited(
                 &[file],
@@ -241,7 +248,7 @@ fn complete_located(
     }
     Ok(located
         .into_iter()
-        .map(|(object, at)| (Desired::new(&object), at))
+        .map(|(object, at)| (Desired::from_object(object), at))
         .collect())
 }
 
@@ -773,23 +780,26 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 && matches!(a, Write::Apply(_)) == matches!(b, Write::Apply(_))
                 && is_namespace(a) == is_namespace(b)
         }) {
-            for batch in group.chunks(WRITE_CONCURRENCY) {
-                let writes: Vec<_> = batch
-                    .iter()
-                    .map(|write| self.write_one(write, &revision_of))
-                    .collect();
-                let mut first_error = None;
-                for result in futures_util::future::join_all(writes).await {
-                    match result {
-                        Ok(()) => done += 1,
-                        Err(error) => {
-                            first_error.get_or_insert(error);
-                        }
+            // A window that refills as writes finish, so one slow write does not hold up the
+            // rest. After an error no new write starts; those in flight are waited for.
+            let mut queued = group.iter();
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            let mut first_error = None;
+            loop {
+                while first_error.is_none() && running.len() < WRITE_WINDOW {
+                    let Some(write) = queued.next() else { break };
+                    running.push(self.write_one(write, &revision_of));
+                }
+                match futures_util::StreamExt::next(&mut running).await {
+                    None => break,
+                    Some(Ok(())) => done += 1,
+                    Some(Err(error)) => {
+                        first_error.get_or_insert(error);
                     }
                 }
-                if let Some(error) = first_error {
-                    return Err((done, error));
-                }
+            }
+            if let Some(error) = first_error {
+                return Err((done, error));
             }
         }
         Ok(())

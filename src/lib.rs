@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod parse_cache;
 pub mod plan;
 pub mod policy;
 pub mod probe;

@@ -3,8 +3,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
+
+pub use crate::parse_cache::ParseCache;
 
 use crate::model::{KindRef, Object, ResourceKey, cluster_scoped_kinds, group_of};
 
@@ -13,10 +16,12 @@ use crate::model::{KindRef, Object, ResourceKey, cluster_scoped_kinds, group_of}
 pub struct ManifestFile {
     pub path: String,
     pub bytes: Vec<u8>,
+    /// The git blob id of `bytes`, when they come from git: the parse cache's key.
+    pub blob: Option<String>,
 }
 
 /// One problem with a revision's manifests.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     pub file: String,
     /// 1-based index of the YAML document in the file.
@@ -137,7 +142,7 @@ pub struct Documents {
 }
 
 /// One object whose namespace is not settled yet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pending {
     problem_at: Problem,
     /// `file document N [item M]`, for duplicate messages.
@@ -151,7 +156,7 @@ struct Pending {
 
 /// What one revision may ask of the parser: hostile input stops at these, with a problem that
 /// names the file and document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limits {
     /// YAML documents in the whole revision.
     pub max_documents: usize,
@@ -192,22 +197,176 @@ pub fn read_limited(
     known_problems: Vec<Problem>,
     limits: &Limits,
 ) -> Documents {
+    read_cached(files, known_problems, limits, None)
+}
+
+/// Like [`read_limited`], taking files already parsed from `cache` (by path and blob id) and
+/// parsing the others on every core; what is parsed here is added to the cache.
+pub fn read_cached(
+    files: &[ManifestFile],
+    known_problems: Vec<Problem>,
+    limits: &Limits,
+    cache: Option<&ParseCache>,
+) -> Documents {
+    let mut parsed: Vec<Option<ParsedFile>> = files
+        .iter()
+        .map(|file| cache.and_then(|cache| cache.get(file, limits)))
+        .collect();
+    let missing: Vec<usize> = (0..files.len()).filter(|&i| parsed[i].is_none()).collect();
+    for (index, file) in parse_files_in_parallel(files, &missing, limits) {
+        if let Some(cache) = cache {
+            cache.insert(&files[index], limits, &file);
+        }
+        parsed[index] = Some(file);
+    }
+    assemble(parsed.into_iter().flatten(), known_problems, limits)
+}
+
+/// Parses `files[i]` for every `i` in `which`, spread over the available cores.
+fn parse_files_in_parallel(
+    files: &[ManifestFile],
+    which: &[usize],
+    limits: &Limits,
+) -> Vec<(usize, ParsedFile)> {
+    let threads = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .min(which.len());
+    if threads <= 1 {
+        return which
+            .iter()
+            .map(|&index| (index, parse_file(&files[index], limits)))
+            .collect();
+    }
+    // Interleaved, so that neighbouring files of similar size land on different threads.
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|worker| {
+                scope.spawn(move || {
+                    which
+                        .iter()
+                        .skip(worker)
+                        .step_by(threads)
+                        .map(|&index| (index, parse_file(&files[index], limits)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().expect("a parser thread panicked"))
+            .collect()
+    })
+}
+
+/// One file's documents, each parsed and checked but for its namespace: a pure function of the
+/// file's path, bytes and the limits, which is what makes it cacheable.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ParsedFile {
+    path: String,
+    /// A problem with the whole file (its encoding); then there are no documents.
+    file_problem: Option<Problem>,
+    documents: Vec<ParsedDocument>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ParsedDocument {
+    index: usize,
+    first_line: usize,
+    outcomes: Vec<Outcome>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Outcome {
+    Object(Pending),
+    Problem(Problem),
+}
+
+/// Parses one file; stops after one document past `limits.max_documents`, which alone is
+/// enough for [`assemble`] to refuse the revision.
+fn parse_file(file: &ManifestFile, limits: &Limits) -> ParsedFile {
+    let mut parsed = ParsedFile {
+        path: file.path.clone(),
+        ..ParsedFile::default()
+    };
+    let Ok(text) = std::str::from_utf8(&file.bytes) else {
+        parsed.file_problem = Some(Problem::file(&file.path, "file is not valid UTF-8"));
+        return parsed;
+    };
+    for document in split_documents(text)
+        .into_iter()
+        .take(limits.max_documents.saturating_add(1))
+    {
+        let location = Location {
+            file: &file.path,
+            document: document.index,
+            line: document.first_line,
+        };
+        let mut outcomes = Vec::new();
+        match serde_saphyr::from_str_with_options::<Value>(document.text, yaml_options(limits)) {
+            Ok(value) => {
+                let mut problems = Vec::new();
+                for (item, body) in expand_list(value, &location, &mut problems) {
+                    outcomes.push(check(body, item, &location));
+                }
+                outcomes.extend(problems.into_iter().map(Outcome::Problem));
+            }
+            Err(error) => outcomes.push(Outcome::Problem(location.yaml_problem(&error))),
+        }
+        parsed.documents.push(ParsedDocument {
+            index: document.index,
+            first_line: document.first_line,
+            outcomes,
+        });
+    }
+    parsed
+}
+
+/// One body of a document: an object whose namespace is still to settle, or its problem.
+fn check(body: Value, item: Option<usize>, location: &Location<'_>) -> Outcome {
+    match validate(body) {
+        Ok(checked) => Outcome::Object(Pending {
+            problem_at: location.problem(Some(checked.identity.clone()), String::new()),
+            place: location.describe(item),
+            group: checked.group,
+            kind: checked.kind,
+            name: checked.name,
+            declared_namespace: checked.declared_namespace,
+            body: checked.body,
+        }),
+        Err((object, message)) => {
+            let message = match item {
+                Some(item) => format!("item {item}: {message}"),
+                None => message,
+            };
+            Outcome::Problem(location.problem(object, message))
+        }
+    }
+}
+
+/// Joins parsed files in order into a revision's documents, holding the whole revision to
+/// `limits.max_documents`.
+fn assemble(
+    files: impl Iterator<Item = ParsedFile>,
+    known_problems: Vec<Problem>,
+    limits: &Limits,
+) -> Documents {
     let mut problems = known_problems;
     let mut pending = Vec::new();
     let mut documents = 0usize;
     for file in files {
-        let Ok(text) = std::str::from_utf8(&file.bytes) else {
-            problems.push(Problem::file(&file.path, "file is not valid UTF-8"));
+        if let Some(problem) = file.file_problem {
+            problems.push(problem);
             continue;
-        };
-        for document in split_documents(text) {
-            let location = Location {
-                file: &file.path,
-                document: document.index,
-                line: document.first_line,
-            };
+        }
+        for document in file.documents {
             documents += 1;
             if documents > limits.max_documents {
+                let location = Location {
+                    file: &file.path,
+                    document: document.index,
+                    line: document.first_line,
+                };
                 problems.push(location.problem(
                     None,
                     format!(
@@ -217,32 +376,10 @@ pub fn read_limited(
                 ));
                 return Documents { pending, problems };
             }
-            let value: Value =
-                match serde_saphyr::from_str_with_options(document.text, yaml_options(limits)) {
-                    Ok(value) => value,
-                    Err(error) => {
-                        problems.push(location.yaml_problem(&error));
-                        continue;
-                    }
-                };
-            for (item, body) in expand_list(value, &location, &mut problems) {
-                let in_item = |message: String| match item {
-                    Some(item) => format!("item {item}: {message}"),
-                    None => message,
-                };
-                match validate(body) {
-                    Ok(checked) => pending.push(Pending {
-                        problem_at: location.problem(Some(checked.identity.clone()), String::new()),
-                        place: location.describe(item),
-                        group: checked.group,
-                        kind: checked.kind,
-                        name: checked.name,
-                        declared_namespace: checked.declared_namespace,
-                        body: checked.body,
-                    }),
-                    Err((object, message)) => {
-                        problems.push(location.problem(object, in_item(message)));
-                    }
+            for outcome in document.outcomes {
+                match outcome {
+                    Outcome::Object(object) => pending.push(object),
+                    Outcome::Problem(problem) => problems.push(problem),
                 }
             }
         }
@@ -653,6 +790,7 @@ mod tests {
         ManifestFile {
             path: path.into(),
             bytes: text.as_bytes().to_vec(),
+            blob: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Desired × live objects → the ordered list of creates, updates and deletes (pure).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -25,9 +25,14 @@ impl Desired {
         Self::from_body(object.key.clone(), object.body.clone())
     }
 
+    /// [`Desired::new`] of an object the caller no longer needs.
+    pub fn from_object(object: Object) -> Self {
+        Self::from_body(object.key, object.body)
+    }
+
     /// Normalizes and hashes a body built by gitopsd itself (canary objects, scaled stables).
     pub fn from_body(key: ResourceKey, body: Value) -> Self {
-        let body = diff::normalize(&body);
+        let body = diff::normalize_owned(body);
         let hash = diff::content_hash(&body);
         Self { key, body, hash }
     }
@@ -297,14 +302,42 @@ pub fn plan(desired: &[Desired], live: &[Object], prune: bool, compare: Compare)
 
 /// Compares two desired states (two revisions) offline: the old side plays "live".
 pub fn compare_revisions(old: &[Desired], new: &[Desired]) -> Plan {
-    let old_as_live: Vec<Object> = old
+    // Both sides are normalized and hashed already: equal hashes are equal bodies, so only
+    // the objects that changed are copied. The same plan as `plan(new, old, true, Content)`,
+    // where no drift is reported because desired bodies carry no hash annotation.
+    let old_by_key: BTreeMap<&ResourceKey, &Desired> = old.iter().map(|d| (&d.key, d)).collect();
+    let mut applies = Vec::new();
+    let mut unchanged = 0;
+    for wanted in new {
+        match old_by_key.get(&wanted.key) {
+            None => applies.push(Change::Create {
+                desired: wanted.clone(),
+            }),
+            Some(before) if before.hash == wanted.hash => unchanged += 1,
+            Some(before) => applies.push(Change::Update {
+                desired: wanted.clone(),
+                live: before.body.clone(),
+                drift: Vec::new(),
+            }),
+        }
+    }
+    let new_keys: BTreeSet<&ResourceKey> = new.iter().map(|d| &d.key).collect();
+    let mut deletes: Vec<Change> = old
         .iter()
-        .map(|d| Object {
-            key: d.key.clone(),
-            body: d.body.clone(),
+        .filter(|before| !new_keys.contains(&before.key))
+        .map(|before| Change::Delete {
+            key: before.key.clone(),
+            live: before.body.clone(),
         })
         .collect();
-    plan(new, &old_as_live, true, Compare::Content)
+    applies.sort_by(|a, b| (stage(a.key()), a.key()).cmp(&(stage(b.key()), b.key())));
+    deletes.sort_by(|a, b| (stage(b.key()), b.key()).cmp(&(stage(a.key()), a.key())));
+    applies.extend(deletes);
+    Plan {
+        changes: applies,
+        unchanged,
+        orphaned: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -317,6 +350,7 @@ mod tests {
             &[ManifestFile {
                 path: "t.yaml".into(),
                 bytes: yaml.as_bytes().to_vec(),
+                blob: None,
             }],
             Vec::new(),
             &ParseOptions {
@@ -325,6 +359,40 @@ mod tests {
         )
         .expect("test manifests are valid");
         objects.iter().map(Desired::new).collect()
+    }
+
+    #[test]
+    fn comparing_revisions_by_hash_plans_what_a_full_comparison_plans() {
+        let old = desired(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: gone}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: same}\ndata: {a: '1'}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: changed}\ndata: {a: '1'}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: removed}\n",
+        );
+        let new = desired(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: same}\ndata: {a: '1'}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: changed}\ndata: {a: '2'}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: added}\n",
+        );
+        let old_as_live: Vec<Object> = old
+            .iter()
+            .map(|d| Object {
+                key: d.key.clone(),
+                body: d.body.clone(),
+            })
+            .collect();
+        let by_hash = compare_revisions(&old, &new);
+        assert_eq!(by_hash, plan(&new, &old_as_live, true, Compare::Content));
+        assert_eq!(by_hash.unchanged, 1);
+        let actions: Vec<String> = by_hash
+            .changes
+            .iter()
+            .map(|c| format!("{:?} {}", c.action(), c.key()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "Create Namespace added",
+                "Update ConfigMap default/changed",
+                "Delete ConfigMap default/removed",
+                "Delete Namespace gone"
+            ]
+        );
     }
 
     fn live(items: &[Desired]) -> Vec<Object> {

@@ -216,6 +216,8 @@ pub struct GitSource {
     max_total_bytes: u64,
     limits: Limits,
     fetch_timeout: std::time::Duration,
+    /// Files parsed at earlier revisions, by blob id; shared by the clones of this source.
+    parse_cache: crate::parse_cache::ParseCache,
     /// `[repo.verify]`: which commits must be signed, and by whom.
     verify: Option<VerifyConfig>,
 }
@@ -248,6 +250,7 @@ impl GitSource {
             max_total_bytes: repo.max_total_bytes,
             limits: repo.limits,
             fetch_timeout: repo.fetch_timeout,
+            parse_cache: crate::parse_cache::ParseCache::default(),
             verify: repo.verify.clone(),
         }
     }
@@ -329,6 +332,11 @@ impl GitSource {
     }
 
     /// The state directory the mirror lives in (render caches sit beside it).
+    /// Files parsed at earlier revisions, by path and blob id.
+    pub fn parse_cache(&self) -> &crate::parse_cache::ParseCache {
+        &self.parse_cache
+    }
+
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
     }
@@ -838,6 +846,7 @@ impl GitSource {
             files.push(ManifestFile {
                 path: file,
                 bytes: blob.data.clone(),
+                blob: Some(record.oid.to_string()),
             });
         }
         Ok(Snapshot {

@@ -9,13 +9,13 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::concurrency::AdaptiveLimiter;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{Scope, oneshot, pinned_kind};
 use kube::{Client, Config};
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
 use super::applyset::{
     self, GroupKind, Holder, LABEL_ID, LABEL_PART_OF, Owner, ParentRef, ParentState, Record,
@@ -57,7 +57,7 @@ pub struct KubernetesSettings {
     pub adopt: bool,
     /// Namespace of the parent ConfigMap; the environment's `namespace` when unset.
     pub applyset_namespace: Option<String>,
-    /// Requests in flight at once.
+    /// Requests in flight at once at most; below it, the limit adapts to the server.
     pub concurrency: usize,
     /// Requests started per second at most (0: no limit).
     pub requests_per_second: u32,
@@ -133,7 +133,8 @@ pub struct KubernetesTarget {
     /// Discovery results by type, and the last version seen per (group, kind) for deletes.
     discovery: Mutex<BTreeMap<KindRef, Resolved>>,
     by_group_kind: Mutex<BTreeMap<(String, String), KindRef>>,
-    requests: Semaphore,
+    /// Requests in flight: adapts to how the server copes, up to `concurrency`.
+    requests: AdaptiveLimiter,
     /// When the next request may start, for `requests_per_second`.
     next_slot: tokio::sync::Mutex<tokio::time::Instant>,
 }
@@ -351,7 +352,7 @@ impl KubernetesTarget {
             parent_writes: tokio::sync::Mutex::new(()),
             cleared: Mutex::new(BTreeMap::new()),
             legacy_managers: Mutex::new(BTreeMap::new()),
-            requests: Semaphore::new(settings.concurrency.max(1)),
+            requests: AdaptiveLimiter::new(settings.concurrency),
             settings,
             discovery: Mutex::new(BTreeMap::new()),
             by_group_kind: Mutex::new(BTreeMap::new()),
@@ -445,13 +446,14 @@ impl KubernetesTarget {
         format!("{LABEL_PART_OF}={}", self.id)
     }
 
-    /// Runs `request` with bounded concurrency, retrying transient failures with backoff.
+    /// Runs `request` within the adaptive limit of requests in flight, retrying transient
+    /// failures with backoff; a 429 also lowers the limit.
     async fn call<T, F, Fut>(&self, mut request: F) -> Result<T, Failure>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, kube::Error>>,
     {
-        let _permit = self.requests.acquire().await.map_err(|e| Failure {
+        let slot = self.requests.acquire().await.map_err(|e| Failure {
             code: None,
             retryable: false,
             message: e.to_string(),
@@ -461,9 +463,15 @@ impl KubernetesTarget {
         loop {
             self.pace().await;
             match request().await {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    slot.succeeded();
+                    return Ok(value);
+                }
                 Err(error) => {
                     let failure = describe(&error);
+                    if failure.is(429) {
+                        slot.throttled();
+                    }
                     if !failure.retryable || attempt == ATTEMPTS {
                         return Err(failure);
                     }

@@ -1,6 +1,7 @@
 //! Where live state lives: the `Target` trait and its backends.
 
 pub mod applyset;
+pub mod concurrency;
 pub mod directory;
 pub mod kubernetes;
 

@@ -8,7 +8,9 @@
 //! uid/resourceVersion/generation/creationTimestamp/managedFields, a few server defaults
 //! (Deployment strategy and revisionHistoryLimit, Service type and clusterIP) so defaulted
 //! fields exist; DELETE; `Status` errors; injected failures (any code, for a number of
-//! requests); a count of requests by method and resource.
+//! requests); a count of requests by method and resource; a number of seats, past which
+//! requests are refused with 429 as priority and fairness refuses them, and a latency for
+//! every request, with the peak of requests in flight.
 //!
 //! Not modelled: field-level ownership merges (an apply replaces the object's fields), watches,
 //! admission, validation beyond JSON shape, namespace existence and finalizers, garbage
@@ -18,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -83,10 +86,58 @@ struct Store {
     next_resource_version: u64,
 }
 
+/// Requests in flight, and what the server does when there are too many.
+#[derive(Debug, Default)]
+struct Seats {
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    /// Past this many in flight, a request is refused with 429 (0: no limit).
+    limit: AtomicUsize,
+    throttled: AtomicUsize,
+    latency_ms: AtomicU64,
+}
+
+/// One request's seat; given back when the answer is ready.
+struct Seat<'a>(&'a Seats);
+
+impl Seats {
+    fn take(&self) -> (Seat<'_>, usize) {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        (Seat(self), now)
+    }
+}
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers one request within the seats, after the latency.
+async fn seated(seats: &Seats, answer: impl FnOnce() -> Response) -> Response {
+    let (_seat, in_flight) = seats.take();
+    let limit = seats.limit.load(Ordering::SeqCst);
+    if limit > 0 && in_flight > limit {
+        seats.throttled.fetch_add(1, Ordering::SeqCst);
+        return status(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.".into(),
+        );
+    }
+    let latency = seats.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+    }
+    answer()
+}
+
 /// The running stand-in; dropping it stops the server.
 pub struct ApiServerStandIn {
     pub address: SocketAddr,
     store: Arc<Mutex<Store>>,
+    seats: Arc<Seats>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -103,6 +154,8 @@ impl ApiServerStandIn {
         let address = listener.local_addr().expect("address");
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let shared = store.clone();
+        let seats = Arc::new(Seats::default());
+        let shared_seats = seats.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -117,7 +170,13 @@ impl ApiServerStandIn {
                           headers: HeaderMap,
                           body: Bytes| {
                         let store = shared.clone();
-                        async move { handle(&store, method, uri, &params, headers, body) }
+                        let seats = shared_seats.clone();
+                        async move {
+                            seated(&seats, || {
+                                handle(&store, method, uri, &params, headers, body)
+                            })
+                            .await
+                        }
                     },
                 );
                 let _ = axum::serve(listener, app)
@@ -130,6 +189,7 @@ impl ApiServerStandIn {
         Self {
             address,
             store,
+            seats,
             shutdown: Some(shutdown),
             thread: Some(thread),
         }
@@ -160,6 +220,27 @@ impl ApiServerStandIn {
             .filter(|(key, _)| key.starts_with(&format!("{method} ")))
             .map(|(_, count)| count)
             .sum()
+    }
+
+    /// Refuses requests past `seats` in flight with 429, like priority and fairness.
+    pub fn limit_seats(&self, seats: usize) {
+        self.seats.limit.store(seats, Ordering::SeqCst);
+    }
+
+    /// Every request waits this long before it is answered.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        let millis = u64::try_from(latency.as_millis()).expect("a short latency");
+        self.seats.latency_ms.store(millis, Ordering::SeqCst);
+    }
+
+    /// The most requests that were in flight at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.seats.peak.load(Ordering::SeqCst)
+    }
+
+    /// Requests refused with 429 for want of a seat.
+    pub fn throttled(&self) -> usize {
+        self.seats.throttled.load(Ordering::SeqCst)
     }
 
     pub fn reset_counts(&self) {

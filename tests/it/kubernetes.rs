@@ -461,3 +461,55 @@ fn server_errors_that_outlast_the_retries_block_the_revision_without_holding_it(
     let status = stdout(&workspace.run(&["status"]));
     assert!(!status.contains("blocked"), "{status}");
 }
+
+/// Writes `count` ConfigMaps into staging, a hundred per file.
+fn many_config_maps(workspace: &Workspace, count: usize) {
+    for part in 0..count.div_ceil(100) {
+        let text: String = (part * 100..((part + 1) * 100).min(count))
+            .map(|index| {
+                format!(
+                    "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-{index:04}\n"
+                )
+            })
+            .collect();
+        workspace
+            .repo
+            .write(&format!("environments/staging/many-{part}.yaml"), &text);
+    }
+}
+
+#[test]
+fn writes_back_off_when_the_server_throttles_and_all_land() {
+    // Three seats, like a priority level that is almost full: at a fixed 32 requests in
+    // flight, most writes would be refused until their retries ran out.
+    let (workspace, server) = on_stand_in("");
+    server.limit_seats(3);
+    server.set_latency(std::time::Duration::from_millis(5));
+    many_config_maps(&workspace, 300);
+    workspace.repo.commit("three hundred config maps");
+    let output = workspace.run(&["run", "--once"]);
+    assert_exit(&output, 0);
+    assert!(server.throttled() > 0, "the server did throttle");
+    assert_eq!(
+        server.names("", "configmaps").len(),
+        301,
+        "every ConfigMap and the applyset parent"
+    );
+}
+
+#[test]
+fn writes_go_out_more_at_once_while_the_server_keeps_up() {
+    let (workspace, server) = on_stand_in("");
+    server.set_latency(std::time::Duration::from_millis(20));
+    many_config_maps(&workspace, 400);
+    workspace.repo.commit("four hundred config maps");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    assert_eq!(server.throttled(), 0);
+    // Eight at first (gitopsd's starting limit), raised as each round finished faster.
+    assert!(
+        server.peak_in_flight() > 8,
+        "peak in flight {}",
+        server.peak_in_flight()
+    );
+    assert!(server.peak_in_flight() <= 33, "the ceiling (32) holds");
+}

@@ -165,6 +165,7 @@ fn parse_checked(text: &str) -> Result<(), TestCaseError> {
     let files = [ManifestFile {
         path: FILE.into(),
         bytes: text.as_bytes().to_vec(),
+        blob: None,
     }];
     let documents = manifest::read_limited(&files, Vec::new(), &Limits::default());
     let options = ParseOptions {
@@ -219,6 +220,7 @@ fn an_alias_bomb_is_refused_with_its_file_and_document() {
     let files = [ManifestFile {
         path: FILE.into(),
         bytes: text.into_bytes(),
+        blob: None,
     }];
     let errors = manifest::read_limited(&files, Vec::new(), &Limits::default())
         .complete(
@@ -241,6 +243,7 @@ fn too_many_documents_stop_the_parser_with_a_problem() {
     let files = [ManifestFile {
         path: FILE.into(),
         bytes: text.into_bytes(),
+        blob: None,
     }];
     let limits = Limits {
         max_documents: 10,
