@@ -9,7 +9,11 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Value};
+use serde::Deserialize;
 use thiserror::Error;
+
+mod checked;
+use checked::{Checked, Expected, HumanDuration, Reader};
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gitopsd/gitopsd.toml";
@@ -279,45 +283,22 @@ impl Config {
     }
 
     /// Validates an already merged tree; relative paths are taken from `base`.
-    pub fn from_dict(mut root: Dict, base: &Path) -> Result<Self, Vec<ConfigProblem>> {
+    pub fn from_dict(root: Dict, base: &Path) -> Result<Self, Vec<ConfigProblem>> {
+        let root = Value::Dict(figment::value::Tag::Default, root);
+        let (raw, unknown) = checked::read::<RawConfig>(&root).map_err(|problem| vec![problem])?;
         let mut check = Checker::default();
-        let mut repo_dict = check.section(&mut root, "repo", true);
-        let repo = check.repo(&mut repo_dict, base);
-        let mut state_dict = check.section(&mut root, "state", false);
-        let state_dir = check
-            .path(&mut state_dict, "state", "dir", base)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let render_cache_max_bytes = check
-            .unsigned(&mut state_dict, "state", "render_cache_max_bytes")
-            .unwrap_or(256 * 1024 * 1024);
-        let journal_defaults = crate::journal::Compaction::default();
-        let journal = crate::journal::Compaction {
-            max_bytes: check
-                .unsigned(&mut state_dict, "state", "journal_max_bytes")
-                .unwrap_or(journal_defaults.max_bytes),
-            max_age: check
-                .duration(&mut state_dict, "state", "journal_max_age")
-                .unwrap_or(journal_defaults.max_age),
-            keep_records: match check.unsigned(&mut state_dict, "state", "journal_keep_records") {
-                Some(0) => {
-                    check.problem("state.journal_keep_records".into(), "must be at least 1");
-                    journal_defaults.keep_records
-                }
-                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-                None => journal_defaults.keep_records,
-            },
-        };
-        check.no_more(state_dict, "state");
-        let api = check.api(&mut root, base);
-        let webhooks = check.webhooks(&mut root);
-        let mut environments = check.environments(&mut root, base, repo.as_ref());
+        let repo = check.repo(raw.repo, base);
+        let state = check.state(raw.state.unwrap_or_default(), base);
+        let api = raw.api.and_then(|api| check.api(api, base));
+        let webhooks = check.webhooks(raw.webhook.unwrap_or_default());
+        let mut environments = check.environments(raw.environment, base, repo.as_ref());
         let paths: Vec<String> = environments.iter().map(|e| e.path.clone()).collect();
         for environment in &mut environments {
             let own = environment.path.clone();
             let Some(render) = environment.render.as_mut() else {
                 continue;
             };
-            render.cache_max_bytes = render_cache_max_bytes;
+            render.cache_max_bytes = state.render_cache_max_bytes;
             // Other environments' own folders, unless they hold this one (a shared base).
             let holds_own = |path: &String| own.starts_with(&format!("{path}/"));
             render.revert_excluded = paths
@@ -326,15 +307,11 @@ impl Config {
                 .cloned()
                 .collect();
         }
-        check.no_more(root, "");
+        check.problems.extend(unknown);
         match (repo, check.problems.is_empty()) {
             (Some(repo), true) => Ok(Config {
                 repo,
-                state: StateConfig {
-                    dir: state_dir,
-                    render_cache_max_bytes,
-                    journal,
-                },
+                state,
                 api,
                 webhooks,
                 environments,
@@ -369,22 +346,6 @@ impl Checker {
             key,
             message: message.into(),
         });
-    }
-
-    fn section(&mut self, root: &mut Dict, name: &str, required: bool) -> Dict {
-        match root.remove(name) {
-            Some(Value::Dict(_, dict)) => dict,
-            Some(_) => {
-                self.problem(name.to_string(), "must be a table");
-                Dict::new()
-            }
-            None => {
-                if required {
-                    self.problem(name.to_string(), "missing section");
-                }
-                Dict::new()
-            }
-        }
     }
 
     fn no_more(&mut self, rest: Dict, prefix: &str) {
@@ -465,124 +426,14 @@ impl Checker {
         Some(base.join(text))
     }
 
-    fn repo(&mut self, dict: &mut Dict, base: &Path) -> Option<RepoConfig> {
-        let url = self.required_string(dict, "repo", "url");
-        let branch = self
-            .string(dict, "repo", "branch")
-            .unwrap_or_else(|| "main".into());
-        if branch.is_empty() || branch.starts_with('-') || branch.contains("..") {
-            self.problem("repo.branch".into(), "must be a branch name");
-        }
-        let poll_interval = self
-            .duration(dict, "repo", "poll_interval")
-            .unwrap_or(Duration::from_secs(30));
-        let token_file = self.path(dict, "repo", "token_file", base);
-        let token_username = self
-            .string(dict, "repo", "token_username")
-            .unwrap_or_else(|| "x-access-token".into());
-        let ssh_key_file = self.path(dict, "repo", "ssh_key_file", base);
-        let ssh_known_hosts_file = self.path(dict, "repo", "ssh_known_hosts_file", base);
-        let max_file_bytes = self
-            .unsigned(dict, "repo", "max_file_bytes")
-            .unwrap_or(DEFAULT_MAX_FILE_BYTES);
-        let defaults = crate::manifest::Limits::default();
-        let mut count = |key: &str, default: usize| {
-            self.unsigned(dict, "repo", key)
-                .map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX))
-        };
-        let max_files = count("max_files", 5_000);
-        let limits = crate::manifest::Limits {
-            max_documents: count("max_documents", defaults.max_documents),
-            max_depth: count("max_depth", defaults.max_depth),
-            max_aliases: count("max_aliases", defaults.max_aliases),
-        };
-        let max_total_bytes = self
-            .unsigned(dict, "repo", "max_total_bytes")
-            .unwrap_or(64 * 1024 * 1024);
-        let fetch_timeout = self
-            .duration(dict, "repo", "fetch_timeout")
-            .unwrap_or(Duration::from_secs(120));
-        let verify = self
-            .table(dict, "repo", "verify")
-            .and_then(|table| self.verify(table, base));
-        self.no_more(std::mem::take(dict), "repo");
-        let (url, local_path) = resolve_url(&url?, base);
-        if token_file.is_some() && !url.starts_with("https://") {
-            // gix refuses to send credentials in clear text, so http:// cannot carry a token.
-            self.problem("repo.token_file".into(), "needs an https:// url");
-        }
-        for (key, set) in [
-            ("repo.ssh_key_file", ssh_key_file.is_some()),
-            ("repo.ssh_known_hosts_file", ssh_known_hosts_file.is_some()),
-        ] {
-            if set && !is_ssh_url(&url) {
-                self.problem(key.into(), "only used with an ssh:// or user@host:path url");
-            }
-        }
-        Some(RepoConfig {
-            url,
-            local_path,
-            branch,
-            poll_interval,
-            token_file,
-            token_username,
-            ssh_key_file,
-            ssh_known_hosts_file,
-            max_file_bytes,
-            fetch_timeout,
-            max_files,
-            max_total_bytes,
-            limits,
-            verify,
-        })
-    }
-
-    /// `[repo.verify]`: where trust comes from, and which commits need it.
-    fn verify(
-        &mut self,
-        mut table: Dict,
-        base: &Path,
-    ) -> Option<crate::source::verify::VerifyConfig> {
-        use crate::source::verify::{VerifyConfig, VerifyMode};
-        let prefix = "repo.verify";
-        let allowed_signers = self.path(&mut table, prefix, "allowed_signers", base);
-        let gpg_keyring = self.path(&mut table, prefix, "gpg_keyring", base);
-        let signing_key = self.path(&mut table, prefix, "signing_key", base);
-        let mode = match self.string(&mut table, prefix, "mode").as_deref() {
-            None | Some("head") => VerifyMode::Head,
-            Some("all") => VerifyMode::All,
-            Some(other) => {
-                self.problem(
-                    join(prefix, "mode"),
-                    format!("unknown mode {other:?}; expected \"head\" or \"all\""),
-                );
-                VerifyMode::Head
-            }
-        };
-        self.no_more(table, prefix);
-        if allowed_signers.is_none() && gpg_keyring.is_none() {
-            self.problem(
-                prefix.into(),
-                "needs allowed_signers (SSH signatures) or gpg_keyring (OpenPGP), or both",
-            );
-            return None;
-        }
-        Some(VerifyConfig {
-            allowed_signers,
-            gpg_keyring,
-            mode,
-            signing_key,
-        })
-    }
-
     fn environments(
         &mut self,
-        root: &mut Dict,
+        raw: Option<Value>,
         base: &Path,
         repo: Option<&RepoConfig>,
     ) -> Vec<EnvironmentConfig> {
         let (repo_url, repo_branch) = repo.map_or(("", ""), |repo| (&repo.url, &repo.branch));
-        let items = match root.remove("environment") {
+        let items = match raw {
             Some(Value::Array(_, items)) => items,
             Some(_) => {
                 self.problem(
@@ -1253,56 +1104,254 @@ impl Checker {
             cluster_scoped,
         }
     }
+}
 
-    fn webhooks(&mut self, root: &mut Dict) -> Vec<WebhookConfig> {
-        let items = match root.remove("webhook") {
-            None => return Vec::new(),
-            Some(Value::Array(_, items)) => items,
-            Some(_) => {
-                self.problem("webhook".into(), "must be an array of tables ([[webhook]])");
-                return Vec::new();
+/// The file as written: every field optional and every value [`Checked`], so that reading
+/// never stops at a problem; [`Checker`] then turns it into a [`Config`].
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    repo: Option<RawRepo>,
+    state: Option<RawState>,
+    api: Option<RawApi>,
+    webhook: Option<Vec<RawWebhook>>,
+    /// Environments are still checked by walking their tables ([`Checker::environments`]).
+    environment: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRepo {
+    url: Option<Checked<String>>,
+    branch: Option<Checked<String>>,
+    poll_interval: Option<Checked<HumanDuration>>,
+    token_file: Option<Checked<String>>,
+    token_username: Option<Checked<String>>,
+    ssh_key_file: Option<Checked<String>>,
+    ssh_known_hosts_file: Option<Checked<String>>,
+    max_file_bytes: Option<Checked<u64>>,
+    max_files: Option<Checked<u64>>,
+    max_documents: Option<Checked<u64>>,
+    max_depth: Option<Checked<u64>>,
+    max_aliases: Option<Checked<u64>>,
+    max_total_bytes: Option<Checked<u64>>,
+    fetch_timeout: Option<Checked<HumanDuration>>,
+    verify: Option<RawVerify>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawVerify {
+    allowed_signers: Option<Checked<String>>,
+    gpg_keyring: Option<Checked<String>>,
+    signing_key: Option<Checked<String>>,
+    mode: Option<Checked<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawState {
+    dir: Option<Checked<String>>,
+    render_cache_max_bytes: Option<Checked<u64>>,
+    journal_max_bytes: Option<Checked<u64>>,
+    journal_max_age: Option<Checked<HumanDuration>>,
+    journal_keep_records: Option<Checked<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawApi {
+    listen: Option<Checked<String>>,
+    token_file: Option<Checked<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawWebhook {
+    url: Option<Checked<String>>,
+    events: Option<Checked<Vec<String>>>,
+    timeout: Option<Checked<HumanDuration>>,
+}
+
+impl Expected for Vec<String> {
+    const WHAT: &'static str = "an array of strings";
+}
+
+impl Checker {
+    fn reader(&mut self, prefix: impl Into<String>) -> Reader<'_> {
+        Reader {
+            problems: &mut self.problems,
+            prefix: prefix.into(),
+        }
+    }
+
+    fn repo(&mut self, raw: Option<RawRepo>, base: &Path) -> Option<RepoConfig> {
+        let Some(raw) = raw else {
+            self.problem("repo".into(), "missing section");
+            return None;
+        };
+        let mut read = self.reader("repo");
+        let url = read.required("url", raw.url);
+        let branch = read
+            .get("branch", raw.branch)
+            .unwrap_or_else(|| "main".into());
+        if branch.is_empty() || branch.starts_with('-') || branch.contains("..") {
+            read.problem("branch", "must be a branch name");
+        }
+        let poll_interval = read
+            .duration("poll_interval", raw.poll_interval)
+            .unwrap_or(Duration::from_secs(30));
+        let token_file = read.path("token_file", raw.token_file, base);
+        let token_username = read
+            .get("token_username", raw.token_username)
+            .unwrap_or_else(|| "x-access-token".into());
+        let ssh_key_file = read.path("ssh_key_file", raw.ssh_key_file, base);
+        let ssh_known_hosts_file =
+            read.path("ssh_known_hosts_file", raw.ssh_known_hosts_file, base);
+        let max_file_bytes = read
+            .get("max_file_bytes", raw.max_file_bytes)
+            .unwrap_or(DEFAULT_MAX_FILE_BYTES);
+        let defaults = crate::manifest::Limits::default();
+        let max_files = read.count("max_files", raw.max_files).unwrap_or(5_000);
+        let limits = crate::manifest::Limits {
+            max_documents: read
+                .count("max_documents", raw.max_documents)
+                .unwrap_or(defaults.max_documents),
+            max_depth: read
+                .count("max_depth", raw.max_depth)
+                .unwrap_or(defaults.max_depth),
+            max_aliases: read
+                .count("max_aliases", raw.max_aliases)
+                .unwrap_or(defaults.max_aliases),
+        };
+        let max_total_bytes = read
+            .get("max_total_bytes", raw.max_total_bytes)
+            .unwrap_or(64 * 1024 * 1024);
+        let fetch_timeout = read
+            .duration("fetch_timeout", raw.fetch_timeout)
+            .unwrap_or(Duration::from_secs(120));
+        let verify = raw.verify.and_then(|verify| self.verify(verify, base));
+        let (url, local_path) = resolve_url(&url?, base);
+        if token_file.is_some() && !url.starts_with("https://") {
+            // gix refuses to send credentials in clear text, so http:// cannot carry a token.
+            self.problem("repo.token_file".into(), "needs an https:// url");
+        }
+        for (key, set) in [
+            ("repo.ssh_key_file", ssh_key_file.is_some()),
+            ("repo.ssh_known_hosts_file", ssh_known_hosts_file.is_some()),
+        ] {
+            if set && !is_ssh_url(&url) {
+                self.problem(key.into(), "only used with an ssh:// or user@host:path url");
+            }
+        }
+        Some(RepoConfig {
+            url,
+            local_path,
+            branch,
+            poll_interval,
+            token_file,
+            token_username,
+            ssh_key_file,
+            ssh_known_hosts_file,
+            max_file_bytes,
+            fetch_timeout,
+            max_files,
+            max_total_bytes,
+            limits,
+            verify,
+        })
+    }
+
+    /// `[repo.verify]`: where trust comes from, and which commits need it.
+    fn verify(
+        &mut self,
+        raw: RawVerify,
+        base: &Path,
+    ) -> Option<crate::source::verify::VerifyConfig> {
+        use crate::source::verify::{VerifyConfig, VerifyMode};
+        let mut read = self.reader("repo.verify");
+        let allowed_signers = read.path("allowed_signers", raw.allowed_signers, base);
+        let gpg_keyring = read.path("gpg_keyring", raw.gpg_keyring, base);
+        let signing_key = read.path("signing_key", raw.signing_key, base);
+        let mode = match read.get("mode", raw.mode).as_deref() {
+            None | Some("head") => VerifyMode::Head,
+            Some("all") => VerifyMode::All,
+            Some(other) => {
+                read.problem(
+                    "mode",
+                    format!("unknown mode {other:?}; expected \"head\" or \"all\""),
+                );
+                VerifyMode::Head
             }
         };
+        if allowed_signers.is_none() && gpg_keyring.is_none() {
+            self.problem(
+                "repo.verify".into(),
+                "needs allowed_signers (SSH signatures) or gpg_keyring (OpenPGP), or both",
+            );
+            return None;
+        }
+        Some(VerifyConfig {
+            allowed_signers,
+            gpg_keyring,
+            mode,
+            signing_key,
+        })
+    }
+
+    fn state(&mut self, raw: RawState, base: &Path) -> StateConfig {
+        let mut read = self.reader("state");
+        let dir = read
+            .path("dir", raw.dir, base)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let render_cache_max_bytes = read
+            .get("render_cache_max_bytes", raw.render_cache_max_bytes)
+            .unwrap_or(256 * 1024 * 1024);
+        let defaults = crate::journal::Compaction::default();
+        let journal = crate::journal::Compaction {
+            max_bytes: read
+                .get("journal_max_bytes", raw.journal_max_bytes)
+                .unwrap_or(defaults.max_bytes),
+            max_age: read
+                .duration("journal_max_age", raw.journal_max_age)
+                .unwrap_or(defaults.max_age),
+            keep_records: match read.count("journal_keep_records", raw.journal_keep_records) {
+                Some(0) => {
+                    read.problem("journal_keep_records", "must be at least 1");
+                    defaults.keep_records
+                }
+                Some(n) => n,
+                None => defaults.keep_records,
+            },
+        };
+        StateConfig {
+            dir,
+            render_cache_max_bytes,
+            journal,
+        }
+    }
+
+    fn webhooks(&mut self, raw: Vec<RawWebhook>) -> Vec<WebhookConfig> {
         let mut webhooks = Vec::new();
-        for (index, item) in items.into_iter().enumerate() {
-            let key = format!("webhook[{index}]");
-            let Value::Dict(_, mut table) = item else {
-                self.problem(key, "must be a table");
-                continue;
-            };
-            let url = self.required_string(&mut table, &key, "url");
+        for (index, raw) in raw.into_iter().enumerate() {
+            let mut read = self.reader(format!("webhook[{index}]"));
+            let url = read.required("url", raw.url);
             if let Some(url) = &url
                 && !url.starts_with("http://")
                 && !url.starts_with("https://")
             {
-                self.problem(join(&key, "url"), "must be an http:// or https:// URL");
+                read.problem("url", "must be an http:// or https:// URL");
             }
-            let events = match table.remove("events") {
-                None => Vec::new(),
-                Some(Value::Array(_, items)) => {
-                    let mut events = Vec::new();
-                    for item in items {
-                        match item.as_str() {
-                            Some(event) if WEBHOOK_EVENTS.contains(&event) => {
-                                events.push(event.to_string())
-                            }
-                            _ => self.problem(
-                                join(&key, "events"),
-                                format!("events are {}", WEBHOOK_EVENTS.join(", ")),
-                            ),
-                        }
-                    }
-                    events
-                }
-                Some(_) => {
-                    self.problem(join(&key, "events"), "must be an array of event names");
-                    Vec::new()
-                }
-            };
-            let timeout = self
-                .duration(&mut table, &key, "timeout")
+            let events = read.get("events", raw.events).unwrap_or_default();
+            if let Some(unknown) = events
+                .iter()
+                .find(|e| !WEBHOOK_EVENTS.contains(&e.as_str()))
+            {
+                read.problem(
+                    "events",
+                    format!(
+                        "unknown event {unknown:?}; events are {}",
+                        WEBHOOK_EVENTS.join(", ")
+                    ),
+                );
+            }
+            let timeout = read
+                .duration("timeout", raw.timeout)
                 .unwrap_or(Duration::from_secs(5));
-            self.no_more(table, &key);
             if let Some(url) = url {
                 webhooks.push(WebhookConfig {
                     url,
@@ -1314,18 +1363,17 @@ impl Checker {
         webhooks
     }
 
-    fn api(&mut self, root: &mut Dict, base: &Path) -> Option<ApiConfig> {
-        let mut table = self.table(root, "", "api")?;
-        let listen = self
-            .string(&mut table, "api", "listen")
+    fn api(&mut self, raw: RawApi, base: &Path) -> Option<ApiConfig> {
+        let mut read = self.reader("api");
+        let listen = read
+            .get("listen", raw.listen)
             .unwrap_or_else(|| DEFAULT_API_LISTEN.into());
-        let token_file = self.path(&mut table, "api", "token_file", base);
-        self.no_more(table, "api");
+        let token_file = read.path("token_file", raw.token_file, base);
         match listen.parse() {
             Ok(listen) => Some(ApiConfig { listen, token_file }),
             Err(_) => {
-                self.problem(
-                    "api.listen".into(),
+                read.problem(
+                    "listen",
                     format!("invalid address {listen:?}; use e.g. \"127.0.0.1:9107\""),
                 );
                 None
