@@ -35,6 +35,14 @@ impl Expected for u64 {
     const WHAT: &'static str = "a non-negative integer";
 }
 
+impl Expected for f64 {
+    const WHAT: &'static str = "a number";
+}
+
+impl Expected for Vec<String> {
+    const WHAT: &'static str = "an array of strings";
+}
+
 /// A duration written the humantime way ("30s", "5m", "1h 30m").
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(transparent)]
@@ -155,6 +163,34 @@ impl Reader<'_> {
             return None;
         }
         Some(duration)
+    }
+
+    /// A duration that may be zero ("0s" turns a wait off).
+    pub fn duration_or_zero(
+        &mut self,
+        key: &str,
+        value: Option<Checked<HumanDuration>>,
+    ) -> Option<Duration> {
+        self.get(key, value).map(|HumanDuration(duration)| duration)
+    }
+
+    /// A key that this kind of table does not have, when it is set.
+    pub fn unknown_if(&mut self, key: &str, set: bool) {
+        if set {
+            self.problem(key, "unknown key");
+        }
+    }
+
+    /// A relative path inside the repository; required.
+    pub fn repo_path(&mut self, key: &str, value: Option<Checked<String>>) -> Option<String> {
+        let path = self.required(key, value)?;
+        if !super::valid_repo_path(&path) {
+            self.problem(
+                key,
+                "must be a relative path inside the repository (no '..')",
+            );
+        }
+        Some(path)
     }
 
     /// A non-empty path, relative to `base` unless absolute.

@@ -287,10 +287,15 @@ impl Config {
         let root = Value::Dict(figment::value::Tag::Default, root);
         let (raw, unknown) = checked::read::<RawConfig>(&root).map_err(|problem| vec![problem])?;
         let mut check = Checker::default();
+        let mut unknown = Unknown::new("", unknown);
         let repo = check.repo(raw.repo, base);
+        check.problems.extend(unknown.under("repo"));
         let state = check.state(raw.state.unwrap_or_default(), base);
+        check.problems.extend(unknown.under("state"));
         let api = raw.api.and_then(|api| check.api(api, base));
+        check.problems.extend(unknown.under("api"));
         let webhooks = check.webhooks(raw.webhook.unwrap_or_default());
+        check.problems.extend(unknown.under("webhook"));
         let mut environments = check.environments(raw.environment, base, repo.as_ref());
         let paths: Vec<String> = environments.iter().map(|e| e.path.clone()).collect();
         for environment in &mut environments {
@@ -307,7 +312,7 @@ impl Config {
                 .cloned()
                 .collect();
         }
-        check.problems.extend(unknown);
+        check.problems.extend(unknown.rest());
         match (repo, check.problems.is_empty()) {
             (Some(repo), true) => Ok(Config {
                 repo,
@@ -348,94 +353,16 @@ impl Checker {
         });
     }
 
-    fn no_more(&mut self, rest: Dict, prefix: &str) {
-        for key in rest.keys() {
-            self.problem(join(prefix, key), "unknown key");
-        }
-    }
-
-    /// Takes `key` out of `dict` and converts it with `read`; a value of the wrong type is
-    /// reported as "must be {what}". Absent keys are `None` without a problem.
-    fn take<T>(
-        &mut self,
-        dict: &mut Dict,
-        prefix: &str,
-        key: &str,
-        what: &str,
-        read: impl FnOnce(Value) -> Option<T>,
-    ) -> Option<T> {
-        let value = read(dict.remove(key)?);
-        if value.is_none() {
-            self.problem(join(prefix, key), format!("must be {what}"));
-        }
-        value
-    }
-
-    fn string(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<String> {
-        self.take(dict, prefix, key, "a string", |value| match value {
-            Value::String(_, text) => Some(text),
-            _ => None,
-        })
-    }
-
-    fn required_string(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<String> {
-        let value = self.string(dict, prefix, key);
-        if value.is_none() && !self.problems.iter().any(|p| p.key == join(prefix, key)) {
-            self.problem(join(prefix, key), "missing");
-        }
-        value
-    }
-
-    fn boolean(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<bool> {
-        self.take(dict, prefix, key, "true or false", |value| match value {
-            Value::Bool(_, flag) => Some(flag),
-            _ => None,
-        })
-    }
-
-    fn unsigned(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<u64> {
-        self.take(dict, prefix, key, "a non-negative integer", |value| {
-            non_negative(&value).and_then(|n| u64::try_from(n).ok())
-        })
-    }
-
-    fn duration(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<Duration> {
-        let text = self.string(dict, prefix, key)?;
-        match humantime::parse_duration(&text) {
-            Ok(duration) if !duration.is_zero() => Some(duration),
-            Ok(_) => {
-                self.problem(join(prefix, key), "must be longer than zero");
-                None
-            }
-            Err(error) => {
-                self.problem(
-                    join(prefix, key),
-                    format!("invalid duration {text:?} ({error}); use e.g. \"30s\" or \"5m\""),
-                );
-                None
-            }
-        }
-    }
-
-    fn path(&mut self, dict: &mut Dict, prefix: &str, key: &str, base: &Path) -> Option<PathBuf> {
-        let text = self.string(dict, prefix, key)?;
-        if text.is_empty() {
-            self.problem(join(prefix, key), "must not be empty");
-            return None;
-        }
-        Some(base.join(text))
-    }
-
     fn environments(
         &mut self,
-        raw: Option<Value>,
+        raw: Option<Checked<Tables>>,
         base: &Path,
         repo: Option<&RepoConfig>,
     ) -> Vec<EnvironmentConfig> {
         let (repo_url, repo_branch) = repo.map_or(("", ""), |repo| (&repo.url, &repo.branch));
         let items = match raw {
-            Some(Value::Array(_, items)) => items,
-            Some(_) => {
+            Some(Checked::Valid(Tables(items))) => items,
+            Some(Checked::Invalid(_)) => {
                 self.problem(
                     "environment".into(),
                     "must be an array of tables ([[environment]])",
@@ -453,45 +380,50 @@ impl Checker {
         let mut environments: Vec<EnvironmentConfig> = Vec::new();
         let mut names = BTreeSet::new();
         let mut target_paths = BTreeSet::new();
-        for (index, item) in items.into_iter().enumerate() {
+        for (index, item) in items.iter().enumerate() {
             let prefix = format!("environment[{index}]");
-            let Value::Dict(_, mut dict) = item else {
-                self.problem(prefix, "must be a table");
-                continue;
+            let (raw, unknown) = match checked::read::<RawEnvironment>(item) {
+                Ok(read) => read,
+                Err(problem) => {
+                    self.problem(join(&prefix, &problem.key), problem.message);
+                    continue;
+                }
             };
-            let name = self.required_string(&mut dict, &prefix, "name");
+            let mut unknown = Unknown::new(&prefix, unknown);
+            let mut read = self.reader(prefix.clone());
+            let name = read.required("name", raw.name);
             if let Some(name) = &name {
                 if !valid_environment_name(name) {
-                    self.problem(
-                        join(&prefix, "name"),
+                    read.problem(
+                        "name",
                         "must be lowercase letters, digits and '-', starting with a letter",
                     );
                 } else if !names.insert(name.clone()) {
-                    self.problem(
-                        join(&prefix, "name"),
-                        format!("duplicate environment {name:?}"),
-                    );
+                    read.problem("name", format!("duplicate environment {name:?}"));
                 }
             }
-            let path = self.required_string(&mut dict, &prefix, "path");
+            let path = read.required("path", raw.path);
             if let Some(path) = &path
                 && !valid_repo_path(path)
             {
-                self.problem(
-                    join(&prefix, "path"),
+                read.problem(
+                    "path",
                     "must be a relative folder inside the repository (no '..')",
                 );
             }
-            let namespace = self
-                .string(&mut dict, &prefix, "namespace")
+            let namespace = read
+                .get("namespace", raw.namespace)
                 .unwrap_or_else(|| "default".into());
-            let render = self.render(
-                &mut dict,
-                &prefix,
-                name.as_deref().unwrap_or_default(),
-                &namespace,
-            );
-            let target = self.target(&mut dict, &prefix, base);
+            let render = raw.render.and_then(|render| {
+                self.render(
+                    render,
+                    &prefix,
+                    name.as_deref().unwrap_or_default(),
+                    &namespace,
+                    &mut unknown,
+                )
+            });
+            let target = self.target(raw.target, &prefix, base, &mut unknown);
             if let Some(TargetConfig::Directory { path }) = &target
                 && !target_paths.insert(path.clone())
             {
@@ -500,27 +432,40 @@ impl Checker {
                     "another environment already uses this folder",
                 );
             }
-            let prune = self.boolean(&mut dict, &prefix, "prune").unwrap_or(true);
-            let allow_empty = self
-                .boolean(&mut dict, &prefix, "allow_empty")
-                .unwrap_or(false);
-            let policy = self.policy(&mut dict, &prefix);
-            let rollout = self.rollout(&mut dict, &prefix);
-            let health = self.health_checks(&mut dict, &prefix);
-            let after = self.string(&mut dict, &prefix, "after");
-            let manual_approval = match self.string(&mut dict, &prefix, "approval").as_deref() {
+            let mut read = self.reader(prefix.clone());
+            let prune = read.get("prune", raw.prune).unwrap_or(true);
+            let allow_empty = read.get("allow_empty", raw.allow_empty).unwrap_or(false);
+            let policy = self.policy(
+                RawPolicy {
+                    allowed_namespaces: raw.allowed_namespaces,
+                    allowed_kinds: raw.allowed_kinds,
+                    denied_kinds: raw.denied_kinds,
+                    cluster_scoped: raw.cluster_scoped,
+                },
+                &prefix,
+            );
+            let rollout = match raw.rollout {
+                Some(rollout) => self.rollout(rollout, &prefix, &mut unknown),
+                None => RolloutConfig::default(),
+            };
+            let health = self.health_checks(raw.health.unwrap_or_default(), &prefix, &mut unknown);
+            let mut read = self.reader(prefix.clone());
+            let after = read.get("after", raw.after);
+            let manual_approval = match read.get("approval", raw.approval).as_deref() {
                 None | Some("none") => false,
                 Some("manual") => true,
                 Some(other) => {
-                    self.problem(
-                        join(&prefix, "approval"),
+                    read.problem(
+                        "approval",
                         format!("unknown approval {other:?}; expected \"manual\" or \"none\""),
                     );
                     false
                 }
             };
-            let window = self.window(&mut dict, &prefix);
-            self.no_more(dict, &prefix);
+            let window = raw
+                .window
+                .and_then(|window| self.window(window, &prefix, &mut unknown));
+            self.problems.extend(unknown.rest());
             if let (Some(name), Some(path), Some(target)) = (name, path, target) {
                 let path = path.trim_end_matches('/').to_string();
                 environments.push(EnvironmentConfig {
@@ -569,47 +514,63 @@ impl Checker {
         environments
     }
 
-    fn target(&mut self, dict: &mut Dict, prefix: &str, base: &Path) -> Option<TargetConfig> {
+    fn target(
+        &mut self,
+        raw: Option<RawTarget>,
+        prefix: &str,
+        base: &Path,
+        unknown: &mut Unknown,
+    ) -> Option<TargetConfig> {
         let key = join(prefix, "target");
-        let mut target = match dict.remove("target") {
-            Some(Value::Dict(_, target)) => target,
-            Some(_) => {
-                self.problem(key, "must be a table");
-                return None;
-            }
-            None => {
-                self.problem(key, "missing");
-                return None;
-            }
+        let Some(raw) = raw else {
+            self.problem(key, "missing");
+            return None;
         };
-        let kind = self.required_string(&mut target, &key, "type")?;
+        let mut read = self.reader(key.clone());
+        let kind = read.required("type", raw.kind)?;
         let result = match kind.as_str() {
             "directory" => {
-                let path = self.path(&mut target, &key, "path", base);
-                if path.is_none() && !self.problems.iter().any(|p| p.key == join(&key, "path")) {
-                    self.problem(join(&key, "path"), "missing");
+                let path = if raw.path.is_some() {
+                    read.path("path", raw.path, base)
+                } else {
+                    read.problem("path", "missing");
+                    None
+                };
+                for (name, set) in [
+                    ("kubeconfig", raw.kubeconfig.is_some()),
+                    ("context", raw.context.is_some()),
+                    ("force_conflicts", raw.force_conflicts.is_some()),
+                    ("adopt", raw.adopt.is_some()),
+                    ("applyset_namespace", raw.applyset_namespace.is_some()),
+                    ("concurrency", raw.concurrency.is_some()),
+                    ("requests_per_second", raw.requests_per_second.is_some()),
+                    (
+                        "delete_foreign_namespaces",
+                        raw.delete_foreign_namespaces.is_some(),
+                    ),
+                ] {
+                    read.unknown_if(name, set);
                 }
                 path.map(|path| TargetConfig::Directory { path })
             }
             "kubernetes" => {
-                let kubeconfig = self.path(&mut target, &key, "kubeconfig", base);
-                let context = self.string(&mut target, &key, "context");
-                let force_conflicts = self
-                    .boolean(&mut target, &key, "force_conflicts")
+                read.unknown_if("path", raw.path.is_some());
+                let kubeconfig = read.path("kubeconfig", raw.kubeconfig, base);
+                let context = read.get("context", raw.context);
+                let force_conflicts = read
+                    .get("force_conflicts", raw.force_conflicts)
                     .unwrap_or(true);
-                let adopt = self.boolean(&mut target, &key, "adopt").unwrap_or(false);
-                let applyset_namespace = self.string(&mut target, &key, "applyset_namespace");
-                let concurrency = self
-                    .unsigned(&mut target, &key, "concurrency")
-                    .unwrap_or(32);
+                let adopt = read.get("adopt", raw.adopt).unwrap_or(false);
+                let applyset_namespace = read.get("applyset_namespace", raw.applyset_namespace);
+                let concurrency = read.count("concurrency", raw.concurrency).unwrap_or(32);
                 if concurrency == 0 {
-                    self.problem(join(&key, "concurrency"), "must be at least 1");
+                    read.problem("concurrency", "must be at least 1");
                 }
-                let delete_foreign_namespaces = self
-                    .boolean(&mut target, &key, "delete_foreign_namespaces")
+                let delete_foreign_namespaces = read
+                    .get("delete_foreign_namespaces", raw.delete_foreign_namespaces)
                     .unwrap_or(false);
-                let requests_per_second = self
-                    .unsigned(&mut target, &key, "requests_per_second")
+                let requests_per_second = read
+                    .get("requests_per_second", raw.requests_per_second)
                     .unwrap_or(0);
                 Some(TargetConfig::Kubernetes(
                     crate::target::KubernetesSettings {
@@ -618,57 +579,40 @@ impl Checker {
                         force_conflicts,
                         adopt,
                         applyset_namespace,
-                        concurrency: usize::try_from(concurrency).unwrap_or(32).max(1),
+                        concurrency: concurrency.max(1),
                         requests_per_second: u32::try_from(requests_per_second).unwrap_or(u32::MAX),
                         delete_foreign_namespaces,
                     },
                 ))
             }
             other => {
-                self.problem(
-                    join(&key, "type"),
+                read.problem(
+                    "type",
                     format!(
                         "unknown target type {other:?}; expected \"directory\" or \"kubernetes\""
                     ),
                 );
-                target.clear();
-                None
+                // Which keys belong is unknown too: no "unknown key" for each.
+                unknown.drop_under("target");
+                return None;
             }
         };
-        self.no_more(target, &key);
+        self.problems.extend(unknown.under("target"));
         result
     }
-}
 
-impl Checker {
-    fn number(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<f64> {
-        self.take(dict, prefix, key, "a number", |value| {
-            // `max = 1` is an integer in TOML; it is meant as 1.0.
-            #[allow(clippy::cast_precision_loss)]
-            let number = value.to_f64().or_else(|| value.to_i128().map(|n| n as f64));
-            number.filter(|n| n.is_finite())
-        })
-    }
-
-    fn table(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<Dict> {
-        self.take(dict, prefix, key, "a table", |value| match value {
-            Value::Dict(_, table) => Some(table),
-            _ => None,
-        })
-    }
-
-    fn rollout(&mut self, dict: &mut Dict, prefix: &str) -> RolloutConfig {
-        let key = join(prefix, "rollout");
+    fn rollout(&mut self, raw: RawRollout, prefix: &str, unknown: &mut Unknown) -> RolloutConfig {
         let defaults = RolloutConfig::default();
-        let Some(mut table) = self.table(dict, prefix, "rollout") else {
-            return defaults;
-        };
-        let steps = match table.remove("steps") {
+        let mut read = self.reader(join(prefix, "rollout"));
+        let steps = match raw.steps {
             None => defaults.steps.clone(),
-            Some(Value::Array(_, items)) => {
+            Some(Checked::Valid(Steps(items))) => {
                 let steps: Vec<Option<u8>> = items
-                    .iter()
-                    .map(|item| non_negative(item).and_then(|n| u8::try_from(n).ok()))
+                    .into_iter()
+                    .map(|item| match item {
+                        Checked::Valid(n) => u8::try_from(n).ok(),
+                        Checked::Invalid(_) => None,
+                    })
                     .collect();
                 let valid: Vec<u8> = steps.iter().flatten().copied().collect();
                 let increasing = valid.windows(2).all(|pair| pair[0] < pair[1]);
@@ -677,8 +621,8 @@ impl Checker {
                     || valid.first().is_some_and(|first| *first == 0)
                     || valid.last() != Some(&100)
                 {
-                    self.problem(
-                        join(&key, "steps"),
+                    read.problem(
+                        "steps",
                         "must be increasing percentages between 1 and 100, ending with 100",
                     );
                     defaults.steps.clone()
@@ -686,31 +630,31 @@ impl Checker {
                     valid
                 }
             }
-            Some(_) => {
-                self.problem(join(&key, "steps"), "must be an array like [10, 50, 100]");
+            Some(Checked::Invalid(message)) => {
+                read.problem("steps", message);
                 defaults.steps.clone()
             }
         };
-        let bake = self
-            .duration_or_zero(&mut table, &key, "bake")
+        let bake = read
+            .duration_or_zero("bake", raw.bake)
             .unwrap_or(defaults.bake);
-        let timeout = self
-            .duration(&mut table, &key, "timeout")
+        let timeout = read
+            .duration("timeout", raw.timeout)
             .unwrap_or(defaults.timeout);
-        let verify = self
-            .duration_or_zero(&mut table, &key, "verify")
+        let verify = read
+            .duration_or_zero("verify", raw.verify)
             .unwrap_or(defaults.verify);
-        let revert_commit = self
-            .boolean(&mut table, &key, "revert_commit")
+        let revert_commit = read
+            .get("revert_commit", raw.revert_commit)
             .unwrap_or(defaults.revert_commit);
-        let max_restarts = match self.unsigned(&mut table, &key, "max_restarts") {
+        let max_restarts = match read.get("max_restarts", raw.max_restarts) {
             Some(n) => u32::try_from(n).unwrap_or_else(|_| {
-                self.problem(join(&key, "max_restarts"), "is too large");
+                read.problem("max_restarts", "is too large");
                 defaults.max_restarts
             }),
             None => defaults.max_restarts,
         };
-        self.no_more(table, &key);
+        self.problems.extend(unknown.under("rollout"));
         RolloutConfig {
             steps,
             bake,
@@ -721,70 +665,72 @@ impl Checker {
         }
     }
 
-    /// A duration that may be zero ("0s" turns a window off).
-    fn duration_or_zero(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<Duration> {
-        let text = self.string(dict, prefix, key)?;
-        match humantime::parse_duration(&text) {
-            Ok(duration) => Some(duration),
-            Err(error) => {
-                self.problem(
-                    join(prefix, key),
-                    format!("invalid duration {text:?} ({error}); use e.g. \"30s\" or \"5m\""),
-                );
-                None
-            }
-        }
-    }
-
-    fn health_checks(&mut self, dict: &mut Dict, prefix: &str) -> Vec<HealthCheckConfig> {
-        let items = match dict.remove("health") {
-            None => return Vec::new(),
-            Some(Value::Array(_, items)) => items,
-            Some(_) => {
-                self.problem(
-                    join(prefix, "health"),
-                    "must be an array of tables ([[environment.health]])",
-                );
-                return Vec::new();
-            }
-        };
+    fn health_checks(
+        &mut self,
+        raw: Vec<RawHealthCheck>,
+        prefix: &str,
+        unknown: &mut Unknown,
+    ) -> Vec<HealthCheckConfig> {
         let mut checks = Vec::new();
-        for (index, item) in items.into_iter().enumerate() {
-            let key = format!("{prefix}.health[{index}]");
-            let Value::Dict(_, mut table) = item else {
-                self.problem(key, "must be a table");
-                continue;
-            };
-            if let Some(check) = self.health_check(&mut table, &key) {
+        for (index, raw) in raw.into_iter().enumerate() {
+            let table = format!("health[{index}]");
+            if let Some(check) = self.health_check(raw, &join(prefix, &table), &table, unknown) {
                 checks.push(check);
             }
-            self.no_more(table, &key);
+            self.problems.extend(unknown.under(&table));
         }
         checks
     }
 
-    fn health_check(&mut self, table: &mut Dict, key: &str) -> Option<HealthCheckConfig> {
-        let kind = self.required_string(table, key, "type");
-        let name = self.string(table, key, "name");
-        let interval = self
-            .duration(table, key, "interval")
+    fn health_check(
+        &mut self,
+        raw: RawHealthCheck,
+        key: &str,
+        table: &str,
+        unknown: &mut Unknown,
+    ) -> Option<HealthCheckConfig> {
+        let mut read = self.reader(key);
+        let kind = read.required("type", raw.kind);
+        let name = read.get("name", raw.name);
+        let interval = read
+            .duration("interval", raw.interval)
             .unwrap_or(Duration::from_secs(10));
-        let failures = self.unsigned(table, key, "failures").unwrap_or(3);
+        let failures = read.get("failures", raw.failures).unwrap_or(3);
         if failures == 0 {
-            self.problem(join(key, "failures"), "must be at least 1");
+            read.problem("failures", "must be at least 1");
         }
-        let timeout = self.duration(table, key, "timeout");
-        let check = match kind?.as_str() {
-            "http" => {
-                let url = self.required_string(table, key, "url");
-                let expect_status = self.unsigned(table, key, "expect_status").unwrap_or(200);
-                let body_contains = self.string(table, key, "body_contains");
-                if !(100..=599).contains(&expect_status) {
-                    self.problem(
-                        join(key, "expect_status"),
-                        "must be an HTTP status (100-599)",
-                    );
+        let timeout = read.duration("timeout", raw.timeout);
+        let kind = kind?;
+        let only = |read: &mut Reader<'_>, keys: &[(&str, bool)], allowed: &[&str]| {
+            for (name, set) in keys {
+                if !allowed.contains(name) {
+                    read.unknown_if(name, *set);
                 }
+            }
+        };
+        let specific = [
+            ("url", raw.url.is_some()),
+            ("expect_status", raw.expect_status.is_some()),
+            ("body_contains", raw.body_contains.is_some()),
+            ("query", raw.query.is_some()),
+            ("min", raw.min.is_some()),
+            ("max", raw.max.is_some()),
+            ("empty_is_healthy", raw.empty_is_healthy.is_some()),
+            ("command", raw.command.is_some()),
+        ];
+        let check = match kind.as_str() {
+            "http" => {
+                let url = read.required("url", raw.url);
+                let expect_status = read.get("expect_status", raw.expect_status).unwrap_or(200);
+                let body_contains = read.get("body_contains", raw.body_contains);
+                if !(100..=599).contains(&expect_status) {
+                    read.problem("expect_status", "must be an HTTP status (100-599)");
+                }
+                only(
+                    &mut read,
+                    &specific,
+                    &["url", "expect_status", "body_contains"],
+                );
                 CheckKind::Http {
                     url: url?,
                     expect_status: u16::try_from(expect_status).unwrap_or(200),
@@ -793,19 +739,29 @@ impl Checker {
                 }
             }
             "prometheus" => {
-                let url = self.required_string(table, key, "url");
-                let query = self.required_string(table, key, "query");
-                let min = self.number(table, key, "min");
-                let max = self.number(table, key, "max");
-                let empty_is_healthy = self
-                    .boolean(table, key, "empty_is_healthy")
+                let url = read.required("url", raw.url);
+                let query = read.required("query", raw.query);
+                let finite = |read: &mut Reader<'_>, key: &str, value: Option<Checked<f64>>| {
+                    let number = read.get(key, value)?;
+                    if !number.is_finite() {
+                        read.problem(key, "must be a number");
+                        return None;
+                    }
+                    Some(number)
+                };
+                let min = finite(&mut read, "min", raw.min);
+                let max = finite(&mut read, "max", raw.max);
+                let empty_is_healthy = read
+                    .get("empty_is_healthy", raw.empty_is_healthy)
                     .unwrap_or(false);
                 if min.is_none() && max.is_none() {
-                    self.problem(
-                        join(key, "max"),
-                        "a prometheus check needs min, max or both",
-                    );
+                    read.problem("max", "a prometheus check needs min, max or both");
                 }
+                only(
+                    &mut read,
+                    &specific,
+                    &["url", "query", "min", "max", "empty_is_healthy"],
+                );
                 CheckKind::Prometheus {
                     url: url?.trim_end_matches('/').to_string(),
                     query: query?,
@@ -816,18 +772,17 @@ impl Checker {
                 }
             }
             "exec" => {
-                let command = self.required_string(table, key, "command")?;
+                let command = read.required("command", raw.command);
+                only(&mut read, &specific, &["command"]);
+                let command = command?;
                 let argv = match shell_words::split(&command) {
                     Ok(argv) if !argv.is_empty() => argv,
                     Ok(_) => {
-                        self.problem(join(key, "command"), "must not be empty");
+                        read.problem("command", "must not be empty");
                         return None;
                     }
                     Err(error) => {
-                        self.problem(
-                            join(key, "command"),
-                            format!("cannot split {command:?}: {error}"),
-                        );
+                        read.problem("command", format!("cannot split {command:?}: {error}"));
                         return None;
                     }
                 };
@@ -837,11 +792,11 @@ impl Checker {
                 }
             }
             other => {
-                self.problem(
-                    join(key, "type"),
+                read.problem(
+                    "type",
                     format!("unknown check type {other:?}; expected \"http\", \"prometheus\" or \"exec\""),
                 );
-                table.clear();
+                unknown.drop_under(table);
                 return None;
             }
         };
@@ -857,33 +812,26 @@ impl Checker {
             failures: u32::try_from(failures).unwrap_or(u32::MAX).max(1),
         })
     }
-}
 
-/// A non-negative integer: TOML integers arrive signed, environment values unsigned.
-fn non_negative(value: &Value) -> Option<u128> {
-    value
-        .to_u128()
-        .or_else(|| value.to_i128().and_then(|n| u128::try_from(n).ok()))
-}
-
-impl Checker {
-    fn window(&mut self, dict: &mut Dict, prefix: &str) -> Option<WindowConfig> {
+    fn window(
+        &mut self,
+        raw: RawWindow,
+        prefix: &str,
+        unknown: &mut Unknown,
+    ) -> Option<WindowConfig> {
         let key = join(prefix, "window");
-        let mut table = self.table(dict, prefix, "window")?;
-        let schedule = self.required_string(&mut table, &key, "schedule");
-        let duration = self.duration(&mut table, &key, "duration");
-        if duration.is_none()
-            && !self
-                .problems
-                .iter()
-                .any(|p| p.key == join(&key, "duration"))
-        {
-            self.problem(join(&key, "duration"), "missing");
-        }
-        let timezone = self
-            .string(&mut table, &key, "timezone")
+        let mut read = self.reader(key.clone());
+        let schedule = read.required("schedule", raw.schedule);
+        let duration = if raw.duration.is_some() {
+            read.duration("duration", raw.duration)
+        } else {
+            read.problem("duration", "missing");
+            None
+        };
+        let timezone = read
+            .get("timezone", raw.timezone)
             .unwrap_or_else(|| "UTC".into());
-        self.no_more(table, &key);
+        self.problems.extend(unknown.under("window"));
         let (schedule, duration) = (schedule?, duration?);
         match crate::gates::Window::parse(&schedule, duration, &timezone) {
             Ok(_) => Some(WindowConfig {
@@ -898,96 +846,93 @@ impl Checker {
         }
     }
 
-    /// An array of strings at `key`.
-    fn strings(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<Vec<String>> {
-        self.take(dict, prefix, key, "an array of strings", |value| {
-            let Value::Array(_, items) = value else {
-                return None;
-            };
-            items
-                .into_iter()
-                .map(|item| item.into_string())
-                .collect::<Option<Vec<String>>>()
-        })
-    }
-
-    /// A folder or file inside the repository at `key`.
-    fn repo_path(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Option<String> {
-        let path = self.required_string(dict, prefix, key)?;
-        if !valid_repo_path(&path) {
-            self.problem(
-                join(prefix, key),
-                "must be a relative path inside the repository (no '..')",
-            );
-        }
-        Some(path)
-    }
-
     /// `render = { kind = … }`: kustomize, helm or a command.
     fn render(
         &mut self,
-        dict: &mut Dict,
+        raw: RawRender,
         prefix: &str,
         environment: &str,
         namespace: &str,
+        unknown: &mut Unknown,
     ) -> Option<crate::render::RenderConfig> {
         use crate::render::{RenderConfig, Tool, is_repo_program};
         let key = join(prefix, "render");
-        let mut table = self.table(dict, prefix, "render")?;
-        let kind = self.required_string(&mut table, &key, "kind");
-        let timeout = self
-            .duration(&mut table, &key, "timeout")
+        let mut read = self.reader(key.clone());
+        let kind = read.required("kind", raw.kind);
+        let timeout = read
+            .duration("timeout", raw.timeout)
             .unwrap_or(Duration::from_secs(60));
-        let env = self.strings(&mut table, &key, "env").unwrap_or_default();
+        let env = read.get("env", raw.env).unwrap_or_default();
         for name in &env {
             if name.is_empty() || name.contains('=') || name == "PATH" || name == "HOME" {
-                self.problem(
-                    join(&key, "env"),
+                read.problem(
+                    "env",
                     format!("{name:?} cannot be passed: names a variable, not PATH or HOME (gitopsd sets those)"),
                 );
             }
         }
-        let max_output_bytes = self
-            .unsigned(&mut table, &key, "max_output_bytes")
+        let max_output_bytes = read
+            .get("max_output_bytes", raw.max_output_bytes)
             .unwrap_or(64 * 1024 * 1024);
-        let max_tree_bytes = self
-            .unsigned(&mut table, &key, "max_tree_bytes")
+        let max_tree_bytes = read
+            .get("max_tree_bytes", raw.max_tree_bytes)
             .unwrap_or(256 * 1024 * 1024);
-        let allow_repo_commands = self
-            .boolean(&mut table, &key, "allow_repo_commands")
+        let allow_repo_commands = read
+            .get("allow_repo_commands", raw.allow_repo_commands)
             .unwrap_or(false);
-        let binary = |check: &mut Self, table: &mut Dict| {
-            let binary = check.string(table, &key, "binary");
+        let binary = |read: &mut Reader<'_>, value: Option<Checked<String>>| {
+            let binary = read.get("binary", value);
             if binary.as_deref() == Some("") {
-                check.problem(join(&key, "binary"), "must not be empty");
+                read.problem("binary", "must not be empty");
             }
             binary
         };
+        let specific = [
+            ("binary", raw.binary.is_some()),
+            ("chart", raw.chart.is_some()),
+            ("values", raw.values.is_some()),
+            ("release", raw.release.is_some()),
+            ("namespace", raw.namespace.is_some()),
+            ("command", raw.command.is_some()),
+        ];
+        let only = |read: &mut Reader<'_>, allowed: &[&str]| {
+            for (name, set) in specific {
+                if !allowed.contains(&name) {
+                    read.unknown_if(name, set);
+                }
+            }
+        };
         let tool = match kind.as_deref() {
             None => None,
-            Some("kustomize") => Some(Tool::Kustomize {
-                binary: binary(self, &mut table),
-            }),
+            Some("kustomize") => {
+                let binary = binary(&mut read, raw.binary);
+                only(&mut read, &["binary"]);
+                Some(Tool::Kustomize { binary })
+            }
             Some("helm") => {
-                let binary = binary(self, &mut table);
-                let chart = self.repo_path(&mut table, &key, "chart");
-                let values = self.strings(&mut table, &key, "values").unwrap_or_default();
+                let binary = binary(&mut read, raw.binary);
+                let chart = read.repo_path("chart", raw.chart);
+                let values = read.get("values", raw.values).unwrap_or_default();
                 for file in &values {
                     if !valid_repo_path(file) {
-                        self.problem(
-                            join(&key, "values"),
+                        read.problem(
+                            "values",
                             format!(
                                 "{file:?} must be a relative path inside the repository (no '..')"
                             ),
                         );
                     }
                 }
-                let release = self
-                    .string(&mut table, &key, "release")
+                let release = read
+                    .get("release", raw.release)
                     .unwrap_or_else(|| environment.to_string());
-                let namespace = self
-                    .string(&mut table, &key, "namespace")
+                let namespace = read
+                    .get("namespace", raw.namespace)
                     .unwrap_or_else(|| namespace.to_string());
+                only(
+                    &mut read,
+                    &["binary", "chart", "values", "release", "namespace"],
+                );
                 chart.map(|chart| Tool::Helm {
                     binary,
                     chart,
@@ -996,33 +941,38 @@ impl Checker {
                     namespace,
                 })
             }
-            Some("command") => match self.strings(&mut table, &key, "command") {
-                Some(argv) if argv.first().is_some_and(|program| !program.is_empty()) => {
-                    Some(Tool::Command { argv })
-                }
-                Some(_) => {
-                    self.problem(join(&key, "command"), "must name a program first");
-                    None
-                }
-                None => {
-                    if !self.problems.iter().any(|p| p.key == join(&key, "command")) {
-                        self.problem(join(&key, "command"), "missing");
+            Some("command") => {
+                let had_command = raw.command.is_some();
+                let tool = match read.get("command", raw.command) {
+                    Some(argv) if argv.first().is_some_and(|program| !program.is_empty()) => {
+                        Some(Tool::Command { argv })
                     }
-                    None
-                }
-            },
+                    Some(_) => {
+                        read.problem("command", "must name a program first");
+                        None
+                    }
+                    None => {
+                        if !had_command {
+                            read.problem("command", "missing");
+                        }
+                        None
+                    }
+                };
+                only(&mut read, &["command"]);
+                tool
+            }
             Some(other) => {
-                self.problem(
-                    join(&key, "kind"),
+                read.problem(
+                    "kind",
                     format!(
                         "unknown render kind {other:?}; expected \"kustomize\", \"helm\" or \"command\""
                     ),
                 );
-                table.clear();
+                unknown.drop_under("render");
                 None
             }
         };
-        self.no_more(table, &key);
+        self.problems.extend(unknown.under("render"));
         let tool = tool?;
         if is_repo_program(tool.program()) && !allow_repo_commands {
             self.problem(
@@ -1045,57 +995,65 @@ impl Checker {
         })
     }
 
-    /// Globs in an array of strings at `key`, each checked.
-    fn globs(&mut self, dict: &mut Dict, prefix: &str, key: &str) -> Vec<crate::policy::Glob> {
-        let Some(value) = dict.remove(key) else {
-            return Vec::new();
-        };
-        self.glob_list(value, &join(prefix, key))
+    /// Globs, each checked; a value that is not a list of strings is one problem.
+    fn globs(&mut self, key: &str, raw: Option<Checked<Globs>>) -> Vec<crate::policy::Glob> {
+        match raw {
+            None => Vec::new(),
+            Some(Checked::Invalid(message)) => {
+                self.problem(key.to_string(), message);
+                Vec::new()
+            }
+            Some(Checked::Valid(Globs(items))) => self.glob_list(key, items),
+        }
     }
 
-    fn glob_list(&mut self, value: Value, key: &str) -> Vec<crate::policy::Glob> {
-        let Value::Array(_, items) = value else {
-            self.problem(key.to_string(), "must be an array of glob patterns");
-            return Vec::new();
-        };
+    fn glob_list(&mut self, key: &str, items: Vec<Checked<String>>) -> Vec<crate::policy::Glob> {
         let mut globs = Vec::new();
         for item in items {
-            match item.as_str().map(crate::policy::Glob::new) {
-                Some(Ok(glob)) => globs.push(glob),
-                Some(Err(error)) => self.problem(
-                    key.to_string(),
-                    format!(
-                        "{:?} is not a valid glob: {error}",
-                        item.as_str().unwrap_or("")
+            match item {
+                Checked::Valid(text) => match crate::policy::Glob::new(&text) {
+                    Ok(glob) => globs.push(glob),
+                    Err(error) => self.problem(
+                        key.to_string(),
+                        format!("{text:?} is not a valid glob: {error}"),
                     ),
-                ),
-                None => self.problem(key.to_string(), "must be an array of glob patterns"),
+                },
+                Checked::Invalid(_) => {
+                    self.problem(key.to_string(), "must be an array of glob patterns")
+                }
             }
         }
         globs
     }
 
     /// `allowed_namespaces`, `allowed_kinds`, `denied_kinds` and `cluster_scoped`.
-    fn policy(&mut self, dict: &mut Dict, prefix: &str) -> crate::policy::Policy {
+    fn policy(&mut self, raw: RawPolicy, prefix: &str) -> crate::policy::Policy {
         use crate::policy::{ClusterScoped, Policy};
-        let allowed_namespaces = self.globs(dict, prefix, "allowed_namespaces");
-        let allowed_kinds = self.globs(dict, prefix, "allowed_kinds");
-        let denied_kinds = self.globs(dict, prefix, "denied_kinds");
+        let allowed_namespaces =
+            self.globs(&join(prefix, "allowed_namespaces"), raw.allowed_namespaces);
+        let allowed_kinds = self.globs(&join(prefix, "allowed_kinds"), raw.allowed_kinds);
+        let denied_kinds = self.globs(&join(prefix, "denied_kinds"), raw.denied_kinds);
         let key = join(prefix, "cluster_scoped");
-        let cluster_scoped = match dict.remove("cluster_scoped") {
+        let cluster_scoped = match raw.cluster_scoped {
             None => ClusterScoped::Allow,
-            Some(value) => match value.as_str() {
-                Some("allow") => ClusterScoped::Allow,
-                Some("deny") => ClusterScoped::Deny,
-                Some(other) => {
+            Some(Checked::Valid(RawClusterScoped::Word(word))) => match word.as_str() {
+                "allow" => ClusterScoped::Allow,
+                "deny" => ClusterScoped::Deny,
+                other => {
                     self.problem(
                         key,
                         format!("unknown value {other:?}; expected \"allow\", \"deny\" or a list of group/Kind globs"),
                     );
                     ClusterScoped::Deny
                 }
-                None => ClusterScoped::Only(self.glob_list(value, &key)),
             },
+            Some(Checked::Valid(RawClusterScoped::Globs(items))) => {
+                ClusterScoped::Only(self.glob_list(&key, items))
+            }
+            Some(Checked::Invalid(message)) => {
+                self.problem(key, message);
+                ClusterScoped::Deny
+            }
         };
         Policy {
             allowed_namespaces,
@@ -1114,8 +1072,194 @@ struct RawConfig {
     state: Option<RawState>,
     api: Option<RawApi>,
     webhook: Option<Vec<RawWebhook>>,
-    /// Environments are still checked by walking their tables ([`Checker::environments`]).
-    environment: Option<Value>,
+    environment: Option<Checked<Tables>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawEnvironment {
+    name: Option<Checked<String>>,
+    path: Option<Checked<String>>,
+    namespace: Option<Checked<String>>,
+    render: Option<RawRender>,
+    target: Option<RawTarget>,
+    prune: Option<Checked<bool>>,
+    allow_empty: Option<Checked<bool>>,
+    // Not `#[serde(flatten)]`: that hides unknown keys from serde_ignored.
+    allowed_namespaces: Option<Checked<Globs>>,
+    allowed_kinds: Option<Checked<Globs>>,
+    denied_kinds: Option<Checked<Globs>>,
+    cluster_scoped: Option<Checked<RawClusterScoped>>,
+    rollout: Option<RawRollout>,
+    health: Option<Vec<RawHealthCheck>>,
+    after: Option<Checked<String>>,
+    approval: Option<Checked<String>>,
+    window: Option<RawWindow>,
+}
+
+/// What an environment may touch, as written.
+struct RawPolicy {
+    allowed_namespaces: Option<Checked<Globs>>,
+    allowed_kinds: Option<Checked<Globs>>,
+    denied_kinds: Option<Checked<Globs>>,
+    cluster_scoped: Option<Checked<RawClusterScoped>>,
+}
+
+/// A list of glob patterns; each item is checked on its own.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct Globs(Vec<Checked<String>>);
+
+impl Expected for Globs {
+    const WHAT: &'static str = "an array of glob patterns";
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawClusterScoped {
+    Word(String),
+    Globs(Vec<Checked<String>>),
+}
+
+impl Expected for RawClusterScoped {
+    const WHAT: &'static str = "\"allow\", \"deny\" or a list of group/Kind globs";
+}
+
+/// The `[[environment]]` tables, each read on its own so one broken table spoils no other.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct Tables(Vec<Value>);
+
+impl Expected for Tables {
+    const WHAT: &'static str = "an array of tables";
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTarget {
+    #[serde(rename = "type")]
+    kind: Option<Checked<String>>,
+    path: Option<Checked<String>>,
+    kubeconfig: Option<Checked<String>>,
+    context: Option<Checked<String>>,
+    force_conflicts: Option<Checked<bool>>,
+    adopt: Option<Checked<bool>>,
+    applyset_namespace: Option<Checked<String>>,
+    concurrency: Option<Checked<u64>>,
+    requests_per_second: Option<Checked<u64>>,
+    delete_foreign_namespaces: Option<Checked<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRollout {
+    steps: Option<Checked<Steps>>,
+    bake: Option<Checked<HumanDuration>>,
+    timeout: Option<Checked<HumanDuration>>,
+    verify: Option<Checked<HumanDuration>>,
+    revert_commit: Option<Checked<bool>>,
+    max_restarts: Option<Checked<u64>>,
+}
+
+/// Canary weights; each item is checked on its own.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct Steps(Vec<Checked<u64>>);
+
+impl Expected for Steps {
+    const WHAT: &'static str = "an array like [10, 50, 100]";
+}
+
+#[derive(Debug, Deserialize)]
+struct RawHealthCheck {
+    #[serde(rename = "type")]
+    kind: Option<Checked<String>>,
+    name: Option<Checked<String>>,
+    interval: Option<Checked<HumanDuration>>,
+    failures: Option<Checked<u64>>,
+    timeout: Option<Checked<HumanDuration>>,
+    url: Option<Checked<String>>,
+    expect_status: Option<Checked<u64>>,
+    body_contains: Option<Checked<String>>,
+    query: Option<Checked<String>>,
+    min: Option<Checked<f64>>,
+    max: Option<Checked<f64>>,
+    empty_is_healthy: Option<Checked<bool>>,
+    command: Option<Checked<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawWindow {
+    schedule: Option<Checked<String>>,
+    duration: Option<Checked<HumanDuration>>,
+    timezone: Option<Checked<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRender {
+    kind: Option<Checked<String>>,
+    timeout: Option<Checked<HumanDuration>>,
+    env: Option<Checked<Vec<String>>>,
+    max_output_bytes: Option<Checked<u64>>,
+    max_tree_bytes: Option<Checked<u64>>,
+    allow_repo_commands: Option<Checked<bool>>,
+    binary: Option<Checked<String>>,
+    chart: Option<Checked<String>>,
+    values: Option<Checked<Vec<String>>>,
+    release: Option<Checked<String>>,
+    namespace: Option<Checked<String>>,
+    command: Option<Checked<Vec<String>>>,
+}
+
+/// Unknown keys of one environment, handed out table by table so each is reported where the
+/// table's other problems are.
+struct Unknown {
+    prefix: String,
+    keys: Vec<ConfigProblem>,
+}
+
+impl Unknown {
+    fn new(prefix: &str, keys: Vec<ConfigProblem>) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            keys,
+        }
+    }
+
+    fn is_under(key: &str, table: &str) -> bool {
+        key.strip_prefix(table)
+            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    }
+
+    /// The unknown keys inside `table`, named in full.
+    fn under(&mut self, table: &str) -> Vec<ConfigProblem> {
+        let (inside, rest) = std::mem::take(&mut self.keys)
+            .into_iter()
+            .partition(|problem| Self::is_under(&problem.key, table));
+        self.keys = rest;
+        inside
+            .into_iter()
+            .map(|problem: ConfigProblem| ConfigProblem {
+                key: join(&self.prefix, &problem.key),
+                ..problem
+            })
+            .collect()
+    }
+
+    /// Forgets the unknown keys inside `table` (its type is unknown, so are its keys).
+    fn drop_under(&mut self, table: &str) {
+        self.keys
+            .retain(|problem| !Self::is_under(&problem.key, table));
+    }
+
+    /// Every unknown key not handed out yet.
+    fn rest(self) -> Vec<ConfigProblem> {
+        let prefix = self.prefix;
+        self.keys
+            .into_iter()
+            .map(|problem| ConfigProblem {
+                key: join(&prefix, &problem.key),
+                ..problem
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -1165,10 +1309,6 @@ struct RawWebhook {
     url: Option<Checked<String>>,
     events: Option<Checked<Vec<String>>>,
     timeout: Option<Checked<HumanDuration>>,
-}
-
-impl Expected for Vec<String> {
-    const WHAT: &'static str = "an array of strings";
 }
 
 impl Checker {
@@ -1733,6 +1873,58 @@ mod tests {
             ],
             "{problems:#?}"
         );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_in_every_table_and_keys_of_another_type_are_unknown() {
+        let problems = parse(
+            r#"
+            [repo]
+            url = "r"
+            colour = "blue"
+            [repo.verify]
+            allowed_signers = "signers"
+            strict = true
+            [state]
+            dri = "/tmp"
+            [[webhook]]
+            url = "https://hooks.example/x"
+            retries = 3
+            [[environment]]
+            name = "a"
+            path = "a"
+            target = { type = "directory", path = "a", kubeconfig = "k" }
+            colour = "green"
+            [environment.rollout]
+            stepz = [100]
+            [[environment.health]]
+            type = "http"
+            url = "http://x"
+            query = "up"
+            [environment.window]
+            schedule = "0 2 * * *"
+            duration = "1h"
+            tz = "UTC"
+            "#,
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "repo.colour",
+                "repo.verify.strict",
+                "state.dri",
+                "webhook[0].retries",
+                "environment[0].target.kubeconfig",
+                "environment[0].rollout.stepz",
+                "environment[0].health[0].query",
+                "environment[0].window.tz",
+                "environment[0].colour",
+            ],
+            "{problems:#?}"
+        );
+        assert!(problems.iter().all(|p| p.message == "unknown key"));
     }
 
     #[test]
