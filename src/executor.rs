@@ -27,9 +27,6 @@ use crate::source::{GitSource, RevertScope, SourceError};
 use crate::target::{DriftCheck, FailureClass, Target, TargetError};
 use crate::webhook::Notifier;
 
-/// Writes of one stage started at once; the target bounds its requests further (the
-/// Kubernetes target by an adaptive limit), so this only needs to be above its ceiling.
-const WRITE_WINDOW: usize = 64;
 /// How often readiness is polled while a step waits for it.
 const READINESS_POLL: Duration = Duration::from_secs(1);
 
@@ -785,8 +782,9 @@ impl<T: Target> EnvironmentRun<'_, T> {
             let mut queued = group.iter();
             let mut running = futures_util::stream::FuturesUnordered::new();
             let mut first_error = None;
+            let window = self.target.writes_in_flight();
             loop {
-                while first_error.is_none() && running.len() < WRITE_WINDOW {
+                while first_error.is_none() && running.len() < window {
                     let Some(write) = queued.next() else { break };
                     running.push(self.write_one(write, &revision_of));
                 }

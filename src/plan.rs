@@ -290,6 +290,16 @@ pub fn plan(desired: &[Desired], live: &[Object], prune: bool, compare: Compare)
             orphaned.push((*key).clone());
         }
     }
+    in_order(applies, deletes, unchanged, orphaned)
+}
+
+/// The plan with applies in stage order, then deletes in reverse stage order.
+fn in_order(
+    mut applies: Vec<Change>,
+    mut deletes: Vec<Change>,
+    unchanged: usize,
+    orphaned: Vec<ResourceKey>,
+) -> Plan {
     applies.sort_by(|a, b| (stage(a.key()), a.key()).cmp(&(stage(b.key()), b.key())));
     deletes.sort_by(|a, b| (stage(b.key()), b.key()).cmp(&(stage(a.key()), a.key())));
     applies.extend(deletes);
@@ -322,7 +332,7 @@ pub fn compare_revisions(old: &[Desired], new: &[Desired]) -> Plan {
         }
     }
     let new_keys: BTreeSet<&ResourceKey> = new.iter().map(|d| &d.key).collect();
-    let mut deletes: Vec<Change> = old
+    let deletes: Vec<Change> = old
         .iter()
         .filter(|before| !new_keys.contains(&before.key))
         .map(|before| Change::Delete {
@@ -330,14 +340,7 @@ pub fn compare_revisions(old: &[Desired], new: &[Desired]) -> Plan {
             live: before.body.clone(),
         })
         .collect();
-    applies.sort_by(|a, b| (stage(a.key()), a.key()).cmp(&(stage(b.key()), b.key())));
-    deletes.sort_by(|a, b| (stage(b.key()), b.key()).cmp(&(stage(a.key()), a.key())));
-    applies.extend(deletes);
-    Plan {
-        changes: applies,
-        unchanged,
-        orphaned: Vec::new(),
-    }
+    in_order(applies, deletes, unchanged, Vec::new())
 }
 
 #[cfg(test)]

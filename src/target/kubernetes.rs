@@ -1194,6 +1194,11 @@ impl Target for KubernetesTarget {
         Compare::Subset
     }
 
+    fn writes_in_flight(&self) -> usize {
+        // The adaptive limit decides below this; the window only has to reach its ceiling.
+        self.settings.concurrency.max(1)
+    }
+
     async fn scopes(&self, kinds: &BTreeSet<KindRef>) -> Result<Scopes, TargetError> {
         let mut scopes = Scopes {
             known: BTreeMap::new(),

@@ -120,6 +120,12 @@ pub trait Target: Send + Sync {
     fn compare(&self) -> Compare {
         Compare::Content
     }
+    /// Writes worth starting at once. Local writes gain nothing past a few (each more holds
+    /// a blocking thread and its allocator arena); a target that limits its own requests
+    /// says how many it may take.
+    fn writes_in_flight(&self) -> usize {
+        8
+    }
     /// A cheap summary of the whole live state that changes whenever any of it changes, so
     /// that a pass over an unchanged revision and an unchanged target can be skipped; `None`
     /// where the target has no such summary (every pass then lists).
@@ -252,6 +258,13 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Directory(target) => target.compare(),
             AnyTarget::Kubernetes(target) => target.compare(),
+        }
+    }
+
+    fn writes_in_flight(&self) -> usize {
+        match self {
+            AnyTarget::Directory(target) => target.writes_in_flight(),
+            AnyTarget::Kubernetes(target) => target.writes_in_flight(),
         }
     }
 
