@@ -156,6 +156,15 @@ fn main() {
 
     let (first, first_peak, code) = measure(&mut gitopsd());
     assert_eq!(code, 0, "the first pass failed");
+    if std::env::var_os("GITOPSD_BENCH_KEEP").is_some() {
+        // For profiling a no-op pass by hand: leave the workspace and the objects in place.
+        let kept = dir.keep();
+        println!(
+            "kept: gitopsd --config {} run --once (namespaces {namespaces:?})",
+            kept.join("gitopsd.toml").display()
+        );
+        return;
+    }
     let noop = median(
         (0..RUNS)
             .map(|_| {

@@ -146,7 +146,8 @@ impl EnvironmentRuntime {
         let target = AnyTarget::open(&config)
             .await
             .map_err(ReconcileError::Live)?;
-        let prober = Prober::new().map_err(|e| ReconcileError::Worker(e.to_string()))?;
+        let prober =
+            Prober::new(&config.health).map_err(|e| ReconcileError::Worker(e.to_string()))?;
         Ok(Self {
             config,
             state_dir: state_dir.to_path_buf(),

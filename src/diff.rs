@@ -29,7 +29,29 @@ pub enum RenderError {
 /// labels and annotations gitopsd adds itself. Maps left empty by that are removed too, so a
 /// manifest without labels equals its applied copy.
 pub fn normalize(body: &Value) -> Value {
-    normalize_owned(body.clone())
+    // Copies all but what is stripped anyway: a live object's status and managedFields are
+    // often most of it.
+    let Some(top) = body.as_object() else {
+        return body.clone();
+    };
+    let copy: Map<String, Value> = top
+        .iter()
+        .filter(|(key, _)| key.as_str() != "status")
+        .map(|(key, value)| {
+            let value = match (key.as_str(), value.as_object()) {
+                ("metadata", Some(metadata)) => Value::Object(
+                    metadata
+                        .iter()
+                        .filter(|(field, _)| !SERVER_METADATA.contains(&field.as_str()))
+                        .map(|(field, value)| (field.clone(), value.clone()))
+                        .collect(),
+                ),
+                _ => value.clone(),
+            };
+            (key.clone(), value)
+        })
+        .collect();
+    normalize_owned(Value::Object(copy))
 }
 
 /// [`normalize`] of a body the caller no longer needs, without copying it.
@@ -301,6 +323,7 @@ mod tests {
             "data": {"k": "v"}
         });
         assert_eq!(normalize(&live), expected);
+        assert_eq!(normalize_owned(live), expected, "both forms agree");
     }
 
     #[test]

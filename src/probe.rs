@@ -10,10 +10,10 @@ use crate::health::{self, CheckResult};
 /// Longest command output quoted in a failed check's detail.
 const DETAIL_LIMIT: usize = 300;
 
-/// Runs checks; holds one HTTP client for all of them.
+/// Runs checks; holds one HTTP client for all of them, when any of them needs one.
 #[derive(Debug, Clone)]
 pub struct Prober {
-    client: reqwest::Client,
+    client: Option<reqwest::Client>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -21,14 +21,33 @@ pub struct Prober {
 pub struct ProberError(String);
 
 impl Prober {
-    pub fn new() -> Result<Self, ProberError> {
+    /// A prober for `checks`. The HTTP client (which reads the system's CA certificates, tens
+    /// of milliseconds) is built only when an HTTP or Prometheus check will use it.
+    pub fn new(checks: &[HealthCheckConfig]) -> Result<Self, ProberError> {
+        let needs_http = checks
+            .iter()
+            .any(|check| !matches!(check.check, CheckKind::Exec { .. }));
+        if !needs_http {
+            return Ok(Self { client: None });
+        }
         // reqwest is built without a bundled crypto provider; ring is the process-wide one.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .user_agent(concat!("gitopsd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ProberError(e.to_string()))?;
-        Ok(Self { client })
+        Ok(Self {
+            client: Some(client),
+        })
+    }
+
+    /// The HTTP client; `new` built one if any check needs it.
+    fn client(&self, check: &str) -> Result<&reqwest::Client, CheckResult> {
+        self.client.as_ref().ok_or_else(|| {
+            CheckResult::Unhealthy(format!(
+                "{check}: no HTTP client (the prober was made for other checks)"
+            ))
+        })
     }
 
     /// Runs one check once.
@@ -65,7 +84,11 @@ impl Prober {
         body_contains: Option<&str>,
         timeout: Duration,
     ) -> CheckResult {
-        let response = match self.client.get(url).timeout(timeout).send().await {
+        let client = match self.client(url) {
+            Ok(client) => client,
+            Err(unhealthy) => return unhealthy,
+        };
+        let response = match client.get(url).timeout(timeout).send().await {
             Ok(response) => response,
             Err(error) => return CheckResult::Unhealthy(format!("GET {url}: {error}")),
         };
@@ -92,7 +115,11 @@ impl Prober {
                 return CheckResult::Unhealthy(format!("bad prometheus url {url}: {error}"));
             }
         };
-        let response = match self.client.get(endpoint).timeout(timeout).send().await {
+        let client = match self.client(url) {
+            Ok(client) => client,
+            Err(unhealthy) => return unhealthy,
+        };
+        let response = match client.get(endpoint).timeout(timeout).send().await {
             Ok(response) => response,
             Err(error) => return CheckResult::Unhealthy(format!("prometheus {url}: {error}")),
         };
@@ -218,8 +245,8 @@ mod tests {
 
     #[tokio::test]
     async fn http_check_reads_status_and_body() {
-        let prober = Prober::new().expect("client");
         let ok = serve(200, "status: ok");
+        let prober = Prober::new(&[http_check(ok, None)]).expect("client");
         assert!(prober.run(&http_check(ok, Some("ok"))).await.is_healthy());
         assert!(
             !prober

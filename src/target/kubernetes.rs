@@ -289,6 +289,45 @@ fn is_namespace(key: &ResourceKey) -> bool {
 
 impl KubernetesTarget {
     /// Turns one LIST page of `kind` into objects, noting the legacy field managers to drop.
+    /// Every object of one type carrying this environment's applyset label, page by page.
+    async fn list_type(
+        &self,
+        kind: &KindRef,
+        resolved: &Resolved,
+    ) -> Result<Vec<Object>, TargetError> {
+        // Items are read straight into JSON values: the typed DynamicObject would only be
+        // turned back into JSON.
+        let url = <DynamicObject as kube::Resource>::url_path(&resolved.resource, None);
+        let selector = self.selector();
+        let mut params = ListParams::default().labels(&selector).limit(LIST_PAGE);
+        let mut objects = Vec::new();
+        loop {
+            let list: kube::core::ObjectList<Value> = self
+                .call(|| {
+                    let request = kube::core::Request::new(&url)
+                        .list(&params)
+                        .map_err(kube::Error::BuildRequest);
+                    let client = self.client.clone();
+                    async move { client.request(request?).await }
+                })
+                .await
+                .map_err(|failure| TargetError::List {
+                    location: format!("{kind}"),
+                    message: failure.message,
+                })?;
+            let next = list
+                .metadata
+                .continue_
+                .clone()
+                .filter(|token| !token.is_empty());
+            self.take_page(kind, list.items, &mut objects)?;
+            match next {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok(objects),
+            }
+        }
+    }
+
     fn take_page(
         &self,
         kind: &KindRef,
@@ -975,8 +1014,7 @@ impl Target for KubernetesTarget {
                 }
             }
         }
-        let selector = self.selector();
-        let mut objects = Vec::new();
+        let mut to_list = Vec::new();
         let mut listed = BTreeSet::new();
         for kind in &types {
             let resolved = match self.resolve(kind, false).await {
@@ -994,38 +1032,21 @@ impl Target for KubernetesTarget {
                 }
             };
             // Two versions of one type list the same objects.
-            if !listed.insert(GroupKind::of(kind)) {
-                continue;
+            if listed.insert(GroupKind::of(kind)) {
+                to_list.push((kind, resolved));
             }
-            // Items are read straight into JSON values: the typed DynamicObject would only be
-            // turned back into JSON.
-            let url = <DynamicObject as kube::Resource>::url_path(&resolved.resource, None);
-            let mut params = ListParams::default().labels(&selector).limit(LIST_PAGE);
-            loop {
-                let list: kube::core::ObjectList<Value> = self
-                    .call(|| {
-                        let request = kube::core::Request::new(&url)
-                            .list(&params)
-                            .map_err(kube::Error::BuildRequest);
-                        let client = self.client.clone();
-                        async move { client.request(request?).await }
-                    })
-                    .await
-                    .map_err(|failure| TargetError::List {
-                        location: format!("{kind}"),
-                        message: failure.message,
-                    })?;
-                let next = list
-                    .metadata
-                    .continue_
-                    .clone()
-                    .filter(|token| !token.is_empty());
-                self.take_page(kind, list.items, &mut objects)?;
-                match next {
-                    Some(token) => params = params.continue_token(&token),
-                    None => break,
-                }
-            }
+        }
+        // Types are listed side by side (the adaptive limit bounds them), each one's pages in
+        // turn; objects come out in type order whatever finishes first.
+        let pages = futures_util::future::join_all(
+            to_list
+                .iter()
+                .map(|(kind, resolved)| self.list_type(kind, resolved)),
+        )
+        .await;
+        let mut objects = Vec::new();
+        for listed in pages {
+            objects.extend(listed?);
         }
         Ok(objects)
     }
