@@ -156,6 +156,8 @@ async fn read_documents(
     source: &GitSource,
     environment: &EnvironmentConfig,
     revision: &Revision,
+    keep_parsed: bool,
+    threads: manifest::Threads,
 ) -> Result<manifest::Documents, DesiredError> {
     if let Some(render) = &environment.render {
         return read_rendered(source, environment, render, revision).await;
@@ -170,7 +172,8 @@ async fn read_documents(
             &snapshot.files,
             snapshot.problems,
             &snapshot.limits,
-            Some(source.parse_cache()),
+            keep_parsed.then(|| source.parse_cache()),
+            threads,
         ))
     })
     .await
@@ -268,7 +271,14 @@ pub async fn load_desired<T: Target>(
     revision: &Revision,
     target: &T,
 ) -> Result<Vec<Desired>, DesiredError> {
-    let documents = read_documents(source, environment, revision).await?;
+    let documents = read_documents(
+        source,
+        environment,
+        revision,
+        target.keeps_parsed_files(),
+        manifest::Threads::One,
+    )
+    .await?;
     let scopes = target
         .scopes(&documents.kinds())
         .await
@@ -283,7 +293,14 @@ pub async fn load_located<T: Target>(
     revision: &Revision,
     target: &T,
 ) -> Result<Vec<(Desired, manifest::Problem)>, DesiredError> {
-    let documents = read_documents(source, environment, revision).await?;
+    let documents = read_documents(
+        source,
+        environment,
+        revision,
+        target.keeps_parsed_files(),
+        manifest::Threads::One,
+    )
+    .await?;
     let scopes = target
         .scopes(&documents.kinds())
         .await
@@ -297,7 +314,15 @@ pub async fn load_desired_offline(
     environment: &EnvironmentConfig,
     revision: &Revision,
 ) -> Result<Vec<Desired>, DesiredError> {
-    let documents = read_documents(source, environment, revision).await?;
+    // Offline reads are commands comparing revisions, which share most files.
+    let documents = read_documents(
+        source,
+        environment,
+        revision,
+        true,
+        manifest::Threads::EveryCore,
+    )
+    .await?;
     complete(documents, environment, &Scopes::offline())
 }
 

@@ -163,12 +163,18 @@ mod tests {
         let options = ParseOptions {
             default_namespace: "web".into(),
         };
-        manifest::read_cached(files, Vec::new(), &Limits::default(), Some(cache))
-            .complete(&options, &manifest::Scopes::offline())
-            .expect("valid")
-            .into_iter()
-            .map(|object| object.key.to_string())
-            .collect()
+        manifest::read_cached(
+            files,
+            Vec::new(),
+            &Limits::default(),
+            Some(cache),
+            manifest::Threads::EveryCore,
+        )
+        .complete(&options, &manifest::Scopes::offline())
+        .expect("valid")
+        .into_iter()
+        .map(|object| object.key.to_string())
+        .collect()
     }
 
     #[test]
@@ -200,15 +206,21 @@ mod tests {
         let cache = ParseCache::default();
         let files = [file("env/bad.yaml", "bad", "---\nkind: ConfigMap\n")];
         let read = || {
-            manifest::read_cached(&files, Vec::new(), &Limits::default(), Some(&cache))
-                .complete(
-                    &ParseOptions {
-                        default_namespace: "web".into(),
-                    },
-                    &manifest::Scopes::offline(),
-                )
-                .expect_err("missing apiVersion")
-                .to_string()
+            manifest::read_cached(
+                &files,
+                Vec::new(),
+                &Limits::default(),
+                Some(&cache),
+                manifest::Threads::One,
+            )
+            .complete(
+                &ParseOptions {
+                    default_namespace: "web".into(),
+                },
+                &manifest::Scopes::offline(),
+            )
+            .expect_err("missing apiVersion")
+            .to_string()
         };
         let fresh = read();
         let cached = read();

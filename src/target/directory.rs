@@ -78,6 +78,11 @@ impl Target for DirectoryTarget {
             .await
     }
 
+    /// Unchanged passes are skipped by the fingerprint, so parsed files would only be held.
+    fn keeps_parsed_files(&self) -> bool {
+        false
+    }
+
     /// Every file's path, size, modification time and inode, hashed: `stat` only, nothing read.
     async fn fingerprint(&self) -> Result<Option<String>, TargetError> {
         self.blocking(|root, _| fingerprint(root).map(Some)).await

@@ -120,6 +120,12 @@ pub trait Target: Send + Sync {
     fn compare(&self) -> Compare {
         Compare::Content
     }
+    /// Whether parsed manifest files are worth keeping between passes: where every pass reads
+    /// them again. A target with a fingerprint skips unchanged passes instead, and keeping
+    /// them would only hold memory while it idles.
+    fn keeps_parsed_files(&self) -> bool {
+        true
+    }
     /// Writes worth starting at once. Local writes gain nothing past a few (each more holds
     /// a blocking thread and its allocator arena); a target that limits its own requests
     /// says how many it may take.
@@ -258,6 +264,13 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Directory(target) => target.compare(),
             AnyTarget::Kubernetes(target) => target.compare(),
+        }
+    }
+
+    fn keeps_parsed_files(&self) -> bool {
+        match self {
+            AnyTarget::Directory(target) => target.keeps_parsed_files(),
+            AnyTarget::Kubernetes(target) => target.keeps_parsed_files(),
         }
     }
 
