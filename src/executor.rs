@@ -179,7 +179,10 @@ async fn read_documents(
     .await
     .map_err(|e| DesiredError::Worker(e.to_string()))?;
     match read {
-        Ok(documents) => Ok(documents),
+        Ok(documents) => {
+            tracing::debug!(env = %environment.name, parsed = documents.parsed_files, cached = documents.cached_files, "manifests read");
+            Ok(documents)
+        }
         Err(SourceError::MissingPath { .. }) => Ok(manifest::Documents::default()),
         Err(error) => Err(error.into()),
     }

@@ -139,6 +139,9 @@ pub fn parse(
 pub struct Documents {
     pending: Vec<Pending>,
     problems: Vec<Problem>,
+    /// Files parsed for this read, and files taken from the parse cache instead.
+    pub parsed_files: usize,
+    pub cached_files: usize,
 }
 
 /// One object whose namespace is not settled yet.
@@ -231,7 +234,11 @@ pub fn read_cached(
         }
         parsed[index] = Some(file);
     }
-    assemble(parsed.into_iter().flatten(), known_problems, limits)
+    Documents {
+        parsed_files: missing.len(),
+        cached_files: files.len() - missing.len(),
+        ..assemble(parsed.into_iter().flatten(), known_problems, limits)
+    }
 }
 
 /// Parses `files[i]` for every `i` in `which`.
@@ -388,7 +395,11 @@ fn assemble(
                         limits.max_documents
                     ),
                 ));
-                return Documents { pending, problems };
+                return Documents {
+                    pending,
+                    problems,
+                    ..Documents::default()
+                };
             }
             for outcome in document.outcomes {
                 match outcome {
@@ -398,7 +409,11 @@ fn assemble(
             }
         }
     }
-    Documents { pending, problems }
+    Documents {
+        pending,
+        problems,
+        ..Documents::default()
+    }
 }
 
 impl Documents {

@@ -37,6 +37,44 @@ fn diff_between_revisions_prints_changes_and_exits_one() {
 }
 
 #[test]
+fn files_unchanged_between_the_revisions_are_parsed_once() {
+    let workspace = Workspace::new();
+    let (old, new) = two_commits(&workspace);
+    let output = workspace
+        .gitopsd(&["diff", "--against", &old, "--rev", &new])
+        .env("GITOPSD_LOG", "gitopsd=debug")
+        .output()
+        .expect("gitopsd runs");
+    assert_exit(&output, 1);
+    let log = stderr(&output);
+    let reads: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("manifests read"))
+        .collect();
+    assert_eq!(
+        reads.len(),
+        4,
+        "two environments, two revisions each:\n{log}"
+    );
+    // production is the same at both revisions: the second read parses nothing.
+    let production: Vec<&&str> = reads
+        .iter()
+        .filter(|line| line.contains("env=production"))
+        .collect();
+    assert!(
+        production[0].contains("parsed=") && production[0].contains("cached=0"),
+        "{log}"
+    );
+    assert!(production[1].contains("parsed=0"), "{log}");
+    // staging changed one file and lost another: only the changed one is parsed again.
+    let staging: Vec<&&str> = reads
+        .iter()
+        .filter(|line| line.contains("env=staging"))
+        .collect();
+    assert!(staging[1].contains("parsed=1"), "{log}");
+}
+
+#[test]
 fn diff_of_identical_trees_exits_zero() {
     let workspace = Workspace::new();
     let (old, _) = two_commits(&workspace);
