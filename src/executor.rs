@@ -274,18 +274,7 @@ pub async fn load_desired<T: Target>(
     revision: &Revision,
     target: &T,
 ) -> Result<Vec<Desired>, DesiredError> {
-    let documents = read_documents(
-        source,
-        environment,
-        revision,
-        target.keeps_parsed_files(),
-        manifest::Threads::One,
-    )
-    .await?;
-    let scopes = target
-        .scopes(&documents.kinds())
-        .await
-        .map_err(DesiredError::Scopes)?;
+    let (documents, scopes) = documents_and_scopes(source, environment, revision, target).await?;
     complete(documents, environment, &scopes)
 }
 
@@ -296,6 +285,17 @@ pub async fn load_located<T: Target>(
     revision: &Revision,
     target: &T,
 ) -> Result<Vec<(Desired, manifest::Problem)>, DesiredError> {
+    let (documents, scopes) = documents_and_scopes(source, environment, revision, target).await?;
+    complete_located(documents, environment, &scopes)
+}
+
+/// The documents at `revision`, read as `target` wants them kept, and the scopes of their types.
+async fn documents_and_scopes<T: Target>(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+    target: &T,
+) -> Result<(manifest::Documents, Scopes), DesiredError> {
     let documents = read_documents(
         source,
         environment,
@@ -308,7 +308,7 @@ pub async fn load_located<T: Target>(
         .scopes(&documents.kinds())
         .await
         .map_err(DesiredError::Scopes)?;
-    complete_located(documents, environment, &scopes)
+    Ok((documents, scopes))
 }
 
 /// Like [`load_desired`], without a target to ask: built-in kinds and CRDs in the revision.
