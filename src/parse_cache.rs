@@ -130,7 +130,7 @@ impl ParseCache {
         }
     }
 
-    /// (hits, misses) since the cache was made: what tests and the debug log look at.
+    /// (hits, misses) since the cache was made, for tests.
     pub fn counts(&self) -> (u64, u64) {
         let inner = self.lock();
         (inner.hits, inner.misses)
