@@ -20,7 +20,7 @@ use crate::plan::{self, Desired};
 use crate::plan::{Change, Plan};
 use crate::report::{Colour, DiffReport, EnvironmentReport, ReportInput};
 use crate::source::{GitSource, SourceError};
-use crate::target::{AnyTarget, Target, TargetError};
+use crate::backend::{AnyTarget, Target, TargetError};
 use std::collections::BTreeSet;
 
 /// Exit code: success, no change, valid.

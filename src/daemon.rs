@@ -26,7 +26,7 @@ use crate::server::{self, ApiState, Controls, EnvironmentHandle, Reloadable};
 use crate::source::watch::watch_refs;
 use crate::source::{Fetched, GitSource, SourceError};
 use crate::systemd::Systemd;
-use crate::target::{AnyTarget, Target as _};
+use crate::backend::{AnyTarget, Target as _};
 use crate::webhook::{Delivery, Notifier};
 
 /// Longest wait between retries of a failing fetch.

@@ -102,7 +102,7 @@ fn strip_own_entries(metadata: &mut Map<String, Value>, field: &str) {
     };
     entries.retain(|name, value| {
         let ours = name.starts_with(OWN_PREFIX)
-            || name == crate::target::applyset::LABEL_PART_OF
+            || name == crate::backend::applyset::LABEL_PART_OF
             || (name == LABEL_MANAGED_BY && value.as_str() == Some(MANAGER));
         !ours
     });

@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use crate::manifest::Problem;
 use crate::model::{ResourceKey, Revision};
 use crate::plan::Desired;
-use crate::target::{FailureClass, Target, TargetError};
+use crate::backend::{FailureClass, Target, TargetError};
 
 /// Dry runs in flight at once.
 const CONCURRENCY: usize = 8;

@@ -24,7 +24,7 @@ use crate::rollout::{
     Decision, History, Milestone, NextStep, Observation, Resume, RevertInFlight, Rollout, Timing,
 };
 use crate::source::{GitSource, RevertScope, SourceError};
-use crate::target::{DriftCheck, FailureClass, Target, TargetError};
+use crate::backend::{DriftCheck, FailureClass, Target, TargetError};
 use crate::webhook::Notifier;
 
 /// How often readiness is polled while a step waits for it.

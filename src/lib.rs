@@ -32,5 +32,5 @@ pub mod server;
 pub mod source;
 pub mod stats;
 pub mod systemd;
-pub mod target;
+pub mod backend;
 pub mod webhook;

@@ -213,7 +213,7 @@ pub enum TargetConfig {
     /// Live state is a folder of YAML files.
     Directory { path: PathBuf },
     /// A Kubernetes cluster through its API server.
-    Kubernetes(crate::target::KubernetesSettings),
+    Kubernetes(crate::backend::KubernetesSettings),
 }
 
 /// One problem, under the key it concerns (`environment[1].target.path`).
@@ -573,7 +573,7 @@ impl Checker {
                     .get("requests_per_second", raw.requests_per_second)
                     .unwrap_or(0);
                 Some(TargetConfig::Kubernetes(
-                    crate::target::KubernetesSettings {
+                    crate::backend::KubernetesSettings {
                         kubeconfig,
                         context,
                         force_conflicts,
