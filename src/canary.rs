@@ -19,15 +19,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use crate::model::{ANNOTATION_TEMPLATE_HASH, Object, ResourceKey};
+use crate::labels::{ANNOTATION_TEMPLATE_HASH, LABEL_TRACK, TRACK_STABLE};
+use crate::model::{Object, ResourceKey};
 use crate::plan::{Action, Change, Desired, Plan};
 
 /// Suffix of every canary object's name.
 pub const CANARY_SUFFIX: &str = "-canary";
-/// Pod and selector label that sets canary pods apart.
-pub const LABEL_TRACK: &str = "gitopsd.io/track";
-/// Value of [`LABEL_TRACK`] on stable pods (template label only, never the selector).
-pub const TRACK_STABLE: &str = "stable";
 
 /// What a live Deployment's pod template is, for deciding whether a write may label it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,12 +5,14 @@ use std::path::Path;
 
 use thiserror::Error;
 
+use crate::backend::{AnyTarget, Target, TargetError};
 use crate::config::{Config, ConfigError, EnvironmentConfig};
 use crate::daemon::{self, Signals};
-use crate::dry_run::dry_run_all;
-use crate::executor::{
-    DesiredError, Outcome, empty_revision_problem, load_desired, load_desired_offline, load_located,
+use crate::desired::{
+    DesiredError, empty_revision_problem, load_desired, load_desired_offline, load_located,
 };
+use crate::dry_run::dry_run_all;
+use crate::executor::Outcome;
 use crate::journal::{self, Journal, JournalError};
 use crate::journal_view;
 use crate::manifest::ManifestErrors;
@@ -20,7 +22,6 @@ use crate::plan::{self, Desired};
 use crate::plan::{Change, Plan};
 use crate::report::{Colour, DiffReport, EnvironmentReport, ReportInput};
 use crate::source::{GitSource, SourceError};
-use crate::backend::{AnyTarget, Target, TargetError};
 use std::collections::BTreeSet;
 
 /// Exit code: success, no change, valid.

@@ -12,10 +12,11 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::backend::{AnyTarget, Target as _};
 use crate::config::WindowConfig;
 use crate::config::{Config, EnvironmentConfig, StateConfig};
 use crate::config_watch::watch_config;
-use crate::executor::{EnvironmentRun, Outcome, ReconcileError};
+use crate::executor::{Effects, EnvironmentRun, Outcome, ReconcileError};
 use crate::gates::Gates;
 use crate::heartbeat::{BEAT_INTERVAL, Heartbeat, Heartbeats};
 use crate::journal::{self, Journal, SharedJournal};
@@ -26,7 +27,6 @@ use crate::server::{self, ApiState, Controls, EnvironmentHandle, Reloadable};
 use crate::source::watch::watch_refs;
 use crate::source::{Fetched, GitSource, SourceError};
 use crate::systemd::Systemd;
-use crate::backend::{AnyTarget, Target as _};
 use crate::webhook::{Delivery, Notifier};
 
 /// Longest wait between retries of a failing fetch.
@@ -146,8 +146,7 @@ impl EnvironmentRuntime {
         let target = AnyTarget::open(&config)
             .await
             .map_err(ReconcileError::Live)?;
-        let prober =
-            Prober::new(&config.health).map_err(|e| ReconcileError::Worker(e.to_string()))?;
+        let prober = Prober::new(&config.health)?;
         Ok(Self {
             config,
             state_dir: state_dir.to_path_buf(),
@@ -196,17 +195,19 @@ impl EnvironmentRuntime {
         // Reads the upstream environment's journal file.
         let gates = crate::blocking::run(|| self.gates());
         let result = EnvironmentRun {
-            config: &self.config,
+            fx: Effects {
+                config: &self.config,
+                target: &self.target,
+                journal: &self.journal,
+                checks: &self.prober,
+                shutdown,
+                heartbeat,
+                metrics: &observers.metrics,
+                notifier: &observers.notifier,
+                live_templates: Default::default(),
+            },
             source,
-            target: &self.target,
-            journal: &self.journal,
             gates: &gates,
-            prober: &self.prober,
-            shutdown,
-            heartbeat,
-            metrics: &observers.metrics,
-            notifier: &observers.notifier,
-            live_templates: Default::default(),
         }
         .pass(tip)
         .await;

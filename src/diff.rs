@@ -7,7 +7,9 @@ use sha2::{Digest, Sha256};
 use similar::TextDiff;
 use thiserror::Error;
 
-use crate::model::{LABEL_MANAGED_BY, MANAGER, OWN_PREFIX};
+use crate::labels::{
+    LABEL_MANAGED_BY, LABEL_PART_OF, LABEL_TRACK, MANAGER, OWN_PREFIX, TRACK_STABLE,
+};
 
 /// Metadata fields that the server or gitopsd sets, never the author.
 const SERVER_METADATA: &[&str] = &[
@@ -73,9 +75,9 @@ pub fn normalize_owned(mut body: Value) -> Value {
         {
             let stable = labels
                 .get("labels")
-                .and_then(|l| l.get(crate::canary::LABEL_TRACK))
+                .and_then(|l| l.get(LABEL_TRACK))
                 .and_then(Value::as_str)
-                == Some(crate::canary::TRACK_STABLE);
+                == Some(TRACK_STABLE);
             if stable {
                 strip_track(labels);
             }
@@ -89,7 +91,7 @@ fn strip_track(template_metadata: &mut Map<String, Value>) {
         .get_mut("labels")
         .and_then(Value::as_object_mut)
     {
-        labels.remove(crate::canary::LABEL_TRACK);
+        labels.remove(LABEL_TRACK);
         if labels.is_empty() {
             template_metadata.remove("labels");
         }
@@ -102,7 +104,7 @@ fn strip_own_entries(metadata: &mut Map<String, Value>, field: &str) {
     };
     entries.retain(|name, value| {
         let ours = name.starts_with(OWN_PREFIX)
-            || name == crate::backend::applyset::LABEL_PART_OF
+            || name == LABEL_PART_OF
             || (name == LABEL_MANAGED_BY && value.as_str() == Some(MANAGER));
         !ours
     });

@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 
 use futures_util::future::join_all;
 
+use crate::backend::{FailureClass, Target, TargetError};
 use crate::manifest::Problem;
 use crate::model::{ResourceKey, Revision};
 use crate::plan::Desired;
-use crate::backend::{FailureClass, Target, TargetError};
 
 /// Dry runs in flight at once.
 const CONCURRENCY: usize = 8;
@@ -38,9 +38,17 @@ fn waits_for_revision(
         ));
     }
     let namespace = key.namespace.as_ref()?;
-    let missing = format!("namespaces \"{namespace}\" not found");
-    (new_namespaces.contains(namespace) && error.to_string().contains(&missing))
-        .then(|| format!("{key}: its namespace comes with this revision"))
+    let TargetError::Object {
+        missing: Some(missing),
+        ..
+    } = error
+    else {
+        return None;
+    };
+    (missing.resource == "namespaces"
+        && missing.name == *namespace
+        && new_namespaces.contains(namespace))
+    .then(|| format!("{key}: its namespace comes with this revision"))
 }
 
 /// Dry-runs every object as `environment` would apply it at `revision`. An answer that blames
@@ -131,6 +139,21 @@ mod tests {
             object: "ConfigMap shop/x".into(),
             message: message.into(),
             class: FailureClass::Revision,
+            missing: None,
+        }
+    }
+
+    /// A 404 whose details name the namespace, as the API server answers it.
+    fn namespace_missing(namespace: &str) -> TargetError {
+        TargetError::Object {
+            operation: "dry-run",
+            object: "ConfigMap shop/x".into(),
+            message: "not found (404 NotFound): the namespace is not there".into(),
+            class: FailureClass::Revision,
+            missing: Some(Box::new(crate::backend::Missing {
+                resource: "namespaces".into(),
+                name: namespace.into(),
+            })),
         }
     }
 
@@ -138,7 +161,7 @@ mod tests {
     fn objects_waiting_for_their_namespace_or_type_are_not_blamed() {
         let namespaces = BTreeSet::from(["shop".to_string()]);
         let types = BTreeSet::from([("example.com".to_string(), "Widget".to_string())]);
-        let missing = refused("not found (404 NotFound): namespaces \"shop\" not found");
+        let missing = namespace_missing("shop");
         assert!(
             waits_for_revision(
                 &key("ConfigMap", Some("shop")),
@@ -148,7 +171,7 @@ mod tests {
             )
             .is_some()
         );
-        let elsewhere = refused("not found (404 NotFound): namespaces \"other\" not found");
+        let elsewhere = namespace_missing("other");
         assert_eq!(
             waits_for_revision(
                 &key("ConfigMap", Some("other")),
@@ -176,6 +199,16 @@ mod tests {
                 &types
             ),
             None
+        );
+        assert_eq!(
+            waits_for_revision(
+                &key("ConfigMap", Some("shop")),
+                &refused("not found (404 NotFound): namespaces \"shop\" not found"),
+                &namespaces,
+                &types
+            ),
+            None,
+            "the message text alone decides nothing"
         );
     }
 }

@@ -2,8 +2,8 @@
 
 use std::io::{self, Write};
 
+use crate::history::History;
 use crate::journal::{ChangeRecord, Event, Record};
-use crate::rollout::History;
 
 /// Writes journal records, one line each, with the objects or problems they name indented
 /// below.

@@ -1,5 +1,6 @@
 //! gitopsd: a GitOps reconciler daemon. Git → desired objects → plan → target, journaled.
 
+pub mod backend;
 pub mod blocking;
 pub mod canary;
 pub mod cli;
@@ -7,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod config_watch;
 pub mod daemon;
+pub mod desired;
 pub mod diff;
 pub mod dry_run;
 pub mod durable;
@@ -14,8 +16,10 @@ pub mod executor;
 pub mod gates;
 pub mod health;
 pub mod heartbeat;
+pub mod history;
 pub mod journal;
 pub mod journal_view;
+pub mod labels;
 pub mod manifest;
 pub mod memory;
 pub mod metrics;
@@ -32,5 +36,4 @@ pub mod server;
 pub mod source;
 pub mod stats;
 pub mod systemd;
-pub mod backend;
 pub mod webhook;

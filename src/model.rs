@@ -5,18 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Label that marks every object gitopsd applies (the Kubernetes recommended label).
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// Value of [`LABEL_MANAGED_BY`] on objects gitopsd owns.
-pub const MANAGER: &str = "gitopsd";
-/// Label naming the environment that owns an object.
-pub const LABEL_ENVIRONMENT: &str = "gitopsd.io/environment";
-/// Annotation holding the git revision an object was last applied from.
-pub const ANNOTATION_REVISION: &str = "gitopsd.io/revision";
-/// Annotation holding the sha256 of the normalized desired object.
-pub const ANNOTATION_HASH: &str = "gitopsd.io/hash";
-/// Prefix of every label and annotation gitopsd writes itself.
-pub const OWN_PREFIX: &str = "gitopsd.io/";
+use crate::labels::{LABEL_ENVIRONMENT, LABEL_MANAGED_BY, MANAGER};
 
 /// Identity of an object: API group, kind, namespace (none for cluster-scoped kinds) and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -70,10 +59,6 @@ impl fmt::Display for KindRef {
         write!(f, "{} {}", self.api_version, self.kind)
     }
 }
-
-/// Annotation on Deployments: hash of the desired pod template, so a canary is only started
-/// when the template really changed (live templates carry server defaults).
-pub const ANNOTATION_TEMPLATE_HASH: &str = "gitopsd.io/template-hash";
 
 /// One manifest object: its key and its full body as parsed from YAML.
 #[derive(Debug, Clone, PartialEq)]
@@ -189,6 +174,34 @@ pub fn cluster_scoped_kinds() -> impl Iterator<Item = (&'static str, &'static st
 /// True for built-in kinds known to be cluster-scoped.
 pub fn is_cluster_scoped(group: &str, kind: &str) -> bool {
     cluster_scoped_kinds().any(|(g, k)| g == group && k == kind)
+}
+
+/// What a change does to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Action {
+    /// Sign shown before an object in diffs (`+`, `~`, `-`).
+    pub fn sign(self) -> char {
+        match self {
+            Action::Create => '+',
+            Action::Update => '~',
+            Action::Delete => '-',
+        }
+    }
+
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::manifest::{Limits, ManifestFile, ParsedFile};
+use crate::manifest::file::{Limits, ManifestFile, ParsedFile};
 
 /// What the cache may hold by default: the compact form of 2,000 objects is about 1 MiB.
 pub const DEFAULT_MAX_BYTES: usize = 32 << 20;

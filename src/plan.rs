@@ -2,14 +2,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::diff::{self, RenderError};
-use crate::model::{
+use crate::labels::{
     ANNOTATION_HASH, ANNOTATION_REVISION, ANNOTATION_TEMPLATE_HASH, LABEL_ENVIRONMENT,
-    LABEL_MANAGED_BY, MANAGER, Object, ResourceKey, Revision,
+    LABEL_MANAGED_BY, MANAGER,
 };
+pub use crate::model::Action;
+use crate::model::{Object, ResourceKey, Revision};
 
 /// A desired object after normalization, with its content hash.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,33 +75,6 @@ fn insert_entry(metadata: &mut Map<String, Value>, field: &str, name: &str, valu
         .or_insert_with(|| Value::Object(Map::new()));
     if let Some(entries) = entries.as_object_mut() {
         entries.insert(name.to_string(), Value::String(value.to_string()));
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Create,
-    Update,
-    Delete,
-}
-
-impl Action {
-    /// Sign shown before an object in diffs (`+`, `~`, `-`).
-    pub fn sign(self) -> char {
-        match self {
-            Action::Create => '+',
-            Action::Update => '~',
-            Action::Delete => '-',
-        }
-    }
-
-    pub fn verb(self) -> &'static str {
-        match self {
-            Action::Create => "create",
-            Action::Update => "update",
-            Action::Delete => "delete",
-        }
     }
 }
 

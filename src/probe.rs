@@ -10,6 +10,24 @@ use crate::health::{self, CheckResult};
 /// Longest command output quoted in a failed check's detail.
 const DETAIL_LIMIT: usize = 300;
 
+/// Runs one health check once: the seam through which a rollout looks at the world, so its
+/// driver can be tested with scripted verdicts.
+pub trait CheckRunner: Send + Sync {
+    fn run(
+        &self,
+        check: &HealthCheckConfig,
+    ) -> impl std::future::Future<Output = CheckResult> + Send;
+}
+
+impl CheckRunner for Prober {
+    fn run(
+        &self,
+        check: &HealthCheckConfig,
+    ) -> impl std::future::Future<Output = CheckResult> + Send {
+        Prober::run(self, check)
+    }
+}
+
 /// Runs checks; holds one HTTP client for all of them, when any of them needs one.
 #[derive(Debug, Clone)]
 pub struct Prober {

@@ -16,10 +16,10 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::history::History;
 use crate::journal::{Event, SharedJournal};
 use crate::metrics::Metrics;
 use crate::model::Revision;
-use crate::rollout::History;
 use crate::source::GitSource;
 
 /// What the API needs to reach an environment's task.

@@ -9,22 +9,11 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::model::{KindRef, LABEL_ENVIRONMENT, LABEL_MANAGED_BY, MANAGER, group_of};
-
-/// Label on the parent: the applyset's id.
-pub const LABEL_ID: &str = "applyset.kubernetes.io/id";
-/// Label on every member: the id of the applyset it belongs to.
-pub const LABEL_PART_OF: &str = "applyset.kubernetes.io/part-of";
-/// Annotation on the parent: `<tool>/<version>` of the tool that manages the set.
-pub const ANNOTATION_TOOLING: &str = "applyset.kubernetes.io/tooling";
-/// Annotation on the parent: sorted `Kind.group` list of the members' types.
-pub const ANNOTATION_GROUP_KINDS: &str = "applyset.kubernetes.io/contains-group-kinds";
-/// Annotation on the parent: namespaces of members other than the parent's own.
-pub const ANNOTATION_NAMESPACES: &str = "applyset.kubernetes.io/additional-namespaces";
-/// Annotation on the parent: `<repo>#<branch>:<path>` of the environment that owns it.
-pub const ANNOTATION_SOURCE: &str = "gitopsd.io/source";
-/// Tool name in [`ANNOTATION_TOOLING`].
-pub const TOOL: &str = "gitopsd";
+use crate::labels::{
+    ANNOTATION_GROUP_KINDS, ANNOTATION_NAMESPACES, ANNOTATION_SOURCE, ANNOTATION_TOOLING,
+    LABEL_ENVIRONMENT, LABEL_ID, LABEL_MANAGED_BY, MANAGER, TOOL,
+};
+use crate::model::{KindRef, group_of};
 
 /// Where an environment's parent ConfigMap lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

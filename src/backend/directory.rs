@@ -112,6 +112,7 @@ fn object_error(operation: &'static str, key: &ResourceKey, message: String) -> 
         object: key.to_string(),
         message,
         class: FailureClass::Infrastructure,
+        missing: None,
     }
 }
 

@@ -17,14 +17,16 @@ use kube::discovery::{Scope, oneshot, pinned_kind};
 use kube::{Client, Config};
 use serde_json::Value;
 
-use super::applyset::{
-    self, GroupKind, Holder, LABEL_ID, LABEL_PART_OF, Owner, ParentRef, ParentState, Record,
+use super::applyset::{self, GroupKind, Holder, Owner, ParentRef, ParentState, Record};
+use super::{
+    DriftCheck, FailedObject, FailureClass, ForeignOwner, Missing, Readiness, Target, TargetError,
 };
-use super::{DriftCheck, FailedObject, FailureClass, ForeignOwner, Readiness, Target, TargetError};
+use crate::labels::{
+    ANNOTATION_SOURCE, ANNOTATION_TOOLING, LABEL_ENVIRONMENT, LABEL_ID, LABEL_MANAGED_BY,
+    LABEL_PART_OF, MANAGER,
+};
 use crate::manifest::{self, Scopes};
-use crate::model::{
-    KindRef, LABEL_ENVIRONMENT, LABEL_MANAGED_BY, MANAGER, Object, ResourceKey, group_of,
-};
+use crate::model::{KindRef, Object, ResourceKey, group_of};
 use crate::plan::Compare;
 use crate::readiness::{self, readiness};
 
@@ -172,6 +174,10 @@ struct Failure {
     retryable: bool,
     message: String,
     class: FailureClass,
+    /// What a `NotFound` answer's details name as missing.
+    missing: Option<Box<Missing>>,
+    /// The field managers a conflict's causes name (`FieldManagerConflict`).
+    conflicting_managers: Vec<String>,
 }
 
 impl Failure {
@@ -208,6 +214,7 @@ fn describe(error: &kube::Error) -> Failure {
                 _ => "refused",
             };
             let class = classify(Some(status.code), &status.message);
+            let details = status.details.as_ref();
             Failure {
                 code: Some(status.code),
                 retryable: (status.code >= 500 || status.code == 429)
@@ -217,32 +224,63 @@ fn describe(error: &kube::Error) -> Failure {
                     status.code, status.reason, status.message
                 ),
                 class,
+                missing: details
+                    .filter(|details| status.reason == "NotFound" && !details.kind.is_empty())
+                    .map(|details| {
+                        Box::new(Missing {
+                            resource: details.kind.clone(),
+                            name: details.name.clone(),
+                        })
+                    }),
+                conflicting_managers: details
+                    .map(|details| conflicting_managers(&details.causes))
+                    .unwrap_or_default(),
             }
         }
-        kube::Error::HyperError(_) | kube::Error::Service(_) => Failure {
-            code: None,
-            retryable: true,
-            message: error.to_string(),
-            class: FailureClass::Infrastructure,
-        },
-        other => Failure {
-            code: None,
-            retryable: false,
-            message: other.to_string(),
-            class: FailureClass::Infrastructure,
-        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            Failure::without_answer(error.to_string(), true)
+        }
+        other => Failure::without_answer(other.to_string(), false),
     }
 }
 
-/// The environment a conflicting gitopsd field manager belongs to, if a 409's message names
-/// one other than `ours` (`conflict with "gitopsd-production" using apps/v1: .spec.replicas`).
-fn conflicting_environment(message: &str, ours: &str) -> Option<String> {
-    message
-        .split("conflict with \"")
-        .skip(1)
-        .filter_map(|rest| rest.split('"').next())
-        .find(|manager| manager.starts_with(FIELD_MANAGER_PREFIX) && *manager != ours)
-        .map(|manager| manager[FIELD_MANAGER_PREFIX.len()..].to_string())
+impl Failure {
+    /// A request that got no answer from the API server: the cluster's state.
+    fn without_answer(message: String, retryable: bool) -> Self {
+        Self {
+            code: None,
+            retryable,
+            message,
+            class: FailureClass::Infrastructure,
+            missing: None,
+            conflicting_managers: Vec::new(),
+        }
+    }
+}
+
+/// The managers a server-side apply conflicts with, from the causes of its 409: each
+/// `FieldManagerConflict` cause says `conflict with "<manager>"` (and `using <version>`).
+fn conflicting_managers(causes: &[kube::core::response::StatusCause]) -> Vec<String> {
+    let mut managers: Vec<String> = causes
+        .iter()
+        .filter(|cause| cause.reason == "FieldManagerConflict")
+        .filter_map(|cause| {
+            let rest = cause.message.strip_prefix("conflict with \"")?;
+            Some(rest.split('"').next()?.to_string())
+        })
+        .collect();
+    managers.dedup();
+    managers
+}
+
+/// The environment a conflicting gitopsd field manager belongs to, if one other than `ours`
+/// is among `managers`.
+fn conflicting_environment(managers: &[String], ours: &str) -> Option<String> {
+    managers
+        .iter()
+        .filter(|manager| *manager != ours)
+        .find_map(|manager| manager.strip_prefix(FIELD_MANAGER_PREFIX))
+        .map(str::to_string)
 }
 
 /// `body` with the applyset membership label added.
@@ -492,12 +530,11 @@ impl KubernetesTarget {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, kube::Error>>,
     {
-        let slot = self.requests.acquire().await.map_err(|e| Failure {
-            code: None,
-            retryable: false,
-            message: e.to_string(),
-            class: FailureClass::Infrastructure,
-        })?;
+        let slot = self
+            .requests
+            .acquire()
+            .await
+            .map_err(|e| Failure::without_answer(e.to_string(), false))?;
         let mut attempt = 1;
         loop {
             self.pace().await;
@@ -849,6 +886,7 @@ impl KubernetesTarget {
                 } else {
                     failure.message
                 },
+                missing: failure.missing,
             })?;
         self.lock_parent().live = Some(Some(ParentState::from_body(&body)));
         Ok(())
@@ -907,6 +945,7 @@ impl KubernetesTarget {
                         object: self.parent.to_string(),
                         message: failure.message,
                         class: failure.class,
+                        missing: failure.missing,
                     });
                 }
             }
@@ -946,11 +985,11 @@ impl KubernetesTarget {
             Some(parent) => {
                 let annotations = parent.metadata.annotations.clone().unwrap_or_default();
                 let who = annotations
-                    .get(applyset::ANNOTATION_SOURCE)
+                    .get(ANNOTATION_SOURCE)
                     .map(|source| format!("gitopsd source {source}"))
                     .or_else(|| {
                         annotations
-                            .get(applyset::ANNOTATION_TOOLING)
+                            .get(ANNOTATION_TOOLING)
                             .map(|tool| format!("tool {tool}"))
                     })
                     .unwrap_or_else(|| "an unknown tool".into());
@@ -981,12 +1020,19 @@ fn classed_error(
         object: key.to_string(),
         message,
         class,
+        missing: None,
     }
 }
 
 /// The server's answer to a request about one object.
 fn answer_error(operation: &'static str, key: &ResourceKey, failure: Failure) -> TargetError {
-    classed_error(operation, key, failure.message, failure.class)
+    TargetError::Object {
+        operation,
+        object: key.to_string(),
+        message: failure.message,
+        class: failure.class,
+        missing: failure.missing,
+    }
 }
 
 impl Target for KubernetesTarget {
@@ -1076,7 +1122,8 @@ impl Target for KubernetesTarget {
         match self.call(|| api.patch(&key.name, &gentle, &patch)).await {
             Err(failure) if failure.is(409) => {
                 // Never take fields from another environment; others only when allowed.
-                if let Some(other) = conflicting_environment(&failure.message, &self.field_manager)
+                if let Some(other) =
+                    conflicting_environment(&failure.conflicting_managers, &self.field_manager)
                 {
                     return Err(classed_error(
                         "apply",
@@ -1429,25 +1476,57 @@ mod tests {
 
     #[test]
     fn a_conflict_with_another_environment_names_it() {
-        let message = r#"conflict (409 Conflict): Apply failed with 2 conflicts: conflict with "gitopsd-production" using apps/v1: .spec.replicas; conflict with "kubectl-scale": .spec.replicas"#;
+        // A v1.28 API server's answer to a server-side apply that conflicts.
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409,
+            "reason": "Conflict",
+            "message": "Apply failed with 2 conflicts: conflicts with \"gitopsd-production\" using apps/v1:\n- .spec.replicas\nconflicts with \"kubectl-scale\":\n- .spec.replicas",
+            "details": {"causes": [
+                {"reason": "FieldManagerConflict", "message": "conflict with \"gitopsd-production\" using apps/v1", "field": ".spec.replicas"},
+                {"reason": "FieldManagerConflict", "message": "conflict with \"kubectl-scale\"", "field": ".spec.replicas"}
+            ]}
+        }))
+        .expect("a Status");
+        let failure = describe(&kube::Error::Api(Box::new(status)));
         assert_eq!(
-            conflicting_environment(message, "gitopsd-staging"),
+            failure.conflicting_managers,
+            ["gitopsd-production", "kubectl-scale"]
+        );
+        assert_eq!(
+            conflicting_environment(&failure.conflicting_managers, "gitopsd-staging"),
             Some("production".into())
         );
         assert_eq!(
-            conflicting_environment(
-                r#"Apply failed with 1 conflict: conflict with "kubectl-scale" using apps/v1: .spec.replicas"#,
-                "gitopsd-staging"
-            ),
+            conflicting_environment(&failure.conflicting_managers, "gitopsd-production"),
+            None,
+            "its own manager is no other environment"
+        );
+        assert_eq!(
+            conflicting_environment(&["kubectl-scale".into()], "gitopsd-staging"),
             None
         );
         // The field manager before environments had their own is gitopsd's too.
         assert_eq!(
-            conflicting_environment(
-                r#"conflict with "gitopsd" using v1: .data.a"#,
-                "gitopsd-staging"
-            ),
+            conflicting_environment(&["gitopsd".into()], "gitopsd-staging"),
             None
+        );
+    }
+
+    #[test]
+    fn a_missing_namespace_is_read_from_the_answers_details() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+            "reason": "NotFound", "message": "namespaces \"shop\" not found",
+            "details": {"name": "shop", "kind": "namespaces"}
+        }))
+        .expect("a Status");
+        let failure = describe(&kube::Error::Api(Box::new(status)));
+        assert_eq!(
+            failure.missing,
+            Some(Box::new(Missing {
+                resource: "namespaces".into(),
+                name: "shop".into()
+            }))
         );
     }
 

@@ -28,6 +28,15 @@ pub enum FailureClass {
     Infrastructure,
 }
 
+/// An object the server said does not exist, as its answer's details name it (a `NotFound`
+/// status with `details.kind` = `namespaces` and `details.name` = `shop`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    /// The resource, plural and lower case, as the API names it (`namespaces`).
+    pub resource: String,
+    pub name: String,
+}
+
 #[derive(Debug, Error)]
 pub enum TargetError {
     #[error("{operation} {object}: {message}")]
@@ -36,6 +45,8 @@ pub enum TargetError {
         object: String,
         message: String,
         class: FailureClass,
+        /// What the server named as missing, when it refused for that reason.
+        missing: Option<Box<Missing>>,
     },
     #[error("cannot list live objects in {location}: {message}")]
     List { location: String, message: String },

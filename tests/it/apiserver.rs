@@ -326,15 +326,31 @@ impl Drop for ApiServerStandIn {
 }
 
 fn status(code: u16, reason: &str, message: String) -> Response {
+    status_with_details(code, reason, message, json!({}))
+}
+
+/// A failure as the real API server words it, `details` included (what a client reads the
+/// missing object or the conflicting managers from).
+fn status_with_details(code: u16, reason: &str, message: String, details: Value) -> Response {
     let body = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": "Failure", "message": message, "reason": reason, "code": code,
+        "details": details,
     });
     (
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         axum::Json(body),
     )
         .into_response()
+}
+
+fn not_found(plural: &str, name: &str) -> Response {
+    status_with_details(
+        404,
+        "NotFound",
+        format!("{plural} \"{name}\" not found"),
+        json!({"name": name, "kind": plural}),
+    )
 }
 
 fn ok(body: Value) -> Response {
@@ -589,7 +605,7 @@ fn handle(
             }
             match store.objects.get(&key) {
                 Some(object) => ok(object.clone()),
-                None => status(404, "NotFound", format!("{plural} \"{name}\" not found")),
+                None => not_found(&plural, &name),
             }
         }
         ("GET", Some(name)) => match store.objects.get(&(
@@ -599,7 +615,7 @@ fn handle(
             name.clone(),
         )) {
             Some(object) => ok(object.clone()),
-            None => status(404, "NotFound", format!("{plural} \"{name}\" not found")),
+            None => not_found(&plural, &name),
         },
         ("DELETE", Some(name)) => match store.objects.remove(&(
             group.clone(),
@@ -619,7 +635,7 @@ fn handle(
                 }
                 ok(json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}))
             }
-            None => status(404, "NotFound", format!("{plural} \"{name}\" not found")),
+            None => not_found(&plural, &name),
         },
         ("PATCH", Some(name)) => {
             let content_type = headers
@@ -674,10 +690,15 @@ fn handle(
                     .as_str()
                     .unwrap_or("");
                 if !owner.is_empty() && owner != manager && !force {
-                    return status(
+                    return status_with_details(
                         409,
                         "Conflict",
                         format!("Apply failed with 1 conflict: conflict with \"{owner}\": .spec"),
+                        json!({"causes": [{
+                            "reason": "FieldManagerConflict",
+                            "message": format!("conflict with \"{owner}\""),
+                            "field": ".spec",
+                        }]}),
                     );
                 }
             }

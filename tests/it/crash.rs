@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use gitopsd::history::History;
 use gitopsd::journal::Event;
-use gitopsd::rollout::History;
 
 use crate::helpers::*;
 

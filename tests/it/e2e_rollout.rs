@@ -580,7 +580,7 @@ fn e2e_sigkill_at_each_journal_point_of_a_rollout_resumes_it() {
             .wait_timeout(Duration::from_secs(10))
             .expect("killed child exits");
         let killed_at = workspace.journal("staging").len();
-        let interrupted = gitopsd::rollout::History::from_records(&workspace.journal("staging"))
+        let interrupted = gitopsd::history::History::from_records(&workspace.journal("staging"))
             .in_flight
             .map(|flight| flight.step);
 

@@ -8,8 +8,8 @@ use std::fs;
 use std::process::Stdio;
 use std::time::Duration;
 
+use gitopsd::history::History;
 use gitopsd::journal::Event;
-use gitopsd::rollout::History;
 
 use crate::helpers::*;
 

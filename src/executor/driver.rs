@@ -1,0 +1,350 @@
+//! The rollout driver: takes one decision at a time from the pure state machine
+//! ([`Rollout`]), carries it out through [`Effects`], journals its milestones, and says how
+//! the rollout ended. Every step is journaled before anything of it is written.
+
+use std::ops::ControlFlow;
+
+use chrono::{DateTime, Utc};
+
+use super::effects::Effects;
+use super::error::ReconcileError;
+use super::writes::{Write, applied_keys, baseline, change_records, ordered, step_objects};
+use crate::backend::{FailureClass, Target, TargetError};
+use crate::canary::{RolloutSpec, StepObjects};
+use crate::health::HealthTracker;
+use crate::history::Resume;
+use crate::journal::{Baseline, ChangeRecord, Event};
+use crate::model::{Object, ResourceKey, Revision};
+use crate::plan::{Desired, Plan};
+use crate::probe::CheckRunner;
+use crate::rollout::{Decision, Milestone, Observation, Rollout, Timing, cause};
+
+/// What a rollout is made of, prepared by the pass: the revision, what it replaces, and the
+/// plan between them split into canary steps.
+pub struct RolloutInput {
+    pub revision: Revision,
+    /// The last healthy revision, which a failure returns to.
+    pub previous: Option<Revision>,
+    pub desired: Vec<Desired>,
+    pub live: Vec<Object>,
+    pub plan: Plan,
+    pub spec: RolloutSpec,
+}
+
+/// How a rollout ended. Reverting is the caller's: it needs the previous revision's manifests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// Every step passed and the verify window stayed healthy; journaled `healthy`.
+    Healthy { changes: Vec<ChangeRecord> },
+    /// The revision is to blame (a check, a timeout, a broken pod, an object the server
+    /// refused); journaled `rollout_failed`. The marks are what a revert restores.
+    Failed {
+        reason: String,
+        cause: String,
+        baseline: Vec<Baseline>,
+    },
+    /// The cluster could not take a write; journaled `blocked`. The revision is not blamed:
+    /// the partial step is to be undone and the rollout tried again later.
+    Blocked {
+        reason: String,
+        baseline: Vec<Baseline>,
+    },
+}
+
+/// What one decision led to: the next decision (with the milestone reached on the way), or
+/// the end of the rollout.
+type Step = ControlFlow<Ending, (Option<Milestone>, Decision)>;
+
+/// Carries one rollout through its steps.
+pub struct Driver<'d, 'a, T: Target, P: CheckRunner> {
+    fx: &'d mut Effects<'a, T, P>,
+    input: RolloutInput,
+    rollout: Rollout,
+    /// How the touched objects were marked before, for a revert.
+    baseline: Vec<Baseline>,
+    /// The first step this run writes: it also writes every change with no canary meaning.
+    first_step: usize,
+    tracker: HealthTracker,
+    /// What the current step applied: what readiness waits for.
+    step_keys: Vec<ResourceKey>,
+    /// What the current step scales down or deletes once its new capacity is ready.
+    shrinking: StepObjects,
+}
+
+impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
+    fn timing(fx: &Effects<'a, T, P>) -> Timing {
+        Timing {
+            bake: fx.config.rollout.bake,
+            timeout: fx.config.rollout.timeout,
+            verify: fx.config.rollout.verify,
+        }
+    }
+
+    fn with(
+        fx: &'d mut Effects<'a, T, P>,
+        input: RolloutInput,
+        rollout: Rollout,
+        baseline: Vec<Baseline>,
+        first_step: usize,
+    ) -> Self {
+        let tracker = HealthTracker::new(&fx.config.health);
+        Self {
+            fx,
+            input,
+            rollout,
+            baseline,
+            first_step,
+            tracker,
+            step_keys: Vec::new(),
+            shrinking: StepObjects::default(),
+        }
+    }
+
+    /// Starts a new rollout: the configured steps when a workload gets a canary, else one
+    /// step to 100%. Journals `rollout_started` with the marks a revert would restore.
+    pub fn begin(
+        fx: &'d mut Effects<'a, T, P>,
+        input: RolloutInput,
+    ) -> Result<Self, ReconcileError> {
+        let steps = if input.spec.has_canaries() {
+            fx.config.rollout.steps.clone()
+        } else {
+            vec![100]
+        };
+        let marks = baseline(&input.plan, &input.spec, &input.live);
+        let canaries: Vec<String> = input
+            .spec
+            .canaries
+            .iter()
+            .map(|unit| unit.desired.key.to_string())
+            .collect();
+        let changes = change_records(&input.plan.changes);
+        fx.journal(Event::RolloutStarted {
+            revision: input.revision.clone(),
+            previous: input.previous.clone(),
+            steps: steps.clone(),
+            changes: changes.clone(),
+            canaries: canaries.clone(),
+            baseline: marks.clone(),
+        })?;
+        tracing::info!(
+            env = %fx.config.name,
+            revision = %input.revision.short(),
+            steps = ?steps,
+            canaries = ?canaries,
+            changes = changes.len(),
+            "rollout started"
+        );
+        let rollout = Rollout::new(steps, Self::timing(fx));
+        Ok(Self::with(fx, input, rollout, marks, 0))
+    }
+
+    /// Goes on with a rollout a restart interrupted, at the step it had reached, with the
+    /// steps and marks it started with (its canary objects are still there). Once the
+    /// stables carry the new template nothing is left but the promotion.
+    pub fn resume(
+        fx: &'d mut Effects<'a, T, P>,
+        input: RolloutInput,
+        resume: Resume,
+    ) -> Result<Self, ReconcileError> {
+        let last = resume.steps.len().saturating_sub(1);
+        let from = if input.spec.has_canaries() {
+            resume.from
+        } else {
+            last
+        };
+        fx.journal(Event::RolloutResumed {
+            revision: input.revision.clone(),
+            step: from,
+        })?;
+        tracing::info!(env = %fx.config.name, revision = %input.revision.short(), step = from + 1, "rollout resumed after a restart");
+        let rollout = Rollout::starting_at(resume.steps, Self::timing(fx), from);
+        Ok(Self::with(fx, input, rollout, resume.baseline, from))
+    }
+
+    /// Takes decisions until the rollout ends.
+    pub async fn run(mut self) -> Result<Ending, ReconcileError> {
+        let mut decision = self.rollout.decision();
+        loop {
+            let step = match decision {
+                Decision::ApplyStep { step, weight } => self.apply_step(step, weight).await?,
+                Decision::Shrink { step, weight } => self.shrink(step, weight).await?,
+                Decision::AwaitReady { deadline } => self.await_ready(deadline).await?,
+                Decision::Watch { until } => self.watch(until).await?,
+                Decision::Succeed => ControlFlow::Break(self.succeed().await?),
+                Decision::Revert { reason, cause } => ControlFlow::Break(self.fail(reason, cause)?),
+            };
+            match step {
+                ControlFlow::Break(ending) => return Ok(ending),
+                ControlFlow::Continue((milestone, next)) => {
+                    self.reached(milestone)?;
+                    decision = next;
+                }
+            }
+        }
+    }
+
+    /// Journals the step, then writes what it adds. Capacity first: what the step adds is
+    /// written and ready before anything it replaces is scaled down or deleted.
+    async fn apply_step(&mut self, step: usize, weight: u8) -> Result<Step, ReconcileError> {
+        let revision = self.input.revision.clone();
+        self.fx.journal(Event::StepStarted {
+            revision: revision.clone(),
+            step,
+            weight,
+        })?;
+        tracing::info!(env = %self.fx.config.name, revision = %revision.short(), step = step + 1, weight, "step started");
+        let objects = step_objects(&self.input.spec, step == self.first_step, weight);
+        let writes = ordered(objects.apply, Vec::new());
+        self.shrinking = StepObjects {
+            shrink: objects.shrink,
+            delete: objects.delete,
+            ..StepObjects::default()
+        };
+        self.step_keys = applied_keys(&writes);
+        self.write_step(step, weight, &writes, "writes", Observation::Applied)
+            .await
+    }
+
+    /// Scales down and deletes what the step replaced, once its new capacity is ready.
+    async fn shrink(&mut self, step: usize, weight: u8) -> Result<Step, ReconcileError> {
+        let objects = std::mem::take(&mut self.shrinking);
+        let writes = ordered(objects.shrink, objects.delete);
+        self.write_step(
+            step,
+            weight,
+            &writes,
+            "scale-downs and deletions",
+            Observation::Shrunk,
+        )
+        .await
+    }
+
+    /// Writes one part of a step. A failed write blames the revision only when the server
+    /// judged an object; when the cluster could not take it, the rollout ends blocked.
+    async fn write_step(
+        &mut self,
+        step: usize,
+        weight: u8,
+        writes: &[Write],
+        what: &str,
+        written: Observation,
+    ) -> Result<Step, ReconcileError> {
+        let revision = self.input.revision.clone();
+        let Err((applied, error)) = self.fx.write_all(writes, |_| revision.clone()).await else {
+            return Ok(ControlFlow::Continue(
+                self.rollout.observe(written, Utc::now()),
+            ));
+        };
+        let reason = format!(
+            "step {} ({weight}%): {applied} of {} {what} done, then: {error}",
+            step + 1,
+            writes.len()
+        );
+        self.write_failed(reason, &error)
+    }
+
+    fn write_failed(
+        &mut self,
+        reason: String,
+        error: &TargetError,
+    ) -> Result<Step, ReconcileError> {
+        if error.class() == FailureClass::Revision {
+            return Ok(ControlFlow::Continue((
+                Some(Milestone::Failed {
+                    reason: reason.clone(),
+                }),
+                Decision::Revert {
+                    reason,
+                    cause: cause::REJECTED.into(),
+                },
+            )));
+        }
+        self.fx.journal(Event::Blocked {
+            revision: self.input.revision.clone(),
+            reason: reason.clone(),
+        })?;
+        tracing::warn!(env = %self.fx.config.name, revision = %self.input.revision.short(), %reason, "the cluster refused a write; undoing the step without blaming the revision");
+        Ok(ControlFlow::Break(Ending::Blocked {
+            reason,
+            baseline: self.baseline.clone(),
+        }))
+    }
+
+    async fn await_ready(&mut self, deadline: DateTime<Utc>) -> Result<Step, ReconcileError> {
+        let keys = self.step_keys.clone();
+        let observation = self.fx.readiness(&keys, deadline).await?;
+        Ok(ControlFlow::Continue(
+            self.rollout.observe(observation, Utc::now()),
+        ))
+    }
+
+    async fn watch(&mut self, until: DateTime<Utc>) -> Result<Step, ReconcileError> {
+        let observation = self
+            .fx
+            .watch_checks(&mut self.tracker, &self.input.revision, until)
+            .await?;
+        Ok(ControlFlow::Continue(
+            self.rollout.observe(observation, Utc::now()),
+        ))
+    }
+
+    /// Journals a milestone the state machine reached.
+    fn reached(&mut self, milestone: Option<Milestone>) -> Result<(), ReconcileError> {
+        let revision = self.input.revision.clone();
+        match milestone {
+            Some(Milestone::StepPassed { step, weight }) => {
+                self.fx.journal(Event::StepPassed {
+                    revision: revision.clone(),
+                    step,
+                    weight,
+                })?;
+                tracing::info!(env = %self.fx.config.name, revision = %revision.short(), step = step + 1, weight, "step passed");
+            }
+            Some(Milestone::Promoted) => {
+                self.fx.journal(Event::Promoted {
+                    revision: revision.clone(),
+                })?;
+                tracing::info!(env = %self.fx.config.name, revision = %revision.short(), "promoted; verifying");
+            }
+            // The decision that follows journals these.
+            Some(Milestone::Failed { .. } | Milestone::Succeeded) | None => {}
+        }
+        Ok(())
+    }
+
+    async fn succeed(&mut self) -> Result<Ending, ReconcileError> {
+        let revision = self.input.revision.clone();
+        self.fx.drift_corrected(&revision, &self.input.plan)?;
+        self.fx
+            .settle(&self.input.desired, &self.input.plan.orphaned)
+            .await?;
+        self.fx.journal(Event::Healthy {
+            revision: revision.clone(),
+        })?;
+        tracing::info!(env = %self.fx.config.name, revision = %revision.short(), "rollout healthy");
+        Ok(Ending::Healthy {
+            changes: change_records(&self.input.plan.changes),
+        })
+    }
+
+    fn fail(&mut self, reason: String, cause: String) -> Result<Ending, ReconcileError> {
+        let revision = self.input.revision.clone();
+        self.fx.journal(Event::RolloutFailed {
+            revision: revision.clone(),
+            reason: reason.clone(),
+            cause: Some(cause.clone()),
+        })?;
+        self.fx.metrics.rollout_failed(&self.fx.config.name, &cause);
+        tracing::error!(env = %self.fx.config.name, revision = %revision.short(), %reason, "rollout failed");
+        Ok(Ending::Failed {
+            reason,
+            cause,
+            baseline: self.baseline.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;

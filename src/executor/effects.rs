@@ -1,0 +1,288 @@
+//! What one environment's pass acts through: its backend, journal, health checks, waits,
+//! metrics and notifications, each action journaled or counted where the pass needs it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::error::ReconcileError;
+use super::writes::{Write, applied_keys};
+use crate::backend::{Target, TargetError};
+use crate::canary;
+use crate::config::EnvironmentConfig;
+use crate::health::{CheckResult, HealthTracker};
+use crate::heartbeat::{BEAT_INTERVAL, Heartbeat};
+use crate::journal::{DriftRecord, Event, JournalError, SharedJournal};
+use crate::metrics::Metrics;
+use crate::model::{ResourceKey, Revision};
+use crate::plan::{Desired, Plan, stage};
+use crate::probe::{CheckRunner, Prober};
+use crate::rollout::Observation;
+use crate::webhook::Notifier;
+
+/// How often readiness is polled while a step waits for it.
+const READINESS_POLL: Duration = Duration::from_secs(1);
+
+/// Everything one environment's pass acts through.
+pub struct Effects<'a, T: Target, P: CheckRunner = Prober> {
+    pub config: &'a EnvironmentConfig,
+    pub target: &'a T,
+    pub journal: &'a SharedJournal,
+    /// Runs the environment's health checks.
+    pub checks: &'a P,
+    /// Turns true when the process is asked to stop.
+    pub shutdown: watch::Receiver<bool>,
+    /// Beaten as the pass makes progress; the watchdog stops when it goes stale.
+    pub heartbeat: Heartbeat,
+    pub metrics: &'a Metrics,
+    /// Told about rollout events; never blocks.
+    pub notifier: &'a Notifier,
+    /// The pod templates of live Deployments as last listed (see
+    /// [`canary::mark_stable_track`]).
+    pub live_templates: BTreeMap<ResourceKey, canary::LiveTemplate>,
+}
+
+impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
+    /// Journals `event` durably, then tells the webhooks.
+    pub fn journal(&mut self, event: Event) -> Result<(), JournalError> {
+        let record = self.journal.append(event, Utc::now())?;
+        self.notifier
+            .event(&self.config.name, &record.event, record.time);
+        Ok(())
+    }
+
+    /// Whether an operator paused the environment (the last pause or resume wins).
+    pub fn paused(&self) -> bool {
+        self.journal.with_history(|history| history.paused)
+    }
+
+    /// Records on the target that the environment now owns exactly the revision's objects
+    /// (and, without prune, the ones it left behind).
+    pub async fn settle(
+        &self,
+        desired: &[Desired],
+        orphaned: &[ResourceKey],
+    ) -> Result<(), ReconcileError> {
+        let keys: Vec<ResourceKey> = desired
+            .iter()
+            .map(|d| d.key.clone())
+            .chain(orphaned.iter().cloned())
+            .collect();
+        self.target
+            .settle(&keys)
+            .await
+            .map_err(ReconcileError::Live)
+    }
+
+    /// Journals and counts the drift a pass put back.
+    pub fn drift_corrected(
+        &mut self,
+        revision: &Revision,
+        plan: &Plan,
+    ) -> Result<(), JournalError> {
+        let objects: Vec<DriftRecord> = plan
+            .changes
+            .iter()
+            .filter_map(|change| {
+                Some(DriftRecord {
+                    object: change.key().to_string(),
+                    fields: change.drift()?.to_vec(),
+                })
+            })
+            .collect();
+        if objects.is_empty() {
+            return Ok(());
+        }
+        for object in &objects {
+            tracing::info!(env = %self.config.name, object = %object.object, fields = ?object.fields, "drift put back");
+        }
+        self.metrics.drifted(
+            &self.config.name,
+            u64::try_from(objects.len()).unwrap_or(u64::MAX),
+        );
+        self.journal(Event::DriftCorrected {
+            revision: revision.clone(),
+            objects,
+        })
+    }
+
+    /// Writes in order, stamping each object with the revision `revision_of` gives; on error
+    /// returns how many writes were done.
+    pub async fn write_all(
+        &self,
+        writes: &[Write],
+        revision_of: impl Fn(&Desired) -> Revision,
+    ) -> Result<(), (usize, TargetError)> {
+        self.target.announce(&applied_keys(writes));
+        let mut done = 0;
+        // Stages stay in order; the writes inside one stage go out together, a few at a time.
+        // Namespaces go before the rest of their stage, not beside it: what follows (the
+        // ownership record, a CRD's custom resources) may live in them.
+        let is_namespace =
+            |write: &Write| write.key().group.is_empty() && write.key().kind == "Namespace";
+        for group in writes.chunk_by(|a, b| {
+            stage(a.key()) == stage(b.key())
+                && matches!(a, Write::Apply(_)) == matches!(b, Write::Apply(_))
+                && is_namespace(a) == is_namespace(b)
+        }) {
+            // A window that refills as writes finish, so one slow write does not hold up the
+            // rest. After an error no new write starts; those in flight are waited for.
+            let mut queued = group.iter();
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            let mut first_error = None;
+            let window = self.target.writes_in_flight();
+            loop {
+                while first_error.is_none() && running.len() < window {
+                    let Some(write) = queued.next() else { break };
+                    running.push(self.write_one(write, &revision_of));
+                }
+                match futures_util::StreamExt::next(&mut running).await {
+                    None => break,
+                    Some(Ok(())) => done += 1,
+                    Some(Err(error)) => {
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+            if let Some(error) = first_error {
+                return Err((done, error));
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_one(
+        &self,
+        write: &Write,
+        revision_of: &impl Fn(&Desired) -> Revision,
+    ) -> Result<(), TargetError> {
+        match write {
+            Write::Apply(desired) => {
+                let mut body = desired.stamped(&self.config.name, &revision_of(desired));
+                canary::mark_stable_track(
+                    &desired.key,
+                    &mut body,
+                    desired.template_hash().as_deref(),
+                    self.live_templates.get(&desired.key),
+                );
+                self.target.apply(&desired.key, &body).await?;
+                tracing::debug!(action = "apply", object = %desired.key, "written");
+            }
+            Write::Delete(key) => {
+                self.target.delete(key).await?;
+                tracing::debug!(action = "delete", object = %key, "written");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps until `until`, beating the heartbeat; shutdown interrupts it.
+    pub async fn sleep_until(&mut self, until: DateTime<Utc>) -> Result<(), ReconcileError> {
+        loop {
+            self.heartbeat.beat();
+            let wait = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            if wait.is_zero() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait.min(BEAT_INTERVAL)) => {}
+                _ = self.shutdown.changed() => return Err(ReconcileError::Interrupted),
+            }
+        }
+    }
+
+    /// Where the objects at `keys` stand; when they are still on their way, waits one poll
+    /// (never past `deadline`) before saying so.
+    pub async fn readiness(
+        &mut self,
+        keys: &[ResourceKey],
+        deadline: DateTime<Utc>,
+    ) -> Result<Observation, ReconcileError> {
+        let readiness = self
+            .target
+            .readiness(keys, self.config.rollout.max_restarts)
+            .await
+            .map_err(ReconcileError::Live)?;
+        if let Some(first) = readiness.failed.first() {
+            let detail = readiness
+                .failed
+                .iter()
+                .map(|failed| failed.detail.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Ok(Observation::Broken {
+                cause: first.cause.clone(),
+                detail,
+            });
+        }
+        if readiness.is_ready() {
+            return Ok(Observation::Ready);
+        }
+        let now = Utc::now();
+        if now < deadline {
+            let next = (now + chrono::Duration::from_std(READINESS_POLL).unwrap_or_default())
+                .min(deadline);
+            self.sleep_until(next).await?;
+        }
+        Ok(Observation::NotReady {
+            detail: readiness.waiting.join("; "),
+        })
+    }
+
+    /// Runs every check at its interval until `until`; returns at the first check that
+    /// reaches its failure threshold (journaled), else a tick once `until` has come.
+    pub async fn watch_checks(
+        &mut self,
+        tracker: &mut HealthTracker,
+        revision: &Revision,
+        until: DateTime<Utc>,
+    ) -> Result<Observation, ReconcileError> {
+        let checks = self.config.health.clone();
+        let mut due: Vec<DateTime<Utc>> = vec![Utc::now(); checks.len()];
+        loop {
+            let now = Utc::now();
+            let watching = now < until || self.paused();
+            for (index, check) in checks.iter().enumerate() {
+                if due[index] > now || !watching {
+                    continue;
+                }
+                self.heartbeat.beat();
+                let result = tokio::select! {
+                    result = self.checks.run(check) => result,
+                    _ = self.shutdown.changed() => return Err(ReconcileError::Interrupted),
+                };
+                self.heartbeat.beat();
+                due[index] =
+                    Utc::now() + chrono::Duration::from_std(check.interval).unwrap_or_default();
+                self.metrics
+                    .check(&self.config.name, &check.name, result.is_healthy());
+                if let CheckResult::Unhealthy(detail) = &result {
+                    tracing::warn!(env = %self.config.name, revision = %revision.short(), check = %check.name, %detail, "check unhealthy");
+                }
+                if let Some(failure) = tracker.record(index, &result) {
+                    self.journal(Event::CheckFailed {
+                        revision: revision.clone(),
+                        check: failure.check.clone(),
+                        detail: failure.detail.clone(),
+                    })?;
+                    return Ok(Observation::CheckFailed(failure));
+                }
+            }
+            let now = Utc::now();
+            // A paused rollout holds at its step; checks keep running and can still fail it.
+            let held = self.paused();
+            if now >= until && !held {
+                return Ok(Observation::Tick);
+            }
+            let horizon = if held {
+                now + chrono::Duration::from_std(BEAT_INTERVAL).unwrap_or_default()
+            } else {
+                until
+            };
+            let next = due.iter().copied().min().unwrap_or(horizon).min(horizon);
+            self.sleep_until(next).await?;
+        }
+    }
+}

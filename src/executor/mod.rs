@@ -1,0 +1,445 @@
+//! Carries out an environment's next step, as its journal and the branch tip say: a rollout
+//! (through [`driver`]), a revert, in-place convergence, or a hold. Every decision is
+//! journaled before it is acted on.
+
+mod driver;
+mod effects;
+mod error;
+mod revert;
+mod writes;
+
+use chrono::Utc;
+
+pub use driver::{Driver, Ending, RolloutInput};
+pub use effects::Effects;
+pub use error::{Outcome, ReconcileError};
+pub use writes::change_records;
+
+use crate::backend::Target;
+use crate::canary;
+use crate::desired::{DesiredError, empty_revision_problem, load_desired};
+use crate::gates::Gates;
+use crate::history::{History, NextStep, Resume, RevertInFlight};
+use crate::journal::{Event, JournalError};
+use crate::model::{Action, KindRef, Object, ResourceKey, Revision};
+use crate::plan::{self, Compare, Desired, Plan};
+use crate::source::GitSource;
+use writes::{confirm_drift, plan_writes};
+
+/// One environment's pass: what it acts through, and where its revisions come from.
+pub struct EnvironmentRun<'a, T: Target> {
+    pub fx: Effects<'a, T>,
+    pub source: &'a GitSource,
+    /// What can hold a new rollout back: window, upstream, approval.
+    pub gates: &'a Gates,
+}
+
+impl<T: Target> EnvironmentRun<'_, T> {
+    /// Brings the environment toward the branch tip `tip`, as its journal says is next, and
+    /// records whether the cluster is blocking it.
+    pub async fn pass(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
+        let result = self.next(tip).await;
+        let blocked = self
+            .fx
+            .journal
+            .with_history(|history| history.blocked.clone());
+        match (&result, blocked) {
+            (Err(error), blocked) => {
+                if let Some(reason) = error.blocked_reason() {
+                    self.fx.metrics.set_blocked(&self.fx.config.name, true);
+                    let revision = match error {
+                        ReconcileError::Blocked { revision, .. } => revision.clone(),
+                        _ => tip.clone(),
+                    };
+                    if blocked != Some((revision.clone(), reason.clone())) {
+                        tracing::warn!(env = %self.fx.config.name, revision = %revision.short(), %reason, "blocked by the cluster; the revision is not blamed");
+                        self.fx.journal(Event::Blocked { revision, reason })?;
+                    }
+                }
+            }
+            (Ok(_), blocked) => {
+                self.fx.metrics.set_blocked(&self.fx.config.name, false);
+                if blocked.is_some() {
+                    self.fx.journal(Event::Unblocked {
+                        revision: tip.clone(),
+                    })?;
+                }
+            }
+        }
+        result
+    }
+
+    async fn next(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
+        if let Err(unverified) = self.verify(tip).await? {
+            return self.refuse_unverified(tip, unverified).await;
+        }
+        self.next_verified(tip).await
+    }
+
+    /// Checks the tip's signatures as `[repo.verify]` asks (nothing to check without it).
+    async fn verify(
+        &self,
+        tip: &Revision,
+    ) -> Result<Result<(), crate::source::git::Unverified>, ReconcileError> {
+        if !self.source.verifies() {
+            return Ok(Ok(()));
+        }
+        let base = self
+            .fx
+            .journal
+            .with_history(|history| history.last_healthy.clone());
+        let source = self.source.clone();
+        let tip = tip.clone();
+        let verified = crate::blocking::off_thread("verifying signatures", move || {
+            source.verify(&tip, base.as_ref())
+        })
+        .await?;
+        Ok(verified.map(|_| ()))
+    }
+
+    /// The tip did not verify: it is journaled (once), counted and announced, and the
+    /// environment stays at its last verified revision, still corrected for drift.
+    async fn refuse_unverified(
+        &mut self,
+        tip: &Revision,
+        unverified: crate::source::git::Unverified,
+    ) -> Result<Outcome, ReconcileError> {
+        let history = self.fx.journal.with_history(History::clone);
+        let reason = unverified.to_string();
+        if history.unverified != Some((tip.clone(), reason.clone())) {
+            tracing::error!(env = %self.fx.config.name, revision = %tip.short(), %reason, "revision refused: signature did not verify");
+            self.fx.metrics.verify_failed(&self.fx.config.name);
+            self.fx.journal(Event::VerifyFailed {
+                revision: tip.clone(),
+                commit: unverified.commit.clone(),
+                reason,
+            })?;
+        }
+        // The last healthy revision was verified when it rolled out: carry on from there.
+        if let Some(verified) = history.last_healthy.clone().filter(|r| r != tip) {
+            self.next_verified(&verified).await?;
+        }
+        Err(ReconcileError::Unverified {
+            revision: tip.clone(),
+            unverified,
+        })
+    }
+
+    async fn next_verified(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
+        // At most: finish an interrupted revert, then act on the tip.
+        for _ in 0..2 {
+            let history = self.fx.journal.with_history(History::clone);
+            match history.next_step(tip, self.gates, Utc::now()) {
+                NextStep::Revert(revert) => {
+                    let resumed = history.reverting.is_some();
+                    self.revert(&revert, resumed).await?;
+                    if revert.failed {
+                        return Err(ReconcileError::RolledBack {
+                            revision: revert.revision,
+                            to: revert.to,
+                            reason: revert.reason,
+                        });
+                    }
+                }
+                NextStep::Hold { failed, at } => {
+                    if let Some(at) = &at {
+                        self.converge(at).await?;
+                    }
+                    return Ok(Outcome::Held { failed, at });
+                }
+                NextStep::Converge(revision) => return self.converge(&revision).await,
+                NextStep::Pinned(revision) => {
+                    self.converge(&revision).await?;
+                    return Ok(Outcome::Pinned { revision });
+                }
+                NextStep::Wait { reason } => {
+                    tracing::debug!(%reason, "holding");
+                    return Ok(Outcome::Waiting { reason });
+                }
+                NextStep::Rollout { revision, previous } => {
+                    return self.rollout(&revision, previous, None).await;
+                }
+                NextStep::Resume(resume) => {
+                    let (revision, previous) = (resume.revision.clone(), resume.previous.clone());
+                    return self.rollout(&revision, previous, Some(resume)).await;
+                }
+            }
+        }
+        Err(ReconcileError::Revert {
+            revision: tip.clone(),
+            to: tip.clone(),
+            message: "the journal still shows a revert in flight after finishing it".into(),
+        })
+    }
+
+    async fn desired(&mut self, revision: &Revision) -> Result<Vec<Desired>, ReconcileError> {
+        match load_desired(self.source, self.fx.config, revision, self.fx.target).await {
+            Ok(desired) => Ok(desired),
+            Err(DesiredError::Manifests(errors)) => {
+                self.reject(revision, errors.0.iter().map(ToString::to_string).collect())?;
+                Err(ReconcileError::Rejected {
+                    revision: revision.clone(),
+                    errors,
+                })
+            }
+            Err(DesiredError::Source(error)) => Err(error.into()),
+            Err(DesiredError::Scopes(error)) => Err(ReconcileError::Live(error)),
+            Err(DesiredError::Stopped(error)) => Err(error.into()),
+            Err(DesiredError::Render(error)) => Err(ReconcileError::Render(error)),
+        }
+    }
+
+    /// Journals a rejection once per revision.
+    fn reject(&mut self, revision: &Revision, problems: Vec<String>) -> Result<(), JournalError> {
+        if !self.fx.journal.last_rejected_is(revision) {
+            self.fx.journal(Event::Rejected {
+                revision: revision.clone(),
+                problems,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Live objects of every type the environment uses or has used. New types are added to
+    /// the inventory in the journal before anything of them is applied.
+    async fn live(
+        &mut self,
+        desired: &[Desired],
+        revision: &Revision,
+    ) -> Result<Vec<Object>, ReconcileError> {
+        let known = self
+            .fx
+            .journal
+            .with_history(|history| history.kinds.clone());
+        let mut kinds = known.clone();
+        kinds.extend(desired.iter().filter_map(|d| KindRef::of(&d.body)));
+        if kinds != known {
+            self.fx.journal(Event::Inventory {
+                revision: revision.clone(),
+                kinds: kinds.iter().cloned().collect(),
+            })?;
+        }
+        let live = self
+            .fx
+            .target
+            .list(&kinds)
+            .await
+            .map_err(ReconcileError::Live)?;
+        self.fx.live_templates = live
+            .iter()
+            .filter(|object| object.key.group == "apps" && object.key.kind == "Deployment")
+            .map(|object| (object.key.clone(), canary::LiveTemplate::of(object)))
+            .collect();
+        Ok(live)
+    }
+
+    fn compare(&self) -> Compare {
+        self.fx.target.compare()
+    }
+
+    /// The revision's desired objects, the live ones, and the plan between them. Refuses an
+    /// empty revision over live objects, and objects another owner holds.
+    async fn plan_for(
+        &mut self,
+        revision: &Revision,
+    ) -> Result<(Vec<Desired>, Vec<Object>, Plan), ReconcileError> {
+        let desired = self.desired(revision).await?;
+        let live = self.live(&desired, revision).await?;
+        if let Some(problem) = empty_revision_problem(self.fx.config, desired.len(), live.len()) {
+            self.reject(revision, vec![problem.clone()])?;
+            return Err(ReconcileError::Empty {
+                revision: revision.clone(),
+                problem,
+            });
+        }
+        let mut plan = plan::plan(&desired, &live, self.fx.config.prune, self.compare());
+        self.refuse_foreign(revision, &plan).await?;
+        confirm_drift(
+            self.fx.target,
+            &mut plan,
+            &live,
+            &self.fx.config.name,
+            revision,
+        )
+        .await
+        .map_err(ReconcileError::Live)?;
+        for orphan in &plan.orphaned {
+            tracing::warn!(object = %orphan, "owned object is gone from git but prune is off; leaving it");
+        }
+        Ok((desired, live, plan))
+    }
+
+    /// Fails the pass, before anything is written, when an object it would create lives
+    /// under another owner.
+    async fn refuse_foreign(
+        &mut self,
+        revision: &Revision,
+        plan: &Plan,
+    ) -> Result<(), ReconcileError> {
+        let creates: Vec<ResourceKey> = plan
+            .changes
+            .iter()
+            .filter(|change| change.action() == Action::Create)
+            .map(|change| change.key().clone())
+            .collect();
+        let foreign = self
+            .fx
+            .target
+            .foreign_owners(&creates)
+            .await
+            .map_err(ReconcileError::Live)?;
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        let problems: Vec<String> = foreign
+            .iter()
+            .map(|found| {
+                format!(
+                    "{} is live and held by {}; not taking it over (set adopt = true on the target to take it)",
+                    found.key, found.owner
+                )
+            })
+            .collect();
+        self.reject(revision, problems.clone())?;
+        Err(ReconcileError::Ownership {
+            revision: revision.clone(),
+            problems: problems.join("; "),
+        })
+    }
+
+    /// Puts back anything that differs from a healthy revision, in place.
+    async fn converge(&mut self, revision: &Revision) -> Result<Outcome, ReconcileError> {
+        let (desired, _, plan) = self.plan_for(revision).await?;
+        if plan.is_empty() {
+            self.fx.settle(&desired, &plan.orphaned).await?;
+            return Ok(Outcome::Unchanged {
+                revision: revision.clone(),
+            });
+        }
+        let changes = change_records(&plan.changes);
+        self.fx.journal(Event::ReconcileStarted {
+            revision: revision.clone(),
+            changes: changes.clone(),
+        })?;
+        tracing::info!(revision = %revision.short(), changes = changes.len(), "live state drifted; putting it back");
+        let writes = plan_writes(&plan);
+        if let Err((applied, source)) = self.fx.write_all(&writes, |_| revision.clone()).await {
+            self.fx.journal(Event::ReconcileFailed {
+                revision: revision.clone(),
+                applied,
+                error: source.to_string(),
+            })?;
+            return Err(ReconcileError::Apply {
+                revision: revision.clone(),
+                applied,
+                planned: writes.len(),
+                source,
+            });
+        }
+        self.fx.journal(Event::ReconcileFinished {
+            revision: revision.clone(),
+            changes: changes.clone(),
+        })?;
+        self.fx.drift_corrected(revision, &plan)?;
+        self.fx.settle(&desired, &plan.orphaned).await?;
+        Ok(Outcome::Converged {
+            revision: revision.clone(),
+            changes,
+        })
+    }
+
+    /// Rolls `revision` out through its steps (or resumes it), and reverts it when it fails.
+    async fn rollout(
+        &mut self,
+        revision: &Revision,
+        previous: Option<Revision>,
+        resume: Option<Resume>,
+    ) -> Result<Outcome, ReconcileError> {
+        let (desired, live, plan) = self.plan_for(revision).await?;
+        if plan.is_empty() && resume.is_none() {
+            // Nothing to roll out (e.g. a commit outside this environment's folder).
+            self.fx.settle(&desired, &plan.orphaned).await?;
+            self.fx.journal(Event::Healthy {
+                revision: revision.clone(),
+            })?;
+            return Ok(Outcome::Unchanged {
+                revision: revision.clone(),
+            });
+        }
+        let before = self.before(previous.as_ref()).await;
+        let spec = canary::split(&plan, &desired, &live, &before);
+        let input = RolloutInput {
+            revision: revision.clone(),
+            previous: previous.clone(),
+            desired,
+            live,
+            plan,
+            spec,
+        };
+        let driver = match resume {
+            Some(resume) => Driver::resume(&mut self.fx, input, resume)?,
+            None => Driver::begin(&mut self.fx, input)?,
+        };
+        match driver.run().await? {
+            Ending::Healthy { changes } => Ok(Outcome::RolledOut {
+                revision: revision.clone(),
+                changes,
+            }),
+            Ending::Failed {
+                reason, baseline, ..
+            } => {
+                let Some(to) = previous else {
+                    tracing::error!(env = %self.fx.config.name, revision = %revision.short(), "first deploy failed: nothing to revert to; holding");
+                    return Err(ReconcileError::FirstDeployFailed {
+                        revision: revision.clone(),
+                        reason,
+                    });
+                };
+                let revert = RevertInFlight {
+                    revision: revision.clone(),
+                    to: to.clone(),
+                    reason: reason.clone(),
+                    failed: true,
+                    baseline,
+                };
+                self.revert(&revert, false).await?;
+                Err(ReconcileError::RolledBack {
+                    revision: revision.clone(),
+                    to,
+                    reason,
+                })
+            }
+            Ending::Blocked { reason, baseline } => {
+                // The partial step is undone; the revision is tried again with backoff.
+                if let Some(to) = previous {
+                    let revert = RevertInFlight {
+                        revision: revision.clone(),
+                        to,
+                        reason: format!("blocked: {reason}"),
+                        failed: false,
+                        baseline,
+                    };
+                    self.revert(&revert, false).await?;
+                }
+                Err(ReconcileError::Blocked {
+                    revision: revision.clone(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// The manifests the stables were applied from: what they are written from during steps.
+    async fn before(&self, previous: Option<&Revision>) -> Vec<Desired> {
+        let Some(previous) = previous else {
+            return Vec::new();
+        };
+        match load_desired(self.source, self.fx.config, previous, self.fx.target).await {
+            Ok(before) => before,
+            Err(error) => {
+                tracing::warn!(%error, previous = %previous.short(), "cannot read the previous revision; stables are written from their live bodies");
+                Vec::new()
+            }
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! An environment's story folded from its journal (pure), and what it does next given that
+//! story, its gates and the branch tip.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+
+use crate::gates::Gates;
+use crate::journal::records::{Baseline, Event, Record};
+use crate::model::Revision;
+
+/// An environment's story so far, folded from its journal.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct History {
+    /// The last revision that finished its rollout healthy.
+    pub last_healthy: Option<Revision>,
+    /// Revisions that failed: held, not applied again unless an operator retries them.
+    pub failed: BTreeSet<Revision>,
+    /// A rollout that started and has no outcome yet.
+    pub in_flight: Option<InFlight>,
+    /// A revert that started and has not finished.
+    pub reverting: Option<RevertInFlight>,
+    /// The revision the target was last brought to.
+    pub current: Option<Revision>,
+    /// The most recent failed rollout: revision, reason and the checks that failed.
+    pub last_failure: Option<Failure>,
+    /// Every revision that finished healthy (what `after` gates downstream read).
+    pub healthy: BTreeSet<Revision>,
+    /// Paused by an operator.
+    pub paused: bool,
+    /// Revisions approved by an operator.
+    pub approved: BTreeSet<Revision>,
+    /// Rolled back by an operator: the pinned revision and the branch tip at that time.
+    pub pin: Option<(Revision, Revision)>,
+    /// Every type of object the environment has used.
+    pub kinds: BTreeSet<crate::model::KindRef>,
+    /// What the cluster is refusing now, for the revision it holds back (not a failure of
+    /// the revision: it is tried again).
+    pub blocked: Option<(Revision, String)>,
+    /// A branch tip refused because its signature did not verify, and why.
+    pub unverified: Option<(Revision, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    pub revision: Revision,
+    pub reason: String,
+    pub checks: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InFlight {
+    pub revision: Revision,
+    pub previous: Option<Revision>,
+    pub baseline: Vec<Baseline>,
+    /// The canary weights it started with.
+    pub steps: Vec<u8>,
+    /// Step in flight: index and weight.
+    pub step: Option<(usize, u8)>,
+    /// The last step that passed its bake.
+    pub passed: Option<usize>,
+    pub failed: Option<String>,
+    /// Checks that failed during this rollout: name and detail.
+    pub failing_checks: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RevertInFlight {
+    pub revision: Revision,
+    pub to: Revision,
+    pub reason: String,
+    /// False when the revert undoes an interrupted rollout rather than a failed one.
+    pub failed: bool,
+    pub baseline: Vec<Baseline>,
+}
+
+impl History {
+    /// Folds journal records, oldest first.
+    pub fn from_records(records: &[Record]) -> Self {
+        let mut history = History::default();
+        for record in records {
+            history.apply(&record.event);
+        }
+        history
+    }
+
+    /// Folds one more event in.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::RolloutStarted {
+                revision,
+                previous,
+                baseline,
+                steps,
+                ..
+            } => {
+                self.blocked = None;
+                self.unverified = None;
+                self.in_flight = Some(InFlight {
+                    revision: revision.clone(),
+                    previous: previous.clone(),
+                    baseline: baseline.clone(),
+                    steps: steps.clone(),
+                    step: None,
+                    passed: None,
+                    failed: None,
+                    failing_checks: Vec::new(),
+                });
+            }
+            Event::StepStarted { step, weight, .. } => {
+                if let Some(flight) = &mut self.in_flight {
+                    flight.step = Some((*step, *weight));
+                }
+            }
+            Event::StepPassed { step, .. } => {
+                if let Some(flight) = &mut self.in_flight {
+                    flight.passed = Some(*step);
+                }
+            }
+            Event::CheckFailed { check, detail, .. } => {
+                if let Some(flight) = &mut self.in_flight {
+                    flight.failing_checks.push((check.clone(), detail.clone()));
+                }
+            }
+            Event::RolloutFailed {
+                revision, reason, ..
+            } => {
+                self.blocked = None;
+                self.failed.insert(revision.clone());
+                self.last_failure = Some(Failure {
+                    revision: revision.clone(),
+                    reason: reason.clone(),
+                    checks: self
+                        .in_flight
+                        .as_ref()
+                        .map(|flight| flight.failing_checks.clone())
+                        .unwrap_or_default(),
+                });
+                if let Some(flight) = &mut self.in_flight {
+                    flight.failed = Some(reason.clone());
+                    if flight.previous.is_none() {
+                        // A first deploy has nothing to revert to: the failure is final.
+                        self.in_flight = None;
+                    }
+                }
+            }
+            Event::RevertStarted {
+                revision,
+                to,
+                reason,
+                failed,
+            } => {
+                let baseline = self
+                    .in_flight
+                    .as_ref()
+                    .map(|flight| flight.baseline.clone())
+                    .unwrap_or_default();
+                self.reverting = Some(RevertInFlight {
+                    revision: revision.clone(),
+                    to: to.clone(),
+                    reason: reason.clone(),
+                    failed: *failed,
+                    baseline,
+                });
+            }
+            Event::Reverted { to, .. } => {
+                self.in_flight = None;
+                self.reverting = None;
+                self.current = Some(to.clone());
+            }
+            Event::Healthy { revision } => {
+                self.blocked = None;
+                self.unverified = None;
+                self.in_flight = None;
+                self.last_healthy = Some(revision.clone());
+                self.current = Some(revision.clone());
+                self.healthy.insert(revision.clone());
+            }
+            Event::Paused { .. } => self.paused = true,
+            Event::Resumed { .. } => {
+                self.paused = false;
+                self.pin = None;
+            }
+            Event::Approved { revision } => {
+                self.approved.insert(revision.clone());
+            }
+            Event::Pinned { revision, tip } => {
+                self.pin = Some((revision.clone(), tip.clone()));
+            }
+            Event::Inventory { kinds, .. } => {
+                self.kinds.extend(kinds.iter().cloned());
+            }
+            Event::ReconcileFinished { revision, .. } => {
+                self.blocked = None;
+                self.current = Some(revision.clone());
+            }
+            Event::Blocked { revision, reason } => {
+                self.blocked = Some((revision.clone(), reason.clone()));
+            }
+            Event::Unblocked { .. } => self.blocked = None,
+            Event::VerifyFailed {
+                revision, reason, ..
+            } => {
+                self.unverified = Some((revision.clone(), reason.clone()));
+            }
+            Event::Retried { revision } => {
+                self.failed.remove(revision);
+            }
+            Event::Rejected { .. }
+            | Event::ReconcileStarted { .. }
+            | Event::ReconcileFailed { .. }
+            | Event::Promoted { .. }
+            | Event::RolloutResumed { .. }
+            | Event::RevertCommitted { .. }
+            | Event::DriftCorrected { .. } => {}
+        }
+    }
+
+    /// What to do with the branch tip `tip` at `now`. Reverts come first: no gate or window
+    /// ever holds one back.
+    pub fn next_step(&self, tip: &Revision, gates: &Gates, now: DateTime<Utc>) -> NextStep {
+        if let Some(revert) = &self.reverting {
+            return NextStep::Revert(revert.clone());
+        }
+        if let Some(flight) = &self.in_flight {
+            // Interrupted by a restart while the tip is still what it rolls out: go on from
+            // the step it had reached rather than undo and redo it.
+            if flight.failed.is_none() && flight.revision == *tip {
+                let from = match (flight.step, flight.passed) {
+                    (_, Some(passed)) => passed + 1,
+                    (Some((step, _)), None) => step,
+                    (None, None) => 0,
+                };
+                return NextStep::Resume(Resume {
+                    revision: flight.revision.clone(),
+                    previous: flight.previous.clone(),
+                    steps: flight.steps.clone(),
+                    from: from.min(flight.steps.len().saturating_sub(1)),
+                    baseline: flight.baseline.clone(),
+                });
+            }
+            // An interrupted first deploy has nothing to return to and is simply done again.
+            if let Some(previous) = &flight.previous {
+                return NextStep::Revert(RevertInFlight {
+                    revision: flight.revision.clone(),
+                    to: previous.clone(),
+                    reason: flight
+                        .failed
+                        .clone()
+                        .unwrap_or_else(|| "rollout interrupted by a restart".into()),
+                    failed: flight.failed.is_some(),
+                    baseline: flight.baseline.clone(),
+                });
+            }
+        }
+        if let Some((pinned, pinned_tip)) = &self.pin
+            && pinned_tip == tip
+        {
+            return NextStep::Pinned(pinned.clone());
+        }
+        if self.paused {
+            return NextStep::Wait {
+                reason: "paused (gitopsd resume to continue)".into(),
+            };
+        }
+        if self.failed.contains(tip) {
+            return NextStep::Hold {
+                failed: tip.clone(),
+                at: self.last_healthy.clone(),
+            };
+        }
+        if self.last_healthy.as_ref() == Some(tip) {
+            return NextStep::Converge(tip.clone());
+        }
+        if let Some(reason) = gates.hold(tip, &self.approved, now) {
+            return NextStep::Wait { reason };
+        }
+        NextStep::Rollout {
+            revision: tip.clone(),
+            previous: self.last_healthy.clone(),
+        }
+    }
+}
+
+/// A rollout a restart interrupted, to go on with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    pub revision: Revision,
+    pub previous: Option<Revision>,
+    /// The weights it started with.
+    pub steps: Vec<u8>,
+    /// The step to go on from (written again; its bake starts over).
+    pub from: usize,
+    /// How the objects it touches were marked before it started.
+    pub baseline: Vec<Baseline>,
+}
+
+/// What an environment does on a pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NextStep {
+    /// Go on with a rollout a restart interrupted.
+    Resume(Resume),
+    /// Roll `revision` out; `previous` is what a revert would return to.
+    Rollout {
+        revision: Revision,
+        previous: Option<Revision>,
+    },
+    /// Already at a healthy `revision`: put back anything that drifted, in place.
+    Converge(Revision),
+    /// Carry out (or finish) a revert.
+    Revert(RevertInFlight),
+    /// The tip failed: stay at `at` (the last healthy revision, if any) until a newer commit.
+    Hold {
+        failed: Revision,
+        at: Option<Revision>,
+    },
+    /// An operator rolled back to this revision: keep the environment at it, in place.
+    Pinned(Revision),
+    /// A gate holds the tip back (pause, approval, upstream, window): change nothing.
+    Wait { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::records::ChangeRecord;
+    use crate::rollout::cause;
+    use std::time::Duration;
+    use chrono::TimeZone;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + seconds, 0)
+            .single()
+            .expect("valid timestamp")
+    }
+
+    fn revision(c: char) -> Revision {
+        Revision(c.to_string().repeat(40))
+    }
+
+    fn record(seq: u64, event: Event) -> Record {
+        Record {
+            seq,
+            time: at(seq as i64),
+            environment: "staging".into(),
+            event,
+        }
+    }
+
+    fn started(rev: char, previous: Option<char>) -> Event {
+        Event::RolloutStarted {
+            revision: revision(rev),
+            previous: previous.map(revision),
+            steps: vec![10, 100],
+            changes: vec![ChangeRecord {
+                action: crate::plan::Action::Update,
+                object: "Deployment.apps shop/web".into(),
+                hash: Some("h".into()),
+            }],
+            canaries: vec!["Deployment.apps shop/web".into()],
+            baseline: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn history_tracks_healthy_failed_and_holds_a_failed_tip() {
+        let records = [
+            record(1, started('a', None)),
+            record(
+                2,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(3, started('b', Some('a'))),
+            record(
+                4,
+                Event::RolloutFailed {
+                    revision: revision('b'),
+                    reason: "bad".into(),
+                    cause: None,
+                },
+            ),
+            record(
+                5,
+                Event::RevertStarted {
+                    revision: revision('b'),
+                    to: revision('a'),
+                    reason: "bad".into(),
+                    failed: true,
+                },
+            ),
+            record(
+                6,
+                Event::Reverted {
+                    revision: revision('b'),
+                    to: revision('a'),
+                },
+            ),
+        ];
+        let history = History::from_records(&records);
+        assert_eq!(history.last_healthy, Some(revision('a')));
+        assert_eq!(history.current, Some(revision('a')));
+        assert!(history.failed.contains(&revision('b')));
+        assert_eq!(
+            history.next_step(&revision('b'), &Gates::default(), at(0)),
+            NextStep::Hold {
+                failed: revision('b'),
+                at: Some(revision('a'))
+            }
+        );
+        assert_eq!(
+            history.next_step(&revision('c'), &Gates::default(), at(0)),
+            NextStep::Rollout {
+                revision: revision('c'),
+                previous: Some(revision('a'))
+            }
+        );
+        assert_eq!(
+            history.next_step(&revision('a'), &Gates::default(), at(0)),
+            NextStep::Converge(revision('a'))
+        );
+    }
+
+    #[test]
+    fn an_interrupted_rollout_resumes_at_its_step_unless_the_tip_moved_on() {
+        let mut records = vec![
+            record(
+                1,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(2, started('b', Some('a'))),
+        ];
+        let resume_from = |records: &[Record]| match History::from_records(records).next_step(
+            &revision('b'),
+            &Gates::default(),
+            at(0),
+        ) {
+            NextStep::Resume(resume) => resume.from,
+            other => panic!("expected a resume, got {other:?}"),
+        };
+        assert_eq!(resume_from(&records), 0, "killed before its first step");
+        records.push(record(
+            3,
+            Event::StepStarted {
+                revision: revision('b'),
+                step: 0,
+                weight: 10,
+            },
+        ));
+        assert_eq!(resume_from(&records), 0, "the step is written again");
+        records.push(record(
+            4,
+            Event::StepPassed {
+                revision: revision('b'),
+                step: 0,
+                weight: 10,
+            },
+        ));
+        assert_eq!(resume_from(&records), 1, "a passed step is not baked again");
+        let history = History::from_records(&records);
+        assert!(history.failed.is_empty());
+
+        // A newer commit arrived meanwhile: the interrupted one is undone, not blamed.
+        let NextStep::Revert(revert) = history.next_step(&revision('c'), &Gates::default(), at(0))
+        else {
+            panic!("expected a revert");
+        };
+        assert_eq!(revert.to, revision('a'));
+        assert!(!revert.failed);
+    }
+
+    #[test]
+    fn a_block_is_not_a_failure_and_a_retry_clears_a_held_failure() {
+        let blocked = History::from_records(&[
+            record(
+                1,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(
+                2,
+                Event::Blocked {
+                    revision: revision('b'),
+                    reason: "connection refused".into(),
+                },
+            ),
+        ]);
+        assert_eq!(
+            blocked.blocked,
+            Some((revision('b'), "connection refused".into()))
+        );
+        assert!(
+            matches!(
+                blocked.next_step(&revision('b'), &Gates::default(), at(0)),
+                NextStep::Rollout { .. }
+            ),
+            "a blocked revision is tried again"
+        );
+        let mut records = vec![
+            record(
+                1,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(2, started('b', Some('a'))),
+            record(
+                3,
+                Event::RolloutFailed {
+                    revision: revision('b'),
+                    reason: "invalid".into(),
+                    cause: Some(cause::REJECTED.into()),
+                },
+            ),
+            record(
+                4,
+                Event::RevertStarted {
+                    revision: revision('b'),
+                    to: revision('a'),
+                    reason: "invalid".into(),
+                    failed: true,
+                },
+            ),
+            record(
+                5,
+                Event::Reverted {
+                    revision: revision('b'),
+                    to: revision('a'),
+                },
+            ),
+        ];
+        assert!(matches!(
+            History::from_records(&records).next_step(&revision('b'), &Gates::default(), at(0)),
+            NextStep::Hold { .. }
+        ));
+        records.push(record(
+            6,
+            Event::Retried {
+                revision: revision('b'),
+            },
+        ));
+        assert!(matches!(
+            History::from_records(&records).next_step(&revision('b'), &Gates::default(), at(0)),
+            NextStep::Rollout { .. }
+        ));
+    }
+
+    #[test]
+    fn no_gate_or_pause_holds_back_a_revert() {
+        let records = [
+            record(
+                1,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(2, started('b', Some('a'))),
+            record(
+                3,
+                Event::Paused {
+                    revision: revision('b'),
+                },
+            ),
+        ];
+        let closed = Gates {
+            window: Some(
+                crate::gates::Window::parse("0 0 1 1 *", Duration::from_secs(60), "UTC")
+                    .expect("valid window"),
+            ),
+            upstream: Some(("staging".into(), BTreeSet::new())),
+            manual_approval: true,
+        };
+        let history = History::from_records(&records);
+        assert!(matches!(
+            history.next_step(&revision('c'), &closed, at(100)),
+            NextStep::Revert(_)
+        ));
+        // Once back at `a`, the pause and then the gates hold the new tip.
+        let mut reverted = records.to_vec();
+        reverted.push(record(
+            4,
+            Event::Reverted {
+                revision: revision('b'),
+                to: revision('a'),
+            },
+        ));
+        let history = History::from_records(&reverted);
+        assert!(
+            matches!(history.next_step(&revision('c'), &closed, at(100)), NextStep::Wait { ref reason } if reason.starts_with("paused"))
+        );
+        reverted.push(record(
+            5,
+            Event::Resumed {
+                revision: revision('c'),
+            },
+        ));
+        let history = History::from_records(&reverted);
+        assert!(
+            matches!(history.next_step(&revision('c'), &closed, at(100)), NextStep::Wait { ref reason } if reason.contains("healthy in staging"))
+        );
+    }
+
+    #[test]
+    fn an_interrupted_revert_is_finished_and_a_failed_first_deploy_holds() {
+        let reverting = [
+            record(
+                1,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(2, started('b', Some('a'))),
+            record(
+                3,
+                Event::RolloutFailed {
+                    revision: revision('b'),
+                    reason: "bad".into(),
+                    cause: None,
+                },
+            ),
+            record(
+                4,
+                Event::RevertStarted {
+                    revision: revision('b'),
+                    to: revision('a'),
+                    reason: "bad".into(),
+                    failed: true,
+                },
+            ),
+        ];
+        let history = History::from_records(&reverting);
+        assert!(
+            matches!(history.next_step(&revision('c'), &Gates::default(), at(0)), NextStep::Revert(ref r) if r.failed)
+        );
+
+        let first = [
+            record(1, started('a', None)),
+            record(
+                2,
+                Event::RolloutFailed {
+                    revision: revision('a'),
+                    reason: "bad".into(),
+                    cause: None,
+                },
+            ),
+        ];
+        assert_eq!(
+            History::from_records(&first).next_step(&revision('a'), &Gates::default(), at(0)),
+            NextStep::Hold {
+                failed: revision('a'),
+                at: None
+            }
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! Every label and annotation name gitopsd reads or writes, in one place.
+
+// Ownership marks on every applied object.
+/// Label that marks every object gitopsd applies (the Kubernetes recommended label).
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`] on objects gitopsd owns.
+pub const MANAGER: &str = "gitopsd";
+/// Label naming the environment that owns an object.
+pub const LABEL_ENVIRONMENT: &str = "gitopsd.io/environment";
+/// Annotation holding the git revision an object was last applied from.
+pub const ANNOTATION_REVISION: &str = "gitopsd.io/revision";
+/// Annotation holding the sha256 of the normalized desired object.
+pub const ANNOTATION_HASH: &str = "gitopsd.io/hash";
+/// Prefix of every label and annotation gitopsd writes itself.
+pub const OWN_PREFIX: &str = "gitopsd.io/";
+
+/// Annotation on Deployments: hash of the desired pod template, so a canary is only started
+/// when the template really changed (live templates carry server defaults).
+pub const ANNOTATION_TEMPLATE_HASH: &str = "gitopsd.io/template-hash";
+
+// Canary pods.
+/// Pod and selector label that sets canary pods apart.
+pub const LABEL_TRACK: &str = "gitopsd.io/track";
+/// Value of [`LABEL_TRACK`] on stable pods (template label only, never the selector).
+pub const TRACK_STABLE: &str = "stable";
+
+// ApplySets (KEP-3659): the parent ConfigMap and its members.
+/// Label on the parent: the applyset's id.
+pub const LABEL_ID: &str = "applyset.kubernetes.io/id";
+/// Label on every member: the id of the applyset it belongs to.
+pub const LABEL_PART_OF: &str = "applyset.kubernetes.io/part-of";
+/// Annotation on the parent: `<tool>/<version>` of the tool that manages the set.
+pub const ANNOTATION_TOOLING: &str = "applyset.kubernetes.io/tooling";
+/// Annotation on the parent: sorted `Kind.group` list of the members' types.
+pub const ANNOTATION_GROUP_KINDS: &str = "applyset.kubernetes.io/contains-group-kinds";
+/// Annotation on the parent: namespaces of members other than the parent's own.
+pub const ANNOTATION_NAMESPACES: &str = "applyset.kubernetes.io/additional-namespaces";
+/// Annotation on the parent: `<repo>#<branch>:<path>` of the environment that owns it.
+pub const ANNOTATION_SOURCE: &str = "gitopsd.io/source";
+/// Tool name in [`ANNOTATION_TOOLING`].
+pub const TOOL: &str = "gitopsd";
