@@ -289,23 +289,59 @@ fn waves(environments: &[EnvironmentConfig]) -> Vec<Vec<EnvironmentConfig>> {
     waves
 }
 
-/// Removes the folders of renders whose process died (a crash, a SIGKILL).
-fn clean_render_leftovers(config: &Config) {
+/// Removes the folders of renders whose process died (a crash, a SIGKILL), off the async
+/// workers (a recursive delete).
+async fn clean_render_leftovers(config: &Config) {
     if config.environments.iter().all(|e| e.render.is_none()) {
         return;
     }
     let renderer = crate::render::Renderer::new(&config.state.dir, 0);
-    match renderer.clean_stale() {
-        Ok(0) => {}
-        Ok(removed) => tracing::info!(removed, "removed folders left by interrupted renders"),
+    let cleaned = crate::blocking::off_thread("removing render leftovers", move || {
+        renderer.clean_stale()
+    })
+    .await;
+    match cleaned {
+        Ok(Ok(0)) => {}
+        Ok(Ok(removed)) => tracing::info!(removed, "removed folders left by interrupted renders"),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot remove folders left by interrupted renders")
+        }
         Err(error) => tracing::warn!(%error, "cannot remove folders left by interrupted renders"),
     }
+}
+
+/// The branch tip the mirror holds, read off the async workers; `None` when it has none or
+/// cannot be read.
+async fn mirrored_tip(source: &GitSource) -> Option<Revision> {
+    let source = source.clone();
+    crate::blocking::off_thread("reading the mirror's branch tip", move || {
+        source.branch_tip()
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .flatten()
+}
+
+/// Why a changed config was not taken.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Stopped(#[from] crate::blocking::Stopped),
+}
+
+/// Loads the config file off the async workers.
+async fn load_config(path: &Path) -> Result<Config, ReloadError> {
+    let path = path.to_path_buf();
+    Ok(crate::blocking::off_thread("reading the config", move || Config::load(&path)).await??)
 }
 
 /// One fetch, then every environment reconciled concurrently; `shutdown` stops rollouts in
 /// flight.
 pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassReport {
-    clean_render_leftovers(config);
+    clean_render_leftovers(config).await;
     let source = GitSource::new(&config.repo, &config.state.dir);
     let (tip, fetch_error) = match fetch_until(&source, Some(shutdown.clone())).await {
         Ok(fetched) => {
@@ -314,7 +350,7 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
         }
         Err(error) => {
             tracing::error!(%error, "fetch failed");
-            (source.branch_tip().ok().flatten(), Some(error))
+            (mirrored_tip(&source).await, Some(error))
         }
     };
     let (notifier, delivery) = Notifier::start(config.webhooks.clone());
@@ -415,8 +451,12 @@ struct Generation {
 }
 
 impl Generation {
-    fn spawn(config: &Config, context: &DaemonContext, shutdown: &watch::Receiver<bool>) -> Self {
-        clean_render_leftovers(config);
+    async fn spawn(
+        config: &Config,
+        context: &DaemonContext,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Self {
+        clean_render_leftovers(config).await;
         let source = GitSource::new(&config.repo, &config.state.dir);
         let (tips, tip_receiver) = watch::channel::<Option<Revision>>(None);
         let (drain, drain_receiver) = watch::channel(false);
@@ -605,7 +645,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
         .ok();
     let mut config = config;
     loop {
-        let mut generation = Generation::spawn(&config, &context, &signals.shutdown);
+        let mut generation = Generation::spawn(&config, &context, &signals.shutdown).await;
         match serve(
             &config,
             config_path,
@@ -666,11 +706,11 @@ async fn serve(
                 failures += 1;
                 let retry = backoff(failures);
                 tracing::warn!(%error, retry_in = ?retry, "fetch failed; keeping the last snapshot");
-                let last = generation
-                    .tips
-                    .borrow()
-                    .clone()
-                    .or_else(|| source.branch_tip().ok().flatten());
+                let known = generation.tips.borrow().clone();
+                let last = match known {
+                    Some(tip) => Some(tip),
+                    None => mirrored_tip(&source).await,
+                };
                 // Environments still re-check live state against the last snapshot.
                 generation.tips.send_replace(last);
                 retry
@@ -695,7 +735,7 @@ async fn serve(
                     break;
                 }
                 _ = signals.shutdown.changed() => return End::Stop,
-                Some(()) = signals.reload.recv() => match Config::load(config_path) {
+                Some(()) = signals.reload.recv() => match load_config(config_path).await {
                     Ok(new) => return End::Reload(Box::new(new)),
                     Err(error) => tracing::error!(%error, "config reload refused; the running config stays in force"),
                 },
@@ -703,7 +743,7 @@ async fn serve(
                     // Let the writer finish; several events for one save are one reload.
                     tokio::time::sleep(SETTLE * 3).await;
                     while config_changes.try_recv().is_ok() {}
-                    match Config::load(config_path) {
+                    match load_config(config_path).await {
                         Ok(new) if new == *config => {}
                         Ok(new) => {
                             tracing::info!("config file changed: reloading");
