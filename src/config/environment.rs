@@ -41,7 +41,7 @@ impl Checker {
         let mut environments = Vec::new();
         for (index, item) in items.iter().enumerate() {
             if let Some(environment) = self.environment(item, index, base, &origin, &mut seen) {
-                environments.push((environments.len(), environment));
+                environments.push((index, environment));
             }
         }
         self.afters(&environments, &seen.names);
@@ -592,5 +592,36 @@ mod tests {
         .expect_err("invalid");
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["environment[1].name", "environment[1].target.path"]);
+    }
+
+    #[test]
+    fn an_after_problem_names_its_own_table_when_an_earlier_one_is_skipped() {
+        let problems = parse(
+            r#"
+            [repo]
+            url = "r"
+            [[environment]]
+            name = "a"
+            path = "a"
+            target = { type = "ftp" }
+            [[environment]]
+            name = "b"
+            path = "b"
+            target = { type = "directory", path = "b" }
+            [[environment]]
+            name = "c"
+            path = "c"
+            target = { type = "directory", path = "c" }
+            after = "nowhere"
+            "#,
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["environment[0].target.type", "environment[2].after"],
+            "{problems:#?}"
+        );
+        assert_eq!(problems[1].message, "no environment named \"nowhere\"");
     }
 }
