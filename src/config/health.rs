@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
+use crate::health::{CheckKind, HealthCheckConfig};
+
 use super::check::{Checker, Unknown};
 use super::checked::{Checked, Reader};
 use super::join;
 use super::raw::RawHealthCheck;
-use super::{CheckKind, HealthCheckConfig};
 
 impl Checker {
     pub(super) fn health_checks(

@@ -25,6 +25,9 @@ mod sections;
 use check::{Checker, Unknown};
 use raw::RawConfig;
 
+// Defined by the modules that use them, built here; named here too for the callers above.
+pub use crate::health::{CheckKind, HealthCheckConfig};
+
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gitopsd/gitopsd.toml";
 /// Default state directory (git mirror and journals).
@@ -181,41 +184,6 @@ impl Default for RolloutConfig {
             max_restarts: 2,
         }
     }
-}
-
-/// One health check of an environment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthCheckConfig {
-    /// Name shown in logs, status and the journal.
-    pub name: String,
-    pub check: CheckKind,
-    pub interval: Duration,
-    /// Consecutive bad results that fail the step.
-    pub failures: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum CheckKind {
-    Http {
-        url: String,
-        expect_status: u16,
-        body_contains: Option<String>,
-        timeout: Duration,
-    },
-    Prometheus {
-        url: String,
-        query: String,
-        min: Option<f64>,
-        max: Option<f64>,
-        /// Whether an empty result counts as healthy.
-        empty_is_healthy: bool,
-        timeout: Duration,
-    },
-    Exec {
-        /// Program and arguments, split like a shell would but run without one.
-        argv: Vec<String>,
-        timeout: Duration,
-    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
