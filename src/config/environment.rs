@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 
 use figment::value::Value;
 
+use crate::rollout::RolloutConfig;
+
 use super::check::{Checker, Unknown};
 use super::checked::{self, Checked, Reader};
 use super::raw::{
     Globs, RawClusterScoped, RawEnvironment, RawPolicy, RawRollout, RawTarget, RawWindow, Steps,
     Tables,
 };
-use super::{
-    EnvironmentConfig, RepoConfig, RolloutConfig, TargetConfig, WindowConfig, join, valid_repo_path,
-};
+use super::{EnvironmentConfig, RepoConfig, TargetConfig, WindowConfig, join, valid_repo_path};
 
 /// Names and target folders of the environments read so far: each must be unique.
 #[derive(Default)]

@@ -27,6 +27,7 @@ use raw::RawConfig;
 
 // Defined by the modules that use them, built here; named here too for the callers above.
 pub use crate::health::{CheckKind, HealthCheckConfig};
+pub use crate::rollout::RolloutConfig;
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gitopsd/gitopsd.toml";
@@ -154,36 +155,6 @@ pub struct ApiConfig {
     pub listen: std::net::SocketAddr,
     /// Bearer token for the mutating endpoints; without it they are refused.
     pub token_file: Option<PathBuf>,
-}
-
-/// How changes are rolled out (DESIGN §4).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RolloutConfig {
-    /// Canary weights in percent, increasing, ending with 100 (the promotion).
-    pub steps: Vec<u8>,
-    /// How long each canary step must stay healthy.
-    pub bake: Duration,
-    /// How long a step's objects may take to become ready.
-    pub timeout: Duration,
-    /// How long checks keep running after promotion.
-    pub verify: Duration,
-    /// After a revert, commit the environment's folder back to the healthy revision and push.
-    pub revert_commit: bool,
-    /// Restarts a container of a new pod may have before the step fails at once.
-    pub max_restarts: u32,
-}
-
-impl Default for RolloutConfig {
-    fn default() -> Self {
-        Self {
-            steps: vec![100],
-            bake: Duration::ZERO,
-            timeout: Duration::from_secs(300),
-            verify: Duration::ZERO,
-            revert_commit: false,
-            max_restarts: 2,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
