@@ -28,6 +28,7 @@ use raw::RawConfig;
 // Defined by the modules that use them, built here; named here too for the callers above.
 pub use crate::health::{CheckKind, HealthCheckConfig};
 pub use crate::rollout::RolloutConfig;
+pub use crate::webhook::WebhookConfig;
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gitopsd/gitopsd.toml";
@@ -48,15 +49,6 @@ pub struct Config {
     pub api: Option<ApiConfig>,
     pub webhooks: Vec<WebhookConfig>,
     pub environments: Vec<EnvironmentConfig>,
-}
-
-/// A webhook told about rollouts (`[[webhook]]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct WebhookConfig {
-    pub url: String,
-    /// Only these events; empty means all.
-    pub events: Vec<String>,
-    pub timeout: Duration,
 }
 
 /// The events a webhook can ask for.

@@ -4,11 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::webhook::WebhookConfig;
+
 use super::check::Checker;
 use super::raw::{RawApi, RawRepo, RawState, RawVerify, RawWebhook};
 use super::{
     ApiConfig, DEFAULT_API_LISTEN, DEFAULT_MAX_FILE_BYTES, DEFAULT_STATE_DIR, RepoConfig,
-    StateConfig, WEBHOOK_EVENTS, WebhookConfig,
+    StateConfig, WEBHOOK_EVENTS,
 };
 
 impl Checker {
