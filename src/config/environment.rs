@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use figment::value::Value;
 
 use crate::rollout::RolloutConfig;
+use crate::source::RepoConfig;
 
 use super::check::{Checker, Unknown};
 use super::checked::{self, Checked, Reader};
@@ -14,7 +15,7 @@ use super::raw::{
     Globs, RawClusterScoped, RawEnvironment, RawPolicy, RawRollout, RawTarget, RawWindow, Steps,
     Tables,
 };
-use super::{EnvironmentConfig, RepoConfig, TargetConfig, WindowConfig, join, valid_repo_path};
+use super::{EnvironmentConfig, TargetConfig, WindowConfig, join, valid_repo_path};
 
 /// Names and target folders of the environments read so far: each must be unique.
 #[derive(Default)]

@@ -28,6 +28,7 @@ use raw::RawConfig;
 // Defined by the modules that use them, built here; named here too for the callers above.
 pub use crate::health::{CheckKind, HealthCheckConfig};
 pub use crate::rollout::RolloutConfig;
+pub use crate::source::RepoConfig;
 pub use crate::webhook::WebhookConfig;
 
 /// Default location of the configuration file.
@@ -61,32 +62,6 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "blocked",
     "verify_failed",
 ];
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RepoConfig {
-    /// URL as gix understands it; local paths are made absolute.
-    pub url: String,
-    /// Set when the repository is on this host (a path or `file://`): watched for new commits.
-    pub local_path: Option<PathBuf>,
-    pub branch: String,
-    pub poll_interval: Duration,
-    pub token_file: Option<PathBuf>,
-    pub token_username: String,
-    pub ssh_key_file: Option<PathBuf>,
-    /// known_hosts for ssh; host keys are then checked strictly against it alone.
-    pub ssh_known_hosts_file: Option<PathBuf>,
-    pub max_file_bytes: u64,
-    /// How long one fetch may take before it is interrupted.
-    pub fetch_timeout: Duration,
-    /// Manifest files one environment folder may hold.
-    pub max_files: usize,
-    /// Bytes of manifests one environment folder may hold.
-    pub max_total_bytes: u64,
-    /// Documents, nesting and aliases one revision's YAML may use.
-    pub limits: crate::manifest::Limits,
-    /// `[repo.verify]`: only signed commits are applied.
-    pub verify: Option<crate::source::verify::VerifyConfig>,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateConfig {

@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::source::RepoConfig;
 use crate::webhook::WebhookConfig;
 
 use super::check::Checker;
 use super::raw::{RawApi, RawRepo, RawState, RawVerify, RawWebhook};
 use super::{
-    ApiConfig, DEFAULT_API_LISTEN, DEFAULT_MAX_FILE_BYTES, DEFAULT_STATE_DIR, RepoConfig,
-    StateConfig, WEBHOOK_EVENTS,
+    ApiConfig, DEFAULT_API_LISTEN, DEFAULT_MAX_FILE_BYTES, DEFAULT_STATE_DIR, StateConfig,
+    WEBHOOK_EVENTS,
 };
 
 impl Checker {
