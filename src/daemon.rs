@@ -143,9 +143,14 @@ impl EnvironmentRuntime {
         let journal = SharedJournal::new(crate::blocking::run(|| {
             Journal::open_with(state_dir, &config.name, state.journal)
         })?);
-        let target = AnyTarget::open(&config)
-            .await
-            .map_err(ReconcileError::Live)?;
+        let target = AnyTarget::open(
+            &config.target,
+            &config.name,
+            &config.source,
+            &config.namespace,
+        )
+        .await
+        .map_err(ReconcileError::Live)?;
         let prober =
             Prober::new(&config.health).map_err(|e| ReconcileError::Worker(e.to_string()))?;
         Ok(Self {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use figment::value::Value;
 
+use crate::backend::{KubernetesSettings, TargetConfig};
 use crate::rollout::RolloutConfig;
 use crate::source::RepoConfig;
 
@@ -15,7 +16,7 @@ use super::raw::{
     Globs, RawClusterScoped, RawEnvironment, RawPolicy, RawRollout, RawTarget, RawWindow, Steps,
     Tables,
 };
-use super::{EnvironmentConfig, TargetConfig, WindowConfig, join, valid_repo_path};
+use super::{EnvironmentConfig, WindowConfig, join, valid_repo_path};
 
 /// Names and target folders of the environments read so far: each must be unique.
 #[derive(Default)]
@@ -474,7 +475,7 @@ fn kubernetes_target(read: &mut Reader<'_>, raw: RawTarget, base: &Path) -> Targ
     let requests_per_second = read
         .get("requests_per_second", raw.requests_per_second)
         .unwrap_or(0);
-    TargetConfig::Kubernetes(crate::backend::KubernetesSettings {
+    TargetConfig::Kubernetes(KubernetesSettings {
         kubeconfig,
         context,
         force_conflicts,

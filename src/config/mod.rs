@@ -26,6 +26,7 @@ use check::{Checker, Unknown};
 use raw::RawConfig;
 
 // Defined by the modules that use them, built here; named here too for the callers above.
+pub use crate::backend::TargetConfig;
 pub use crate::health::{CheckKind, HealthCheckConfig};
 pub use crate::rollout::RolloutConfig;
 pub use crate::source::RepoConfig;
@@ -122,14 +123,6 @@ pub struct ApiConfig {
     pub listen: std::net::SocketAddr,
     /// Bearer token for the mutating endpoints; without it they are refused.
     pub token_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum TargetConfig {
-    /// Live state is a folder of YAML files.
-    Directory { path: PathBuf },
-    /// A Kubernetes cluster through its API server.
-    Kubernetes(crate::backend::KubernetesSettings),
 }
 
 /// One problem, under the key it concerns (`environment[1].target.path`).
