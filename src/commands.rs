@@ -303,13 +303,7 @@ pub async fn diff(
         revisions.refresh().await?;
         let revision = revisions.resolve(request.rev).await?;
         for environment in environments {
-            let target =
-                AnyTarget::open(environment)
-                    .await
-                    .map_err(|source| CommandError::Live {
-                        environment: environment.name.clone(),
-                        source,
-                    })?;
+            let target = open_target(environment).await?;
             let desired =
                 desired_or_empty(&revisions.source, environment, &revision, Some(&target)).await?;
             let mut kinds = inventory(config, environment);
@@ -470,6 +464,21 @@ fn write_invalid(
     )
 }
 
+/// Opens `environment`'s target; failing to is its live state being out of reach.
+async fn open_target(environment: &EnvironmentConfig) -> Result<AnyTarget, CommandError> {
+    AnyTarget::open(
+        &environment.target,
+        &environment.name,
+        &environment.source,
+        &environment.namespace,
+    )
+    .await
+    .map_err(|source| CommandError::Live {
+        environment: environment.name.clone(),
+        source,
+    })
+}
+
 /// Dry-runs an environment's objects on its target; false when the server refuses any.
 async fn validate_on_server(
     environment: &EnvironmentConfig,
@@ -481,7 +490,7 @@ async fn validate_on_server(
         environment: environment.name.clone(),
         source,
     };
-    let target = AnyTarget::open(environment).await.map_err(live_error)?;
+    let target = open_target(environment).await?;
     if matches!(target, AnyTarget::Directory(_)) {
         writeln!(
             out,

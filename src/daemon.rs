@@ -143,9 +143,14 @@ impl EnvironmentRuntime {
         let journal = SharedJournal::new(crate::blocking::run(|| {
             Journal::open_with(state_dir, &config.name, state.journal)
         })?);
-        let target = AnyTarget::open(&config)
-            .await
-            .map_err(ReconcileError::Live)?;
+        let target = AnyTarget::open(
+            &config.target,
+            &config.name,
+            &config.source,
+            &config.namespace,
+        )
+        .await
+        .map_err(ReconcileError::Live)?;
         let prober = Prober::new(&config.health)?;
         Ok(Self {
             config,
@@ -296,10 +301,9 @@ async fn clean_render_leftovers(config: &Config) {
         return;
     }
     let renderer = crate::render::Renderer::new(&config.state.dir, 0);
-    let cleaned = crate::blocking::off_thread("removing render leftovers", move || {
-        renderer.clean_stale()
-    })
-    .await;
+    let cleaned =
+        crate::blocking::off_thread("removing render leftovers", move || renderer.clean_stale())
+            .await;
     match cleaned {
         Ok(Ok(0)) => {}
         Ok(Ok(removed)) => tracing::info!(removed, "removed folders left by interrupted renders"),

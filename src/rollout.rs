@@ -15,6 +15,36 @@ pub struct Timing {
     pub verify: Duration,
 }
 
+/// How changes are rolled out (DESIGN §4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    /// Canary weights in percent, increasing, ending with 100 (the promotion).
+    pub steps: Vec<u8>,
+    /// How long each canary step must stay healthy.
+    pub bake: Duration,
+    /// How long a step's objects may take to become ready.
+    pub timeout: Duration,
+    /// How long checks keep running after promotion.
+    pub verify: Duration,
+    /// After a revert, commit the environment's folder back to the healthy revision and push.
+    pub revert_commit: bool,
+    /// Restarts a container of a new pod may have before the step fails at once.
+    pub max_restarts: u32,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            steps: vec![100],
+            bake: Duration::ZERO,
+            timeout: Duration::from_secs(300),
+            verify: Duration::ZERO,
+            revert_commit: false,
+            max_restarts: 2,
+        }
+    }
+}
+
 /// Where a rollout stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Phase {

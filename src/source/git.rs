@@ -8,8 +8,8 @@ use base64::Engine as _;
 use gix::remote::Direction;
 use thiserror::Error;
 
+use super::settings::RepoConfig;
 use super::verify::{Signer, Verifier, VerifyConfig, VerifyError, VerifyMode};
-use crate::config::RepoConfig;
 use crate::manifest::{Limits, ManifestFile, Problem, is_manifest_path};
 use crate::model::Revision;
 
