@@ -5,6 +5,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
+use crate::backend::{AnyTarget, Target, TargetError};
 use crate::config::{Config, ConfigError, EnvironmentConfig};
 use crate::daemon::{self, Signals};
 use crate::dry_run::dry_run_all;
@@ -20,7 +21,6 @@ use crate::plan::{self, Desired};
 use crate::plan::{Change, Plan};
 use crate::report::{Colour, DiffReport, EnvironmentReport, ReportInput};
 use crate::source::{GitSource, SourceError};
-use crate::backend::{AnyTarget, Target, TargetError};
 use std::collections::BTreeSet;
 
 /// Exit code: success, no change, valid.

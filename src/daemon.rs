@@ -12,6 +12,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::backend::{AnyTarget, Target as _};
 use crate::config::WindowConfig;
 use crate::config::{Config, EnvironmentConfig, StateConfig};
 use crate::config_watch::watch_config;
@@ -26,7 +27,6 @@ use crate::server::{self, ApiState, Controls, EnvironmentHandle, Reloadable};
 use crate::source::watch::watch_refs;
 use crate::source::{Fetched, GitSource, SourceError};
 use crate::systemd::Systemd;
-use crate::backend::{AnyTarget, Target as _};
 use crate::webhook::{Delivery, Notifier};
 
 /// Longest wait between retries of a failing fetch.

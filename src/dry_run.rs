@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 
 use futures_util::future::join_all;
 
+use crate::backend::{FailureClass, Target, TargetError};
 use crate::manifest::Problem;
 use crate::model::{ResourceKey, Revision};
 use crate::plan::Desired;
-use crate::backend::{FailureClass, Target, TargetError};
 
 /// Dry runs in flight at once.
 const CONCURRENCY: usize = 8;

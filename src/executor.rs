@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::backend::{DriftCheck, FailureClass, Target, TargetError};
 use crate::canary::{self, CANARY_SUFFIX, RolloutSpec, StepObjects};
 use crate::config::EnvironmentConfig;
 use crate::gates::Gates;
@@ -24,7 +25,6 @@ use crate::rollout::{
     Decision, History, Milestone, NextStep, Observation, Resume, RevertInFlight, Rollout, Timing,
 };
 use crate::source::{GitSource, RevertScope, SourceError};
-use crate::backend::{DriftCheck, FailureClass, Target, TargetError};
 use crate::webhook::Notifier;
 
 /// How often readiness is polled while a step waits for it.

@@ -1,5 +1,6 @@
 //! gitopsd: a GitOps reconciler daemon. Git → desired objects → plan → target, journaled.
 
+pub mod backend;
 pub mod blocking;
 pub mod canary;
 pub mod cli;
@@ -32,5 +33,4 @@ pub mod server;
 pub mod source;
 pub mod stats;
 pub mod systemd;
-pub mod backend;
 pub mod webhook;
