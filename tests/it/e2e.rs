@@ -703,25 +703,28 @@ fn e2e_replicas_git_omits_stay_with_whoever_set_them_through_canary_and_revert()
 
     // A canary rollout: the canary runs on top, the stable keeps 5 throughout.
     commit("2");
-    let mut rollout = workspace
-        .gitopsd(&["run", "--once"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("gitopsd");
+    let mut rollout = ChildGuard(
+        workspace
+            .gitopsd(&["run", "--once"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gitopsd"),
+    );
     let mut seen_canary = None;
     let mut stable_sizes = std::collections::BTreeSet::new();
-    let finished = loop {
-        if let Some(status) = rollout.try_wait().expect("wait") {
-            break status;
-        }
+    let mut finished = None;
+    // Samples the sizes until the rollout ends.
+    let ended = wait_for(Duration::from_secs(600), || {
+        finished = rollout.0.try_wait().expect("wait");
         if let Some(canary) = cluster.get(Some(ns), "deployment/web-canary") {
             seen_canary = canary["spec"]["replicas"].as_u64();
         }
         stable_sizes.insert(replicas(&cluster, ns, "web"));
-        std::thread::sleep(Duration::from_millis(300));
-    };
-    assert!(finished.success());
+        finished.is_some()
+    });
+    assert!(ended, "the rollout never ended");
+    assert!(finished.is_some_and(|status| status.success()));
     assert_eq!(seen_canary, Some(3), "round(50% of 5) canary pods on top");
     assert_eq!(stable_sizes.into_iter().collect::<Vec<_>>(), [5]);
     assert_eq!(replicas(&cluster, ns, "web"), 5, "promotion keeps the size");

@@ -440,6 +440,7 @@ case "$mode" in
     yes "# padding padding padding padding" | head -c 3000000
     ;;
   hang)
+    # Part of the scenario: a plugin that hangs, with a child that must die with it.
     sleep 300 &
     echo $! > "$PIDFILE"
     wait
@@ -807,6 +808,7 @@ fn a_killed_gitopsd_takes_its_render_along_and_the_next_start_removes_the_folder
     script(
         &plugin,
         &format!(
+            // Part of the scenario: a render tool that never ends on its own.
             "#!/bin/sh\necho $$ > {}\nexec sleep 300\n",
             pidfile.display()
         ),
