@@ -31,7 +31,9 @@ pub(crate) struct Cluster {
     _turn: Turn,
     pub(crate) kubeconfig: PathBuf,
     pub(crate) kubectl: PathBuf,
-    /// Deleted when the test ends: namespaces, then cluster-scoped objects (`kind/name`).
+    /// Deleted when the test ends: objects in namespaces the test does not own (namespace,
+    /// `kind/name`), namespaces, then cluster-scoped objects (`kind/name`).
+    outside_objects: Vec<(String, String)>,
     namespaces: Vec<String>,
     cluster_objects: Vec<String>,
 }
@@ -85,6 +87,7 @@ impl Cluster {
             _turn: turn,
             kubeconfig: std::path::absolute(&path).expect("absolute path"),
             kubectl,
+            outside_objects: Vec::new(),
             namespaces: Vec::new(),
             cluster_objects: Vec::new(),
         }
@@ -95,6 +98,13 @@ impl Cluster {
         let name = format!("gitopsd-e2e-{}-{tag}", std::process::id());
         self.namespaces.push(name.clone());
         name
+    }
+
+    /// `what` (`kind/name`) in `namespace`, a namespace the test shares (`default`), is
+    /// deleted at the end.
+    pub(crate) fn delete_at_end(&mut self, namespace: &str, what: &str) {
+        self.outside_objects
+            .push((namespace.to_string(), what.to_string()));
     }
 
     pub(crate) fn kubectl_output(&self, args: &[&str]) -> Output {
@@ -165,6 +175,16 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for (namespace, object) in &self.outside_objects {
+            let _ = self.kubectl_output(&[
+                "delete",
+                "-n",
+                namespace,
+                object,
+                "--ignore-not-found",
+                "--wait=false",
+            ]);
+        }
         for namespace in &self.namespaces {
             let _ = self.kubectl_output(&[
                 "delete",

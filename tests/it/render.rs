@@ -722,6 +722,8 @@ fn e2e_kustomize_overlays_roll_out_through_a_canary_on_a_real_cluster() {
         workspace.repo.dir.display()
     );
     for (environment, _, _) in &overlays {
+        // No `namespace` in the config: the environment's applyset parent goes to `default`.
+        cluster.delete_at_end("default", &format!("configmap/gitopsd-{environment}"));
         config.push_str(&format!(
             "\n[[environment]]\nname = \"{environment}\"\npath = \"overlays/{environment}\"\nrender = {{ kind = \"kustomize\", binary = \"{kubectl}\" }}\ntarget = {{ type = \"kubernetes\", kubeconfig = \"{kubeconfig}\" }}\n{rollout}",
             kubectl = cluster.kubectl.display(),
