@@ -101,7 +101,8 @@ const NOT_PINGING: &str = "not pinging the watchdog";
 fn ready_status_watchdog_and_stopping_and_a_stuck_loop_goes_silent() {
     let workspace = Workspace::new();
     // The check hangs for 40 s once `stuck` exists (part of the scenario: a stuck loop) and
-    // says so by creating `stuck.hung`.
+    // says so by creating `stuck.hung`; `exec`, so that the process gitopsd kills when it
+    // stops is the sleep itself and nothing outlives the test.
     let marker = workspace.path("stuck");
     let extra = format!(
         r#"
@@ -111,7 +112,7 @@ verify = "10m"
 [[environment.health]]
 name = "maybe-stuck"
 type = "exec"
-command = "sh -c 'if [ -f {marker} ]; then touch {marker}.hung; sleep 40; fi'"
+command = "sh -c 'if [ -f {marker} ]; then touch {marker}.hung; exec sleep 40; fi'"
 interval = "200ms"
 failures = 1
 timeout = "60s"
