@@ -8,8 +8,9 @@
 //! It needs an API server with the controller manager and something that makes pods Ready
 //! (k8s-lab's stand-in kubelet). `kubectl` plays the operator; it is `GITOPSD_TEST_KUBECTL`,
 //! else `kubectl` on the PATH. Every test works in namespaces of its own
-//! (`gitopsd-e2e-<pid>-<tag>`) and deletes them, and any cluster-scoped object it made, when it
-//! ends, passed or failed.
+//! (`gitopsd-e2e-<pid>-<tag>`) and deletes them, any cluster-scoped object it made and any
+//! object it left in a shared namespace (an applyset parent in `default`), when it ends, passed
+//! or failed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
-//! Fetching over ssh with a key file and a known_hosts file, from a real `sshd` started on
-//! 127.0.0.1 (Debian's openssh-server; tests/run.sh installs it).
+//! Fetching over ssh with a key file and a known_hosts file, from a real `sshd` on 127.0.0.1
+//! (Debian's openssh-server; tests/run.sh installs it), one `sshd -i` per connection.
 
 use std::fs;
 use std::path::Path;
