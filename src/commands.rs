@@ -619,6 +619,11 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("api.listen has port 0 and the running daemon's address cannot be read from {} (is the daemon running?): {message}", path.display())]
+    NoAddress {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("cannot reach the daemon at {url}: {message}")]
     Unreachable { url: String, message: String },
     #[error("the daemon refused: {status}: {message}")]
@@ -638,9 +643,22 @@ pub async fn control(
         path: path.clone(),
         source,
     })?;
+    let address = if api.listen.port() == 0 {
+        // The daemon's system-picked port is in the state dir.
+        let path = crate::server::address_file(&config.state.dir);
+        std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                text.trim()
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|message| ControlError::NoAddress { path, message })?
+    } else {
+        api.listen
+    };
     let url = format!(
-        "http://{}/api/v1/environments/{environment}/{}",
-        api.listen,
+        "http://{address}/api/v1/environments/{environment}/{}",
         action.name()
     );
     let unreachable = |message: String| ControlError::Unreachable {

@@ -1,6 +1,7 @@
 //! The long-running loop: fetch on a schedule or on a ref change, reconcile every environment
 //! in its own task, keep the last snapshot when a fetch fails, stop cleanly on request.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -604,6 +605,36 @@ impl DaemonContext {
     }
 }
 
+/// Binds the API on `listen` and serves it in the background; the bound address (the port the
+/// system picked, for port 0) goes to `<state dir>/api.addr`, whose path is returned so a clean
+/// stop removes it. A bind failure is logged and the daemon runs without its API.
+async fn start_api(listen: SocketAddr, state: ApiState, state_dir: &Path) -> Option<PathBuf> {
+    let listener = match server::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%listen, %error, "the HTTP API stopped");
+            return None;
+        }
+    };
+    let path = server::address_file(state_dir);
+    let written = listener.local_addr().and_then(|bound| {
+        std::fs::create_dir_all(state_dir)?;
+        crate::durable::write_whole(&path, format!("{bound}\n").as_bytes())
+    });
+    tokio::spawn(async move {
+        if let Err(error) = server::serve(listener, state).await {
+            tracing::error!(%listen, %error, "the HTTP API stopped");
+        }
+    });
+    match written {
+        Ok(()) => Some(path),
+        Err(error) => {
+            tracing::warn!(file = %path.display(), %error, "cannot write the API's address file");
+            None
+        }
+    }
+}
+
 /// How a generation's serving ended.
 enum End {
     Stop,
@@ -625,6 +656,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
         ready: Arc::new(AtomicBool::new(false)),
         reloadable: Arc::new(RwLock::new(reloadable(&config))),
     };
+    let mut api_address_file = None;
     if let Some(api) = &config.api {
         let state = ApiState {
             controls: context.controls.clone(),
@@ -633,12 +665,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
             reloadable: context.reloadable.clone(),
             limiter: Default::default(),
         };
-        let listen = api.listen;
-        tokio::spawn(async move {
-            if let Err(error) = server::serve(listen, state).await {
-                tracing::error!(%listen, %error, "the HTTP API stopped");
-            }
-        });
+        api_address_file = start_api(api.listen, state, &config.state.dir).await;
     }
     // Edits to the config file reload it like SIGHUP does.
     let (config_changed, mut config_changes) = mpsc::channel(1);
@@ -664,6 +691,9 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
                 context.systemd.stopping();
                 tracing::info!("stopping: waiting for reconciles in flight");
                 generation.wait(&mut context).await;
+                if let Some(path) = api_address_file {
+                    let _ = std::fs::remove_file(path);
+                }
                 tracing::info!("stopped");
                 return;
             }

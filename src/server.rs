@@ -134,13 +134,26 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listen` until the process ends.
-pub async fn serve(listen: SocketAddr, state: ApiState) -> std::io::Result<()> {
+/// `<state dir>/api.addr`: the address the running daemon's API listens on (one line), written
+/// whole once it is bound and removed on a clean stop; how commands find an API on port 0.
+pub fn address_file(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("api.addr")
+}
+
+/// Binds the API's listener on `listen` (port 0: a free port the system picks) and logs the
+/// address it got as `api listening on ADDRESS`.
+pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "HTTP API listening");
-    if let Some(warning) = exposure_warning(listen) {
+    let bound = listener.local_addr()?;
+    tracing::info!("api listening on {bound}");
+    if let Some(warning) = exposure_warning(bound) {
         tracing::warn!("{warning}");
     }
+    Ok(listener)
+}
+
+/// Serves the API on `listener` (from [`bind`]) until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
