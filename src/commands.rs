@@ -303,41 +303,7 @@ pub async fn diff(
         revisions.refresh().await?;
         let revision = revisions.resolve(request.rev).await?;
         for environment in environments {
-            let target = open_target(environment).await?;
-            let desired =
-                desired_or_empty(&revisions.source, environment, &revision, Some(&target)).await?;
-            let mut kinds = inventory(config, environment);
-            kinds.extend(desired.iter().filter_map(|d| KindRef::of(&d.body)));
-            let live = target
-                .list(&kinds)
-                .await
-                .map_err(|source| CommandError::Live {
-                    environment: environment.name.clone(),
-                    source,
-                })?;
-            let mut plan = plan::plan(&desired, &live, environment.prune, target.compare());
-            let mut holds = holds(config, environment, &revision);
-            if let Some(problem) = empty_revision_problem(environment, desired.len(), live.len()) {
-                // What the daemon would do: refuse, and delete nothing.
-                holds.insert(0, format!("rejected: {problem}"));
-                plan = plan::Plan::default();
-            }
-            dry_run_updates(&target, &mut plan)
-                .await
-                .map_err(|source| CommandError::Live {
-                    environment: environment.name.clone(),
-                    source,
-                })?;
-            reports.push(EnvironmentReport::build(ReportInput {
-                environment: &environment.name,
-                from: "live".into(),
-                to: revision.0.clone(),
-                plan: &plan,
-                desired: &desired,
-                live: &live,
-                rollout: &environment.rollout,
-                holds,
-            })?);
+            reports.push(diff_live(config, environment, &revisions.source, &revision).await?);
         }
     } else {
         let old = revisions.resolve(Some(request.against)).await?;
@@ -371,6 +337,45 @@ pub async fn diff(
     } else {
         EXIT_OK
     })
+}
+
+/// One environment's report of what `revision` would change in its live state, as the daemon
+/// would see it (an empty revision refused, suspected drift confirmed by a dry run).
+async fn diff_live(
+    config: &Config,
+    environment: &EnvironmentConfig,
+    source: &GitSource,
+    revision: &Revision,
+) -> Result<EnvironmentReport, CommandError> {
+    let live_error = |source| CommandError::Live {
+        environment: environment.name.clone(),
+        source,
+    };
+    let target = open_target(environment).await?;
+    let desired = desired_or_empty(source, environment, revision, Some(&target)).await?;
+    let mut kinds = inventory(config, environment);
+    kinds.extend(desired.iter().filter_map(|d| KindRef::of(&d.body)));
+    let live = target.list(&kinds).await.map_err(live_error)?;
+    let mut plan = plan::plan(&desired, &live, environment.prune, target.compare());
+    let mut holds = holds(config, environment, revision);
+    if let Some(problem) = empty_revision_problem(environment, desired.len(), live.len()) {
+        // What the daemon would do: refuse, and delete nothing.
+        holds.insert(0, format!("rejected: {problem}"));
+        plan = plan::Plan::default();
+    }
+    dry_run_updates(&target, &mut plan)
+        .await
+        .map_err(live_error)?;
+    Ok(EnvironmentReport::build(ReportInput {
+        environment: &environment.name,
+        from: "live".into(),
+        to: revision.0.clone(),
+        plan: &plan,
+        desired: &desired,
+        live: &live,
+        rollout: &environment.rollout,
+        holds,
+    })?)
 }
 
 /// `gitopsd validate`: the config, then every environment's manifests at `rev`; with

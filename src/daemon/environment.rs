@@ -1,0 +1,377 @@
+//! One environment's task in the daemon: its target, journal and checks, a pass per new tip
+//! or wake-up, skipped while nothing changed, backed off while the cluster blocks it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use super::fetch::backoff;
+use crate::backend::{AnyTarget, Target as _};
+use crate::config::{EnvironmentConfig, StateConfig, WindowConfig};
+use crate::executor::{Effects, EnvironmentRun, Outcome, ReconcileError};
+use crate::gates::Gates;
+use crate::heartbeat::{BEAT_INTERVAL, Heartbeat};
+use crate::journal::{self, Journal, SharedJournal};
+use crate::metrics::Metrics;
+use crate::model::Revision;
+use crate::probe::Prober;
+use crate::server::{Controls, EnvironmentHandle};
+use crate::source::GitSource;
+use crate::webhook::Notifier;
+
+/// The longest a blocked environment waits before it tries the cluster again.
+const MAX_BLOCKED_BACKOFF: Duration = Duration::from_secs(60);
+
+/// One environment's target, journal and check runner.
+pub(super) struct EnvironmentRuntime {
+    config: EnvironmentConfig,
+    state_dir: PathBuf,
+    target: AnyTarget,
+    journal: SharedJournal,
+    prober: Prober,
+    /// What the last pass that found nothing to do saw; see [`Quiet`].
+    quiet: Option<Quiet>,
+}
+
+/// A pass found the target at `revision` with nothing to change: while the branch tip, the
+/// journal and the target's fingerprint stay the same, the next pass would find the same, so
+/// it is skipped without parsing or listing anything.
+#[derive(Debug, Clone, PartialEq)]
+struct Quiet {
+    revision: Revision,
+    journal_seq: u64,
+    fingerprint: String,
+}
+
+impl EnvironmentRuntime {
+    pub(super) async fn open(
+        config: EnvironmentConfig,
+        state: &StateConfig,
+    ) -> Result<Self, ReconcileError> {
+        let state_dir = &state.dir;
+        let journal = SharedJournal::new(crate::blocking::run(|| {
+            Journal::open_with(state_dir, &config.name, state.journal)
+        })?);
+        let target = AnyTarget::open(
+            &config.target,
+            &config.name,
+            &config.source,
+            &config.namespace,
+        )
+        .await
+        .map_err(ReconcileError::Live)?;
+        let prober = Prober::new(&config.health)?;
+        Ok(Self {
+            config,
+            state_dir: state_dir.to_path_buf(),
+            target,
+            journal,
+            prober,
+            quiet: None,
+        })
+    }
+
+    fn gates(&self) -> Gates {
+        gates_for(&self.config, &self.state_dir)
+    }
+
+    pub(super) async fn pass(
+        &mut self,
+        source: &GitSource,
+        tip: &Revision,
+        shutdown: watch::Receiver<bool>,
+        heartbeat: Heartbeat,
+        observers: &Observers,
+    ) -> Result<Outcome, ReconcileError> {
+        let started = std::time::Instant::now();
+        // Taken before the pass, so that a change made while it runs shows in the next one.
+        let fingerprint = match self.target.fingerprint().await {
+            Ok(fingerprint) => fingerprint,
+            Err(error) => {
+                tracing::debug!(%error, "no fingerprint of the target; the pass lists it");
+                None
+            }
+        };
+        let journal_seq = self.journal.next_seq();
+        let seen = fingerprint.map(|fingerprint| Quiet {
+            revision: tip.clone(),
+            journal_seq,
+            fingerprint,
+        });
+        if seen.is_some() && seen == self.quiet {
+            tracing::debug!(revision = %tip.short(), "branch tip, journal and target unchanged; nothing to do");
+            let result = Ok(Outcome::Unchanged {
+                revision: tip.clone(),
+            });
+            self.record(&result, started.elapsed(), &observers.metrics);
+            return result;
+        }
+        // Reads the upstream environment's journal file.
+        let gates = crate::blocking::run(|| self.gates());
+        let result = EnvironmentRun {
+            fx: Effects {
+                config: &self.config,
+                target: &self.target,
+                journal: &self.journal,
+                checks: &self.prober,
+                shutdown,
+                heartbeat,
+                metrics: &observers.metrics,
+                notifier: &observers.notifier,
+                live_templates: Default::default(),
+            },
+            source,
+            gates: &gates,
+        }
+        .pass(tip)
+        .await;
+        self.quiet = match &result {
+            Ok(Outcome::Unchanged { revision }) if revision == tip => {
+                seen.filter(|seen| seen.journal_seq == self.journal.next_seq())
+            }
+            _ => None,
+        };
+        self.record(&result, started.elapsed(), &observers.metrics);
+        crate::memory::release_freed_memory();
+        result
+    }
+
+    fn record(&self, result: &Result<Outcome, ReconcileError>, took: Duration, metrics: &Metrics) {
+        let name = &self.config.name;
+        metrics.reconciled(name, took);
+        match result {
+            Ok(Outcome::RolledOut { .. }) => metrics.rollout(name, "healthy"),
+            Err(ReconcileError::RolledBack { .. }) => metrics.rollout(name, "reverted"),
+            Err(ReconcileError::FirstDeployFailed { .. }) => metrics.rollout(name, "failed"),
+            _ => {}
+        }
+        if let Some(current) = self.journal.with_history(|history| history.current.clone()) {
+            metrics.at_revision(name, &current.0);
+        }
+        if matches!(
+            result,
+            Ok(Outcome::Unchanged { .. } | Outcome::Converged { .. } | Outcome::RolledOut { .. })
+        ) {
+            metrics.succeeded(name, chrono::Utc::now().timestamp());
+        }
+    }
+}
+
+/// An environment's gates as they stand now: the upstream environment's journal is read
+/// afresh.
+pub fn gates_for(environment: &EnvironmentConfig, state_dir: &Path) -> Gates {
+    let upstream = environment.after.as_ref().map(|upstream| {
+        let path = Journal::path_for(state_dir, upstream);
+        let healthy = journal::load_history(&path)
+            .map(|history| history.healthy)
+            .unwrap_or_default();
+        (upstream.clone(), healthy)
+    });
+    Gates {
+        window: environment.window.as_ref().map(WindowConfig::window),
+        upstream,
+        manual_approval: environment.manual_approval,
+    }
+}
+
+/// Where a pass reports what happened: metrics and webhooks.
+#[derive(Debug, Clone)]
+pub struct Observers {
+    pub metrics: Arc<Metrics>,
+    pub notifier: Notifier,
+}
+
+/// One line per environment, for systemd's `STATUS=` and logs.
+#[derive(Debug, Clone, Default)]
+pub struct StatusBoard(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl StatusBoard {
+    pub fn set(&self, environment: &str, text: String) {
+        let mut board = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        board.insert(environment.to_string(), text);
+    }
+
+    pub fn summary(&self) -> String {
+        let board = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        board
+            .iter()
+            .map(|(environment, text)| format!("{environment}: {text}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// What each environment task shares with the rest of the daemon.
+pub(super) struct Shared {
+    pub(super) board: StatusBoard,
+    pub(super) controls: Controls,
+    pub(super) observers: Observers,
+}
+
+/// How an environment task is told to stop.
+pub(super) struct EnvironmentSignals {
+    /// Stop now, interrupting a rollout.
+    pub(super) shutdown: watch::Receiver<bool>,
+    /// Stop after the pass in flight.
+    pub(super) drain: watch::Receiver<bool>,
+}
+
+fn describe(outcome: &Result<Outcome, ReconcileError>) -> String {
+    match outcome {
+        Ok(Outcome::Unchanged { revision }) | Ok(Outcome::Converged { revision, .. }) => {
+            format!("at {}", revision.short())
+        }
+        Ok(Outcome::RolledOut { revision, .. }) => format!("at {} (rolled out)", revision.short()),
+        Ok(Outcome::Waiting { reason }) => format!("waiting: {reason}"),
+        Ok(Outcome::Pinned { revision }) => format!("pinned at {} (rollback)", revision.short()),
+        Ok(Outcome::Held { failed, at }) => format!(
+            "held at {} ({} failed)",
+            at.as_ref().map_or("nothing", |r| r.short()),
+            failed.short()
+        ),
+        Err(ReconcileError::RolledBack { revision, to, .. }) => {
+            format!("reverted {} to {}", revision.short(), to.short())
+        }
+        Err(error) if error.blocked_reason().is_some() => {
+            let mut text = error.blocked_reason().unwrap_or_default();
+            text.truncate(120);
+            format!("blocked: {text}")
+        }
+        Err(error) => {
+            let mut text = error.to_string();
+            text.truncate(120);
+            format!("failing: {text}")
+        }
+    }
+}
+
+/// Waits `wait` (beating the heartbeat) or until an operator wakes the environment; false
+/// when the process is stopping.
+async fn back_off(
+    wait: Duration,
+    wake: &Notify,
+    signals: &mut EnvironmentSignals,
+    heartbeat: &Heartbeat,
+) -> bool {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        heartbeat.beat();
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep((until - now).min(BEAT_INTERVAL)) => {}
+            _ = wake.notified() => return true,
+            _ = signals.shutdown.changed() => return false,
+            _ = signals.drain.changed() => return false,
+        }
+    }
+}
+
+pub(super) async fn environment_loop(
+    environment: EnvironmentConfig,
+    source: GitSource,
+    state: StateConfig,
+    mut tips: watch::Receiver<Option<Revision>>,
+    mut signals: EnvironmentSignals,
+    heartbeat: Heartbeat,
+    shared: Shared,
+) {
+    let Shared {
+        board,
+        controls,
+        observers,
+    } = shared;
+    let name = environment.name.clone();
+    let mut runtime = match EnvironmentRuntime::open(environment, &state).await {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "environment disabled: cannot open its journal");
+            board.set(&name, format!("disabled: {error}"));
+            return;
+        }
+    };
+    let wake = Arc::new(Notify::new());
+    controls.register(
+        &name,
+        EnvironmentHandle {
+            journal: runtime.journal.clone(),
+            wake: wake.clone(),
+        },
+    );
+    board.set(&name, "starting".into());
+    let mut failures = Failures::default();
+    loop {
+        tokio::select! {
+            changed = tips.changed() => if changed.is_err() { break },
+            _ = wake.notified() => {}
+            _ = signals.shutdown.changed() => break,
+            _ = signals.drain.changed() => break,
+            _ = tokio::time::sleep(BEAT_INTERVAL) => {
+                heartbeat.beat();
+                continue;
+            }
+        }
+        heartbeat.beat();
+        let Some(revision) = tips.borrow_and_update().clone() else {
+            continue;
+        };
+        let result = runtime
+            .pass(
+                &source,
+                &revision,
+                signals.shutdown.clone(),
+                heartbeat.clone(),
+                &observers,
+            )
+            .await;
+        heartbeat.beat();
+        board.set(&name, describe(&result));
+        // A blocked environment waits before trying again, longer each time, unless an
+        // operator wakes it.
+        if let Some(wait) = failures.after(&result)
+            && !back_off(wait, &wake, &mut signals, &heartbeat).await
+        {
+            break;
+        }
+    }
+}
+
+/// What an environment's failing passes have been: the same error every poll is logged once,
+/// and a cluster that keeps blocking is tried less and less often.
+#[derive(Debug, Default)]
+struct Failures {
+    last_error: Option<String>,
+    blocked_passes: u32,
+}
+
+impl Failures {
+    /// Notes a pass's outcome; the wait before the next pass when the cluster blocks it.
+    fn after(&mut self, result: &Result<Outcome, ReconcileError>) -> Option<Duration> {
+        self.blocked_passes = match result {
+            Err(error) if error.blocked_reason().is_some() => self.blocked_passes + 1,
+            _ => 0,
+        };
+        match result {
+            Ok(_) => self.last_error = None,
+            Err(error) => {
+                let message = error.to_string();
+                if self.last_error.as_ref() != Some(&message) {
+                    tracing::error!(error = %message, "reconcile failed");
+                    self.last_error = Some(message);
+                }
+            }
+        }
+        (self.blocked_passes > 0).then(|| backoff(self.blocked_passes).min(MAX_BLOCKED_BACKOFF))
+    }
+}
