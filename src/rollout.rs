@@ -252,9 +252,17 @@ impl Rollout {
             {
                 self.timed_out(*step, &detail)
             }
-            (Phase::AwaitReady { step, .. }, Observation::Broken { cause, detail }) => {
+            // A pod that crash-loops or cannot pull its image fails the step whenever it is
+            // seen: while the step waits for readiness, bakes, or after the promotion.
+            (
+                Phase::AwaitReady { step, .. } | Phase::Bake { step, .. } | Phase::Shrink { step },
+                Observation::Broken { cause, detail },
+            ) => {
                 let reason = format!("step {} ({}%): {detail}", step + 1, self.weight(*step));
                 failed(reason, &cause)
+            }
+            (Phase::Verify { .. }, Observation::Broken { cause, detail }) => {
+                failed(format!("after promotion: {detail}"), &cause)
             }
             (
                 Phase::Bake { step, .. } | Phase::AwaitReady { step, .. } | Phase::Shrink { step },
@@ -537,6 +545,39 @@ mod tests {
                 reason,
                 cause: "CrashLoopBackOff".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_pod_that_breaks_during_the_bake_or_the_verify_window_fails_the_rollout() {
+        let crash = || Observation::Broken {
+            cause: "CrashLoopBackOff".into(),
+            detail: "pod web-canary-1: container web is waiting in CrashLoopBackOff".into(),
+        };
+        let mut baking = Rollout::new(vec![50, 100], timing());
+        baking.observe(Observation::Applied, at(0));
+        baking.observe(Observation::Ready, at(1));
+        let (_, decision) = baking.observe(Observation::Shrunk, at(2));
+        assert_eq!(decision, Decision::Watch { until: at(62) });
+        let (milestone, decision) = baking.observe(crash(), at(6));
+        assert!(
+            matches!(milestone, Some(Milestone::Failed { .. })),
+            "{milestone:?}"
+        );
+        assert!(
+            matches!(&decision, Decision::Revert { reason, cause } if cause == "CrashLoopBackOff" && reason.starts_with("step 1 (50%): pod web-canary-1")),
+            "{decision:?}"
+        );
+
+        let mut verifying = Rollout::starting_at(vec![50, 100], timing(), 1);
+        verifying.observe(Observation::Applied, at(0));
+        verifying.observe(Observation::Ready, at(1));
+        let (milestone, _) = verifying.observe(Observation::Shrunk, at(2));
+        assert_eq!(milestone, Some(Milestone::Promoted));
+        let (_, decision) = verifying.observe(crash(), at(30));
+        assert!(
+            matches!(&decision, Decision::Revert { reason, .. } if reason.starts_with("after promotion: pod web-canary-1")),
+            "{decision:?}"
         );
     }
 

@@ -282,7 +282,12 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
     async fn watch(&mut self, until: DateTime<Utc>) -> Result<Step, ReconcileError> {
         let observation = self
             .fx
-            .watch_checks(&mut self.tracker, &self.input.revision, until)
+            .watch_checks(
+                &mut self.tracker,
+                &self.input.revision,
+                &self.step_keys,
+                until,
+            )
             .await?;
         Ok(ControlFlow::Continue(
             self.rollout.observe(observation, Utc::now()),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::Value;
 
 use super::*;
-use crate::backend::Readiness;
+use crate::backend::{FailedObject, Readiness};
 use crate::canary;
 use crate::config::{Config, EnvironmentConfig, HealthCheckConfig};
 use crate::health::CheckResult;
@@ -36,6 +36,9 @@ struct RecordingBackend {
     writes: Mutex<Vec<Written>>,
     refuse: Option<(String, usize, FailureClass)>,
     applies_of_refused: AtomicUsize,
+    /// From this readiness call on (1-based), the step's pods crash-loop.
+    crash_from_call: usize,
+    readiness_calls: AtomicUsize,
 }
 
 impl RecordingBackend {
@@ -45,7 +48,14 @@ impl RecordingBackend {
             writes: Mutex::default(),
             refuse: None,
             applies_of_refused: AtomicUsize::new(0),
+            crash_from_call: usize::MAX,
+            readiness_calls: AtomicUsize::new(0),
         }
+    }
+
+    fn crashing_from_readiness_call(mut self, call: usize) -> Self {
+        self.crash_from_call = call;
+        self
     }
 
     fn refusing(mut self, name: &str, nth: usize, class: FailureClass) -> Self {
@@ -98,10 +108,23 @@ impl Target for RecordingBackend {
 
     async fn readiness(
         &self,
-        _keys: &[ResourceKey],
+        keys: &[ResourceKey],
         _max_restarts: u32,
     ) -> Result<Readiness, TargetError> {
-        Ok(Readiness::default())
+        let call = self.readiness_calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if call < self.crash_from_call {
+            return Ok(Readiness::default());
+        }
+        Ok(Readiness {
+            waiting: Vec::new(),
+            failed: keys
+                .iter()
+                .map(|key| FailedObject {
+                    cause: "CrashLoopBackOff".into(),
+                    detail: format!("{key}: pod 1: container web is waiting in CrashLoopBackOff"),
+                })
+                .collect(),
+        })
     }
 }
 
@@ -498,5 +521,36 @@ async fn a_check_that_fails_during_the_bake_fails_the_step_before_it_passes() {
         checks.calls.load(Ordering::SeqCst),
         3,
         "healthy, then two bad results"
+    );
+}
+
+#[tokio::test]
+async fn a_pod_that_starts_crashing_during_the_bake_fails_the_step_before_it_passes() {
+    // No health check would notice: only the pods tell.
+    let fixture = Fixture::new("30s");
+    // Call 1 is the step's readiness wait; the bake's first look sees the crash loop.
+    let backend = RecordingBackend::new(&fixture.journal).crashing_from_readiness_call(2);
+    let checks = ScriptedChecks::healthy();
+    let mut fx = fixture.effects(&backend, &checks);
+    let ending = Driver::begin(&mut fx, input())
+        .expect("journaled")
+        .run()
+        .await
+        .expect("the rollout runs");
+    let Ending::Failed { cause, reason, .. } = ending else {
+        panic!("the crash loop fails the rollout: {ending:?}");
+    };
+    assert_eq!(cause, "CrashLoopBackOff");
+    assert!(reason.starts_with("step 1 (25%): "), "{reason}");
+    let records = fixture.records();
+    assert_eq!(
+        names(&records),
+        ["rollout_started", "step_started", "rollout_failed"],
+        "the step never passed"
+    );
+    assert_eq!(
+        by_step(&backend.writes(), &records),
+        expected_writes(0)[..3],
+        "nothing of the next step was written"
     );
 }

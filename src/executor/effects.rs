@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::error::ReconcileError;
 use super::writes::{Write, applied_keys};
-use crate::backend::{Target, TargetError};
+use crate::backend::{Readiness, Target, TargetError};
 use crate::canary;
 use crate::config::EnvironmentConfig;
 use crate::health::{CheckResult, HealthTracker};
@@ -205,17 +205,8 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
             .readiness(keys, self.config.rollout.max_restarts)
             .await
             .map_err(ReconcileError::Live)?;
-        if let Some(first) = readiness.failed.first() {
-            let detail = readiness
-                .failed
-                .iter()
-                .map(|failed| failed.detail.as_str())
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Ok(Observation::Broken {
-                cause: first.cause.clone(),
-                detail,
-            });
+        if let Some(broken) = broken_observation(&readiness) {
+            return Ok(broken);
         }
         if readiness.is_ready() {
             return Ok(Observation::Ready);
@@ -231,19 +222,29 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
         })
     }
 
-    /// Runs every check at its interval until `until`; returns at the first check that
-    /// reaches its failure threshold (journaled), else a tick once `until` has come.
+    /// Runs every check at its interval until `until`, and looks at the pods of `watched`
+    /// every poll; returns at the first check that reaches its failure threshold (journaled)
+    /// or the first pod that will not recover (a crash loop, an image that cannot be pulled),
+    /// else a tick once `until` has come.
     pub async fn watch_checks(
         &mut self,
         tracker: &mut HealthTracker,
         revision: &Revision,
+        watched: &[ResourceKey],
         until: DateTime<Utc>,
     ) -> Result<Observation, ReconcileError> {
         let checks = self.config.health.clone();
         let mut due: Vec<DateTime<Utc>> = vec![Utc::now(); checks.len()];
+        let mut pods_due = Utc::now();
         loop {
             let now = Utc::now();
             let watching = now < until || self.paused();
+            if watching && !watched.is_empty() && pods_due <= now {
+                if let Some(broken) = self.broken(watched).await {
+                    return Ok(broken);
+                }
+                pods_due = now + chrono::Duration::from_std(READINESS_POLL).unwrap_or_default();
+            }
             for (index, check) in checks.iter().enumerate() {
                 if due[index] > now || !watching {
                     continue;
@@ -282,7 +283,44 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
                 until
             };
             let next = due.iter().copied().min().unwrap_or(horizon).min(horizon);
+            let next = if watched.is_empty() {
+                next
+            } else {
+                next.min(pods_due)
+            };
             self.sleep_until(next).await?;
         }
     }
+
+    /// A step's objects that have failed for good, as an observation. The cluster failing to
+    /// answer is not the revision's fault: it is logged, and the next poll asks again.
+    async fn broken(&self, keys: &[ResourceKey]) -> Option<Observation> {
+        match self
+            .target
+            .readiness(keys, self.config.rollout.max_restarts)
+            .await
+        {
+            Ok(readiness) => broken_observation(&readiness),
+            Err(error) => {
+                tracing::warn!(env = %self.config.name, %error, "cannot look at the step's pods; asking again at the next poll");
+                None
+            }
+        }
+    }
+}
+
+/// The objects that will not become ready by waiting, as one observation (the first one's
+/// cause, every one's detail).
+fn broken_observation(readiness: &Readiness) -> Option<Observation> {
+    let first = readiness.failed.first()?;
+    let detail = readiness
+        .failed
+        .iter()
+        .map(|failed| failed.detail.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(Observation::Broken {
+        cause: first.cause.clone(),
+        detail,
+    })
 }

@@ -1089,3 +1089,107 @@ fn e2e_a_daemonset_whose_new_pods_crash_fails_at_once() {
         "reverted"
     );
 }
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_a_canary_that_starts_crashing_during_its_bake_is_not_promoted() {
+    // As an operator tried it: 4 replicas, steps [50, 100], a 60 s bake and no health check
+    // at all; the canary's pods turn CrashLoopBackOff a few seconds into the bake.
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("bakecrash");
+    let workspace = workspace_on(
+        &cluster,
+        &namespace,
+        &rollout("[50, 100]").replace("bake = \"3s\"", "bake = \"60s\""),
+    );
+    commit_web(
+        &workspace,
+        &web_yaml(&namespace, "1", Some(4), "", ""),
+        "v1",
+    );
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    commit_web(
+        &workspace,
+        &web_yaml(&namespace, "2", Some(4), "", ""),
+        "v2",
+    );
+    let mut pass = workspace.spawn(&["run", "--once"]);
+    let canary_pods = || {
+        let listed = cluster.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            &namespace,
+            "-l",
+            "gitopsd.io/track=canary",
+            "-o",
+            "name",
+        ]);
+        listed.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    // The bake has begun once the stable was scaled down to make room for the canary.
+    let baking = || {
+        canary_pods().len() == 2
+            && cluster
+                .get(Some(&namespace), "deployment/web")
+                .is_some_and(|web| web["spec"]["replicas"] == 2)
+    };
+    assert!(
+        wait_for(Duration::from_secs(90), baking),
+        "the first step's canary pods are running"
+    );
+    for pod in canary_pods() {
+        cluster.kubectl(&[
+            "label",
+            "-n",
+            &namespace,
+            &pod,
+            "lab/unhealthy=crash",
+            "--overwrite",
+        ]);
+    }
+    let crashed = Instant::now();
+    let status = pass
+        .wait_timeout(Duration::from_secs(40))
+        .expect("the pass ends long before the bake would have");
+    assert_eq!(status.code(), Some(1), "the revision failed");
+    assert!(
+        crashed.elapsed() < Duration::from_secs(30),
+        "the step failed {:?} after the crash loop began",
+        crashed.elapsed()
+    );
+    assert_eq!(
+        failure_cause(&workspace).as_deref(),
+        Some("CrashLoopBackOff")
+    );
+    let records = workspace.journal("staging");
+    let started = records
+        .iter()
+        .rposition(|record| record.event.name() == "rollout_started")
+        .expect("v2's rollout started");
+    let since: Vec<&str> = records[started..]
+        .iter()
+        .map(|record| record.event.name())
+        .collect();
+    assert!(
+        !since.contains(&"promoted") && !since.contains(&"step_passed"),
+        "v2's first step never passed and v2 was never promoted: {since:?}"
+    );
+    let web = cluster
+        .get(Some(&namespace), "deployment/web")
+        .expect("the stable is there");
+    assert_eq!(
+        web["spec"]["replicas"], 4,
+        "the stable is back at full size"
+    );
+    assert_eq!(
+        web["spec"]["template"]["metadata"]["annotations"]["release"], "1",
+        "the stable still runs v1"
+    );
+    assert!(
+        cluster
+            .get(Some(&namespace), "deployment/web-canary")
+            .is_none(),
+        "the revert removed the canary"
+    );
+}
