@@ -326,8 +326,8 @@ mod tests {
     use super::*;
     use crate::journal::records::ChangeRecord;
     use crate::rollout::cause;
-    use std::time::Duration;
     use chrono::TimeZone;
+    use std::time::Duration;
 
     fn at(seconds: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_800_000_000 + seconds, 0)
