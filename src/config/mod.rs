@@ -840,7 +840,7 @@ impl Checker {
                 timezone,
             }),
             Err(message) => {
-                self.problem(key, message);
+                self.problem(key, message.to_string());
                 None
             }
         }
