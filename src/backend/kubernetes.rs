@@ -28,7 +28,7 @@ use crate::labels::{
 use crate::manifest::{self, Scopes};
 use crate::model::{KindRef, Object, ResourceKey, group_of};
 use crate::plan::Compare;
-use crate::readiness::{self, readiness};
+use crate::readiness::{self, Verdict, readiness};
 
 /// Prefix of every field manager gitopsd applies as; the environment's name follows.
 pub const FIELD_MANAGER_PREFIX: &str = "gitopsd-";
@@ -74,6 +74,16 @@ enum ResolveError {
     Unknown(String),
     /// The API server could not be asked.
     Unreachable(String),
+}
+
+/// Why the type of an owned key could not be resolved.
+#[derive(Debug, thiserror::Error)]
+enum KeyTypeError {
+    /// No list or apply of this target has seen the type, so its version is unknown.
+    #[error("type of {key} was never listed or applied")]
+    NeverSeen { key: String },
+    #[error("{0}")]
+    Resolve(ResolveError),
 }
 
 impl std::fmt::Display for ResolveError {
@@ -500,11 +510,11 @@ impl KubernetesTarget {
                 .map_err(|e| object_error("apply", key, e.to_string()))?;
             let state = match &body {
                 Some(body) => readiness(&key.group, &key.kind, body),
-                None => Err("not found after apply".into()),
+                None => Verdict::Waiting("not found after apply".into()),
             };
             match state {
-                Ok(()) => return Ok(()),
-                Err(reason) if tokio::time::Instant::now() >= deadline => {
+                Verdict::Ready => return Ok(()),
+                Verdict::Waiting(reason) if tokio::time::Instant::now() >= deadline => {
                     return Err(object_error(
                         "apply",
                         key,
@@ -514,7 +524,7 @@ impl KubernetesTarget {
                         ),
                     ));
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                Verdict::Waiting(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
     }
@@ -701,15 +711,19 @@ impl KubernetesTarget {
     }
 
     /// The type of an owned key, as last seen in a list or apply.
-    async fn resolve_key(&self, key: &ResourceKey) -> Result<Resolved, String> {
+    async fn resolve_key(&self, key: &ResourceKey) -> Result<Resolved, KeyTypeError> {
         let kind = self
             .by_group_kind
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&(key.group.clone(), key.kind.clone()))
             .cloned()
-            .ok_or_else(|| format!("type of {key} was never listed or applied"))?;
-        self.resolve(&kind, false).await.map_err(|e| e.to_string())
+            .ok_or_else(|| KeyTypeError::NeverSeen {
+                key: key.to_string(),
+            })?;
+        self.resolve(&kind, false)
+            .await
+            .map_err(KeyTypeError::Resolve)
     }
 
     /// The served version of a group-kind the parent records (which has no version).
@@ -751,7 +765,7 @@ impl KubernetesTarget {
 
     /// Whether `namespace` holds objects that are not this environment's (checked on the
     /// types the environment uses and the common built-in ones).
-    async fn namespace_has_foreign_objects(&self, namespace: &str) -> Result<bool, String> {
+    async fn namespace_has_foreign_objects(&self, namespace: &str) -> Result<bool, Failure> {
         let mut kinds: BTreeSet<KindRef> = self.lock_discovery().keys().cloned().collect();
         for (api_version, kind) in [
             ("v1", "Pod"),
@@ -773,10 +787,7 @@ impl KubernetesTarget {
             }
             let api = self.api(&resolved, Some(namespace));
             let everything = ListParams::default();
-            let list = self
-                .call(|| api.list_metadata(&everything))
-                .await
-                .map_err(|failure| failure.message)?;
+            let list = self.call(|| api.list_metadata(&everything)).await?;
             let foreign = list.items.iter().any(|item| {
                 let labels = item.metadata.labels.clone().unwrap_or_default();
                 // Members of this applyset, and its parent.
@@ -1190,12 +1201,12 @@ impl Target for KubernetesTarget {
         let resolved = self
             .resolve_key(key)
             .await
-            .map_err(|message| object_error("delete", key, message))?;
+            .map_err(|e| object_error("delete", key, e.to_string()))?;
         if is_namespace(key) && !self.settings.delete_foreign_namespaces {
             let foreign = self
                 .namespace_has_foreign_objects(&key.name)
                 .await
-                .map_err(|message| object_error("delete", key, message))?;
+                .map_err(|failure| object_error("delete", key, failure.message))?;
             if foreign {
                 return Err(object_error(
                     "delete",
@@ -1223,7 +1234,7 @@ impl Target for KubernetesTarget {
             let resolved = self
                 .resolve_key(key)
                 .await
-                .map_err(|message| object_error("read", key, message))?;
+                .map_err(|e| object_error("read", key, e.to_string()))?;
             let api = self.api(&resolved, key.namespace.as_deref());
             let live = self
                 .call(|| api.get_opt(&key.name))
@@ -1242,7 +1253,8 @@ impl Target for KubernetesTarget {
                 });
                 continue;
             }
-            let Err(reason) = readiness::readiness(&key.group, &key.kind, &body) else {
+            let Verdict::Waiting(reason) = readiness::readiness(&key.group, &key.kind, &body)
+            else {
                 continue;
             };
             // Only a workload still waiting has its pods looked at: one LIST per poll.
