@@ -209,10 +209,13 @@ mod tests {
             Window::parse("every sunday", Duration::from_secs(60), "UTC"),
             Err(WindowError::Schedule { .. })
         ));
-        assert!(matches!(
-            Window::parse("0 2 * * Sun", Duration::from_secs(60), "Mars/Olympus"),
-            Err(WindowError::TimeZone { .. })
-        ));
+        let zone = Window::parse("0 2 * * Sun", Duration::from_secs(60), "Mars/Olympus")
+            .expect_err("no such zone");
+        assert!(matches!(zone, WindowError::TimeZone { .. }));
+        assert_eq!(
+            zone.to_string(),
+            "unknown time zone \"Mars/Olympus\" (use an IANA name like \"Europe/Berlin\")"
+        );
         assert!(matches!(
             Window::parse("0 2 * * Sun", Duration::ZERO, "UTC"),
             Err(WindowError::ZeroDuration)

@@ -255,3 +255,36 @@ async fn read_tail(stream: Option<impl AsyncRead + Unpin>) -> String {
     }
     String::from_utf8_lossy(&tail).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_read_as_before_with_the_stderr_tail_after_them() {
+        let exited = RunError::Exited {
+            code: 2,
+            tail: Tail("  boom\n".into()),
+        };
+        assert_eq!(exited.to_string(), "exited with status 2: boom");
+        let quiet = RunError::Signalled {
+            tail: Tail(" \n".into()),
+        };
+        assert_eq!(quiet.to_string(), "was killed by a signal");
+        let large = RunError::Output {
+            problem: OutputError::TooLarge { max: 10 },
+            tail: Tail(String::new()),
+        };
+        assert_eq!(
+            large.to_string(),
+            "printed more than 10 bytes (render.max_output_bytes); killed"
+        );
+        let version = RunError::Version(Box::new(RunError::TimedOut {
+            timeout: Duration::from_secs(10),
+        }));
+        assert_eq!(
+            version.to_string(),
+            "cannot tell its version: did not finish within 10s (render.timeout); killed"
+        );
+    }
+}
