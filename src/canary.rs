@@ -270,102 +270,22 @@ pub fn split(
     live: &[Object],
     previous: &[Desired],
 ) -> RolloutSpec {
-    let previous_by_key: BTreeMap<&ResourceKey, &Desired> =
-        previous.iter().map(|d| (&d.key, d)).collect();
-    let config_updates: BTreeMap<&ResourceKey, &Desired> = plan
-        .changes
-        .iter()
-        .filter_map(|change| match change {
-            Change::Update { desired, .. } if is_config(&desired.key) => {
-                Some((&desired.key, desired))
-            }
-            _ => None,
-        })
-        .collect();
+    let config_updates = config_updates(plan);
     let live_by_key: BTreeMap<&ResourceKey, &Object> =
         live.iter().map(|object| (&object.key, object)).collect();
-
-    let mut canaries = Vec::new();
-    let mut held_keys = BTreeSet::new();
-    for wanted in desired.iter().filter(|d| is_deployment(&d.key)) {
-        let Some(current) = live_by_key.get(&wanted.key) else {
-            continue; // a new Deployment has nothing to compare with: created as is
-        };
-        let stable_live = crate::diff::normalize(&current.body);
-        // Live templates can carry server defaults: trust the applied template's hash if any.
-        let template_changed = match current.annotation(ANNOTATION_TEMPLATE_HASH) {
-            Some(applied) => wanted.template_hash().as_deref() != Some(applied),
-            None => stable_live.pointer("/spec/template") != wanted.body.pointer("/spec/template"),
-        };
-        let configs: BTreeSet<ResourceKey> = referenced_configs(wanted)
-            .into_iter()
-            .filter(|key| config_updates.contains_key(key))
-            .collect();
-        if template_changed || !configs.is_empty() {
-            held_keys.extend(configs.iter().cloned());
-            let wanted_replicas = replicas_of(&wanted.body);
-            let stable_base = previous_by_key
-                .get(&wanted.key)
-                .map_or(stable_live.clone(), |previous| previous.body.clone());
-            canaries.push(CanaryUnit {
-                replicas: wanted_replicas
-                    .or_else(|| replicas_of(&stable_live))
-                    .unwrap_or(1),
-                scales_stable: wanted_replicas.is_some(),
-                stable_base,
-                desired: wanted.clone(),
-                configs,
-            });
-        }
-    }
-    let updated: BTreeSet<&ResourceKey> = plan
-        .changes
+    let canaries = canary_units(desired, &live_by_key, previous, &config_updates);
+    let partitioned = partition_units(plan, desired, &live_by_key);
+    // Changed configs a canary uses reach only the canary until promotion.
+    let held_keys: BTreeSet<ResourceKey> = canaries
         .iter()
-        .filter(|change| change.action() == Action::Update)
-        .map(Change::key)
+        .flat_map(|unit| unit.configs.iter().cloned())
         .collect();
-    let mut partitioned = Vec::new();
-    for wanted in desired
-        .iter()
-        .filter(|d| is_stateful_set(&d.key) && updated.contains(&d.key))
-    {
-        let Some(current) = live_by_key.get(&wanted.key) else {
-            continue;
-        };
-        let on_delete = wanted
-            .body
-            .pointer("/spec/updateStrategy/type")
-            .and_then(Value::as_str)
-            == Some("OnDelete");
-        let live_body = crate::diff::normalize(&current.body);
-        let template_changed = match current.annotation(ANNOTATION_TEMPLATE_HASH) {
-            Some(applied) => wanted.template_hash().as_deref() != Some(applied),
-            None => live_body.pointer("/spec/template") != wanted.body.pointer("/spec/template"),
-        };
-        // OnDelete leaves pods to whoever deletes them: there is no partition to move.
-        if template_changed && !on_delete {
-            partitioned.push(PartitionUnit {
-                replicas: replicas_of(&wanted.body)
-                    .or_else(|| replicas_of(&live_body))
-                    .unwrap_or(1),
-                desired: wanted.clone(),
-            });
-        }
-    }
     let canary_keys: BTreeSet<&ResourceKey> = canaries
         .iter()
         .map(|u| &u.desired.key)
         .chain(partitioned.iter().map(|u| &u.desired.key))
         .collect();
-    let mut immediate = Vec::new();
-    let mut deferred = Vec::new();
-    for change in &plan.changes {
-        if change.action() == Action::Delete {
-            deferred.push(change.clone());
-        } else if !canary_keys.contains(change.key()) && !held_keys.contains(change.key()) {
-            immediate.push(change.clone());
-        }
-    }
+    let (immediate, deferred) = immediate_and_deferred(plan, &canary_keys, &held_keys);
     let held = held_keys
         .iter()
         .filter_map(|key| config_updates.get(key).map(|d| (*d).clone()))
@@ -377,6 +297,140 @@ pub fn split(
         held,
         deferred,
     }
+}
+
+/// The ConfigMaps and Secrets the plan updates, by key.
+fn config_updates(plan: &Plan) -> BTreeMap<&ResourceKey, &Desired> {
+    plan.changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::Update { desired, .. } if is_config(&desired.key) => {
+                Some((&desired.key, desired))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether the wanted pod template differs from the live one (`live_body` normalized).
+fn template_changed(current: &Object, live_body: &Value, wanted: &Desired) -> bool {
+    // Live templates can carry server defaults: trust the applied template's hash if any.
+    match current.annotation(ANNOTATION_TEMPLATE_HASH) {
+        Some(applied) => wanted.template_hash().as_deref() != Some(applied),
+        None => live_body.pointer("/spec/template") != wanted.body.pointer("/spec/template"),
+    }
+}
+
+/// A canary unit for every live Deployment whose template or used configs change.
+fn canary_units(
+    desired: &[Desired],
+    live_by_key: &BTreeMap<&ResourceKey, &Object>,
+    previous: &[Desired],
+    config_updates: &BTreeMap<&ResourceKey, &Desired>,
+) -> Vec<CanaryUnit> {
+    let previous_by_key: BTreeMap<&ResourceKey, &Desired> =
+        previous.iter().map(|d| (&d.key, d)).collect();
+    desired
+        .iter()
+        .filter(|d| is_deployment(&d.key))
+        .filter_map(|wanted| {
+            // A new Deployment has nothing to compare with: created as is.
+            let current = live_by_key.get(&wanted.key)?;
+            canary_unit(
+                wanted,
+                current,
+                previous_by_key.get(&wanted.key).copied(),
+                config_updates,
+            )
+        })
+        .collect()
+}
+
+/// The canary unit of one live Deployment, if its template or a config it uses changes.
+fn canary_unit(
+    wanted: &Desired,
+    current: &Object,
+    previous: Option<&Desired>,
+    config_updates: &BTreeMap<&ResourceKey, &Desired>,
+) -> Option<CanaryUnit> {
+    let stable_live = crate::diff::normalize(&current.body);
+    let configs: BTreeSet<ResourceKey> = referenced_configs(wanted)
+        .into_iter()
+        .filter(|key| config_updates.contains_key(key))
+        .collect();
+    if !template_changed(current, &stable_live, wanted) && configs.is_empty() {
+        return None;
+    }
+    let wanted_replicas = replicas_of(&wanted.body);
+    let stable_base = previous.map_or(stable_live.clone(), |previous| previous.body.clone());
+    Some(CanaryUnit {
+        replicas: wanted_replicas
+            .or_else(|| replicas_of(&stable_live))
+            .unwrap_or(1),
+        scales_stable: wanted_replicas.is_some(),
+        stable_base,
+        desired: wanted.clone(),
+        configs,
+    })
+}
+
+/// A partition unit for every updated live StatefulSet whose template changes.
+fn partition_units(
+    plan: &Plan,
+    desired: &[Desired],
+    live_by_key: &BTreeMap<&ResourceKey, &Object>,
+) -> Vec<PartitionUnit> {
+    let updated: BTreeSet<&ResourceKey> = plan
+        .changes
+        .iter()
+        .filter(|change| change.action() == Action::Update)
+        .map(Change::key)
+        .collect();
+    desired
+        .iter()
+        .filter(|d| is_stateful_set(&d.key) && updated.contains(&d.key))
+        .filter_map(|wanted| partition_unit(wanted, live_by_key.get(&wanted.key)?))
+        .collect()
+}
+
+/// The partition unit of one live StatefulSet, if its template changes and it has a
+/// partition to move.
+fn partition_unit(wanted: &Desired, current: &Object) -> Option<PartitionUnit> {
+    let on_delete = wanted
+        .body
+        .pointer("/spec/updateStrategy/type")
+        .and_then(Value::as_str)
+        == Some("OnDelete");
+    let live_body = crate::diff::normalize(&current.body);
+    // OnDelete leaves pods to whoever deletes them: there is no partition to move.
+    if !template_changed(current, &live_body, wanted) || on_delete {
+        return None;
+    }
+    Some(PartitionUnit {
+        replicas: replicas_of(&wanted.body)
+            .or_else(|| replicas_of(&live_body))
+            .unwrap_or(1),
+        desired: wanted.clone(),
+    })
+}
+
+/// Deletions wait for promotion; other changes go first unless a canary or a held config
+/// covers them.
+fn immediate_and_deferred(
+    plan: &Plan,
+    canary_keys: &BTreeSet<&ResourceKey>,
+    held_keys: &BTreeSet<ResourceKey>,
+) -> (Vec<Change>, Vec<Change>) {
+    let mut immediate = Vec::new();
+    let mut deferred = Vec::new();
+    for change in &plan.changes {
+        if change.action() == Action::Delete {
+            deferred.push(change.clone());
+        } else if !canary_keys.contains(change.key()) && !held_keys.contains(change.key()) {
+            immediate.push(change.clone());
+        }
+    }
+    (immediate, deferred)
 }
 
 fn with_name(body: &Value, name: &str) -> Value {
@@ -886,5 +940,44 @@ spec: {{selector: {{app: web}}}}
         );
         assert!(!spec.has_canaries());
         assert_eq!(spec.immediate.len(), 3);
+    }
+
+    #[test]
+    fn the_applied_template_hash_wins_over_server_defaults_in_the_live_template() {
+        let web = |objects: Vec<Object>| {
+            objects
+                .into_iter()
+                .find(|object| object.key.kind == "Deployment")
+                .expect("the app has a Deployment")
+        };
+        let unstamp = |object: &mut Object| {
+            if let Some(annotations) = object
+                .body
+                .pointer_mut("/metadata/annotations")
+                .and_then(Value::as_object_mut)
+            {
+                annotations.remove(ANNOTATION_TEMPLATE_HASH);
+            }
+        };
+        let changed = |current: &Object, wanted: &Desired| {
+            template_changed(current, &crate::diff::normalize(&current.body), wanted)
+        };
+        let wanted = Desired::new(&web(objects(&app("web:1", "hi", 4))));
+        let newer = Desired::new(&web(objects(&app("web:2", "hi", 4))));
+        let mut defaulted = web(live(&app("web:1", "hi", 4)));
+        defaulted.body["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 30.into();
+        assert!(
+            !changed(&defaulted, &wanted),
+            "a server default is no change"
+        );
+        assert!(changed(&defaulted, &newer));
+
+        // Without the hash gitopsd stamps, only the bodies can be compared.
+        unstamp(&mut defaulted);
+        assert!(changed(&defaulted, &wanted));
+        let mut unstamped = web(live(&app("web:1", "hi", 4)));
+        unstamp(&mut unstamped);
+        assert!(!changed(&unstamped, &wanted));
+        assert!(changed(&unstamped, &newer));
     }
 }

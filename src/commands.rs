@@ -303,13 +303,7 @@ pub async fn diff(
         revisions.refresh().await?;
         let revision = revisions.resolve(request.rev).await?;
         for environment in environments {
-            let target =
-                AnyTarget::open(environment)
-                    .await
-                    .map_err(|source| CommandError::Live {
-                        environment: environment.name.clone(),
-                        source,
-                    })?;
+            let target = open_target(environment).await?;
             let desired =
                 desired_or_empty(&revisions.source, environment, &revision, Some(&target)).await?;
             let mut kinds = inventory(config, environment);
@@ -470,6 +464,21 @@ fn write_invalid(
     )
 }
 
+/// Opens `environment`'s target; failing to is its live state being out of reach.
+async fn open_target(environment: &EnvironmentConfig) -> Result<AnyTarget, CommandError> {
+    AnyTarget::open(
+        &environment.target,
+        &environment.name,
+        &environment.source,
+        &environment.namespace,
+    )
+    .await
+    .map_err(|source| CommandError::Live {
+        environment: environment.name.clone(),
+        source,
+    })
+}
+
 /// Dry-runs an environment's objects on its target; false when the server refuses any.
 async fn validate_on_server(
     environment: &EnvironmentConfig,
@@ -481,7 +490,7 @@ async fn validate_on_server(
         environment: environment.name.clone(),
         source,
     };
-    let target = AnyTarget::open(environment).await.map_err(live_error)?;
+    let target = open_target(environment).await?;
     if matches!(target, AnyTarget::Directory(_)) {
         writeln!(
             out,
@@ -610,6 +619,11 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("api.listen has port 0 and the running daemon's address cannot be read from {} (is the daemon running?): {message}", path.display())]
+    NoAddress {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("cannot reach the daemon at {url}: {message}")]
     Unreachable { url: String, message: String },
     #[error("the daemon refused: {status}: {message}")]
@@ -629,9 +643,22 @@ pub async fn control(
         path: path.clone(),
         source,
     })?;
+    let address = if api.listen.port() == 0 {
+        // The daemon's system-picked port is in the state dir.
+        let path = crate::server::address_file(&config.state.dir);
+        std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                text.trim()
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|message| ControlError::NoAddress { path, message })?
+    } else {
+        api.listen
+    };
     let url = format!(
-        "http://{}/api/v1/environments/{environment}/{}",
-        api.listen,
+        "http://{address}/api/v1/environments/{environment}/{}",
         action.name()
     );
     let unreachable = |message: String| ControlError::Unreachable {

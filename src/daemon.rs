@@ -1,6 +1,7 @@
 //! The long-running loop: fetch on a schedule or on a ref change, reconcile every environment
 //! in its own task, keep the last snapshot when a fetch fails, stop cleanly on request.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -143,9 +144,14 @@ impl EnvironmentRuntime {
         let journal = SharedJournal::new(crate::blocking::run(|| {
             Journal::open_with(state_dir, &config.name, state.journal)
         })?);
-        let target = AnyTarget::open(&config)
-            .await
-            .map_err(ReconcileError::Live)?;
+        let target = AnyTarget::open(
+            &config.target,
+            &config.name,
+            &config.source,
+            &config.namespace,
+        )
+        .await
+        .map_err(ReconcileError::Live)?;
         let prober = Prober::new(&config.health)?;
         Ok(Self {
             config,
@@ -289,23 +295,58 @@ fn waves(environments: &[EnvironmentConfig]) -> Vec<Vec<EnvironmentConfig>> {
     waves
 }
 
-/// Removes the folders of renders whose process died (a crash, a SIGKILL).
-fn clean_render_leftovers(config: &Config) {
+/// Removes the folders of renders whose process died (a crash, a SIGKILL), off the async
+/// workers (a recursive delete).
+async fn clean_render_leftovers(config: &Config) {
     if config.environments.iter().all(|e| e.render.is_none()) {
         return;
     }
     let renderer = crate::render::Renderer::new(&config.state.dir, 0);
-    match renderer.clean_stale() {
-        Ok(0) => {}
-        Ok(removed) => tracing::info!(removed, "removed folders left by interrupted renders"),
+    let cleaned =
+        crate::blocking::off_thread("removing render leftovers", move || renderer.clean_stale())
+            .await;
+    match cleaned {
+        Ok(Ok(0)) => {}
+        Ok(Ok(removed)) => tracing::info!(removed, "removed folders left by interrupted renders"),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot remove folders left by interrupted renders")
+        }
         Err(error) => tracing::warn!(%error, "cannot remove folders left by interrupted renders"),
     }
+}
+
+/// The branch tip the mirror holds, read off the async workers; `None` when it has none or
+/// cannot be read.
+async fn mirrored_tip(source: &GitSource) -> Option<Revision> {
+    let source = source.clone();
+    crate::blocking::off_thread("reading the mirror's branch tip", move || {
+        source.branch_tip()
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .flatten()
+}
+
+/// Why a changed config was not taken.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Stopped(#[from] crate::blocking::Stopped),
+}
+
+/// Loads the config file off the async workers.
+async fn load_config(path: &Path) -> Result<Config, ReloadError> {
+    let path = path.to_path_buf();
+    Ok(crate::blocking::off_thread("reading the config", move || Config::load(&path)).await??)
 }
 
 /// One fetch, then every environment reconciled concurrently; `shutdown` stops rollouts in
 /// flight.
 pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassReport {
-    clean_render_leftovers(config);
+    clean_render_leftovers(config).await;
     let source = GitSource::new(&config.repo, &config.state.dir);
     let (tip, fetch_error) = match fetch_until(&source, Some(shutdown.clone())).await {
         Ok(fetched) => {
@@ -314,7 +355,7 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
         }
         Err(error) => {
             tracing::error!(%error, "fetch failed");
-            (source.branch_tip().ok().flatten(), Some(error))
+            (mirrored_tip(&source).await, Some(error))
         }
     };
     let (notifier, delivery) = Notifier::start(config.webhooks.clone());
@@ -415,8 +456,12 @@ struct Generation {
 }
 
 impl Generation {
-    fn spawn(config: &Config, context: &DaemonContext, shutdown: &watch::Receiver<bool>) -> Self {
-        clean_render_leftovers(config);
+    async fn spawn(
+        config: &Config,
+        context: &DaemonContext,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Self {
+        clean_render_leftovers(config).await;
         let source = GitSource::new(&config.repo, &config.state.dir);
         let (tips, tip_receiver) = watch::channel::<Option<Revision>>(None);
         let (drain, drain_receiver) = watch::channel(false);
@@ -560,6 +605,36 @@ impl DaemonContext {
     }
 }
 
+/// Binds the API on `listen` and serves it in the background; the bound address (the port the
+/// system picked, for port 0) goes to `<state dir>/api.addr`, whose path is returned so a clean
+/// stop removes it. A bind failure is logged and the daemon runs without its API.
+async fn start_api(listen: SocketAddr, state: ApiState, state_dir: &Path) -> Option<PathBuf> {
+    let listener = match server::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%listen, %error, "the HTTP API stopped");
+            return None;
+        }
+    };
+    let path = server::address_file(state_dir);
+    let written = listener.local_addr().and_then(|bound| {
+        std::fs::create_dir_all(state_dir)?;
+        crate::durable::write_whole(&path, format!("{bound}\n").as_bytes())
+    });
+    tokio::spawn(async move {
+        if let Err(error) = server::serve(listener, state).await {
+            tracing::error!(%listen, %error, "the HTTP API stopped");
+        }
+    });
+    match written {
+        Ok(()) => Some(path),
+        Err(error) => {
+            tracing::warn!(file = %path.display(), %error, "cannot write the API's address file");
+            None
+        }
+    }
+}
+
 /// How a generation's serving ended.
 enum End {
     Stop,
@@ -581,6 +656,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
         ready: Arc::new(AtomicBool::new(false)),
         reloadable: Arc::new(RwLock::new(reloadable(&config))),
     };
+    let mut api_address_file = None;
     if let Some(api) = &config.api {
         let state = ApiState {
             controls: context.controls.clone(),
@@ -589,12 +665,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
             reloadable: context.reloadable.clone(),
             limiter: Default::default(),
         };
-        let listen = api.listen;
-        tokio::spawn(async move {
-            if let Err(error) = server::serve(listen, state).await {
-                tracing::error!(%listen, %error, "the HTTP API stopped");
-            }
-        });
+        api_address_file = start_api(api.listen, state, &config.state.dir).await;
     }
     // Edits to the config file reload it like SIGHUP does.
     let (config_changed, mut config_changes) = mpsc::channel(1);
@@ -605,7 +676,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
         .ok();
     let mut config = config;
     loop {
-        let mut generation = Generation::spawn(&config, &context, &signals.shutdown);
+        let mut generation = Generation::spawn(&config, &context, &signals.shutdown).await;
         match serve(
             &config,
             config_path,
@@ -620,6 +691,9 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
                 context.systemd.stopping();
                 tracing::info!("stopping: waiting for reconciles in flight");
                 generation.wait(&mut context).await;
+                if let Some(path) = api_address_file {
+                    let _ = std::fs::remove_file(path);
+                }
                 tracing::info!("stopped");
                 return;
             }
@@ -666,11 +740,11 @@ async fn serve(
                 failures += 1;
                 let retry = backoff(failures);
                 tracing::warn!(%error, retry_in = ?retry, "fetch failed; keeping the last snapshot");
-                let last = generation
-                    .tips
-                    .borrow()
-                    .clone()
-                    .or_else(|| source.branch_tip().ok().flatten());
+                let known = generation.tips.borrow().clone();
+                let last = match known {
+                    Some(tip) => Some(tip),
+                    None => mirrored_tip(&source).await,
+                };
                 // Environments still re-check live state against the last snapshot.
                 generation.tips.send_replace(last);
                 retry
@@ -695,7 +769,7 @@ async fn serve(
                     break;
                 }
                 _ = signals.shutdown.changed() => return End::Stop,
-                Some(()) = signals.reload.recv() => match Config::load(config_path) {
+                Some(()) = signals.reload.recv() => match load_config(config_path).await {
                     Ok(new) => return End::Reload(Box::new(new)),
                     Err(error) => tracing::error!(%error, "config reload refused; the running config stays in force"),
                 },
@@ -703,7 +777,7 @@ async fn serve(
                     // Let the writer finish; several events for one save are one reload.
                     tokio::time::sleep(SETTLE * 3).await;
                     while config_changes.try_recv().is_ok() {}
-                    match Config::load(config_path) {
+                    match load_config(config_path).await {
                         Ok(new) if new == *config => {}
                         Ok(new) => {
                             tracing::info!("config file changed: reloading");

@@ -219,3 +219,175 @@ pub fn empty_revision_problem(
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::*;
+    use crate::backend::DirectoryTarget;
+    use crate::config::Config;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let output = Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "Test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.com")
+            .env("GIT_COMMITTER_NAME", "Test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.com")
+            .output()
+            .expect("git runs because the test machines have it");
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// A repository with the given files committed, fetched into a mirror; its environment
+    /// `staging` reads `envs/staging` into namespace `web`, and may touch `web` and `web-*`.
+    struct Repo {
+        dir: tempfile::TempDir,
+        source: GitSource,
+        environment: EnvironmentConfig,
+    }
+
+    impl Repo {
+        fn with(files: &[(&str, &str)]) -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let work = dir.path().join("work");
+            std::fs::create_dir_all(&work).expect("work tree");
+            git(&work, &["init", "-q", "-b", "main"]);
+            for (path, text) in files {
+                let path = work.join(path);
+                std::fs::create_dir_all(path.parent().expect("a folder")).expect("folder");
+                std::fs::write(path, text).expect("file");
+            }
+            git(&work, &["add", "-A"]);
+            git(&work, &["commit", "-q", "--allow-empty", "-m", "files"]);
+            let toml = format!(
+                r#"
+[repo]
+url = "{root}/work"
+[state]
+dir = "{root}/state"
+[[environment]]
+name = "staging"
+path = "envs/staging"
+namespace = "web"
+allowed_namespaces = ["web", "web-*"]
+target = {{ type = "directory", path = "{root}/live" }}
+"#,
+                root = dir.path().display()
+            );
+            let config_path = dir.path().join("gitopsd.toml");
+            std::fs::write(&config_path, toml).expect("config");
+            let mut config = Config::load(&config_path).expect("the test config is valid");
+            let source = GitSource::new(&config.repo, &config.state.dir);
+            source.fetch().expect("the local repository fetches");
+            Self {
+                environment: config.environments.remove(0),
+                source,
+                dir,
+            }
+        }
+
+        fn tip(&self) -> Revision {
+            Revision(git(&self.dir.path().join("work"), &["rev-parse", "HEAD"]))
+        }
+
+        async fn desired(&self) -> Result<Vec<Desired>, DesiredError> {
+            load_desired_offline(&self.source, &self.environment, &self.tip()).await
+        }
+    }
+
+    const CONFIG_MAP: &str =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n";
+
+    #[tokio::test]
+    async fn objects_without_a_namespace_get_the_environments_own() {
+        let repo = Repo::with(&[("envs/staging/app.yaml", CONFIG_MAP)]);
+        let desired = repo.desired().await.expect("valid");
+        let keys: Vec<String> = desired.iter().map(|d| d.key.to_string()).collect();
+        assert_eq!(keys, ["ConfigMap web/settings"]);
+        assert_eq!(desired[0].body["metadata"]["namespace"], "web");
+    }
+
+    #[tokio::test]
+    async fn a_revision_without_the_folder_reads_as_no_objects() {
+        let repo = Repo::with(&[("envs/production/app.yaml", CONFIG_MAP)]);
+        assert_eq!(repo.desired().await.expect("an empty revision").len(), 0);
+        assert!(
+            empty_revision_problem(&repo.environment, 0, 3).is_some(),
+            "emptying live objects is refused"
+        );
+        assert_eq!(empty_revision_problem(&repo.environment, 0, 0), None);
+        assert_eq!(empty_revision_problem(&repo.environment, 1, 3), None);
+    }
+
+    #[tokio::test]
+    async fn an_object_outside_the_allowed_namespaces_is_refused_with_its_place() {
+        let outside =
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: kube-system}\n";
+        let repo = Repo::with(&[
+            ("envs/staging/app.yaml", CONFIG_MAP),
+            (
+                "envs/staging/sneaky.yaml",
+                &format!("{}---\n{outside}", CONFIG_MAP.replace("settings", "fine")),
+            ),
+        ]);
+        let Err(DesiredError::Manifests(errors)) = repo.desired().await else {
+            panic!("the revision is refused");
+        };
+        let problems: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(
+                "envs/staging/sneaky.yaml: document 2 (line 5): ConfigMap kube-system/x: not allowed in environment staging: namespace \"kube-system\" is not allowed"
+            ),
+            "{problems:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_broken_document_is_named_at_once() {
+        let repo = Repo::with(&[
+            ("envs/staging/a.yaml", "kind: [unclosed\n"),
+            ("envs/staging/b.yaml", "apiVersion: v1\nkind: ConfigMap\n"),
+        ]);
+        let Err(DesiredError::Manifests(errors)) = repo.desired().await else {
+            panic!("the revision is refused");
+        };
+        let files: Vec<&str> = errors.0.iter().map(|p| p.file.as_str()).collect();
+        assert_eq!(files, ["envs/staging/a.yaml", "envs/staging/b.yaml"]);
+    }
+
+    #[tokio::test]
+    async fn located_objects_carry_their_file_and_document() {
+        let repo = Repo::with(&[(
+            "envs/staging/app.yaml",
+            &format!(
+                "{CONFIG_MAP}---\n{}",
+                CONFIG_MAP.replace("settings", "other")
+            ),
+        )]);
+        let target = DirectoryTarget::new(repo.dir.path().join("live"), "staging");
+        let located = load_located(&repo.source, &repo.environment, &repo.tip(), &target)
+            .await
+            .expect("valid");
+        let places: Vec<(String, Option<usize>)> = located
+            .iter()
+            .map(|(desired, at)| (desired.key.name.clone(), at.document))
+            .collect();
+        assert_eq!(
+            places,
+            [("settings".into(), Some(1)), ("other".into(), Some(2))]
+        );
+        assert!(
+            located
+                .iter()
+                .all(|(_, at)| at.file == "envs/staging/app.yaml")
+        );
+    }
+}

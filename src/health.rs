@@ -1,8 +1,44 @@
 //! Health verdicts (pure): raw probe answers → check results → a check that failed its step.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
-use crate::config::HealthCheckConfig;
+/// One health check of an environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    /// Name shown in logs, status and the journal.
+    pub name: String,
+    pub check: CheckKind,
+    pub interval: Duration,
+    /// Consecutive bad results that fail the step.
+    pub failures: u32,
+}
+
+/// What a health check asks, by its `type`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    Http {
+        url: String,
+        expect_status: u16,
+        body_contains: Option<String>,
+        timeout: Duration,
+    },
+    Prometheus {
+        url: String,
+        query: String,
+        min: Option<f64>,
+        max: Option<f64>,
+        /// Whether an empty result counts as healthy.
+        empty_is_healthy: bool,
+        timeout: Duration,
+    },
+    Exec {
+        /// Program and arguments, split like a shell would but run without one.
+        argv: Vec<String>,
+        timeout: Duration,
+    },
+}
 
 /// One probe's answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,9 +208,7 @@ pub fn prometheus_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CheckKind;
     use serde_json::json;
-    use std::time::Duration;
 
     fn check(name: &str, failures: u32) -> HealthCheckConfig {
         HealthCheckConfig {

@@ -88,6 +88,36 @@ impl History {
     /// Folds one more event in.
     pub fn apply(&mut self, event: &Event) {
         match event {
+            Event::RolloutStarted { .. }
+            | Event::StepStarted { .. }
+            | Event::StepPassed { .. }
+            | Event::CheckFailed { .. }
+            | Event::RolloutFailed { .. } => self.apply_rollout(event),
+            Event::RevertStarted { .. } | Event::Reverted { .. } => self.apply_revert(event),
+            Event::Healthy { .. } | Event::ReconcileFinished { .. } | Event::Inventory { .. } => {
+                self.apply_outcome(event)
+            }
+            Event::Paused { .. }
+            | Event::Resumed { .. }
+            | Event::Approved { .. }
+            | Event::Pinned { .. }
+            | Event::Retried { .. } => self.apply_operator_action(event),
+            Event::Blocked { .. } | Event::Unblocked { .. } | Event::VerifyFailed { .. } => {
+                self.apply_refusal(event)
+            }
+            Event::Rejected { .. }
+            | Event::ReconcileStarted { .. }
+            | Event::ReconcileFailed { .. }
+            | Event::Promoted { .. }
+            | Event::RolloutResumed { .. }
+            | Event::RevertCommitted { .. }
+            | Event::DriftCorrected { .. } => {}
+        }
+    }
+
+    /// Folds a rollout's progress: its start, its steps, failing checks and its failure.
+    fn apply_rollout(&mut self, event: &Event) {
+        match event {
             Event::RolloutStarted {
                 revision,
                 previous,
@@ -125,26 +155,37 @@ impl History {
             }
             Event::RolloutFailed {
                 revision, reason, ..
-            } => {
-                self.blocked = None;
-                self.failed.insert(revision.clone());
-                self.last_failure = Some(Failure {
-                    revision: revision.clone(),
-                    reason: reason.clone(),
-                    checks: self
-                        .in_flight
-                        .as_ref()
-                        .map(|flight| flight.failing_checks.clone())
-                        .unwrap_or_default(),
-                });
-                if let Some(flight) = &mut self.in_flight {
-                    flight.failed = Some(reason.clone());
-                    if flight.previous.is_none() {
-                        // A first deploy has nothing to revert to: the failure is final.
-                        self.in_flight = None;
-                    }
-                }
+            } => self.fail_rollout(revision, reason),
+            // `apply` sends only rollout events here.
+            _ => {}
+        }
+    }
+
+    /// Marks `revision` failed, keeping the checks that failed during its rollout.
+    fn fail_rollout(&mut self, revision: &Revision, reason: &str) {
+        self.blocked = None;
+        self.failed.insert(revision.clone());
+        self.last_failure = Some(Failure {
+            revision: revision.clone(),
+            reason: reason.to_string(),
+            checks: self
+                .in_flight
+                .as_ref()
+                .map(|flight| flight.failing_checks.clone())
+                .unwrap_or_default(),
+        });
+        if let Some(flight) = &mut self.in_flight {
+            flight.failed = Some(reason.to_string());
+            if flight.previous.is_none() {
+                // A first deploy has nothing to revert to: the failure is final.
+                self.in_flight = None;
             }
+        }
+    }
+
+    /// Folds a revert's start and its end.
+    fn apply_revert(&mut self, event: &Event) {
+        match event {
             Event::RevertStarted {
                 revision,
                 to,
@@ -169,6 +210,14 @@ impl History {
                 self.reverting = None;
                 self.current = Some(to.clone());
             }
+            // `apply` sends only revert events here.
+            _ => {}
+        }
+    }
+
+    /// Folds where a pass left the environment: healthy, reconciled, and the types it used.
+    fn apply_outcome(&mut self, event: &Event) {
+        match event {
             Event::Healthy { revision } => {
                 self.blocked = None;
                 self.unverified = None;
@@ -177,6 +226,21 @@ impl History {
                 self.current = Some(revision.clone());
                 self.healthy.insert(revision.clone());
             }
+            Event::ReconcileFinished { revision, .. } => {
+                self.blocked = None;
+                self.current = Some(revision.clone());
+            }
+            Event::Inventory { kinds, .. } => {
+                self.kinds.extend(kinds.iter().cloned());
+            }
+            // `apply` sends only outcome events here.
+            _ => {}
+        }
+    }
+
+    /// Folds what an operator asked for: pause, resume, approval, rollback pin, retry.
+    fn apply_operator_action(&mut self, event: &Event) {
+        match event {
             Event::Paused { .. } => self.paused = true,
             Event::Resumed { .. } => {
                 self.paused = false;
@@ -188,13 +252,18 @@ impl History {
             Event::Pinned { revision, tip } => {
                 self.pin = Some((revision.clone(), tip.clone()));
             }
-            Event::Inventory { kinds, .. } => {
-                self.kinds.extend(kinds.iter().cloned());
+            Event::Retried { revision } => {
+                self.failed.remove(revision);
             }
-            Event::ReconcileFinished { revision, .. } => {
-                self.blocked = None;
-                self.current = Some(revision.clone());
-            }
+            // `apply` sends only operator actions here.
+            _ => {}
+        }
+    }
+
+    /// Folds what held a revision back without blaming it: a refusing cluster, an unverified
+    /// signature.
+    fn apply_refusal(&mut self, event: &Event) {
+        match event {
             Event::Blocked { revision, reason } => {
                 self.blocked = Some((revision.clone(), reason.clone()));
             }
@@ -204,16 +273,8 @@ impl History {
             } => {
                 self.unverified = Some((revision.clone(), reason.clone()));
             }
-            Event::Retried { revision } => {
-                self.failed.remove(revision);
-            }
-            Event::Rejected { .. }
-            | Event::ReconcileStarted { .. }
-            | Event::ReconcileFailed { .. }
-            | Event::Promoted { .. }
-            | Event::RolloutResumed { .. }
-            | Event::RevertCommitted { .. }
-            | Event::DriftCorrected { .. } => {}
+            // `apply` sends only refusals here.
+            _ => {}
         }
     }
 
@@ -656,5 +717,81 @@ mod tests {
                 at: None
             }
         );
+    }
+
+    #[test]
+    fn a_failed_rollout_keeps_the_checks_that_failed_during_it() {
+        let history = History::from_records(&[
+            record(
+                1,
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+            ),
+            record(2, started('b', Some('a'))),
+            record(
+                3,
+                Event::CheckFailed {
+                    revision: revision('b'),
+                    check: "errors".into(),
+                    detail: "too many".into(),
+                },
+            ),
+            record(
+                4,
+                Event::RolloutFailed {
+                    revision: revision('b'),
+                    reason: "bad".into(),
+                    cause: Some(cause::CHECK_FAILED.into()),
+                },
+            ),
+        ]);
+        let failing = vec![("errors".to_string(), "too many".to_string())];
+        assert_eq!(
+            history.last_failure,
+            Some(Failure {
+                revision: revision('b'),
+                reason: "bad".into(),
+                checks: failing.clone(),
+            })
+        );
+        let flight = history.in_flight.expect("kept for the revert");
+        assert_eq!(flight.failed.as_deref(), Some("bad"));
+        assert_eq!(flight.failing_checks, failing);
+    }
+
+    #[test]
+    fn refusals_clear_once_the_environment_moves_on() {
+        let blocked = |revision: Revision| Event::Blocked {
+            revision,
+            reason: "connection refused".into(),
+        };
+        let unverified = Event::VerifyFailed {
+            revision: revision('b'),
+            commit: revision('b'),
+            reason: "unsigned".into(),
+        };
+        let mut history = History::default();
+        history.apply(&blocked(revision('b')));
+        history.apply(&unverified);
+        assert!(history.blocked.is_some() && history.unverified.is_some());
+        history.apply(&Event::ReconcileFinished {
+            revision: revision('a'),
+            changes: Vec::new(),
+        });
+        assert_eq!(history.blocked, None, "a finished reconcile unblocks");
+        assert!(history.unverified.is_some(), "but verifies nothing");
+        assert_eq!(history.current, Some(revision('a')));
+
+        history.apply(&blocked(revision('c')));
+        history.apply(&Event::Unblocked {
+            revision: revision('c'),
+        });
+        assert_eq!(history.blocked, None);
+
+        history.apply(&blocked(revision('c')));
+        history.apply(&started('c', Some('a')));
+        assert_eq!(history.blocked, None, "a rollout start clears both");
+        assert_eq!(history.unverified, None);
     }
 }

@@ -9,95 +9,151 @@ use crate::journal::{ChangeRecord, Event, Record};
 /// below.
 pub fn write_history(records: &[Record], out: &mut dyn Write) -> io::Result<()> {
     for record in records {
-        writeln!(
-            out,
-            "{}  {:<12} #{:<5} {:<18} {}",
-            record.time.format("%Y-%m-%dT%H:%M:%SZ"),
-            record.environment,
-            record.seq,
-            record.event.name(),
-            record.event.revision().short()
-        )?;
-        match &record.event {
-            Event::Rejected { problems, .. } => {
-                for problem in problems {
-                    writeln!(out, "      {problem}")?;
-                }
+        write_headline(record, out)?;
+        write_details(&record.event, out)?;
+    }
+    Ok(())
+}
+
+/// Writes a record's line: time, environment, sequence number, event and revision.
+fn write_headline(record: &Record, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "{}  {:<12} #{:<5} {:<18} {}",
+        record.time.format("%Y-%m-%dT%H:%M:%SZ"),
+        record.environment,
+        record.seq,
+        record.event.name(),
+        record.event.revision().short()
+    )
+}
+
+/// Writes the indented lines below a record's line, for events that name more than a
+/// revision.
+fn write_details(event: &Event, out: &mut dyn Write) -> io::Result<()> {
+    match event {
+        Event::Rejected { .. }
+        | Event::ReconcileStarted { .. }
+        | Event::ReconcileFinished { .. }
+        | Event::ReconcileFailed { .. }
+        | Event::DriftCorrected { .. }
+        | Event::Inventory { .. } => write_reconcile_details(event, out),
+        Event::RolloutStarted { .. }
+        | Event::RolloutResumed { .. }
+        | Event::StepStarted { .. }
+        | Event::StepPassed { .. }
+        | Event::CheckFailed { .. }
+        | Event::RolloutFailed { .. }
+        | Event::Blocked { .. }
+        | Event::VerifyFailed { .. } => write_rollout_details(event, out),
+        Event::RevertStarted { .. }
+        | Event::Reverted { .. }
+        | Event::RevertCommitted { .. }
+        | Event::Pinned { .. } => write_revert_details(event, out),
+        Event::Promoted { .. }
+        | Event::Healthy { .. }
+        | Event::Paused { .. }
+        | Event::Resumed { .. }
+        | Event::Approved { .. }
+        | Event::Unblocked { .. }
+        | Event::Retried { .. } => Ok(()),
+    }
+}
+
+/// Details of a reconcile: problems, changes, the error, drift put back, types used.
+fn write_reconcile_details(event: &Event, out: &mut dyn Write) -> io::Result<()> {
+    match event {
+        Event::Rejected { problems, .. } => {
+            for problem in problems {
+                writeln!(out, "      {problem}")?;
             }
-            Event::ReconcileStarted { changes, .. } | Event::ReconcileFinished { changes, .. } => {
-                write_changes(changes, out)?;
-            }
-            Event::ReconcileFailed { applied, error, .. } => {
-                writeln!(out, "      after {applied} changes: {error}")?;
-            }
-            Event::RolloutStarted {
-                previous,
-                steps,
-                changes,
-                canaries,
-                ..
-            } => {
-                let from = previous
-                    .as_ref()
-                    .map_or("nothing (first deploy)", |p| p.short());
-                let steps: Vec<String> = steps.iter().map(|w| format!("{w}%")).collect();
-                writeln!(out, "      from {from}, steps {}", steps.join(" → "))?;
-                for canary in canaries {
-                    writeln!(out, "      canary for {canary}")?;
-                }
-                write_changes(changes, out)?;
-            }
-            Event::RolloutResumed { step, .. } => {
-                writeln!(out, "      after a restart, from step {}", step + 1)?;
-            }
-            Event::StepStarted { step, weight, .. } | Event::StepPassed { step, weight, .. } => {
-                writeln!(out, "      step {} ({weight}%)", step + 1)?;
-            }
-            Event::CheckFailed { check, detail, .. } => {
-                writeln!(out, "      {check}: {detail}")?;
-            }
-            Event::RolloutFailed { reason, cause, .. } => match cause {
-                Some(cause) => writeln!(out, "      {cause}: {reason}")?,
-                None => writeln!(out, "      {reason}")?,
-            },
-            Event::Blocked { reason, .. } => writeln!(out, "      {reason}")?,
-            Event::VerifyFailed { reason, .. } => writeln!(out, "      {reason}")?,
-            Event::RevertStarted { to, reason, .. } => {
-                writeln!(out, "      back to {}: {reason}", to.short())?;
-            }
-            Event::Reverted { to, .. } => writeln!(out, "      at {}", to.short())?,
-            Event::RevertCommitted { commit, .. } => {
-                writeln!(out, "      pushed revert commit {}", commit.short())?;
-            }
-            Event::Pinned { tip, .. } => {
+        }
+        Event::ReconcileStarted { changes, .. } | Event::ReconcileFinished { changes, .. } => {
+            write_changes(changes, out)?;
+        }
+        Event::ReconcileFailed { applied, error, .. } => {
+            writeln!(out, "      after {applied} changes: {error}")?;
+        }
+        Event::DriftCorrected { objects, .. } => {
+            for object in objects {
                 writeln!(
                     out,
-                    "      pinned until a commit after {} or a resume",
-                    tip.short()
+                    "      ~ {} ({})",
+                    object.object,
+                    object.fields.join(", ")
                 )?;
             }
-            Event::DriftCorrected { objects, .. } => {
-                for object in objects {
-                    writeln!(
-                        out,
-                        "      ~ {} ({})",
-                        object.object,
-                        object.fields.join(", ")
-                    )?;
-                }
-            }
-            Event::Inventory { kinds, .. } => {
-                let kinds: Vec<String> = kinds.iter().map(ToString::to_string).collect();
-                writeln!(out, "      types: {}", kinds.join(", "))?;
-            }
-            Event::Promoted { .. }
-            | Event::Healthy { .. }
-            | Event::Paused { .. }
-            | Event::Resumed { .. }
-            | Event::Approved { .. }
-            | Event::Unblocked { .. }
-            | Event::Retried { .. } => {}
         }
+        Event::Inventory { kinds, .. } => {
+            let kinds: Vec<String> = kinds.iter().map(ToString::to_string).collect();
+            writeln!(out, "      types: {}", kinds.join(", "))?;
+        }
+        // `write_details` sends only reconcile events here.
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Details of a rollout: its plan, steps, failing checks, and why it failed or was held.
+fn write_rollout_details(event: &Event, out: &mut dyn Write) -> io::Result<()> {
+    match event {
+        Event::RolloutStarted {
+            previous,
+            steps,
+            changes,
+            canaries,
+            ..
+        } => {
+            let from = previous
+                .as_ref()
+                .map_or("nothing (first deploy)", |p| p.short());
+            let steps: Vec<String> = steps.iter().map(|w| format!("{w}%")).collect();
+            writeln!(out, "      from {from}, steps {}", steps.join(" → "))?;
+            for canary in canaries {
+                writeln!(out, "      canary for {canary}")?;
+            }
+            write_changes(changes, out)?;
+        }
+        Event::RolloutResumed { step, .. } => {
+            writeln!(out, "      after a restart, from step {}", step + 1)?;
+        }
+        Event::StepStarted { step, weight, .. } | Event::StepPassed { step, weight, .. } => {
+            writeln!(out, "      step {} ({weight}%)", step + 1)?;
+        }
+        Event::CheckFailed { check, detail, .. } => {
+            writeln!(out, "      {check}: {detail}")?;
+        }
+        Event::RolloutFailed { reason, cause, .. } => match cause {
+            Some(cause) => writeln!(out, "      {cause}: {reason}")?,
+            None => writeln!(out, "      {reason}")?,
+        },
+        Event::Blocked { reason, .. } => writeln!(out, "      {reason}")?,
+        Event::VerifyFailed { reason, .. } => writeln!(out, "      {reason}")?,
+        // `write_details` sends only rollout events here.
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Details of a revert: where it goes and why, the commit pushed, an operator's pin.
+fn write_revert_details(event: &Event, out: &mut dyn Write) -> io::Result<()> {
+    match event {
+        Event::RevertStarted { to, reason, .. } => {
+            writeln!(out, "      back to {}: {reason}", to.short())?;
+        }
+        Event::Reverted { to, .. } => writeln!(out, "      at {}", to.short())?,
+        Event::RevertCommitted { commit, .. } => {
+            writeln!(out, "      pushed revert commit {}", commit.short())?;
+        }
+        Event::Pinned { tip, .. } => {
+            writeln!(
+                out,
+                "      pinned until a commit after {} or a resume",
+                tip.short()
+            )?;
+        }
+        // `write_details` sends only revert events here.
+        _ => {}
     }
     Ok(())
 }
@@ -191,4 +247,102 @@ pub fn write_status(environment: &str, history: &History, out: &mut dyn Write) -
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::DriftRecord;
+    use crate::model::{Action, Revision};
+    use chrono::{TimeZone, Utc};
+
+    fn revision(c: char) -> Revision {
+        Revision(c.to_string().repeat(40))
+    }
+
+    fn record(seq: u64, event: Event) -> Record {
+        Record {
+            seq,
+            time: Utc
+                .timestamp_opt(1_800_000_000 + seq as i64, 0)
+                .single()
+                .expect("valid timestamp"),
+            environment: "staging".into(),
+            event,
+        }
+    }
+
+    #[test]
+    fn history_lines_name_the_event_and_indent_what_it_carries() {
+        let records = [
+            record(
+                1,
+                Event::RolloutStarted {
+                    revision: revision('a'),
+                    previous: None,
+                    steps: vec![10, 100],
+                    changes: vec![ChangeRecord {
+                        action: Action::Update,
+                        object: "Deployment.apps shop/web".into(),
+                        hash: None,
+                    }],
+                    canaries: vec!["Deployment.apps shop/web".into()],
+                    baseline: Vec::new(),
+                },
+            ),
+            record(
+                2,
+                Event::RolloutFailed {
+                    revision: revision('a'),
+                    reason: "slow".into(),
+                    cause: Some("Timeout".into()),
+                },
+            ),
+            record(
+                3,
+                Event::Healthy {
+                    revision: revision('b'),
+                },
+            ),
+            record(
+                4,
+                Event::Pinned {
+                    revision: revision('b'),
+                    tip: revision('c'),
+                },
+            ),
+            record(
+                5,
+                Event::DriftCorrected {
+                    revision: revision('b'),
+                    objects: vec![DriftRecord {
+                        object: "ConfigMap shop/web".into(),
+                        fields: vec!["data.MODE".into(), "data.LEVEL".into()],
+                    }],
+                },
+            ),
+        ];
+        let mut out = Vec::new();
+        write_history(&records, &mut out).expect("writes to memory");
+        let a = "a".repeat(12);
+        let b = "b".repeat(12);
+        let c = "c".repeat(12);
+        let expected = [
+            format!("2027-01-15T08:00:01Z  staging      #1     rollout_started    {a}"),
+            "      from nothing (first deploy), steps 10% → 100%".to_string(),
+            "      canary for Deployment.apps shop/web".to_string(),
+            "      ~ update Deployment.apps shop/web".to_string(),
+            format!("2027-01-15T08:00:02Z  staging      #2     rollout_failed     {a}"),
+            "      Timeout: slow".to_string(),
+            format!("2027-01-15T08:00:03Z  staging      #3     healthy            {b}"),
+            format!("2027-01-15T08:00:04Z  staging      #4     pinned             {b}"),
+            format!("      pinned until a commit after {c} or a resume"),
+            format!("2027-01-15T08:00:05Z  staging      #5     drift_corrected    {b}"),
+            "      ~ ConfigMap shop/web (data.MODE, data.LEVEL)".to_string(),
+        ];
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            expected.map(|line| line + "\n").concat()
+        );
+    }
 }

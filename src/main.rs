@@ -41,95 +41,98 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     // One TLS provider for the whole process (gix's https transport uses rustls).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let result = runtime.block_on(async move {
-        let mut stdout = std::io::stdout().lock();
-        match cli.command {
-            Command::Validate { rev, server } => {
-                Ok(commands::validate(&cli.config, rev.as_deref(), server, &mut stdout).await?)
-            }
-            Command::Run { once } => {
-                let config = Config::load(&cli.config)?;
-                let signals = signals()?;
-                Ok(commands::run(&cli.config, config, once, signals).await)
-            }
-            Command::Diff {
-                env,
-                rev,
-                against,
-                output,
-                max_bytes,
-                color,
-            } => {
-                let config = Config::load(&cli.config)?;
-                let colour = match color {
-                    ColourChoice::Always => Colour::Ansi,
-                    ColourChoice::Never => Colour::Never,
-                    ColourChoice::Auto if std::io::stdout().is_terminal() => Colour::Ansi,
-                    ColourChoice::Auto => Colour::Never,
-                };
-                let output = match output {
-                    DiffFormat::Text => DiffOutput::Text(colour),
-                    DiffFormat::Markdown => DiffOutput::Markdown { max_bytes },
-                    DiffFormat::Json => DiffOutput::Json,
-                };
-                let request = DiffRequest {
-                    only: env.as_deref(),
-                    rev: rev.as_deref(),
-                    against: &against,
-                    output,
-                };
-                Ok(commands::diff(&config, &request, &mut stdout).await?)
-            }
-            Command::Approve { env, revision } => {
-                control(
-                    &cli.config,
-                    &env,
-                    ControlAction::Approve(revision),
-                    &mut stdout,
-                )
-                .await
-            }
-            Command::Pause { env } => {
-                control(&cli.config, &env, ControlAction::Pause, &mut stdout).await
-            }
-            Command::Retry { env } => {
-                control(&cli.config, &env, ControlAction::Retry, &mut stdout).await
-            }
-            Command::Resume { env } => {
-                control(&cli.config, &env, ControlAction::Resume, &mut stdout).await
-            }
-            Command::Rollback { env, to } => {
-                control(&cli.config, &env, ControlAction::Rollback(to), &mut stdout).await
-            }
-            Command::Status { env } => {
-                let config = Config::load(&cli.config)?;
-                Ok(commands::status(&config, env.as_deref(), &mut stdout)?)
-            }
-            Command::History { env, stats } => {
-                let config = Config::load(&cli.config)?;
-                Ok(commands::history(
-                    &config,
-                    env.as_deref(),
-                    stats,
-                    &mut stdout,
-                )?)
-            }
-        }
-    });
+    let result = runtime.block_on(dispatch(cli));
     // A worker thread can still be stuck in a fetch whose remote never answered (it was given
     // up on): do not wait for it on the way out.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     result
 }
 
-/// Turns true on SIGTERM or ctrl-c.
+/// Runs the subcommand.
+async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let mut stdout = std::io::stdout().lock();
+    let path = cli.config.as_path();
+    match cli.command {
+        Command::Validate { rev, server } => {
+            Ok(commands::validate(path, rev.as_deref(), server, &mut stdout).await?)
+        }
+        Command::Run { once } => {
+            let config = load(path).await?;
+            let signals = signals()?;
+            Ok(commands::run(path, config, once, signals).await)
+        }
+        Command::Diff {
+            env,
+            rev,
+            against,
+            output,
+            max_bytes,
+            color,
+        } => {
+            let config = load(path).await?;
+            let request = DiffRequest {
+                only: env.as_deref(),
+                rev: rev.as_deref(),
+                against: &against,
+                output: diff_output(output, max_bytes, color),
+            };
+            Ok(commands::diff(&config, &request, &mut stdout).await?)
+        }
+        Command::Approve { env, revision } => {
+            let action = ControlAction::Approve(revision);
+            control(path, &env, action, &mut stdout).await
+        }
+        Command::Pause { env } => control(path, &env, ControlAction::Pause, &mut stdout).await,
+        Command::Retry { env } => control(path, &env, ControlAction::Retry, &mut stdout).await,
+        Command::Resume { env } => control(path, &env, ControlAction::Resume, &mut stdout).await,
+        Command::Rollback { env, to } => {
+            control(path, &env, ControlAction::Rollback(to), &mut stdout).await
+        }
+        Command::Status { env } => {
+            let config = load(path).await?;
+            Ok(commands::status(&config, env.as_deref(), &mut stdout)?)
+        }
+        Command::History { env, stats } => {
+            let config = load(path).await?;
+            Ok(commands::history(
+                &config,
+                env.as_deref(),
+                stats,
+                &mut stdout,
+            )?)
+        }
+    }
+}
+
+/// Reads and checks the config file, off the async workers.
+async fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    let path = path.to_path_buf();
+    Ok(gitopsd::blocking::off_thread("reading the config", move || Config::load(&path)).await??)
+}
+
+/// How `diff` writes: text (coloured on a terminal unless told otherwise), markdown or JSON.
+fn diff_output(format: DiffFormat, max_bytes: usize, color: ColourChoice) -> DiffOutput {
+    let colour = match color {
+        ColourChoice::Always => Colour::Ansi,
+        ColourChoice::Never => Colour::Never,
+        ColourChoice::Auto if std::io::stdout().is_terminal() => Colour::Ansi,
+        ColourChoice::Auto => Colour::Never,
+    };
+    match format {
+        DiffFormat::Text => DiffOutput::Text(colour),
+        DiffFormat::Markdown => DiffOutput::Markdown { max_bytes },
+        DiffFormat::Json => DiffOutput::Json,
+    }
+}
+
+/// Sends one control action to the running daemon.
 async fn control(
     config_path: &std::path::Path,
     environment: &str,
     action: commands::ControlAction,
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<u8> {
-    let config = Config::load(config_path)?;
+    let config = load(config_path).await?;
     Ok(commands::control(&config, environment, action, out).await?)
 }
 

@@ -68,91 +68,94 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("gitopsd");
-        let reconcile_seconds =
-            Family::<EnvironmentLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-                seconds_histogram,
-            );
-        let rollouts = Family::<ResultLabels, Counter>::default();
-        let revision = Family::<RevisionLabels, Gauge>::default();
-        let last_success = Family::<EnvironmentLabel, Gauge>::default();
-        let fetch_seconds =
-            Family::<FetchLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                seconds_histogram,
-            );
-        let checks = Family::<CheckLabels, Counter>::default();
-        let drift = Family::<EnvironmentLabel, Counter>::default();
-        let failures = Family::<CauseLabels, Counter>::default();
-        let blocked = Family::<EnvironmentLabel, Gauge>::default();
-        let verify_failures = Family::<EnvironmentLabel, Counter>::default();
-        registry.register(
-            "verify_failures",
-            "Branch tips refused because a commit was unsigned or not signed by an allowed key ([repo.verify])",
-            verify_failures.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time one pass over an environment took (rollouts include their bake and verify time)",
-            reconcile_seconds.clone(),
-        );
-        registry.register(
-            "rollouts",
-            "Rollouts by result: healthy, reverted, failed (a first deploy with nothing to revert to)",
-            rollouts.clone(),
-        );
-        registry.register(
-            "revision_info",
-            "The revision each environment is at (value 1)",
-            revision.clone(),
-        );
-        registry.register(
-            "last_success_timestamp_seconds",
-            "Unix time of the last pass that left the environment healthy",
-            last_success.clone(),
-        );
-        registry.register(
-            "git_fetch_duration_seconds",
-            "Time a git fetch took, by result",
-            fetch_seconds.clone(),
-        );
-        registry.register(
-            "check_results",
-            "Health check results, by check and result (healthy, unhealthy)",
-            checks.clone(),
-        );
-        registry.register(
-            "drift",
-            "Objects found changed outside git and put back",
-            drift.clone(),
-        );
-        registry.register(
-            "rollout_failures",
-            "Failed rollouts by cause: a Kubernetes reason (CrashLoopBackOff, ImagePullBackOff, ProgressDeadlineExceeded, JobFailed, Restarts), CheckFailed, Timeout or Rejected",
-            failures.clone(),
-        );
-        registry.register(
-            "blocked",
-            "1 while the cluster refuses an environment's writes or reads (unreachable, 5xx, 429, conflict): the revision is not blamed and is retried",
-            blocked.clone(),
-        );
-        Self {
-            registry,
-            failures,
-            blocked,
-            verify_failures,
-            reconcile_seconds,
-            rollouts,
-            revision,
-            last_success,
-            fetch_seconds,
-            checks,
-            drift,
+        let mut metrics = Self {
+            registry: Registry::with_prefix("gitopsd"),
+            reconcile_seconds:
+                Family::<EnvironmentLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                    seconds_histogram,
+                ),
+            rollouts: Family::default(),
+            revision: Family::default(),
+            last_success: Family::default(),
+            fetch_seconds:
+                Family::<FetchLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                    seconds_histogram,
+                ),
+            checks: Family::default(),
+            drift: Family::default(),
+            failures: Family::default(),
+            verify_failures: Family::default(),
+            blocked: Family::default(),
             revisions_set: Default::default(),
-        }
+        };
+        // Two groups, registered in this order so the exposition keeps its order.
+        metrics.register_pass_families();
+        metrics.register_trouble_families();
+        metrics
     }
 }
 
 impl Metrics {
+    /// Registers how passes go: refused tips, pass times, rollout results, the revision and
+    /// last success of each environment, fetch times.
+    fn register_pass_families(&mut self) {
+        self.registry.register(
+            "verify_failures",
+            "Branch tips refused because a commit was unsigned or not signed by an allowed key ([repo.verify])",
+            self.verify_failures.clone(),
+        );
+        self.registry.register(
+            "reconcile_duration_seconds",
+            "Time one pass over an environment took (rollouts include their bake and verify time)",
+            self.reconcile_seconds.clone(),
+        );
+        self.registry.register(
+            "rollouts",
+            "Rollouts by result: healthy, reverted, failed (a first deploy with nothing to revert to)",
+            self.rollouts.clone(),
+        );
+        self.registry.register(
+            "revision_info",
+            "The revision each environment is at (value 1)",
+            self.revision.clone(),
+        );
+        self.registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last pass that left the environment healthy",
+            self.last_success.clone(),
+        );
+        self.registry.register(
+            "git_fetch_duration_seconds",
+            "Time a git fetch took, by result",
+            self.fetch_seconds.clone(),
+        );
+    }
+
+    /// Registers what goes wrong: check results, drift, rollout failures by cause, blocked
+    /// environments.
+    fn register_trouble_families(&mut self) {
+        self.registry.register(
+            "check_results",
+            "Health check results, by check and result (healthy, unhealthy)",
+            self.checks.clone(),
+        );
+        self.registry.register(
+            "drift",
+            "Objects found changed outside git and put back",
+            self.drift.clone(),
+        );
+        self.registry.register(
+            "rollout_failures",
+            "Failed rollouts by cause: a Kubernetes reason (CrashLoopBackOff, ImagePullBackOff, ProgressDeadlineExceeded, JobFailed, Restarts), CheckFailed, Timeout or Rejected",
+            self.failures.clone(),
+        );
+        self.registry.register(
+            "blocked",
+            "1 while the cluster refuses an environment's writes or reads (unreachable, 5xx, 429, conflict): the revision is not blamed and is retried",
+            self.blocked.clone(),
+        );
+    }
+
     pub fn reconciled(&self, environment: &str, took: Duration) {
         self.reconcile_seconds
             .get_or_create(&EnvironmentLabel {
@@ -312,6 +315,44 @@ mod tests {
             metrics
                 .render()
                 .contains("gitopsd_blocked{environment=\"staging\"} 0")
+        );
+    }
+
+    #[test]
+    fn every_family_is_exported_in_registration_order() {
+        let metrics = Metrics::default();
+        // A family with no series is not rendered: give each one.
+        metrics.set_blocked("staging", true);
+        metrics.rollout_failed("staging", "Timeout");
+        metrics.drifted("staging", 1);
+        metrics.check("staging", "web", true);
+        metrics.fetched(true, Duration::from_millis(10));
+        metrics.succeeded("staging", 1_800_000_000);
+        metrics.at_revision("staging", "aaa");
+        metrics.rollout("staging", "healthy");
+        metrics.reconciled("staging", Duration::from_millis(10));
+        metrics.verify_failed("staging");
+        let text = metrics.render();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE gitopsd_"))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        assert_eq!(
+            families,
+            [
+                "verify_failures",
+                "reconcile_duration_seconds",
+                "rollouts",
+                "revision_info",
+                "last_success_timestamp_seconds",
+                "git_fetch_duration_seconds",
+                "check_results",
+                "drift",
+                "rollout_failures",
+                "blocked",
+            ],
+            "{text}"
         );
     }
 }

@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::{CheckKind, HealthCheckConfig};
-use crate::health::{self, CheckResult};
+use crate::health::{self, CheckKind, CheckResult, HealthCheckConfig};
 
 /// Longest command output quoted in a failed check's detail.
 const DETAIL_LIMIT: usize = 300;

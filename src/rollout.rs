@@ -15,6 +15,36 @@ pub struct Timing {
     pub verify: Duration,
 }
 
+/// How changes are rolled out (DESIGN §4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    /// Canary weights in percent, increasing, ending with 100 (the promotion).
+    pub steps: Vec<u8>,
+    /// How long each canary step must stay healthy.
+    pub bake: Duration,
+    /// How long a step's objects may take to become ready.
+    pub timeout: Duration,
+    /// How long checks keep running after promotion.
+    pub verify: Duration,
+    /// After a revert, commit the environment's folder back to the healthy revision and push.
+    pub revert_commit: bool,
+    /// Restarts a container of a new pod may have before the step fails at once.
+    pub max_restarts: u32,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            steps: vec![100],
+            bake: Duration::ZERO,
+            timeout: Duration::from_secs(300),
+            verify: Duration::ZERO,
+            revert_commit: false,
+            max_restarts: 2,
+        }
+    }
+}
+
 /// Where a rollout stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Phase {
@@ -191,7 +221,21 @@ impl Rollout {
         observation: Observation,
         now: DateTime<Utc>,
     ) -> (Option<Milestone>, Decision) {
-        let (next, milestone) = match (&self.phase, observation) {
+        let (next, milestone) = self.transition(observation, now);
+        if let Some(next) = next {
+            self.phase = next;
+        }
+        (milestone, self.decision())
+    }
+
+    /// The phase an observation leads to from the current one (none: stay) and the milestone
+    /// reached on the way.
+    fn transition(
+        &self,
+        observation: Observation,
+        now: DateTime<Utc>,
+    ) -> (Option<Phase>, Option<Milestone>) {
+        match (&self.phase, observation) {
             (Phase::Apply { step }, Observation::Applied) => (
                 Some(Phase::AwaitReady {
                     step: *step,
@@ -202,34 +246,11 @@ impl Rollout {
             (Phase::AwaitReady { step, .. }, Observation::Ready) => {
                 (Some(Phase::Shrink { step: *step }), None)
             }
-            (Phase::Shrink { step }, Observation::Shrunk) => {
-                if self.is_last(*step) {
-                    (
-                        Some(Phase::Verify {
-                            until: after(now, self.timing.verify),
-                        }),
-                        Some(Milestone::Promoted),
-                    )
-                } else {
-                    (
-                        Some(Phase::Bake {
-                            step: *step,
-                            until: after(now, self.timing.bake),
-                        }),
-                        None,
-                    )
-                }
-            }
+            (Phase::Shrink { step }, Observation::Shrunk) => self.shrunk(*step, now),
             (Phase::AwaitReady { step, deadline }, Observation::NotReady { detail })
                 if now >= *deadline =>
             {
-                let reason = format!(
-                    "step {} ({}%): not ready within {}: {detail}",
-                    step + 1,
-                    self.weight(*step),
-                    humantime::format_duration(self.timing.timeout)
-                );
-                failed(reason, cause::TIMEOUT)
+                self.timed_out(*step, &detail)
             }
             (Phase::AwaitReady { step, .. }, Observation::Broken { cause, detail }) => {
                 let reason = format!("step {} ({}%): {detail}", step + 1, self.weight(*step));
@@ -238,23 +259,9 @@ impl Rollout {
             (
                 Phase::Bake { step, .. } | Phase::AwaitReady { step, .. } | Phase::Shrink { step },
                 Observation::CheckFailed(failure),
-            ) => {
-                let reason = format!(
-                    "step {} ({}%): check {:?} failed {} times in a row: {}",
-                    step + 1,
-                    self.weight(*step),
-                    failure.check,
-                    failure.consecutive,
-                    failure.detail
-                );
-                failed(reason, cause::CHECK_FAILED)
-            }
+            ) => self.check_failed_at_step(*step, &failure),
             (Phase::Verify { .. }, Observation::CheckFailed(failure)) => {
-                let reason = format!(
-                    "verify after promotion: check {:?} failed {} times in a row: {}",
-                    failure.check, failure.consecutive, failure.detail
-                );
-                failed(reason, cause::CHECK_FAILED)
+                Self::check_failed_in_verify(&failure)
             }
             (Phase::Bake { step, until }, Observation::Tick) if now >= *until => (
                 Some(Phase::Apply { step: step + 1 }),
@@ -267,11 +274,65 @@ impl Rollout {
                 (Some(Phase::Succeeded), Some(Milestone::Succeeded))
             }
             _ => (None, None),
-        };
-        if let Some(next) = next {
-            self.phase = next;
         }
-        (milestone, self.decision())
+    }
+
+    /// After a step shrank what it replaces: the last step is the promotion and verifies, any
+    /// other bakes.
+    fn shrunk(&self, step: usize, now: DateTime<Utc>) -> (Option<Phase>, Option<Milestone>) {
+        if self.is_last(step) {
+            (
+                Some(Phase::Verify {
+                    until: after(now, self.timing.verify),
+                }),
+                Some(Milestone::Promoted),
+            )
+        } else {
+            (
+                Some(Phase::Bake {
+                    step,
+                    until: after(now, self.timing.bake),
+                }),
+                None,
+            )
+        }
+    }
+
+    /// Fails a step whose objects were not ready by its deadline.
+    fn timed_out(&self, step: usize, detail: &str) -> (Option<Phase>, Option<Milestone>) {
+        let reason = format!(
+            "step {} ({}%): not ready within {}: {detail}",
+            step + 1,
+            self.weight(step),
+            humantime::format_duration(self.timing.timeout)
+        );
+        failed(reason, cause::TIMEOUT)
+    }
+
+    /// Fails a step (before promotion) on a check that reached its threshold.
+    fn check_failed_at_step(
+        &self,
+        step: usize,
+        failure: &CheckFailure,
+    ) -> (Option<Phase>, Option<Milestone>) {
+        let reason = format!(
+            "step {} ({}%): check {:?} failed {} times in a row: {}",
+            step + 1,
+            self.weight(step),
+            failure.check,
+            failure.consecutive,
+            failure.detail
+        );
+        failed(reason, cause::CHECK_FAILED)
+    }
+
+    /// Fails a promoted rollout on a check that reached its threshold while verifying.
+    fn check_failed_in_verify(failure: &CheckFailure) -> (Option<Phase>, Option<Milestone>) {
+        let reason = format!(
+            "verify after promotion: check {:?} failed {} times in a row: {}",
+            failure.check, failure.consecutive, failure.detail
+        );
+        failed(reason, cause::CHECK_FAILED)
     }
 }
 
@@ -495,6 +556,41 @@ mod tests {
         assert_eq!(
             rollout.observe(Observation::Tick, at(0)).1,
             Decision::Succeed
+        );
+    }
+
+    #[test]
+    fn observations_that_do_not_fit_the_phase_change_nothing() {
+        let mut rollout = Rollout::new(vec![25, 100], timing());
+        let unchanged = |rollout: &mut Rollout, observation: Observation, now| {
+            let before = rollout.phase().clone();
+            assert_eq!(rollout.observe(observation, now).0, None);
+            assert_eq!(rollout.phase(), &before);
+        };
+        // Checks only count once the step's objects are written.
+        unchanged(&mut rollout, Observation::CheckFailed(failure()), at(0));
+        unchanged(&mut rollout, Observation::Ready, at(0));
+        rollout.observe(Observation::Applied, at(0));
+        // Not ready before the deadline is waited out.
+        unchanged(
+            &mut rollout,
+            Observation::NotReady {
+                detail: "starting".into(),
+            },
+            at(29),
+        );
+        unchanged(&mut rollout, Observation::Shrunk, at(29));
+        rollout.observe(Observation::Ready, at(29));
+        rollout.observe(Observation::Shrunk, at(29));
+        // A bake ends on a tick at its end, not before.
+        unchanged(&mut rollout, Observation::Tick, at(88));
+        unchanged(&mut rollout, Observation::Applied, at(88));
+        assert_eq!(
+            rollout.observe(Observation::Tick, at(89)).0,
+            Some(Milestone::StepPassed {
+                step: 0,
+                weight: 25
+            })
         );
     }
 }

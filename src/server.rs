@@ -20,7 +20,7 @@ use crate::history::History;
 use crate::journal::{Event, SharedJournal};
 use crate::metrics::Metrics;
 use crate::model::Revision;
-use crate::source::GitSource;
+use crate::source::{GitSource, SourceError};
 
 /// What the API needs to reach an environment's task.
 #[derive(Debug, Clone)]
@@ -134,13 +134,26 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listen` until the process ends.
-pub async fn serve(listen: SocketAddr, state: ApiState) -> std::io::Result<()> {
+/// `<state dir>/api.addr`: the address the running daemon's API listens on (one line), written
+/// whole once it is bound and removed on a clean stop; how commands find an API on port 0.
+pub fn address_file(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("api.addr")
+}
+
+/// Binds the API's listener on `listen` (port 0: a free port the system picks) and logs the
+/// address it got as `api listening on ADDRESS`.
+pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "HTTP API listening");
-    if let Some(warning) = exposure_warning(listen) {
+    let bound = listener.local_addr()?;
+    tracing::info!("api listening on {bound}");
+    if let Some(warning) = exposure_warning(bound) {
         tracing::warn!("{warning}");
     }
+    Ok(listener)
+}
+
+/// Serves the API on `listener` (from [`bind`]) until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
@@ -277,6 +290,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     bool::from(a.ct_eq(b))
 }
 
+/// A request refused, with the answer that says why (boxed: handlers return it through
+/// `Result`s, and a `Response` is large).
+type Refused = Box<Response>;
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refused {
+    Box::new(error(status, message))
+}
+
 async fn control(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -284,132 +305,23 @@ async fn control(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (token, source) = {
-        let reloadable = state
-            .reloadable
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        (reloadable.token.clone(), reloadable.source.clone())
+    let source = match authenticate(&state, peer, &headers, &environment, &action) {
+        Ok(source) => source,
+        Err(refused) => return *refused,
     };
-    let Some(token) = token else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "control endpoints are disabled: set api.token_file",
-        );
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    if let Some(wait) = state.limiter.locked_out(peer.ip(), Instant::now()) {
-        tracing::warn!(%peer, "control request refused: too many failed authentications");
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
-            Json(
-                serde_json::json!({ "error": "too many failed authentications; try again later" }),
-            ),
-        )
-            .into_response();
-    }
-    if !presented.is_some_and(|presented| same(presented.as_bytes(), token.as_bytes())) {
-        state.limiter.failed(peer.ip(), Instant::now());
-        tracing::warn!(%peer, %environment, %action, "control request refused: bad or missing token");
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(serde_json::json!({ "error": "a valid bearer token is required" })),
-        )
-            .into_response();
-    }
     let Some(handle) = state.controls.get(&environment) else {
         return error(
             StatusCode::NOT_FOUND,
             format!("no environment named {environment:?}"),
         );
     };
-    let body: ControlBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ControlBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(body) => body,
-            Err(parse_error) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid JSON body: {parse_error}"),
-                );
-            }
-        }
+    let event = match control_body(&body) {
+        Ok(body) => control_event(&action, body, &handle, &source).await,
+        Err(refused) => Err(refused),
     };
-    let resolve = |rev: String| {
-        let source = source.clone();
-        async move {
-            tokio::task::spawn_blocking(move || source.resolve(&rev))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|resolved| resolved.map_err(|e| e.to_string()))
-        }
-    };
-    let tip = {
-        let source = source.clone();
-        match tokio::task::spawn_blocking(move || source.branch_tip()).await {
-            Ok(Ok(Some(tip))) => tip,
-            _ => return error(StatusCode::SERVICE_UNAVAILABLE, "no revision fetched yet"),
-        }
-    };
-    let event = match action.as_str() {
-        "pause" => Event::Paused { revision: tip },
-        "resume" => Event::Resumed { revision: tip },
-        "retry" => {
-            let held = handle
-                .journal
-                .with_history(|history| history.failed.contains(&tip));
-            if !held {
-                return error(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "the branch tip {} is not held as failed: nothing to retry",
-                        tip.short()
-                    ),
-                );
-            }
-            Event::Retried { revision: tip }
-        }
-        "approve" => {
-            let Some(rev) = body.revision else {
-                return error(StatusCode::BAD_REQUEST, "approve needs {\"revision\": REV}");
-            };
-            match resolve(rev).await {
-                Ok(revision) => Event::Approved { revision },
-                Err(message) => return error(StatusCode::BAD_REQUEST, message),
-            }
-        }
-        "rollback" => {
-            let Some(rev) = body.to else {
-                return error(StatusCode::BAD_REQUEST, "rollback needs {\"to\": REV}");
-            };
-            let revision = match resolve(rev).await {
-                Ok(revision) => revision,
-                Err(message) => return error(StatusCode::BAD_REQUEST, message),
-            };
-            // A rollback applies a revision like any other: it must be signed as required.
-            let checked = {
-                let source = source.clone();
-                let revision = revision.clone();
-                tokio::task::spawn_blocking(move || source.verify(&revision, None)).await
-            };
-            match checked {
-                Ok(Ok(_)) => Event::Pinned { revision, tip },
-                Ok(Err(unverified)) => {
-                    return error(
-                        StatusCode::CONFLICT,
-                        format!("refused: {unverified} ([repo.verify])"),
-                    );
-                }
-                Err(join) => return error(StatusCode::INTERNAL_SERVER_ERROR, join.to_string()),
-            }
-        }
-        other => return error(StatusCode::NOT_FOUND, format!("unknown action {other:?}")),
+    let event = match event {
+        Ok(event) => event,
+        Err(refused) => return *refused,
     };
     let revision = event.revision().0.clone();
     if let Err(journal_error) = handle.journal.append(event, Utc::now()) {
@@ -423,6 +335,182 @@ async fn control(
         revision,
     })
     .into_response()
+}
+
+/// Lets a control request through only with the API token, from an address that has not
+/// failed too often; answers with the source to resolve revisions in.
+fn authenticate(
+    state: &ApiState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    environment: &str,
+    action: &str,
+) -> Result<GitSource, Refused> {
+    let (token, source) = {
+        let reloadable = state
+            .reloadable
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (reloadable.token.clone(), reloadable.source.clone())
+    };
+    let Some(token) = token else {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "control endpoints are disabled: set api.token_file",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if let Some(wait) = state.limiter.locked_out(peer.ip(), Instant::now()) {
+        tracing::warn!(%peer, "control request refused: too many failed authentications");
+        return Err(Box::new(
+            (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
+            Json(
+                serde_json::json!({ "error": "too many failed authentications; try again later" }),
+            ),
+        )
+            .into_response(),
+        ));
+    }
+    if !presented.is_some_and(|presented| same(presented.as_bytes(), token.as_bytes())) {
+        state.limiter.failed(peer.ip(), Instant::now());
+        tracing::warn!(%peer, %environment, %action, "control request refused: bad or missing token");
+        return Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(serde_json::json!({ "error": "a valid bearer token is required" })),
+            )
+                .into_response(),
+        ));
+    }
+    Ok(source)
+}
+
+/// The request's JSON body; an empty body is an empty request.
+fn control_body(body: &[u8]) -> Result<ControlBody, Refused> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ControlBody::default());
+    }
+    serde_json::from_slice(body).map_err(|parse_error| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("invalid JSON body: {parse_error}"),
+        )
+    })
+}
+
+/// What an action journals: pause and resume at the branch tip, a retry of the held tip, an
+/// approval or a rollback of a revision the request names.
+async fn control_event(
+    action: &str,
+    body: ControlBody,
+    handle: &EnvironmentHandle,
+    source: &GitSource,
+) -> Result<Event, Refused> {
+    let tip = match off_git(source, "reading the branch tip", GitSource::branch_tip).await {
+        Ok(Some(tip)) => tip,
+        _ => {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no revision fetched yet",
+            ));
+        }
+    };
+    match action {
+        "pause" => Ok(Event::Paused { revision: tip }),
+        "resume" => Ok(Event::Resumed { revision: tip }),
+        "retry" => {
+            let held = handle
+                .journal
+                .with_history(|history| history.failed.contains(&tip));
+            if !held {
+                return Err(refuse(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the branch tip {} is not held as failed: nothing to retry",
+                        tip.short()
+                    ),
+                ));
+            }
+            Ok(Event::Retried { revision: tip })
+        }
+        "approve" => {
+            let Some(rev) = body.revision else {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "approve needs {\"revision\": REV}",
+                ));
+            };
+            let revision = resolve(source, rev).await?;
+            Ok(Event::Approved { revision })
+        }
+        "rollback" => {
+            let Some(rev) = body.to else {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "rollback needs {\"to\": REV}",
+                ));
+            };
+            let revision = resolve(source, rev).await?;
+            verified_for_rollback(source, &revision).await?;
+            Ok(Event::Pinned { revision, tip })
+        }
+        other => Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("unknown action {other:?}"),
+        )),
+    }
+}
+
+/// Runs one git read of `source` off the async workers.
+async fn off_git<T: Send + 'static>(
+    source: &GitSource,
+    what: &'static str,
+    read: impl FnOnce(&GitSource) -> Result<T, SourceError> + Send + 'static,
+) -> Result<T, Refused> {
+    let source = source.clone();
+    match crate::blocking::off_thread(what, move || read(&source)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source_error)) => Err(refuse(StatusCode::BAD_REQUEST, source_error.to_string())),
+        Err(stopped) => Err(refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            stopped.to_string(),
+        )),
+    }
+}
+
+/// The commit a request names (a sha, a tag, a branch).
+async fn resolve(source: &GitSource, rev: String) -> Result<Revision, Refused> {
+    off_git(source, "resolving a revision", move |source| {
+        source.resolve(&rev)
+    })
+    .await
+}
+
+/// A rollback applies a revision like any other: it must be signed as required.
+async fn verified_for_rollback(source: &GitSource, revision: &Revision) -> Result<(), Refused> {
+    let source = source.clone();
+    let revision = revision.clone();
+    let checked = crate::blocking::off_thread("verifying a signature", move || {
+        source.verify(&revision, None)
+    })
+    .await;
+    match checked {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(unverified)) => Err(refuse(
+            StatusCode::CONFLICT,
+            format!("refused: {unverified} ([repo.verify])"),
+        )),
+        Err(stopped) => Err(refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            stopped.to_string(),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -8,13 +8,21 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::WebhookConfig;
 use crate::journal::Event;
 
 /// Notifications queued beyond this are dropped (and logged) rather than slowing a rollout.
 const QUEUE: usize = 1024;
 /// Attempts per notification and webhook.
 const ATTEMPTS: u32 = 5;
+
+/// A webhook told about rollouts (`[[webhook]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Only these events; empty means all.
+    pub events: Vec<String>,
+    pub timeout: Duration,
+}
 
 /// One notification, as posted.
 #[derive(Debug, Clone, Serialize, PartialEq)]

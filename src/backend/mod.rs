@@ -7,6 +7,7 @@ pub mod kubernetes;
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::path::PathBuf;
 
 use serde_json::Value;
 use thiserror::Error;
@@ -17,6 +18,15 @@ use crate::plan::Compare;
 
 pub use directory::DirectoryTarget;
 pub use kubernetes::{KubernetesSettings, KubernetesTarget};
+
+/// Where an environment's live state lives (`target = { type = … }`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetConfig {
+    /// Live state is a folder of YAML files.
+    Directory { path: PathBuf },
+    /// A Kubernetes cluster through its API server.
+    Kubernetes(KubernetesSettings),
+}
 
 /// Whom a failed write blames: the revision (hold it as failed) or the cluster (retry later).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,21 +218,28 @@ pub enum AnyTarget {
 }
 
 impl AnyTarget {
-    /// Opens the target `environment` is configured with (for Kubernetes: builds its client).
-    pub async fn open(environment: &crate::config::EnvironmentConfig) -> Result<Self, TargetError> {
-        Ok(match &environment.target {
-            crate::config::TargetConfig::Directory { path } => {
-                AnyTarget::Directory(DirectoryTarget::new(path, &environment.name))
+    /// Opens the target `config` describes for `environment` (for Kubernetes: builds its
+    /// client). `source` (`<repo url>#<branch>:<path>`) is recorded on what the environment
+    /// owns; the ApplySet parent lives in `namespace` unless the target names another.
+    pub async fn open(
+        config: &TargetConfig,
+        environment: &str,
+        source: &str,
+        namespace: &str,
+    ) -> Result<Self, TargetError> {
+        Ok(match config {
+            TargetConfig::Directory { path } => {
+                AnyTarget::Directory(DirectoryTarget::new(path, environment))
             }
-            crate::config::TargetConfig::Kubernetes(settings) => {
+            TargetConfig::Kubernetes(settings) => {
                 let owner = applyset::Owner {
-                    environment: environment.name.clone(),
-                    source: environment.source.clone(),
+                    environment: environment.to_string(),
+                    source: source.to_string(),
                 };
                 let parent_namespace = settings
                     .applyset_namespace
                     .clone()
-                    .unwrap_or_else(|| environment.namespace.clone());
+                    .unwrap_or_else(|| namespace.to_string());
                 AnyTarget::Kubernetes(Box::new(
                     KubernetesTarget::connect(owner, &parent_namespace, settings.clone()).await?,
                 ))

@@ -181,6 +181,15 @@ impl Reader<'_> {
         }
     }
 
+    /// Each of `keys` that is set although this kind of table does not have it.
+    pub fn unknown_unless(&mut self, keys: &[(&str, bool)], allowed: &[&str]) {
+        for (key, set) in keys {
+            if !allowed.contains(key) {
+                self.unknown_if(key, *set);
+            }
+        }
+    }
+
     /// A relative path inside the repository; required.
     pub fn repo_path(&mut self, key: &str, value: Option<Checked<String>>) -> Option<String> {
         let path = self.required(key, value)?;

@@ -54,28 +54,13 @@ impl<T: Target> EnvironmentRun<'_, T> {
         )
         .await
         .map_err(ReconcileError::Live)?;
-        let live_by_key: BTreeMap<&ResourceKey, &Object> =
-            live.iter().map(|object| (&object.key, object)).collect();
-        let writes: Vec<Write> = plan_writes(&plan)
-            .into_iter()
-            .filter(|write| match write {
-                Write::Apply(_) => true,
-                // Without prune, only what this rollout made goes.
-                Write::Delete(key) => {
-                    self.fx.config.prune
-                        || key.name.ends_with(CANARY_SUFFIX)
-                        || live_by_key
-                            .get(key)
-                            .and_then(|o| o.annotation(ANNOTATION_REVISION))
-                            == Some(revert.revision.0.as_str())
-                }
-            })
-            .collect();
+        let writes = revert_writes(&plan, &live, revert, self.fx.config.prune);
         let marks: BTreeMap<&str, (&Revision, &str)> = revert
             .baseline
             .iter()
             .map(|b| (b.object.as_str(), (&b.revision, b.hash.as_str())))
             .collect();
+        // Objects the rollout did not change get back the marks they had before it.
         let stamp = |desired: &Desired| match marks.get(desired.key.to_string().as_str()) {
             Some((revision, hash)) if *hash == desired.hash => (*revision).clone(),
             _ => revert.to.clone(),
@@ -177,4 +162,31 @@ impl<T: Target> EnvironmentRun<'_, T> {
         }
         Ok(())
     }
+}
+
+/// The writes that take the environment back: every apply of the plan, and the deletions it
+/// may make. Without prune, only what the failed rollout made goes (its canaries and the
+/// objects it created).
+fn revert_writes(
+    plan: &plan::Plan,
+    live: &[Object],
+    revert: &RevertInFlight,
+    prune: bool,
+) -> Vec<Write> {
+    let live_by_key: BTreeMap<&ResourceKey, &Object> =
+        live.iter().map(|object| (&object.key, object)).collect();
+    plan_writes(plan)
+        .into_iter()
+        .filter(|write| match write {
+            Write::Apply(_) => true,
+            Write::Delete(key) => {
+                prune
+                    || key.name.ends_with(CANARY_SUFFIX)
+                    || live_by_key
+                        .get(key)
+                        .and_then(|o| o.annotation(ANNOTATION_REVISION))
+                        == Some(revert.revision.0.as_str())
+            }
+        })
+        .collect()
 }

@@ -160,40 +160,82 @@ pub fn load_all(state_dir: &Path, environment: &str) -> Result<Vec<Record>, Jour
     Ok(records)
 }
 
-/// A journal shared by an environment's task and the control API; appends are serialized.
+/// A journal shared by an environment's task and the control API. Appends are serialized by
+/// the writer's lock, which is held across the fsync; readers never take it: they read a view
+/// that is updated in memory once each append is durable.
 #[derive(Debug, Clone)]
-pub struct SharedJournal(std::sync::Arc<std::sync::Mutex<Journal>>);
+pub struct SharedJournal {
+    writer: std::sync::Arc<std::sync::Mutex<Journal>>,
+    view: std::sync::Arc<std::sync::RwLock<View>>,
+}
+
+/// What readers see of a journal: its history and position, as of the last durable append.
+#[derive(Debug, Clone)]
+struct View {
+    history: History,
+    next_seq: u64,
+    last_rejected: Option<Revision>,
+}
+
+impl View {
+    fn of(journal: &Journal) -> Self {
+        Self {
+            history: journal.history().clone(),
+            next_seq: journal.next_seq,
+            last_rejected: journal.last_rejected().cloned(),
+        }
+    }
+}
 
 impl SharedJournal {
     pub fn new(journal: Journal) -> Self {
-        Self(std::sync::Arc::new(std::sync::Mutex::new(journal)))
+        let view = View::of(&journal);
+        Self {
+            writer: std::sync::Arc::new(std::sync::Mutex::new(journal)),
+            view: std::sync::Arc::new(std::sync::RwLock::new(view)),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Journal> {
-        // A panic while appending cannot leave a half-written record in memory: the record
-        // is folded in only after the write succeeded.
-        self.0
-            .lock()
+    fn view(&self) -> std::sync::RwLockReadGuard<'_, View> {
+        // The view is replaced whole under the lock: a panic elsewhere cannot leave it torn.
+        self.view
+            .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends and fsyncs (and compacts when due), off the async worker's other tasks.
+    /// Appends and fsyncs (and compacts when due), off the async worker's other tasks; then
+    /// shows the record to readers.
     pub fn append(&self, event: Event, now: DateTime<Utc>) -> Result<Record, JournalError> {
-        crate::blocking::run(|| self.lock().append(event, now))
+        crate::blocking::run(|| {
+            // A panic while appending cannot leave a half-written record in memory: the
+            // record is folded in only after the write succeeded.
+            let mut journal = self
+                .writer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let record = journal.append(event, now)?;
+            let view = View::of(&journal);
+            *self
+                .view
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = view;
+            Ok(record)
+        })
     }
 
     /// Runs `read` on the environment's history, folded as records were appended.
     pub fn with_history<T>(&self, read: impl FnOnce(&History) -> T) -> T {
-        read(self.lock().history())
+        read(&self.view().history)
     }
 
+    /// True when the last record already rejects `revision`, so it is not recorded again.
     pub fn last_rejected_is(&self, revision: &Revision) -> bool {
-        self.lock().last_rejected_is(revision)
+        self.view().last_rejected.as_ref() == Some(revision)
     }
 
     /// Seq the next record gets: changes whenever anything is journaled.
     pub fn next_seq(&self) -> u64 {
-        self.lock().next_seq
+        self.view().next_seq
     }
 }
 
@@ -427,10 +469,15 @@ impl Journal {
 
     /// True when the last record already rejects `revision`, so it is not recorded again.
     pub fn last_rejected_is(&self, revision: &Revision) -> bool {
-        matches!(
-            self.last.as_ref().map(|r| &r.event),
-            Some(Event::Rejected { revision: rejected, .. }) if rejected == revision
-        )
+        self.last_rejected() == Some(revision)
+    }
+
+    /// The revision the last record rejects, if it is a rejection.
+    fn last_rejected(&self) -> Option<&Revision> {
+        match self.last.as_ref().map(|r| &r.event) {
+            Some(Event::Rejected { revision, .. }) => Some(revision),
+            _ => None,
+        }
     }
 }
 
@@ -484,6 +531,37 @@ mod tests {
         let records = load_all(dir.path(), "staging").expect("loads");
         let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
+    }
+
+    #[test]
+    fn readers_are_not_held_up_while_an_append_holds_the_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = SharedJournal::new(Journal::open(dir.path(), "staging").expect("open"));
+        shared
+            .append(
+                Event::Healthy {
+                    revision: revision('a'),
+                },
+                Utc::now(),
+            )
+            .expect("append");
+        // As an append in the middle of its fsync would.
+        let writing = shared.writer.lock().expect("not poisoned");
+        let (answer, answered) = std::sync::mpsc::channel();
+        let reader = shared.clone();
+        std::thread::spawn(move || {
+            let read = (
+                reader.with_history(|history| history.last_healthy.clone()),
+                reader.next_seq(),
+                reader.last_rejected_is(&revision('a')),
+            );
+            answer.send(read).expect("the test waits");
+        });
+        let read = answered
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the reader answers while the writer is held");
+        assert_eq!(read, (Some(revision('a')), 2, false));
+        drop(writing);
     }
 
     #[test]

@@ -276,60 +276,19 @@ impl Documents {
         let mut seen: BTreeMap<ResourceKey, String> = BTreeMap::new();
         let mut objects = Vec::new();
         for pending in self.pending {
-            let type_key = (pending.group.clone(), pending.kind.clone());
-            let scope = scopes
-                .known
-                .get(&type_key)
-                .or_else(|| defined.get(&type_key))
-                .copied();
             let fail = |message: String| Problem {
                 message,
                 ..pending.problem_at.clone()
             };
-            let namespace = match (scope, &pending.declared_namespace) {
-                (None, _) if scopes.reject_unknown => {
-                    let api_version = pending
-                        .body
-                        .get("apiVersion")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    problems.push(fail(format!(
-                        "unknown type {api_version} {}: the API server does not serve it and no CustomResourceDefinition in this revision defines it",
-                        pending.kind
-                    )));
+            let namespace = match settle_namespace(&pending, options, scopes, &defined) {
+                Ok(namespace) => namespace,
+                Err(message) => {
+                    problems.push(fail(message));
                     continue;
                 }
-                (Some(Scope::Cluster), Some(namespace)) => {
-                    problems.push(fail(format!(
-                        "{} is cluster-scoped but names metadata.namespace {namespace:?}; remove the namespace",
-                        pending.kind
-                    )));
-                    continue;
-                }
-                (Some(Scope::Cluster), None) => None,
-                (_, Some(namespace)) => Some(namespace.clone()),
-                (_, None) => Some(options.default_namespace.clone()),
             };
-            if let Some(namespace) = &namespace
-                && !valid_dns_label(namespace)
-            {
-                problems.push(fail(format!(
-                    "invalid metadata.namespace {namespace:?}: must be a DNS label"
-                )));
-                continue;
-            }
             let mut body = pending.body;
-            // Written back so the stored body says exactly what is applied.
-            if let Some(metadata) = body.get_mut("metadata").and_then(Value::as_object_mut) {
-                match &namespace {
-                    Some(namespace) => {
-                        metadata.insert("namespace".into(), Value::String(namespace.clone()));
-                    }
-                    None => {
-                        metadata.remove("namespace");
-                    }
-                }
-            }
+            write_namespace(&mut body, namespace.as_deref());
             let key = ResourceKey {
                 group: pending.group,
                 kind: pending.kind,
@@ -354,6 +313,67 @@ impl Documents {
             Ok(objects)
         } else {
             Err(ManifestErrors(problems))
+        }
+    }
+}
+
+/// The namespace a pending object ends up in (none when cluster-scoped), or why it has none
+/// that is valid. Scopes come from `scopes`, then from the revision's CRDs (`defined`).
+fn settle_namespace(
+    pending: &Pending,
+    options: &ParseOptions,
+    scopes: &Scopes,
+    defined: &BTreeMap<(String, String), Scope>,
+) -> Result<Option<String>, String> {
+    let type_key = (pending.group.clone(), pending.kind.clone());
+    let scope = scopes
+        .known
+        .get(&type_key)
+        .or_else(|| defined.get(&type_key))
+        .copied();
+    let namespace = match (scope, &pending.declared_namespace) {
+        (None, _) if scopes.reject_unknown => {
+            let api_version = pending
+                .body
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return Err(format!(
+                "unknown type {api_version} {}: the API server does not serve it and no CustomResourceDefinition in this revision defines it",
+                pending.kind
+            ));
+        }
+        (Some(Scope::Cluster), Some(namespace)) => {
+            return Err(format!(
+                "{} is cluster-scoped but names metadata.namespace {namespace:?}; remove the namespace",
+                pending.kind
+            ));
+        }
+        (Some(Scope::Cluster), None) => None,
+        (_, Some(namespace)) => Some(namespace.clone()),
+        (_, None) => Some(options.default_namespace.clone()),
+    };
+    if let Some(namespace) = &namespace
+        && !valid_dns_label(namespace)
+    {
+        return Err(format!(
+            "invalid metadata.namespace {namespace:?}: must be a DNS label"
+        ));
+    }
+    Ok(namespace)
+}
+
+/// Writes the settled namespace into the body (removing it when cluster-scoped), so the
+/// stored body says exactly what is applied.
+fn write_namespace(body: &mut Value, namespace: Option<&str>) {
+    if let Some(metadata) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        match namespace {
+            Some(namespace) => {
+                metadata.insert("namespace".into(), Value::String(namespace.to_string()));
+            }
+            None => {
+                metadata.remove("namespace");
+            }
         }
     }
 }
@@ -572,5 +592,57 @@ mod tests {
         )
         .expect("valid");
         assert!(objects.is_empty());
+    }
+
+    #[test]
+    fn namespaces_settle_by_scope_declaration_and_default() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b, namespace: shop}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: c}\n---\napiVersion: example.com/v1\nkind: Gizmo\nmetadata: {name: d}\n";
+        let pending = read(&[file("m.yaml", text)], Vec::new()).pending;
+        let settle =
+            |options: &ParseOptions, scopes: &Scopes| -> Vec<Result<Option<String>, String>> {
+                pending
+                    .iter()
+                    .map(|pending| settle_namespace(pending, options, scopes, &BTreeMap::new()))
+                    .collect()
+            };
+        assert_eq!(
+            settle(&options(), &Scopes::offline()),
+            [
+                Ok(Some("web".into())),
+                Ok(Some("shop".into())),
+                Ok(None),
+                Ok(Some("web".into()))
+            ]
+        );
+        let mut strict = Scopes {
+            reject_unknown: true,
+            ..Scopes::offline()
+        };
+        strict
+            .known
+            .insert((String::new(), "ConfigMap".into()), Scope::Namespaced);
+        let bad_default = ParseOptions {
+            default_namespace: "Not_A_Label".into(),
+        };
+        let settled = settle(&bad_default, &strict);
+        assert!(
+            matches!(&settled[0], Err(message) if message.contains("must be a DNS label")),
+            "{settled:?}"
+        );
+        assert_eq!(settled[1], Ok(Some("shop".into())));
+        assert_eq!(settled[2], Ok(None), "cluster-scoped takes no default");
+        assert!(
+            matches!(&settled[3], Err(message) if message.starts_with("unknown type example.com/v1 Gizmo")),
+            "{settled:?}"
+        );
+    }
+
+    #[test]
+    fn the_settled_namespace_is_written_into_the_body() {
+        let mut body = serde_json::json!({"metadata": {"name": "a", "namespace": "old"}});
+        write_namespace(&mut body, Some("web"));
+        assert_eq!(body["metadata"]["namespace"], "web");
+        write_namespace(&mut body, None);
+        assert_eq!(body, serde_json::json!({"metadata": {"name": "a"}}));
     }
 }

@@ -8,8 +8,8 @@ use gix::remote::Direction;
 
 use super::error::{Cause, gix_message};
 pub use super::error::{RemoteFailure, SourceError};
+use super::settings::RepoConfig;
 use super::verify::{Signer, Verifier, VerifyConfig, VerifyError, VerifyMode};
-use crate::config::RepoConfig;
 use crate::manifest::{Limits, ManifestFile, Problem, is_manifest_path};
 use crate::model::Revision;
 

@@ -3,9 +3,11 @@
 pub mod error;
 pub mod git;
 pub mod revert_commit;
+mod settings;
 pub mod verify;
 pub mod watch;
 
 pub use error::{RemoteFailure, SourceError};
 pub use git::{Fetched, GitSource, Snapshot};
 pub use revert_commit::RevertScope;
+pub use settings::RepoConfig;

@@ -9,29 +9,35 @@ use crate::prometheus::Prometheus;
 
 const TOKEN: &str = "test-token-123";
 
-/// A workspace whose config has an [api] on a free port with a token file.
-fn with_api(workspace: &Workspace, extra_staging: &str, extra_top: &str) -> String {
-    let address = format!("127.0.0.1:{}", free_port());
-    workspace.write_token(TOKEN);
+/// A workspace whose config polls every `poll_interval` and has an [api] on 127.0.0.1 port 0
+/// with a token file.
+fn with_api(workspace: &Workspace, poll_interval: &str, extra_staging: &str) {
     workspace.write_config_with(
         &workspace.repo.dir.display().to_string(),
-        "1h",
+        poll_interval,
         extra_staging,
     );
-    workspace.edit_config(
-        "[state]",
-        &format!("[api]\nlisten = \"{address}\"\ntoken_file = \"api-token\"\n\n{extra_top}[state]"),
-    );
-    address
+    configure_api(workspace, TOKEN, "");
 }
 
-fn start(workspace: &Workspace, address: &str) -> ChildGuard {
-    let child = workspace.spawn(&["run"]);
+/// Starts the daemon (its stderr to `log` when given) and waits for /readyz; returns it and
+/// its API's address.
+fn start_logging(workspace: &Workspace, log: Option<&std::path::Path>) -> (ChildGuard, String) {
+    let mut command = workspace.gitopsd(&["run"]);
+    command.stdout(Stdio::null()).stderr(match log {
+        Some(log) => Stdio::from(std::fs::File::create(log).expect("log")),
+        None => Stdio::null(),
+    });
+    let (child, address) = spawn_with_api(workspace, &mut command);
     let ready = wait_for(Duration::from_secs(30), || {
-        http_request(address, "GET", "/readyz", &[], "").is_some_and(|(status, _)| status == 200)
+        http_request(&address, "GET", "/readyz", &[], "").is_some_and(|(status, _)| status == 200)
     });
     assert!(ready, "/readyz never answered 200");
-    child
+    (child, address)
+}
+
+fn start(workspace: &Workspace) -> (ChildGuard, String) {
+    start_logging(workspace, None)
 }
 
 fn post(address: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
@@ -61,11 +67,11 @@ fn live_replicas(workspace: &Workspace, environment: &str) -> String {
 #[test]
 fn endpoints_answer_and_control_needs_the_token() {
     let workspace = Workspace::new();
-    let address = with_api(&workspace, "", "");
+    with_api(&workspace, "1h", "");
     write_environment(&workspace.repo, "staging", 1);
     write_environment(&workspace.repo, "production", 1);
     workspace.repo.commit("initial");
-    let _daemon = start(&workspace, &address);
+    let (_daemon, address) = start(&workspace);
 
     assert_eq!(
         http_request(&address, "GET", "/healthz", &[], "").map(|r| r.0),
@@ -109,11 +115,11 @@ fn endpoints_answer_and_control_needs_the_token() {
 #[test]
 fn the_api_refuses_big_bodies_guessing_and_a_token_anyone_can_read() {
     let workspace = Workspace::new();
-    let address = with_api(&workspace, "", "");
+    with_api(&workspace, "1h", "");
     write_environment(&workspace.repo, "staging", 1);
     write_environment(&workspace.repo, "production", 1);
     workspace.repo.commit("initial");
-    let daemon = start(&workspace, &address);
+    let (daemon, address) = start(&workspace);
     let path = "/api/v1/environments/staging/approve";
 
     let huge = format!("{{\"revision\":\"{}\"}}", "x".repeat(100_000));
@@ -146,17 +152,7 @@ fn the_api_refuses_big_bodies_guessing_and_a_token_anyone_can_read() {
     let token = workspace.path("api-token");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let log = workspace.path("daemon.log");
-    let _daemon = ChildGuard(
-        workspace
-            .gitopsd(&["run"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("daemon starts"),
-    );
-    assert!(wait_for(Duration::from_secs(30), || {
-        http_request(&address, "GET", "/readyz", &[], "").is_some_and(|(status, _)| status == 200)
-    }));
+    let (_daemon, address) = start_logging(&workspace, Some(&log));
     let (status, body) = post(
         &address,
         "/api/v1/environments/staging/pause",
@@ -171,11 +167,11 @@ fn the_api_refuses_big_bodies_guessing_and_a_token_anyone_can_read() {
 #[test]
 fn metrics_are_scraped_by_a_real_prometheus() {
     let workspace = Workspace::new();
-    let address = with_api(&workspace, "", "");
+    with_api(&workspace, "1h", "");
     write_environment(&workspace.repo, "staging", 1);
     write_environment(&workspace.repo, "production", 1);
     let revision = workspace.repo.commit("initial");
-    let _daemon = start(&workspace, &address);
+    let (_daemon, address) = start(&workspace);
     let prometheus = Prometheus::start_waiting_for(
         address.parse().expect("socket address"),
         "gitopsd_git_fetch_duration_seconds_count",
@@ -199,16 +195,21 @@ fn metrics_are_scraped_by_a_real_prometheus() {
 #[test]
 fn manual_approval_holds_a_revision_until_approved() {
     let workspace = Workspace::new();
-    let address = with_api(&workspace, "approval = \"manual\"\n", "");
+    with_api(&workspace, "1h", "approval = \"manual\"\n");
     write_environment(&workspace.repo, "staging", 1);
     write_environment(&workspace.repo, "production", 1);
     let first = workspace.repo.commit("initial");
-    let _daemon = start(&workspace, &address);
+    let (_daemon, address) = start(&workspace);
     assert!(wait_for(Duration::from_secs(10), || live_replicas(
         &workspace,
         "production"
     ) == "replicas: 1"));
-    std::thread::sleep(Duration::from_millis(500));
+    // The only tip there is was committed before the start: any finished staging pass saw it.
+    assert!(
+        wait_for(Duration::from_secs(20), || passes(&address, "staging")
+            .is_some_and(|n| n >= 1)),
+        "staging never finished a pass"
+    );
     assert_eq!(
         live_replicas(&workspace, "staging"),
         "",
@@ -244,11 +245,12 @@ fn manual_approval_holds_a_revision_until_approved() {
 #[test]
 fn pause_resume_and_rollback_pin() {
     let workspace = Workspace::new();
-    let address = with_api(&workspace, "", "");
+    // Polls every second, so that later passes show what the daemon made of a commit.
+    with_api(&workspace, "1s", "");
     write_environment(&workspace.repo, "staging", 1);
     write_environment(&workspace.repo, "production", 1);
     let first = workspace.repo.commit("one");
-    let _daemon = start(&workspace, &address);
+    let (_daemon, address) = start(&workspace);
     assert!(wait_for(Duration::from_secs(10), || live_replicas(
         &workspace, "staging"
     ) == "replicas: 1"));
@@ -256,7 +258,10 @@ fn pause_resume_and_rollback_pin() {
     assert_exit(&workspace.run(&["pause", "--env", "staging"]), 0);
     write_environment(&workspace.repo, "staging", 2);
     workspace.repo.commit("two");
-    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        wait_for_pass_after_now(&address, "staging"),
+        "no staging pass after the commit"
+    );
     assert_eq!(
         live_replicas(&workspace, "staging"),
         "replicas: 1",
@@ -277,7 +282,10 @@ fn pause_resume_and_rollback_pin() {
         ) == "replicas: 1"),
         "rolled back to the first commit"
     );
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        wait_for_pass_after_now(&address, "staging"),
+        "no staging pass after the rollback"
+    );
     assert_eq!(
         live_replicas(&workspace, "staging"),
         "replicas: 1",
@@ -373,12 +381,11 @@ fn a_closed_window_holds_changes() {
 #[test]
 fn drift_put_back_by_the_daemon_is_counted_in_metrics() {
     let workspace = Workspace::new();
-    let address = with_api(&workspace, "", "");
-    workspace.edit_config("poll_interval = \"1h\"", "poll_interval = \"1s\"");
+    with_api(&workspace, "1s", "");
     write_environment(&workspace.repo, "staging", 1);
     write_environment(&workspace.repo, "production", 1);
     workspace.repo.commit("initial");
-    let _daemon = start(&workspace, &address);
+    let (_daemon, address) = start(&workspace);
     let live = workspace
         .live("staging")
         .join("shop/Deployment.apps/web.yaml");
@@ -401,4 +408,39 @@ fn drift_put_back_by_the_daemon_is_counted_in_metrics() {
     });
     assert!(counted, "{}", metrics());
     assert_eq!(live_replicas(&workspace, "staging"), "replicas: 1");
+}
+
+#[test]
+fn the_api_address_is_reported_and_its_file_removed_on_a_clean_stop() {
+    let workspace = Workspace::new();
+    with_api(&workspace, "1h", "");
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("initial");
+    let log = workspace.path("daemon.log");
+    let (mut daemon, address) = start_logging(&workspace, Some(&log));
+    let logged = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        logged.contains(&format!("api listening on {address}")),
+        "{logged}"
+    );
+    // The command finds the port the system picked in the address file.
+    assert_exit(&workspace.run(&["pause", "--env", "staging"]), 0);
+
+    daemon.signal(libc::SIGTERM);
+    let status = daemon
+        .wait_timeout(Duration::from_secs(20))
+        .expect("the daemon stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !api_address_file(&workspace).exists(),
+        "a clean stop removes the address file"
+    );
+    let refused = workspace.run(&["resume", "--env", "staging"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("is the daemon running?"),
+        "{}",
+        stderr(&refused)
+    );
 }

@@ -128,6 +128,7 @@ async fn seated(seats: &Seats, answer: impl FnOnce() -> Response) -> Response {
     }
     let latency = seats.latency_ms.load(Ordering::SeqCst);
     if latency > 0 {
+        // Part of the scenario: a slow API server, as slow as the test asks.
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
     answer()

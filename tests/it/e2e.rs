@@ -8,8 +8,9 @@
 //! It needs an API server with the controller manager and something that makes pods Ready
 //! (k8s-lab's stand-in kubelet). `kubectl` plays the operator; it is `GITOPSD_TEST_KUBECTL`,
 //! else `kubectl` on the PATH. Every test works in namespaces of its own
-//! (`gitopsd-e2e-<pid>-<tag>`) and deletes them, and any cluster-scoped object it made, when it
-//! ends, passed or failed.
+//! (`gitopsd-e2e-<pid>-<tag>`) and deletes them, any cluster-scoped object it made and any
+//! object it left in a shared namespace (an applyset parent in `default`), when it ends, passed
+//! or failed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,7 +32,9 @@ pub(crate) struct Cluster {
     _turn: Turn,
     pub(crate) kubeconfig: PathBuf,
     pub(crate) kubectl: PathBuf,
-    /// Deleted when the test ends: namespaces, then cluster-scoped objects (`kind/name`).
+    /// Deleted when the test ends: objects in namespaces the test does not own (namespace,
+    /// `kind/name`), namespaces, then cluster-scoped objects (`kind/name`).
+    outside_objects: Vec<(String, String)>,
     namespaces: Vec<String>,
     cluster_objects: Vec<String>,
 }
@@ -85,6 +88,7 @@ impl Cluster {
             _turn: turn,
             kubeconfig: std::path::absolute(&path).expect("absolute path"),
             kubectl,
+            outside_objects: Vec::new(),
             namespaces: Vec::new(),
             cluster_objects: Vec::new(),
         }
@@ -95,6 +99,13 @@ impl Cluster {
         let name = format!("gitopsd-e2e-{}-{tag}", std::process::id());
         self.namespaces.push(name.clone());
         name
+    }
+
+    /// `what` (`kind/name`) in `namespace`, a namespace the test shares (`default`), is
+    /// deleted at the end.
+    pub(crate) fn delete_at_end(&mut self, namespace: &str, what: &str) {
+        self.outside_objects
+            .push((namespace.to_string(), what.to_string()));
     }
 
     pub(crate) fn kubectl_output(&self, args: &[&str]) -> Output {
@@ -165,6 +176,16 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for (namespace, object) in &self.outside_objects {
+            let _ = self.kubectl_output(&[
+                "delete",
+                "-n",
+                namespace,
+                object,
+                "--ignore-not-found",
+                "--wait=false",
+            ]);
+        }
         for namespace in &self.namespaces {
             let _ = self.kubectl_output(&[
                 "delete",
@@ -703,25 +724,28 @@ fn e2e_replicas_git_omits_stay_with_whoever_set_them_through_canary_and_revert()
 
     // A canary rollout: the canary runs on top, the stable keeps 5 throughout.
     commit("2");
-    let mut rollout = workspace
-        .gitopsd(&["run", "--once"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("gitopsd");
+    let mut rollout = ChildGuard(
+        workspace
+            .gitopsd(&["run", "--once"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gitopsd"),
+    );
     let mut seen_canary = None;
     let mut stable_sizes = std::collections::BTreeSet::new();
-    let finished = loop {
-        if let Some(status) = rollout.try_wait().expect("wait") {
-            break status;
-        }
+    let mut finished = None;
+    // Samples the sizes until the rollout ends.
+    let ended = wait_for(Duration::from_secs(600), || {
+        finished = rollout.0.try_wait().expect("wait");
         if let Some(canary) = cluster.get(Some(ns), "deployment/web-canary") {
             seen_canary = canary["spec"]["replicas"].as_u64();
         }
         stable_sizes.insert(replicas(&cluster, ns, "web"));
-        std::thread::sleep(Duration::from_millis(300));
-    };
-    assert!(finished.success());
+        finished.is_some()
+    });
+    assert!(ended, "the rollout never ended");
+    assert!(finished.is_some_and(|status| status.success()));
     assert_eq!(seen_canary, Some(3), "round(50% of 5) canary pods on top");
     assert_eq!(stable_sizes.into_iter().collect::<Vec<_>>(), [5]);
     assert_eq!(replicas(&cluster, ns, "web"), 5, "promotion keeps the size");

@@ -163,8 +163,11 @@ fn e2e_an_invalid_object_holds_the_revision_and_retry_rolls_it_out_again() {
     assert_eq!(cause.as_deref(), Some("Rejected"));
     let status = stdout(&workspace.run(&["status", "--env", "staging"]));
     assert!(status.contains("held; gitopsd retry"), "{status}");
-    // Held: the daemon does not try it again on its own.
-    std::thread::sleep(Duration::from_secs(3));
+    // Held: the daemon does not try it again on its own, however many passes it makes.
+    assert!(
+        wait_for_pass_after_now(&address, "staging"),
+        "no staging pass after the revert"
+    );
     assert_eq!(
         count(&workspace, "rollout_started"),
         2,
@@ -286,6 +289,19 @@ impl ReadyWatch {
         state.lowest = Some(state.count());
     }
 
+    /// Waits until the watch has seen every canary pod go (deleted or on its way) and `n`
+    /// pods ready: the deletions of the end of a promotion have all reached it.
+    fn wait_for_canaries_gone(&self, n: usize) -> bool {
+        wait_for(Duration::from_secs(60), || {
+            let state = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            state.count() == n
+                && state
+                    .ready
+                    .iter()
+                    .all(|(name, ready)| !ready || !name.starts_with("web-canary-"))
+        })
+    }
+
     fn lowest_and_names(&self) -> (usize, Vec<String>) {
         let state = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         (
@@ -338,6 +354,8 @@ impl SlowStarts {
                             .output();
                     }
                 }
+                // The stand-in kubelet's pace: part of the scenario (pods that become Ready
+                // some seconds after they appear), not a wait of the test.
                 std::thread::sleep(Duration::from_millis(300));
             }
         });
@@ -372,7 +390,8 @@ fn e2e_ready_pods_behind_the_service_never_drop_during_a_canary_and_its_promotio
         );
         assert_exit(&workspace.run(&["run", "--once"]), 0);
         let watch = ReadyWatch::start(&cluster, &namespace);
-        watch.arm_at(replicas.map_or(1, |n| n as usize));
+        let size = replicas.map_or(1, |n| n as usize);
+        watch.arm_at(size);
 
         commit_web(
             &workspace,
@@ -381,8 +400,11 @@ fn e2e_ready_pods_behind_the_service_never_drop_during_a_canary_and_its_promotio
         );
         let output = workspace.run(&["run", "--once"]);
         assert_exit(&output, 0);
-        // Let the last deletions reach the watch.
-        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            watch.wait_for_canaries_gone(size),
+            "the watch never saw the canary go: {:?}",
+            watch.lowest_and_names()
+        );
         let (lowest, names) = watch.lowest_and_names();
         assert!(
             names.iter().any(|name| name.starts_with("web-canary-")),
@@ -414,16 +436,34 @@ impl OwnLab {
             || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/k8s-lab"),
             PathBuf::from,
         );
-        let lab = Self {
-            dir: std::env::temp_dir().join(format!("gitopsd-outage-lab-{}", std::process::id())),
-            scripts,
-            ports: [free_port(), free_port(), free_port(), free_port()],
-        };
-        lab.up();
-        lab
+        let dir = std::env::temp_dir().join(format!("gitopsd-outage-lab-{}", std::process::id()));
+        // kube-apiserver, etcd and the controller manager are told their ports and cannot
+        // report ports the system picked: take ports free a moment ago, and when up.sh fails
+        // (it refuses a port another process took meanwhile) purge and try new ones.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let ports = ports_for_external_process::<4>();
+            let lab = Self {
+                dir: dir.clone(),
+                scripts: scripts.clone(),
+                ports,
+            };
+            match lab.try_script("up.sh", &[]) {
+                Ok(()) => return lab,
+                // Dropping `lab` purges what this try started.
+                Err(error) => failures.push(format!("ports {ports:?}: {error}")),
+            }
+        }
+        panic!("the outage lab did not start:\n{}", failures.join("\n"));
     }
 
     fn script(&self, name: &str, args: &[&str]) {
+        if let Err(error) = self.try_script(name, args) {
+            panic!("{error}");
+        }
+    }
+
+    fn try_script(&self, name: &str, args: &[&str]) -> Result<(), String> {
         let [api, etcd, peer, kcm] = self.ports;
         let output = Command::new("bash")
             .arg(self.scripts.join(name))
@@ -435,13 +475,14 @@ impl OwnLab {
             .env("LAB_KCM_PORT", kcm.to_string())
             .output()
             .expect("lab script runs");
-        assert!(
-            output.status.success(),
-            "{name} failed:\n{}",
-            stderr(&output)
-        );
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{name} failed:\n{}", stderr(&output)))
+        }
     }
 
+    /// Starts the stopped lab again, on the ports it had (its kubeconfig names them).
     fn up(&self) {
         self.script("up.sh", &[]);
     }

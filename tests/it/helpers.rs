@@ -279,13 +279,15 @@ pub fn changed_paths(
     paths
 }
 
-/// Polls `condition` every 20 ms until it holds or `limit` passes.
+/// Polls `condition` every 20 ms until it holds or `limit` passes. The one place tests wait:
+/// every wait is on an observable condition, with a deadline.
 pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if condition() {
             return true;
         }
+        // The poll interval of this waiting helper, not a synchronisation of its own.
         std::thread::sleep(Duration::from_millis(20));
     }
     condition()
@@ -307,16 +309,12 @@ impl ChildGuard {
 
     /// Waits up to `limit` for the child to exit.
     pub fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.0.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut status = None;
+        wait_for(limit, || {
+            status = self.0.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status
     }
 }
 
@@ -327,56 +325,223 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A running `gitopsd run` with an `[api]` on a free port of 127.0.0.1 and `token` in its token
-/// file; killed when dropped. Returns it and the API's address.
-pub fn daemon_with_api(workspace: &Workspace, token: &str) -> (ChildGuard, String) {
-    let address = format!("127.0.0.1:{}", free_port());
+/// Adds an `[api]` on 127.0.0.1 port 0 (the system picks a free port; the daemon writes the
+/// one it got to `<state dir>/api.addr`) with `token` in its token file; `extra_top` is TOML
+/// put before `[state]`.
+pub fn configure_api(workspace: &Workspace, token: &str, extra_top: &str) {
     workspace.write_token(token);
     workspace.edit_config(
         "[state]",
-        &format!("[api]\nlisten = \"{address}\"\ntoken_file = \"api-token\"\n\n[state]"),
+        &format!(
+            "[api]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"api-token\"\n\n{extra_top}[state]"
+        ),
     );
-    let child = workspace.spawn(&["run"]);
+}
+
+/// Where a daemon of `workspace` reports its API's address.
+pub fn api_address_file(workspace: &Workspace) -> PathBuf {
+    workspace.path("state/api.addr")
+}
+
+/// Starts `command` (a `gitopsd run` of `workspace`, whose config has an `[api]` on port 0) and
+/// waits for the address its API listens on, from `<state dir>/api.addr`. An address file a
+/// killed daemon left is removed first, so the address is this daemon's.
+pub fn spawn_with_api(workspace: &Workspace, command: &mut Command) -> (ChildGuard, String) {
+    let file = api_address_file(workspace);
+    match fs::remove_file(&file) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => panic!("cannot remove {}: {error}", file.display()),
+    }
+    let mut child = ChildGuard(command.spawn().expect("gitopsd starts"));
+    let mut address = String::new();
+    let reported = wait_for(Duration::from_secs(30), || {
+        address = fs::read_to_string(&file)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        !address.is_empty() || child.0.try_wait().expect("try_wait").is_some()
+    });
+    assert!(
+        reported && !address.is_empty(),
+        "the daemon never wrote {} (exited: {:?})",
+        file.display(),
+        child.0.try_wait()
+    );
+    assert!(
+        address.starts_with("127.0.0.1:"),
+        "the API listens on 127.0.0.1 only: {address}"
+    );
     (child, address)
 }
 
-/// `git daemon` serving `base` on 127.0.0.1 at a free port.
+/// A running `gitopsd run` with an `[api]` on 127.0.0.1 (port 0) and `token` in its token
+/// file, output discarded; killed when dropped. Returns it and the API's address.
+pub fn daemon_with_api(workspace: &Workspace, token: &str) -> (ChildGuard, String) {
+    configure_api(workspace, token, "");
+    spawn_with_api(
+        workspace,
+        workspace
+            .gitopsd(&["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
+/// The sum of the samples named `name` in the daemon's `/metrics` whose labels contain
+/// `labels` (`""`: every one); `None` when the API does not answer.
+pub fn metric_sum(address: &str, name: &str, labels: &str) -> Option<u64> {
+    let (status, body) = http_request(address, "GET", "/metrics", &[], "")?;
+    (status == 200).then(|| {
+        body.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                    && line.contains(labels)
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|value| value as u64)
+            .sum()
+    })
+}
+
+/// Passes over `environment` the daemon has finished, of any outcome (the count of
+/// `gitopsd_reconcile_duration_seconds`).
+pub fn passes(address: &str, environment: &str) -> Option<u64> {
+    metric_sum(
+        address,
+        "gitopsd_reconcile_duration_seconds_count",
+        &format!("environment=\"{environment}\""),
+    )
+}
+
+/// Fetches the daemon has finished, failed ones included.
+pub fn fetches(address: &str) -> Option<u64> {
+    metric_sum(address, "gitopsd_git_fetch_duration_seconds_count", "")
+}
+
+/// Waits until the daemon has finished a pass over `environment` that began after a fetch
+/// that began after this call, so that what the test changed before calling (a commit, a
+/// pause) has been seen: the fetch count moves by three (fetches run one after the other, so
+/// the second new one began after the call, and the third began after its tip was handed on),
+/// then the pass count moves by two (the second new pass began after that). Only then is
+/// "nothing happened" worth asserting. Needs a daemon that keeps fetching (a short
+/// `poll_interval`).
+pub fn wait_for_pass_after_now(address: &str, environment: &str) -> bool {
+    let limit = Duration::from_secs(60);
+    let Some(fetched) = fetches(address) else {
+        return false;
+    };
+    if !wait_for(limit, || {
+        fetches(address).is_some_and(|now| now >= fetched + 3)
+    }) {
+        return false;
+    }
+    let Some(passed) = passes(address, environment) else {
+        return false;
+    };
+    wait_for(limit, || {
+        passes(address, environment).is_some_and(|now| now >= passed + 2)
+    })
+}
+
+/// A listening socket on 127.0.0.1 port 0 serving each connection with a process of its own
+/// that talks over its stdin and stdout (inetd style: `git daemon --inetd`, `sshd -i`), so
+/// servers that cannot report a port the system picked still need no reserved port. The
+/// processes are killed when it drops.
+pub struct InetdServer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    children: std::sync::Arc<std::sync::Mutex<Vec<Child>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InetdServer {
+    pub fn serve(command: impl Fn() -> Command + Send + 'static) -> Self {
+        use std::os::fd::OwnedFd;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let children = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Child>::new()));
+        let (stopping, running) = (stop.clone(), children.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let Ok(input) = stream.try_clone() else {
+                    continue;
+                };
+                let child = command()
+                    .stdin(Stdio::from(OwnedFd::from(input)))
+                    .stdout(Stdio::from(OwnedFd::from(stream)))
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("the server process starts");
+                let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
+                // Reap the ones that are done, so a long test keeps no zombies.
+                running.retain_mut(|child| child.try_wait().ok().flatten().is_none());
+                running.push(child);
+            }
+        });
+        Self {
+            port,
+            stop,
+            children,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for InetdServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop, which then sees `stop`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        for mut child in self
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `git daemon` serving `base` on 127.0.0.1, at a port the system picked: git daemon cannot
+/// report a port it was given as 0, so it runs in inetd mode behind an [`InetdServer`].
 pub struct GitDaemon {
     pub port: u16,
-    _child: ChildGuard,
+    _server: InetdServer,
 }
 
 impl GitDaemon {
     pub fn serve(base: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind a free loopback port")
-            .local_addr()
-            .expect("local addr")
-            .port();
         // `git daemon` runs git-daemon as a child of its own; start that binary directly so
-        // the guard's kill reaches the process that listens.
+        // the kill reaches the process that serves.
         let exec_path = git(base, &["--exec-path"]);
-        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
-            .args([
-                "--reuseaddr",
+        let binary = Path::new(&exec_path).join("git-daemon");
+        let base = base.to_path_buf();
+        let server = InetdServer::serve(move || {
+            let mut command = Command::new(&binary);
+            command.args([
+                "--inetd",
+                "--log-destination=none",
                 "--export-all",
-                "--listen=127.0.0.1",
-                &format!("--port={port}"),
                 &format!("--base-path={}", base.display()),
                 &base.display().to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("git daemon starts");
-        let child = ChildGuard(child);
-        let up = wait_for(Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            ]);
+            command
         });
-        assert!(up, "git daemon did not start listening on 127.0.0.1:{port}");
         Self {
-            port,
-            _child: child,
+            port: server.port,
+            _server: server,
         }
     }
 }
@@ -475,11 +640,14 @@ pub fn http_request(
     Some((status, body))
 }
 
-/// A free port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free loopback port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+/// `N` distinct ports on 127.0.0.1 that were free a moment ago, for external processes that
+/// must be told their ports and cannot report ports the system picked (kube-apiserver, etcd,
+/// kube-controller-manager). Another process may take one before they bind it: callers retry
+/// the start with new ports when it fails.
+pub fn ports_for_external_process<const N: usize>() -> [u16; N] {
+    // Held together until all are picked, so that no port is handed out twice.
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
+        .collect();
+    std::array::from_fn(|index| listeners[index].local_addr().expect("local addr").port())
 }

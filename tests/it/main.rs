@@ -2,6 +2,7 @@
 
 mod api;
 mod apiserver;
+mod architecture;
 mod bad_input;
 mod crash;
 mod daemon;

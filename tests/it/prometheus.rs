@@ -122,26 +122,42 @@ impl Prometheus {
             ),
         )
         .expect("write prometheus config");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("address")
-            .port();
-        let address = format!("127.0.0.1:{port}");
+        // Port 0: prometheus logs the address it got (`msg="Listening on" address=...`).
+        let log = dir.path().join("prometheus.log");
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address={address}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("prometheus log"))
             .spawn()
             .expect("prometheus starts");
+        let mut child = ChildGuard(child);
+        let mut address = None;
+        let reported = wait_for(Duration::from_secs(60), || {
+            address = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|line| line.contains("msg=\"Listening on\""))
+                .find_map(|line| {
+                    let value = line.split_once(" address=")?.1;
+                    Some(value.split_whitespace().next()?.to_string())
+                });
+            address.is_some() || child.0.try_wait().expect("try_wait").is_some()
+        });
+        let Some(address) = address.filter(|_| reported) else {
+            panic!(
+                "prometheus never said where it listens:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        assert!(address.starts_with("127.0.0.1:"), "{address}");
         let prometheus = Self {
             address,
-            _child: ChildGuard(child),
+            _child: child,
             _dir: dir,
         };
         let scraped = wait_for(Duration::from_secs(60), || {

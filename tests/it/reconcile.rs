@@ -190,7 +190,7 @@ fn a_remote_that_never_answers_is_given_up_on_and_a_shutdown_is_not_held() {
     write_environment(&workspace.repo, "staging", 1);
     write_environment(&workspace.repo, "production", 1);
     workspace.repo.commit("initial");
-    let (_listener, url) = silent_server();
+    let (listener, url) = silent_server();
     workspace.write_config(&url, "30s");
     workspace.edit_config(
         "max_file_bytes = 65536\n",
@@ -206,8 +206,20 @@ fn a_remote_that_never_answers_is_given_up_on_and_a_shutdown_is_not_held() {
 
     // A long timeout: SIGTERM still stops the daemon in the middle of the fetch.
     workspace.edit_config("fetch_timeout = \"1s\"", "fetch_timeout = \"10m\"");
+    // Connections of the finished `run --once` wait in the backlog: take them out, so that the
+    // next one accepted is the daemon's.
+    listener.set_nonblocking(true).expect("nonblocking");
+    while listener.accept().is_ok() {}
     let mut daemon = workspace.spawn(&["run"]);
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut connection = None;
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || {
+            connection = listener.accept().ok();
+            connection.is_some()
+        }),
+        "the daemon never connected to the remote"
+    );
+    // Connected and never answered: the fetch is under way.
     daemon.signal(libc::SIGTERM);
     let status = daemon
         .wait_timeout(std::time::Duration::from_secs(30))

@@ -440,6 +440,7 @@ case "$mode" in
     yes "# padding padding padding padding" | head -c 3000000
     ;;
   hang)
+    # Part of the scenario: a plugin that hangs, with a child that must die with it.
     sleep 300 &
     echo $! > "$PIDFILE"
     wait
@@ -721,6 +722,8 @@ fn e2e_kustomize_overlays_roll_out_through_a_canary_on_a_real_cluster() {
         workspace.repo.dir.display()
     );
     for (environment, _, _) in &overlays {
+        // No `namespace` in the config: the environment's applyset parent goes to `default`.
+        cluster.delete_at_end("default", &format!("configmap/gitopsd-{environment}"));
         config.push_str(&format!(
             "\n[[environment]]\nname = \"{environment}\"\npath = \"overlays/{environment}\"\nrender = {{ kind = \"kustomize\", binary = \"{kubectl}\" }}\ntarget = {{ type = \"kubernetes\", kubeconfig = \"{kubeconfig}\" }}\n{rollout}",
             kubectl = cluster.kubectl.display(),
@@ -807,6 +810,7 @@ fn a_killed_gitopsd_takes_its_render_along_and_the_next_start_removes_the_folder
     script(
         &plugin,
         &format!(
+            // Part of the scenario: a render tool that never ends on its own.
             "#!/bin/sh\necho $$ > {}\nexec sleep 300\n",
             pidfile.display()
         ),

@@ -58,12 +58,7 @@ fn a_planted_secret_value_appears_on_no_channel() {
     workspace.write_config(&workspace.repo.dir.display().to_string(), "1s");
     let (hook, received) = receiver();
     add_webhook(&workspace, &hook);
-    let address = format!("127.0.0.1:{}", free_port());
-    workspace.write_token(TOKEN);
-    workspace.edit_config(
-        "[state]",
-        &format!("[api]\nlisten = \"{address}\"\ntoken_file = \"api-token\"\n\n[state]"),
-    );
+    configure_api(&workspace, TOKEN, "");
     write_environment(&workspace.repo, "production", 1);
     write_environment(&workspace.repo, "staging", 1);
     workspace
@@ -71,14 +66,13 @@ fn a_planted_secret_value_appears_on_no_channel() {
         .write("environments/staging/secret.yaml", &secret_yaml("v1"));
     workspace.repo.commit("a secret");
     let log = workspace.path("daemon.log");
-    let daemon = ChildGuard(
+    let (daemon, address) = spawn_with_api(
+        &workspace,
         workspace
             .gitopsd(&["run"])
             .env("RUST_LOG", "trace")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("daemon starts"),
+            .stderr(std::fs::File::create(&log).expect("log file")),
     );
     assert!(wait_for(Duration::from_secs(30), || {
         staging_events(&workspace, "healthy") == 1

@@ -1,11 +1,9 @@
-//! Fetching over ssh with a key file and a known_hosts file, from a real `sshd` started on
-//! 127.0.0.1 (Debian's openssh-server; tests/run.sh installs it).
+//! Fetching over ssh with a key file and a known_hosts file, from a real `sshd` on 127.0.0.1
+//! (Debian's openssh-server; tests/run.sh installs it), one `sshd -i` per connection.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use crate::helpers::*;
 
@@ -18,10 +16,12 @@ fn keygen(path: &Path) {
     assert!(status.success());
 }
 
-/// sshd on 127.0.0.1 accepting only `client_key`, for the current user.
+/// sshd on 127.0.0.1 accepting only `client_key`, for the current user, at a port the system
+/// picked: sshd cannot report a port it was given as 0, so it runs in inetd mode (`sshd -i`,
+/// one process per connection) behind an [`InetdServer`].
 struct Sshd {
     port: u16,
-    _child: ChildGuard,
+    _server: InetdServer,
 }
 
 impl Sshd {
@@ -35,37 +35,23 @@ impl Sshd {
         fs::copy(client_public_key, dir.join("authorized_keys")).expect("authorized_keys");
         // sshd insists on its privilege separation folder.
         fs::create_dir_all("/run/sshd").expect("/run/sshd (the test runs as root)");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("address")
-            .port();
         let config = dir.join("sshd_config");
         fs::write(
             &config,
             format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\nPidFile {dir}/sshd.pid\nAuthorizedKeysFile {dir}/authorized_keys\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n",
+                "HostKey {dir}/host_key\nPidFile none\nAuthorizedKeysFile {dir}/authorized_keys\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n",
                 dir = dir.display()
             ),
         )
         .expect("sshd_config");
-        let child = Command::new(sshd)
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sshd starts");
-        let child = ChildGuard(child);
-        let up = wait_for(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        let server = InetdServer::serve(move || {
+            let mut command = Command::new(sshd);
+            command.arg("-i").arg("-e").arg("-f").arg(&config);
+            command
         });
-        assert!(up, "sshd did not listen on 127.0.0.1:{port}");
         Self {
-            port,
-            _child: child,
+            port: server.port,
+            _server: server,
         }
     }
 }

@@ -70,22 +70,39 @@ impl NotifySocket {
     }
 }
 
+/// Starts the daemon with its log in `daemon.log` of the workspace (see [`logged`]).
 fn daemon(workspace: &Workspace, socket: &NotifySocket) -> ChildGuard {
+    let log = std::fs::File::create(workspace.path("daemon.log")).expect("log file");
     ChildGuard(
         workspace
             .gitopsd(&["run"])
             .env("NOTIFY_SOCKET", &socket.path)
             .env("WATCHDOG_USEC", "2000000")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("daemon starts"),
     )
 }
 
+/// How many lines of the daemon's log contain `text`.
+fn logged(workspace: &Workspace, text: &str) -> usize {
+    std::fs::read_to_string(workspace.path("daemon.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains(text))
+        .count()
+}
+
+/// What the daemon logs at each watchdog tick while a loop is stuck.
+const NOT_PINGING: &str = "not pinging the watchdog";
+
 #[test]
 fn ready_status_watchdog_and_stopping_and_a_stuck_loop_goes_silent() {
     let workspace = Workspace::new();
+    // The check hangs for 40 s once `stuck` exists (part of the scenario: a stuck loop) and
+    // says so by creating `stuck.hung`; `exec`, so that the process gitopsd kills when it
+    // stops is the sleep itself and nothing outlives the test.
     let marker = workspace.path("stuck");
     let extra = format!(
         r#"
@@ -95,12 +112,12 @@ verify = "10m"
 [[environment.health]]
 name = "maybe-stuck"
 type = "exec"
-command = "sh -c 'if [ -f {} ]; then sleep 40; fi'"
+command = "sh -c 'if [ -f {marker} ]; then touch {marker}.hung; exec sleep 40; fi'"
 interval = "200ms"
 failures = 1
 timeout = "60s"
 "#,
-        marker.display()
+        marker = marker.display()
     );
     workspace.write_config_with(&workspace.repo.dir.display().to_string(), "1h", &extra);
     write_environment(&workspace.repo, "staging", 1);
@@ -115,25 +132,40 @@ timeout = "60s"
     );
     // Staging sits in its ten-minute verify window, checks healthy: the loop beats.
     let healthy = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
     assert!(
-        socket.pings_since(healthy) >= 2,
+        wait_for(Duration::from_secs(20), || socket.pings_since(healthy) >= 2),
         "watchdog pings while the loop runs"
     );
     assert!(
-        socket
-            .lines()
-            .iter()
-            .any(|(_, l)| l.starts_with("STATUS=") && l.contains("production: at")),
+        wait_for(Duration::from_secs(20), || socket.lines().iter().any(
+            |(_, l)| l.starts_with("STATUS=") && l.contains("production: at")
+        )),
         "{:?}",
         socket.lines()
     );
 
     // The next check hangs for 40 s: the loop is stuck, so the pings stop.
     std::fs::write(&marker, "").expect("marker");
-    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        wait_for(Duration::from_secs(20), || workspace
+            .path("stuck.hung")
+            .is_file()),
+        "the check never hung"
+    );
+    let before = logged(&workspace, NOT_PINGING);
+    assert!(
+        wait_for(Duration::from_secs(20), || logged(&workspace, NOT_PINGING)
+            > before),
+        "the daemon never noticed the stuck loop"
+    );
     let stuck = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
+    let ticks = logged(&workspace, NOT_PINGING);
+    // Two more watchdog ticks pass, each one deciding not to ping.
+    assert!(
+        wait_for(Duration::from_secs(20), || logged(&workspace, NOT_PINGING)
+            >= ticks + 2),
+        "the watchdog ticks stopped"
+    );
     assert_eq!(
         socket.pings_since(stuck),
         0,
@@ -169,7 +201,13 @@ fn sighup_reloads_the_config_and_refuses_an_invalid_one() {
     let good = std::fs::read_to_string(&workspace.config).expect("config");
     std::fs::write(&workspace.config, "[repo]\nurl = 5\n").expect("bad config");
     child.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_for(Duration::from_secs(20), || logged(
+            &workspace,
+            "refused; the running config stays in force"
+        ) >= 1),
+        "the invalid config was never refused"
+    );
     write_environment(&workspace.repo, "staging", 2);
     workspace.repo.commit("two");
     let deployment = workspace
@@ -213,7 +251,11 @@ fn editing_the_config_file_reloads_it_without_a_signal() {
     let socket = NotifySocket::bind();
     let _child = daemon(&workspace, &socket);
     assert!(wait_for(Duration::from_secs(30), || socket.has("READY=1")));
-    std::thread::sleep(Duration::from_millis(300));
+    // The first pass is done (the config watcher was set up before it).
+    assert!(wait_for(Duration::from_secs(20), || workspace
+        .live("staging")
+        .join("shop")
+        .is_dir()));
     let config = std::fs::read_to_string(&workspace.config).expect("config");
     // Written the way editors do: a new file renamed over the old one.
     let replacement = workspace.path("gitopsd.toml.new");
