@@ -28,17 +28,42 @@ fn with_seconds(schedule: &str) -> String {
     }
 }
 
+/// What a time zone should look like.
+const TIME_ZONE_HINT: &str = "use an IANA name like \"Europe/Berlin\"";
+
+/// Why a change window's settings were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WindowError {
+    /// The schedule is not a cron expression.
+    #[error("invalid cron schedule {schedule:?}: {source}")]
+    Schedule {
+        schedule: String,
+        #[source]
+        source: cron::error::Error,
+    },
+    /// The time zone is not an IANA name.
+    #[error("unknown time zone {timezone:?} ({TIME_ZONE_HINT})")]
+    TimeZone { timezone: String },
+    /// A window that never stays open.
+    #[error("the window duration must be longer than zero")]
+    ZeroDuration,
+}
+
 impl Window {
     /// Parses a 5-field (minute first) or 6/7-field (seconds first) cron schedule, a duration
     /// and an IANA time zone name.
-    pub fn parse(schedule: &str, duration: Duration, timezone: &str) -> Result<Self, String> {
-        let parsed = cron::Schedule::from_str(&with_seconds(schedule))
-            .map_err(|error| format!("invalid cron schedule {schedule:?}: {error}"))?;
-        let timezone = Tz::from_str(timezone).map_err(|_| {
-            format!("unknown time zone {timezone:?} (use an IANA name like \"Europe/Berlin\")")
+    pub fn parse(schedule: &str, duration: Duration, timezone: &str) -> Result<Self, WindowError> {
+        let parsed = cron::Schedule::from_str(&with_seconds(schedule)).map_err(|source| {
+            WindowError::Schedule {
+                schedule: schedule.to_string(),
+                source,
+            }
+        })?;
+        let timezone = Tz::from_str(timezone).map_err(|_| WindowError::TimeZone {
+            timezone: timezone.to_string(),
         })?;
         if duration.is_zero() {
-            return Err("the window duration must be longer than zero".into());
+            return Err(WindowError::ZeroDuration);
         }
         Ok(Self {
             schedule: parsed,
@@ -180,8 +205,21 @@ mod tests {
 
     #[test]
     fn bad_schedules_and_zones_are_refused() {
-        assert!(Window::parse("every sunday", Duration::from_secs(60), "UTC").is_err());
-        assert!(Window::parse("0 2 * * Sun", Duration::from_secs(60), "Mars/Olympus").is_err());
+        assert!(matches!(
+            Window::parse("every sunday", Duration::from_secs(60), "UTC"),
+            Err(WindowError::Schedule { .. })
+        ));
+        let zone = Window::parse("0 2 * * Sun", Duration::from_secs(60), "Mars/Olympus")
+            .expect_err("no such zone");
+        assert!(matches!(zone, WindowError::TimeZone { .. }));
+        assert_eq!(
+            zone.to_string(),
+            "unknown time zone \"Mars/Olympus\" (use an IANA name like \"Europe/Berlin\")"
+        );
+        assert!(matches!(
+            Window::parse("0 2 * * Sun", Duration::ZERO, "UTC"),
+            Err(WindowError::ZeroDuration)
+        ));
     }
 
     #[test]

@@ -3,122 +3,200 @@
 
 use serde_json::Value;
 
-/// `Ok` when the object is ready, else what it is waiting for.
-pub fn readiness(group: &str, kind: &str, body: &Value) -> Result<(), String> {
-    let int = |pointer: &str| body.pointer(pointer).and_then(Value::as_i64);
-    let generation = int("/metadata/generation");
-    let observed = int("/status/observedGeneration");
-    // A controller that has not seen the latest spec says nothing about it yet.
-    let caught_up = || match (generation, observed) {
-        (Some(generation), Some(observed)) if observed < generation => Err(format!(
-            "status is for generation {observed}, the spec is at {generation}"
-        )),
-        (Some(_), None) => Err("the controller has not observed it yet".into()),
-        _ => Ok(()),
-    };
-    let desired = int("/spec/replicas").unwrap_or(1);
+/// What an object's status says about it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Ready, or a kind with nothing to wait for.
+    Ready,
+    /// Not ready yet; what it is waiting for.
+    Waiting(String),
+}
+
+impl Verdict {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Verdict::Ready)
+    }
+
+    fn waiting(reason: impl Into<String>) -> Self {
+        Verdict::Waiting(reason.into())
+    }
+
+    /// The first of `checks` that is not met, in order: `(met, reason)` pairs.
+    fn first_unmet(checks: impl IntoIterator<Item = (bool, String)>) -> Self {
+        checks
+            .into_iter()
+            .find(|(met, _)| !met)
+            .map_or(Verdict::Ready, |(_, reason)| Verdict::Waiting(reason))
+    }
+}
+
+/// Whether the object is ready, else what it is waiting for.
+pub fn readiness(group: &str, kind: &str, body: &Value) -> Verdict {
+    let status = Status(body);
     match (group, kind) {
-        ("apps", "Deployment") => {
-            caught_up()?;
-            let updated = int("/status/updatedReplicas").unwrap_or(0);
-            let available = int("/status/availableReplicas").unwrap_or(0);
-            let total = int("/status/replicas").unwrap_or(0);
-            if updated < desired {
-                Err(format!("{updated} of {desired} replicas updated"))
-            } else if total > updated {
-                Err(format!("{} old replicas still running", total - updated))
-            } else if available < desired {
-                Err(format!("{available} of {desired} replicas available"))
-            } else {
-                Ok(())
-            }
-        }
-        ("apps", "StatefulSet") => {
-            caught_up()?;
-            let ready = int("/status/readyReplicas").unwrap_or(0);
-            let updated = int("/status/updatedReplicas").unwrap_or(0);
-            // Held at a partition (a canary step): only the ordinals at or above it update.
-            let partition = int("/spec/updateStrategy/rollingUpdate/partition").unwrap_or(0);
-            if partition > 0 {
-                let wanted = (desired - partition).max(0);
-                return if ready < desired {
-                    Err(format!("{ready} of {desired} replicas ready"))
-                } else if updated < wanted {
-                    Err(format!(
-                        "{updated} of {wanted} replicas above partition {partition} updated"
-                    ))
-                } else {
-                    Ok(())
-                };
-            }
-            let current = body
-                .pointer("/status/currentRevision")
-                .and_then(Value::as_str);
-            let update = body
-                .pointer("/status/updateRevision")
-                .and_then(Value::as_str);
-            if ready < desired {
-                Err(format!("{ready} of {desired} replicas ready"))
-            } else if updated < desired {
-                Err(format!("{updated} of {desired} replicas updated"))
-            } else if current != update {
-                Err("the rolling update is not finished".into())
-            } else {
-                Ok(())
-            }
-        }
-        ("apps", "DaemonSet") => {
-            caught_up()?;
-            let scheduled = int("/status/desiredNumberScheduled").unwrap_or(0);
-            let updated = int("/status/updatedNumberScheduled").unwrap_or(0);
-            let available = int("/status/numberAvailable").unwrap_or(0);
-            if updated < scheduled {
-                Err(format!("{updated} of {scheduled} pods updated"))
-            } else if available < scheduled {
-                Err(format!("{available} of {scheduled} pods available"))
-            } else {
-                Ok(())
-            }
-        }
-        ("batch", "Job") => {
-            if condition(body, "Failed") {
-                Err("the job failed".into())
-            } else if condition(body, "Complete") {
-                Ok(())
-            } else {
-                Err("the job has not completed".into())
-            }
-        }
+        ("apps", "Deployment") => status.caught_up().and(|| deployment(status)),
+        ("apps", "StatefulSet") => status.caught_up().and(|| stateful_set(status)),
+        ("apps", "DaemonSet") => status.caught_up().and(|| daemon_set(status)),
+        ("batch", "Job") => job(body),
         ("", "PersistentVolumeClaim") => {
             match body.pointer("/status/phase").and_then(Value::as_str) {
-                Some("Bound") => Ok(()),
-                phase => Err(format!(
+                Some("Bound") => Verdict::Ready,
+                phase => Verdict::Waiting(format!(
                     "phase is {}, not Bound",
                     phase.unwrap_or("unknown")
                 )),
             }
         }
-        ("", "Service") => {
-            let is_load_balancer =
-                body.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer");
-            let has_ingress = body
-                .pointer("/status/loadBalancer/ingress")
-                .and_then(Value::as_array)
-                .is_some_and(|ingress| !ingress.is_empty());
-            if is_load_balancer && !has_ingress {
-                Err("the load balancer has no ingress yet".into())
-            } else {
-                Ok(())
-            }
-        }
+        ("", "Service") => service(body),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             if condition(body, "Established") {
-                Ok(())
+                Verdict::Ready
             } else {
-                Err("not Established yet".into())
+                Verdict::waiting("not Established yet")
             }
         }
-        _ => Ok(()),
+        _ => Verdict::Ready,
+    }
+}
+
+impl Verdict {
+    /// This verdict if waiting, else the next check's.
+    fn and(self, next: impl FnOnce() -> Verdict) -> Verdict {
+        match self {
+            Verdict::Ready => next(),
+            waiting => waiting,
+        }
+    }
+}
+
+/// An object's integer fields, read by JSON pointer.
+#[derive(Clone, Copy)]
+struct Status<'a>(&'a Value);
+
+impl Status<'_> {
+    fn int(&self, pointer: &str) -> Option<i64> {
+        self.0.pointer(pointer).and_then(Value::as_i64)
+    }
+
+    fn str(&self, pointer: &str) -> Option<&str> {
+        self.0.pointer(pointer).and_then(Value::as_str)
+    }
+
+    /// `spec.replicas`, 1 when unset.
+    fn desired(&self) -> i64 {
+        self.int("/spec/replicas").unwrap_or(1)
+    }
+
+    /// A controller that has not seen the latest spec says nothing about it yet.
+    fn caught_up(&self) -> Verdict {
+        match (
+            self.int("/metadata/generation"),
+            self.int("/status/observedGeneration"),
+        ) {
+            (Some(generation), Some(observed)) if observed < generation => Verdict::Waiting(
+                format!("status is for generation {observed}, the spec is at {generation}"),
+            ),
+            (Some(_), None) => Verdict::waiting("the controller has not observed it yet"),
+            _ => Verdict::Ready,
+        }
+    }
+}
+
+fn deployment(status: Status<'_>) -> Verdict {
+    let desired = status.desired();
+    let updated = status.int("/status/updatedReplicas").unwrap_or(0);
+    let available = status.int("/status/availableReplicas").unwrap_or(0);
+    let total = status.int("/status/replicas").unwrap_or(0);
+    Verdict::first_unmet([
+        (
+            updated >= desired,
+            format!("{updated} of {desired} replicas updated"),
+        ),
+        (
+            total <= updated,
+            format!("{} old replicas still running", total - updated),
+        ),
+        (
+            available >= desired,
+            format!("{available} of {desired} replicas available"),
+        ),
+    ])
+}
+
+fn stateful_set(status: Status<'_>) -> Verdict {
+    let desired = status.desired();
+    let ready = status.int("/status/readyReplicas").unwrap_or(0);
+    let updated = status.int("/status/updatedReplicas").unwrap_or(0);
+    // Held at a partition (a canary step): only the ordinals at or above it update.
+    let partition = status
+        .int("/spec/updateStrategy/rollingUpdate/partition")
+        .unwrap_or(0);
+    if partition > 0 {
+        let wanted = (desired - partition).max(0);
+        return Verdict::first_unmet([
+            (
+                ready >= desired,
+                format!("{ready} of {desired} replicas ready"),
+            ),
+            (
+                updated >= wanted,
+                format!("{updated} of {wanted} replicas above partition {partition} updated"),
+            ),
+        ]);
+    }
+    Verdict::first_unmet([
+        (
+            ready >= desired,
+            format!("{ready} of {desired} replicas ready"),
+        ),
+        (
+            updated >= desired,
+            format!("{updated} of {desired} replicas updated"),
+        ),
+        (
+            status.str("/status/currentRevision") == status.str("/status/updateRevision"),
+            "the rolling update is not finished".into(),
+        ),
+    ])
+}
+
+fn daemon_set(status: Status<'_>) -> Verdict {
+    let scheduled = status.int("/status/desiredNumberScheduled").unwrap_or(0);
+    let updated = status.int("/status/updatedNumberScheduled").unwrap_or(0);
+    let available = status.int("/status/numberAvailable").unwrap_or(0);
+    Verdict::first_unmet([
+        (
+            updated >= scheduled,
+            format!("{updated} of {scheduled} pods updated"),
+        ),
+        (
+            available >= scheduled,
+            format!("{available} of {scheduled} pods available"),
+        ),
+    ])
+}
+
+fn job(body: &Value) -> Verdict {
+    if condition(body, "Failed") {
+        Verdict::waiting("the job failed")
+    } else if condition(body, "Complete") {
+        Verdict::Ready
+    } else {
+        Verdict::waiting("the job has not completed")
+    }
+}
+
+fn service(body: &Value) -> Verdict {
+    let is_load_balancer =
+        body.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer");
+    let has_ingress = body
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+        .is_some_and(|ingress| !ingress.is_empty());
+    if is_load_balancer && !has_ingress {
+        Verdict::waiting("the load balancer has no ingress yet")
+    } else {
+        Verdict::Ready
     }
 }
 
@@ -350,7 +428,7 @@ mod tests {
             "metadata: {generation: 2}\nspec: {replicas: 3}\nstatus: {observedGeneration: 1, replicas: 3, updatedReplicas: 3, availableReplicas: 3}\n",
         );
         assert!(
-            readiness("apps", "Deployment", &fresh).is_err(),
+            !readiness("apps", "Deployment", &fresh).is_ready(),
             "status is stale"
         );
         let rolling = yaml(
@@ -358,12 +436,12 @@ mod tests {
         );
         assert_eq!(
             readiness("apps", "Deployment", &rolling),
-            Err("1 old replicas still running".into())
+            Verdict::Waiting("1 old replicas still running".into())
         );
         let done = yaml(
             "metadata: {generation: 2}\nspec: {replicas: 3}\nstatus: {observedGeneration: 2, replicas: 3, updatedReplicas: 3, availableReplicas: 3}\n",
         );
-        assert_eq!(readiness("apps", "Deployment", &done), Ok(()));
+        assert_eq!(readiness("apps", "Deployment", &done), Verdict::Ready);
     }
 
     #[test]
@@ -371,43 +449,43 @@ mod tests {
         let sts = yaml(
             "metadata: {generation: 1}\nspec: {replicas: 2}\nstatus: {observedGeneration: 1, readyReplicas: 2, updatedReplicas: 2, currentRevision: a, updateRevision: b}\n",
         );
-        assert!(readiness("apps", "StatefulSet", &sts).is_err());
+        assert!(!readiness("apps", "StatefulSet", &sts).is_ready());
         let held = |updated: u8| {
             yaml(&format!(
                 "metadata: {{generation: 2}}\nspec: {{replicas: 4, updateStrategy: {{rollingUpdate: {{partition: 2}}}}}}\nstatus: {{observedGeneration: 2, readyReplicas: 4, updatedReplicas: {updated}, currentRevision: a, updateRevision: b}}\n"
             ))
         };
         assert!(
-            readiness("apps", "StatefulSet", &held(1)).is_err(),
+            !readiness("apps", "StatefulSet", &held(1)).is_ready(),
             "ordinal 2 is not updated yet"
         );
         assert_eq!(
             readiness("apps", "StatefulSet", &held(2)),
-            Ok(()),
+            Verdict::Ready,
             "at a partition, only the ordinals above it update"
         );
         let ds = yaml(
             "metadata: {generation: 1}\nstatus: {observedGeneration: 1, desiredNumberScheduled: 3, updatedNumberScheduled: 3, numberAvailable: 3}\n",
         );
-        assert_eq!(readiness("apps", "DaemonSet", &ds), Ok(()));
+        assert_eq!(readiness("apps", "DaemonSet", &ds), Verdict::Ready);
     }
 
     #[test]
     fn jobs_pvcs_services_and_crds() {
         let complete = yaml("status: {conditions: [{type: Complete, status: 'True'}]}\n");
         let failed = yaml("status: {conditions: [{type: Failed, status: 'True'}]}\n");
-        assert_eq!(readiness("batch", "Job", &complete), Ok(()));
+        assert_eq!(readiness("batch", "Job", &complete), Verdict::Ready);
         assert_eq!(
             readiness("batch", "Job", &failed),
-            Err("the job failed".into())
+            Verdict::Waiting("the job failed".into())
         );
         assert!(
-            readiness(
+            !readiness(
                 "",
                 "PersistentVolumeClaim",
                 &yaml("status: {phase: Pending}\n")
             )
-            .is_err()
+            .is_ready()
         );
         assert_eq!(
             readiness(
@@ -415,20 +493,23 @@ mod tests {
                 "PersistentVolumeClaim",
                 &yaml("status: {phase: Bound}\n")
             ),
-            Ok(())
+            Verdict::Ready
         );
         let lb = yaml("spec: {type: LoadBalancer}\nstatus: {loadBalancer: {}}\n");
-        assert!(readiness("", "Service", &lb).is_err());
+        assert!(!readiness("", "Service", &lb).is_ready());
         assert_eq!(
             readiness("", "Service", &yaml("spec: {type: ClusterIP}\n")),
-            Ok(())
+            Verdict::Ready
         );
         let crd = yaml("status: {conditions: [{type: Established, status: 'True'}]}\n");
         assert_eq!(
             readiness("apiextensions.k8s.io", "CustomResourceDefinition", &crd),
-            Ok(())
+            Verdict::Ready
         );
-        assert_eq!(readiness("", "ConfigMap", &yaml("data: {}\n")), Ok(()));
+        assert_eq!(
+            readiness("", "ConfigMap", &yaml("data: {}\n")),
+            Verdict::Ready
+        );
     }
 
     #[test]

@@ -124,9 +124,9 @@ fn read_object(path: &Path) -> Option<Object> {
 }
 
 fn list_owned(root: &Path, environment: &str) -> Result<Vec<Object>, TargetError> {
-    let list_error = |message: String| TargetError::List {
+    let list_error = |error: ReadDirError| TargetError::List {
         location: root.display().to_string(),
-        message,
+        message: error.to_string(),
     };
     let mut objects = Vec::new();
     if !root.exists() {
@@ -167,11 +167,23 @@ fn list_owned(root: &Path, environment: &str) -> Result<Vec<Object>, TargetError
     Ok(objects)
 }
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+/// A folder that could not be read while listing.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+struct ReadDirError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, ReadDirError> {
+    let read_error = |source| ReadDirError {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut paths = Vec::new();
-    for entry in entries {
-        paths.push(entry.map_err(|e| format!("{}: {e}", dir.display()))?.path());
+    for entry in fs::read_dir(dir).map_err(read_error)? {
+        paths.push(entry.map_err(read_error)?.path());
     }
     paths.sort();
     Ok(paths)

@@ -309,7 +309,7 @@ impl Checker {
                 timezone,
             }),
             Err(message) => {
-                self.problem(key, message);
+                self.problem(key, message.to_string());
                 None
             }
         }

@@ -111,16 +111,39 @@ impl<T: Target> EnvironmentRun<'_, T> {
             revert.reason
         );
         let healthy = revert.to.clone();
-        let pushed = crate::blocking::off_thread("writing the revert commit", move || {
-            let scope = match &excluded {
-                // A render may read any file: every input is put back but the other
-                // environments' own folders.
-                Some(excluded) => RevertScope::AllExcept(excluded),
-                None => RevertScope::Folder(&path),
-            };
-            source.push_revert_commit(scope, &healthy, &message)
-        })
-        .await?;
+        // Set on shutdown: the push (its process group) is killed rather than waited for.
+        let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let work = crate::blocking::off_thread("writing the revert commit", {
+            let interrupt = interrupt.clone();
+            move || {
+                let scope = match &excluded {
+                    // A render may read any file: every input is put back but the other
+                    // environments' own folders.
+                    Some(excluded) => RevertScope::AllExcept(excluded),
+                    None => RevertScope::Folder(&path),
+                };
+                source.push_revert_commit(scope, &healthy, &message, &interrupt)
+            }
+        });
+        tokio::pin!(work);
+        let mut shutdown = self.fx.shutdown.clone();
+        let stop = |interrupt: &std::sync::atomic::AtomicBool| {
+            interrupt.store(true, std::sync::atomic::Ordering::Relaxed)
+        };
+        if *shutdown.borrow_and_update() {
+            stop(&interrupt);
+        }
+        let pushed = loop {
+            tokio::select! {
+                pushed = &mut work => break pushed?,
+                changed = shutdown.changed(), if !interrupt.load(std::sync::atomic::Ordering::Relaxed) => {
+                    // A dropped sender reads as a shutdown too.
+                    if changed.is_err() || *shutdown.borrow() {
+                        stop(&interrupt);
+                    }
+                }
+            }
+        };
         match pushed {
             Ok(Some(commit)) => {
                 tracing::info!(env = %self.fx.config.name, commit = %commit.short(), "revert commit pushed");

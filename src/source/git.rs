@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use base64::Engine as _;
 use gix::remote::Direction;
-use thiserror::Error;
 
+use super::error::{Cause, gix_message};
+pub use super::error::{RemoteFailure, SourceError};
 use super::settings::RepoConfig;
 use super::verify::{Signer, Verifier, VerifyConfig, VerifyError, VerifyMode};
 use crate::manifest::{Limits, ManifestFile, Problem, is_manifest_path};
@@ -15,49 +15,6 @@ use crate::model::Revision;
 
 /// Local refs the mirror keeps the remote's branches under.
 const REMOTE_REFS: &str = "refs/remotes/origin";
-
-#[derive(Debug, Error)]
-pub enum SourceError {
-    #[error("cannot open git mirror {}: {message}", path.display())]
-    Open { path: PathBuf, message: String },
-    #[error("fetch from {url} failed: {message}")]
-    Fetch { url: String, message: String },
-    #[error("branch {branch:?} does not exist at {url}")]
-    MissingBranch { url: String, branch: String },
-    #[error("unknown revision {rev:?}")]
-    UnknownRevision { rev: String },
-    #[error("path {path:?} does not exist at revision {revision}")]
-    MissingPath { path: String, revision: Revision },
-    #[error("path {path:?} at revision {revision} is not a folder")]
-    NotAFolder { path: String, revision: Revision },
-    #[error("cannot read {what} at revision {revision}: {message}")]
-    Read {
-        what: String,
-        revision: Revision,
-        message: String,
-    },
-    #[error("cannot write the revert commit: {message}")]
-    Commit { message: String },
-    #[error("git push to {url} failed: {message}")]
-    Push { url: String, message: String },
-    #[error("cannot write {} while unpacking revision {revision}: {source}", path.display())]
-    Unpack {
-        path: PathBuf,
-        revision: Revision,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "revision {revision} holds more than {limit} bytes of files (render.max_tree_bytes); not unpacked"
-    )]
-    TreeTooLarge { revision: Revision, limit: u64 },
-    #[error("cannot read token file {}: {source}", path.display())]
-    TokenFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// A commit the verification refused, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,52 +29,9 @@ impl std::fmt::Display for Unverified {
     }
 }
 
-/// Signs a commit gitopsd writes with its SSH key, as `git commit -S` with `gpg.format = ssh`
-/// would: an sshsig over the commit without the signature, in a `gpgsig` header.
-fn sign_commit(commit: &mut gix::objs::Commit, key_file: &Path) -> Result<(), SourceError> {
-    use gix::objs::WriteTo;
-    let sign_error = |message: String| SourceError::Commit {
-        message: format!("signing with {}: {message}", key_file.display()),
-    };
-    let key =
-        ssh_key::PrivateKey::read_openssh_file(key_file).map_err(|e| sign_error(e.to_string()))?;
-    if key.is_encrypted() {
-        return Err(sign_error(
-            "the key is encrypted; gitopsd needs one without a passphrase (readable by its user only)".into(),
-        ));
-    }
-    let mut payload = Vec::new();
-    commit
-        .write_to(&mut payload)
-        .map_err(|e| sign_error(e.to_string()))?;
-    let signature = key
-        .sign("git", ssh_key::HashAlg::Sha512, &payload)
-        .and_then(|signature| signature.to_pem(ssh_key::LineEnding::LF))
-        .map_err(|e| sign_error(e.to_string()))?;
-    commit
-        .extra_headers
-        .push(("gpgsig".into(), signature.trim_end().to_string().into()));
-    Ok(())
-}
-
-/// A gix error with its causes: gix's Display shows only the outermost message ("Transport
-/// handshake failed"), its Debug the whole chain.
-fn gix_message(error: &impl std::fmt::Debug) -> String {
-    format!("{error:?}")
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && *line != "Caused by:")
-        .map(|line| {
-            line.trim_start_matches(|c: char| c.is_ascii_digit() || c == ':')
-                .trim()
-        })
-        .collect::<Vec<_>>()
-        .join(": ")
-}
-
 /// How to authenticate to the remote.
 #[derive(Debug, Clone, PartialEq)]
-enum Auth {
+pub(super) enum Auth {
     Anonymous,
     Token {
         username: String,
@@ -131,7 +45,7 @@ enum Auth {
 
 impl Auth {
     /// The ssh command line for git and gix, when ssh settings are configured.
-    fn ssh_command(&self) -> Option<String> {
+    pub(super) fn ssh_command(&self) -> Option<String> {
         let Auth::Ssh { key, known_hosts } = self else {
             return None;
         };
@@ -171,55 +85,24 @@ pub struct Snapshot {
     pub limits: Limits,
 }
 
-/// What a revert commit puts back to the healthy revision.
-#[derive(Debug, Clone, Copy)]
-pub enum RevertScope<'a> {
-    /// The environment's folder of plain manifests.
-    Folder(&'a str),
-    /// Every file of a rendered environment's inputs: all files but those under the given
-    /// folders (the other environments' own folders), since a render may read any of them.
-    AllExcept(&'a [String]),
-}
-
-/// Every file under `tree` (blobs, links, submodules) with its id and kind, by path.
-fn files_of(
-    tree: &gix::Tree<'_>,
-) -> Result<std::collections::BTreeMap<String, (gix::ObjectId, gix::object::tree::EntryKind)>, String>
-{
-    let mut recorder = gix::traverse::tree::Recorder::default();
-    tree.traverse()
-        .breadthfirst(&mut recorder)
-        .map_err(|e| gix_message(&e))?;
-    Ok(recorder
-        .records
-        .into_iter()
-        .filter(|record| !record.mode.is_tree())
-        .map(|record| {
-            (
-                record.filepath.to_string(),
-                (record.oid, record.mode.kind()),
-            )
-        })
-        .collect())
-}
-
 /// A git repository mirrored under the state directory.
 #[derive(Debug, Clone)]
 pub struct GitSource {
     state_dir: PathBuf,
-    mirror: PathBuf,
-    url: String,
-    branch: String,
-    auth: Auth,
+    pub(super) mirror: PathBuf,
+    pub(super) url: String,
+    pub(super) branch: String,
+    pub(super) auth: Auth,
     max_file_bytes: u64,
     max_files: usize,
     max_total_bytes: u64,
     limits: Limits,
-    fetch_timeout: std::time::Duration,
+    /// How long a fetch, and a revert commit's push, may take.
+    pub(super) fetch_timeout: std::time::Duration,
     /// Files parsed at earlier revisions, by blob id; shared by the clones of this source.
     parse_cache: crate::parse_cache::ParseCache,
     /// `[repo.verify]`: which commits must be signed, and by whom.
-    verify: Option<VerifyConfig>,
+    pub(super) verify: Option<VerifyConfig>,
 }
 
 impl GitSource {
@@ -365,16 +248,16 @@ impl GitSource {
             .unwrap_or(false)
     }
 
-    fn open(&self) -> Result<gix::Repository, SourceError> {
-        let open_error = |message: String| SourceError::Open {
+    pub(super) fn open(&self) -> Result<gix::Repository, SourceError> {
+        let open_error = |source: Cause| SourceError::Open {
             path: self.mirror.clone(),
-            message,
+            source,
         };
         if self.mirror.join("HEAD").is_file() {
-            gix::open(&self.mirror).map_err(|e| open_error(gix_message(&e)))
+            gix::open(&self.mirror).map_err(|e| open_error(Box::new(e)))
         } else {
-            std::fs::create_dir_all(&self.mirror).map_err(|e| open_error(gix_message(&e)))?;
-            gix::init_bare(&self.mirror).map_err(|e| open_error(gix_message(&e)))
+            std::fs::create_dir_all(&self.mirror).map_err(|e| open_error(Box::new(e)))?;
+            gix::init_bare(&self.mirror).map_err(|e| open_error(Box::new(e)))
         }
     }
 
@@ -391,42 +274,62 @@ impl GitSource {
 
     /// Fetches the branches; gives up when `interrupt` turns true (a timeout, a shutdown).
     pub fn fetch_with(&self, interrupt: &AtomicBool) -> Result<Fetched, SourceError> {
-        let mut repo = self.open()?;
-        let fetch_error = |message: String| SourceError::Fetch {
-            url: self.url.clone(),
-            message,
+        let repo = self.open()?;
+        let previous = self.branch_tip_in(&repo);
+        let token = self.token()?;
+        self.receive(repo.clone(), token, interrupt)
+            .map_err(|source| SourceError::Remote {
+                url: self.url.clone(),
+                kind: RemoteFailure::of(&source),
+                source,
+            })?;
+        let Some(tip) = self.branch_tip_in(&repo) else {
+            return Err(SourceError::MissingBranch {
+                url: self.url.clone(),
+                branch: self.branch.clone(),
+            });
         };
+        let force_pushed = match &previous {
+            Some(previous) if *previous != tip => !self.is_ancestor(&repo, previous, &tip),
+            _ => false,
+        };
+        Ok(Fetched {
+            tip,
+            previous,
+            force_pushed,
+        })
+    }
+
+    /// The token's username and value, read from its file now (it may have been rotated).
+    fn token(&self) -> Result<Option<(String, String)>, SourceError> {
+        let Auth::Token { username, file } = &self.auth else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(file).map_err(|source| SourceError::TokenFile {
+            path: file.clone(),
+            source,
+        })?;
+        Ok(Some((username.clone(), token.trim().to_string())))
+    }
+
+    /// Connects with the configured credentials and receives every branch into the mirror.
+    fn receive(
+        &self,
+        mut repo: gix::Repository,
+        token: Option<(String, String)>,
+        interrupt: &AtomicBool,
+    ) -> Result<(), gix::Error> {
         if let Some(command) = self.auth.ssh_command() {
             let mut config = repo.config_snapshot_mut();
-            config
-                .set_value(&gix::config::tree::Core::SSH_COMMAND, command.as_str())
-                .map_err(|e| fetch_error(gix_message(&e)))?;
-            config.commit().map_err(|e| fetch_error(gix_message(&e)))?;
+            config.set_value(&gix::config::tree::Core::SSH_COMMAND, command.as_str())?;
+            config.commit()?;
         }
-        let previous = self.branch_tip_in(&repo);
-        let token = match &self.auth {
-            Auth::Token { username, file } => Some((
-                username.clone(),
-                std::fs::read_to_string(file)
-                    .map_err(|source| SourceError::TokenFile {
-                        path: file.clone(),
-                        source,
-                    })?
-                    .trim()
-                    .to_string(),
-            )),
-            _ => None,
-        };
         let refspec = format!("+refs/heads/*:{REMOTE_REFS}/*");
         let remote = repo
-            .remote_at(self.url.as_str())
-            .map_err(|e| fetch_error(gix_message(&e)))?
+            .remote_at(self.url.as_str())?
             .with_fetch_tags(gix::remote::fetch::Tags::None)
-            .with_refspecs([refspec.as_str()], Direction::Fetch)
-            .map_err(|e| fetch_error(gix_message(&e)))?;
-        let mut connection = remote
-            .connect(Direction::Fetch)
-            .map_err(|e| fetch_error(gix_message(&e)))?;
+            .with_refspecs([refspec.as_str()], Direction::Fetch)?;
+        let mut connection = remote.connect(Direction::Fetch)?;
         if let Some((username, password)) = token {
             connection.set_credentials(move |action| match action {
                 gix::credentials::helper::Action::Get(context) => {
@@ -443,25 +346,9 @@ impl GitSource {
             });
         }
         connection
-            .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| fetch_error(gix_message(&e)))?
-            .receive(gix::progress::Discard, interrupt)
-            .map_err(|e| fetch_error(gix_message(&e)))?;
-        let Some(tip) = self.branch_tip_in(&repo) else {
-            return Err(SourceError::MissingBranch {
-                url: self.url.clone(),
-                branch: self.branch.clone(),
-            });
-        };
-        let force_pushed = match &previous {
-            Some(previous) if *previous != tip => !self.is_ancestor(&repo, previous, &tip),
-            _ => false,
-        };
-        Ok(Fetched {
-            tip,
-            previous,
-            force_pushed,
-        })
+            .prepare_fetch(gix::progress::Discard, Default::default())?
+            .receive(gix::progress::Discard, interrupt)?;
+        Ok(())
     }
 
     /// The configured branch's commit in the mirror, without fetching.
@@ -511,147 +398,6 @@ impl GitSource {
             .ok_or_else(unknown)
     }
 
-    /// Commits, on top of the branch tip, what `scope` covers as it was at `healthy`, and pushes
-    /// that commit to the branch with `git push` (gix cannot push). Returns `None` when the tip
-    /// already holds those files. The push is a fast-forward only: if the branch moved
-    /// meanwhile it is refused and reported.
-    pub fn push_revert_commit(
-        &self,
-        scope: RevertScope<'_>,
-        healthy: &Revision,
-        message: &str,
-    ) -> Result<Option<Revision>, SourceError> {
-        let tip = self.fetch()?.tip;
-        let repo = self.open()?;
-        let commit_error = |message: String| SourceError::Commit { message };
-        let tree_of = |revision: &Revision| -> Result<gix::Tree<'_>, SourceError> {
-            let id = gix::ObjectId::from_hex(revision.0.as_bytes())
-                .map_err(|e| commit_error(gix_message(&e)))?;
-            repo.find_commit(id)
-                .and_then(|commit| commit.tree())
-                .map_err(|e| commit_error(format!("{revision}: {e}")))
-        };
-        let tip_tree = tree_of(&tip)?;
-        let healthy_tree = tree_of(healthy)?;
-        let entry_id = |tree: &gix::Tree<'_>| -> Result<Option<gix::ObjectId>, SourceError> {
-            let RevertScope::Folder(path) = scope else {
-                return Ok(None);
-            };
-            tree.lookup_entry_by_path(path)
-                .map(|entry| entry.map(|entry| entry.object_id()))
-                .map_err(|e| commit_error(gix_message(&e)))
-        };
-        let mut editor = repo
-            .edit_tree(tip_tree.id)
-            .map_err(|e| commit_error(gix_message(&e)))?;
-        match scope {
-            RevertScope::Folder(path) => {
-                let wanted = entry_id(&healthy_tree)?;
-                if entry_id(&tip_tree)? == wanted {
-                    return Ok(None);
-                }
-                match wanted {
-                    Some(id) => editor.upsert(path, gix::object::tree::EntryKind::Tree, id),
-                    None => editor.remove(path),
-                }
-                .map_err(|e| commit_error(gix_message(&e)))?;
-            }
-            RevertScope::AllExcept(excluded) => {
-                let healthy_files = files_of(&healthy_tree).map_err(commit_error)?;
-                let tip_files = files_of(&tip_tree).map_err(commit_error)?;
-                let under = |file: &str, folder: &String| {
-                    file.strip_prefix(folder.as_str())
-                        .is_some_and(|rest| rest.starts_with('/'))
-                };
-                let changed: Vec<&String> = healthy_files
-                    .keys()
-                    .chain(tip_files.keys())
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .filter(|file| healthy_files.get(*file) != tip_files.get(*file))
-                    .filter(|file| !excluded.iter().any(|folder| under(file, folder)))
-                    .collect();
-                if changed.is_empty() {
-                    return Ok(None);
-                }
-                for file in changed {
-                    match healthy_files.get(file) {
-                        Some((id, kind)) => editor.upsert(file.as_str(), *kind, *id),
-                        None => editor.remove(file.as_str()),
-                    }
-                    .map_err(|e| commit_error(gix_message(&e)))?;
-                }
-            }
-        }
-        let tree = editor.write().map_err(|e| commit_error(gix_message(&e)))?;
-        let signature = gix::actor::Signature {
-            name: "gitopsd".into(),
-            email: "gitopsd@localhost".into(),
-            time: gix::date::Time::now_utc(),
-        };
-        let tip_id =
-            gix::ObjectId::from_hex(tip.0.as_bytes()).map_err(|e| commit_error(gix_message(&e)))?;
-        let mut commit = gix::objs::Commit {
-            tree: tree.detach(),
-            parents: vec![tip_id].into(),
-            author: signature.clone(),
-            committer: signature,
-            encoding: None,
-            message: message.into(),
-            extra_headers: Vec::new(),
-        };
-        if let Some(key) = self.verify.as_ref().and_then(|v| v.signing_key.as_deref()) {
-            sign_commit(&mut commit, key)?;
-        }
-        let id = repo
-            .write_object(&commit)
-            .map_err(|e| commit_error(gix_message(&e)))?
-            .detach();
-        let mut push = std::process::Command::new("git");
-        push.arg("-C")
-            .arg(&self.mirror)
-            .args(["push", "--quiet", "--porcelain"])
-            .arg(&self.url)
-            .arg(format!("{id}:refs/heads/{}", self.branch))
-            .env("GIT_TERMINAL_PROMPT", "0");
-        match &self.auth {
-            Auth::Anonymous => {}
-            Auth::Ssh { .. } => {
-                if let Some(command) = self.auth.ssh_command() {
-                    push.env("GIT_SSH_COMMAND", command);
-                }
-            }
-            Auth::Token { username, file } => {
-                let token =
-                    std::fs::read_to_string(file).map_err(|source| SourceError::TokenFile {
-                        path: file.clone(),
-                        source,
-                    })?;
-                // Passed through the environment, not argv, so it does not show in `ps`.
-                let header = format!(
-                    "Authorization: Basic {}",
-                    base64::engine::general_purpose::STANDARD
-                        .encode(format!("{username}:{}", token.trim()))
-                );
-                push.env("GIT_CONFIG_COUNT", "1")
-                    .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-                    .env("GIT_CONFIG_VALUE_0", header);
-            }
-        }
-        let output = push.output().map_err(|e| SourceError::Push {
-            url: self.url.clone(),
-            message: format!("cannot run git: {e}"),
-        })?;
-        if !output.status.success() {
-            return Err(SourceError::Push {
-                url: self.url.clone(),
-                message: String::from_utf8_lossy(&output.stderr).trim().to_string()
-                    + String::from_utf8_lossy(&output.stdout).trim(),
-            });
-        }
-        Ok(Some(Revision(id.to_string())))
-    }
-
     /// When `revision` was committed (committer time), if the mirror has it.
     pub fn commit_time(&self, revision: &Revision) -> Option<chrono::DateTime<chrono::Utc>> {
         let repo = self.open().ok()?;
@@ -663,17 +409,15 @@ impl GitSource {
     /// The id of `revision`'s root tree: two commits with the same files share it.
     pub fn tree_id(&self, revision: &Revision) -> Result<String, SourceError> {
         let repo = self.open()?;
-        let read_error = |message: String| SourceError::Read {
+        let read_error = |source: Cause| SourceError::Read {
             what: "root tree".into(),
             revision: revision.clone(),
-            message,
+            source,
         };
-        let id = gix::ObjectId::from_hex(revision.0.as_bytes())
-            .map_err(|e| read_error(gix_message(&e)))?;
-        let commit = repo
-            .find_commit(id)
-            .map_err(|e| read_error(gix_message(&e)))?;
-        let tree = commit.tree_id().map_err(|e| read_error(gix_message(&e)))?;
+        let id =
+            gix::ObjectId::from_hex(revision.0.as_bytes()).map_err(|e| read_error(Box::new(e)))?;
+        let commit = repo.find_commit(id).map_err(|e| read_error(Box::new(e)))?;
+        let tree = commit.tree_id().map_err(|e| read_error(Box::new(e)))?;
         Ok(tree.to_string())
     }
 
@@ -688,10 +432,10 @@ impl GitSource {
     ) -> Result<(), SourceError> {
         use std::os::unix::fs::PermissionsExt as _;
         let repo = self.open()?;
-        let read_error = |what: &str, message: String| SourceError::Read {
+        let read_error = |what: &str, source: Cause| SourceError::Read {
             what: what.to_string(),
             revision: revision.clone(),
-            message,
+            source,
         };
         let unpack_error = |path: PathBuf, source: std::io::Error| SourceError::Unpack {
             path,
@@ -699,15 +443,15 @@ impl GitSource {
             source,
         };
         let id = gix::ObjectId::from_hex(revision.0.as_bytes())
-            .map_err(|e| read_error("commit id", gix_message(&e)))?;
+            .map_err(|e| read_error("commit id", Box::new(e)))?;
         let root = repo
             .find_commit(id)
             .and_then(|commit| commit.tree())
-            .map_err(|e| read_error("root tree", gix_message(&e)))?;
+            .map_err(|e| read_error("root tree", Box::new(e)))?;
         let mut recorder = gix::traverse::tree::Recorder::default();
         root.traverse()
             .breadthfirst(&mut recorder)
-            .map_err(|e| read_error("root tree", gix_message(&e)))?;
+            .map_err(|e| read_error("root tree", Box::new(e)))?;
         let mut total = 0u64;
         for record in recorder.records {
             let path = dest.join(record.filepath.to_string());
@@ -721,7 +465,7 @@ impl GitSource {
             let file = record.filepath.to_string();
             total += repo
                 .find_header(record.oid)
-                .map_err(|e| read_error(&file, gix_message(&e)))?
+                .map_err(|e| read_error(&file, Box::new(e)))?
                 .size();
             if total > max_bytes {
                 return Err(SourceError::TreeTooLarge {
@@ -731,7 +475,7 @@ impl GitSource {
             }
             let blob = repo
                 .find_blob(record.oid)
-                .map_err(|e| read_error(&file, gix_message(&e)))?;
+                .map_err(|e| read_error(&file, Box::new(e)))?;
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| unpack_error(parent.into(), e))?;
             }
@@ -747,113 +491,297 @@ impl GitSource {
     /// Reads the manifest files under `path` at `revision`, recursively, in sorted order.
     pub fn snapshot(&self, revision: &Revision, path: &str) -> Result<Snapshot, SourceError> {
         let repo = self.open()?;
-        let read_error = |what: &str, message: String| SourceError::Read {
-            what: what.to_string(),
-            revision: revision.clone(),
-            message,
+        let mut reader = FolderReader {
+            source: self,
+            repo: &repo,
+            revision,
+            path,
+            files: Vec::new(),
+            problems: Vec::new(),
+            total_bytes: 0,
         };
-        let id = gix::ObjectId::from_hex(revision.0.as_bytes())
-            .map_err(|e| read_error("commit id", gix_message(&e)))?;
-        let commit = repo
-            .find_commit(id)
-            .map_err(|e| read_error("commit", gix_message(&e)))?;
-        let root = commit
-            .tree()
-            .map_err(|e| read_error("root tree", gix_message(&e)))?;
-        let entry = root
-            .lookup_entry_by_path(path)
-            .map_err(|e| read_error(path, gix_message(&e)))?
-            .ok_or_else(|| SourceError::MissingPath {
-                path: path.to_string(),
-                revision: revision.clone(),
-            })?;
-        if !entry.mode().is_tree() {
-            return Err(SourceError::NotAFolder {
-                path: path.to_string(),
-                revision: revision.clone(),
-            });
-        }
-        let tree = entry
-            .object()
-            .map_err(|e| read_error(path, gix_message(&e)))?
-            .into_tree();
-        let mut recorder = gix::traverse::tree::Recorder::default();
-        tree.traverse()
-            .breadthfirst(&mut recorder)
-            .map_err(|e| read_error(path, gix_message(&e)))?;
-        let mut records = recorder.records;
-        records.sort_by(|a, b| a.filepath.cmp(&b.filepath));
-        let mut files = Vec::new();
-        let mut problems = Vec::new();
-        let mut total_bytes = 0u64;
-        for record in records {
-            let file = format!("{path}/{}", record.filepath);
-            if files.len() >= self.max_files && is_manifest_path(&file) {
-                problems.push(Problem::file(
-                    file,
-                    format!(
-                        "{path} holds more than {} manifest files (repo.max_files); the rest is not read",
-                        self.max_files
-                    ),
-                ));
+        for record in folder_entries(&repo, revision, path)? {
+            if reader.take(record)?.is_break() {
                 break;
             }
-            if record.mode.is_tree() {
-                continue;
-            }
-            if record.mode.is_commit() {
-                problems.push(Problem::file(file, "submodules are not supported"));
-                continue;
-            }
-            if !is_manifest_path(&file) {
-                continue;
-            }
-            if record.mode.is_link() {
-                problems.push(Problem::file(
-                    file,
-                    "symlinks are not followed: they can point outside the repository",
-                ));
-                continue;
-            }
-            let size = repo
-                .find_header(record.oid)
-                .map_err(|e| read_error(&file, gix_message(&e)))?
-                .size();
-            if size > self.max_file_bytes {
-                problems.push(Problem::file(
-                    file,
-                    format!(
-                        "file is {size} bytes, over the limit of {} (repo.max_file_bytes)",
-                        self.max_file_bytes
-                    ),
-                ));
-                continue;
-            }
-            total_bytes += size;
-            if total_bytes > self.max_total_bytes {
-                problems.push(Problem::file(
-                    file,
-                    format!(
-                        "{path} holds more than {} bytes of manifests (repo.max_total_bytes); the rest is not read",
-                        self.max_total_bytes
-                    ),
-                ));
-                break;
-            }
-            let blob = repo
-                .find_blob(record.oid)
-                .map_err(|e| read_error(&file, gix_message(&e)))?;
-            files.push(ManifestFile {
-                path: file,
-                bytes: blob.data.clone(),
-                blob: Some(record.oid.to_string()),
-            });
         }
         Ok(Snapshot {
             revision: revision.clone(),
-            files,
-            problems,
+            files: reader.files,
+            problems: reader.problems,
             limits: self.limits,
         })
+    }
+}
+
+fn read_error(what: &str, revision: &Revision, source: Cause) -> SourceError {
+    SourceError::Read {
+        what: what.to_string(),
+        revision: revision.clone(),
+        source,
+    }
+}
+
+/// Every entry under the folder `path` at `revision`, sorted by path.
+fn folder_entries(
+    repo: &gix::Repository,
+    revision: &Revision,
+    path: &str,
+) -> Result<Vec<gix::traverse::tree::recorder::Entry>, SourceError> {
+    let id = gix::ObjectId::from_hex(revision.0.as_bytes())
+        .map_err(|e| read_error("commit id", revision, Box::new(e)))?;
+    let commit = repo
+        .find_commit(id)
+        .map_err(|e| read_error("commit", revision, Box::new(e)))?;
+    let root = commit
+        .tree()
+        .map_err(|e| read_error("root tree", revision, Box::new(e)))?;
+    let entry = root
+        .lookup_entry_by_path(path)
+        .map_err(|e| read_error(path, revision, Box::new(e)))?
+        .ok_or_else(|| SourceError::MissingPath {
+            path: path.to_string(),
+            revision: revision.clone(),
+        })?;
+    if !entry.mode().is_tree() {
+        return Err(SourceError::NotAFolder {
+            path: path.to_string(),
+            revision: revision.clone(),
+        });
+    }
+    let tree = entry
+        .object()
+        .map_err(|e| read_error(path, revision, Box::new(e)))?
+        .into_tree();
+    let mut recorder = gix::traverse::tree::Recorder::default();
+    tree.traverse()
+        .breadthfirst(&mut recorder)
+        .map_err(|e| read_error(path, revision, Box::new(e)))?;
+    let mut records = recorder.records;
+    records.sort_by(|a, b| a.filepath.cmp(&b.filepath));
+    Ok(records)
+}
+
+/// Reads one environment folder's entries into manifest files, within the source's limits.
+struct FolderReader<'a> {
+    source: &'a GitSource,
+    repo: &'a gix::Repository,
+    revision: &'a Revision,
+    path: &'a str,
+    files: Vec<ManifestFile>,
+    /// Entries refused, and limits reached.
+    problems: Vec<Problem>,
+    total_bytes: u64,
+}
+
+impl FolderReader<'_> {
+    /// Takes one entry: a manifest file is read, anything else skipped or refused with a
+    /// problem; `Break` once a limit says the rest is not read.
+    fn take(
+        &mut self,
+        record: gix::traverse::tree::recorder::Entry,
+    ) -> Result<std::ops::ControlFlow<()>, SourceError> {
+        use std::ops::ControlFlow::{Break, Continue};
+        let (path, source) = (self.path, self.source);
+        let file = format!("{path}/{}", record.filepath);
+        if self.files.len() >= source.max_files && is_manifest_path(&file) {
+            self.problems.push(Problem::file(
+                file,
+                format!(
+                    "{path} holds more than {} manifest files (repo.max_files); the rest is not read",
+                    source.max_files
+                ),
+            ));
+            return Ok(Break(()));
+        }
+        if record.mode.is_tree() {
+            return Ok(Continue(()));
+        }
+        if record.mode.is_commit() {
+            self.problems
+                .push(Problem::file(file, "submodules are not supported"));
+            return Ok(Continue(()));
+        }
+        if !is_manifest_path(&file) {
+            return Ok(Continue(()));
+        }
+        if record.mode.is_link() {
+            self.problems.push(Problem::file(
+                file,
+                "symlinks are not followed: they can point outside the repository",
+            ));
+            return Ok(Continue(()));
+        }
+        let read_error = |source: gix::Error| read_error(&file, self.revision, Box::new(source));
+        let size = self
+            .repo
+            .find_header(record.oid)
+            .map_err(read_error)?
+            .size();
+        if size > source.max_file_bytes {
+            self.problems.push(Problem::file(
+                file,
+                format!(
+                    "file is {size} bytes, over the limit of {} (repo.max_file_bytes)",
+                    source.max_file_bytes
+                ),
+            ));
+            return Ok(Continue(()));
+        }
+        self.total_bytes += size;
+        if self.total_bytes > source.max_total_bytes {
+            self.problems.push(Problem::file(
+                file,
+                format!(
+                    "{path} holds more than {} bytes of manifests (repo.max_total_bytes); the rest is not read",
+                    source.max_total_bytes
+                ),
+            ));
+            return Ok(Break(()));
+        }
+        let blob = self.repo.find_blob(record.oid).map_err(read_error)?;
+        self.files.push(ManifestFile {
+            path: file,
+            bytes: blob.data.clone(),
+            blob: Some(record.oid.to_string()),
+        });
+        Ok(Continue(()))
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// Runs git in `dir` and returns its trimmed stdout.
+    pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
+        let output = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@localhost")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@localhost")
+            .output()
+            .expect("git runs");
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// A temporary folder holding `origin/`, a repository made with `git init` whose `main`
+    /// has one commit with `env/app.yaml`; returns the folder and the origin's path.
+    pub(crate) fn workspace() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let origin = dir.path().join("origin");
+        std::fs::create_dir_all(origin.join("env")).expect("origin folder");
+        git(&origin, &["init", "-q", "-b", "main"]);
+        std::fs::write(origin.join("env/app.yaml"), "kind: ConfigMap\n").expect("write");
+        git(&origin, &["add", "."]);
+        git(&origin, &["commit", "-qm", "initial"]);
+        (dir, origin)
+    }
+
+    /// An anonymous source for `url` mirrored under `state_dir`.
+    pub(crate) fn source_for(url: &str, branch: &str, state_dir: &Path) -> GitSource {
+        GitSource {
+            state_dir: state_dir.to_path_buf(),
+            mirror: state_dir.join("repo.git"),
+            url: url.to_string(),
+            branch: branch.to_string(),
+            auth: Auth::Anonymous,
+            max_file_bytes: 1 << 20,
+            max_files: 1000,
+            max_total_bytes: 1 << 24,
+            limits: Limits::default(),
+            fetch_timeout: std::time::Duration::from_secs(30),
+            parse_cache: crate::parse_cache::ParseCache::default(),
+            verify: None,
+        }
+    }
+
+    #[test]
+    fn a_branch_the_remote_lacks_is_a_missing_ref() {
+        let (dir, origin) = workspace();
+        let source = source_for(&origin.display().to_string(), "nope", dir.path());
+        let error = source.fetch().expect_err("no such branch");
+        assert!(
+            matches!(error, SourceError::MissingBranch { .. }),
+            "{error:?}"
+        );
+        assert_eq!(error.remote_failure(), Some(RemoteFailure::MissingRef));
+        let fine = source_for(&origin.display().to_string(), "main", dir.path());
+        let fetched = fine.fetch().expect("main exists");
+        let snapshot = fine.snapshot(&fetched.tip, "env").expect("env folder");
+        assert_eq!(snapshot.files.len(), 1);
+    }
+
+    #[test]
+    fn a_refused_connection_is_a_network_failure() {
+        // A port nobody listens on: bound, noted, and let go.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let source = source_for(&format!("git://127.0.0.1:{port}/x"), "main", dir.path());
+        let error = source.fetch().expect_err("nothing listens");
+        assert_eq!(
+            error.remote_failure(),
+            Some(RemoteFailure::Network),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("fetch from git://127.0.0.1:{port}/x failed: ")),
+            "{error}"
+        );
+        assert!(
+            std::error::Error::source(&error).is_some(),
+            "the gix error is kept"
+        );
+    }
+
+    /// An HTTP server on 127.0.0.1 that answers every request with 401, for as long as the
+    /// returned listener's thread runs (the test process).
+    fn refusing_server() -> u16 {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("bound").port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn refused_credentials_are_an_authentication_failure() {
+        let port = refusing_server();
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "wrong\n").expect("token file");
+        let mut source = source_for(
+            &format!("http://127.0.0.1:{port}/repo.git"),
+            "main",
+            dir.path(),
+        );
+        source.auth = Auth::Token {
+            username: "gitopsd".into(),
+            file: token,
+        };
+        let error = source.fetch().expect_err("refused");
+        assert_eq!(
+            error.remote_failure(),
+            Some(RemoteFailure::Authentication),
+            "{error:?}"
+        );
     }
 }

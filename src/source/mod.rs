@@ -1,9 +1,13 @@
 //! Where desired state comes from: snapshots of an environment's files at a git revision.
 
+pub mod error;
 pub mod git;
+pub mod revert_commit;
 mod settings;
 pub mod verify;
 pub mod watch;
 
-pub use git::{Fetched, GitSource, RevertScope, Snapshot, SourceError};
+pub use error::{RemoteFailure, SourceError};
+pub use git::{Fetched, GitSource, Snapshot};
+pub use revert_commit::RevertScope;
 pub use settings::RepoConfig;

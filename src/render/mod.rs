@@ -3,18 +3,18 @@
 //! tool version.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::model::Revision;
 use crate::source::{GitSource, SourceError};
 
-/// Bytes of a failed render's stderr kept for the journal and `validate`.
-const STDERR_TAIL_BYTES: usize = 2048;
+mod run;
+
+use run::{RunError, Sandbox, run};
+
 /// How long `<tool> version` may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Held while a tool's version is asked and remembered.
@@ -211,7 +211,7 @@ pub enum RenderError {
         source: std::io::Error,
     },
     #[error("render worker failed: {0}")]
-    Worker(String),
+    Worker(#[from] crate::blocking::Stopped),
 }
 
 /// Manifests a render printed.
@@ -251,25 +251,46 @@ impl Renderer {
         path: &str,
         revision: &Revision,
     ) -> Result<Rendered, RenderError> {
-        let tree = blocking({
+        let tree = blocking("reading the revision's tree id", {
             let source = source.clone();
             let revision = revision.clone();
             move || source.tree_id(&revision).map_err(RenderError::from)
         })
         .await?;
-        let search_path = sanitized_path(std::env::var_os("PATH").as_deref());
         let work = self.work_folder().await?;
-        let program = resolve_program(config, &search_path, work.path());
-        let invocation = invocation(&config.tool, path, program);
+        let job = Job {
+            source,
+            config,
+            path,
+            revision,
+            tree: &tree,
+            dir: work.path(),
+        };
+        let rendered = self.render_in(job).await;
+        // Removing the unpacked tree is a recursive delete: not on an async worker.
+        let removed =
+            crate::blocking::off_thread("removing the render folder", move || drop(work)).await;
+        let rendered = rendered?;
+        removed?;
+        Ok(rendered)
+    }
+
+    /// Renders `job` in its work folder: from the cache, or by unpacking the tree and running
+    /// the tool.
+    async fn render_in(&self, job: Job<'_>) -> Result<Rendered, RenderError> {
+        let config = job.config;
+        let search_path = sanitized_path(std::env::var_os("PATH").as_deref());
+        let program = resolve_program(config, &search_path, job.dir);
+        let invocation = invocation(&config.tool, job.path, program);
         let command = invocation.display();
-        let fail = |message: String| {
+        let fail = |error: RunError| {
             RenderError::Failed(RenderFailure {
                 command: command.clone(),
-                message,
+                message: error.to_string(),
             })
         };
         let sandbox = Sandbox {
-            dir: work.path().to_path_buf(),
+            dir: job.dir.to_path_buf(),
             path: std::env::join_paths(&search_path).unwrap_or_default(),
             env: config
                 .env
@@ -283,7 +304,7 @@ impl Renderer {
         } else {
             self.version(&invocation, &sandbox).await.map_err(fail)?
         };
-        let key = cache_key(&tree, config, &invocation, &sandbox.env, &version);
+        let key = cache_key(job.tree, config, &invocation, &sandbox.env, &version);
         let entry = self.cache_dir.join(format!("{key}.yaml"));
         if let Some(output) = self.cached(&entry).await {
             return Ok(Rendered {
@@ -292,10 +313,10 @@ impl Renderer {
                 cached: true,
             });
         }
-        blocking({
-            let source = source.clone();
-            let revision = revision.clone();
-            let dest = work.path().to_path_buf();
+        blocking("unpacking the revision for a render", {
+            let source = job.source.clone();
+            let revision = job.revision.clone();
+            let dest = job.dir.to_path_buf();
             let max = config.max_tree_bytes;
             move || {
                 source
@@ -312,7 +333,6 @@ impl Renderer {
         )
         .await
         .map_err(fail)?;
-        drop(work);
         self.store(&entry, &output).await?;
         Ok(Rendered {
             command,
@@ -324,7 +344,7 @@ impl Renderer {
     /// A fresh private folder `<pid>-<random>` under the work folder, removed when dropped.
     async fn work_folder(&self) -> Result<tempfile::TempDir, RenderError> {
         let parent = self.work_dir.clone();
-        blocking(move || {
+        blocking("creating a render folder", move || {
             let cache_error = |source| RenderError::Cache {
                 path: parent.clone(),
                 source,
@@ -340,13 +360,20 @@ impl Renderer {
 
     /// The tool's version output, remembered by the program file's path, size and mtime so
     /// that an unchanged tool is not run again, even by the next process.
-    async fn version(&self, invocation: &Invocation, sandbox: &Sandbox) -> Result<String, String> {
+    async fn version(
+        &self,
+        invocation: &Invocation,
+        sandbox: &Sandbox,
+    ) -> Result<String, RunError> {
         let Some(args) = &invocation.version_args else {
             return file_identity(&invocation.program).await;
         };
         let meta = tokio::fs::metadata(&invocation.program)
             .await
-            .map_err(|e| format!("cannot run {}: {e}", invocation.program.display()))?;
+            .map_err(|source| RunError::CannotRun {
+                program: invocation.program.clone(),
+                source,
+            })?;
         let stamp = format!(
             "{}\0{}\0{:?}\0{}",
             invocation.program.display(),
@@ -370,7 +397,7 @@ impl Renderer {
         };
         let output = run(&probe, sandbox, VERSION_TIMEOUT, 64 * 1024)
             .await
-            .map_err(|message| format!("cannot tell its version: {message}"))?;
+            .map_err(|error| RunError::Version(Box::new(error)))?;
         let version = String::from_utf8_lossy(&output).into_owned();
         // Best effort: without the memo the version is asked again next time.
         let _ = write_atomically(&memo, version.as_bytes()).await;
@@ -396,7 +423,7 @@ impl Renderer {
             })?;
         let dir = self.cache_dir.clone();
         let max = self.cache_max_bytes;
-        blocking(move || {
+        blocking("evicting old render output", move || {
             evict(&dir, max).map_err(|source| RenderError::Cache { path: dir, source })
         })
         .await
@@ -448,170 +475,25 @@ fn resolve_program(config: &RenderConfig, search_path: &[PathBuf], tree: &Path) 
     PathBuf::from(program)
 }
 
-/// What the tool sees: its folder, PATH, HOME and the variables passed through.
-struct Sandbox {
-    dir: PathBuf,
-    path: std::ffi::OsString,
-    env: Vec<(String, std::ffi::OsString)>,
-}
-
-/// Runs `invocation` in the sandbox: no shell, stdin closed, a cleared environment, its own
-/// process group (killed as a whole at the end), stdout capped at `max_output` bytes.
-///
-/// The tool is started, and waited for, by a thread of its own, and dies with that thread
-/// (`PR_SET_PDEATHSIG`): the thread lives exactly as long as the tool unless gitopsd itself
-/// dies, so a SIGKILLed gitopsd takes the tool along. A runtime thread would not do: it may
-/// end while the tool still runs.
-async fn run(
-    invocation: &Invocation,
-    sandbox: &Sandbox,
-    timeout: Duration,
-    max_output: u64,
-) -> Result<Vec<u8>, String> {
-    use std::os::unix::process::CommandExt as _;
-    let mut command = std::process::Command::new(&invocation.program);
-    command
-        .args(&invocation.args)
-        .current_dir(&sandbox.dir)
-        .env_clear()
-        .env("PATH", &sandbox.path)
-        .env("HOME", &sandbox.dir)
-        .envs(sandbox.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: runs in the forked child before exec; prctl is one async-signal-safe system call
-    // and nothing is allocated.
-    unsafe {
-        command.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
-        });
-    }
-    let cannot_run =
-        |e: std::io::Error| format!("cannot run {}: {e}", invocation.program.display());
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let (exited_tx, exited_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("gitopsd-render".into())
-        .spawn(move || match command.spawn() {
-            Ok(mut child) => {
-                let pipes = (child.id(), child.stdout.take(), child.stderr.take());
-                let _ = started_tx.send(Ok(pipes));
-                let _ = exited_tx.send(child.wait());
-            }
-            Err(error) => {
-                let _ = started_tx.send(Err(error));
-            }
-        })
-        .map_err(cannot_run)?;
-    let (pid, stdout, stderr) = started_rx
-        .await
-        .map_err(|_| "the thread starting it ended".to_string())?
-        .map_err(cannot_run)?;
-    let group = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
-    let kill_group = || {
-        if let Some(group) = group {
-            // ESRCH once everything has exited is expected.
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        }
-    };
-    let stdout = stdout
-        .map(tokio::process::ChildStdout::from_std)
-        .transpose()
-        .map_err(cannot_run)?;
-    let stderr = stderr
-        .map(tokio::process::ChildStderr::from_std)
-        .transpose()
-        .map_err(cannot_run)?;
-    let finished = tokio::time::timeout(timeout, async {
-        let capped = async {
-            let output = read_capped(stdout, max_output).await;
-            if output.is_err() {
-                // Stops the tool now, so that stderr ends too.
-                kill_group();
-            }
-            output
-        };
-        let (output, tail) = tokio::join!(capped, read_tail(stderr));
-        (output, tail, exited_rx.await)
-    })
-    .await;
-    // Whatever happened, nothing of the tool's group outlives the render (and the waiting
-    // thread ends).
-    kill_group();
-    let Ok((output, tail, status)) = finished else {
-        return Err(format!(
-            "did not finish within {} (render.timeout); killed",
-            humantime::format_duration(timeout)
-        ));
-    };
-    let output = output.map_err(|message| with_tail(message, &tail))?;
-    let status = status
-        .map_err(|_| "the thread waiting for it ended".to_string())?
-        .map_err(|e| format!("cannot wait for it: {e}"))?;
-    if !status.success() {
-        let how = match status.code() {
-            Some(code) => format!("exited with status {code}"),
-            None => "was killed by a signal".into(),
-        };
-        return Err(with_tail(how, &tail));
-    }
-    Ok(output)
-}
-
-fn with_tail(message: String, tail: &str) -> String {
-    if tail.trim().is_empty() {
-        message
-    } else {
-        format!("{message}: {}", tail.trim())
-    }
-}
-
-/// Reads all of `stream`, or fails past `max` bytes.
-async fn read_capped(stream: Option<impl AsyncRead + Unpin>, max: u64) -> Result<Vec<u8>, String> {
-    let Some(stream) = stream else {
-        return Ok(Vec::new());
-    };
-    let mut output = Vec::new();
-    let read = stream
-        .take(max.saturating_add(1))
-        .read_to_end(&mut output)
-        .await;
-    match read {
-        Ok(_) if output.len() as u64 > max => Err(format!(
-            "printed more than {max} bytes (render.max_output_bytes); killed"
-        )),
-        Ok(_) => Ok(output),
-        Err(error) => Err(format!("cannot read its output: {error}")),
-    }
-}
-
-/// The last [`STDERR_TAIL_BYTES`] of `stream`, as text.
-async fn read_tail(stream: Option<impl AsyncRead + Unpin>) -> String {
-    let Some(mut stream) = stream else {
-        return String::new();
-    };
-    let mut tail: Vec<u8> = Vec::new();
-    let mut buffer = [0u8; 8192];
-    while let Ok(n) = stream.read(&mut buffer).await {
-        if n == 0 {
-            break;
-        }
-        tail.extend_from_slice(&buffer[..n]);
-        if tail.len() > STDERR_TAIL_BYTES {
-            tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-        }
-    }
-    String::from_utf8_lossy(&tail).into_owned()
+/// One render's inputs, and the private folder it runs in.
+struct Job<'a> {
+    source: &'a GitSource,
+    config: &'a RenderConfig,
+    path: &'a str,
+    revision: &'a Revision,
+    /// The revision's root tree id.
+    tree: &'a str,
+    dir: &'a Path,
 }
 
 /// A plugin program's identity: the hash of its content.
-async fn file_identity(program: &Path) -> Result<String, String> {
+async fn file_identity(program: &Path) -> Result<String, RunError> {
     let bytes = tokio::fs::read(program)
         .await
-        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        .map_err(|source| RunError::CannotRun {
+            program: program.to_path_buf(),
+            source,
+        })?;
     Ok(hex(&Sha256::digest(&bytes)))
 }
 
@@ -649,7 +531,7 @@ fn hex(bytes: &[u8]) -> String {
 async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let path = path.to_path_buf();
     let bytes = bytes.to_vec();
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::off_thread("writing a render cache file", move || {
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
         crate::durable::write_whole(&path, &bytes)
     })
@@ -679,12 +561,12 @@ fn evict(dir: &Path, max: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Runs file or git work for a render off the async workers ([`crate::blocking::off_thread`]).
 async fn blocking<T: Send + 'static>(
+    what: &'static str,
     work: impl FnOnce() -> Result<T, RenderError> + Send + 'static,
 ) -> Result<T, RenderError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| RenderError::Worker(e.to_string()))?
+    crate::blocking::off_thread(what, work).await?
 }
 
 #[cfg(test)]
