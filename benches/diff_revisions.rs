@@ -1,6 +1,9 @@
 //! Benchmark: `gitopsd diff --against A --rev B` on two revisions of 2,000 objects, beside
 //! `git diff A B` of the same revisions, measured in the same run (wall time and peak RSS).
 //! Run with `benches/run.sh` (or `cargo bench --bench diff_revisions`).
+// Test and benchmark code drives files and processes directly: the I/O boundary is for the
+// daemon's async code.
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 use support::{git, measure};

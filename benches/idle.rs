@@ -3,6 +3,9 @@
 //! resident memory once both are reconciled, and CPU used over the following idle window, at
 //! `poll_interval = "5s"` and at the default interval. Reads `/proc/<pid>/status` and
 //! `/proc/<pid>/stat`. Run with `benches/run.sh` (or `cargo bench --bench idle`).
+// Test and benchmark code drives files and processes directly: the I/O boundary is for the
+// daemon's async code.
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 use support::git;

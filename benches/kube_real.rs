@@ -7,6 +7,9 @@
 //! disposable cluster in `GITOPSD_E2E_KUBECONFIG` and `kubectl` (`GITOPSD_TEST_KUBECTL`, else
 //! the PATH); `benches/run.sh` starts a k8s-lab for it. Without the variable it says so and
 //! measures nothing.
+// Test and benchmark code drives files and processes directly: the I/O boundary is for the
+// daemon's async code.
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 use support::git;

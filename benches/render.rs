@@ -3,6 +3,9 @@
 //! emptied before each run) and cached, beside `kubectl kustomize` of one overlay alone.
 //! Needs a kubectl: `GITOPSD_TEST_KUBECTL`, or `kubectl` on the PATH. Run with
 //! `benches/run.sh` (or `cargo bench --bench render`).
+// Test and benchmark code drives files and processes directly: the I/O boundary is for the
+// daemon's async code.
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 use support::{git, measure};

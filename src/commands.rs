@@ -624,15 +624,36 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
-    #[error("api.listen has port 0 and the running daemon's address cannot be read from {} (is the daemon running?): {message}", path.display())]
+    #[error("api.listen has port 0 and the running daemon's address cannot be read from {} (is the daemon running?): {source}", path.display())]
     NoAddress {
         path: std::path::PathBuf,
-        message: String,
+        #[source]
+        source: AddressFileError,
     },
     #[error("cannot reach the daemon at {url}: {message}")]
     Unreachable { url: String, message: String },
     #[error("the daemon refused: {status}: {message}")]
     Refused { status: u16, message: String },
+}
+
+/// Why `<state dir>/api.addr` names no address.
+#[derive(Debug, Error)]
+pub enum AddressFileError {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error("it does not hold an address: {0}")]
+    Parse(#[from] std::net::AddrParseError),
+}
+
+/// The address the running daemon's API listens on, from `<state dir>/api.addr`.
+async fn running_daemon_address(state_dir: &Path) -> Result<std::net::SocketAddr, ControlError> {
+    let path = crate::server::address_file(state_dir);
+    let read = async {
+        let text = tokio::fs::read_to_string(&path).await?;
+        Ok::<_, AddressFileError>(text.trim().parse::<std::net::SocketAddr>()?)
+    };
+    read.await
+        .map_err(|source| ControlError::NoAddress { path, source })
 }
 
 /// `gitopsd approve|pause|resume|retry|rollback`: one POST to the running daemon's API.
@@ -644,21 +665,15 @@ pub async fn control(
 ) -> Result<u8, ControlError> {
     let api = config.api.as_ref().ok_or(ControlError::NoApi)?;
     let path = api.token_file.as_ref().ok_or(ControlError::NoToken)?;
-    let token = std::fs::read_to_string(path).map_err(|source| ControlError::Token {
-        path: path.clone(),
-        source,
-    })?;
+    let token = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|source| ControlError::Token {
+            path: path.clone(),
+            source,
+        })?;
     let address = if api.listen.port() == 0 {
         // The daemon's system-picked port is in the state dir.
-        let path = crate::server::address_file(&config.state.dir);
-        std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| {
-                text.trim()
-                    .parse::<std::net::SocketAddr>()
-                    .map_err(|e| e.to_string())
-            })
-            .map_err(|message| ControlError::NoAddress { path, message })?
+        running_daemon_address(&config.state.dir).await?
     } else {
         api.listen
     };

@@ -221,6 +221,7 @@ pub fn empty_revision_problem(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests make their fixtures with files and git
 mod tests {
     use std::path::Path;
     use std::process::Command;

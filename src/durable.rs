@@ -1,8 +1,15 @@
 //! Whole-file writes that readers never see half done, and that survive a crash once returned.
+// whole-file writes: the blocking side of the I/O boundary, called through `crate::blocking`.
+#![allow(clippy::disallowed_methods)]
 
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+
+/// Creates `dir` and its parents, as `std::fs::create_dir_all` does.
+pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
 
 /// Writes `bytes` to `path` so that readers see the old file or all of the new one: a
 /// temporary `*.tmp` file beside it (a unique name, so concurrent writers never share one),

@@ -4,6 +4,8 @@
 //! `<root>/_cluster/` (`_` cannot start a namespace, so the two never collide). A file belongs
 //! to an environment when its object carries that environment's ownership labels and sits at
 //! the path its key gives; nothing else is ever overwritten or deleted.
+// the folder's file work runs in functions that the async `Target` methods hand to `crate::blocking::off_thread`; the methods themselves touch no file.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -50,12 +52,14 @@ impl DirectoryTarget {
     {
         let root = self.root.clone();
         let environment = self.environment.clone();
-        tokio::task::spawn_blocking(move || work(&root, &environment))
-            .await
-            .map_err(|error| TargetError::List {
-                location: "directory target".into(),
-                message: format!("worker thread failed: {error}"),
-            })?
+        crate::blocking::off_thread("directory target file work", move || {
+            work(&root, &environment)
+        })
+        .await
+        .map_err(|stopped| TargetError::List {
+            location: "directory target".into(),
+            message: stopped.to_string(),
+        })?
     }
 }
 

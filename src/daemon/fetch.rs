@@ -25,11 +25,12 @@ pub async fn fetch_until(
 ) -> Result<Fetched, SourceError> {
     let interrupt = Arc::new(AtomicBool::new(false));
     let timeout = source.fetch_timeout();
-    let mut worker = {
+    let worker = {
         let source = source.clone();
         let interrupt = interrupt.clone();
-        tokio::task::spawn_blocking(move || source.fetch_with(&interrupt))
+        crate::blocking::off_thread("fetching", move || source.fetch_with(&interrupt))
     };
+    tokio::pin!(worker);
     let stopped = async move {
         match shutdown {
             Some(mut shutdown) => {

@@ -302,10 +302,10 @@ struct DaemonContext {
 }
 
 /// The API token, read from `api.token_file`.
-fn read_token(config: &Config) -> Option<String> {
+async fn read_token(config: &Config) -> Option<String> {
     use std::os::unix::fs::PermissionsExt as _;
     let path = config.api.as_ref()?.token_file.as_ref()?;
-    if let Ok(metadata) = std::fs::metadata(path)
+    if let Ok(metadata) = tokio::fs::metadata(path).await
         && metadata.permissions().mode() & 0o004 != 0
     {
         tracing::error!(
@@ -315,7 +315,7 @@ fn read_token(config: &Config) -> Option<String> {
         );
         return None;
     }
-    match std::fs::read_to_string(path) {
+    match tokio::fs::read_to_string(path).await {
         Ok(token) if !token.trim().is_empty() => Some(token.trim().to_string()),
         Ok(_) => {
             tracing::error!(file = %path.display(), "api token file is empty; control endpoints are disabled");
@@ -328,9 +328,9 @@ fn read_token(config: &Config) -> Option<String> {
     }
 }
 
-fn reloadable(config: &Config) -> Reloadable {
+async fn reloadable(config: &Config) -> Reloadable {
     Reloadable {
-        token: read_token(config),
+        token: read_token(config).await,
         source: GitSource::new(&config.repo, &config.state.dir),
     }
 }
@@ -363,10 +363,18 @@ async fn start_api(listen: SocketAddr, state: ApiState, state_dir: &Path) -> Opt
         }
     };
     let path = server::address_file(state_dir);
-    let written = listener.local_addr().and_then(|bound| {
-        std::fs::create_dir_all(state_dir)?;
-        crate::durable::write_whole(&path, format!("{bound}\n").as_bytes())
-    });
+    let written = match listener.local_addr() {
+        Ok(bound) => {
+            let (dir, file) = (state_dir.to_path_buf(), path.clone());
+            crate::blocking::off_thread("writing the API's address", move || {
+                crate::durable::create_dir_all(&dir)?;
+                crate::durable::write_whole(&file, format!("{bound}\n").as_bytes())
+            })
+            .await
+            .unwrap_or_else(|stopped| Err(std::io::Error::other(stopped)))
+        }
+        Err(error) => Err(error),
+    };
     tokio::spawn(async move {
         if let Err(error) = server::serve(listener, state).await {
             tracing::error!(%listen, %error, "the HTTP API stopped");
@@ -400,7 +408,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
         controls: Controls::default(),
         metrics: Arc::new(Metrics::default()),
         ready: Arc::new(AtomicBool::new(false)),
-        reloadable: Arc::new(RwLock::new(reloadable(&config))),
+        reloadable: Arc::new(RwLock::new(reloadable(&config).await)),
     };
     let mut api_address_file = None;
     if let Some(api) = &config.api {
@@ -438,7 +446,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
                 tracing::info!("stopping: waiting for reconciles in flight");
                 generation.wait(&mut context).await;
                 if let Some(path) = api_address_file {
-                    let _ = std::fs::remove_file(path);
+                    let _ = tokio::fs::remove_file(path).await;
                 }
                 tracing::info!("stopped");
                 return;
@@ -448,10 +456,11 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
                 if new.api.as_ref().map(|a| a.listen) != config.api.as_ref().map(|a| a.listen) {
                     tracing::warn!("api.listen changes take effect on restart");
                 }
+                let fresh = reloadable(&new).await;
                 *context
                     .reloadable
                     .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = reloadable(&new);
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
                 tracing::info!("config reloaded; switching once the passes in flight finish");
                 generation.drain(&mut context).await;
                 config = *new;

@@ -351,5 +351,6 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // the fixture writes its config file
 #[path = "driver_tests.rs"]
 mod tests;

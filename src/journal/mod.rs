@@ -1,4 +1,6 @@
 //! Durable per-environment journal: append-only JSON lines, fsynced, torn tail tolerated.
+// journal files: the blocking side of the I/O boundary; `SharedJournal` appends through `crate::blocking::run`.
+#![allow(clippy::disallowed_methods)]
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

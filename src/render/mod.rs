@@ -11,6 +11,7 @@ use thiserror::Error;
 use crate::model::Revision;
 use crate::source::{GitSource, SourceError};
 
+mod files;
 mod run;
 
 use run::{RunError, Sandbox, run};
@@ -179,15 +180,6 @@ pub fn sanitized_path(path: Option<&std::ffi::OsStr>) -> Vec<PathBuf> {
     .unwrap_or_default()
 }
 
-/// Finds `name` as an executable file in `dirs`.
-fn find_on_path(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    dirs.iter().map(|dir| dir.join(name)).find(|candidate| {
-        std::fs::metadata(candidate)
-            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-    })
-}
-
 /// A render that failed: the revision is rejected with this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderFailure {
@@ -349,7 +341,7 @@ impl Renderer {
                 path: parent.clone(),
                 source,
             };
-            std::fs::create_dir_all(&parent).map_err(cache_error)?;
+            crate::durable::create_dir_all(&parent).map_err(cache_error)?;
             tempfile::Builder::new()
                 .prefix(&format!("{}-", std::process::id()))
                 .tempdir_in(&parent)
@@ -407,10 +399,11 @@ impl Renderer {
     async fn cached(&self, entry: &Path) -> Option<Vec<u8>> {
         let output = tokio::fs::read(entry).await.ok()?;
         // Touched so that eviction takes the least recently used first.
-        let file = std::fs::File::options().append(true).open(entry).ok();
-        if let Some(file) = file {
-            let _ = file.set_modified(std::time::SystemTime::now());
-        }
+        let entry = entry.to_path_buf();
+        let _ = crate::blocking::off_thread("touching a render cache file", move || {
+            files::touch(&entry)
+        })
+        .await;
         Some(output)
     }
 
@@ -424,33 +417,14 @@ impl Renderer {
         let dir = self.cache_dir.clone();
         let max = self.cache_max_bytes;
         blocking("evicting old render output", move || {
-            evict(&dir, max).map_err(|source| RenderError::Cache { path: dir, source })
+            files::evict(&dir, max).map_err(|source| RenderError::Cache { path: dir, source })
         })
         .await
     }
 
     /// Removes work folders left by processes that are gone (a crash, a SIGKILL).
     pub fn clean_stale(&self) -> std::io::Result<usize> {
-        let entries = match std::fs::read_dir(&self.work_dir) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(error) => return Err(error),
-        };
-        let mut removed = 0;
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let owner = name
-                .split('-')
-                .next()
-                .and_then(|pid| pid.parse::<u32>().ok());
-            let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-            if !alive {
-                std::fs::remove_dir_all(entry.path())?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        files::remove_stale_folders(&self.work_dir)
     }
 }
 
@@ -464,11 +438,11 @@ fn resolve_program(config: &RenderConfig, search_path: &[PathBuf], tree: &Path) 
     if program.starts_with('/') {
         return PathBuf::from(program);
     }
-    if let Some(found) = find_on_path(program, search_path) {
+    if let Some(found) = files::executable_in(program, search_path) {
         return found;
     }
     if matches!(config.tool, Tool::Kustomize { binary: None })
-        && let Some(kubectl) = find_on_path("kubectl", search_path)
+        && let Some(kubectl) = files::executable_in("kubectl", search_path)
     {
         return kubectl;
     }
@@ -532,33 +506,11 @@ async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let path = path.to_path_buf();
     let bytes = bytes.to_vec();
     crate::blocking::off_thread("writing a render cache file", move || {
-        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+        crate::durable::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
         crate::durable::write_whole(&path, &bytes)
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-/// Removes the least recently used outputs until the cache holds at most `max` bytes.
-fn evict(dir: &Path, max: u64) -> std::io::Result<()> {
-    let mut entries = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        if meta.is_file() && entry.file_name().to_string_lossy().ends_with(".yaml") {
-            entries.push((meta.modified()?, meta.len(), entry.path()));
-        }
-    }
-    let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
-    entries.sort();
-    for (_, len, path) in entries {
-        if total <= max {
-            break;
-        }
-        std::fs::remove_file(&path)?;
-        total -= len;
-    }
-    Ok(())
 }
 
 /// Runs file or git work for a render off the async workers ([`crate::blocking::off_thread`]).
@@ -570,6 +522,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests make their fixtures with files and git
 mod tests {
     use super::*;
 
@@ -745,7 +698,7 @@ mod tests {
             file.set_modified(now - Duration::from_secs(age))
                 .expect("set mtime");
         }
-        evict(dir.path(), 250).expect("evict");
+        files::evict(dir.path(), 250).expect("evict");
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .expect("read dir")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

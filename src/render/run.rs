@@ -1,6 +1,8 @@
 //! Running a render tool: sandboxed (no shell, a cleared environment, its own process group
 //! that dies with the thread starting it), with a timeout and capped output; its failures as
 //! an operator reads them.
+// tools are started and waited for by a thread of their own (see `run`), never on an async worker.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,5 +1,7 @@
 //! Git source with gix: a bare mirror in the state directory, fetched on each poll, read
 //! straight from the object database (no work tree).
+// git work (gix, files): the blocking side of the I/O boundary; async code calls it through `crate::blocking`.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

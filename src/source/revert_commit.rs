@@ -1,6 +1,8 @@
 //! The revert commit: written with gix on top of the branch tip, signed when configured, and
 //! pushed with `git push` in its own process group, killed after `repo.fetch_timeout` or on
 //! shutdown.
+// revert commits write git objects and run `git push`: the blocking side of the I/O boundary.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -1,4 +1,7 @@
 //! Integration tests: the gitopsd binary against real git repositories and directory targets.
+// Test and benchmark code drives files and processes directly: the I/O boundary is for the
+// daemon's async code.
+#![allow(clippy::disallowed_methods)]
 
 mod api;
 mod apiserver;
