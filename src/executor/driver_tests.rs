@@ -307,6 +307,16 @@ failures = 2
     }
 }
 
+/// Runs a new rollout of [`input`] to its end.
+async fn begin(fixture: &Fixture, backend: &RecordingBackend, checks: &ScriptedChecks) -> Ending {
+    let mut fx = fixture.effects(backend, checks);
+    Driver::begin(&mut fx, input())
+        .expect("journaled")
+        .run()
+        .await
+        .expect("the rollout runs")
+}
+
 /// The step each write belongs to: the last `step_started` journaled before it.
 fn step_of(write: &Written, records: &[Record]) -> Option<usize> {
     records
@@ -359,12 +369,7 @@ async fn every_step_is_journaled_before_it_is_written_and_none_is_skipped() {
     let fixture = Fixture::new("0s");
     let backend = RecordingBackend::new(&fixture.journal);
     let checks = ScriptedChecks::healthy();
-    let mut fx = fixture.effects(&backend, &checks);
-    let ending = Driver::begin(&mut fx, input())
-        .expect("journaled")
-        .run()
-        .await
-        .expect("the rollout runs");
+    let ending = begin(&fixture, &backend, &checks).await;
     assert!(matches!(ending, Ending::Healthy { .. }), "{ending:?}");
     let records = fixture.records();
     assert_eq!(
@@ -437,12 +442,7 @@ async fn a_write_the_server_refuses_mid_step_fails_the_rollout_there() {
     let backend =
         RecordingBackend::new(&fixture.journal).refusing("web", 2, FailureClass::Revision);
     let checks = ScriptedChecks::healthy();
-    let mut fx = fixture.effects(&backend, &checks);
-    let ending = Driver::begin(&mut fx, input())
-        .expect("journaled")
-        .run()
-        .await
-        .expect("the rollout runs");
+    let ending = begin(&fixture, &backend, &checks).await;
     let Ending::Failed { reason, cause, .. } = ending else {
         panic!("the revision is blamed: {ending:?}");
     };
@@ -475,12 +475,7 @@ async fn a_write_the_cluster_cannot_take_blocks_without_blaming_the_revision() {
     let backend =
         RecordingBackend::new(&fixture.journal).refusing("web", 2, FailureClass::Infrastructure);
     let checks = ScriptedChecks::healthy();
-    let mut fx = fixture.effects(&backend, &checks);
-    let ending = Driver::begin(&mut fx, input())
-        .expect("journaled")
-        .run()
-        .await
-        .expect("the rollout runs");
+    let ending = begin(&fixture, &backend, &checks).await;
     assert!(matches!(ending, Ending::Blocked { .. }), "{ending:?}");
     let records = fixture.records();
     assert_eq!(names(&records).last(), Some(&"blocked"));
@@ -492,12 +487,7 @@ async fn a_check_that_fails_during_the_bake_fails_the_step_before_it_passes() {
     let fixture = Fixture::new("30s");
     let backend = RecordingBackend::new(&fixture.journal);
     let checks = ScriptedChecks::failing_after(1);
-    let mut fx = fixture.effects(&backend, &checks);
-    let ending = Driver::begin(&mut fx, input())
-        .expect("journaled")
-        .run()
-        .await
-        .expect("the rollout runs");
+    let ending = begin(&fixture, &backend, &checks).await;
     let Ending::Failed { cause, .. } = ending else {
         panic!("the check fails the rollout: {ending:?}");
     };
@@ -531,12 +521,7 @@ async fn a_pod_that_starts_crashing_during_the_bake_fails_the_step_before_it_pas
     // Call 1 is the step's readiness wait; the bake's first look sees the crash loop.
     let backend = RecordingBackend::new(&fixture.journal).crashing_from_readiness_call(2);
     let checks = ScriptedChecks::healthy();
-    let mut fx = fixture.effects(&backend, &checks);
-    let ending = Driver::begin(&mut fx, input())
-        .expect("journaled")
-        .run()
-        .await
-        .expect("the rollout runs");
+    let ending = begin(&fixture, &backend, &checks).await;
     let Ending::Failed { cause, reason, .. } = ending else {
         panic!("the crash loop fails the rollout: {ending:?}");
     };
