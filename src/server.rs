@@ -20,7 +20,7 @@ use crate::history::History;
 use crate::journal::{Event, SharedJournal};
 use crate::metrics::Metrics;
 use crate::model::Revision;
-use crate::source::{GitSource, SourceError};
+use crate::source::{GitSource, OffloadError};
 
 /// What the API needs to reach an environment's task.
 #[derive(Debug, Clone)]
@@ -412,7 +412,7 @@ async fn control_event(
     handle: &EnvironmentHandle,
     source: &GitSource,
 ) -> Result<Event, Refused> {
-    let tip = match off_git(source, "reading the branch tip", GitSource::branch_tip).await {
+    let tip = match source.branch_tip_off_thread().await {
         Ok(Some(tip)) => tip,
         _ => {
             return Err(refuse(
@@ -467,41 +467,28 @@ async fn control_event(
     }
 }
 
-/// Runs one git read of `source` off the async workers.
-async fn off_git<T: Send + 'static>(
-    source: &GitSource,
-    what: &'static str,
-    read: impl FnOnce(&GitSource) -> Result<T, SourceError> + Send + 'static,
-) -> Result<T, Refused> {
-    let source = source.clone();
-    match crate::blocking::off_thread(what, move || read(&source)).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(source_error)) => Err(refuse(StatusCode::BAD_REQUEST, source_error.to_string())),
-        Err(stopped) => Err(refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            stopped.to_string(),
-        )),
+/// The answer to a git read that failed: the request's fault when git refused it, the
+/// server's when the work never finished.
+fn git_refusal(error: OffloadError) -> Refused {
+    match error {
+        OffloadError::Source(source_error) => {
+            refuse(StatusCode::BAD_REQUEST, source_error.to_string())
+        }
+        OffloadError::Stopped(stopped) => {
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, stopped.to_string())
+        }
     }
 }
 
 /// The commit a request names (a sha, a tag, a branch).
 async fn resolve(source: &GitSource, rev: String) -> Result<Revision, Refused> {
-    off_git(source, "resolving a revision", move |source| {
-        source.resolve(&rev)
-    })
-    .await
+    source.resolve_off_thread(&rev).await.map_err(git_refusal)
 }
 
 /// A rollback applies a revision like any other: it must be signed as required.
 async fn verified_for_rollback(source: &GitSource, revision: &Revision) -> Result<(), Refused> {
-    let source = source.clone();
-    let revision = revision.clone();
-    let checked = crate::blocking::off_thread("verifying a signature", move || {
-        source.verify(&revision, None)
-    })
-    .await;
-    match checked {
-        Ok(Ok(_)) => Ok(()),
+    match source.verify_off_thread(revision, None).await {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(unverified)) => Err(refuse(
             StatusCode::CONFLICT,
             format!("refused: {unverified} ([repo.verify])"),

@@ -97,14 +97,7 @@ async fn clean_render_leftovers(config: &Config) {
 /// The branch tip the mirror holds, read off the async workers; `None` when it has none or
 /// cannot be read.
 async fn mirrored_tip(source: &GitSource) -> Option<Revision> {
-    let source = source.clone();
-    crate::blocking::off_thread("reading the mirror's branch tip", move || {
-        source.branch_tip()
-    })
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .flatten()
+    source.branch_tip_off_thread().await.ok().flatten()
 }
 
 /// Why a changed config was not taken.

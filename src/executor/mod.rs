@@ -88,13 +88,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
             .fx
             .journal
             .with_history(|history| history.last_healthy.clone());
-        let source = self.source.clone();
-        let tip = tip.clone();
-        let verified = crate::blocking::off_thread("verifying signatures", move || {
-            source.verify(&tip, base.as_ref())
-        })
-        .await?;
-        Ok(verified.map(|_| ()))
+        Ok(self.source.verify_off_thread(tip, base.as_ref()).await?)
     }
 
     /// The tip did not verify: it is journaled (once), counted and announced, and the

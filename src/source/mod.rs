@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod git;
+mod offload;
 pub mod revert_commit;
 mod settings;
 pub mod verify;
@@ -9,5 +10,6 @@ pub mod watch;
 
 pub use error::{RemoteFailure, SourceError};
 pub use git::{Fetched, GitSource, Snapshot};
+pub use offload::OffloadError;
 pub use revert_commit::RevertScope;
 pub use settings::RepoConfig;
