@@ -159,9 +159,20 @@ async fn exec(argv: &[String], timeout: Duration) -> CheckResult {
     let child = tokio::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // Its own process group, so what the check starts ends with it.
+        .process_group(0)
         .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(timeout, child).await {
+        .spawn();
+    let child = match child {
+        Ok(child) => child,
+        Err(error) => return CheckResult::Unhealthy(format!("{program}: {error}")),
+    };
+    // Kills the whole group when the check ends: finished, timed out, or dropped because the
+    // rollout stopped (a shell's children would otherwise outlive it).
+    let _group = child.id().and_then(GroupGuard::of);
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Err(_) => CheckResult::Unhealthy(format!(
             "{program}: no answer within {}",
             humantime::format_duration(timeout)
@@ -186,6 +197,24 @@ async fn exec(argv: &[String], timeout: Duration) -> CheckResult {
             }
             CheckResult::Unhealthy(format!("{program} exited with {}: {detail}", output.status))
         }
+    }
+}
+
+/// Sends SIGKILL to a process group when dropped.
+struct GroupGuard(rustix::process::Pid);
+
+impl GroupGuard {
+    fn of(leader: u32) -> Option<Self> {
+        Some(Self(rustix::process::Pid::from_raw(
+            i32::try_from(leader).ok()?,
+        )?))
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        // ESRCH once everything has exited is expected.
+        let _ = rustix::process::kill_process_group(self.0, rustix::process::Signal::KILL);
     }
 }
 
@@ -214,6 +243,30 @@ mod tests {
         };
         assert!(detail.contains("exit status: 3"), "{detail}");
         assert!(detail.contains("broken"), "{detail}");
+    }
+
+    #[tokio::test]
+    async fn what_a_check_starts_ends_with_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pidfile = dir.path().join("child.pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let result = exec(&argv(&["sh", "-c", &script]), Duration::from_millis(500)).await;
+        assert!(!result.is_healthy());
+        let pid = tokio::fs::read_to_string(&pidfile)
+            .await
+            .expect("the check started its child");
+        let proc_dir = format!("/proc/{}", pid.trim());
+        let mut gone = false;
+        for _ in 0..100 {
+            // Gone, or a zombie waiting for init to reap it.
+            let state = tokio::fs::read_to_string(format!("{proc_dir}/stat")).await;
+            if state.map_or(true, |stat| stat.contains(") Z ")) {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "the check's child {} outlived it", pid.trim());
     }
 
     #[tokio::test]
