@@ -216,11 +216,14 @@ impl SharedJournal {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let record = journal.append(event, now)?;
-            let view = View::of(&journal);
-            *self
+            // The same fold as the journal's own, so readers see what it sees.
+            let mut view = self
                 .view
                 .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = view;
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            view.history.apply(&record.event);
+            view.next_seq = journal.next_seq;
+            view.last_rejected = journal.last_rejected().cloned();
             Ok(record)
         })
     }
@@ -564,6 +567,35 @@ mod tests {
             .expect("the reader answers while the writer is held");
         assert_eq!(read, (Some(revision('a')), 2, false));
         drop(writing);
+    }
+
+    #[test]
+    fn readers_see_the_history_the_journal_folds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = SharedJournal::new(Journal::open(dir.path(), "staging").expect("open"));
+        let events = [
+            Event::Healthy {
+                revision: revision('a'),
+            },
+            Event::Rejected {
+                revision: revision('b'),
+                problems: vec!["bad".into()],
+            },
+            finished('a'),
+            Event::Paused {
+                revision: revision('a'),
+            },
+        ];
+        for event in events {
+            shared.append(event, Utc::now()).expect("append");
+        }
+        let folded = load_history(&Journal::path_for(dir.path(), "staging")).expect("loads");
+        assert_eq!(shared.with_history(History::clone), folded);
+        assert_eq!(shared.next_seq(), 5);
+        assert!(
+            !shared.last_rejected_is(&revision('b')),
+            "a later record followed"
+        );
     }
 
     #[test]
