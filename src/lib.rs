@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod blocking;
+pub mod blue_green;
 pub mod canary;
 pub mod cli;
 pub mod commands;

@@ -1,0 +1,384 @@
+//! The blue/green state machine (pure: no IO, `now` passed in): preview, bake, switch,
+//! verify with the old pods kept, scale-down, and the verdicts that switch back or revert.
+//!
+//! The phases, for one revision whose Deployment runs blue/green:
+//!
+//! ```text
+//! Preview ─▶ AwaitPreview ─▶ Bake ─▶ [AwaitApproval] ─▶ Switch ─▶ Verify ─▶ ScaleDown
+//!    ─▶ AwaitStable ─▶ Settle ─▶ VerifyAfter ─▶ Succeeded
+//! ```
+//!
+//! Before the switch nothing served has changed, so a failure reverts (the preview is
+//! removed). Between the switch and the scale-down the old pods are still up: a failure
+//! switches the active Service back in one write first, then reverts. Once the old pods are
+//! being replaced there is nothing to switch back to, and a failure reverts as a canary does.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::health::CheckFailure;
+use crate::rollout::cause;
+
+/// Times a blue/green rollout waits, from the environment's `[rollout]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlueGreenTiming {
+    /// How long the preview must stay healthy before the switch.
+    pub bake: Duration,
+    /// How long the preview (and later the scaled-up stable) may take to become ready.
+    pub timeout: Duration,
+    /// How long checks keep running after the switch.
+    pub verify: Duration,
+    /// How long the old pods stay up after the switch.
+    pub scale_down_delay: Duration,
+    /// Switch once the bake passed; false waits for an approval.
+    pub auto_promote: bool,
+}
+
+/// Where a blue/green rollout stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// The preview Deployment and Service must be written, the active Service pinned to the
+    /// old pods.
+    Preview,
+    /// Written; waiting for every preview pod to be ready.
+    AwaitPreview {
+        deadline: DateTime<Utc>,
+    },
+    /// The preview holds while checks run.
+    Bake {
+        until: DateTime<Utc>,
+    },
+    /// The bake passed; an operator must approve the switch.
+    AwaitApproval,
+    /// The active Service's selector must move to the new pods, in one write.
+    Switch,
+    /// Switched; checks run and the old pods stay up until `scale_down_at`.
+    Verify {
+        until: DateTime<Utc>,
+        scale_down_at: DateTime<Utc>,
+    },
+    /// The Deployment named in git must get the new template (its old pods go).
+    ScaleDown {
+        verify_until: DateTime<Utc>,
+    },
+    /// Waiting for the Deployment named in git to run the new template in full.
+    AwaitStable {
+        deadline: DateTime<Utc>,
+        verify_until: DateTime<Utc>,
+    },
+    /// The active Service gets git's selector back and the preview Deployment goes.
+    Settle {
+        verify_until: DateTime<Utc>,
+    },
+    /// Settled; checks run until the verify window ends.
+    VerifyAfter {
+        until: DateTime<Utc>,
+    },
+    /// A failure after the switch: the active Service goes back to the old pods first.
+    SwitchBack {
+        reason: String,
+        cause: String,
+    },
+    Succeeded,
+    Failed {
+        reason: String,
+        cause: String,
+    },
+}
+
+/// What the executor saw since the last decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// The current decision's writes are done.
+    Written,
+    /// Every object waited for is ready.
+    Ready,
+    /// Some object is not ready yet.
+    NotReady { detail: String },
+    /// Some object will not become ready by waiting.
+    Broken { cause: String, detail: String },
+    /// A check reached its failure threshold.
+    CheckFailed(CheckFailure),
+    /// An operator approved the switch.
+    Approved,
+    /// Nothing new; time passed.
+    Tick,
+}
+
+/// What the executor must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Write the preview Deployment and Service and pin the active Service to the old pods.
+    StartPreview,
+    /// Poll readiness until ready or `deadline`.
+    AwaitReady { deadline: DateTime<Utc> },
+    /// Run checks (and watch pods) until `until`.
+    Watch { until: DateTime<Utc> },
+    /// Run checks until an operator approves.
+    AwaitApproval,
+    /// Move the active Service's selector to the new pods, in one write.
+    Switch,
+    /// Give the Deployment named in git the new template.
+    ScaleDown,
+    /// Give the active Service git's selector back and delete the preview Deployment.
+    Settle,
+    /// Move the active Service's selector back to the old pods, in one write.
+    SwitchBack,
+    /// The revision is healthy.
+    Succeed,
+    /// Put the environment back to its last healthy revision.
+    Revert { reason: String, cause: String },
+}
+
+/// A milestone worth journaling, produced by a transition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Milestone {
+    /// The preview is ready and its bake passed.
+    PreviewPassed,
+    /// The active Service selects the new pods.
+    Switched,
+    /// The active Service selects the old pods again.
+    SwitchedBack,
+    /// The Deployment named in git runs the new template; the preview is gone.
+    ScaledDown,
+    Failed {
+        reason: String,
+    },
+    Succeeded,
+}
+
+type Transition = (Option<Phase>, Option<Milestone>);
+
+fn after(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+fn failed(reason: String, cause: &str) -> Transition {
+    (
+        Some(Phase::Failed {
+            reason: reason.clone(),
+            cause: cause.to_string(),
+        }),
+        Some(Milestone::Failed { reason }),
+    )
+}
+
+fn failure_text(failure: &CheckFailure) -> String {
+    format!(
+        "check {:?} failed {} times in a row: {}",
+        failure.check, failure.consecutive, failure.detail
+    )
+}
+
+/// One revision's blue/green rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlueGreen {
+    timing: BlueGreenTiming,
+    phase: Phase,
+}
+
+impl BlueGreen {
+    pub fn new(timing: BlueGreenTiming) -> Self {
+        Self {
+            timing,
+            phase: Phase::Preview,
+        }
+    }
+
+    /// A rollout that goes on from `phase` (after a restart).
+    pub fn resuming(timing: BlueGreenTiming, phase: Phase) -> Self {
+        Self { timing, phase }
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The decision for the current phase.
+    pub fn decision(&self) -> Decision {
+        match &self.phase {
+            Phase::Preview => Decision::StartPreview,
+            Phase::AwaitPreview { deadline } | Phase::AwaitStable { deadline, .. } => {
+                Decision::AwaitReady {
+                    deadline: *deadline,
+                }
+            }
+            Phase::Bake { until } | Phase::VerifyAfter { until } => {
+                Decision::Watch { until: *until }
+            }
+            // The old pods stay up for the whole delay, even past the verify window.
+            Phase::Verify { scale_down_at, .. } => Decision::Watch {
+                until: *scale_down_at,
+            },
+            Phase::AwaitApproval => Decision::AwaitApproval,
+            Phase::Switch => Decision::Switch,
+            Phase::ScaleDown { .. } => Decision::ScaleDown,
+            Phase::Settle { .. } => Decision::Settle,
+            Phase::SwitchBack { .. } => Decision::SwitchBack,
+            Phase::Succeeded => Decision::Succeed,
+            Phase::Failed { reason, cause } => Decision::Revert {
+                reason: reason.clone(),
+                cause: cause.clone(),
+            },
+        }
+    }
+
+    /// Feeds one observation; returns a milestone if one was reached, and the next decision.
+    pub fn observe(
+        &mut self,
+        observation: Observation,
+        now: DateTime<Utc>,
+    ) -> (Option<Milestone>, Decision) {
+        let (next, milestone) = self.transition(observation, now);
+        if let Some(next) = next {
+            self.phase = next;
+        }
+        (milestone, self.decision())
+    }
+
+    fn transition(&self, observation: Observation, now: DateTime<Utc>) -> Transition {
+        match observation {
+            Observation::Written => self.written(now),
+            Observation::Ready => self.ready(now),
+            Observation::NotReady { detail } => self.not_ready(&detail, now),
+            Observation::Broken { cause, detail } => self.fail(detail, &cause),
+            Observation::CheckFailed(failure) => {
+                self.fail(failure_text(&failure), cause::CHECK_FAILED)
+            }
+            Observation::Approved => match self.phase {
+                Phase::AwaitApproval => (Some(Phase::Switch), None),
+                _ => (None, None),
+            },
+            Observation::Tick => self.tick(now),
+        }
+    }
+
+    /// A write decision is done.
+    fn written(&self, now: DateTime<Utc>) -> Transition {
+        match &self.phase {
+            Phase::Preview => (
+                Some(Phase::AwaitPreview {
+                    deadline: after(now, self.timing.timeout),
+                }),
+                None,
+            ),
+            Phase::Switch => (
+                Some(Phase::Verify {
+                    until: after(now, self.timing.verify),
+                    scale_down_at: after(now, self.timing.scale_down_delay),
+                }),
+                Some(Milestone::Switched),
+            ),
+            Phase::ScaleDown { verify_until } => (
+                Some(Phase::AwaitStable {
+                    deadline: after(now, self.timing.timeout),
+                    verify_until: *verify_until,
+                }),
+                None,
+            ),
+            Phase::Settle { verify_until } => (
+                Some(Phase::VerifyAfter {
+                    until: *verify_until,
+                }),
+                Some(Milestone::ScaledDown),
+            ),
+            Phase::SwitchBack { reason, cause } => (
+                Some(Phase::Failed {
+                    reason: reason.clone(),
+                    cause: cause.clone(),
+                }),
+                Some(Milestone::SwitchedBack),
+            ),
+            _ => (None, None),
+        }
+    }
+
+    fn ready(&self, now: DateTime<Utc>) -> Transition {
+        match &self.phase {
+            Phase::AwaitPreview { .. } => (
+                Some(Phase::Bake {
+                    until: after(now, self.timing.bake),
+                }),
+                None,
+            ),
+            Phase::AwaitStable { verify_until, .. } => (
+                Some(Phase::Settle {
+                    verify_until: *verify_until,
+                }),
+                None,
+            ),
+            _ => (None, None),
+        }
+    }
+
+    fn not_ready(&self, detail: &str, now: DateTime<Utc>) -> Transition {
+        match &self.phase {
+            Phase::AwaitPreview { deadline } | Phase::AwaitStable { deadline, .. }
+                if now >= *deadline =>
+            {
+                let detail = format!(
+                    "not ready within {}: {detail}",
+                    humantime::format_duration(self.timing.timeout)
+                );
+                self.fail(detail, cause::TIMEOUT)
+            }
+            _ => (None, None),
+        }
+    }
+
+    /// A failure: before the switch it reverts; while the old pods are up it switches back
+    /// first; once they are being replaced it reverts. Writes in flight and the end states
+    /// are not failed by it.
+    fn fail(&self, detail: String, cause: &str) -> Transition {
+        match &self.phase {
+            Phase::AwaitPreview { .. } | Phase::Bake { .. } | Phase::AwaitApproval => {
+                failed(format!("preview: {detail}"), cause)
+            }
+            Phase::Verify { .. } => {
+                let reason = format!("after the switch: {detail}");
+                (
+                    Some(Phase::SwitchBack {
+                        reason: reason.clone(),
+                        cause: cause.to_string(),
+                    }),
+                    Some(Milestone::Failed { reason }),
+                )
+            }
+            Phase::AwaitStable { .. } | Phase::VerifyAfter { .. } => {
+                failed(format!("after the scale-down: {detail}"), cause)
+            }
+            _ => (None, None),
+        }
+    }
+
+    fn tick(&self, now: DateTime<Utc>) -> Transition {
+        match &self.phase {
+            Phase::Bake { until } if now >= *until => {
+                let next = if self.timing.auto_promote {
+                    Phase::Switch
+                } else {
+                    Phase::AwaitApproval
+                };
+                (Some(next), Some(Milestone::PreviewPassed))
+            }
+            Phase::Verify {
+                until,
+                scale_down_at,
+            } if now >= *scale_down_at => (
+                Some(Phase::ScaleDown {
+                    verify_until: *until,
+                }),
+                None,
+            ),
+            Phase::VerifyAfter { until } if now >= *until => {
+                (Some(Phase::Succeeded), Some(Milestone::Succeeded))
+            }
+            _ => (None, None),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "blue_green_tests.rs"]
+mod tests;

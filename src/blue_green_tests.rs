@@ -1,0 +1,275 @@
+//! Unit tests of the blue/green state machine: observations and `now` in, decisions out.
+
+use super::*;
+use chrono::TimeZone;
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + seconds, 0)
+        .single()
+        .expect("valid timestamp")
+}
+
+fn timing() -> BlueGreenTiming {
+    BlueGreenTiming {
+        bake: Duration::from_secs(60),
+        timeout: Duration::from_secs(30),
+        verify: Duration::from_secs(120),
+        scale_down_delay: Duration::from_secs(30),
+        auto_promote: true,
+    }
+}
+
+fn failure() -> CheckFailure {
+    CheckFailure {
+        check: "errors".into(),
+        detail: "value 0.2 is above max 0.01".into(),
+        consecutive: 3,
+    }
+}
+
+fn crash() -> Observation {
+    Observation::Broken {
+        cause: "CrashLoopBackOff".into(),
+        detail: "pod web-preview-1: container web is waiting in CrashLoopBackOff".into(),
+    }
+}
+
+/// A rollout brought to the verify window right after its switch at `at(70)`.
+fn switched() -> BlueGreen {
+    let mut bg = BlueGreen::new(timing());
+    bg.observe(Observation::Written, at(0));
+    bg.observe(Observation::Ready, at(10));
+    bg.observe(Observation::Tick, at(70));
+    let (milestone, decision) = bg.observe(Observation::Written, at(70));
+    assert_eq!(milestone, Some(Milestone::Switched));
+    assert_eq!(decision, Decision::Watch { until: at(100) });
+    bg
+}
+
+#[test]
+fn preview_bake_switch_verify_scale_down_and_succeed() {
+    let mut bg = BlueGreen::new(timing());
+    assert_eq!(bg.decision(), Decision::StartPreview);
+    assert_eq!(
+        bg.observe(Observation::Written, at(0)),
+        (None, Decision::AwaitReady { deadline: at(30) })
+    );
+    assert_eq!(
+        bg.observe(Observation::Ready, at(10)),
+        (None, Decision::Watch { until: at(70) }),
+        "the preview bakes once every preview pod is ready"
+    );
+    assert_eq!(
+        bg.observe(Observation::Tick, at(69)),
+        (None, Decision::Watch { until: at(70) })
+    );
+    assert_eq!(
+        bg.observe(Observation::Tick, at(70)),
+        (Some(Milestone::PreviewPassed), Decision::Switch)
+    );
+    assert_eq!(
+        bg.observe(Observation::Written, at(71)),
+        (
+            Some(Milestone::Switched),
+            Decision::Watch { until: at(101) }
+        ),
+        "the old pods stay up for the scale-down delay"
+    );
+    assert_eq!(
+        bg.observe(Observation::Tick, at(101)),
+        (None, Decision::ScaleDown)
+    );
+    assert_eq!(
+        bg.observe(Observation::Written, at(102)),
+        (None, Decision::AwaitReady { deadline: at(132) })
+    );
+    assert_eq!(
+        bg.observe(Observation::Ready, at(110)),
+        (None, Decision::Settle)
+    );
+    assert_eq!(
+        bg.observe(Observation::Written, at(111)),
+        (
+            Some(Milestone::ScaledDown),
+            Decision::Watch { until: at(191) }
+        ),
+        "verify runs its full window from the switch"
+    );
+    assert_eq!(
+        bg.observe(Observation::Tick, at(191)),
+        (Some(Milestone::Succeeded), Decision::Succeed)
+    );
+}
+
+#[test]
+fn a_failure_before_the_switch_reverts_without_switching() {
+    for failing in [Observation::CheckFailed(failure()), crash()] {
+        let mut bg = BlueGreen::new(timing());
+        bg.observe(Observation::Written, at(0));
+        bg.observe(Observation::Ready, at(5));
+        let (milestone, decision) = bg.observe(failing.clone(), at(20));
+        let Some(Milestone::Failed { reason }) = milestone else {
+            panic!("expected a failure, got {milestone:?}");
+        };
+        assert!(reason.starts_with("preview: "), "{reason}");
+        assert!(
+            matches!(decision, Decision::Revert { .. }),
+            "{failing:?}: {decision:?}"
+        );
+    }
+}
+
+#[test]
+fn a_preview_not_ready_by_the_deadline_fails_with_a_timeout() {
+    let mut bg = BlueGreen::new(timing());
+    bg.observe(Observation::Written, at(0));
+    let not_ready = || Observation::NotReady {
+        detail: "Deployment web-preview: 1 of 3 ready".into(),
+    };
+    assert_eq!(bg.observe(not_ready(), at(29)).0, None);
+    let (_, decision) = bg.observe(not_ready(), at(30));
+    assert!(
+        matches!(&decision, Decision::Revert { reason, cause } if cause == cause::TIMEOUT && reason.starts_with("preview: not ready within 30s")),
+        "{decision:?}"
+    );
+}
+
+#[test]
+fn a_failure_after_the_switch_switches_back_first_then_reverts() {
+    for failing in [Observation::CheckFailed(failure()), crash()] {
+        let mut bg = switched();
+        let (milestone, decision) = bg.observe(failing, at(80));
+        assert!(
+            matches!(&milestone, Some(Milestone::Failed { reason }) if reason.starts_with("after the switch: ")),
+            "{milestone:?}"
+        );
+        assert_eq!(decision, Decision::SwitchBack);
+        let (milestone, decision) = bg.observe(Observation::Written, at(80));
+        assert_eq!(milestone, Some(Milestone::SwitchedBack));
+        assert!(
+            matches!(&decision, Decision::Revert { reason, .. } if reason.starts_with("after the switch: ")),
+            "{decision:?}"
+        );
+    }
+}
+
+#[test]
+fn a_failure_after_the_scale_down_reverts_without_switching_back() {
+    let mut bg = switched();
+    bg.observe(Observation::Tick, at(100));
+    bg.observe(Observation::Written, at(100));
+    bg.observe(Observation::Ready, at(105));
+    bg.observe(Observation::Written, at(105));
+    let (_, decision) = bg.observe(Observation::CheckFailed(failure()), at(150));
+    assert!(
+        matches!(&decision, Decision::Revert { reason, .. } if reason.starts_with("after the scale-down: ")),
+        "{decision:?}"
+    );
+}
+
+#[test]
+fn a_verify_window_shorter_than_the_delay_still_keeps_the_old_pods_for_the_delay() {
+    let mut bg = BlueGreen::new(BlueGreenTiming {
+        verify: Duration::from_secs(10),
+        ..timing()
+    });
+    bg.observe(Observation::Written, at(0));
+    bg.observe(Observation::Ready, at(0));
+    bg.observe(Observation::Tick, at(60));
+    assert_eq!(
+        bg.observe(Observation::Written, at(60)).1,
+        Decision::Watch { until: at(90) }
+    );
+    assert_eq!(
+        bg.observe(Observation::Tick, at(75)).1,
+        Decision::Watch { until: at(90) },
+        "the verify window is over, the delay is not"
+    );
+    assert_eq!(bg.observe(Observation::Tick, at(90)).1, Decision::ScaleDown);
+    bg.observe(Observation::Written, at(90));
+    bg.observe(Observation::Ready, at(91));
+    assert_eq!(
+        bg.observe(Observation::Written, at(91)).1,
+        Decision::Watch { until: at(70) }
+    );
+    assert_eq!(
+        bg.observe(Observation::Tick, at(91)).1,
+        Decision::Succeed,
+        "a window already over ends at the next tick"
+    );
+}
+
+#[test]
+fn without_auto_promote_the_switch_waits_for_an_approval() {
+    let mut bg = BlueGreen::new(BlueGreenTiming {
+        auto_promote: false,
+        ..timing()
+    });
+    bg.observe(Observation::Written, at(0));
+    bg.observe(Observation::Ready, at(0));
+    assert_eq!(
+        bg.observe(Observation::Tick, at(60)),
+        (Some(Milestone::PreviewPassed), Decision::AwaitApproval)
+    );
+    assert_eq!(
+        bg.observe(Observation::Tick, at(600)).1,
+        Decision::AwaitApproval
+    );
+    assert_eq!(
+        bg.observe(Observation::Approved, at(601)).1,
+        Decision::Switch
+    );
+
+    let mut failing = BlueGreen::new(BlueGreenTiming {
+        auto_promote: false,
+        ..timing()
+    });
+    failing.observe(Observation::Written, at(0));
+    failing.observe(Observation::Ready, at(0));
+    failing.observe(Observation::Tick, at(60));
+    assert!(matches!(
+        failing
+            .observe(Observation::CheckFailed(failure()), at(90))
+            .1,
+        Decision::Revert { .. }
+    ));
+}
+
+#[test]
+fn observations_that_do_not_fit_the_phase_change_nothing() {
+    let unchanged = |bg: &mut BlueGreen, observation: Observation, now| {
+        let before = bg.phase().clone();
+        assert_eq!(
+            bg.observe(observation.clone(), now).0,
+            None,
+            "{observation:?}"
+        );
+        assert_eq!(bg.phase(), &before, "{observation:?}");
+    };
+    let mut bg = BlueGreen::new(timing());
+    // Nothing is written yet: checks and readiness do not count.
+    unchanged(&mut bg, Observation::CheckFailed(failure()), at(0));
+    unchanged(&mut bg, Observation::Ready, at(0));
+    unchanged(&mut bg, Observation::Approved, at(0));
+    bg.observe(Observation::Written, at(0));
+    unchanged(&mut bg, Observation::Written, at(1));
+    unchanged(&mut bg, Observation::Tick, at(1));
+    bg.observe(Observation::Ready, at(1));
+    // An approval with auto_promote does nothing; the bake ends on its own tick.
+    unchanged(&mut bg, Observation::Approved, at(2));
+    unchanged(&mut bg, Observation::Tick, at(60));
+    bg.observe(Observation::Tick, at(61));
+    // The switch write in flight is not failed by a check: the write finishes first.
+    unchanged(&mut bg, Observation::CheckFailed(failure()), at(61));
+    unchanged(&mut bg, Observation::Tick, at(61));
+}
+
+#[test]
+fn a_rollout_resumes_from_a_given_phase() {
+    let mut bg = BlueGreen::resuming(timing(), Phase::Switch);
+    assert_eq!(bg.decision(), Decision::Switch);
+    assert_eq!(
+        bg.observe(Observation::Written, at(0)).0,
+        Some(Milestone::Switched)
+    );
+}
