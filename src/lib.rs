@@ -28,6 +28,7 @@ pub mod model;
 pub mod parse_cache;
 pub mod plan;
 pub mod policy;
+pub mod preview;
 pub mod probe;
 pub mod readiness;
 pub mod render;

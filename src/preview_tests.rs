@@ -1,0 +1,197 @@
+//! Unit tests of the blue/green objects, from inline YAML.
+
+use serde_json::json;
+
+use super::*;
+use crate::manifest::{self, ManifestFile, ParseOptions};
+
+fn desired(yaml: &str) -> Desired {
+    let objects = manifest::parse(
+        &[ManifestFile {
+            path: "t.yaml".into(),
+            bytes: yaml.as_bytes().to_vec(),
+            blob: None,
+        }],
+        Vec::new(),
+        &ParseOptions {
+            default_namespace: "shop".into(),
+        },
+    )
+    .expect("test manifests are valid");
+    Desired::new(objects.first().expect("one object"))
+}
+
+fn deployment() -> Desired {
+    desired(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web, tier: front}}
+    spec: {containers: [{name: web, image: "web:2"}]}
+"#,
+    )
+}
+
+fn service(name: &str, namespace: &str, selector: &str) -> Desired {
+    desired(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  type: NodePort
+  clusterIP: 10.0.0.7
+  clusterIPs: [10.0.0.7]
+  selector: {selector}
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
+"#
+    ))
+}
+
+fn key(kind: &str, group: &str, name: &str) -> ResourceKey {
+    ResourceKey {
+        group: group.into(),
+        kind: kind.into(),
+        namespace: Some("shop".into()),
+        name: name.into(),
+    }
+}
+
+#[test]
+fn the_preview_deployment_runs_the_new_template_on_its_own_track() {
+    let preview = preview_deployment(&deployment(), 2);
+    assert_eq!(preview.key, key("Deployment", "apps", "web-preview"));
+    assert_eq!(
+        preview.body.pointer("/metadata/name"),
+        Some(&json!("web-preview"))
+    );
+    assert_eq!(preview.body.pointer("/spec/replicas"), Some(&json!(2)));
+    assert_eq!(
+        preview.body.pointer("/spec/selector/matchLabels"),
+        Some(&json!({"app": "web", "gitopsd.io/track": "preview"})),
+        "the preview never claims the old pods"
+    );
+    assert_eq!(
+        preview.body.pointer("/spec/template/metadata/labels"),
+        Some(&json!({"app": "web", "tier": "front", "gitopsd.io/track": "preview"}))
+    );
+    assert_eq!(
+        preview.body.pointer("/spec/template/spec"),
+        deployment().body.pointer("/spec/template/spec")
+    );
+}
+
+#[test]
+fn a_service_selects_a_deployment_when_its_pods_carry_every_selector_label() {
+    let web = deployment();
+    assert!(selects(&service("web", "shop", "{app: web}"), &web));
+    assert!(selects(
+        &service("web", "shop", "{app: web, tier: front}"),
+        &web
+    ));
+    assert!(!selects(&service("web", "shop", "{app: api}"), &web));
+    assert!(!selects(&service("web", "other", "{app: web}"), &web));
+    assert!(
+        !selects(&service("web", "shop", "{}"), &web),
+        "a Service without a selector has its endpoints managed by hand"
+    );
+    assert!(
+        !selects(
+            &service("web", "shop", "{app: web, gitopsd.io/track: preview}"),
+            &web
+        ),
+        "a Service already narrowed to a track is not an active Service of git's"
+    );
+}
+
+#[test]
+fn the_active_service_is_pinned_then_switched_by_its_selector_alone() {
+    let active = service("web", "shop", "{app: web}");
+    let pinned = pinned(&active);
+    let switched = switched(&active);
+    assert_eq!(
+        pinned.body.pointer("/spec/selector"),
+        Some(&json!({"app": "web", "gitopsd.io/track": "stable"}))
+    );
+    assert_eq!(
+        switched.body.pointer("/spec/selector"),
+        Some(&json!({"app": "web", "gitopsd.io/track": "preview"}))
+    );
+    let without_selector = |d: &Desired| {
+        let mut body = d.body.clone();
+        body["spec"]
+            .as_object_mut()
+            .expect("a spec")
+            .remove("selector");
+        body
+    };
+    assert_eq!(without_selector(&pinned), without_selector(&active));
+    assert_eq!(without_selector(&switched), without_selector(&active));
+    assert_eq!(pinned.key, active.key);
+}
+
+#[test]
+fn the_preview_service_is_made_from_the_active_one_without_assigned_fields() {
+    let preview = preview_service(&service("web", "shop", "{app: web}"));
+    assert_eq!(preview.key, key("Service", "", "web-preview"));
+    assert_eq!(
+        preview.body.pointer("/spec"),
+        Some(&json!({
+            "type": "NodePort",
+            "selector": {"app": "web", "gitopsd.io/track": "preview"},
+            "ports": [{"port": 80, "targetPort": 8080}],
+        }))
+    );
+}
+
+#[test]
+fn only_deployments_whose_old_pods_are_tracked_can_run_blue_green() {
+    let tracked = LiveTemplate {
+        hash: Some("h1".into()),
+        tracked: true,
+    };
+    let untracked = LiveTemplate {
+        hash: Some("h1".into()),
+        tracked: false,
+    };
+    let web = key("Deployment", "apps", "web");
+    assert_eq!(can_run_blue_green(&web, Some(&tracked)), Ok(()));
+    assert_eq!(
+        can_run_blue_green(&web, None),
+        Ok(()),
+        "nothing live to pin"
+    );
+    let untracked = can_run_blue_green(&web, Some(&untracked)).expect_err("refused");
+    assert!(
+        untracked
+            .to_string()
+            .contains("lack the label gitopsd.io/track=stable"),
+        "{untracked}"
+    );
+    for kind in ["StatefulSet", "DaemonSet"] {
+        let refused =
+            can_run_blue_green(&key(kind, "apps", "db"), Some(&tracked)).expect_err("refused");
+        let message = refused.to_string();
+        assert!(
+            message.contains(&format!("a {kind} has no second set of pods"))
+                && message.contains("use the canary strategy"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn strategies_read_from_config_and_annotations() {
+    assert_eq!(Strategy::parse("canary"), Some(Strategy::Canary));
+    assert_eq!(Strategy::parse("blue-green"), Some(Strategy::BlueGreen));
+    assert_eq!(Strategy::parse("bluegreen"), None);
+    assert_eq!(Strategy::default(), Strategy::Canary);
+    for strategy in [Strategy::Canary, Strategy::BlueGreen] {
+        assert_eq!(Strategy::parse(strategy.as_str()), Some(strategy));
+    }
+}
