@@ -106,6 +106,21 @@ pub enum Observation {
     Tick,
 }
 
+impl From<crate::rollout::Observation> for Observation {
+    /// What the executor's readiness polls and check watches report, in this machine's terms.
+    fn from(observation: crate::rollout::Observation) -> Self {
+        use crate::rollout::Observation as Seen;
+        match observation {
+            Seen::Applied | Seen::Shrunk => Self::Written,
+            Seen::Ready => Self::Ready,
+            Seen::NotReady { detail } => Self::NotReady { detail },
+            Seen::Broken { cause, detail } => Self::Broken { cause, detail },
+            Seen::CheckFailed(failure) => Self::CheckFailed(failure),
+            Seen::Tick => Self::Tick,
+        }
+    }
+}
+
 /// What the executor must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use crate::labels::{ANNOTATION_TEMPLATE_HASH, LABEL_TRACK, TRACK_STABLE};
+use crate::labels::{ANNOTATION_TEMPLATE_HASH, LABEL_TRACK, TRACK_CANARY, TRACK_STABLE};
 use crate::model::{Object, ResourceKey};
 use crate::plan::{Action, Change, Desired, Plan};
 
@@ -458,7 +458,7 @@ fn insert_label(value: &mut Value, pointer: &str) {
         .entry(field)
         .or_insert_with(|| Value::Object(Map::new()));
     if let Some(labels) = labels.as_object_mut() {
-        labels.insert(LABEL_TRACK.into(), Value::String("canary".into()));
+        labels.insert(LABEL_TRACK.into(), Value::String(TRACK_CANARY.into()));
     }
 }
 

@@ -109,6 +109,10 @@ impl History {
             | Event::ReconcileStarted { .. }
             | Event::ReconcileFailed { .. }
             | Event::Promoted { .. }
+            | Event::PreviewStarted { .. }
+            | Event::Switched { .. }
+            | Event::SwitchedBack { .. }
+            | Event::ScaledDown { .. }
             | Event::RolloutResumed { .. }
             | Event::RevertCommitted { .. }
             | Event::DriftCorrected { .. } => {}

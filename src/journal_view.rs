@@ -50,7 +50,11 @@ fn write_details(event: &Event, out: &mut dyn Write) -> io::Result<()> {
         | Event::Reverted { .. }
         | Event::RevertCommitted { .. }
         | Event::Pinned { .. } => write_revert_details(event, out),
+        Event::SwitchedBack { reason, .. } => writeln!(out, "      {reason}"),
         Event::Promoted { .. }
+        | Event::PreviewStarted { .. }
+        | Event::Switched { .. }
+        | Event::ScaledDown { .. }
         | Event::Healthy { .. }
         | Event::Paused { .. }
         | Event::Resumed { .. }

@@ -23,8 +23,8 @@ pub const ANNOTATION_TEMPLATE_HASH: &str = "gitopsd.io/template-hash";
 pub const LABEL_TRACK: &str = "gitopsd.io/track";
 /// Value of [`LABEL_TRACK`] on stable pods (template label only, never the selector).
 pub const TRACK_STABLE: &str = "stable";
-/// Value of [`LABEL_TRACK`] on a blue/green preview's pods (template and selector).
-pub const TRACK_PREVIEW: &str = "preview";
+/// Value of [`LABEL_TRACK`] on canary pods, and a blue/green preview's (template and selector).
+pub const TRACK_CANARY: &str = "canary";
 
 // ApplySets (KEP-3659): the parent ConfigMap and its members.
 /// Label on the parent: the applyset's id.

@@ -34,6 +34,12 @@ pub struct CheckLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SwitchLabels {
+    pub environment: String,
+    pub direction: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabels {
     pub environment: String,
     pub cause: String,
@@ -62,6 +68,7 @@ pub struct Metrics {
     failures: Family<CauseLabels, Counter>,
     verify_failures: Family<EnvironmentLabel, Counter>,
     blocked: Family<EnvironmentLabel, Gauge>,
+    switches: Family<SwitchLabels, Counter>,
     /// The revision label last set per environment, so its old series can be removed.
     revisions_set: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
@@ -86,6 +93,7 @@ impl Default for Metrics {
             failures: Family::default(),
             verify_failures: Family::default(),
             blocked: Family::default(),
+            switches: Family::default(),
             revisions_set: Default::default(),
         };
         // Two groups, registered in this order so the exposition keeps its order.
@@ -128,6 +136,11 @@ impl Metrics {
             "git_fetch_duration_seconds",
             "Time a git fetch took, by result",
             self.fetch_seconds.clone(),
+        );
+        self.registry.register(
+            "blue_green_switches",
+            "Blue/green Service switches, by direction: switched (to the new pods), switched_back (to the old pods after a failure)",
+            self.switches.clone(),
         );
     }
 
@@ -238,6 +251,16 @@ impl Metrics {
             .inc();
     }
 
+    /// A blue/green switch, `direction` `switched` or `switched_back`.
+    pub fn switched(&self, environment: &str, direction: &str) {
+        self.switches
+            .get_or_create(&SwitchLabels {
+                environment: environment.into(),
+                direction: direction.into(),
+            })
+            .inc();
+    }
+
     pub fn verify_failed(&self, environment: &str) {
         self.verify_failures
             .get_or_create(&EnvironmentLabel {
@@ -297,6 +320,7 @@ mod tests {
         metrics.rollout_failed("staging", "CrashLoopBackOff");
         metrics.set_blocked("staging", true);
         metrics.verify_failed("staging");
+        metrics.switched("staging", "switched");
         let text = metrics.render();
         assert!(
             text.contains("gitopsd_verify_failures_total{environment=\"staging\"} 1"),
@@ -332,6 +356,7 @@ mod tests {
         metrics.rollout("staging", "healthy");
         metrics.reconciled("staging", Duration::from_millis(10));
         metrics.verify_failed("staging");
+        metrics.switched("staging", "switched");
         let text = metrics.render();
         let families: Vec<&str> = text
             .lines()
@@ -347,6 +372,7 @@ mod tests {
                 "revision_info",
                 "last_success_timestamp_seconds",
                 "git_fetch_duration_seconds",
+                "blue_green_switches",
                 "check_results",
                 "drift",
                 "rollout_failures",

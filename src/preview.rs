@@ -1,52 +1,24 @@
-//! Blue/green plumbing (pure): the objects a blue/green rollout of one Deployment writes —
-//! the preview Deployment, the preview Service, and the active Service's selector pinned to
-//! the old pods, switched to the new ones, and given back as git wrote it.
+//! Blue/green plumbing (pure): the Services a blue/green rollout writes — the active Service's
+//! selector pinned to the old pods, switched to the new ones, given back as git wrote it, and
+//! the preview Service beside it.
 //!
-//! The preview Deployment `<name>-preview` runs the new template; its selector and pod
-//! labels add `gitopsd.io/track: preview`, so it never claims the old pods. The old pods are
-//! told apart by the `gitopsd.io/track: stable` label gitopsd puts on every stable template it
-//! writes (see [`crate::canary::mark_stable_track`]): the active Service's selector gains
-//! `track: stable` while the preview runs, and `track: preview` at the switch. Service
-//! selectors are equalities only, so a Deployment whose live pods lack the stable label cannot
-//! be pinned without restarting them, and is refused ([`PinProblem`]).
+//! The preview of a Deployment is its canary (`<name>-canary`, see [`crate::canary`]) at the
+//! full replica count: its selector and pod labels add `gitopsd.io/track: canary`, so it never
+//! claims the old pods. The old pods are told apart by the `gitopsd.io/track: stable` label
+//! gitopsd puts on every stable template it writes (see [`crate::canary::mark_stable_track`]):
+//! the active Service's selector gains `track: stable` while the preview runs, and
+//! `track: canary` at the switch. Service selectors are equalities only, so a Deployment whose
+//! live pods lack the stable label cannot be pinned without restarting them ([`PinProblem`]).
 
 use serde_json::{Map, Value};
 
 use crate::canary::LiveTemplate;
-use crate::labels::{LABEL_TRACK, TRACK_PREVIEW, TRACK_STABLE};
+use crate::labels::{LABEL_TRACK, TRACK_CANARY, TRACK_STABLE};
 use crate::model::ResourceKey;
 use crate::plan::Desired;
 
-/// Suffix of the preview Deployment's and the default preview Service's names.
+/// Suffix of the preview Service's name.
 pub const PREVIEW_SUFFIX: &str = "-preview";
-
-/// How a changed workload is rolled out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strategy {
-    /// Replica-weighted canary steps (StatefulSets: partition steps).
-    #[default]
-    Canary,
-    /// A full preview beside the old pods, switched in one Service write.
-    BlueGreen,
-}
-
-impl Strategy {
-    /// Reads a `strategy` value (config key or `gitopsd.io/strategy` annotation).
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "canary" => Some(Self::Canary),
-            "blue-green" => Some(Self::BlueGreen),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Canary => "canary",
-            Self::BlueGreen => "blue-green",
-        }
-    }
-}
 
 /// Why a workload cannot run blue/green.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,7 +53,7 @@ pub fn can_run_blue_green(
     }
 }
 
-/// The preview Deployment's key: `<name>-preview` beside the Deployment.
+/// The preview Service's key: `<name>-preview` beside the active one.
 pub fn preview_key(key: &ResourceKey) -> ResourceKey {
     ResourceKey {
         name: format!("{}{PREVIEW_SUFFIX}", key.name),
@@ -115,19 +87,6 @@ fn renamed(body: &Value, name: &str) -> Value {
     body
 }
 
-/// The preview Deployment: the new template at `replicas`, its selector and pods on the
-/// preview track.
-pub fn preview_deployment(desired: &Desired, replicas: u32) -> Desired {
-    let key = preview_key(&desired.key);
-    let mut body = renamed(&desired.body, &key.name);
-    if let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut) {
-        spec.insert("replicas".into(), Value::from(replicas));
-    }
-    with_track(&mut body, "/spec/selector/matchLabels", TRACK_PREVIEW);
-    with_track(&mut body, "/spec/template/metadata/labels", TRACK_PREVIEW);
-    Desired::from_body(key, body)
-}
-
 fn selector(service: &Value) -> Option<&Map<String, Value>> {
     service
         .pointer("/spec/selector")
@@ -153,8 +112,18 @@ pub fn selects(service: &Desired, deployment: &Desired) -> bool {
     })
 }
 
+/// The Services of a revision that select the pods of any of `deployments`: what a blue/green
+/// rollout pins, switches and gives back.
+pub fn active_services(desired: &[Desired], deployments: &[&Desired]) -> Vec<Desired> {
+    desired
+        .iter()
+        .filter(|service| deployments.iter().any(|d| selects(service, d)))
+        .cloned()
+        .collect()
+}
+
 /// The active Service with its selector narrowed to one track: `stable` pins it to the old
-/// pods, `preview` is the switch. Everything else stays as git wrote it.
+/// pods, `canary` is the switch. Everything else stays as git wrote it.
 pub fn on_track(active: &Desired, track: &str) -> Desired {
     let mut body = active.body.clone();
     with_track(&mut body, "/spec/selector", track);
@@ -166,13 +135,13 @@ pub fn pinned(active: &Desired) -> Desired {
     on_track(active, TRACK_STABLE)
 }
 
-/// The active Service switched to the preview pods.
+/// The active Service switched to the preview (canary) pods.
 pub fn switched(active: &Desired) -> Desired {
-    on_track(active, TRACK_PREVIEW)
+    on_track(active, TRACK_CANARY)
 }
 
 /// The default preview Service: `<active>-preview`, made from the active one, selecting only
-/// the preview pods. Fields the server assigns per Service (cluster IPs, node ports, a load
+/// the preview (canary) pods. Fields the server assigns per Service (cluster IPs, node ports, a load
 /// balancer's address) are left out.
 pub fn preview_service(active: &Desired) -> Desired {
     let key = preview_key(&active.key);
@@ -192,7 +161,7 @@ pub fn preview_service(active: &Desired) -> Desired {
             }
         }
     }
-    with_track(&mut body, "/spec/selector", TRACK_PREVIEW);
+    with_track(&mut body, "/spec/selector", TRACK_CANARY);
     Desired::from_body(key, body)
 }
 

@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::*;
 use crate::manifest::{self, ManifestFile, ParseOptions};
+use crate::rollout::Strategy;
 
 fn desired(yaml: &str) -> Desired {
     let objects = manifest::parse(
@@ -63,30 +64,6 @@ fn key(kind: &str, group: &str, name: &str) -> ResourceKey {
 }
 
 #[test]
-fn the_preview_deployment_runs_the_new_template_on_its_own_track() {
-    let preview = preview_deployment(&deployment(), 2);
-    assert_eq!(preview.key, key("Deployment", "apps", "web-preview"));
-    assert_eq!(
-        preview.body.pointer("/metadata/name"),
-        Some(&json!("web-preview"))
-    );
-    assert_eq!(preview.body.pointer("/spec/replicas"), Some(&json!(2)));
-    assert_eq!(
-        preview.body.pointer("/spec/selector/matchLabels"),
-        Some(&json!({"app": "web", "gitopsd.io/track": "preview"})),
-        "the preview never claims the old pods"
-    );
-    assert_eq!(
-        preview.body.pointer("/spec/template/metadata/labels"),
-        Some(&json!({"app": "web", "tier": "front", "gitopsd.io/track": "preview"}))
-    );
-    assert_eq!(
-        preview.body.pointer("/spec/template/spec"),
-        deployment().body.pointer("/spec/template/spec")
-    );
-}
-
-#[test]
 fn a_service_selects_a_deployment_when_its_pods_carry_every_selector_label() {
     let web = deployment();
     assert!(selects(&service("web", "shop", "{app: web}"), &web));
@@ -107,6 +84,13 @@ fn a_service_selects_a_deployment_when_its_pods_carry_every_selector_label() {
         ),
         "a Service already narrowed to a track is not an active Service of git's"
     );
+    let services = [
+        service("web", "shop", "{app: web}"),
+        service("api", "shop", "{app: api}"),
+    ];
+    let active = active_services(&services, &[&web]);
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].key, key("Service", "", "web"));
 }
 
 #[test]
@@ -120,7 +104,7 @@ fn the_active_service_is_pinned_then_switched_by_its_selector_alone() {
     );
     assert_eq!(
         switched.body.pointer("/spec/selector"),
-        Some(&json!({"app": "web", "gitopsd.io/track": "preview"}))
+        Some(&json!({"app": "web", "gitopsd.io/track": "canary"}))
     );
     let without_selector = |d: &Desired| {
         let mut body = d.body.clone();
@@ -143,7 +127,7 @@ fn the_preview_service_is_made_from_the_active_one_without_assigned_fields() {
         preview.body.pointer("/spec"),
         Some(&json!({
             "type": "NodePort",
-            "selector": {"app": "web", "gitopsd.io/track": "preview"},
+            "selector": {"app": "web", "gitopsd.io/track": "canary"},
             "ports": [{"port": 80, "targetPort": 8080}],
         }))
     );

@@ -11,6 +11,7 @@ use crate::config::RolloutConfig;
 use crate::diff::{self, RenderError};
 use crate::model::{Object, ResourceKey};
 use crate::plan::{Action, Change, Desired, Plan};
+use crate::rollout::Strategy;
 
 /// Version of the JSON schema (README "diff --output json").
 pub const SCHEMA_VERSION: u32 = 1;
@@ -71,6 +72,12 @@ pub struct ChangeReport {
 /// The rollout the change would get.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RolloutPreview {
+    /// `blue-green` when the Deployments would run blue/green; absent for canary steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Blue/green: how long the old pods would stay up after the switch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<String>,
     /// Canary weights in percent; `[100]` is a direct apply.
     pub steps: Vec<u8>,
     /// Deployments that would run a canary.
@@ -108,7 +115,8 @@ impl EnvironmentReport {
             changes.push(change_report(change)?);
         }
         let spec = canary::split(plan, input.desired, input.live, &[]);
-        let steps = if spec.has_canaries() {
+        let blue_green = input.rollout.strategy == Strategy::BlueGreen && !spec.canaries.is_empty();
+        let steps = if spec.has_canaries() && !blue_green {
             input.rollout.steps.clone()
         } else {
             vec![100]
@@ -126,6 +134,10 @@ impl EnvironmentReport {
             changes,
             orphaned: plan.orphaned.iter().map(ToString::to_string).collect(),
             rollout: RolloutPreview {
+                strategy: blue_green.then(|| Strategy::BlueGreen.as_str().to_string()),
+                scale_down_delay: blue_green.then(|| {
+                    humantime::format_duration(input.rollout.scale_down_delay).to_string()
+                }),
                 steps,
                 canaries: spec
                     .canaries
@@ -264,6 +276,9 @@ fn diff_line_colour(line: &str) -> Option<&'static str> {
 }
 
 fn rollout_line(rollout: &RolloutPreview) -> String {
+    if rollout.strategy.is_some() {
+        return blue_green_line(rollout);
+    }
     let mut line = if rollout.canaries.is_empty() && rollout.partitioned.is_empty() {
         "applied at once (no Deployment or StatefulSet needs a canary)".to_string()
     } else {
@@ -299,6 +314,35 @@ fn rollout_line(rollout: &RolloutPreview) -> String {
             "; {} roll out at 100% with readiness and verify (DaemonSets get no canary)",
             rollout.direct.join(", ")
         );
+    }
+    line
+}
+
+/// The phases a blue/green rollout would go through.
+fn blue_green_line(rollout: &RolloutPreview) -> String {
+    let mut line = format!(
+        "blue-green for {}: preview → switch → verify → scale down (old pods kept {} after the switch)",
+        rollout.canaries.join(", "),
+        rollout.scale_down_delay.as_deref().unwrap_or("0s")
+    );
+    if !rollout.canary_configs.is_empty() {
+        let _ = write!(
+            line,
+            "; only preview pods see the new {} until the scale-down",
+            rollout.canary_configs.join(", ")
+        );
+    }
+    for (what, objects) in [
+        ("StatefulSets", &rollout.partitioned),
+        ("DaemonSets", &rollout.direct),
+    ] {
+        if !objects.is_empty() {
+            let _ = write!(
+                line,
+                "; refused: {} ({what} cannot run blue-green; use the canary strategy)",
+                objects.join(", ")
+            );
+        }
     }
     line
 }
@@ -455,6 +499,41 @@ mod tests {
             namespace: Some("shop".into()),
             name: "db".into(),
         }
+    }
+
+    #[test]
+    fn a_blue_green_rollout_line_names_the_strategy_its_phases_and_what_it_refuses() {
+        let mut rollout = RolloutPreview {
+            strategy: Some("blue-green".into()),
+            scale_down_delay: Some("30s".into()),
+            steps: vec![100],
+            canaries: vec!["Deployment.apps shop/web".into()],
+            canary_configs: Vec::new(),
+            partitioned: Vec::new(),
+            direct: Vec::new(),
+            holds: Vec::new(),
+        };
+        assert_eq!(
+            rollout_line(&rollout),
+            "blue-green for Deployment.apps shop/web: preview → switch → verify → scale down (old pods kept 30s after the switch)"
+        );
+        rollout.partitioned = vec!["StatefulSet.apps shop/db".into()];
+        assert!(
+            rollout_line(&rollout).ends_with(
+                "; refused: StatefulSet.apps shop/db (StatefulSets cannot run blue-green; use the canary strategy)"
+            ),
+            "{}",
+            rollout_line(&rollout)
+        );
+        let json = serde_json::to_value(&rollout).expect("serializes");
+        assert_eq!(json["strategy"], "blue-green");
+        rollout.strategy = None;
+        rollout.scale_down_delay = None;
+        let json = serde_json::to_value(&rollout).expect("serializes");
+        assert!(
+            json.get("strategy").is_none(),
+            "canary reports stay as they were"
+        );
     }
 
     #[test]

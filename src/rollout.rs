@@ -15,9 +15,41 @@ pub struct Timing {
     pub verify: Duration,
 }
 
+/// How a changed workload is rolled out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Replica-weighted canary steps (StatefulSets: partition steps).
+    #[default]
+    Canary,
+    /// A full preview beside the old pods, switched in one Service write.
+    BlueGreen,
+}
+
+impl Strategy {
+    /// Reads a `strategy` value (config key or `gitopsd.io/strategy` annotation).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "canary" => Some(Self::Canary),
+            "blue-green" => Some(Self::BlueGreen),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Canary => "canary",
+            Self::BlueGreen => "blue-green",
+        }
+    }
+}
+
 /// How changes are rolled out (DESIGN §4).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutConfig {
+    /// How a changed Deployment is rolled out.
+    pub strategy: Strategy,
+    /// Blue/green: how long the old pods stay up after the switch.
+    pub scale_down_delay: Duration,
     /// Canary weights in percent, increasing, ending with 100 (the promotion).
     pub steps: Vec<u8>,
     /// How long each canary step must stay healthy.
@@ -35,6 +67,8 @@ pub struct RolloutConfig {
 impl Default for RolloutConfig {
     fn default() -> Self {
         Self {
+            strategy: Strategy::Canary,
+            scale_down_delay: Duration::from_secs(30),
             steps: vec![100],
             bake: Duration::ZERO,
             timeout: Duration::from_secs(300),

@@ -90,6 +90,10 @@ impl Notification {
             Event::Promoted { .. } => {
                 Some(base("promoted", format!("{short} promoted; verifying")))
             }
+            Event::PreviewStarted { .. }
+            | Event::Switched { .. }
+            | Event::SwitchedBack { .. }
+            | Event::ScaledDown { .. } => blue_green_notification(event, short, base),
             Event::RolloutFailed { reason, cause, .. } => Some(Notification {
                 reason: Some(reason.clone()),
                 cause: cause.clone(),
@@ -118,6 +122,36 @@ impl Notification {
             }),
             _ => None,
         }
+    }
+}
+
+/// The notification of a blue/green phase.
+fn blue_green_notification(
+    event: &Event,
+    short: &str,
+    base: impl Fn(&str, String) -> Notification,
+) -> Option<Notification> {
+    match event {
+        Event::PreviewStarted { .. } => Some(base(
+            "preview_started",
+            format!("{short} preview started beside the serving pods"),
+        )),
+        Event::Switched { .. } => Some(base(
+            "switched",
+            format!("{short} switched: the active Services select the new pods; verifying"),
+        )),
+        Event::SwitchedBack { reason, .. } => Some(Notification {
+            reason: Some(reason.clone()),
+            ..base(
+                "switched_back",
+                format!("{short} switched back to the old pods: {reason}"),
+            )
+        }),
+        Event::ScaledDown { .. } => Some(base(
+            "scaled_down",
+            format!("{short} scaling the old pods down"),
+        )),
+        _ => None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use figment::value::Value;
 
 use crate::backend::{KubernetesSettings, TargetConfig};
-use crate::rollout::RolloutConfig;
+use crate::rollout::{RolloutConfig, Strategy};
 use crate::source::RepoConfig;
 
 use super::check::{Checker, Unknown};
@@ -271,8 +271,20 @@ impl Checker {
             }),
             None => defaults.max_restarts,
         };
+        let strategy = match read.get("strategy", raw.strategy) {
+            Some(value) => Strategy::parse(&value).unwrap_or_else(|| {
+                read.problem("strategy", strategy_problem(&value));
+                defaults.strategy
+            }),
+            None => defaults.strategy,
+        };
+        let scale_down_delay = read
+            .duration_or_zero("scale_down_delay", raw.scale_down_delay)
+            .unwrap_or(defaults.scale_down_delay);
         self.problems.extend(unknown.under("rollout"));
         RolloutConfig {
+            strategy,
+            scale_down_delay,
             steps,
             bake,
             timeout,
@@ -495,10 +507,72 @@ fn valid_environment_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+fn strategy_problem(value: &str) -> String {
+    format!("is {value:?}; expected \"canary\" or \"blue-green\"")
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::parse;
     use super::TargetConfig;
+
+    #[test]
+    fn the_strategy_and_its_keys_are_read_and_checked_with_their_keys() {
+        use crate::rollout::Strategy;
+        use std::time::Duration;
+        let config = parse(
+            r#"
+            [repo]
+            url = "deploy-repo"
+            [[environment]]
+            name = "staging"
+            path = "environments/staging"
+            target = { type = "directory", path = "live/staging" }
+            [[environment]]
+            name = "production"
+            path = "environments/production"
+            target = { type = "directory", path = "live/production" }
+            [environment.rollout]
+            strategy = "blue-green"
+            scale_down_delay = "2m"
+            "#,
+        )
+        .expect("valid");
+        let rollout = |index: usize| config.environments[index].rollout.clone();
+        assert_eq!(rollout(0).strategy, Strategy::Canary, "the default");
+        assert_eq!(rollout(0).scale_down_delay, Duration::from_secs(30));
+        assert_eq!(rollout(1).strategy, Strategy::BlueGreen);
+        assert_eq!(rollout(1).scale_down_delay, Duration::from_secs(120));
+        let problems = parse(
+            r#"
+            [repo]
+            url = "deploy-repo"
+            [[environment]]
+            name = "staging"
+            path = "environments/staging"
+            target = { type = "directory", path = "live/staging" }
+            [environment.rollout]
+            strategy = "bluegreen"
+            scale_down_delay = "soon"
+            "#,
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "environment[0].rollout.strategy",
+                "environment[0].rollout.scale_down_delay"
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0]
+                .to_string()
+                .contains("expected \"canary\" or \"blue-green\""),
+            "{problems:?}"
+        );
+    }
 
     #[test]
     fn environment_limits_are_checked_with_their_keys() {

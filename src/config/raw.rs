@@ -98,6 +98,8 @@ pub(super) struct RawRollout {
     pub(super) verify: Option<Checked<HumanDuration>>,
     pub(super) revert_commit: Option<Checked<bool>>,
     pub(super) max_restarts: Option<Checked<u64>>,
+    pub(super) strategy: Option<Checked<String>>,
+    pub(super) scale_down_delay: Option<Checked<HumanDuration>>,
 }
 
 /// Canary weights; each item is checked on its own.

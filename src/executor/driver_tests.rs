@@ -28,6 +28,9 @@ struct Written {
     verb: &'static str,
     name: String,
     replicas: Option<u64>,
+    kind: String,
+    /// The `gitopsd.io/track` a Service's selector narrows to.
+    track: Option<String>,
 }
 
 /// A backend that keeps nothing but a log of writes, and refuses the `nth` apply of `name`.
@@ -71,6 +74,11 @@ impl RecordingBackend {
             replicas: body
                 .and_then(|b| b.pointer("/spec/replicas"))
                 .and_then(Value::as_u64),
+            kind: key.kind.clone(),
+            track: body
+                .and_then(|b| b.pointer("/spec/selector/gitopsd.io~1track"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         });
     }
 
@@ -241,6 +249,19 @@ impl Fixture {
     /// Steps 25/50/100 of a Deployment of 4, one check every 10 ms that fails after two bad
     /// results in a row, and the given bake.
     fn new(bake: &str) -> Self {
+        Self::with_rollout(&format!(
+            "steps = [25, 50, 100]\nbake = \"{bake}\"\nverify = \"0s\""
+        ))
+    }
+
+    /// Blue/green with the given times; the same check.
+    fn blue_green(bake: &str, verify: &str, scale_down_delay: &str) -> Self {
+        Self::with_rollout(&format!(
+            "strategy = \"blue-green\"\nbake = \"{bake}\"\nverify = \"{verify}\"\nscale_down_delay = \"{scale_down_delay}\""
+        ))
+    }
+
+    fn with_rollout(rollout: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let toml = format!(
             r#"
@@ -254,10 +275,8 @@ path = "staging"
 target = {{ type = "directory", path = "{root}/live" }}
 namespace = "shop"
 [environment.rollout]
-steps = [25, 50, 100]
-bake = "{bake}"
 timeout = "5s"
-verify = "0s"
+{rollout}
 [[environment.health]]
 type = "exec"
 command = "true"
@@ -537,5 +556,214 @@ async fn a_pod_that_starts_crashing_during_the_bake_fails_the_step_before_it_pas
         by_step(&backend.writes(), &records),
         expected_writes(0)[..3],
         "nothing of the next step was written"
+    );
+}
+
+/// Health checks that turn unhealthy once the journal holds a record named `after`.
+struct FailingAfterRecord<'f> {
+    fixture: &'f Fixture,
+    after: &'static str,
+}
+
+impl CheckRunner for FailingAfterRecord<'_> {
+    async fn run(&self, _check: &HealthCheckConfig) -> CheckResult {
+        if names(&self.fixture.records()).contains(&self.after) {
+            CheckResult::Unhealthy("error rate 0.2 above 0.01".into())
+        } else {
+            CheckResult::Healthy
+        }
+    }
+}
+
+async fn begin_blue_green<P: CheckRunner>(
+    fixture: &Fixture,
+    backend: &RecordingBackend,
+    checks: &P,
+) -> Ending {
+    let mut fx = fixture.effects(backend, checks);
+    crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input())
+        .expect("journaled")
+        .run()
+        .await
+        .expect("the rollout runs")
+}
+
+/// Writes as `(last record journaled before it, "verb Kind/name xN [track]")`.
+fn by_record(writes: &[Written], records: &[Record]) -> Vec<(&'static str, String)> {
+    writes
+        .iter()
+        .map(|write| {
+            let last = records
+                .iter()
+                .rev()
+                .find(|record| record.seq < write.next_seq)
+                .map_or("", |record| record.event.name());
+            let replicas = write.replicas.map(|r| format!(" x{r}")).unwrap_or_default();
+            let track = write
+                .track
+                .as_ref()
+                .map(|t| format!(" [{t}]"))
+                .unwrap_or_default();
+            (
+                last,
+                format!(
+                    "{} {}/{}{replicas}{track}",
+                    write.verb, write.kind, write.name
+                ),
+            )
+        })
+        .collect()
+}
+
+fn at(record: &'static str, write: &str) -> (&'static str, String) {
+    (record, write.to_string())
+}
+
+/// The preview's writes: the unrelated ConfigMap, the active Service pinned to the old pods,
+/// the preview Service, the preview at full size.
+fn preview_writes() -> Vec<(&'static str, String)> {
+    vec![
+        at("preview_started", "apply ConfigMap/extra"),
+        at("preview_started", "apply Service/web [stable]"),
+        at("preview_started", "apply Service/web-preview [canary]"),
+        at("preview_started", "apply Deployment/web-canary x4"),
+    ]
+}
+
+#[tokio::test]
+async fn blue_green_journals_each_phase_before_writing_it_and_switches_in_one_write() {
+    let fixture = Fixture::blue_green("30ms", "60ms", "20ms");
+    let backend = RecordingBackend::new(&fixture.journal);
+    let checks = ScriptedChecks::healthy();
+    let ending = begin_blue_green(&fixture, &backend, &checks).await;
+    assert!(matches!(ending, Ending::Healthy { .. }), "{ending:?}");
+    let records = fixture.records();
+    assert_eq!(
+        names(&records),
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "scaled_down",
+            "healthy"
+        ]
+    );
+    let mut expected = preview_writes();
+    expected.extend([
+        at("switched", "apply Service/web [canary]"),
+        at("scaled_down", "apply Deployment/web x4"),
+        at("scaled_down", "apply Service/web"),
+        at("scaled_down", "delete Deployment/web-canary"),
+        at("scaled_down", "delete Service/web-preview"),
+    ]);
+    assert_eq!(by_record(&backend.writes(), &records), expected);
+}
+
+#[tokio::test]
+async fn a_check_failing_on_the_blue_green_preview_removes_it_without_touching_what_serves() {
+    let fixture = Fixture::blue_green("30s", "0s", "0s");
+    let backend = RecordingBackend::new(&fixture.journal);
+    let checks = ScriptedChecks::failing_after(1);
+    let ending = begin_blue_green(&fixture, &backend, &checks).await;
+    let Ending::Failed { cause, reason, .. } = ending else {
+        panic!("the check fails the rollout: {ending:?}");
+    };
+    assert_eq!(cause, cause::CHECK_FAILED);
+    assert!(reason.starts_with("preview: check"), "{reason}");
+    let records = fixture.records();
+    assert_eq!(
+        names(&records),
+        [
+            "rollout_started",
+            "preview_started",
+            "check_failed",
+            "rollout_failed"
+        ]
+    );
+    let mut expected = preview_writes();
+    expected.extend([
+        at("rollout_failed", "delete Deployment/web-canary"),
+        at("rollout_failed", "delete Service/web-preview"),
+    ]);
+    assert_eq!(
+        by_record(&backend.writes(), &records),
+        expected,
+        "no switch; the preview goes while the Service still selects only the old pods"
+    );
+}
+
+#[tokio::test]
+async fn a_check_failing_after_the_switch_switches_back_in_one_write_before_anything_else() {
+    let fixture = Fixture::blue_green("0s", "30s", "30s");
+    let backend = RecordingBackend::new(&fixture.journal);
+    let checks = FailingAfterRecord {
+        fixture: &fixture,
+        after: "switched",
+    };
+    let ending = begin_blue_green(&fixture, &backend, &checks).await;
+    let Ending::Failed { cause, reason, .. } = ending else {
+        panic!("the check fails the rollout: {ending:?}");
+    };
+    assert_eq!(cause, cause::CHECK_FAILED);
+    assert!(reason.starts_with("after the switch: check"), "{reason}");
+    let records = fixture.records();
+    assert_eq!(
+        names(&records),
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "check_failed",
+            "switched_back",
+            "rollout_failed"
+        ]
+    );
+    let mut expected = preview_writes();
+    expected.extend([
+        at("switched", "apply Service/web [canary]"),
+        at("switched_back", "apply Service/web [stable]"),
+        at("rollout_failed", "delete Deployment/web-canary"),
+        at("rollout_failed", "delete Service/web-preview"),
+    ]);
+    assert_eq!(by_record(&backend.writes(), &records), expected);
+    assert!(
+        fixture
+            .metrics
+            .render()
+            .contains(r#"gitopsd_blue_green_switches_total{environment="staging",direction="switched_back"} 1"#),
+        "{}",
+        fixture.metrics.render()
+    );
+}
+
+#[tokio::test]
+async fn a_blue_green_pod_crashing_after_the_scale_down_reverts_without_switching_back() {
+    let fixture = Fixture::blue_green("0s", "30s", "0s");
+    // Calls: the preview's readiness, the first look of the verify window, the scaled-down
+    // Deployment's readiness; then the pods of the new template crash.
+    let backend = RecordingBackend::new(&fixture.journal).crashing_from_readiness_call(4);
+    let checks = ScriptedChecks::healthy();
+    let ending = begin_blue_green(&fixture, &backend, &checks).await;
+    let Ending::Failed { cause, reason, .. } = ending else {
+        panic!("the crash fails the rollout: {ending:?}");
+    };
+    assert_eq!(cause, "CrashLoopBackOff");
+    assert!(reason.starts_with("after the scale-down: "), "{reason}");
+    let records = fixture.records();
+    assert_eq!(
+        names(&records),
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "scaled_down",
+            "rollout_failed"
+        ]
+    );
+    let writes = by_record(&backend.writes(), &records);
+    assert_eq!(
+        writes.last().map(|w| w.0),
+        Some("scaled_down"),
+        "{writes:?}: nothing switched back; the revert restores the rest"
     );
 }

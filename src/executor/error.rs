@@ -26,6 +26,11 @@ pub enum ReconcileError {
     #[error("revision {revision} rejected, nothing applied: {problem}")]
     Empty { revision: Revision, problem: String },
     #[error("revision {revision} not applied: {problems}")]
+    Strategy {
+        revision: Revision,
+        problems: String,
+    },
+    #[error("revision {revision} not applied: {problems}")]
     Ownership {
         revision: Revision,
         problems: String,

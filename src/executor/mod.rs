@@ -2,6 +2,7 @@
 //! (through [`driver`]), a revert, in-place convergence, or a hold. Every decision is
 //! journaled before it is acted on.
 
+mod blue_green;
 mod driver;
 mod effects;
 mod error;
@@ -16,14 +17,17 @@ pub use error::{Outcome, ReconcileError};
 pub use writes::change_records;
 
 use crate::backend::Target;
-use crate::canary;
+use crate::canary::{self, RolloutSpec};
 use crate::desired::{DesiredError, empty_revision_problem, load_desired};
 use crate::gates::Gates;
 use crate::history::{History, NextStep, Resume, RevertInFlight};
 use crate::journal::{Event, JournalError};
 use crate::model::{Action, KindRef, Object, ResourceKey, Revision};
 use crate::plan::{self, Compare, Desired, Plan};
+use crate::preview;
+use crate::rollout::Strategy;
 use crate::source::GitSource;
+use blue_green::BlueGreenDriver;
 use writes::{confirm_drift, plan_writes};
 
 /// One environment's pass: what it acts through, and where its revisions come from.
@@ -154,6 +158,10 @@ impl<T: Target> EnvironmentRun<'_, T> {
                     return self.rollout(&revision, previous, None).await;
                 }
                 NextStep::Resume(resume) => {
+                    if let Some(revert) = self.blue_green_interrupted(&resume) {
+                        self.revert(&revert, false).await?;
+                        continue;
+                    }
                     let (revision, previous) = (resume.revision.clone(), resume.previous.clone());
                     return self.rollout(&revision, previous, Some(resume)).await;
                 }
@@ -362,6 +370,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
         }
         let before = self.before(previous.as_ref()).await;
         let spec = canary::split(&plan, &desired, &live, &before);
+        let blue_green = resume.is_none() && self.blue_green(revision, &plan, &spec)?;
         let input = RolloutInput {
             revision: revision.clone(),
             previous: previous.clone(),
@@ -370,11 +379,22 @@ impl<T: Target> EnvironmentRun<'_, T> {
             plan,
             spec,
         };
-        let driver = match resume {
-            Some(resume) => Driver::resume(&mut self.fx, input, resume)?,
-            None => Driver::begin(&mut self.fx, input)?,
+        let ending = match resume {
+            Some(resume) => Driver::resume(&mut self.fx, input, resume)?.run().await?,
+            None if blue_green => BlueGreenDriver::begin(&mut self.fx, input)?.run().await?,
+            None => Driver::begin(&mut self.fx, input)?.run().await?,
         };
-        match driver.run().await? {
+        self.ended(revision, previous, ending).await
+    }
+
+    /// What a rollout's ending leads to: a failed or blocked one is reverted.
+    async fn ended(
+        &mut self,
+        revision: &Revision,
+        previous: Option<Revision>,
+        ending: Ending,
+    ) -> Result<Outcome, ReconcileError> {
+        match ending {
             Ending::Healthy { changes } => Ok(Outcome::RolledOut {
                 revision: revision.clone(),
                 changes,
@@ -421,6 +441,74 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 })
             }
         }
+    }
+
+    /// Whether this rollout runs blue/green: the environment asks for it and a Deployment's
+    /// template changes. A StatefulSet or DaemonSet template change is refused (journaled
+    /// `rejected`): they have no second set of pods to switch to. A Deployment whose old pods
+    /// lack the stable track label rolls out through canary steps instead, with a warning.
+    fn blue_green(
+        &mut self,
+        revision: &Revision,
+        plan: &Plan,
+        spec: &RolloutSpec,
+    ) -> Result<bool, ReconcileError> {
+        if self.fx.config.rollout.strategy != Strategy::BlueGreen {
+            return Ok(false);
+        }
+        let daemon_sets = plan.changes.iter().filter_map(|change| match change {
+            plan::Change::Update { desired, live, .. }
+                if canary::is_daemon_set(&desired.key)
+                    && live.pointer("/spec/template") != desired.body.pointer("/spec/template") =>
+            {
+                Some(&desired.key)
+            }
+            _ => None,
+        });
+        let problems: Vec<String> = spec
+            .partitioned
+            .iter()
+            .map(|unit| &unit.desired.key)
+            .chain(daemon_sets)
+            .filter_map(|key| preview::can_run_blue_green(key, None).err())
+            .map(|problem| problem.to_string())
+            .collect();
+        if !problems.is_empty() {
+            self.reject(revision, problems.clone())?;
+            return Err(ReconcileError::Strategy {
+                revision: revision.clone(),
+                problems: problems.join("; "),
+            });
+        }
+        let untracked: Vec<String> = spec
+            .canaries
+            .iter()
+            .filter_map(|unit| {
+                let live = self.fx.live_templates.get(&unit.desired.key);
+                preview::can_run_blue_green(&unit.desired.key, live).err()
+            })
+            .map(|problem| problem.to_string())
+            .collect();
+        if !untracked.is_empty() {
+            tracing::warn!(env = %self.fx.config.name, revision = %revision.short(), problems = ?untracked, "blue-green is not possible for this rollout; using canary steps");
+            return Ok(false);
+        }
+        Ok(!spec.canaries.is_empty())
+    }
+
+    /// A blue/green rollout a restart interrupted is reverted (not blamed) and started over:
+    /// which Service selects which pods is read again from nothing but git.
+    fn blue_green_interrupted(&self, resume: &Resume) -> Option<RevertInFlight> {
+        if self.fx.config.rollout.strategy != Strategy::BlueGreen {
+            return None;
+        }
+        Some(RevertInFlight {
+            revision: resume.revision.clone(),
+            to: resume.previous.clone()?,
+            reason: "blue-green rollout interrupted by a restart; starting it over".into(),
+            failed: false,
+            baseline: resume.baseline.clone(),
+        })
     }
 
     /// The manifests the stables were applied from: what they are written from during steps.

@@ -69,6 +69,18 @@ pub enum Event {
     },
     /// The promotion is written and ready; the verify window starts.
     Promoted { revision: Revision },
+    /// Blue/green: about to write the preview (the changed Deployments' canaries at full
+    /// size, the preview Services) and pin the active Services to the old pods.
+    PreviewStarted { revision: Revision },
+    /// Blue/green: the preview is ready and baked; about to move the active Services'
+    /// selectors to the new pods, one write each.
+    Switched { revision: Revision },
+    /// Blue/green: a failure after the switch; about to move the active Services' selectors
+    /// back to the old pods, one write each.
+    SwitchedBack { revision: Revision, reason: String },
+    /// Blue/green: the scale-down delay is over; about to give the Deployments the new
+    /// template (their old pods go) and then remove the preview.
+    ScaledDown { revision: Revision },
     /// A check reached its failure threshold.
     CheckFailed {
         revision: Revision,
@@ -163,6 +175,10 @@ impl Event {
             Event::StepStarted { .. } => "step_started",
             Event::StepPassed { .. } => "step_passed",
             Event::Promoted { .. } => "promoted",
+            Event::PreviewStarted { .. } => "preview_started",
+            Event::Switched { .. } => "switched",
+            Event::SwitchedBack { .. } => "switched_back",
+            Event::ScaledDown { .. } => "scaled_down",
             Event::CheckFailed { .. } => "check_failed",
             Event::RolloutFailed { .. } => "rollout_failed",
             Event::RevertStarted { .. } => "revert_started",
@@ -193,6 +209,10 @@ impl Event {
             | Event::StepStarted { revision, .. }
             | Event::StepPassed { revision, .. }
             | Event::Promoted { revision }
+            | Event::PreviewStarted { revision }
+            | Event::Switched { revision }
+            | Event::SwitchedBack { revision, .. }
+            | Event::ScaledDown { revision }
             | Event::CheckFailed { revision, .. }
             | Event::RolloutFailed { revision, .. }
             | Event::Blocked { revision, .. }

@@ -1,0 +1,355 @@
+//! The blue/green driver: takes one decision at a time from the pure state machine
+//! ([`BlueGreen`]), journals it, carries it out through [`Effects`], and says how the rollout
+//! ended. The preview of a changed Deployment is its canary at full size; the active Services
+//! are pinned to the old pods, switched to the new ones in one write each, and given back as
+//! git wrote them once the Deployments run the new template.
+
+use std::ops::ControlFlow;
+
+use chrono::{DateTime, Utc};
+
+use super::driver::{Ending, RolloutInput};
+use super::effects::Effects;
+use super::error::ReconcileError;
+use super::writes::{Write, applied_keys, baseline, change_records, ordered};
+use crate::backend::{FailureClass, Target, TargetError};
+use crate::blue_green::{BlueGreen, BlueGreenTiming, Decision, Milestone, Observation};
+use crate::canary::{self, canary_key};
+use crate::health::HealthTracker;
+use crate::journal::{Baseline, Event};
+use crate::model::{ResourceKey, Revision};
+use crate::plan::Desired;
+use crate::preview;
+use crate::probe::CheckRunner;
+use crate::rollout::cause;
+
+/// What one decision led to: the next decision (with the milestone reached on the way), or
+/// the end of the rollout.
+type Step = ControlFlow<Ending, (Option<Milestone>, Decision)>;
+
+/// Carries one blue/green rollout through its phases.
+pub struct BlueGreenDriver<'d, 'a, T: Target, P: CheckRunner> {
+    fx: &'d mut Effects<'a, T, P>,
+    input: RolloutInput,
+    machine: BlueGreen,
+    baseline: Vec<Baseline>,
+    tracker: HealthTracker,
+    /// The Services selecting a previewed Deployment's pods, as git wants them.
+    active: Vec<Desired>,
+    /// What readiness waits for.
+    waiting: Vec<ResourceKey>,
+    /// Whose pods are watched for breakage while checks run.
+    watched: Vec<ResourceKey>,
+    /// The active Services select only the old pods: the preview can go before a revert.
+    pinned: bool,
+}
+
+impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
+    /// Starts a blue/green rollout; journals `rollout_started` with the marks a revert
+    /// restores.
+    pub fn begin(
+        fx: &'d mut Effects<'a, T, P>,
+        input: RolloutInput,
+    ) -> Result<Self, ReconcileError> {
+        let marks = baseline(&input.plan, &input.spec, &input.live);
+        let canaries: Vec<String> = input
+            .spec
+            .canaries
+            .iter()
+            .map(|unit| unit.desired.key.to_string())
+            .collect();
+        fx.journal(Event::RolloutStarted {
+            revision: input.revision.clone(),
+            previous: input.previous.clone(),
+            steps: vec![100],
+            changes: change_records(&input.plan.changes),
+            canaries: canaries.clone(),
+            baseline: marks.clone(),
+        })?;
+        tracing::info!(env = %fx.config.name, revision = %input.revision.short(), previews = ?canaries, "blue-green rollout started");
+        let deployments: Vec<&Desired> = input.spec.canaries.iter().map(|u| &u.desired).collect();
+        let active = preview::active_services(&input.desired, &deployments);
+        let rollout = &fx.config.rollout;
+        let machine = BlueGreen::new(BlueGreenTiming {
+            bake: rollout.bake,
+            timeout: rollout.timeout,
+            verify: rollout.verify,
+            scale_down_delay: rollout.scale_down_delay,
+            auto_promote: true,
+        });
+        let tracker = HealthTracker::new(&fx.config.health);
+        Ok(Self {
+            fx,
+            input,
+            machine,
+            baseline: marks,
+            tracker,
+            active,
+            waiting: Vec::new(),
+            watched: Vec::new(),
+            pinned: false,
+        })
+    }
+
+    /// Takes decisions until the rollout ends.
+    pub async fn run(mut self) -> Result<Ending, ReconcileError> {
+        let mut decision = self.machine.decision();
+        loop {
+            let step = match decision {
+                Decision::StartPreview => self.start_preview().await?,
+                Decision::AwaitReady { deadline } => self.await_ready(deadline).await?,
+                Decision::Watch { until } => self.watch(until).await?,
+                Decision::Switch => self.switch().await?,
+                Decision::ScaleDown => self.scale_down().await?,
+                Decision::Settle => self.settle().await?,
+                Decision::SwitchBack => self.switch_back().await?,
+                Decision::Succeed => ControlFlow::Break(self.succeed().await?),
+                Decision::Revert { reason, cause } => {
+                    ControlFlow::Break(self.fail(reason, cause).await?)
+                }
+                // Every blue/green rollout promotes on its own for now.
+                Decision::AwaitApproval => ControlFlow::Break(
+                    self.fail(
+                        "approval before the switch is not supported".into(),
+                        cause::REJECTED.into(),
+                    )
+                    .await?,
+                ),
+            };
+            match step {
+                ControlFlow::Break(ending) => return Ok(ending),
+                ControlFlow::Continue((milestone, next)) => {
+                    self.reached(milestone);
+                    decision = next;
+                }
+            }
+        }
+    }
+
+    fn preview_keys(&self) -> Vec<ResourceKey> {
+        self.input
+            .spec
+            .canaries
+            .iter()
+            .map(|unit| canary_key(&unit.desired.key))
+            .collect()
+    }
+
+    /// Journals `preview_started`, then writes the active Services pinned to the old pods,
+    /// the preview Services, the previews at full size, and every change with no canary
+    /// meaning. The pins go first: Services are written before workloads.
+    async fn start_preview(&mut self) -> Result<Step, ReconcileError> {
+        self.fx.journal(Event::PreviewStarted {
+            revision: self.input.revision.clone(),
+        })?;
+        tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "preview started");
+        let active_keys: Vec<&ResourceKey> = self.active.iter().map(|s| &s.key).collect();
+        let mut apply = canary::canary_step(&self.input.spec, 100).apply;
+        apply.extend(
+            self.input
+                .spec
+                .immediate
+                .iter()
+                .filter_map(|change| change.desired())
+                .filter(|desired| !active_keys.contains(&&desired.key))
+                .cloned(),
+        );
+        // Readiness waits for the previews and the other changes, not for the Services.
+        self.waiting = apply.iter().map(|desired| desired.key.clone()).collect();
+        apply.extend(self.active.iter().map(preview::pinned));
+        apply.extend(self.active.iter().map(preview::preview_service));
+        let writes = ordered(apply, Vec::new());
+        self.watched = self.preview_keys();
+        self.pinned = true;
+        self.write(&writes, "preview writes").await
+    }
+
+    /// Journals `switched`, then moves each active Service's selector to the new pods in one
+    /// write.
+    async fn switch(&mut self) -> Result<Step, ReconcileError> {
+        self.fx.journal(Event::Switched {
+            revision: self.input.revision.clone(),
+        })?;
+        self.fx.metrics.switched(&self.fx.config.name, "switched");
+        tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "switching the active Services to the new pods");
+        let writes = ordered(self.active.iter().map(preview::switched).collect(), vec![]);
+        self.pinned = false;
+        self.write(&writes, "switch writes").await
+    }
+
+    /// Journals `switched_back`, then moves each active Service's selector back to the old
+    /// pods in one write.
+    async fn switch_back(&mut self) -> Result<Step, ReconcileError> {
+        let reason = match self.machine.phase() {
+            crate::blue_green::Phase::SwitchBack { reason, .. } => reason.clone(),
+            _ => String::new(),
+        };
+        self.fx.journal(Event::SwitchedBack {
+            revision: self.input.revision.clone(),
+            reason,
+        })?;
+        self.fx
+            .metrics
+            .switched(&self.fx.config.name, "switched_back");
+        tracing::warn!(env = %self.fx.config.name, revision = %self.input.revision.short(), "switching the active Services back to the old pods");
+        let writes = ordered(self.active.iter().map(preview::pinned).collect(), vec![]);
+        let step = self.write(&writes, "switch-back writes").await?;
+        self.pinned = true;
+        Ok(step)
+    }
+
+    /// Journals `scaled_down`, then gives the Deployments (and the configs they use) the new
+    /// revision: their old pods are replaced while the active Services select the preview.
+    async fn scale_down(&mut self) -> Result<Step, ReconcileError> {
+        self.fx.journal(Event::ScaledDown {
+            revision: self.input.revision.clone(),
+        })?;
+        tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "scaling the old pods down");
+        let writes = ordered(canary::promotion(&self.input.spec).apply, Vec::new());
+        self.waiting = applied_keys(&writes);
+        self.watched = self
+            .input
+            .spec
+            .canaries
+            .iter()
+            .map(|unit| unit.desired.key.clone())
+            .collect();
+        self.write(&writes, "scale-down writes").await
+    }
+
+    /// Gives the active Services git's selectors back, then deletes the previews, their
+    /// config copies, the preview Services and deferred deletions.
+    async fn settle(&mut self) -> Result<Step, ReconcileError> {
+        let mut delete = canary::promotion(&self.input.spec).delete;
+        delete.extend(self.active.iter().map(|s| preview::preview_key(&s.key)));
+        let writes = ordered(self.active.clone(), delete);
+        self.write(&writes, "settling writes").await
+    }
+
+    async fn write(&mut self, writes: &[Write], what: &str) -> Result<Step, ReconcileError> {
+        let revision = self.input.revision.clone();
+        let Err((applied, error)) = self.fx.write_all(writes, |_| revision.clone()).await else {
+            return Ok(ControlFlow::Continue(
+                self.machine.observe(Observation::Written, Utc::now()),
+            ));
+        };
+        let reason = format!(
+            "blue-green: {applied} of {} {what} done, then: {error}",
+            writes.len()
+        );
+        self.write_failed(reason, &error).await
+    }
+
+    async fn write_failed(
+        &mut self,
+        reason: String,
+        error: &TargetError,
+    ) -> Result<Step, ReconcileError> {
+        if error.class() == FailureClass::Revision {
+            return Ok(ControlFlow::Break(
+                self.fail(reason, cause::REJECTED.into()).await?,
+            ));
+        }
+        self.fx.journal(Event::Blocked {
+            revision: self.input.revision.clone(),
+            reason: reason.clone(),
+        })?;
+        tracing::warn!(env = %self.fx.config.name, revision = %self.input.revision.short(), %reason, "the cluster refused a write; undoing the rollout without blaming the revision");
+        Ok(ControlFlow::Break(Ending::Blocked {
+            reason,
+            baseline: self.baseline.clone(),
+        }))
+    }
+
+    async fn await_ready(&mut self, deadline: DateTime<Utc>) -> Result<Step, ReconcileError> {
+        let keys = self.waiting.clone();
+        let observation = self.fx.readiness(&keys, deadline).await?;
+        Ok(ControlFlow::Continue(
+            self.machine.observe(observation.into(), Utc::now()),
+        ))
+    }
+
+    async fn watch(&mut self, until: DateTime<Utc>) -> Result<Step, ReconcileError> {
+        let observation = self
+            .fx
+            .watch_checks(
+                &mut self.tracker,
+                &self.input.revision,
+                &self.watched,
+                until,
+            )
+            .await?;
+        Ok(ControlFlow::Continue(
+            self.machine.observe(observation.into(), Utc::now()),
+        ))
+    }
+
+    /// Logs a milestone; the decisions journal their own records.
+    fn reached(&self, milestone: Option<Milestone>) {
+        let (env, revision) = (&self.fx.config.name, self.input.revision.short());
+        match milestone {
+            Some(Milestone::PreviewPassed) => {
+                tracing::info!(env = %env, revision = %revision, "preview ready and healthy")
+            }
+            Some(Milestone::Switched) => {
+                tracing::info!(env = %env, revision = %revision, "switched; verifying")
+            }
+            Some(Milestone::SwitchedBack) => {
+                tracing::warn!(env = %env, revision = %revision, "switched back")
+            }
+            Some(Milestone::ScaledDown) => {
+                tracing::info!(env = %env, revision = %revision, "old pods scaled down")
+            }
+            Some(Milestone::Failed { .. } | Milestone::Succeeded) | None => {}
+        }
+    }
+
+    async fn succeed(&mut self) -> Result<Ending, ReconcileError> {
+        let revision = self.input.revision.clone();
+        self.fx.drift_corrected(&revision, &self.input.plan)?;
+        self.fx
+            .settle(&self.input.desired, &self.input.plan.orphaned)
+            .await?;
+        self.fx.journal(Event::Healthy {
+            revision: revision.clone(),
+        })?;
+        tracing::info!(env = %self.fx.config.name, revision = %revision.short(), "rollout healthy");
+        Ok(Ending::Healthy {
+            changes: change_records(&self.input.plan.changes),
+        })
+    }
+
+    /// Journals `rollout_failed`. While the active Services select only the old pods, the
+    /// previews and preview Services are deleted first, so the revert that follows (which
+    /// gives the Services git's selectors back) never sends traffic to them.
+    async fn fail(&mut self, reason: String, cause: String) -> Result<Ending, ReconcileError> {
+        let revision = self.input.revision.clone();
+        self.fx.journal(Event::RolloutFailed {
+            revision: revision.clone(),
+            reason: reason.clone(),
+            cause: Some(cause.clone()),
+        })?;
+        self.fx.metrics.rollout_failed(&self.fx.config.name, &cause);
+        tracing::error!(env = %self.fx.config.name, revision = %revision.short(), %reason, "rollout failed");
+        if self.pinned {
+            self.remove_previews(&revision).await;
+        }
+        Ok(Ending::Failed {
+            reason,
+            cause,
+            baseline: self.baseline.clone(),
+        })
+    }
+
+    /// Deletes the previews, their config copies and the preview Services. A delete that
+    /// fails is left to the revert, which deletes them too.
+    async fn remove_previews(&mut self, revision: &Revision) {
+        let mut delete = canary::promotion(&self.input.spec).delete;
+        delete.retain(|key| self.input.spec.deferred.iter().all(|d| d.key() != key));
+        delete.extend(self.active.iter().map(|s| preview::preview_key(&s.key)));
+        let writes = ordered(Vec::new(), delete);
+        if let Err((_, error)) = self.fx.write_all(&writes, |_| revision.clone()).await {
+            tracing::warn!(env = %self.fx.config.name, %error, "could not remove the preview before the revert; the revert removes it");
+        }
+    }
+}
