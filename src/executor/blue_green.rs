@@ -332,7 +332,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         self.fx.metrics.rollout_failed(&self.fx.config.name, &cause);
         tracing::error!(env = %self.fx.config.name, revision = %revision.short(), %reason, "rollout failed");
         if self.pinned {
-            self.remove_previews(&revision).await;
+            self.remove_previews(&revision).await?;
         }
         Ok(Ending::Failed {
             reason,
@@ -341,9 +341,39 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         })
     }
 
-    /// Deletes the previews, their config copies and the preview Services. A delete that
-    /// fails is left to the revert, which deletes them too.
-    async fn remove_previews(&mut self, revision: &Revision) {
+    /// Scales the previews to zero and waits (within `timeout`) until none of their pods is
+    /// left running, then deletes them, their config copies and the preview Services. A
+    /// deleted Deployment's pods go only when the garbage collector gets to them, so without
+    /// the drain the revert, which gives the active Services git's selectors back, could
+    /// briefly select preview pods. A write that fails is left to the revert, which deletes
+    /// them too.
+    async fn remove_previews(&mut self, revision: &Revision) -> Result<(), ReconcileError> {
+        let drained: Vec<Desired> = canary::canary_step(&self.input.spec, 100)
+            .apply
+            .into_iter()
+            .filter(|desired| desired.key.kind == "Deployment")
+            .map(|desired| {
+                let mut body = desired.body;
+                body["spec"]["replicas"] = serde_json::Value::from(0);
+                Desired::from_body(desired.key, body)
+            })
+            .collect();
+        let keys: Vec<ResourceKey> = drained.iter().map(|d| d.key.clone()).collect();
+        let writes = ordered(drained, Vec::new());
+        if let Err((_, error)) = self.fx.write_all(&writes, |_| revision.clone()).await {
+            tracing::warn!(env = %self.fx.config.name, %error, "could not scale the preview down before the revert");
+        } else {
+            let deadline = Utc::now()
+                + chrono::Duration::from_std(self.fx.config.rollout.timeout)
+                    .unwrap_or(chrono::Duration::MAX);
+            while let crate::rollout::Observation::NotReady { .. } =
+                self.fx.readiness(&keys, deadline).await?
+            {
+                if Utc::now() >= deadline {
+                    break;
+                }
+            }
+        }
         let mut delete = canary::promotion(&self.input.spec).delete;
         delete.retain(|key| self.input.spec.deferred.iter().all(|d| d.key() != key));
         delete.extend(self.active.iter().map(|s| preview::preview_key(&s.key)));
@@ -351,5 +381,6 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         if let Err((_, error)) = self.fx.write_all(&writes, |_| revision.clone()).await {
             tracing::warn!(env = %self.fx.config.name, %error, "could not remove the preview before the revert; the revert removes it");
         }
+        Ok(())
     }
 }

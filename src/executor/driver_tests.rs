@@ -682,13 +682,14 @@ async fn a_check_failing_on_the_blue_green_preview_removes_it_without_touching_w
     );
     let mut expected = preview_writes();
     expected.extend([
+        at("rollout_failed", "apply Deployment/web-canary x0"),
         at("rollout_failed", "delete Deployment/web-canary"),
         at("rollout_failed", "delete Service/web-preview"),
     ]);
     assert_eq!(
         by_record(&backend.writes(), &records),
         expected,
-        "no switch; the preview goes while the Service still selects only the old pods"
+        "no switch; the preview drains and goes while the Service still selects only the old pods"
     );
 }
 
@@ -722,6 +723,7 @@ async fn a_check_failing_after_the_switch_switches_back_in_one_write_before_anyt
     expected.extend([
         at("switched", "apply Service/web [canary]"),
         at("switched_back", "apply Service/web [stable]"),
+        at("rollout_failed", "apply Deployment/web-canary x0"),
         at("rollout_failed", "delete Deployment/web-canary"),
         at("rollout_failed", "delete Service/web-preview"),
     ]);

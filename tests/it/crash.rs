@@ -90,7 +90,7 @@ fn sigkill_during_reconcile_then_rerun_converges() {
 }
 
 /// Copies every file of `from` into a fresh `to`.
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+pub(crate) fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     let _ = std::fs::remove_dir_all(to);
     for (path, bytes) in tree(from) {
         let target = to.join(path);

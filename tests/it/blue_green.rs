@@ -1,0 +1,193 @@
+//! Blue/green rollouts on the directory target: the phases and their journal records, a
+//! preview that fails, what `diff` says, and a SIGKILL at every journal point.
+
+use std::time::Duration;
+
+use gitopsd::history::History;
+use gitopsd::journal::Event;
+
+use crate::crash::copy_dir;
+use crate::helpers::*;
+use crate::rollout::{RolloutWorkspace, web};
+
+const BLUE_GREEN: &str = r#"strategy = "blue-green"
+bake = "400ms"
+verify = "600ms"
+scale_down_delay = "300ms"
+timeout = "5s""#;
+
+fn deployed(rollout: &RolloutWorkspace) -> usize {
+    web(&rollout.workspace.repo, "web:1", "hello", 4);
+    rollout.workspace.repo.commit("web 1");
+    assert_exit(&rollout.workspace.run(&["run", "--once"]), 0);
+    rollout.take_observed();
+    rollout.workspace.journal("staging").len()
+}
+
+fn service_selector(workspace: &Workspace) -> String {
+    let path = workspace.live("staging").join("shop/Service/web.yaml");
+    let text = std::fs::read_to_string(&path).expect("the Service is live");
+    let start = text.find("selector:").expect("a selector");
+    text[start..]
+        .lines()
+        .skip(1)
+        .take_while(|line| line.starts_with("    "))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn blue_green_previews_at_full_size_switches_then_scales_down_and_leaves_only_git_objects() {
+    let rollout = RolloutWorkspace::new(BLUE_GREEN);
+    let before = deployed(&rollout);
+    web(&rollout.workspace.repo, "web:2", "hello", 4);
+    rollout.workspace.repo.commit("web 2");
+    let diff = rollout.workspace.run(&["diff", "--env", "staging"]);
+    assert!(
+        stdout(&diff).contains(
+            "rollout: blue-green for Deployment.apps shop/web: preview → switch → verify → scale down (old pods kept 300ms after the switch)"
+        ),
+        "{}",
+        stdout(&diff)
+    );
+    let output = rollout.workspace.run(&["run", "--once"]);
+    assert_exit(&output, 0);
+    assert_eq!(
+        rollout.take_observed(),
+        ["4 web:1 4 web:2 hello -", "4 web:2 - - hello -"],
+        "the preview runs the new template in full beside the old pods, then the Deployment named in git runs it alone"
+    );
+    assert_eq!(
+        rollout.events_since(before),
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "scaled_down",
+            "healthy"
+        ]
+    );
+    let live = tree(&rollout.workspace.live("staging"));
+    assert!(
+        !live
+            .keys()
+            .any(|path| path.contains("canary") || path.contains("preview")),
+        "{:?}",
+        live.keys()
+    );
+    assert_eq!(service_selector(&rollout.workspace), "app: web");
+}
+
+#[test]
+fn a_blue_green_preview_that_fails_its_check_is_removed_and_the_revision_held() {
+    let rollout = RolloutWorkspace::new(BLUE_GREEN);
+    let before = deployed(&rollout);
+    let old_tree = tree(&rollout.workspace.live("staging"));
+    rollout.fail_when("web:2");
+    web(&rollout.workspace.repo, "web:2", "hello", 4);
+    let bad = rollout.workspace.repo.commit("web 2");
+    let output = rollout.workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    assert!(stderr(&output).contains("reverted"), "{}", stderr(&output));
+    let events = rollout.events_since(before);
+    assert_eq!(
+        events,
+        [
+            "rollout_started",
+            "preview_started",
+            "check_failed",
+            "rollout_failed",
+            "revert_started",
+            "reverted"
+        ]
+    );
+    assert_eq!(
+        tree(&rollout.workspace.live("staging")),
+        old_tree,
+        "nothing served changed and the preview is gone"
+    );
+    let history = History::from_records(&rollout.workspace.journal("staging"));
+    assert!(
+        history.failed.iter().any(|failed| failed.0 == bad),
+        "{:?}",
+        history.failed
+    );
+    rollout.workspace.run(&["run", "--once"]);
+    assert_eq!(
+        rollout.events_since(before).len(),
+        events.len(),
+        "the failed revision is held, not tried again"
+    );
+}
+
+#[test]
+fn blue_green_sigkill_at_each_journal_point_ends_with_one_version_and_no_preview() {
+    let rollout = RolloutWorkspace::new(BLUE_GREEN);
+    let workspace = &rollout.workspace;
+    let old_records = deployed(&rollout);
+    let journal_dir = workspace.path("state/journal");
+    let saved_journal = workspace.path("saved-journal");
+    copy_dir(&journal_dir, &saved_journal);
+    let old_tree = tree(&workspace.live("staging"));
+    let saved_live = workspace.path("saved-live");
+    copy_dir(&workspace.live("staging"), &saved_live);
+
+    web(&workspace.repo, "web:2", "hello", 4);
+    workspace.repo.commit("web 2");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let new_tree = tree(&workspace.live("staging"));
+    let points = workspace.journal("staging").len() - old_records;
+    assert_eq!(
+        points, 5,
+        "rollout_started, preview_started, switched, scaled_down, healthy"
+    );
+    for point in 1..=points {
+        copy_dir(&saved_journal, &journal_dir);
+        copy_dir(&saved_live, &workspace.live("staging"));
+        assert_eq!(tree(&workspace.live("staging")), old_tree);
+        let mut child = workspace.spawn(&["run", "--once"]);
+        let reached = wait_for(Duration::from_secs(30), || {
+            gitopsd::journal::load_all(&workspace.path("state"), "staging")
+                .is_ok_and(|records| records.len() >= old_records + point)
+        });
+        assert!(reached, "journal point {point} was never reached");
+        child.signal(libc::SIGKILL);
+        child
+            .wait_timeout(Duration::from_secs(10))
+            .expect("killed child exits");
+        let killed_at = workspace.journal("staging").len();
+        let interrupted = History::from_records(&workspace.journal("staging"))
+            .in_flight
+            .is_some();
+
+        assert_exit(&workspace.run(&["run", "--once"]), 0);
+        let after: Vec<&str> = workspace.journal("staging")[killed_at..]
+            .iter()
+            .map(|record| record.event.name())
+            .collect();
+        if interrupted {
+            assert_eq!(
+                after.first(),
+                Some(&"revert_started"),
+                "point {point}: an interrupted blue/green rollout is undone first: {after:?}"
+            );
+            assert!(
+                after.contains(&"preview_started") && !after.contains(&"rollout_failed"),
+                "point {point}: then started over, not blamed: {after:?}"
+            );
+        }
+        assert_eq!(
+            tree(&workspace.live("staging")),
+            new_tree,
+            "point {point}: the restart ends fully new, with no preview left"
+        );
+        assert!(
+            matches!(
+                workspace.journal("staging").last().map(|r| &r.event),
+                Some(Event::Healthy { .. })
+            ),
+            "point {point}: the journal ends healthy"
+        );
+    }
+}
