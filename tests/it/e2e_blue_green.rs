@@ -2,7 +2,8 @@
 //! watch show that through the preview, the switch and the scale-down the Service never has
 //! fewer Ready endpoints than the replica count and selects only new pods right after the
 //! switch; a check failing on the preview changes nothing served; a check failing after the
-//! switch switches back at once. Run like tests/it/e2e.rs.
+//! switch switches back at once; a SIGKILL at every journal point ends with one version and no
+//! preview. Run like tests/it/e2e.rs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufReader;
@@ -429,4 +430,80 @@ fn e2e_a_check_failing_after_the_blue_green_switch_switches_back_at_once() {
         "{switched_back:?}"
     );
     assert_only_git_objects(&cluster, &namespace, "1");
+}
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_sigkill_at_each_journal_point_of_a_blue_green_rollout_ends_with_one_version() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("bg-kill");
+    let workspace = workspace_on(&cluster, &namespace, &blue_green("1s", "1s"));
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &app(&namespace, "0"));
+    workspace.repo.commit("v0");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let journal_path = gitopsd::journal::Journal::path_for(&workspace.path("state"), "staging");
+    let lines = || {
+        std::fs::read(&journal_path)
+            .map(|bytes| bytes.iter().filter(|b| **b == b'\n').count())
+            .unwrap_or(0)
+    };
+    // rollout_started, preview_started, switched, scaled_down, healthy.
+    for point in 1..=5 {
+        let before = lines();
+        let release = point.to_string();
+        workspace
+            .repo
+            .write("environments/staging/app.yaml", &app(&namespace, &release));
+        let tip = workspace.repo.commit(&format!("v{point}"));
+        let mut child = workspace.spawn(&["run", "--once"]);
+        assert!(
+            wait_for(Duration::from_secs(60), || lines() >= before + point),
+            "point {point} was never reached"
+        );
+        child.signal(libc::SIGKILL);
+        child
+            .wait_timeout(Duration::from_secs(10))
+            .expect("killed child exits");
+        let killed_at = workspace.journal("staging").len();
+        let interrupted = gitopsd::history::History::from_records(&workspace.journal("staging"))
+            .in_flight
+            .is_some();
+
+        assert_exit(&workspace.run(&["run", "--once"]), 0);
+        let records = workspace.journal("staging");
+        let after: Vec<&str> = records[killed_at..]
+            .iter()
+            .map(|r| r.event.name())
+            .collect();
+        if interrupted {
+            assert_eq!(
+                after.first(),
+                Some(&"revert_started"),
+                "point {point}: {after:?}"
+            );
+            assert!(
+                !after.contains(&"rollout_failed"),
+                "point {point}: not blamed: {after:?}"
+            );
+        }
+        assert!(
+            matches!(records.last().map(|r| &r.event), Some(Event::Healthy { revision }) if revision.0 == tip),
+            "point {point}: ends healthy at the tip: {after:?}"
+        );
+        assert_only_git_objects(&cluster, &namespace, &release);
+        assert!(
+            wait_for(Duration::from_secs(60), || {
+                let pods = cluster.kubectl(&["get", "pods", "-n", &namespace, "-o", "json"]);
+                let pods: Value = serde_json::from_str(&pods).unwrap_or_default();
+                let items = pods["items"].as_array().cloned().unwrap_or_default();
+                items.len() == REPLICAS
+                    && items
+                        .iter()
+                        .all(|pod| pod["metadata"]["annotations"]["release"] == release.as_str())
+            }),
+            "point {point}: exactly one version runs, {REPLICAS} pods of release {release}"
+        );
+    }
 }
