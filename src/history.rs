@@ -63,6 +63,9 @@ pub struct InFlight {
     pub failed: Option<String>,
     /// Checks that failed during this rollout: name and detail.
     pub failing_checks: Vec<(String, String)>,
+    /// A blue/green rollout's phase: `preview`, `switched`, `switched back`, `scaling down`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -92,6 +95,10 @@ impl History {
             | Event::StepStarted { .. }
             | Event::StepPassed { .. }
             | Event::CheckFailed { .. }
+            | Event::PreviewStarted { .. }
+            | Event::Switched { .. }
+            | Event::SwitchedBack { .. }
+            | Event::ScaledDown { .. }
             | Event::RolloutFailed { .. } => self.apply_rollout(event),
             Event::RevertStarted { .. } | Event::Reverted { .. } => self.apply_revert(event),
             Event::Healthy { .. } | Event::ReconcileFinished { .. } | Event::Inventory { .. } => {
@@ -109,10 +116,6 @@ impl History {
             | Event::ReconcileStarted { .. }
             | Event::ReconcileFailed { .. }
             | Event::Promoted { .. }
-            | Event::PreviewStarted { .. }
-            | Event::Switched { .. }
-            | Event::SwitchedBack { .. }
-            | Event::ScaledDown { .. }
             | Event::RolloutResumed { .. }
             | Event::RevertCommitted { .. }
             | Event::DriftCorrected { .. } => {}
@@ -140,6 +143,7 @@ impl History {
                     passed: None,
                     failed: None,
                     failing_checks: Vec::new(),
+                    phase: None,
                 });
             }
             Event::StepStarted { step, weight, .. } => {
@@ -155,6 +159,14 @@ impl History {
             Event::CheckFailed { check, detail, .. } => {
                 if let Some(flight) = &mut self.in_flight {
                     flight.failing_checks.push((check.clone(), detail.clone()));
+                }
+            }
+            Event::PreviewStarted { .. }
+            | Event::Switched { .. }
+            | Event::SwitchedBack { .. }
+            | Event::ScaledDown { .. } => {
+                if let Some(flight) = &mut self.in_flight {
+                    flight.phase = Some(blue_green_phase(event).to_string());
                 }
             }
             Event::RolloutFailed {
@@ -348,6 +360,16 @@ impl History {
     }
 }
 
+/// The phase a blue/green record starts.
+fn blue_green_phase(event: &Event) -> &'static str {
+    match event {
+        Event::Switched { .. } => "switched",
+        Event::SwitchedBack { .. } => "switched back",
+        Event::ScaledDown { .. } => "scaling down",
+        _ => "preview",
+    }
+}
+
 /// A rollout a restart interrupted, to go on with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resume {
@@ -411,6 +433,37 @@ mod tests {
             environment: "staging".into(),
             event,
         }
+    }
+
+    #[test]
+    fn a_blue_green_rollout_in_flight_shows_its_phase_and_serializes_without_it_otherwise() {
+        let b = || revision('b');
+        let mut history = History::from_records(&[
+            record(1, started('b', Some('a'))),
+            record(2, Event::PreviewStarted { revision: b() }),
+        ]);
+        let phase = |history: &History| history.in_flight.as_ref().and_then(|f| f.phase.clone());
+        assert_eq!(phase(&history).as_deref(), Some("preview"));
+        for (event, expected) in [
+            (Event::Switched { revision: b() }, "switched"),
+            (
+                Event::SwitchedBack {
+                    revision: b(),
+                    reason: "check".into(),
+                },
+                "switched back",
+            ),
+            (Event::ScaledDown { revision: b() }, "scaling down"),
+        ] {
+            history.apply(&event);
+            assert_eq!(phase(&history).as_deref(), Some(expected));
+        }
+        let canary = History::from_records(&[record(1, started('c', Some('a')))]);
+        let flight = serde_json::to_value(&canary.in_flight).expect("serializes");
+        assert!(flight.get("phase").is_none(), "{flight}");
+        let read: InFlight =
+            serde_json::from_value(flight).expect("a snapshot without a phase reads");
+        assert_eq!(read.phase, None);
     }
 
     fn started(rev: char, previous: Option<char>) -> Event {

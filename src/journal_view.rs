@@ -199,10 +199,11 @@ pub fn write_status(environment: &str, history: &History, out: &mut dyn Write) -
             revert.to.short()
         )?,
         (None, Some(flight)) => {
-            let step = flight.step.map_or_else(
-                || "starting".to_string(),
-                |(index, weight)| format!("step {} ({weight}%)", index + 1),
-            );
+            let step = match (&flight.phase, flight.step) {
+                (Some(phase), _) => format!("blue-green: {phase}"),
+                (None, Some((index, weight))) => format!("step {} ({weight}%)", index + 1),
+                (None, None) => "starting".to_string(),
+            };
             writeln!(
                 out,
                 "  in flight:              {} {step}",

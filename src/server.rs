@@ -201,6 +201,9 @@ struct InFlightStatus {
     revision: String,
     step: Option<usize>,
     weight: Option<u8>,
+    /// A blue/green rollout's phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phase: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -226,6 +229,7 @@ fn environment_status(name: &str, journal: &SharedJournal) -> EnvironmentStatus 
             revision: flight.revision.0.clone(),
             step: flight.step.map(|(index, _)| index + 1),
             weight: flight.step.map(|(_, weight)| weight),
+            phase: flight.phase.clone(),
         }),
         reverting: history
             .reverting

@@ -157,9 +157,16 @@ fn blue_green_sigkill_at_each_journal_point_ends_with_one_version_and_no_preview
             .wait_timeout(Duration::from_secs(10))
             .expect("killed child exits");
         let killed_at = workspace.journal("staging").len();
-        let interrupted = History::from_records(&workspace.journal("staging"))
-            .in_flight
-            .is_some();
+        let flight = History::from_records(&workspace.journal("staging")).in_flight;
+        let interrupted = flight.is_some();
+        if let Some(phase) = flight.and_then(|flight| flight.phase) {
+            let status = workspace.run(&["status", "--env", "staging"]);
+            assert!(
+                stdout(&status).contains(&format!("blue-green: {phase}")),
+                "point {point}: {}",
+                stdout(&status)
+            );
+        }
 
         assert_exit(&workspace.run(&["run", "--once"]), 0);
         let after: Vec<&str> = workspace.journal("staging")[killed_at..]
