@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::fetch::backoff;
-use crate::backend::{AnyTarget, Target as _};
+use crate::backend::{AnyTarget, LiveSource, Target as _};
 use crate::config::{EnvironmentConfig, StateConfig, WindowConfig};
 use crate::executor::{Effects, EnvironmentRun, Outcome, ReconcileError};
 use crate::gates::Gates;
@@ -47,9 +47,12 @@ struct Quiet {
 }
 
 impl EnvironmentRuntime {
+    /// Opens the environment's journal and target; `live` is where the target reads live
+    /// state (the daemon's watch cache, or a LIST per pass for `run --once`).
     pub(super) async fn open(
         config: EnvironmentConfig,
         state: &StateConfig,
+        live: LiveSource,
     ) -> Result<Self, ReconcileError> {
         let state_dir = &state.dir;
         let journal = SharedJournal::new(crate::blocking::run(|| {
@@ -60,6 +63,7 @@ impl EnvironmentRuntime {
             &config.name,
             &config.source,
             &config.namespace,
+            live,
         )
         .await
         .map_err(ReconcileError::Live)?;
@@ -293,7 +297,7 @@ pub(super) async fn environment_loop(
         observers,
     } = shared;
     let name = environment.name.clone();
-    let mut runtime = match EnvironmentRuntime::open(environment, &state).await {
+    let mut runtime = match EnvironmentRuntime::open(environment, &state, LiveSource::Watch).await {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "environment disabled: cannot open its journal");
