@@ -260,6 +260,17 @@ impl AnyTarget {
     }
 }
 
+impl AnyTarget {
+    /// Notified when another writer changes something the environment owns, where the target
+    /// watches its live state (a Kubernetes target in the daemon).
+    pub fn drift_wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        match self {
+            AnyTarget::Directory(_) => None,
+            AnyTarget::Kubernetes(target) => target.drift_wake(),
+        }
+    }
+}
+
 impl Target for AnyTarget {
     async fn list(&self, kinds: &BTreeSet<KindRef>) -> Result<Vec<Object>, TargetError> {
         match self {

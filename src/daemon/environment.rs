@@ -25,6 +25,10 @@ use crate::webhook::Notifier;
 /// The longest a blocked environment waits before it tries the cluster again.
 const MAX_BLOCKED_BACKOFF: Duration = Duration::from_secs(60);
 
+/// How long a pass for drift waits after the first change another writer made, so that a
+/// burst of changes makes one pass.
+const DRIFT_DEBOUNCE: Duration = Duration::from_millis(500);
+
 /// One environment's target, journal and check runner.
 pub(super) struct EnvironmentRuntime {
     config: EnvironmentConfig,
@@ -258,6 +262,24 @@ fn describe(outcome: &Result<Outcome, ReconcileError>) -> String {
     }
 }
 
+/// Until another writer changes something the environment owns (never without a watch).
+async fn drifted(drift: Option<&Notify>) {
+    match drift {
+        Some(drift) => drift.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Lets a burst of changes by another writer settle into one pass.
+async fn debounce(drift: Option<&Notify>) {
+    tracing::debug!("another writer changed an owned object; passing");
+    tokio::time::sleep(DRIFT_DEBOUNCE).await;
+    if let Some(drift) = drift {
+        // Changes during the wait are seen by the pass about to start.
+        let _ = futures_util::FutureExt::now_or_never(drift.notified());
+    }
+}
+
 /// Waits `wait` (beating the heartbeat) or until an operator wakes the environment; false
 /// when the process is stopping.
 async fn back_off(
@@ -314,11 +336,13 @@ pub(super) async fn environment_loop(
         },
     );
     board.set(&name, "starting".into());
+    let drift = runtime.target.drift_wake();
     let mut failures = Failures::default();
     loop {
         tokio::select! {
             changed = tips.changed() => if changed.is_err() { break },
             _ = wake.notified() => {}
+            _ = drifted(drift.as_deref()) => debounce(drift.as_deref()).await,
             _ = signals.shutdown.changed() => break,
             _ = signals.drain.changed() => break,
             _ = tokio::time::sleep(BEAT_INTERVAL) => {

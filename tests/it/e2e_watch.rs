@@ -80,3 +80,58 @@ fn e2e_watch_the_daemon_passes_from_its_cache_without_lists_or_gets() {
     assert_eq!(requests(&address, "list"), lists, "no LIST in a no-op pass");
     assert_eq!(requests(&address, "get"), gets, "no GET in a no-op pass");
 }
+
+#[test]
+#[ignore = "needs a real cluster: GITOPSD_E2E_KUBECONFIG"]
+fn e2e_watch_a_change_by_another_writer_is_put_back_without_waiting_for_the_poll() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("drift-watch");
+    let workspace = workspace_on(&cluster, &namespace, "");
+    workspace.edit_config("poll_interval = \"30s\"", "poll_interval = \"10m\"");
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &app(&namespace, "git"));
+    workspace.repo.commit("app");
+    let (_daemon, address) = daemon_with_api(&workspace, TOKEN);
+    let mode = || {
+        cluster
+            .get(Some(&namespace), "configmap/web-config")
+            .and_then(|object| object["data"]["MODE"].as_str().map(str::to_string))
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || mode().as_deref() == Some("git")
+            && passes(&address, "staging").is_some_and(|n| n >= 1)),
+        "never applied: {:?}",
+        workspace.journal("staging")
+    );
+    cluster.kubectl(&[
+        "patch",
+        "-n",
+        &namespace,
+        "configmap/web-config",
+        "--type",
+        "merge",
+        "-p",
+        "{\"data\":{\"MODE\":\"hand\"}}",
+    ]);
+    let patched = std::time::Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(30), || mode().as_deref() == Some("git")),
+        "the change was never put back: {:?}",
+        workspace.journal("staging")
+    );
+    assert!(
+        patched.elapsed() < Duration::from_secs(10),
+        "put back after {:?}, not at once (the poll is 10 minutes)",
+        patched.elapsed()
+    );
+    // Putting it back is gitopsd's own write: it wakes nothing, so passes stop.
+    std::thread::sleep(Duration::from_secs(3));
+    let settled = passes(&address, "staging");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        passes(&address, "staging"),
+        settled,
+        "gitopsd's own writes do not wake it"
+    );
+}

@@ -15,8 +15,9 @@ use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
+use super::drift::{DriftWatch, Wakers};
 use super::{ClientKey, FIELD_MANAGER_PREFIX};
 use crate::labels::{LABEL_ID, LABEL_PART_OF};
 
@@ -131,6 +132,8 @@ impl TypeWatch {
 pub(super) struct ClusterCache {
     client: Client,
     watches: Mutex<BTreeMap<(String, String), Weak<TypeWatch>>>,
+    /// Environments to wake when another writer changes one of their members.
+    wakers: Wakers,
 }
 
 impl std::fmt::Debug for ClusterCache {
@@ -181,6 +184,7 @@ impl ClusterCache {
                 Arc::new(Self {
                     client: client.clone(),
                     watches: Mutex::new(BTreeMap::new()),
+                    wakers: Wakers::default(),
                 })
             })
             .clone()
@@ -193,6 +197,15 @@ impl ClusterCache {
             .values()
             .filter_map(Weak::upgrade)
             .collect()
+    }
+
+    /// What wakes the environment of ApplySet `id` when another writer changes a member.
+    pub(super) fn wake_on_drift(&self, id: &str) -> Arc<Notify> {
+        let waker = Arc::new(Notify::new());
+        let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        wakers.retain(|_, waker| waker.strong_count() > 0);
+        wakers.insert(id.to_string(), Arc::downgrade(&waker));
+        waker
     }
 
     /// The watch of gitopsd's members of one type, started if nothing holds it yet.
@@ -220,7 +233,8 @@ impl ClusterCache {
         let writer = Writer::new(resource.clone());
         let store = writer.as_reader();
         let (sender, state) = watch::channel(WatchState::default());
-        let task = tokio::spawn(keep(api, config, writer, sender, name.clone()));
+        let drift = DriftWatch::new(self.wakers.clone());
+        let task = tokio::spawn(keep(api, config, writer, sender, name.clone(), drift));
         let started = Arc::new(TypeWatch {
             name,
             resource: resource.clone(),
@@ -250,6 +264,7 @@ async fn keep(
     mut writer: Writer<DynamicObject>,
     state: watch::Sender<WatchState>,
     name: String,
+    mut drift: DriftWatch,
 ) {
     let series = Series(name);
     let metrics = crate::metrics::kube();
@@ -262,6 +277,7 @@ async fn keep(
                 continue;
             }
         };
+        let woken = drift.observe(&event);
         strip_event(&mut event);
         let phase = match event {
             watcher::Event::Init => Phase::Listing,
@@ -284,6 +300,10 @@ async fn keep(
         }
         if phase != Phase::Listing {
             metrics.cache_objects(&series.0, writer.as_reader().len());
+        }
+        if let Some((applyset, waker)) = woken {
+            tracing::info!(r#type = %series.0, %applyset, "another writer changed a member; its environment passes now");
+            waker.notify_one();
         }
     }
 }

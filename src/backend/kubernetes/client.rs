@@ -94,11 +94,11 @@ impl KubernetesTarget {
                 client
             }
         };
+        let parent = ParentRef::for_environment(&owner.environment, parent_namespace);
         let watched = match live {
             LiveSource::List => None,
-            LiveSource::Watch => Some(Watched::new(ClusterCache::of(&key, &client))),
+            LiveSource::Watch => Some(Watched::new(ClusterCache::of(&key, &client), &parent.id())),
         };
-        let parent = ParentRef::for_environment(&owner.environment, parent_namespace);
         Ok(Self {
             client,
             environment: owner.environment.clone(),

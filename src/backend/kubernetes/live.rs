@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use super::KubernetesTarget;
 use super::cache::{ClusterCache, TypeWatch};
 use super::resolve::Resolved;
@@ -22,12 +24,16 @@ pub(super) struct Watched {
     pub(super) cache: Arc<ClusterCache>,
     pub(super) parents: Arc<TypeWatch>,
     pub(super) types: Mutex<BTreeMap<String, Arc<TypeWatch>>>,
+    /// Notified when another writer changes one of the environment's members.
+    pub(super) drift: Arc<Notify>,
 }
 
 impl Watched {
-    pub(super) fn new(cache: Arc<ClusterCache>) -> Self {
+    /// The watches of the environment whose ApplySet is `id`.
+    pub(super) fn new(cache: Arc<ClusterCache>, id: &str) -> Self {
         Self {
             parents: cache.parents(),
+            drift: cache.wake_on_drift(id),
             cache,
             types: Mutex::new(BTreeMap::new()),
         }

@@ -8,6 +8,7 @@
 mod answers;
 mod cache;
 mod client;
+mod drift;
 mod list;
 mod live;
 mod parent;
@@ -16,7 +17,7 @@ mod resolve;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kube::Client;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -110,6 +111,12 @@ fn is_namespace(key: &ResourceKey) -> bool {
 impl KubernetesTarget {
     fn selector(&self) -> String {
         format!("{LABEL_PART_OF}={}", self.id)
+    }
+
+    /// Notified when another writer changes one of the environment's members (daemon only:
+    /// `None` where passes LIST).
+    pub fn drift_wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.watched.as_ref().map(|watched| watched.drift.clone())
     }
 }
 
