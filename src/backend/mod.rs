@@ -269,6 +269,14 @@ impl AnyTarget {
             AnyTarget::Kubernetes(target) => target.drift_wake(),
         }
     }
+
+    /// The watch cache the target reads, where it reads one (for `/status`).
+    pub fn cache_view(&self) -> Option<kubernetes::CacheView> {
+        match self {
+            AnyTarget::Directory(_) => None,
+            AnyTarget::Kubernetes(target) => target.cache_view(),
+        }
+    }
 }
 
 impl Target for AnyTarget {

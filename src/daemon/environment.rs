@@ -333,6 +333,7 @@ pub(super) async fn environment_loop(
         EnvironmentHandle {
             journal: runtime.journal.clone(),
             wake: wake.clone(),
+            cache: runtime.target.cache_view(),
         },
     );
     board.set(&name, "starting".into());

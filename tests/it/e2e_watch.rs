@@ -55,6 +55,31 @@ fn e2e_watch_the_daemon_passes_from_its_cache_without_lists_or_gets() {
             &format!("type=\"{kind}\""),
         )
     };
+    // `/status` shows the stores the environment reads, all synced.
+    let (code, body) = http_request(&address, "GET", "/status", &[], "").expect("/status");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let staging = status
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|environment| environment["environment"] == "staging")
+        .cloned()
+        .unwrap_or_default();
+    let cache = staging["cache"].as_array().cloned().unwrap_or_default();
+    let types: Vec<&str> = cache.iter().filter_map(|t| t["type"].as_str()).collect();
+    for kind in [
+        "applyset-parents",
+        "v1/ConfigMap",
+        "v1/Namespace",
+        "v1/Service",
+    ] {
+        assert!(types.contains(&kind), "{kind} in {body}");
+    }
+    assert!(
+        cache.iter().all(|t| t["state"] == "synced"),
+        "every store synced: {body}"
+    );
     assert!(cached("v1/ConfigMap").is_some_and(|n| n >= 1), "configmaps");
     assert!(cached("v1/Service").is_some_and(|n| n >= 1), "services");
     assert!(cached("v1/Namespace").is_some_and(|n| n >= 1), "namespaces");

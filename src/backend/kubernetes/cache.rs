@@ -95,6 +95,11 @@ impl TypeWatch {
         *self.state.borrow()
     }
 
+    /// Objects the store holds.
+    pub(super) fn objects(&self) -> usize {
+        self.store.len()
+    }
+
     /// Waits up to `wait` for the store to be synced; whether it is.
     pub(super) async fn synced_within(&self, wait: Duration) -> bool {
         let mut state = self.state.clone();
@@ -153,26 +158,6 @@ pub(super) fn type_name(resource: &ApiResource) -> String {
     format!("{}/{}", resource.api_version, resource.kind)
 }
 
-/// What every cache of the process holds now, by type: for `status`.
-pub fn cache_states() -> BTreeMap<String, (WatchState, usize)> {
-    let caches: Vec<Arc<ClusterCache>> = caches()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .cloned()
-        .collect();
-    let mut states = BTreeMap::new();
-    for cache in caches {
-        for watch in cache.live_watches() {
-            states.insert(
-                watch.name.clone(),
-                (watch.state(), watch.store.state().len()),
-            );
-        }
-    }
-    states
-}
-
 impl ClusterCache {
     /// The cache of the cluster `key` names, made on first use.
     pub(super) fn of(key: &ClientKey, client: &Client) -> Arc<Self> {
@@ -188,15 +173,6 @@ impl ClusterCache {
                 })
             })
             .clone()
-    }
-
-    fn live_watches(&self) -> Vec<Arc<TypeWatch>> {
-        self.watches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect()
     }
 
     /// What wakes the environment of ApplySet `id` when another writer changes a member.

@@ -40,6 +40,53 @@ impl Watched {
     }
 }
 
+/// The watches an environment reads, as `/status` shows them.
+#[derive(Clone)]
+pub struct CacheView(pub(super) Arc<Watched>);
+
+impl std::fmt::Debug for CacheView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheView").finish_non_exhaustive()
+    }
+}
+
+/// One type's store: `synced` or `syncing`, its objects (every environment's on the
+/// cluster) and the watch's restarts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CacheTypeStatus {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub state: &'static str,
+    pub objects: usize,
+    pub restarts: u64,
+}
+
+impl CacheView {
+    /// The parents' store, then those of the types the environment last listed.
+    pub fn types(&self) -> Vec<CacheTypeStatus> {
+        let types: Vec<Arc<TypeWatch>> = self
+            .0
+            .types
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        std::iter::once(&self.0.parents)
+            .chain(&types)
+            .map(|watch| {
+                let state = watch.state();
+                CacheTypeStatus {
+                    kind: watch.name().to_string(),
+                    state: if state.synced { "synced" } else { "syncing" },
+                    objects: watch.objects(),
+                    restarts: state.restarts,
+                }
+            })
+            .collect()
+    }
+}
+
 /// A pass refused because stores it needs do not hold the whole set yet.
 fn syncing(names: &[&str]) -> TargetError {
     TargetError::List {

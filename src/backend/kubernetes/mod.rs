@@ -35,7 +35,8 @@ use answers::{answer_error, classed_error, conflicting_environment, object_error
 use parent::{ParentCache, record_of, with_membership};
 use resolve::{ResolveError, Resolved};
 
-pub use cache::{WatchState, cache_states};
+pub use cache::WatchState;
+pub use live::{CacheTypeStatus, CacheView};
 
 /// A cluster as gitopsd reaches it, (kubeconfig, context): one client and one watch cache
 /// each, shared by the environments that use it.
@@ -92,7 +93,7 @@ pub struct KubernetesTarget {
     /// When the next request may start, for `requests_per_second`.
     next_slot: tokio::sync::Mutex<tokio::time::Instant>,
     /// The watches live state is read from; `None` where every pass LISTs.
-    watched: Option<live::Watched>,
+    watched: Option<Arc<live::Watched>>,
 }
 
 impl std::fmt::Debug for KubernetesTarget {
@@ -117,6 +118,11 @@ impl KubernetesTarget {
     /// `None` where passes LIST).
     pub fn drift_wake(&self) -> Option<Arc<tokio::sync::Notify>> {
         self.watched.as_ref().map(|watched| watched.drift.clone())
+    }
+
+    /// The watch cache as the environment reads it, for `/status` (daemon only).
+    pub fn cache_view(&self) -> Option<CacheView> {
+        self.watched.clone().map(CacheView)
     }
 }
 
