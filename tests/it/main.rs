@@ -12,6 +12,7 @@ mod daemon;
 mod diff;
 mod e2e;
 mod e2e_rollout;
+mod e2e_watch;
 mod helpers;
 mod http_git;
 mod kubernetes;
