@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kube::Client;
-use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use serde_json::Value;
 
 use super::applyset::{GroupKind, Owner, ParentRef, Record};
@@ -305,8 +305,32 @@ impl Target for KubernetesTarget {
             }
         }
         let api = self.api(&resolved, key.namespace.as_deref());
-        let background = DeleteParams::background();
-        match self.call(|| api.delete(&key.name, &background)).await {
+        // Only what is still this environment's member goes, as it was when read: the live
+        // state a pass planned from may be older (a watch cache lags), and another
+        // environment may have taken the object over meanwhile.
+        let live = self
+            .call(|| api.get_opt(&key.name))
+            .await
+            .map_err(|failure| answer_error("delete", key, failure))?;
+        let Some(live) = live else {
+            return Ok(());
+        };
+        let member_of = live
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_PART_OF));
+        if member_of != Some(&self.id) {
+            // Not ours any more: nothing of this environment's is left to prune.
+            tracing::warn!(object = %key, applyset = member_of.map_or("none", String::as_str), "not deleting an object that is no longer a member of this environment's applyset");
+            return Ok(());
+        }
+        let mut params = DeleteParams::background();
+        params.preconditions = Some(Preconditions {
+            uid: live.metadata.uid.clone(),
+            resource_version: live.metadata.resource_version.clone(),
+        });
+        match self.call(|| api.delete(&key.name, &params)).await {
             Ok(_) => Ok(()),
             Err(failure) if failure.is(404) => Ok(()),
             Err(failure) => Err(answer_error("delete", key, failure)),
