@@ -5,7 +5,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use crate::backend::{AnyTarget, Target, TargetError};
+use crate::backend::{AnyTarget, LiveSource, Target, TargetError};
 use crate::config::{Config, ConfigError, EnvironmentConfig};
 use crate::daemon::{self, Signals};
 use crate::desired::{
@@ -476,6 +476,7 @@ async fn open_target(environment: &EnvironmentConfig) -> Result<AnyTarget, Comma
         &environment.name,
         &environment.source,
         &environment.namespace,
+        LiveSource::List,
     )
     .await
     .map_err(|source| CommandError::Live {

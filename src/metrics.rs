@@ -50,6 +50,66 @@ pub struct FetchLabels {
     pub result: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabel {
+    pub verb: String,
+}
+
+/// What the Kubernetes client and the watch caches report. Process-wide (one client and one
+/// cache per cluster serve every environment), so the backend reaches it through [`kube`];
+/// every [`Metrics`] exports it.
+#[derive(Debug, Clone, Default)]
+pub struct KubeMetrics {
+    cache_objects: Family<TypeLabel, Gauge>,
+    watch_restarts: Family<TypeLabel, Counter>,
+    requests: Family<VerbLabel, Counter>,
+}
+
+impl KubeMetrics {
+    /// Counts one request to an API server (`get`, `list`, `watch`, `patch`, ...).
+    pub fn request(&self, verb: &str) {
+        self.requests
+            .get_or_create(&VerbLabel { verb: verb.into() })
+            .inc();
+    }
+
+    /// How many objects the cache of one type holds now.
+    pub fn cache_objects(&self, kind: &str, objects: usize) {
+        self.cache_objects
+            .get_or_create(&TypeLabel {
+                r#type: kind.into(),
+            })
+            .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+
+    /// A type's watch started over with a full list (after a 410 Gone or a failed list).
+    pub fn watch_restarted(&self, kind: &str) {
+        self.watch_restarts
+            .get_or_create(&TypeLabel {
+                r#type: kind.into(),
+            })
+            .inc();
+    }
+
+    /// A type no environment needs any more: its cache series goes.
+    pub fn cache_stopped(&self, kind: &str) {
+        self.cache_objects.remove(&TypeLabel {
+            r#type: kind.into(),
+        });
+    }
+}
+
+/// The process-wide Kubernetes metrics.
+pub fn kube() -> &'static KubeMetrics {
+    static KUBE: std::sync::OnceLock<KubeMetrics> = std::sync::OnceLock::new();
+    KUBE.get_or_init(KubeMetrics::default)
+}
+
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 16))
 }
@@ -99,6 +159,7 @@ impl Default for Metrics {
         // Two groups, registered in this order so the exposition keeps its order.
         metrics.register_pass_families();
         metrics.register_trouble_families();
+        metrics.register_kube_families();
         metrics
     }
 }
@@ -166,6 +227,26 @@ impl Metrics {
             "blocked",
             "1 while the cluster refuses an environment's writes or reads (unreachable, 5xx, 429, conflict): the revision is not blamed and is retried",
             self.blocked.clone(),
+        );
+    }
+
+    /// Registers the process-wide Kubernetes client and cache families.
+    fn register_kube_families(&mut self) {
+        let kube = kube();
+        self.registry.register(
+            "cache_objects",
+            "Objects the daemon's watch cache holds, by type (gitopsd's members only)",
+            kube.cache_objects.clone(),
+        );
+        self.registry.register(
+            "watch_restarts",
+            "Times a type's watch started over with a full list (410 Gone, a failed list)",
+            kube.watch_restarts.clone(),
+        );
+        self.registry.register(
+            "kube_requests",
+            "Requests gitopsd's Kubernetes client sent, by verb (get, list, watch, patch, delete, create, discovery)",
+            kube.requests.clone(),
         );
     }
 
@@ -342,6 +423,41 @@ mod tests {
         );
     }
 
+    const KUBE_FAMILIES: [&str; 3] = ["cache_objects", "watch_restarts", "kube_requests"];
+
+    #[test]
+    fn kube_families_are_process_wide_and_exported_last() {
+        kube().request("list");
+        kube().cache_objects("v1/ConfigMap", 3);
+        kube().watch_restarted("v1/ConfigMap");
+        let text = Metrics::default().render();
+        assert!(
+            text.contains("gitopsd_cache_objects{type=\"v1/ConfigMap\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gitopsd_watch_restarts_total{type=\"v1/ConfigMap\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gitopsd_kube_requests_total{verb=\"list\"}"),
+            "{text}"
+        );
+        let last: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE gitopsd_"))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .skip_while(|family| *family != "cache_objects")
+            .collect();
+        assert_eq!(last, KUBE_FAMILIES, "{text}");
+        kube().cache_stopped("v1/ConfigMap");
+        assert!(
+            !Metrics::default()
+                .render()
+                .contains("gitopsd_cache_objects{")
+        );
+    }
+
     #[test]
     fn every_family_is_exported_in_registration_order() {
         let metrics = Metrics::default();
@@ -362,6 +478,8 @@ mod tests {
             .lines()
             .filter_map(|line| line.strip_prefix("# TYPE gitopsd_"))
             .filter_map(|rest| rest.split_whitespace().next())
+            // Process-wide: other tests in this process may have given them series.
+            .filter(|family| !KUBE_FAMILIES.contains(family))
             .collect();
         assert_eq!(
             families,

@@ -16,6 +16,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::backend::kubernetes::{CacheTypeStatus, CacheView};
 use crate::history::History;
 use crate::journal::{Event, SharedJournal};
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct EnvironmentHandle {
     pub journal: SharedJournal,
     /// Wakes the task for a pass now.
     pub wake: Arc<Notify>,
+    /// The watch cache its target reads (a Kubernetes target).
+    pub cache: Option<CacheView>,
 }
 
 /// The running environments, by name; each task registers itself when it starts.
@@ -194,6 +197,9 @@ struct EnvironmentStatus {
     pinned: Option<String>,
     /// What the cluster refuses now (the revision is not blamed and is retried).
     blocked: Option<String>,
+    /// The watch cache's stores the environment reads, per type (Kubernetes targets).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cache: Vec<CacheTypeStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -218,8 +224,8 @@ struct FailureStatus {
     reason: String,
 }
 
-fn environment_status(name: &str, journal: &SharedJournal) -> EnvironmentStatus {
-    let history = journal.with_history(History::clone);
+fn environment_status(name: &str, handle: &EnvironmentHandle) -> EnvironmentStatus {
+    let history = handle.journal.with_history(History::clone);
     let text = |revision: &Option<Revision>| revision.as_ref().map(|r| r.0.clone());
     EnvironmentStatus {
         environment: name.to_string(),
@@ -256,6 +262,11 @@ fn environment_status(name: &str, journal: &SharedJournal) -> EnvironmentStatus 
         paused: history.paused,
         pinned: history.pin.as_ref().map(|(revision, _)| revision.0.clone()),
         blocked: history.blocked.as_ref().map(|(_, reason)| reason.clone()),
+        cache: handle
+            .cache
+            .as_ref()
+            .map(CacheView::types)
+            .unwrap_or_default(),
     }
 }
 
@@ -265,7 +276,7 @@ async fn status(State(state): State<ApiState>) -> Json<Vec<EnvironmentStatus>> {
             .controls
             .all()
             .iter()
-            .map(|(name, handle)| environment_status(name, &handle.journal))
+            .map(|(name, handle)| environment_status(name, handle))
             .collect(),
     )
 }

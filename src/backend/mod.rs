@@ -210,6 +210,15 @@ pub trait Target: Send + Sync {
     ) -> impl Future<Output = Result<Readiness, TargetError>> + Send;
 }
 
+/// Where a Kubernetes target reads live state from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveSource {
+    /// A paged LIST of every owned type on every pass (one-shot commands).
+    List,
+    /// The process's watch cache of the cluster (the long-running daemon).
+    Watch,
+}
+
 /// The target an environment is configured with.
 #[derive(Debug)]
 pub enum AnyTarget {
@@ -220,12 +229,14 @@ pub enum AnyTarget {
 impl AnyTarget {
     /// Opens the target `config` describes for `environment` (for Kubernetes: builds its
     /// client). `source` (`<repo url>#<branch>:<path>`) is recorded on what the environment
-    /// owns; the ApplySet parent lives in `namespace` unless the target names another.
+    /// owns; the ApplySet parent lives in `namespace` unless the target names another; `live`
+    /// is where a Kubernetes target reads live state.
     pub async fn open(
         config: &TargetConfig,
         environment: &str,
         source: &str,
         namespace: &str,
+        live: LiveSource,
     ) -> Result<Self, TargetError> {
         Ok(match config {
             TargetConfig::Directory { path } => {
@@ -241,10 +252,30 @@ impl AnyTarget {
                     .clone()
                     .unwrap_or_else(|| namespace.to_string());
                 AnyTarget::Kubernetes(Box::new(
-                    KubernetesTarget::connect(owner, &parent_namespace, settings.clone()).await?,
+                    KubernetesTarget::connect(owner, &parent_namespace, settings.clone(), live)
+                        .await?,
                 ))
             }
         })
+    }
+}
+
+impl AnyTarget {
+    /// Notified when another writer changes something the environment owns, where the target
+    /// watches its live state (a Kubernetes target in the daemon).
+    pub fn drift_wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        match self {
+            AnyTarget::Directory(_) => None,
+            AnyTarget::Kubernetes(target) => target.drift_wake(),
+        }
+    }
+
+    /// The watch cache the target reads, where it reads one (for `/status`).
+    pub fn cache_view(&self) -> Option<kubernetes::CacheView> {
+        match self {
+            AnyTarget::Directory(_) => None,
+            AnyTarget::Kubernetes(target) => target.cache_view(),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::fetch::backoff;
-use crate::backend::{AnyTarget, Target as _};
+use crate::backend::{AnyTarget, LiveSource, Target as _};
 use crate::config::{EnvironmentConfig, StateConfig, WindowConfig};
 use crate::executor::{Effects, EnvironmentRun, Outcome, ReconcileError};
 use crate::gates::Gates;
@@ -24,6 +24,10 @@ use crate::webhook::Notifier;
 
 /// The longest a blocked environment waits before it tries the cluster again.
 const MAX_BLOCKED_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How long a pass for drift waits after the first change another writer made, so that a
+/// burst of changes makes one pass.
+const DRIFT_DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// One environment's target, journal and check runner.
 pub(super) struct EnvironmentRuntime {
@@ -47,9 +51,12 @@ struct Quiet {
 }
 
 impl EnvironmentRuntime {
+    /// Opens the environment's journal and target; `live` is where the target reads live
+    /// state (the daemon's watch cache, or a LIST per pass for `run --once`).
     pub(super) async fn open(
         config: EnvironmentConfig,
         state: &StateConfig,
+        live: LiveSource,
     ) -> Result<Self, ReconcileError> {
         let state_dir = &state.dir;
         let journal = SharedJournal::new(crate::blocking::run(|| {
@@ -60,6 +67,7 @@ impl EnvironmentRuntime {
             &config.name,
             &config.source,
             &config.namespace,
+            live,
         )
         .await
         .map_err(ReconcileError::Live)?;
@@ -254,6 +262,24 @@ fn describe(outcome: &Result<Outcome, ReconcileError>) -> String {
     }
 }
 
+/// Until another writer changes something the environment owns (never without a watch).
+async fn drifted(drift: Option<&Notify>) {
+    match drift {
+        Some(drift) => drift.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Lets a burst of changes by another writer settle into one pass.
+async fn debounce(drift: Option<&Notify>) {
+    tracing::debug!("another writer changed an owned object; passing");
+    tokio::time::sleep(DRIFT_DEBOUNCE).await;
+    if let Some(drift) = drift {
+        // Changes during the wait are seen by the pass about to start.
+        let _ = futures_util::FutureExt::now_or_never(drift.notified());
+    }
+}
+
 /// Waits `wait` (beating the heartbeat) or until an operator wakes the environment; false
 /// when the process is stopping.
 async fn back_off(
@@ -293,7 +319,7 @@ pub(super) async fn environment_loop(
         observers,
     } = shared;
     let name = environment.name.clone();
-    let mut runtime = match EnvironmentRuntime::open(environment, &state).await {
+    let mut runtime = match EnvironmentRuntime::open(environment, &state, LiveSource::Watch).await {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "environment disabled: cannot open its journal");
@@ -307,14 +333,17 @@ pub(super) async fn environment_loop(
         EnvironmentHandle {
             journal: runtime.journal.clone(),
             wake: wake.clone(),
+            cache: runtime.target.cache_view(),
         },
     );
     board.set(&name, "starting".into());
+    let drift = runtime.target.drift_wake();
     let mut failures = Failures::default();
     loop {
         tokio::select! {
             changed = tips.changed() => if changed.is_err() { break },
             _ = wake.notified() => {}
+            _ = drifted(drift.as_deref()) => debounce(drift.as_deref()).await,
             _ = signals.shutdown.changed() => break,
             _ = signals.drain.changed() => break,
             _ = tokio::time::sleep(BEAT_INTERVAL) => {

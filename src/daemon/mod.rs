@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::backend::LiveSource;
 use crate::config::{Config, EnvironmentConfig};
 use crate::config_watch::watch_config;
 use crate::executor::{Outcome, ReconcileError};
@@ -149,14 +150,16 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
             tasks.spawn(
                 async move {
                     let name = environment.name.clone();
-                    let result = match EnvironmentRuntime::open(environment, &state).await {
-                        Ok(mut runtime) => {
-                            runtime
-                                .pass(&source, &tip, shutdown, Heartbeat::default(), &observers)
-                                .await
-                        }
-                        Err(error) => Err(error),
-                    };
+                    let result =
+                        match EnvironmentRuntime::open(environment, &state, LiveSource::List).await
+                        {
+                            Ok(mut runtime) => {
+                                runtime
+                                    .pass(&source, &tip, shutdown, Heartbeat::default(), &observers)
+                                    .await
+                            }
+                            Err(error) => Err(error),
+                        };
                     if let Err(error) = &result {
                         tracing::error!(%error, "reconcile failed");
                     }

@@ -2,7 +2,7 @@
 //! Kubernetes: it serves, on 127.0.0.1, just what gitopsd uses, in the API's own wire format.
 //!
 //! Modelled: discovery (`/api`, `/apis`, `/api/v1`, `/apis/{group}/{version}`, with custom
-//! resources served once their CRD is applied); LIST across namespaces with equality label
+//! resources served once their CRD is applied); LIST across namespaces with equality and existence label
 //! selectors; GET; server-side apply (`PATCH` with `application/apply-patch+yaml`) with a field
 //! manager, conflicts when another manager applied the object and `force` is off, `dryRun=All`,
 //! uid/resourceVersion/generation/creationTimestamp/managedFields, a few server defaults
@@ -363,8 +363,13 @@ fn matches_selector(object: &Value, selector: Option<&String>) -> bool {
         return true;
     };
     selector.split(',').filter(|s| !s.is_empty()).all(|term| {
-        let (key, value) = term.split_once('=').unwrap_or((term, ""));
-        object["metadata"]["labels"][key].as_str() == Some(value.trim_start_matches('='))
+        match term.split_once('=') {
+            Some((key, value)) => {
+                object["metadata"]["labels"][key].as_str() == Some(value.trim_start_matches('='))
+            }
+            // `key` alone: the label exists.
+            None => object["metadata"]["labels"][term].is_string(),
+        }
     })
 }
 

@@ -1193,3 +1193,56 @@ fn e2e_a_canary_that_starts_crashing_during_its_bake_is_not_promoted() {
         "the revert removed the canary"
     );
 }
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_an_object_taken_over_before_its_prune_is_left_alone() {
+    // The revision drops ConfigMap `extra`; while its canary bakes (deletions wait for the
+    // promotion), another applyset takes `extra` over. The prune must not delete it.
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("takeover");
+    let workspace = workspace_on(
+        &cluster,
+        &namespace,
+        &rollout("[50, 100]").replace("bake = \"3s\"", "bake = \"20s\""),
+    );
+    let extra = "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata: {a: b}\n";
+    let v1 = format!("{}{extra}", web_yaml(&namespace, "1", Some(2), "", ""));
+    commit_web(&workspace, &v1, "v1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    commit_web(
+        &workspace,
+        &web_yaml(&namespace, "2", Some(2), "", ""),
+        "v2 without extra",
+    );
+    let mut pass = workspace.spawn(&["run", "--once"]);
+    let baking = || {
+        events(&workspace.journal("staging"), "step_started").len() >= 2
+            && cluster
+                .get(Some(&namespace), "deployment/web-canary")
+                .is_some()
+    };
+    assert!(
+        wait_for(Duration::from_secs(90), baking),
+        "the canary step started"
+    );
+    cluster.kubectl(&[
+        "label",
+        "-n",
+        &namespace,
+        "configmap/extra",
+        "applyset.kubernetes.io/part-of=applyset-of-someone-else",
+        "--overwrite",
+    ]);
+    let status = pass
+        .wait_timeout(Duration::from_secs(120))
+        .expect("the rollout ends");
+    assert_eq!(status.code(), Some(0), "v2 rolled out");
+    let kept = cluster
+        .get(Some(&namespace), "configmap/extra")
+        .expect("the object another applyset took over is still there");
+    assert_eq!(
+        kept["metadata"]["labels"]["applyset.kubernetes.io/part-of"],
+        "applyset-of-someone-else"
+    );
+}

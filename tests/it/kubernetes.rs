@@ -513,3 +513,47 @@ fn writes_go_out_more_at_once_while_the_server_keeps_up() {
     );
     assert!(server.peak_in_flight() <= 33, "the ceiling (32) holds");
 }
+
+#[test]
+fn the_daemon_writes_nothing_while_its_watch_cache_is_syncing() {
+    let (workspace, server) = on_stand_in("");
+    deploy_app(&workspace);
+    // A pass over this revision would prune everything the environment owns.
+    remove_app(&workspace);
+    // The daemon's watch of Deployments never gets its list (every attempt is refused): its
+    // store never holds the whole set.
+    server.fail(Method::GET, "/apis/apps/v1/deployments", 503, usize::MAX);
+    server.reset_counts();
+    let _daemon = workspace.spawn(&["run"]);
+    let blocked = || {
+        workspace
+            .journal("staging")
+            .into_iter()
+            .find_map(|record| match record.event {
+                gitopsd::journal::Event::Blocked { reason, .. } => Some(reason),
+                _ => None,
+            })
+    };
+    assert!(
+        wait_for(std::time::Duration::from_secs(60), || blocked().is_some()),
+        "the pass was never blocked: {:?}",
+        workspace.journal("staging")
+    );
+    let reason = blocked().unwrap_or_default();
+    assert!(
+        reason.contains("cache syncing (apps/v1/Deployment)"),
+        "{reason}"
+    );
+    assert_eq!(server.count_method("PATCH"), 0, "nothing is applied");
+    assert_eq!(server.count_method("DELETE"), 0, "nothing is pruned");
+    assert!(
+        server
+            .get("apps", "deployments", Some("shop"), "web")
+            .is_some(),
+        "the Deployment is still there"
+    );
+    assert!(
+        server.count("LIST deployments") > 0,
+        "the cache keeps trying to list"
+    );
+}

@@ -2,25 +2,25 @@
 //! every request sent through the adaptive limit, the rate limit and the retries.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use tower::util::MapRequestLayer;
 
 use super::answers::{Failure, connect_error, describe};
+use super::cache::ClusterCache;
+use super::live::Watched;
 use super::parent::ParentCache;
-use super::{FIELD_MANAGER_PREFIX, KubernetesSettings, KubernetesTarget};
-use crate::backend::TargetError;
+use super::{ClientKey, FIELD_MANAGER_PREFIX, KubernetesSettings, KubernetesTarget};
 use crate::backend::applyset::{Owner, ParentRef};
 use crate::backend::concurrency::AdaptiveLimiter;
+use crate::backend::{LiveSource, TargetError};
 
 /// Attempts for a request that failed with a 5xx, 429 or a transport error.
 pub(super) const ATTEMPTS: u32 = 4;
-
-/// One client per (kubeconfig, context), shared by the environments that use it.
-pub(super) type ClientKey = (Option<PathBuf>, Option<String>);
 
 pub(super) fn clients() -> &'static Mutex<BTreeMap<ClientKey, Client>> {
     static CLIENTS: std::sync::OnceLock<Mutex<BTreeMap<ClientKey, Client>>> =
@@ -28,13 +28,52 @@ pub(super) fn clients() -> &'static Mutex<BTreeMap<ClientKey, Client>> {
     CLIENTS.get_or_init(Default::default)
 }
 
+/// The verb of a request to an API server, from its method and path: `watch`, `list`, `get`,
+/// `discovery` (a group or version listing), `create`, `update`, `patch`, `delete`.
+pub(super) fn verb_of(method: &http::Method, uri: &http::Uri) -> &'static str {
+    match *method {
+        http::Method::GET => {}
+        http::Method::POST => return "create",
+        http::Method::PUT => return "update",
+        http::Method::PATCH => return "patch",
+        http::Method::DELETE => return "delete",
+        _ => return "other",
+    }
+    let watching = uri.query().is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| pair == "watch=true" || pair == "watch=1")
+    });
+    if watching {
+        return "watch";
+    }
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    // `/api/<version>/...` and `/apis/<group>/<version>/...`.
+    let prefix = match segments.first() {
+        Some(&"api") => 2,
+        Some(&"apis") => 3,
+        _ => return "other",
+    };
+    let mut rest = segments.get(prefix..).unwrap_or_default();
+    if rest.len() >= 3 && rest[0] == "namespaces" {
+        rest = &rest[2..];
+    }
+    match rest.len() {
+        0 => "discovery",
+        1 => "list",
+        _ => "get",
+    }
+}
+
 impl KubernetesTarget {
     /// Builds a client from the kubeconfig (or in-cluster config) for `owner`'s environment,
-    /// whose parent ConfigMap lives in `parent_namespace`.
+    /// whose parent ConfigMap lives in `parent_namespace`; `live` says whether passes LIST or
+    /// read the cluster's watch cache.
     pub async fn connect(
         owner: Owner,
         parent_namespace: &str,
         settings: KubernetesSettings,
+        live: LiveSource,
     ) -> Result<Self, TargetError> {
         // kube and gix share one rustls provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -51,11 +90,18 @@ impl KubernetesTarget {
                 clients()
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, client.clone());
+                    .insert(key.clone(), client.clone());
                 client
             }
         };
         let parent = ParentRef::for_environment(&owner.environment, parent_namespace);
+        let watched = match live {
+            LiveSource::List => None,
+            LiveSource::Watch => Some(std::sync::Arc::new(Watched::new(
+                ClusterCache::of(&key, &client),
+                &parent.id(),
+            ))),
+        };
         Ok(Self {
             client,
             environment: owner.environment.clone(),
@@ -72,6 +118,7 @@ impl KubernetesTarget {
             discovery: Mutex::new(BTreeMap::new()),
             by_group_kind: Mutex::new(BTreeMap::new()),
             next_slot: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            watched,
         })
     }
 
@@ -100,8 +147,15 @@ impl KubernetesTarget {
         };
         // One retry layer, ours (`call`): kube's own would multiply every attempt.
         config.default_retry = false;
-        Client::try_from(config)
-            .map_err(|e| connect_error(format!("cannot build the Kubernetes client: {e}")))
+        // Every request, the watches' included, is counted by verb on its way out.
+        let counted = MapRequestLayer::new(|request: http::Request<kube::client::Body>| {
+            crate::metrics::kube().request(verb_of(request.method(), request.uri()));
+            request
+        });
+        Ok(ClientBuilder::try_from(config)
+            .map_err(|e| connect_error(format!("cannot build the Kubernetes client: {e}")))?
+            .with_layer(&counted)
+            .build())
     }
 
     /// Waits for the next request slot under `requests_per_second`.
@@ -154,6 +208,48 @@ impl KubernetesTarget {
                     attempt += 1;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verb_of;
+
+    #[test]
+    fn requests_are_counted_by_verb() {
+        let get = http::Method::GET;
+        for (method, uri, verb) in [
+            (
+                &get,
+                "/api/v1/namespaces/shop/configmaps?labelSelector=x&limit=500",
+                "list",
+            ),
+            (&get, "/api/v1/namespaces/shop/configmaps/web", "get"),
+            (&get, "/api/v1/namespaces", "list"),
+            (&get, "/api/v1/namespaces/shop", "get"),
+            (
+                &get,
+                "/apis/apps/v1/deployments?watch=true&resourceVersion=5",
+                "watch",
+            ),
+            (&get, "/apis/apps/v1/namespaces/shop/deployments/web", "get"),
+            (&get, "/apis/apps/v1/namespaces/shop/deployments", "list"),
+            (&get, "/apis/apps/v1", "discovery"),
+            (&get, "/api", "discovery"),
+            (
+                &http::Method::PATCH,
+                "/api/v1/namespaces/shop/configmaps/web",
+                "patch",
+            ),
+            (
+                &http::Method::DELETE,
+                "/api/v1/namespaces/shop/configmaps/web",
+                "delete",
+            ),
+        ] {
+            let uri: http::Uri = uri.parse().expect("a URI");
+            assert_eq!(verb_of(method, &uri), verb, "{method} {uri}");
         }
     }
 }

@@ -1,22 +1,26 @@
 //! Kubernetes target (kube-rs): ownership as an ApplySet (a parent ConfigMap per environment,
 //! members labelled `applyset.kubernetes.io/part-of`), server-side apply as field manager
-//! `gitopsd-<env>`, live state from one LIST per recorded type by the membership label, drift
+//! `gitopsd-<env>`, live state from one LIST per recorded type by the membership label (or, in
+//! the daemon, from the cluster's watch cache of gitopsd's members), drift
 //! confirmed by server-side dry runs, scopes from discovery, pruning with background
 //! propagation, readiness by kind, transient errors retried with backoff.
 
 mod answers;
+mod cache;
 mod client;
+mod drift;
 mod list;
+mod live;
 mod parent;
 mod ready;
 mod resolve;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kube::Client;
-use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use serde_json::Value;
 
 use super::applyset::{GroupKind, Owner, ParentRef, Record};
@@ -30,6 +34,13 @@ use crate::readiness::{self, Verdict};
 use answers::{answer_error, classed_error, conflicting_environment, object_error};
 use parent::{ParentCache, record_of, with_membership};
 use resolve::{ResolveError, Resolved};
+
+pub use cache::WatchState;
+pub use live::{CacheTypeStatus, CacheView};
+
+/// A cluster as gitopsd reaches it, (kubeconfig, context): one client and one watch cache
+/// each, shared by the environments that use it.
+pub(super) type ClientKey = (Option<PathBuf>, Option<String>);
 
 /// Prefix of every field manager gitopsd applies as; the environment's name follows.
 pub const FIELD_MANAGER_PREFIX: &str = "gitopsd-";
@@ -81,6 +92,8 @@ pub struct KubernetesTarget {
     requests: AdaptiveLimiter,
     /// When the next request may start, for `requests_per_second`.
     next_slot: tokio::sync::Mutex<tokio::time::Instant>,
+    /// The watches live state is read from; `None` where every pass LISTs.
+    watched: Option<Arc<live::Watched>>,
 }
 
 impl std::fmt::Debug for KubernetesTarget {
@@ -100,15 +113,32 @@ impl KubernetesTarget {
     fn selector(&self) -> String {
         format!("{LABEL_PART_OF}={}", self.id)
     }
+
+    /// Notified when another writer changes one of the environment's members (daemon only:
+    /// `None` where passes LIST).
+    pub fn drift_wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.watched.as_ref().map(|watched| watched.drift.clone())
+    }
+
+    /// The watch cache as the environment reads it, for `/status` (daemon only).
+    pub fn cache_view(&self) -> Option<CacheView> {
+        self.watched.clone().map(CacheView)
+    }
 }
 
 impl Target for KubernetesTarget {
     async fn list(&self, kinds: &BTreeSet<KindRef>) -> Result<Vec<Object>, TargetError> {
+        // What this target last wrote: a watch cache may not show it yet.
+        let written = match &self.watched {
+            Some(_) => self.lock_parent().live.clone().flatten(),
+            None => None,
+        };
         // A pass starts from the parent as it is now: another writer may have changed it.
         let parent = self.read_parent().await?;
         self.check_holder(parent.as_ref())?;
         let mut types: BTreeSet<KindRef> = kinds.clone();
-        for group_kind in parent.iter().flat_map(|parent| &parent.group_kinds) {
+        let recorded = parent.iter().chain(&written);
+        for group_kind in recorded.flat_map(|parent| &parent.group_kinds) {
             if types.iter().any(|kind| GroupKind::of(kind) == *group_kind) {
                 continue;
             }
@@ -148,6 +178,9 @@ impl Target for KubernetesTarget {
             if listed.insert(GroupKind::of(kind)) {
                 to_list.push((kind, resolved));
             }
+        }
+        if let Some(watched) = &self.watched {
+            return self.list_watched(watched, &to_list).await;
         }
         // Types are listed side by side (the adaptive limit bounds them), each one's pages in
         // turn; objects come out in type order whatever finishes first.
@@ -272,8 +305,32 @@ impl Target for KubernetesTarget {
             }
         }
         let api = self.api(&resolved, key.namespace.as_deref());
-        let background = DeleteParams::background();
-        match self.call(|| api.delete(&key.name, &background)).await {
+        // Only what is still this environment's member goes, as it was when read: the live
+        // state a pass planned from may be older (a watch cache lags), and another
+        // environment may have taken the object over meanwhile.
+        let live = self
+            .call(|| api.get_opt(&key.name))
+            .await
+            .map_err(|failure| answer_error("delete", key, failure))?;
+        let Some(live) = live else {
+            return Ok(());
+        };
+        let member_of = live
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_PART_OF));
+        if member_of != Some(&self.id) {
+            // Not ours any more: nothing of this environment's is left to prune.
+            tracing::warn!(object = %key, applyset = member_of.map_or("none", String::as_str), "not deleting an object that is no longer a member of this environment's applyset");
+            return Ok(());
+        }
+        let mut params = DeleteParams::background();
+        params.preconditions = Some(Preconditions {
+            uid: live.metadata.uid.clone(),
+            resource_version: live.metadata.resource_version.clone(),
+        });
+        match self.call(|| api.delete(&key.name, &params)).await {
             Ok(_) => Ok(()),
             Err(failure) if failure.is(404) => Ok(()),
             Err(failure) => Err(answer_error("delete", key, failure)),

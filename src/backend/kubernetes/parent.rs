@@ -86,8 +86,13 @@ impl KubernetesTarget {
         self.read_parent().await
     }
 
-    /// Reads the live parent afresh.
+    /// Reads the live parent afresh (in the daemon, from the watch cache).
     pub(super) async fn read_parent(&self) -> Result<Option<ParentState>, TargetError> {
+        if let Some(watched) = &self.watched {
+            let state = self.parent_watched(watched).await?;
+            self.lock_parent().live = Some(state.clone());
+            return Ok(state);
+        }
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             &self.parent.namespace,
