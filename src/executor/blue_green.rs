@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 
 use chrono::{DateTime, Utc};
 
-use super::driver::{Ending, RolloutInput};
+use super::driver::{Ending, RolloutInput, end_blocked};
 use super::effects::Effects;
 use super::error::ReconcileError;
 use super::writes::{Write, applied_keys, baseline, change_records, ordered};
@@ -250,15 +250,8 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
                 self.fail(reason, cause::REJECTED.into()).await?,
             ));
         }
-        self.fx.journal(Event::Blocked {
-            revision: self.input.revision.clone(),
-            reason: reason.clone(),
-        })?;
-        tracing::warn!(env = %self.fx.config.name, revision = %self.input.revision.short(), %reason, "the cluster refused a write; undoing the rollout without blaming the revision");
-        Ok(ControlFlow::Break(Ending::Blocked {
-            reason,
-            baseline: self.baseline.clone(),
-        }))
+        let blocked = end_blocked(self.fx, &self.input.revision, reason, &self.baseline)?;
+        Ok(ControlFlow::Break(blocked))
     }
 
     async fn await_ready(&mut self, deadline: DateTime<Utc>) -> Result<Step, ReconcileError> {

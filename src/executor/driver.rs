@@ -260,15 +260,8 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
                 },
             )));
         }
-        self.fx.journal(Event::Blocked {
-            revision: self.input.revision.clone(),
-            reason: reason.clone(),
-        })?;
-        tracing::warn!(env = %self.fx.config.name, revision = %self.input.revision.short(), %reason, "the cluster refused a write; undoing the step without blaming the revision");
-        Ok(ControlFlow::Break(Ending::Blocked {
-            reason,
-            baseline: self.baseline.clone(),
-        }))
+        let blocked = end_blocked(self.fx, &self.input.revision, reason, &self.baseline)?;
+        Ok(ControlFlow::Break(blocked))
     }
 
     async fn await_ready(&mut self, deadline: DateTime<Utc>) -> Result<Step, ReconcileError> {
@@ -348,6 +341,25 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
             baseline: self.baseline.clone(),
         })
     }
+}
+
+/// Journals that the cluster could not take a write of `revision`'s rollout: it ends
+/// blocked, the revision not blamed, and the caller undoes what was written.
+pub(super) fn end_blocked<T: Target, P: CheckRunner>(
+    fx: &mut Effects<'_, T, P>,
+    revision: &Revision,
+    reason: String,
+    baseline: &[Baseline],
+) -> Result<Ending, ReconcileError> {
+    fx.journal(Event::Blocked {
+        revision: revision.clone(),
+        reason: reason.clone(),
+    })?;
+    tracing::warn!(env = %fx.config.name, revision = %revision.short(), %reason, "the cluster refused a write; undoing the rollout without blaming the revision");
+    Ok(Ending::Blocked {
+        reason,
+        baseline: baseline.to_vec(),
+    })
 }
 
 #[cfg(test)]
