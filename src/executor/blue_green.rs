@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 
 use chrono::{DateTime, Utc};
 
-use super::driver::{Ending, RolloutInput, end_blocked};
+use super::driver::{Ending, RolloutInput, end_blocked, end_healthy, journal_failure};
 use super::effects::Effects;
 use super::error::ReconcileError;
 use super::writes::{Write, applied_keys, baseline, change_records, ordered};
@@ -298,18 +298,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     }
 
     async fn succeed(&mut self) -> Result<Ending, ReconcileError> {
-        let revision = self.input.revision.clone();
-        self.fx.drift_corrected(&revision, &self.input.plan)?;
-        self.fx
-            .settle(&self.input.desired, &self.input.plan.orphaned)
-            .await?;
-        self.fx.journal(Event::Healthy {
-            revision: revision.clone(),
-        })?;
-        tracing::info!(env = %self.fx.config.name, revision = %revision.short(), "rollout healthy");
-        Ok(Ending::Healthy {
-            changes: change_records(&self.input.plan.changes),
-        })
+        end_healthy(self.fx, &self.input).await
     }
 
     /// Journals `rollout_failed`. While the active Services select only the old pods, the
@@ -317,13 +306,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     /// gives the Services git's selectors back) never sends traffic to them.
     async fn fail(&mut self, reason: String, cause: String) -> Result<Ending, ReconcileError> {
         let revision = self.input.revision.clone();
-        self.fx.journal(Event::RolloutFailed {
-            revision: revision.clone(),
-            reason: reason.clone(),
-            cause: Some(cause.clone()),
-        })?;
-        self.fx.metrics.rollout_failed(&self.fx.config.name, &cause);
-        tracing::error!(env = %self.fx.config.name, revision = %revision.short(), %reason, "rollout failed");
+        journal_failure(self.fx, &revision, &reason, &cause)?;
         if self.pinned {
             self.remove_previews(&revision).await?;
         }

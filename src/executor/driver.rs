@@ -312,35 +312,52 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
     }
 
     async fn succeed(&mut self) -> Result<Ending, ReconcileError> {
-        let revision = self.input.revision.clone();
-        self.fx.drift_corrected(&revision, &self.input.plan)?;
-        self.fx
-            .settle(&self.input.desired, &self.input.plan.orphaned)
-            .await?;
-        self.fx.journal(Event::Healthy {
-            revision: revision.clone(),
-        })?;
-        tracing::info!(env = %self.fx.config.name, revision = %revision.short(), "rollout healthy");
-        Ok(Ending::Healthy {
-            changes: change_records(&self.input.plan.changes),
-        })
+        end_healthy(self.fx, &self.input).await
     }
 
     fn fail(&mut self, reason: String, cause: String) -> Result<Ending, ReconcileError> {
         let revision = self.input.revision.clone();
-        self.fx.journal(Event::RolloutFailed {
-            revision: revision.clone(),
-            reason: reason.clone(),
-            cause: Some(cause.clone()),
-        })?;
-        self.fx.metrics.rollout_failed(&self.fx.config.name, &cause);
-        tracing::error!(env = %self.fx.config.name, revision = %revision.short(), %reason, "rollout failed");
+        journal_failure(self.fx, &revision, &reason, &cause)?;
         Ok(Ending::Failed {
             reason,
             cause,
             baseline: self.baseline.clone(),
         })
     }
+}
+
+/// Ends a rollout that proved healthy: the drift it put back journaled, ownership settled,
+/// `healthy` journaled.
+pub(super) async fn end_healthy<T: Target, P: CheckRunner>(
+    fx: &mut Effects<'_, T, P>,
+    input: &RolloutInput,
+) -> Result<Ending, ReconcileError> {
+    fx.drift_corrected(&input.revision, &input.plan)?;
+    fx.settle(&input.desired, &input.plan.orphaned).await?;
+    fx.journal(Event::Healthy {
+        revision: input.revision.clone(),
+    })?;
+    tracing::info!(env = %fx.config.name, revision = %input.revision.short(), "rollout healthy");
+    Ok(Ending::Healthy {
+        changes: change_records(&input.plan.changes),
+    })
+}
+
+/// Journals and counts a failed rollout.
+pub(super) fn journal_failure<T: Target, P: CheckRunner>(
+    fx: &mut Effects<'_, T, P>,
+    revision: &Revision,
+    reason: &str,
+    cause: &str,
+) -> Result<(), ReconcileError> {
+    fx.journal(Event::RolloutFailed {
+        revision: revision.clone(),
+        reason: reason.to_string(),
+        cause: Some(cause.to_string()),
+    })?;
+    fx.metrics.rollout_failed(&fx.config.name, cause);
+    tracing::error!(env = %fx.config.name, revision = %revision.short(), %reason, "rollout failed");
+    Ok(())
 }
 
 /// Journals that the cluster could not take a write of `revision`'s rollout: it ends
