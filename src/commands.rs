@@ -8,6 +8,7 @@ use thiserror::Error;
 use crate::backend::{AnyTarget, LiveSource, Target, TargetError};
 use crate::config::{Config, ConfigError, EnvironmentConfig};
 use crate::daemon::{self, Signals};
+use crate::daemon_client::{self, AddressFileError};
 use crate::desired::{
     DesiredError, empty_revision_problem, load_desired, load_desired_offline, load_located,
 };
@@ -568,15 +569,20 @@ pub fn history(
 }
 
 /// `gitopsd status`: each environment's revisions, rollout in flight and failures.
-pub fn status(
+pub async fn status(
     config: &Config,
     only: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<u8, CommandError> {
+    // What only the running daemon knows (its watch cache), when one answers.
+    let live = daemon_client::status(config).await;
     for environment in selected(config, only)? {
         let path = Journal::path_for(&config.state.dir, &environment.name);
         let history = journal::load_history(&path)?;
         journal_view::write_status(&environment.name, &history, out)?;
+        if let Some(live) = live.as_ref().and_then(|live| live.get(&environment.name)) {
+            daemon_client::write_live(live, out)?;
+        }
     }
     Ok(EXIT_OK)
 }
@@ -637,26 +643,6 @@ pub enum ControlError {
     Refused { status: u16, message: String },
 }
 
-/// Why `<state dir>/api.addr` names no address.
-#[derive(Debug, Error)]
-pub enum AddressFileError {
-    #[error(transparent)]
-    Read(#[from] std::io::Error),
-    #[error("it does not hold an address: {0}")]
-    Parse(#[from] std::net::AddrParseError),
-}
-
-/// The address the running daemon's API listens on, from `<state dir>/api.addr`.
-async fn running_daemon_address(state_dir: &Path) -> Result<std::net::SocketAddr, ControlError> {
-    let path = crate::server::address_file(state_dir);
-    let read = async {
-        let text = tokio::fs::read_to_string(&path).await?;
-        Ok::<_, AddressFileError>(text.trim().parse::<std::net::SocketAddr>()?)
-    };
-    read.await
-        .map_err(|source| ControlError::NoAddress { path, source })
-}
-
 /// `gitopsd approve|pause|resume|retry|rollback`: one POST to the running daemon's API.
 pub async fn control(
     config: &Config,
@@ -672,12 +658,9 @@ pub async fn control(
             path: path.clone(),
             source,
         })?;
-    let address = if api.listen.port() == 0 {
-        // The daemon's system-picked port is in the state dir.
-        running_daemon_address(&config.state.dir).await?
-    } else {
-        api.listen
-    };
+    let address = daemon_client::address(config, api)
+        .await
+        .map_err(|(path, source)| ControlError::NoAddress { path, source })?;
     let url = format!(
         "http://{address}/api/v1/environments/{environment}/{}",
         action.name()

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod config_watch;
 pub mod daemon;
+pub mod daemon_client;
 pub mod desired;
 pub mod diff;
 pub mod dry_run;

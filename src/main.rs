@@ -90,7 +90,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Status { env } => {
             let config = load(path).await?;
-            Ok(commands::status(&config, env.as_deref(), &mut stdout)?)
+            Ok(commands::status(&config, env.as_deref(), &mut stdout).await?)
         }
         Command::History { env, stats } => {
             let config = load(path).await?;

@@ -80,6 +80,26 @@ fn listed(globs: &[Glob]) -> String {
 }
 
 impl Policy {
+    /// The namespaces the environment is limited to, when each is named outright (no glob):
+    /// the only ones its namespaced members can live in. `None` when any namespace may hold
+    /// them, or a pattern does.
+    pub fn named_namespaces(&self) -> Option<Vec<String>> {
+        if self.allowed_namespaces.is_empty()
+            || self
+                .allowed_namespaces
+                .iter()
+                .any(|glob| glob.text.contains(['*', '?', '[']))
+        {
+            return None;
+        }
+        Some(
+            self.allowed_namespaces
+                .iter()
+                .map(|glob| glob.text.clone())
+                .collect(),
+        )
+    }
+
     /// Why the environment may not hold `key` (its namespace already settled); `None` when it
     /// may.
     pub fn refusal(&self, key: &ResourceKey) -> Option<String> {
@@ -220,6 +240,23 @@ mod tests {
                 .refusal(&key("", "PersistentVolume", None, "pv"))
                 .is_some_and(|why| why.contains("not among cluster_scoped")),
             "core/* allows the kind, but not cluster-wide"
+        );
+    }
+
+    #[test]
+    fn only_namespaces_named_outright_limit_what_is_watched() {
+        let mut policy = Policy::default();
+        assert_eq!(policy.named_namespaces(), None, "no limit");
+        policy.allowed_namespaces = globs(&["shop", "shop-admin"]);
+        assert_eq!(
+            policy.named_namespaces(),
+            Some(vec!["shop".to_string(), "shop-admin".to_string()])
+        );
+        policy.allowed_namespaces = globs(&["shop", "shop-*"]);
+        assert_eq!(
+            policy.named_namespaces(),
+            None,
+            "a pattern matches any number"
         );
     }
 }

@@ -211,12 +211,14 @@ pub trait Target: Send + Sync {
 }
 
 /// Where a Kubernetes target reads live state from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LiveSource {
     /// A paged LIST of every owned type on every pass (one-shot commands).
     List,
-    /// The process's watch cache of the cluster (the long-running daemon).
-    Watch,
+    /// The process's watch cache of the cluster (the long-running daemon); namespaced types
+    /// are watched in `namespaces` only when the environment is limited to them (so a
+    /// namespace-scoped role is enough), else in every namespace.
+    Watch { namespaces: Option<Vec<String>> },
 }
 
 /// The target an environment is configured with.

@@ -319,7 +319,10 @@ pub(super) async fn environment_loop(
         observers,
     } = shared;
     let name = environment.name.clone();
-    let mut runtime = match EnvironmentRuntime::open(environment, &state, LiveSource::Watch).await {
+    let live = LiveSource::Watch {
+        namespaces: environment.policy.named_namespaces(),
+    };
+    let mut runtime = match EnvironmentRuntime::open(environment, &state, live).await {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "environment disabled: cannot open its journal");

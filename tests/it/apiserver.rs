@@ -12,8 +12,12 @@
 //! requests are refused with 429 as priority and fairness refuses them, and a latency for
 //! every request, with the peak of requests in flight.
 //!
-//! Not modelled: field-level ownership merges (an apply replaces the object's fields), watches,
-//! admission, validation beyond JSON shape, namespace existence and finalizers, garbage
+//! Watches: a watch is answered with a stream that stays open and sends nothing (the store
+//! does not push changes; a relist sees them), or, when injected, with one ERROR event (410
+//! Gone: the client must list again).
+//!
+//! Not modelled: field-level ownership merges (an apply replaces the object's fields), watch
+//! events of changes, admission, validation beyond JSON shape, namespace existence and finalizers, garbage
 //! collection, authentication, and controllers — except that Deployments, StatefulSets and
 //! DaemonSets report themselves fully rolled out as soon as they are applied, and CRDs become
 //! Established (and their types served) at once or, with `delay_crds`, after a few GETs.
@@ -27,6 +31,7 @@ use axum::body::Bytes;
 use axum::extract::Query;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 /// A served type.
@@ -84,6 +89,10 @@ struct Store {
     /// CRDs not Established yet: name → GETs left.
     pending_crds: BTreeMap<String, usize>,
     next_resource_version: u64,
+    /// Injected watch answers: (path fragment, ERROR event code, watches left).
+    watch_failures: Vec<(String, u16, usize)>,
+    /// Turns true when the server stops: open watches end.
+    closing: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Requests in flight, and what the server does when there are too many.
@@ -140,14 +149,17 @@ pub struct ApiServerStandIn {
     store: Arc<Mutex<Store>>,
     seats: Arc<Seats>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    closing: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ApiServerStandIn {
     pub fn start() -> Self {
+        let (closing, closed) = tokio::sync::watch::channel(false);
         let store = Arc::new(Mutex::new(Store {
             resources: builtin(),
             next_resource_version: 1,
+            closing: Some(closed),
             ..Store::default()
         }));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind stand-in");
@@ -192,6 +204,7 @@ impl ApiServerStandIn {
             store,
             seats,
             shutdown: Some(shutdown),
+            closing,
             thread: Some(thread),
         }
     }
@@ -261,6 +274,14 @@ impl ApiServerStandIn {
             .push((method, fragment.to_string(), code, times));
     }
 
+    /// The next `times` watches whose path contains `fragment` are answered with one ERROR
+    /// event of `code` (410: the resource version is too old, list again).
+    pub fn fail_watches(&self, fragment: &str, code: u16, times: usize) {
+        self.lock()
+            .watch_failures
+            .push((fragment.to_string(), code, times));
+    }
+
     /// An object, if stored.
     pub fn get(
         &self,
@@ -317,6 +338,7 @@ impl ApiServerStandIn {
 
 impl Drop for ApiServerStandIn {
     fn drop(&mut self) {
+        let _ = self.closing.send(true);
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -324,6 +346,29 @@ impl Drop for ApiServerStandIn {
             let _ = thread.join();
         }
     }
+}
+
+/// A watch: one injected ERROR event, or a stream that stays open until the server stops.
+fn watch(store: &mut Store, path: &str) -> Response {
+    let injected = store
+        .watch_failures
+        .iter_mut()
+        .find(|(fragment, _, left)| *left > 0 && path.contains(fragment.as_str()));
+    if let Some(failure) = injected {
+        failure.2 -= 1;
+        let event = json!({"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "too old resource version", "reason": "Expired", "code": failure.1}});
+        return (StatusCode::OK, format!("{event}\n")).into_response();
+    }
+    let Some(mut closing) = store.closing.clone() else {
+        return status(500, "InternalError", "no server to watch with".into());
+    };
+    let open = futures_util::stream::once(async move {
+        let _ = closing.wait_for(|closed| *closed).await;
+    })
+    .filter_map(|()| async { None::<Result<Bytes, std::convert::Infallible>> });
+    (StatusCode::OK, axum::body::Body::from_stream(open)).into_response()
 }
 
 fn status(code: u16, reason: &str, message: String) -> Response {
@@ -542,7 +587,11 @@ fn handle(
             format!("the server could not find the requested resource ({path})"),
         );
     };
+    let watching = params
+        .get("watch")
+        .is_some_and(|watch| watch == "true" || watch == "1");
     let verb = match (&method, &name) {
+        (&Method::GET, None) if watching => "WATCH",
         (&Method::GET, None) => "LIST",
         (&Method::GET, Some(_)) => "GET",
         (&Method::PATCH, _) => "PATCH",
@@ -565,6 +614,7 @@ fn handle(
         );
     }
     match (verb, name) {
+        ("WATCH", None) => watch(&mut store, &path),
         ("LIST", None) => {
             let items: Vec<Value> = store
                 .objects

@@ -54,7 +54,7 @@ impl Cluster {
 
     /// For tests that count requests: waits for every other test to end and for namespaces
     /// they deleted to go (the namespace controller lists what they held).
-    fn alone() -> Self {
+    pub(crate) fn alone() -> Self {
         let cluster = Self::with_turn(Turn::Alone(
             QUIET.write().unwrap_or_else(|p| p.into_inner()),
         ));

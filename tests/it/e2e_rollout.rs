@@ -22,7 +22,7 @@ const TOKEN: &str = "e2e-token";
 
 /// Namespace, Deployment `web` (with `replicas` unless `None`) and its Service. The pod
 /// template carries `release` and any `pod_annotations`; `spec_extra` goes into the spec.
-fn web_yaml(
+pub(crate) fn web_yaml(
     namespace: &str,
     release: &str,
     replicas: Option<u32>,
@@ -35,12 +35,12 @@ fn web_yaml(
     )
 }
 
-fn commit_web(workspace: &Workspace, text: &str, message: &str) -> String {
+pub(crate) fn commit_web(workspace: &Workspace, text: &str, message: &str) -> String {
     workspace.repo.write("environments/staging/app.yaml", text);
     workspace.repo.commit(message)
 }
 
-fn failure_cause(workspace: &Workspace) -> Option<String> {
+pub(crate) fn failure_cause(workspace: &Workspace) -> Option<String> {
     let records = workspace.journal("staging");
     events(&records, "rollout_failed")
         .last()

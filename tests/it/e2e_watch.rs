@@ -104,6 +104,17 @@ fn e2e_watch_the_daemon_passes_from_its_cache_without_lists_or_gets() {
     assert!(passes(&address, "staging").unwrap_or(0) >= before + 2);
     assert_eq!(requests(&address, "list"), lists, "no LIST in a no-op pass");
     assert_eq!(requests(&address, "get"), gets, "no GET in a no-op pass");
+
+    // `gitopsd status` shows the running daemon's stores under the journal's view.
+    let shown = workspace.run(&["status", "--env", "staging"]);
+    assert_exit(&shown, 0);
+    let text = stdout(&shown);
+    assert!(text.contains("watch cache:"), "{text}");
+    let config_maps = text
+        .lines()
+        .find(|line| line.trim_start().starts_with("v1/ConfigMap "))
+        .unwrap_or_else(|| panic!("a row for config maps: {text}"));
+    assert!(config_maps.contains(" synced "), "{config_maps}");
 }
 
 #[test]

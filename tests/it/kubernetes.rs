@@ -557,3 +557,54 @@ fn the_daemon_writes_nothing_while_its_watch_cache_is_syncing() {
         "the cache keeps trying to list"
     );
 }
+
+#[test]
+fn a_watch_told_410_gone_lists_again_and_passes_carry_on_from_the_new_list() {
+    let (workspace, server) = on_stand_in("");
+    deploy_app(&workspace);
+    // The first watch of Deployments after the daemon's first list is told its version is
+    // too old, as an API server says once etcd has compacted past it.
+    server.fail_watches("/apis/apps/v1/deployments", 410, 1);
+    server.reset_counts();
+    workspace.edit_config("poll_interval = \"30s\"", "poll_interval = \"1s\"");
+    let (_daemon, address) = daemon_with_api(&workspace, "stand-in-token");
+    let restarts = || {
+        metric_sum(
+            &address,
+            "gitopsd_watch_restarts_total",
+            "type=\"apps/v1/Deployment\"",
+        )
+        .unwrap_or(0)
+    };
+    assert!(
+        wait_for(std::time::Duration::from_secs(60), || restarts() >= 1),
+        "the watch never started over"
+    );
+    assert!(
+        server.count("LIST deployments") >= 2,
+        "a fresh list after the 410: {} lists",
+        server.count("LIST deployments")
+    );
+    assert!(
+        wait_for_pass_after_now(&address, "staging"),
+        "passes carry on"
+    );
+    assert_eq!(restarts(), 1, "one 410, one relist");
+    assert!(
+        !workspace
+            .journal("staging")
+            .iter()
+            .any(|record| record.event.name() == "blocked"),
+        "the pass after the relist decided from a synced store: {:?}",
+        workspace.journal("staging")
+    );
+    assert_eq!(
+        server.count_method("PATCH") + server.count_method("DELETE"),
+        0,
+        "nothing changed in git: nothing written"
+    );
+    assert!(
+        server.count("WATCH deployments") >= 2,
+        "watching again after the relist"
+    );
+}

@@ -1,8 +1,10 @@
 //! The daemon's watch cache: one per cluster (kubeconfig and context), shared by every
 //! environment that targets it, with one watch per API type some environment owns (only
-//! gitopsd's members, by the `applyset.kubernetes.io/part-of` label) and one of the ApplySet
-//! parents. kube-runtime's watcher owns relists (410 Gone), bookmarks and backoff; a type is
-//! `syncing` until its list is complete and again from each relist until that one is.
+//! gitopsd's members, by the `applyset.kubernetes.io/part-of` label; per namespace for
+//! environments limited to named namespaces), one of the ApplySet parents, and one of the pods
+//! of each workload in flight. kube-runtime's watcher owns lists, resumes and bookmarks; a
+//! watch that fails (410 Gone, the server gone) lists again after a backoff, and a store is
+//! `syncing` from the failure until that list is complete.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -12,7 +14,7 @@ use futures_util::StreamExt;
 use kube::api::{Api, DynamicObject};
 use kube::core::ApiResource;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
@@ -23,6 +25,11 @@ use crate::labels::{LABEL_ID, LABEL_PART_OF};
 
 /// Objects per page of a watch's (re)list, as for the paged LISTs.
 const WATCH_PAGE: u32 = 500;
+
+/// The wait before a broken watch lists again, doubled on each failure in a row up to
+/// [`WATCH_BACKOFF_LAST`].
+const WATCH_BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const WATCH_BACKOFF_LAST: Duration = Duration::from_secs(30);
 
 /// What a type's store holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,6 +52,8 @@ enum Phase {
     Listed,
     /// An object changed or went while watching.
     Watching,
+    /// The watch failed: events may be missed until it lists again.
+    Broken,
 }
 
 impl WatchState {
@@ -64,6 +73,10 @@ impl WatchState {
                 self.synced = true;
                 false
             }
+            Phase::Broken => {
+                self.synced = false;
+                false
+            }
             Phase::Watching => false,
         }
     }
@@ -73,6 +86,8 @@ impl WatchState {
 pub(super) struct TypeWatch {
     name: String,
     resource: ApiResource,
+    /// The namespace watched; `None` for every namespace.
+    namespace: Option<String>,
     store: Store<DynamicObject>,
     state: watch::Receiver<WatchState>,
     task: tokio::task::AbortHandle,
@@ -119,18 +134,53 @@ impl TypeWatch {
             .collect()
     }
 
-    /// One stored object, as a JSON body.
+    /// One stored object, as a JSON body (`namespace` `None` for a cluster-scoped one).
     pub(super) fn get(
         &self,
-        namespace: &str,
+        namespace: Option<&str>,
         name: &str,
     ) -> Result<Option<Value>, serde_json::Error> {
-        let key = ObjectRef::new_with(name, self.resource.clone()).within(namespace);
+        let mut key = ObjectRef::new_with(name, self.resource.clone());
+        if let Some(namespace) = namespace {
+            key = key.within(namespace);
+        }
         self.store
             .get(&key)
             .map(|object| serde_json::to_value(&*object))
             .transpose()
     }
+
+    /// Every stored object, as JSON bodies.
+    pub(super) fn all(&self) -> Result<Vec<Value>, serde_json::Error> {
+        self.store
+            .state()
+            .iter()
+            .map(|object| serde_json::to_value(&**object))
+            .collect()
+    }
+
+    /// Whether the store holds objects of `group`/`kind` in `namespace`.
+    pub(super) fn covers(&self, group: &str, kind: &str, namespace: Option<&str>) -> bool {
+        self.resource.group == group
+            && self.resource.kind == kind
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|watched| Some(watched) == namespace)
+    }
+}
+
+/// Where one of gitopsd's watches looks, and what for.
+struct Wanted<'a> {
+    /// The store's name in metrics and `/status`.
+    name: String,
+    resource: &'a ApiResource,
+    /// A label selector.
+    selector: &'a str,
+    /// One namespace, or `None` for all.
+    namespace: Option<&'a str>,
+    /// Whether changes by other writers wake environments (members), or not (pods).
+    drift: bool,
 }
 
 /// The watches of one cluster, by type and label selector.
@@ -184,36 +234,96 @@ impl ClusterCache {
         waker
     }
 
-    /// The watch of gitopsd's members of one type, started if nothing holds it yet.
-    pub(super) fn members_of(&self, resource: &ApiResource) -> Arc<TypeWatch> {
-        self.need(type_name(resource), resource, LABEL_PART_OF)
+    /// The watches of gitopsd's members of one type, started if nothing holds them yet: one
+    /// per namespace of `namespaces` for a namespaced type, else one of every namespace.
+    pub(super) fn members_of(
+        &self,
+        resource: &ApiResource,
+        namespaces: Option<&[String]>,
+        namespaced: bool,
+    ) -> Vec<Arc<TypeWatch>> {
+        let name = type_name(resource);
+        match namespaces.filter(|_| namespaced) {
+            Some(namespaces) => namespaces
+                .iter()
+                .map(|namespace| {
+                    self.need(Wanted {
+                        name: format!("{name} in {namespace}"),
+                        resource,
+                        selector: LABEL_PART_OF,
+                        namespace: Some(namespace),
+                        drift: true,
+                    })
+                })
+                .collect(),
+            None => vec![self.need(Wanted {
+                name,
+                resource,
+                selector: LABEL_PART_OF,
+                namespace: None,
+                drift: true,
+            })],
+        }
     }
 
-    /// The watch of every ApplySet parent (ConfigMaps labelled with an applyset id).
-    pub(super) fn parents(&self) -> Arc<TypeWatch> {
+    /// The watch of ApplySet parents (ConfigMaps labelled with an applyset id): of
+    /// `namespace`, or of every namespace.
+    pub(super) fn parents(&self, namespace: Option<&str>) -> Arc<TypeWatch> {
         let resource = ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
-        self.need("applyset-parents".into(), &resource, LABEL_ID)
+        self.need(Wanted {
+            name: match namespace {
+                Some(namespace) => format!("applyset-parents in {namespace}"),
+                None => "applyset-parents".into(),
+            },
+            resource: &resource,
+            selector: LABEL_ID,
+            namespace,
+            drift: false,
+        })
     }
 
-    fn need(&self, name: String, resource: &ApiResource, label: &str) -> Arc<TypeWatch> {
+    /// The watch of the pods `selector` picks in `namespace` (a workload's).
+    pub(super) fn pods(&self, namespace: &str, selector: &str) -> Arc<TypeWatch> {
+        let resource = ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&());
+        self.need(Wanted {
+            name: format!("v1/Pod in {namespace} ({selector})"),
+            resource: &resource,
+            selector,
+            namespace: Some(namespace),
+            drift: false,
+        })
+    }
+
+    fn need(&self, wanted: Wanted<'_>) -> Arc<TypeWatch> {
         let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (name.clone(), label.to_string());
+        let key = (wanted.name.clone(), wanted.selector.to_string());
         if let Some(running) = watches.get(&key).and_then(Weak::upgrade) {
             return running;
         }
+        let Wanted {
+            name,
+            resource,
+            selector,
+            namespace,
+            drift,
+        } = wanted;
         tracing::debug!(r#type = %name, "an environment needs this type: its watch starts");
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), resource);
+        let api: Api<DynamicObject> = match namespace {
+            Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, resource),
+            None => Api::all_with(self.client.clone(), resource),
+        };
         let config = watcher::Config::default()
-            .labels(label)
+            .labels(selector)
             .page_size(WATCH_PAGE);
         let writer = Writer::new(resource.clone());
         let store = writer.as_reader();
         let (sender, state) = watch::channel(WatchState::default());
-        let drift = DriftWatch::new(self.wakers.clone());
+        let drift = drift.then(|| DriftWatch::new(self.wakers.clone()));
         let task = tokio::spawn(keep(api, config, writer, sender, name.clone(), drift));
         let started = Arc::new(TypeWatch {
             name,
             resource: resource.clone(),
+            namespace: namespace.map(str::to_string),
             store,
             state,
             task: task.abort_handle(),
@@ -240,47 +350,58 @@ async fn keep(
     mut writer: Writer<DynamicObject>,
     state: watch::Sender<WatchState>,
     name: String,
-    mut drift: DriftWatch,
+    mut drift: Option<DriftWatch>,
 ) {
     let series = Series(name);
     let metrics = crate::metrics::kube();
-    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
-    while let Some(event) = events.next().await {
-        let mut event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                tracing::warn!(r#type = %series.0, %error, "watch failed; it resumes after a backoff");
-                continue;
+    let mut backoff = WATCH_BACKOFF_FIRST;
+    loop {
+        let mut events = std::pin::pin!(watcher(api.clone(), config.clone()));
+        while let Some(event) = events.next().await {
+            let mut event = match event {
+                Ok(event) => event,
+                Err(error) => {
+                    // Events may have been missed (the server restarted, the watch expired):
+                    // no decision is taken from the store until a fresh list is complete.
+                    tracing::warn!(r#type = %series.0, %error, "watch failed; the store is syncing until a relist after a backoff");
+                    state.send_modify(|state| {
+                        state.after(Phase::Broken);
+                    });
+                    break;
+                }
+            };
+            let woken = drift.as_mut().and_then(|drift| drift.observe(&event));
+            strip_event(&mut event);
+            let phase = match event {
+                watcher::Event::Init => Phase::Listing,
+                watcher::Event::InitDone => Phase::Listed,
+                _ => Phase::Watching,
+            };
+            // Unsynced before a relist starts; synced only once the store holds the whole list.
+            if phase == Phase::Listing {
+                let mut restarted = false;
+                state.send_modify(|state| restarted = state.after(phase));
+                if restarted {
+                    metrics.watch_restarted(&series.0);
+                }
             }
-        };
-        let woken = drift.observe(&event);
-        strip_event(&mut event);
-        let phase = match event {
-            watcher::Event::Init => Phase::Listing,
-            watcher::Event::InitDone => Phase::Listed,
-            _ => Phase::Watching,
-        };
-        // Unsynced before a relist starts; synced only once the store holds the whole list.
-        if phase == Phase::Listing {
-            let mut restarted = false;
-            state.send_modify(|state| restarted = state.after(phase));
-            if restarted {
-                metrics.watch_restarted(&series.0);
+            writer.apply_watcher_event(&event);
+            if phase == Phase::Listed {
+                backoff = WATCH_BACKOFF_FIRST;
+                state.send_modify(|state| {
+                    state.after(phase);
+                });
+            }
+            if phase != Phase::Listing {
+                metrics.cache_objects(&series.0, writer.as_reader().len());
+            }
+            if let Some((applyset, waker)) = woken {
+                tracing::info!(r#type = %series.0, %applyset, "another writer changed a member; its environment passes now");
+                waker.notify_one();
             }
         }
-        writer.apply_watcher_event(&event);
-        if phase == Phase::Listed {
-            state.send_modify(|state| {
-                state.after(phase);
-            });
-        }
-        if phase != Phase::Listing {
-            metrics.cache_objects(&series.0, writer.as_reader().len());
-        }
-        if let Some((applyset, waker)) = woken {
-            tracing::info!(r#type = %series.0, %applyset, "another writer changed a member; its environment passes now");
-            waker.notify_one();
-        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(WATCH_BACKOFF_LAST);
     }
 }
 
@@ -340,6 +461,15 @@ mod tests {
         state.after(Phase::Listed);
         assert!(state.synced);
         assert_eq!(state.restarts, 2);
+        // A broken watch (the server went away) may have missed events: syncing until the
+        // relist that follows is complete.
+        state.after(Phase::Broken);
+        assert!(!state.synced);
+        assert!(state.after(Phase::Listing));
+        assert!(!state.synced);
+        state.after(Phase::Listed);
+        assert!(state.synced);
+        assert_eq!(state.restarts, 3);
     }
 
     #[test]

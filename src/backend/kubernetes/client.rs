@@ -97,9 +97,10 @@ impl KubernetesTarget {
         let parent = ParentRef::for_environment(&owner.environment, parent_namespace);
         let watched = match live {
             LiveSource::List => None,
-            LiveSource::Watch => Some(std::sync::Arc::new(Watched::new(
+            LiveSource::Watch { namespaces } => Some(std::sync::Arc::new(Watched::new(
                 ClusterCache::of(&key, &client),
-                &parent.id(),
+                &parent,
+                namespaces,
             ))),
         };
         Ok(Self {

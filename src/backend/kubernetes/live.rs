@@ -1,42 +1,120 @@
 //! Live state from the cluster's watch cache (the long-running daemon): an environment's
 //! members and its parent read from the stores, never from a store still syncing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::KubernetesTarget;
 use super::cache::{ClusterCache, TypeWatch};
 use super::resolve::Resolved;
 use crate::backend::TargetError;
-use crate::backend::applyset::ParentState;
-use crate::model::{KindRef, Object};
+use crate::backend::applyset::{GroupKind, ParentRef, ParentState};
+use crate::model::{KindRef, Object, ResourceKey};
 
 /// How long a pass waits for a store that is still syncing (a type needed for the first
 /// time) before it is blocked.
 pub(super) const SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// The watches an environment holds: the parents' and those of the types it last listed
-/// (a type none holds any more stops being watched).
+/// (a type none holds any more stops being watched), and those of the pods of the workloads
+/// its rollout last waited for.
 pub(super) struct Watched {
     pub(super) cache: Arc<ClusterCache>,
     pub(super) parents: Arc<TypeWatch>,
+    /// Namespaced types are watched in these namespaces only (`None`: in all).
+    pub(super) namespaces: Option<Vec<String>>,
     pub(super) types: Mutex<BTreeMap<String, Arc<TypeWatch>>>,
+    /// Pod watches by (namespace, selector).
+    pub(super) pods: Mutex<BTreeMap<(String, String), Arc<TypeWatch>>>,
+    /// The resourceVersion of gitopsd's last write of each member: a store older than that
+    /// is not read for it.
+    pub(super) written: Mutex<BTreeMap<ResourceKey, String>>,
     /// Notified when another writer changes one of the environment's members.
     pub(super) drift: Arc<Notify>,
 }
 
 impl Watched {
-    /// The watches of the environment whose ApplySet is `id`.
-    pub(super) fn new(cache: Arc<ClusterCache>, id: &str) -> Self {
+    /// The watches of the environment whose ApplySet parent is `parent`, limited to
+    /// `namespaces` when it is.
+    pub(super) fn new(
+        cache: Arc<ClusterCache>,
+        parent: &ParentRef,
+        namespaces: Option<Vec<String>>,
+    ) -> Self {
+        let parents_in = namespaces.as_ref().map(|_| parent.namespace.as_str());
         Self {
-            parents: cache.parents(),
-            drift: cache.wake_on_drift(id),
+            parents: cache.parents(parents_in),
+            drift: cache.wake_on_drift(&parent.id()),
             cache,
+            namespaces,
             types: Mutex::new(BTreeMap::new()),
+            pods: Mutex::new(BTreeMap::new()),
+            written: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The held watch whose store holds `key`'s object, if any.
+    pub(super) fn member_store(&self, key: &ResourceKey) -> Option<Arc<TypeWatch>> {
+        self.types
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|watch| watch.covers(&key.group, &key.kind, key.namespace.as_deref()))
+            .cloned()
+    }
+
+    /// The watch of the pods `selector` picks in `namespace`, held from now on.
+    pub(super) fn pods_of(&self, namespace: &str, selector: &str) -> Arc<TypeWatch> {
+        self.pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((namespace.to_string(), selector.to_string()))
+            .or_insert_with(|| self.cache.pods(namespace, selector))
+            .clone()
+    }
+
+    /// Notes the resourceVersion the server gave gitopsd's write of `key`.
+    pub(super) fn wrote(&self, key: &ResourceKey, resource_version: Option<String>) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match resource_version {
+            Some(version) => written.insert(key.clone(), version),
+            None => written.remove(key),
+        };
+    }
+
+    /// `key`'s object as its member store holds it, when that store is synced and holds it at
+    /// least as new as gitopsd's last write; `None` when it must be read from the server
+    /// (not stored yet, or the store lags the write).
+    pub(super) fn fresh_member(&self, key: &ResourceKey) -> Option<Value> {
+        let store = self.member_store(key)?;
+        if !store.state().synced {
+            return None;
+        }
+        let body = store.get(key.namespace.as_deref(), &key.name).ok()??;
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        match written {
+            None => Some(body),
+            Some(written) => {
+                let stored = body
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)?;
+                at_least(stored, &written).then_some(body)
+            }
+        }
+    }
+
+    /// Lets go of pod watches (a pass starts: the rollout that needed them is over).
+    pub(super) fn release_pods(&self) {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -62,9 +140,10 @@ pub struct CacheTypeStatus {
 }
 
 impl CacheView {
-    /// The parents' store, then those of the types the environment last listed.
+    /// The parents' store, then those of the types the environment last listed, then those
+    /// of the pods it waits for.
     pub fn types(&self) -> Vec<CacheTypeStatus> {
-        let types: Vec<Arc<TypeWatch>> = self
+        let mut types: Vec<Arc<TypeWatch>> = self
             .0
             .types
             .lock()
@@ -72,6 +151,14 @@ impl CacheView {
             .values()
             .cloned()
             .collect();
+        types.extend(
+            self.0
+                .pods
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned(),
+        );
         std::iter::once(&self.0.parents)
             .chain(&types)
             .map(|watch| {
@@ -84,6 +171,19 @@ impl CacheView {
                 }
             })
             .collect()
+    }
+}
+
+/// How long a readiness poll waits for a new pod watch's first list before it LISTs.
+pub(super) const POD_SYNC_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether resourceVersion `stored` is `written` or later. Versions are opaque to clients,
+/// but every API server built on etcd hands out its revision; one that does not parse is
+/// treated as older, so the object is read from the server.
+fn at_least(stored: &str, written: &str) -> bool {
+    match (stored.parse::<u64>(), written.parse::<u64>()) {
+        (Ok(stored), Ok(written)) => stored >= written,
+        _ => stored == written,
     }
 }
 
@@ -110,9 +210,17 @@ impl KubernetesTarget {
         watched: &Watched,
         types: &[(&KindRef, Resolved)],
     ) -> Result<Vec<Object>, TargetError> {
+        let namespaces = watched.namespaces.as_deref();
         let watches: Vec<(&KindRef, Arc<TypeWatch>)> = types
             .iter()
-            .map(|(kind, resolved)| (*kind, watched.cache.members_of(&resolved.resource)))
+            .flat_map(|(kind, resolved)| {
+                let namespaced = resolved.namespaced;
+                watched
+                    .cache
+                    .members_of(&resolved.resource, namespaces, namespaced)
+                    .into_iter()
+                    .map(move |watch| (*kind, watch))
+            })
             .collect();
         // Held from now on; those the last pass held and this one does not are let go.
         *watched.types.lock().unwrap_or_else(|p| p.into_inner()) = watches
@@ -135,16 +243,49 @@ impl KubernetesTarget {
             return Err(syncing(&unsynced));
         }
         let mut objects = Vec::new();
-        for (kind, watch) in &watches {
+        let mut of_type = Vec::new();
+        for (at, (kind, watch)) in watches.iter().enumerate() {
             let bodies = watch
                 .members(&self.id)
                 .map_err(|error| unreadable(watch.name(), &error))?;
-            let mut of_type = Vec::new();
             self.take_page(kind, bodies, &mut of_type)?;
-            of_type.sort_by(|a, b| a.key.cmp(&b.key));
-            objects.extend(of_type);
+            // A type watched per namespace is one type: its objects sort together.
+            let type_ends = watches.get(at + 1).is_none_or(|(next, _)| next != kind);
+            if type_ends {
+                of_type.sort_by(|a, b| a.key.cmp(&b.key));
+                objects.append(&mut of_type);
+            }
         }
         Ok(objects)
+    }
+
+    /// Holds the watches of `group_kinds` from now on (what the environment owns once a pass
+    /// settles), so another writer's change to what was just applied wakes it before the
+    /// next poll; those of types it no longer owns are let go.
+    pub(super) async fn hold_watches_of(
+        &self,
+        watched: &Watched,
+        group_kinds: &BTreeSet<GroupKind>,
+    ) {
+        let mut held = BTreeMap::new();
+        for group_kind in group_kinds {
+            // A type the server does not serve (any more) has nothing to watch.
+            let Ok(kind) = self.resolve_group_kind(group_kind).await else {
+                continue;
+            };
+            let Ok(resolved) = self.resolve(&kind, false).await else {
+                continue;
+            };
+            let namespaces = watched.namespaces.as_deref();
+            for watch in
+                watched
+                    .cache
+                    .members_of(&resolved.resource, namespaces, resolved.namespaced)
+            {
+                held.insert(watch.name().to_string(), watch);
+            }
+        }
+        *watched.types.lock().unwrap_or_else(|p| p.into_inner()) = held;
     }
 
     /// The parent as the parents' store holds it.
@@ -157,8 +298,23 @@ impl KubernetesTarget {
         }
         let body = watched
             .parents
-            .get(&self.parent.namespace, &self.parent.name)
+            .get(Some(&self.parent.namespace), &self.parent.name)
             .map_err(|error| unreadable(&self.parent.to_string(), &error))?;
         Ok(body.map(|body| ParentState::from_body(&body)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::at_least;
+
+    #[test]
+    fn a_store_is_read_only_once_it_holds_the_last_write() {
+        assert!(at_least("120", "120"), "the write itself");
+        assert!(at_least("121", "120"), "a status update after it");
+        assert!(!at_least("99", "120"), "numbers, not text");
+        assert!(!at_least("119", "120"), "the object before the write");
+        assert!(!at_least("x1", "x2"), "opaque versions are read again");
+        assert!(at_least("x1", "x1"));
     }
 }

@@ -130,15 +130,27 @@ impl Target for KubernetesTarget {
     async fn list(&self, kinds: &BTreeSet<KindRef>) -> Result<Vec<Object>, TargetError> {
         // What this target last wrote: a watch cache may not show it yet.
         let written = match &self.watched {
-            Some(_) => self.lock_parent().live.clone().flatten(),
+            Some(watched) => {
+                watched.release_pods();
+                self.lock_parent().live.clone().flatten()
+            }
             None => None,
         };
         // A pass starts from the parent as it is now: another writer may have changed it.
         let parent = self.read_parent().await?;
         self.check_holder(parent.as_ref())?;
+        let recorded: BTreeSet<&GroupKind> = parent
+            .iter()
+            .chain(&written)
+            .flat_map(|parent| &parent.group_kinds)
+            .collect();
         let mut types: BTreeSet<KindRef> = kinds.clone();
-        let recorded = parent.iter().chain(&written);
-        for group_kind in recorded.flat_map(|parent| &parent.group_kinds) {
+        if self.watched.is_some() {
+            // A member's type is recorded before it is applied, and the watches select members
+            // by label: a type no longer recorded holds none, and stops being watched.
+            types.retain(|kind| recorded.contains(&GroupKind::of(kind)));
+        }
+        for group_kind in recorded {
             if types.iter().any(|kind| GroupKind::of(kind) == *group_kind) {
                 continue;
             }
@@ -219,7 +231,7 @@ impl Target for KubernetesTarget {
         let api = self.api(&resolved, key.namespace.as_deref());
         let patch = Patch::Apply(&object);
         let gentle = PatchParams::apply(&self.field_manager);
-        match self.call(|| api.patch(&key.name, &gentle, &patch)).await {
+        let applied = match self.call(|| api.patch(&key.name, &gentle, &patch)).await {
             Err(failure) if failure.is(409) => {
                 // Never take fields from another environment; others only when allowed.
                 if let Some(other) =
@@ -238,7 +250,7 @@ impl Target for KubernetesTarget {
                     let forced = gentle.clone().force();
                     self.call(|| api.patch(&key.name, &forced, &patch))
                         .await
-                        .map_err(|failure| answer_error("apply", key, failure))?;
+                        .map_err(|failure| answer_error("apply", key, failure))?
                 } else {
                     return Err(classed_error(
                         "apply",
@@ -252,7 +264,10 @@ impl Target for KubernetesTarget {
                 }
             }
             Err(failure) => return Err(answer_error("apply", key, failure)),
-            Ok(_) => {}
+            Ok(applied) => applied,
+        };
+        if let Some(watched) = &self.watched {
+            watched.wrote(key, applied.metadata.resource_version);
         }
         if key.group == "apiextensions.k8s.io" && key.kind == "CustomResourceDefinition" {
             self.await_established(key, &api).await?;
@@ -348,17 +363,23 @@ impl Target for KubernetesTarget {
                 .resolve_key(key)
                 .await
                 .map_err(|e| object_error("read", key, e.to_string()))?;
-            let api = self.api(&resolved, key.namespace.as_deref());
-            let live = self
-                .call(|| api.get_opt(&key.name))
-                .await
-                .map_err(|failure| answer_error("read", key, failure))?;
-            let Some(live) = live else {
-                readiness.waiting.push(format!("{key}: not found"));
-                continue;
+            let cached = self.watched.as_ref().and_then(|w| w.fresh_member(key));
+            let body = match cached {
+                Some(body) => body,
+                None => {
+                    let api = self.api(&resolved, key.namespace.as_deref());
+                    let live = self
+                        .call(|| api.get_opt(&key.name))
+                        .await
+                        .map_err(|failure| answer_error("read", key, failure))?;
+                    let Some(live) = live else {
+                        readiness.waiting.push(format!("{key}: not found"));
+                        continue;
+                    };
+                    serde_json::to_value(&live)
+                        .map_err(|e| object_error("read", key, e.to_string()))?
+                }
             };
-            let body = serde_json::to_value(&live)
-                .map_err(|e| object_error("read", key, e.to_string()))?;
             if let Some(stuck) = readiness::stuck(&key.group, &key.kind, &body) {
                 readiness.failed.push(FailedObject {
                     cause: stuck.cause,
@@ -370,7 +391,7 @@ impl Target for KubernetesTarget {
             else {
                 continue;
             };
-            // Only a workload still waiting has its pods looked at: one LIST per poll.
+            // Only a workload still waiting has its pods looked at.
             if let Some(stuck) = self.broken_pods(key, &body, max_restarts).await? {
                 readiness.failed.push(FailedObject {
                     cause: stuck.cause,
@@ -549,11 +570,27 @@ impl Target for KubernetesTarget {
     }
 
     async fn settle(&self, keys: &[ResourceKey]) -> Result<(), TargetError> {
+        let record = record_of(keys);
+        self.record_settled(keys, &record).await?;
+        if let Some(watched) = &self.watched {
+            self.hold_watches_of(watched, &record.group_kinds).await;
+        }
+        Ok(())
+    }
+}
+
+impl KubernetesTarget {
+    /// Makes the parent record exactly `record`, what `keys` need (deleting it when nothing
+    /// is owned).
+    async fn record_settled(
+        &self,
+        keys: &[ResourceKey],
+        record: &Record,
+    ) -> Result<(), TargetError> {
         let _writing = self.parent_writes.lock().await;
         let parent = self.parent_state().await?;
         self.check_holder(parent.as_ref())?;
         self.lock_parent().announced = Record::default();
-        let record = record_of(keys);
         self.forget_legacy_manager(keys).await;
         if record.group_kinds.is_empty() {
             // Nothing owned is left: the parent goes too (its namespace may be going).
@@ -565,7 +602,7 @@ impl Target for KubernetesTarget {
         {
             return Ok(());
         }
-        self.write_parent(&record).await
+        self.write_parent(record).await
     }
 }
 

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::KubernetesTarget;
 use super::answers::{answer_error, object_error};
+use super::live::POD_SYNC_WAIT;
 use crate::backend::TargetError;
 use crate::model::ResourceKey;
 use crate::readiness::{self, Verdict, readiness};
@@ -53,10 +54,21 @@ impl KubernetesTarget {
         }
     }
 
+    /// The pods `selector` picks in `namespace` from the daemon's watch of them, started on
+    /// first need and held while the rollout waits; `None` where there is no watch cache or
+    /// the watch has not listed yet (the caller LISTs).
+    async fn watched_pods(&self, namespace: &str, selector: &str) -> Option<Vec<Value>> {
+        let watch = self.watched.as_ref()?.pods_of(namespace, selector);
+        if !watch.synced_within(POD_SYNC_WAIT).await {
+            return None;
+        }
+        watch.all().ok()
+    }
+
     /// The first broken pod running a workload's newest template (Deployments, StatefulSets
-    /// and DaemonSets): one LIST of its pods by selector, and when one is broken, for a
-    /// Deployment one LIST of its ReplicaSets (for a DaemonSet, of its ControllerRevisions) to
-    /// tell the new template's pods from the old.
+    /// and DaemonSets): its pods by selector (from the watch cache in the daemon, else one
+    /// LIST), and when one is broken, for a Deployment one LIST of its ReplicaSets (for a
+    /// DaemonSet, of its ControllerRevisions) to tell the new template's pods from the old.
     pub(super) async fn broken_pods(
         &self,
         key: &ResourceKey,
@@ -75,17 +87,25 @@ impl KubernetesTarget {
             return Ok(None);
         };
         let namespace = key.namespace.as_deref().unwrap_or("default");
-        let pods: Api<k8s_openapi::api::core::v1::Pod> =
-            Api::namespaced(self.client.clone(), namespace);
         let params = ListParams::default().labels(&selector);
-        let listed = self
-            .call(|| pods.list(&params))
-            .await
-            .map_err(|failure| answer_error("read pods of", key, failure))?;
-        let broken: Vec<(Value, readiness::Stuck)> = listed
-            .items
-            .iter()
-            .filter_map(|pod| serde_json::to_value(pod).ok())
+        let pods = match self.watched_pods(namespace, &selector).await {
+            Some(pods) => pods,
+            None => {
+                let pods: Api<k8s_openapi::api::core::v1::Pod> =
+                    Api::namespaced(self.client.clone(), namespace);
+                let listed = self
+                    .call(|| pods.list(&params))
+                    .await
+                    .map_err(|failure| answer_error("read pods of", key, failure))?;
+                listed
+                    .items
+                    .iter()
+                    .filter_map(|pod| serde_json::to_value(pod).ok())
+                    .collect()
+            }
+        };
+        let broken: Vec<(Value, readiness::Stuck)> = pods
+            .into_iter()
             .filter_map(|pod| readiness::broken_pod(&pod, max_restarts).map(|s| (pod, s)))
             .collect();
         if broken.is_empty() {
