@@ -409,8 +409,23 @@ fn strip_event(event: &mut watcher::Event<DynamicObject>) {
     match event {
         watcher::Event::Apply(object)
         | watcher::Event::Delete(object)
-        | watcher::Event::InitApply(object) => strip_foreign_managers(object),
+        | watcher::Event::InitApply(object) => {
+            strip_foreign_managers(object);
+            strip_last_applied(object);
+        }
         watcher::Event::Init | watcher::Event::InitDone => {}
+    }
+}
+
+/// `kubectl apply`'s copy of the whole object, often its largest field: no decision reads it.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+fn strip_last_applied(object: &mut DynamicObject) {
+    if let Some(annotations) = object.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            object.metadata.annotations = None;
+        }
     }
 }
 
@@ -470,6 +485,28 @@ mod tests {
         state.after(Phase::Listed);
         assert!(state.synced);
         assert_eq!(state.restarts, 3);
+    }
+
+    #[test]
+    fn kubectls_copy_of_the_object_is_not_kept() {
+        let mut object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "annotations": {
+                LAST_APPLIED: "{\"apiVersion\":\"v1\"}", "team": "web"}}
+        }))
+        .expect("an object");
+        strip_last_applied(&mut object);
+        assert_eq!(
+            object.metadata.annotations,
+            Some([("team".to_string(), "web".to_string())].into())
+        );
+        let mut only: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "b", "annotations": {LAST_APPLIED: "{}"}}
+        }))
+        .expect("an object");
+        strip_last_applied(&mut only);
+        assert_eq!(only.metadata.annotations, None);
     }
 
     #[test]
