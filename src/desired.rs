@@ -4,7 +4,9 @@
 use thiserror::Error;
 
 use crate::backend::{Target, TargetError};
+use crate::backend::TargetConfig;
 use crate::config::EnvironmentConfig;
+use crate::hooks::{self, ObjectHook};
 use crate::manifest::{self, ManifestErrors, ParseOptions, Scopes};
 use crate::model::Revision;
 use crate::plan::Desired;
@@ -123,6 +125,20 @@ fn complete_located(
             })
         })
         .collect();
+    let hook_problems = located.iter().filter_map(|(object, at)| {
+        let message = match hooks::object_hook(&object.key, &object.body) {
+            Err(problem) => problem,
+            Ok(Some(_)) if matches!(environment.target, TargetConfig::Directory { .. }) => {
+                "objects annotated gitopsd.io/hook run on a kubernetes target; a directory target cannot run them (use [[environment.hook]] commands)".into()
+            }
+            Ok(_) => return None,
+        };
+        Some(manifest::Problem {
+            message,
+            ..at.clone()
+        })
+    });
+    let refused: Vec<manifest::Problem> = refused.into_iter().chain(hook_problems).collect();
     if !refused.is_empty() {
         return Err(DesiredError::Manifests(ManifestErrors(refused)));
     }
@@ -132,25 +148,43 @@ fn complete_located(
         .collect())
 }
 
+/// The revision's objects and, apart, its hooks (objects annotated `gitopsd.io/hook`, which
+/// are never applied with the rest).
 fn complete(
     documents: manifest::Documents,
     environment: &EnvironmentConfig,
     scopes: &Scopes,
-) -> Result<Vec<Desired>, DesiredError> {
-    Ok(complete_located(documents, environment, scopes)?
-        .into_iter()
-        .map(|(desired, _)| desired)
-        .collect())
+) -> Result<(Vec<Desired>, Vec<ObjectHook>), DesiredError> {
+    let mut objects = Vec::new();
+    let mut hooks = Vec::new();
+    for (desired, _) in complete_located(documents, environment, scopes)? {
+        match hooks::object_hook(&desired.key, &desired.body) {
+            Ok(Some(hook)) => hooks.push(hook),
+            // Checked by `complete_located`.
+            Ok(None) | Err(_) => objects.push(desired),
+        }
+    }
+    Ok((objects, hooks))
 }
 
 /// Reads and validates an environment's desired objects at `revision`, with the scope of each
-/// type as `target` knows it (discovery, for Kubernetes).
+/// type as `target` knows it (discovery, for Kubernetes); its hook objects are left out.
 pub async fn load_desired<T: Target>(
     source: &GitSource,
     environment: &EnvironmentConfig,
     revision: &Revision,
     target: &T,
 ) -> Result<Vec<Desired>, DesiredError> {
+    Ok(load_with_hooks(source, environment, revision, target).await?.0)
+}
+
+/// Like [`load_desired`], with the revision's hook objects apart.
+pub async fn load_with_hooks<T: Target>(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+    target: &T,
+) -> Result<(Vec<Desired>, Vec<ObjectHook>), DesiredError> {
     let (documents, scopes) = documents_and_scopes(source, environment, revision, target).await?;
     complete(documents, environment, &scopes)
 }
@@ -194,6 +228,15 @@ pub async fn load_desired_offline(
     environment: &EnvironmentConfig,
     revision: &Revision,
 ) -> Result<Vec<Desired>, DesiredError> {
+    Ok(load_offline_with_hooks(source, environment, revision).await?.0)
+}
+
+/// Like [`load_desired_offline`], with the revision's hook objects apart.
+pub async fn load_offline_with_hooks(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+) -> Result<(Vec<Desired>, Vec<ObjectHook>), DesiredError> {
     // Offline reads are commands comparing revisions, which share most files.
     let documents = read_documents(
         source,

@@ -295,6 +295,13 @@ pub fn run_name(name: &str, revision: &Revision) -> String {
     format!("{}-{short}", stem.trim_end_matches(['-', '.']))
 }
 
+/// The value of the label naming a hook on its runs: its name, cut to a label value's 63
+/// characters.
+pub fn hook_label(name: &str) -> String {
+    let cut: String = name.chars().take(63).collect();
+    cut.trim_end_matches(['-', '.', '_']).to_string()
+}
+
 /// The key and body a hook object runs under for `revision` in `environment`: renamed (see
 /// [`run_name`]) and marked as gitopsd's hook (managed-by, environment, the hook's own name,
 /// the revision). It is not a member of the environment's applyset, so no prune ever sees it.
@@ -310,7 +317,7 @@ pub fn run_object(hook: &ObjectHook, environment: &str, revision: &Revision) -> 
         if let Some(labels) = labels.as_object_mut() {
             labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
             labels.insert(LABEL_ENVIRONMENT.into(), environment.into());
-            labels.insert(LABEL_HOOK.into(), hook.key.name.clone().into());
+            labels.insert(LABEL_HOOK.into(), hook_label(&hook.key.name).into());
         }
         let annotations = metadata
             .entry("annotations")

@@ -44,6 +44,14 @@ pub struct Notification {
     /// The revision a revert returned to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// For hook events: the hook (`command <name>` or the object) and when it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// For a finished hook: how long it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
     /// A one-line summary; Slack's incoming webhooks show this field.
     pub text: String,
 }
@@ -63,6 +71,9 @@ impl Notification {
             reason: None,
             cause: None,
             to: None,
+            hook: None,
+            when: None,
+            duration_ms: None,
             text: format!("gitopsd {environment}: {text}"),
         };
         match event {
@@ -120,9 +131,55 @@ impl Notification {
                 to: Some(to.0.clone()),
                 ..base("reverted", format!("{short} reverted to {}", to.short()))
             }),
+            Event::HookStarted { .. } | Event::HookSucceeded { .. } | Event::HookFailed { .. } => {
+                hook_notification(event, short, base)
+            }
             _ => None,
         }
     }
+}
+
+/// The notification of a hook run.
+fn hook_notification(
+    event: &Event,
+    short: &str,
+    base: impl Fn(&str, String) -> Notification,
+) -> Option<Notification> {
+    let (name, when, hook, duration_ms, reason) = match event {
+        Event::HookStarted { when, hook, .. } => ("hook_started", when, hook, None, None),
+        Event::HookSucceeded {
+            when,
+            hook,
+            duration_ms,
+            ..
+        } => ("hook_succeeded", when, hook, Some(*duration_ms), None),
+        Event::HookFailed {
+            when,
+            hook,
+            duration_ms,
+            message,
+            ..
+        } => (
+            "hook_failed",
+            when,
+            hook,
+            Some(*duration_ms),
+            Some(message.clone()),
+        ),
+        _ => return None,
+    };
+    let outcome = match (name, &reason) {
+        ("hook_started", _) => "started".to_string(),
+        (_, Some(reason)) => format!("failed: {reason}"),
+        _ => "succeeded".to_string(),
+    };
+    Some(Notification {
+        hook: Some(hook.clone()),
+        when: Some(when.clone()),
+        duration_ms,
+        reason,
+        ..base(name, format!("{short} {when} hook {hook} {outcome}"))
+    })
 }
 
 /// The notification of a blue/green phase.

@@ -8,7 +8,9 @@ use super::error::ReconcileError;
 use super::writes::{Write, confirm_drift, plan_writes};
 use crate::backend::Target;
 use crate::canary::CANARY_SUFFIX;
-use crate::desired::load_desired;
+use super::hooks::HookSet;
+use crate::desired::load_with_hooks;
+use crate::hooks::{self, When};
 use crate::history::RevertInFlight;
 use crate::journal::Event;
 use crate::labels::ANNOTATION_REVISION;
@@ -38,11 +40,25 @@ impl<T: Target> EnvironmentRun<'_, T> {
             to: revert.to.clone(),
             message,
         };
-        let desired =
-            match load_desired(self.source, self.fx.config, &revert.to, self.fx.target).await {
-                Ok(desired) => desired,
+        let (desired, healthy_hooks) =
+            match load_with_hooks(self.source, self.fx.config, &revert.to, self.fx.target).await {
+                Ok(loaded) => loaded,
                 Err(error) => return Err(revert_error(error.to_string())),
             };
+        if revert.failed {
+            // Migrations go forward only: of the healthy revision's pre-rollout hooks, only
+            // those marked to run on a revert do.
+            let set = HookSet::new(&[], Vec::new(), self.source.state_dir());
+            let again = hooks::on_revert(&self.fx.config.hooks, &healthy_hooks);
+            let previous = Some(&revert.revision);
+            if let Some(failure) = self
+                .fx
+                .run_hooks(&again, &set.run(&revert.to, previous))
+                .await?
+            {
+                tracing::error!(env = %self.fx.config.name, hook = %failure.hook, message = %failure.message, "a pre-rollout hook marked to run on a revert failed; reverting anyway");
+            }
+        }
         let live = self.live(&desired, &revert.to).await?;
         let mut plan = plan::plan(&desired, &live, true, self.compare());
         confirm_drift(
@@ -77,6 +93,9 @@ impl<T: Target> EnvironmentRun<'_, T> {
             plan.orphaned.clone()
         };
         self.fx.settle(&desired, &kept).await?;
+        if revert.failed {
+            self.on_failure(revert).await?;
+        }
         self.fx.journal(Event::Reverted {
             revision: revert.revision.clone(),
             to: revert.to.clone(),
@@ -84,6 +103,33 @@ impl<T: Target> EnvironmentRun<'_, T> {
         tracing::warn!(env = %self.fx.config.name, revision = %revert.revision.short(), to = %revert.to.short(), "reverted");
         if revert.failed && self.fx.config.rollout.revert_commit {
             self.push_revert_commit(revert).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the failed revision's on-failure hooks (the environment's commands and its hook
+    /// objects), once the revert's writes are done and before it is journaled finished, so a
+    /// restart in the middle of one runs what is left. Their failure is journaled; the revert
+    /// stands.
+    async fn on_failure(&mut self, revert: &RevertInFlight) -> Result<(), ReconcileError> {
+        let objects = match load_with_hooks(
+            self.source,
+            self.fx.config,
+            &revert.revision,
+            self.fx.target,
+        )
+        .await
+        {
+            Ok((_, objects)) => objects,
+            Err(error) => {
+                tracing::warn!(env = %self.fx.config.name, revision = %revert.revision.short(), %error, "cannot read the failed revision's hook objects; running the configured on-failure commands only");
+                Vec::new()
+            }
+        };
+        let set = HookSet::new(&self.fx.config.hooks, objects, self.source.state_dir());
+        let run = set.run(&revert.revision, Some(&revert.to));
+        if let Some(failure) = self.fx.run_hooks(&set.ordered(When::OnFailure), &run).await? {
+            tracing::error!(env = %self.fx.config.name, hook = %failure.hook, message = %failure.message, "on-failure hook failed; the revert stands");
         }
         Ok(())
     }
