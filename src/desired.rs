@@ -3,8 +3,8 @@
 
 use thiserror::Error;
 
-use crate::backend::{Target, TargetError};
 use crate::backend::TargetConfig;
+use crate::backend::{Target, TargetError};
 use crate::config::EnvironmentConfig;
 use crate::hooks::{self, ObjectHook};
 use crate::manifest::{self, ManifestErrors, ParseOptions, Scopes};
@@ -175,7 +175,9 @@ pub async fn load_desired<T: Target>(
     revision: &Revision,
     target: &T,
 ) -> Result<Vec<Desired>, DesiredError> {
-    Ok(load_with_hooks(source, environment, revision, target).await?.0)
+    Ok(load_with_hooks(source, environment, revision, target)
+        .await?
+        .0)
 }
 
 /// Like [`load_desired`], with the revision's hook objects apart.
@@ -228,7 +230,9 @@ pub async fn load_desired_offline(
     environment: &EnvironmentConfig,
     revision: &Revision,
 ) -> Result<Vec<Desired>, DesiredError> {
-    Ok(load_offline_with_hooks(source, environment, revision).await?.0)
+    Ok(load_offline_with_hooks(source, environment, revision)
+        .await?
+        .0)
 }
 
 /// Like [`load_desired_offline`], with the revision's hook objects apart.

@@ -338,7 +338,14 @@ impl History {
                 when,
                 hook,
                 duration_ms,
-            } => (revision, when, hook, HookState::Succeeded, Some(*duration_ms), None),
+            } => (
+                revision,
+                when,
+                hook,
+                HookState::Succeeded,
+                Some(*duration_ms),
+                None,
+            ),
             Event::HookFailed {
                 revision,
                 when,

@@ -181,9 +181,10 @@ pub fn object_hook(key: &ResourceKey, body: &Value) -> Result<Option<ObjectHook>
     })?;
     let weight = match annotation(ANNOTATION_HOOK_WEIGHT) {
         None => 0,
-        Some(weight) => weight.trim().parse::<i64>().map_err(|_| {
-            format!("{ANNOTATION_HOOK_WEIGHT}: {weight:?} is not an integer")
-        })?,
+        Some(weight) => weight
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| format!("{ANNOTATION_HOOK_WEIGHT}: {weight:?} is not an integer"))?,
     };
     let delete_policy = match annotation(ANNOTATION_HOOK_DELETE_POLICY) {
         None => DeletePolicy::default(),
@@ -226,12 +227,13 @@ pub fn ordered(commands: &[CommandHook], objects: &[ObjectHook], when: When) -> 
         .collect();
     let mut objects: Vec<&ObjectHook> = objects.iter().filter(|hook| hook.when == when).collect();
     objects.sort_by(|a, b| a.key.cmp(&b.key));
-    hooks.extend(
-        objects
-            .into_iter()
-            .enumerate()
-            .map(|(index, hook)| (hook.weight, commands.len() + index, Hook::Object(hook.clone()))),
-    );
+    hooks.extend(objects.into_iter().enumerate().map(|(index, hook)| {
+        (
+            hook.weight,
+            commands.len() + index,
+            Hook::Object(hook.clone()),
+        )
+    }));
     hooks.sort_by_key(|(weight, index, _)| (*weight, *index));
     hooks.into_iter().map(|(_, _, hook)| hook).collect()
 }
@@ -305,7 +307,11 @@ pub fn hook_label(name: &str) -> String {
 /// The key and body a hook object runs under for `revision` in `environment`: renamed (see
 /// [`run_name`]) and marked as gitopsd's hook (managed-by, environment, the hook's own name,
 /// the revision). It is not a member of the environment's applyset, so no prune ever sees it.
-pub fn run_object(hook: &ObjectHook, environment: &str, revision: &Revision) -> (ResourceKey, Value) {
+pub fn run_object(
+    hook: &ObjectHook,
+    environment: &str,
+    revision: &Revision,
+) -> (ResourceKey, Value) {
     let mut key = hook.key.clone();
     key.name = run_name(&hook.key.name, revision);
     let mut body = hook.body.clone();
@@ -424,7 +430,10 @@ mod tests {
             (0, DeletePolicy::BeforeCreation, false)
         );
         for (annotations, expected) in [
-            (json!({"gitopsd.io/hook": "PreSync"}), "gitopsd.io/hook: \"PreSync\" is not one of"),
+            (
+                json!({"gitopsd.io/hook": "PreSync"}),
+                "gitopsd.io/hook: \"PreSync\" is not one of",
+            ),
             (
                 json!({"gitopsd.io/hook": "pre-rollout", "gitopsd.io/hook-weight": "first"}),
                 "gitopsd.io/hook-weight: \"first\" is not an integer",
@@ -452,9 +461,18 @@ mod tests {
             command("late", When::PreRollout, 10),
         ];
         let objects = [
-            object("migrate-b", json!({"gitopsd.io/hook": "pre-rollout", "gitopsd.io/hook-weight": "1"})),
-            object("migrate-a", json!({"gitopsd.io/hook": "pre-rollout", "gitopsd.io/hook-weight": "1"})),
-            object("schema", json!({"gitopsd.io/hook": "pre-rollout", "gitopsd.io/hook-weight": "-1"})),
+            object(
+                "migrate-b",
+                json!({"gitopsd.io/hook": "pre-rollout", "gitopsd.io/hook-weight": "1"}),
+            ),
+            object(
+                "migrate-a",
+                json!({"gitopsd.io/hook": "pre-rollout", "gitopsd.io/hook-weight": "1"}),
+            ),
+            object(
+                "schema",
+                json!({"gitopsd.io/hook": "pre-rollout", "gitopsd.io/hook-weight": "-1"}),
+            ),
             object("cleanup", json!({"gitopsd.io/hook": "on-failure"})),
         ];
         let names: Vec<String> = ordered(&commands, &objects, When::PreRollout)
@@ -490,7 +508,10 @@ mod tests {
                 json!({"gitopsd.io/hook": "pre-rollout", "gitopsd.io/hook-on-revert": "true"}),
             ),
         ];
-        let names: Vec<String> = on_revert(&commands, &objects).iter().map(Hook::name).collect();
+        let names: Vec<String> = on_revert(&commands, &objects)
+            .iter()
+            .map(Hook::name)
+            .collect();
         assert_eq!(names, ["command reseed", "Job.batch shop/cache-flush"]);
     }
 
@@ -515,9 +536,19 @@ mod tests {
         assert_eq!(body["metadata"]["name"], "migrate-01234567");
         assert_eq!(body["metadata"]["labels"]["gitopsd.io/hook"], "migrate");
         assert_eq!(body["metadata"]["labels"]["gitopsd.io/environment"], "prod");
-        assert_eq!(body["metadata"]["labels"]["app.kubernetes.io/managed-by"], "gitopsd");
-        assert!(body["metadata"]["labels"].get("applyset.kubernetes.io/part-of").is_none());
-        assert_eq!(body["metadata"]["annotations"]["gitopsd.io/revision"], revision().0);
+        assert_eq!(
+            body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "gitopsd"
+        );
+        assert!(
+            body["metadata"]["labels"]
+                .get("applyset.kubernetes.io/part-of")
+                .is_none()
+        );
+        assert_eq!(
+            body["metadata"]["annotations"]["gitopsd.io/revision"],
+            revision().0
+        );
         let long = run_name(&"x".repeat(80), &revision());
         assert_eq!(long.len(), 63);
         assert!(long.ends_with("-01234567"));

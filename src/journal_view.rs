@@ -51,7 +51,9 @@ fn write_details(event: &Event, out: &mut dyn Write) -> io::Result<()> {
         | Event::RevertCommitted { .. }
         | Event::Pinned { .. } => write_revert_details(event, out),
         Event::SwitchedBack { reason, .. } => writeln!(out, "      {reason}"),
-        Event::HookStarted { when, hook, run, .. } => match run {
+        Event::HookStarted {
+            when, hook, run, ..
+        } => match run {
             Some(run) => writeln!(out, "      {when}: {hook} as {run}"),
             None => writeln!(out, "      {when}: {hook}"),
         },

@@ -551,7 +551,11 @@ mod tests {
         let mut rollout = Rollout::new(vec![50, 100], timing());
         rollout.observe(Observation::Applied, at(0));
         let before = rollout.phase().clone();
-        assert_eq!(rollout.observe(hook_failed(), at(1)).0, None, "not before the promotion");
+        assert_eq!(
+            rollout.observe(hook_failed(), at(1)).0,
+            None,
+            "not before the promotion"
+        );
         assert_eq!(rollout.phase(), &before);
         let mut rollout = Rollout::new(vec![100], timing());
         rollout.observe(Observation::Applied, at(0));

@@ -334,9 +334,7 @@ impl Target for AnyTarget {
     ) -> Result<(), TargetError> {
         match self {
             AnyTarget::Directory(target) => target.delete_hook_runs(key, hook, only_this).await,
-            AnyTarget::Kubernetes(target) => {
-                target.delete_hook_runs(key, hook, only_this).await
-            }
+            AnyTarget::Kubernetes(target) => target.delete_hook_runs(key, hook, only_this).await,
         }
     }
 

@@ -75,7 +75,9 @@ impl Checker {
             if parsed.is_none() {
                 read.problem(
                     "when",
-                    format!("{when:?} is not one of \"pre-rollout\", \"post-promotion\", \"on-failure\""),
+                    format!(
+                        "{when:?} is not one of \"pre-rollout\", \"post-promotion\", \"on-failure\""
+                    ),
                 );
             }
             parsed

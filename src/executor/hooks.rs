@@ -46,7 +46,11 @@ impl HookSet {
     }
 
     /// What a hook run of `revision` needs.
-    pub fn run<'h>(&'h self, revision: &'h Revision, previous: Option<&'h Revision>) -> HookRun<'h> {
+    pub fn run<'h>(
+        &'h self,
+        revision: &'h Revision,
+        previous: Option<&'h Revision>,
+    ) -> HookRun<'h> {
         HookRun {
             revision,
             previous,

@@ -20,10 +20,9 @@ pub use writes::change_records;
 use crate::backend::Target;
 use crate::canary::{self, RolloutSpec};
 use crate::desired::{DesiredError, empty_revision_problem, load_with_hooks};
-use crate::hooks::{ObjectHook, When};
-use hooks::HookSet;
 use crate::gates::Gates;
 use crate::history::{History, NextStep, Resume, RevertInFlight};
+use crate::hooks::{ObjectHook, When};
 use crate::journal::{Event, JournalError};
 use crate::model::{Action, KindRef, Object, ResourceKey, Revision};
 use crate::plan::{self, Compare, Desired, Plan};
@@ -31,6 +30,7 @@ use crate::preview;
 use crate::rollout::Strategy;
 use crate::source::GitSource;
 use blue_green::BlueGreenDriver;
+use hooks::HookSet;
 use writes::{confirm_drift, plan_writes};
 
 /// One environment's pass: what it acts through, and where its revisions come from.
@@ -366,11 +366,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
     ) -> Result<Outcome, ReconcileError> {
         let (desired, live, plan, hook_objects) = self.plan_for(revision).await?;
         let before = self.before(previous.as_ref()).await;
-        let hook_set = HookSet::new(
-            &self.fx.config.hooks,
-            hook_objects,
-            self.source.state_dir(),
-        );
+        let hook_set = HookSet::new(&self.fx.config.hooks, hook_objects, self.source.state_dir());
         let hooks_changed = hook_set.objects != before.1;
         if plan.is_empty() && !hooks_changed && resume.is_none() {
             // Nothing to roll out (e.g. a commit outside this environment's folder).
@@ -396,7 +392,12 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 "pre-rollout hook {} failed: {}",
                 failure.hook, failure.message
             );
-            driver::journal_failure(&mut self.fx, revision, &reason, crate::rollout::cause::HOOK_FAILED)?;
+            driver::journal_failure(
+                &mut self.fx,
+                revision,
+                &reason,
+                crate::rollout::cause::HOOK_FAILED,
+            )?;
             return Err(ReconcileError::HookFailed {
                 revision: revision.clone(),
                 reason,

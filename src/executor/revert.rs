@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 
 use super::EnvironmentRun;
 use super::error::ReconcileError;
+use super::hooks::HookSet;
 use super::writes::{Write, confirm_drift, plan_writes};
 use crate::backend::Target;
 use crate::canary::CANARY_SUFFIX;
-use super::hooks::HookSet;
 use crate::desired::load_with_hooks;
-use crate::hooks::{self, When};
 use crate::history::RevertInFlight;
+use crate::hooks::{self, When};
 use crate::journal::Event;
 use crate::labels::ANNOTATION_REVISION;
 use crate::model::{Object, ResourceKey, Revision};
@@ -128,7 +128,11 @@ impl<T: Target> EnvironmentRun<'_, T> {
         };
         let set = HookSet::new(&self.fx.config.hooks, objects, self.source.state_dir());
         let run = set.run(&revert.revision, Some(&revert.to));
-        if let Some(failure) = self.fx.run_hooks(&set.ordered(When::OnFailure), &run).await? {
+        if let Some(failure) = self
+            .fx
+            .run_hooks(&set.ordered(When::OnFailure), &run)
+            .await?
+        {
             tracing::error!(env = %self.fx.config.name, hook = %failure.hook, message = %failure.message, "on-failure hook failed; the revert stands");
         }
         Ok(())

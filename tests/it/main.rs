@@ -16,6 +16,7 @@ mod e2e_blue_green;
 mod e2e_rollout;
 mod e2e_watch;
 mod helpers;
+mod hooks;
 mod http_git;
 mod kubernetes;
 mod prometheus;
