@@ -363,7 +363,25 @@ pub fn announce(hook: &Hook, revision: &Revision) -> String {
             key.to_string()
         }
     };
-    format!("{}: {what} will run", hook.when())
+    match hook.when() {
+        When::OnFailure => {
+            format!("on-failure: {what} will run if the rollout fails and is reverted")
+        }
+        when => format!("{when}: {what} will run"),
+    }
+}
+
+/// Every hook a rollout of `revision` would run, announced in the order they would run.
+pub fn announce_all(
+    commands: &[CommandHook],
+    objects: &[ObjectHook],
+    revision: &Revision,
+) -> Vec<String> {
+    When::ALL
+        .iter()
+        .flat_map(|when| ordered(commands, objects, *when))
+        .map(|hook| announce(&hook, revision))
+        .collect()
 }
 
 #[cfg(test)]

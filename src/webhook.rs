@@ -318,6 +318,38 @@ mod tests {
     use crate::model::Revision;
 
     #[test]
+    fn hook_runs_name_the_hook_when_it_runs_and_how_it_ended() {
+        let failed = Event::HookFailed {
+            revision: Revision("b".repeat(40)),
+            when: "pre-rollout".into(),
+            hook: "Job.batch shop/migrate".into(),
+            duration_ms: 1500,
+            message: "Job failed: BackoffLimitExceeded".into(),
+        };
+        let n = Notification::for_event("prod", &failed, Utc::now()).expect("notified");
+        assert_eq!(n.event, "hook_failed");
+        assert_eq!(n.hook.as_deref(), Some("Job.batch shop/migrate"));
+        assert_eq!(n.when.as_deref(), Some("pre-rollout"));
+        assert_eq!(n.duration_ms, Some(1500));
+        assert_eq!(
+            n.text,
+            "gitopsd prod: bbbbbbbbbbbb pre-rollout hook Job.batch shop/migrate failed: Job failed: BackoffLimitExceeded"
+        );
+        let started = Event::HookStarted {
+            revision: Revision("b".repeat(40)),
+            when: "post-promotion".into(),
+            hook: "command smoke".into(),
+            run: None,
+        };
+        let n = Notification::for_event("prod", &started, Utc::now()).expect("notified");
+        assert_eq!(n.event, "hook_started");
+        assert_eq!(n.duration_ms, None);
+        let json = serde_json::to_value(&n).expect("serializes");
+        assert_eq!(json["hook"], "command smoke");
+        assert!(json.get("reason").is_none());
+    }
+
+    #[test]
     fn failures_and_reverts_carry_their_reason_and_target() {
         let failed = Event::RolloutFailed {
             revision: Revision("b".repeat(40)),

@@ -122,6 +122,21 @@ env = ["SECRET_TOKEN"]
     let first = hooks.commit("hello");
     assert_exit(&hooks.run_once(), 0);
     let second = hooks.commit("bonjour");
+    let diff = stdout(&hooks.workspace.run(&["diff", "--env", "staging"]));
+    let announced: Vec<&str> = diff
+        .lines()
+        .filter(|line| line.contains(" will run"))
+        .map(|line| line.split(" (").next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        announced,
+        [
+            "pre-rollout: command migrate",
+            "pre-rollout: command backup",
+            "post-promotion: command smoke"
+        ],
+        "{diff}"
+    );
     let before = hooks.workspace.journal("staging").len();
     assert_exit(&hooks.run_once(), 0);
 
