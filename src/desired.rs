@@ -103,12 +103,15 @@ async fn read_rendered(
 }
 
 /// Settles namespaces, then holds every object to what the environment may touch: one
-/// problem per object outside it, each with its file and document.
+/// problem per object outside it, each with its file and document. Objects annotated
+/// `gitopsd.io/hook` come back apart, as hooks (read before normalizing, which drops
+/// gitopsd's own annotations).
+#[allow(clippy::type_complexity)]
 fn complete_located(
     documents: manifest::Documents,
     environment: &EnvironmentConfig,
     scopes: &Scopes,
-) -> Result<Vec<(Desired, manifest::Problem)>, DesiredError> {
+) -> Result<(Vec<(Desired, manifest::Problem)>, Vec<ObjectHook>), DesiredError> {
     let options = ParseOptions {
         default_namespace: environment.namespace.clone(),
     };
@@ -142,10 +145,16 @@ fn complete_located(
     if !refused.is_empty() {
         return Err(DesiredError::Manifests(ManifestErrors(refused)));
     }
-    Ok(located
-        .into_iter()
-        .map(|(object, at)| (Desired::from_object(object), at))
-        .collect())
+    let mut objects = Vec::new();
+    let mut hooks = Vec::new();
+    for (object, at) in located {
+        match hooks::object_hook(&object.key, &object.body) {
+            Ok(Some(hook)) => hooks.push(hook),
+            // Refused above.
+            Ok(None) | Err(_) => objects.push((Desired::from_object(object), at)),
+        }
+    }
+    Ok((objects, hooks))
 }
 
 /// The revision's objects and, apart, its hooks (objects annotated `gitopsd.io/hook`, which
@@ -155,16 +164,11 @@ fn complete(
     environment: &EnvironmentConfig,
     scopes: &Scopes,
 ) -> Result<(Vec<Desired>, Vec<ObjectHook>), DesiredError> {
-    let mut objects = Vec::new();
-    let mut hooks = Vec::new();
-    for (desired, _) in complete_located(documents, environment, scopes)? {
-        match hooks::object_hook(&desired.key, &desired.body) {
-            Ok(Some(hook)) => hooks.push(hook),
-            // Checked by `complete_located`.
-            Ok(None) | Err(_) => objects.push(desired),
-        }
-    }
-    Ok((objects, hooks))
+    let (located, hooks) = complete_located(documents, environment, scopes)?;
+    Ok((
+        located.into_iter().map(|(desired, _)| desired).collect(),
+        hooks,
+    ))
 }
 
 /// Reads and validates an environment's desired objects at `revision`, with the scope of each
@@ -199,7 +203,7 @@ pub async fn load_located<T: Target>(
     target: &T,
 ) -> Result<Vec<(Desired, manifest::Problem)>, DesiredError> {
     let (documents, scopes) = documents_and_scopes(source, environment, revision, target).await?;
-    complete_located(documents, environment, &scopes)
+    Ok(complete_located(documents, environment, &scopes)?.0)
 }
 
 /// The documents at `revision`, read as `target` wants them kept, and the scopes of their types.

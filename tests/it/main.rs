@@ -13,6 +13,7 @@ mod daemon;
 mod diff;
 mod e2e;
 mod e2e_blue_green;
+mod e2e_hooks;
 mod e2e_rollout;
 mod e2e_watch;
 mod helpers;
