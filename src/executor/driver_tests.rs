@@ -760,6 +760,54 @@ async fn a_check_failing_on_the_blue_green_preview_removes_it_without_touching_w
 }
 
 #[tokio::test]
+async fn a_failing_post_promotion_hook_after_the_switch_switches_back() {
+    use crate::hooks::{CommandHook, When};
+    let fixture = Fixture::blue_green("0s", "30s", "30s");
+    let backend = RecordingBackend::new(&fixture.journal);
+    let checks = ScriptedChecks::healthy();
+    let mut input = input();
+    input.hooks = crate::executor::hooks::HookSet {
+        commands: vec![CommandHook {
+            name: "smoke".into(),
+            when: When::PostPromotion,
+            argv: vec!["false".into()],
+            timeout: std::time::Duration::from_secs(10),
+            env: Vec::new(),
+            weight: 0,
+            on_revert: false,
+        }],
+        objects: Vec::new(),
+        work_root: fixture.dir.path().join("hook-tmp"),
+    };
+    let mut fx = fixture.effects(&backend, &checks);
+    let ending = crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input)
+        .expect("journaled")
+        .run()
+        .await
+        .expect("the rollout runs");
+    let Ending::Failed { cause, reason, .. } = ending else {
+        panic!("the hook fails the rollout: {ending:?}");
+    };
+    assert_eq!(cause, cause::HOOK_FAILED);
+    assert_eq!(
+        reason,
+        "after the switch: post-promotion hook command smoke failed: exited with status 1"
+    );
+    assert_eq!(
+        names(&fixture.records()),
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "hook_started",
+            "hook_failed",
+            "switched_back",
+            "rollout_failed"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_check_failing_after_the_switch_switches_back_in_one_write_before_anything_else() {
     let fixture = Fixture::blue_green("0s", "30s", "30s");
     let backend = RecordingBackend::new(&fixture.journal);

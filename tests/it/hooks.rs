@@ -407,3 +407,29 @@ command = [{hook}, "migrate", "wait", "{flags}/release"]
         ]
     );
 }
+
+#[test]
+fn a_hook_object_on_a_directory_target_is_refused_with_its_file_and_document() {
+    let hooks = HookWorkspace::new("");
+    hooks.commit("hello");
+    hooks.workspace.repo.write(
+        "environments/staging/migrate.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n---\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: migrate\n  annotations: {gitopsd.io/hook: pre-rollout}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: m, image: m}]\n",
+    );
+    hooks.workspace.repo.commit("a hook Job");
+    let output = hooks.workspace.run(&["validate"]);
+    assert_exit(&output, 1);
+    let text = stdout(&output);
+    assert!(
+        text.contains("environments/staging/migrate.yaml")
+            && text.contains("document 2")
+            && text.contains("objects annotated gitopsd.io/hook run on a kubernetes target"),
+        "{text}"
+    );
+    let output = hooks.run_once();
+    assert_exit(&output, 1);
+    assert!(
+        !hooks.workspace.live("staging").join("shop").exists(),
+        "nothing of the revision was applied"
+    );
+}
