@@ -185,9 +185,13 @@ fn write_revert_details(event: &Event, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-/// A hook's duration as `1.2s`.
+/// A hook's duration as `25ms` or `1.2s`.
 fn seconds(duration_ms: u64) -> String {
-    format!("{:.1}s", duration_ms as f64 / 1000.0)
+    if duration_ms < 1000 {
+        format!("{duration_ms}ms")
+    } else {
+        format!("{:.1}s", duration_ms as f64 / 1000.0)
+    }
 }
 
 fn write_changes(changes: &[ChangeRecord], out: &mut dyn Write) -> io::Result<()> {
