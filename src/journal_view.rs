@@ -207,6 +207,31 @@ fn write_changes(changes: &[ChangeRecord], out: &mut dyn Write) -> io::Result<()
     Ok(())
 }
 
+/// The last hook run and how it ended, for `status`.
+fn write_last_hook(history: &History, out: &mut dyn Write) -> io::Result<()> {
+    if let Some(hook) = &history.last_hook {
+        let outcome = match (hook.state, hook.duration_ms, &hook.message) {
+            (crate::hooks::HookState::Running, _, _) => "running".to_string(),
+            (crate::hooks::HookState::Succeeded, duration, _) => {
+                format!("succeeded after {}", seconds(duration.unwrap_or(0)))
+            }
+            (crate::hooks::HookState::Failed, duration, message) => format!(
+                "failed after {}: {}",
+                seconds(duration.unwrap_or(0)),
+                message.as_deref().unwrap_or("")
+            ),
+        };
+        writeln!(
+            out,
+            "  last hook:              {} {} of {}: {outcome}",
+            hook.when,
+            hook.hook,
+            hook.revision.short()
+        )?;
+    }
+    Ok(())
+}
+
 /// Writes one environment's status, as its journal tells it.
 pub fn write_status(environment: &str, history: &History, out: &mut dyn Write) -> io::Result<()> {
     let short = |revision: Option<&crate::model::Revision>| {
@@ -270,26 +295,7 @@ pub fn write_status(environment: &str, history: &History, out: &mut dyn Write) -
             revision.short()
         )?;
     }
-    if let Some(hook) = &history.last_hook {
-        let outcome = match (hook.state, hook.duration_ms, &hook.message) {
-            (crate::hooks::HookState::Running, _, _) => "running".to_string(),
-            (crate::hooks::HookState::Succeeded, duration, _) => {
-                format!("succeeded after {}", seconds(duration.unwrap_or(0)))
-            }
-            (crate::hooks::HookState::Failed, duration, message) => format!(
-                "failed after {}: {}",
-                seconds(duration.unwrap_or(0)),
-                message.as_deref().unwrap_or("")
-            ),
-        };
-        writeln!(
-            out,
-            "  last hook:              {} {} of {}: {outcome}",
-            hook.when,
-            hook.hook,
-            hook.revision.short()
-        )?;
-    }
+    write_last_hook(history, out)?;
     if let Some(failure) = &history.last_failure {
         let held = if history.failed.contains(&failure.revision) {
             "held; gitopsd retry rolls it out again"

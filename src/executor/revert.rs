@@ -46,18 +46,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 Err(error) => return Err(revert_error(error.to_string())),
             };
         if revert.failed {
-            // Migrations go forward only: of the healthy revision's pre-rollout hooks, only
-            // those marked to run on a revert do.
-            let set = HookSet::new(&[], Vec::new(), self.source.state_dir());
-            let again = hooks::on_revert(&self.fx.config.hooks, &healthy_hooks);
-            let previous = Some(&revert.revision);
-            if let Some(failure) = self
-                .fx
-                .run_hooks(&again, &set.run(&revert.to, previous))
-                .await?
-            {
-                tracing::error!(env = %self.fx.config.name, hook = %failure.hook, message = %failure.message, "a pre-rollout hook marked to run on a revert failed; reverting anyway");
-            }
+            self.rerun_on_revert(revert, &healthy_hooks).await?;
         }
         let live = self.live(&desired, &revert.to).await?;
         let mut plan = plan::plan(&desired, &live, true, self.compare());
@@ -103,6 +92,23 @@ impl<T: Target> EnvironmentRun<'_, T> {
         tracing::warn!(env = %self.fx.config.name, revision = %revert.revision.short(), to = %revert.to.short(), "reverted");
         if revert.failed && self.fx.config.rollout.revert_commit {
             self.push_revert_commit(revert).await?;
+        }
+        Ok(())
+    }
+
+    /// Migrations go forward only: of the healthy revision's pre-rollout hooks, only those
+    /// marked to run on a revert run, before its writes. Their failure is logged; the revert
+    /// goes on.
+    async fn rerun_on_revert(
+        &mut self,
+        revert: &RevertInFlight,
+        healthy_hooks: &[hooks::ObjectHook],
+    ) -> Result<(), ReconcileError> {
+        let set = HookSet::new(&[], Vec::new(), self.source.state_dir());
+        let again = hooks::on_revert(&self.fx.config.hooks, healthy_hooks);
+        let run = set.run(&revert.to, Some(&revert.revision));
+        if let Some(failure) = self.fx.run_hooks(&again, &run).await? {
+            tracing::error!(env = %self.fx.config.name, hook = %failure.hook, message = %failure.message, "a pre-rollout hook marked to run on a revert failed; reverting anyway");
         }
         Ok(())
     }
