@@ -12,6 +12,7 @@ use chrono::Utc;
 use super::effects::Effects;
 use super::error::ReconcileError;
 use crate::backend::Target;
+use crate::heartbeat::BEAT_INTERVAL;
 use crate::hooks::{self, CommandHook, Hook, HookAction, HookEnv, ObjectHook, When};
 use crate::journal::Event;
 use crate::model::Revision;
@@ -195,10 +196,20 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
             Err(error) => return Ok(Err(format!("cannot make a folder to run in: {error}"))),
         };
         let mut shutdown = self.shutdown.clone();
-        self.heartbeat.beat();
-        let outcome = tokio::select! {
-            outcome = crate::render::run_command(&command.argv, folder.path(), env, command.timeout) => outcome,
-            _ = shutdown.changed() => return Err(ReconcileError::Interrupted),
+        let outcome = {
+            let run =
+                crate::render::run_command(&command.argv, folder.path(), env, command.timeout);
+            tokio::pin!(run);
+            // A hook may take minutes: the pass keeps beating while it waits, so the
+            // watchdog does not take a long migration for a stuck loop.
+            loop {
+                self.heartbeat.beat();
+                tokio::select! {
+                    outcome = &mut run => break outcome,
+                    _ = shutdown.changed() => return Err(ReconcileError::Interrupted),
+                    _ = tokio::time::sleep(BEAT_INTERVAL) => {}
+                }
+            }
         };
         self.heartbeat.beat();
         // Removing the folder is a recursive delete: not on an async worker.

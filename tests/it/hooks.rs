@@ -433,3 +433,40 @@ fn a_hook_object_on_a_directory_target_is_refused_with_its_file_and_document() {
         "nothing of the revision was applied"
     );
 }
+
+#[test]
+fn the_daemon_s_status_endpoint_shows_the_last_hook_run() {
+    let hooks = HookWorkspace::new(
+        r#"
+[[environment.hook]]
+name = "migrate"
+when = "pre-rollout"
+command = [{hook}, "migrate", "failif", "{flags}/migrate"]
+"#,
+    );
+    fs::write(hooks.flag("migrate"), "").expect("flag");
+    let revision = hooks.commit("hello");
+    let (_daemon, address) = daemon_with_api(&hooks.workspace, "token");
+    let mut last_hook = serde_json::Value::Null;
+    let seen = wait_for(Duration::from_secs(30), || {
+        let Some((200, body)) = http_request(&address, "GET", "/status", &[], "") else {
+            return false;
+        };
+        let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        last_hook = status
+            .as_array()
+            .and_then(|all| all.iter().find(|env| env["environment"] == "staging"))
+            .map(|env| env["last_hook"].clone())
+            .unwrap_or_default();
+        last_hook["state"] == "failed"
+    });
+    assert!(seen, "{last_hook}");
+    assert_eq!(last_hook["revision"], revision.as_str());
+    assert_eq!(last_hook["when"], "pre-rollout");
+    assert_eq!(last_hook["hook"], "command migrate");
+    assert_eq!(
+        last_hook["message"],
+        "exited with status 3: migration 42 broke"
+    );
+    assert!(last_hook["duration_ms"].is_u64(), "{last_hook}");
+}
