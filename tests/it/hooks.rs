@@ -470,3 +470,37 @@ command = [{hook}, "migrate", "failif", "{flags}/migrate"]
     );
     assert!(last_hook["duration_ms"].is_u64(), "{last_hook}");
 }
+
+#[test]
+fn hooks_wait_for_the_window_like_any_change() {
+    let hooks = HookWorkspace::new(
+        r#"
+[[environment.hook]]
+name = "migrate"
+when = "pre-rollout"
+command = [{hook}, "migrate"]
+"#,
+    );
+    // Opens one minute a year, at new year.
+    hooks.workspace.edit_config(
+        "[environment.rollout]",
+        "window = { schedule = \"0 0 1 1 *\", duration = \"1m\", timezone = \"UTC\" }\n[environment.rollout]",
+    );
+    hooks.commit("hello");
+    let output = hooks.run_once();
+    assert_exit(&output, 0);
+    assert!(
+        stderr(&output).contains("outside the change window"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(hooks.log(), Vec::<String>::new(), "no hook ran");
+    assert!(
+        !hooks
+            .workspace
+            .journal("staging")
+            .iter()
+            .any(|record| record.event.name().starts_with("hook_")),
+        "no hook journaled"
+    );
+}
