@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart: a local example repository reconciled into two directory targets. Watch a canary
-# rollout pass its steps, a broken release fail its health check and get reverted, a broken
-# manifest get rejected, and the journal tell the story.
+# rollout pass its steps with a "migration" hook before it and a smoke test after it, a broken
+# release fail its health check and get reverted, a broken manifest get rejected, and the
+# journal tell the story.
 # Everything happens under target/quickstart/ (override with GITOPSD_QUICKSTART_DIR).
 set -euo pipefail
 
@@ -24,25 +25,29 @@ gitopsd() { "$top/target/debug/gitopsd" --config "$work/gitopsd.toml" "$@"; }
 rm -rf "$work"
 mkdir -p "$work"
 cp -r "$here/quickstart/repo" "$work/repo"
-cp "$here/quickstart/gitopsd.toml" "$here/quickstart/check-web.sh" "$work/"
+cp "$here/quickstart/check-web.sh" "$here/quickstart/migrate.sh" "$here/quickstart/smoke-test.sh" "$work/"
+sed "s|@QUICKSTART@|$work|g" "$here/quickstart/gitopsd.toml" > "$work/gitopsd.toml"
 git -C "$work/repo" init -q -b main
 commit "staging and production: web shop 1.0.0"
 cd "$work"
 observed() { printf 'what the health check saw, step by step:\n'; uniq observed.log | sed 's/^/    /'; : > observed.log; }
+hooks() { printf 'what the hooks did:\n'; sed 's/^/    /' hooks.log 2>/dev/null; : > hooks.log; }
 
 step "First pass: both environments are created from git (a first deploy has no canary)"
 gitopsd run --once
 find live -type f | sort
 : > observed.log
+hooks
 
 step "Commit web 1.1.0 to staging; gitopsd diff previews it (exit 1 = changes)"
 sed -i 's/web:1.0.0/web:1.1.0/' repo/environments/staging/web.yaml
 commit "staging: web 1.1.0"
 gitopsd diff --env staging || true
 
-step "Canary rollout: 10% → 50% → promoted, each step baked while the check stays healthy"
+step "Canary rollout: migration, then 10% → 50% → promoted (each step baked while the check stays healthy), then the smoke test"
 gitopsd run --once
 observed
+hooks
 grep -h image: live/staging/shop/Deployment.apps/web.yaml
 
 step "Commit web 1.2.0, which is broken: the check fails at 50% and gitopsd reverts"
@@ -50,6 +55,7 @@ sed -i 's/web:1.1.0/web:1.2.0/' repo/environments/staging/web.yaml
 commit "staging: web 1.2.0"
 if gitopsd run --once; then echo "unexpected: the broken release was accepted"; exit 1; fi
 observed
+hooks
 echo "live staging is back at:"; grep -h image: live/staging/shop/Deployment.apps/web.yaml
 ls live/staging/shop/Deployment.apps/
 

@@ -116,6 +116,11 @@ impl From<crate::rollout::Observation> for Observation {
             Seen::NotReady { detail } => Self::NotReady { detail },
             Seen::Broken { cause, detail } => Self::Broken { cause, detail },
             Seen::CheckFailed(failure) => Self::CheckFailed(failure),
+            // A failed post-promotion hook fails the rollout whatever phase it is in.
+            Seen::HookFailed { hook, detail } => Self::Broken {
+                cause: crate::rollout::cause::HOOK_FAILED.into(),
+                detail: format!("post-promotion hook {hook} failed: {detail}"),
+            },
             Seen::Tick => Self::Tick,
         }
     }

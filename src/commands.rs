@@ -10,7 +10,8 @@ use crate::config::{Config, ConfigError, EnvironmentConfig};
 use crate::daemon::{self, Signals};
 use crate::daemon_client::{self, AddressFileError};
 use crate::desired::{
-    DesiredError, empty_revision_problem, load_desired, load_desired_offline, load_located,
+    DesiredError, empty_revision_problem, load_desired_offline, load_located,
+    load_offline_with_hooks, load_with_hooks,
 };
 use crate::dry_run::dry_run_all;
 use crate::executor::Outcome;
@@ -169,10 +170,10 @@ async fn desired_or_empty(
     environment: &EnvironmentConfig,
     revision: &Revision,
     target: Option<&AnyTarget>,
-) -> Result<Vec<Desired>, CommandError> {
+) -> Result<(Vec<Desired>, Vec<crate::hooks::ObjectHook>), CommandError> {
     let loaded = match target {
-        Some(target) => load_desired(source, environment, revision, target).await,
-        None => load_desired_offline(source, environment, revision).await,
+        Some(target) => load_with_hooks(source, environment, revision, target).await,
+        None => load_offline_with_hooks(source, environment, revision).await,
     };
     loaded.map_err(|source| CommandError::Desired {
         environment: environment.name.clone(),
@@ -310,9 +311,12 @@ pub async fn diff(
         let old = revisions.resolve(Some(request.against)).await?;
         let new = revisions.resolve(request.rev).await?;
         for environment in environments {
-            let old_desired = desired_or_empty(&revisions.source, environment, &old, None).await?;
-            let new_desired = desired_or_empty(&revisions.source, environment, &new, None).await?;
+            let (old_desired, _) =
+                desired_or_empty(&revisions.source, environment, &old, None).await?;
+            let (new_desired, hook_objects) =
+                desired_or_empty(&revisions.source, environment, &new, None).await?;
             let plan = plan::compare_revisions(&old_desired, &new_desired);
+            let hooks = announced_hooks(environment, &hook_objects, &new, &plan);
             reports.push(EnvironmentReport::build(ReportInput {
                 environment: &environment.name,
                 from: old.0.clone(),
@@ -322,6 +326,7 @@ pub async fn diff(
                 live: &as_objects(&old_desired),
                 rollout: &environment.rollout,
                 holds: holds(config, environment, &new),
+                hooks,
             })?);
         }
     }
@@ -353,7 +358,8 @@ async fn diff_live(
         source,
     };
     let target = open_target(environment).await?;
-    let desired = desired_or_empty(source, environment, revision, Some(&target)).await?;
+    let (desired, hook_objects) =
+        desired_or_empty(source, environment, revision, Some(&target)).await?;
     let mut kinds = inventory(config, environment);
     kinds.extend(desired.iter().filter_map(|d| KindRef::of(&d.body)));
     let live = target.list(&kinds).await.map_err(live_error)?;
@@ -367,6 +373,7 @@ async fn diff_live(
     dry_run_updates(&target, &mut plan)
         .await
         .map_err(live_error)?;
+    let hooks = announced_hooks(environment, &hook_objects, revision, &plan);
     Ok(EnvironmentReport::build(ReportInput {
         environment: &environment.name,
         from: "live".into(),
@@ -376,7 +383,21 @@ async fn diff_live(
         live: &live,
         rollout: &environment.rollout,
         holds,
+        hooks,
     })?)
+}
+
+/// The hooks a rollout of `revision` would run; none when it changes nothing (no rollout).
+fn announced_hooks(
+    environment: &EnvironmentConfig,
+    objects: &[crate::hooks::ObjectHook],
+    revision: &Revision,
+    plan: &plan::Plan,
+) -> Vec<String> {
+    if plan.is_empty() {
+        return Vec::new();
+    }
+    crate::hooks::announce_all(&environment.hooks, objects, revision)
 }
 
 /// `gitopsd validate`: the config, then every environment's manifests at `rev`; with

@@ -3,8 +3,10 @@
 
 use thiserror::Error;
 
+use crate::backend::TargetConfig;
 use crate::backend::{Target, TargetError};
 use crate::config::EnvironmentConfig;
+use crate::hooks::{self, ObjectHook};
 use crate::manifest::{self, ManifestErrors, ParseOptions, Scopes};
 use crate::model::Revision;
 use crate::plan::Desired;
@@ -101,12 +103,15 @@ async fn read_rendered(
 }
 
 /// Settles namespaces, then holds every object to what the environment may touch: one
-/// problem per object outside it, each with its file and document.
+/// problem per object outside it, each with its file and document. Objects annotated
+/// `gitopsd.io/hook` come back apart, as hooks (read before normalizing, which drops
+/// gitopsd's own annotations).
+#[allow(clippy::type_complexity)]
 fn complete_located(
     documents: manifest::Documents,
     environment: &EnvironmentConfig,
     scopes: &Scopes,
-) -> Result<Vec<(Desired, manifest::Problem)>, DesiredError> {
+) -> Result<(Vec<(Desired, manifest::Problem)>, Vec<ObjectHook>), DesiredError> {
     let options = ParseOptions {
         default_namespace: environment.namespace.clone(),
     };
@@ -123,34 +128,69 @@ fn complete_located(
             })
         })
         .collect();
+    let hook_problems = located.iter().filter_map(|(object, at)| {
+        let message = match hooks::object_hook(&object.key, &object.body) {
+            Err(problem) => problem,
+            Ok(Some(_)) if matches!(environment.target, TargetConfig::Directory { .. }) => {
+                "objects annotated gitopsd.io/hook run on a kubernetes target; a directory target cannot run them (use [[environment.hook]] commands)".into()
+            }
+            Ok(_) => return None,
+        };
+        Some(manifest::Problem {
+            message,
+            ..at.clone()
+        })
+    });
+    let refused: Vec<manifest::Problem> = refused.into_iter().chain(hook_problems).collect();
     if !refused.is_empty() {
         return Err(DesiredError::Manifests(ManifestErrors(refused)));
     }
-    Ok(located
-        .into_iter()
-        .map(|(object, at)| (Desired::from_object(object), at))
-        .collect())
+    let mut objects = Vec::new();
+    let mut hooks = Vec::new();
+    for (object, at) in located {
+        match hooks::object_hook(&object.key, &object.body) {
+            Ok(Some(hook)) => hooks.push(hook),
+            // Refused above.
+            Ok(None) | Err(_) => objects.push((Desired::from_object(object), at)),
+        }
+    }
+    Ok((objects, hooks))
 }
 
+/// The revision's objects and, apart, its hooks (objects annotated `gitopsd.io/hook`, which
+/// are never applied with the rest).
 fn complete(
     documents: manifest::Documents,
     environment: &EnvironmentConfig,
     scopes: &Scopes,
-) -> Result<Vec<Desired>, DesiredError> {
-    Ok(complete_located(documents, environment, scopes)?
-        .into_iter()
-        .map(|(desired, _)| desired)
-        .collect())
+) -> Result<(Vec<Desired>, Vec<ObjectHook>), DesiredError> {
+    let (located, hooks) = complete_located(documents, environment, scopes)?;
+    Ok((
+        located.into_iter().map(|(desired, _)| desired).collect(),
+        hooks,
+    ))
 }
 
 /// Reads and validates an environment's desired objects at `revision`, with the scope of each
-/// type as `target` knows it (discovery, for Kubernetes).
+/// type as `target` knows it (discovery, for Kubernetes); its hook objects are left out.
 pub async fn load_desired<T: Target>(
     source: &GitSource,
     environment: &EnvironmentConfig,
     revision: &Revision,
     target: &T,
 ) -> Result<Vec<Desired>, DesiredError> {
+    Ok(load_with_hooks(source, environment, revision, target)
+        .await?
+        .0)
+}
+
+/// Like [`load_desired`], with the revision's hook objects apart.
+pub async fn load_with_hooks<T: Target>(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+    target: &T,
+) -> Result<(Vec<Desired>, Vec<ObjectHook>), DesiredError> {
     let (documents, scopes) = documents_and_scopes(source, environment, revision, target).await?;
     complete(documents, environment, &scopes)
 }
@@ -163,7 +203,7 @@ pub async fn load_located<T: Target>(
     target: &T,
 ) -> Result<Vec<(Desired, manifest::Problem)>, DesiredError> {
     let (documents, scopes) = documents_and_scopes(source, environment, revision, target).await?;
-    complete_located(documents, environment, &scopes)
+    Ok(complete_located(documents, environment, &scopes)?.0)
 }
 
 /// The documents at `revision`, read as `target` wants them kept, and the scopes of their types.
@@ -194,6 +234,17 @@ pub async fn load_desired_offline(
     environment: &EnvironmentConfig,
     revision: &Revision,
 ) -> Result<Vec<Desired>, DesiredError> {
+    Ok(load_offline_with_hooks(source, environment, revision)
+        .await?
+        .0)
+}
+
+/// Like [`load_desired_offline`], with the revision's hook objects apart.
+pub async fn load_offline_with_hooks(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+) -> Result<(Vec<Desired>, Vec<ObjectHook>), DesiredError> {
     // Offline reads are commands comparing revisions, which share most files.
     let documents = read_documents(
         source,

@@ -40,6 +40,24 @@ pub struct History {
     pub blocked: Option<(Revision, String)>,
     /// A branch tip refused because its signature did not verify, and why.
     pub unverified: Option<(Revision, String)>,
+    /// The hook runs of the rollout or revert under way, by [`crate::hooks::progress_key`]
+    /// (what a restart skips, runs again or waits for).
+    pub hooks: crate::hooks::Progress,
+    /// The most recent hook run and where it stands, for `status`.
+    pub last_hook: Option<HookLine>,
+}
+
+/// One hook run as `status` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HookLine {
+    pub revision: Revision,
+    pub when: String,
+    pub hook: String,
+    pub state: crate::hooks::HookState,
+    /// How long it ran, once it ended.
+    pub duration_ms: Option<u64>,
+    /// Why it failed.
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -111,6 +129,9 @@ impl History {
             | Event::Retried { .. } => self.apply_operator_action(event),
             Event::Blocked { .. } | Event::Unblocked { .. } | Event::VerifyFailed { .. } => {
                 self.apply_refusal(event)
+            }
+            Event::HookStarted { .. } | Event::HookSucceeded { .. } | Event::HookFailed { .. } => {
+                self.apply_hook(event)
             }
             Event::Rejected { .. }
             | Event::ReconcileStarted { .. }
@@ -197,6 +218,11 @@ impl History {
                 self.in_flight = None;
             }
         }
+        if self.in_flight.is_none() {
+            // Final (a first deploy, or a pre-rollout hook failed before anything was
+            // applied): nothing is reverted, no hook of it runs again.
+            self.hooks.clear();
+        }
     }
 
     /// Folds a revert's start and its end.
@@ -222,6 +248,7 @@ impl History {
                 });
             }
             Event::Reverted { to, .. } => {
+                self.hooks.clear();
                 self.in_flight = None;
                 self.reverting = None;
                 self.current = Some(to.clone());
@@ -235,6 +262,7 @@ impl History {
     fn apply_outcome(&mut self, event: &Event) {
         match event {
             Event::Healthy { revision } => {
+                self.hooks.clear();
                 self.blocked = None;
                 self.unverified = None;
                 self.in_flight = None;
@@ -269,6 +297,7 @@ impl History {
                 self.pin = Some((revision.clone(), tip.clone()));
             }
             Event::Retried { revision } => {
+                self.hooks.clear();
                 self.failed.remove(revision);
             }
             // `apply` sends only operator actions here.
@@ -292,6 +321,60 @@ impl History {
             // `apply` sends only refusals here.
             _ => {}
         }
+    }
+
+    /// Folds a hook run: its start and its outcome.
+    fn apply_hook(&mut self, event: &Event) {
+        use crate::hooks::{HookState, When, progress_key};
+        let (revision, when, hook, state, duration_ms, message) = match event {
+            Event::HookStarted {
+                revision,
+                when,
+                hook,
+                ..
+            } => (revision, when, hook, HookState::Running, None, None),
+            Event::HookSucceeded {
+                revision,
+                when,
+                hook,
+                duration_ms,
+            } => (
+                revision,
+                when,
+                hook,
+                HookState::Succeeded,
+                Some(*duration_ms),
+                None,
+            ),
+            Event::HookFailed {
+                revision,
+                when,
+                hook,
+                duration_ms,
+                message,
+            } => (
+                revision,
+                when,
+                hook,
+                HookState::Failed,
+                Some(*duration_ms),
+                Some(message.clone()),
+            ),
+            // `apply` sends only hook events here.
+            _ => return,
+        };
+        if let Some(parsed) = When::parse(when) {
+            self.hooks
+                .insert(progress_key(revision, parsed, hook), state);
+        }
+        self.last_hook = Some(HookLine {
+            revision: revision.clone(),
+            when: when.clone(),
+            hook: hook.clone(),
+            state,
+            duration_ms,
+            message,
+        });
     }
 
     /// What to do with the branch tip `tip` at `now`. Reverts come first: no gate or window

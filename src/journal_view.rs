@@ -51,6 +51,29 @@ fn write_details(event: &Event, out: &mut dyn Write) -> io::Result<()> {
         | Event::RevertCommitted { .. }
         | Event::Pinned { .. } => write_revert_details(event, out),
         Event::SwitchedBack { reason, .. } => writeln!(out, "      {reason}"),
+        Event::HookStarted {
+            when, hook, run, ..
+        } => match run {
+            Some(run) => writeln!(out, "      {when}: {hook} as {run}"),
+            None => writeln!(out, "      {when}: {hook}"),
+        },
+        Event::HookSucceeded {
+            when,
+            hook,
+            duration_ms,
+            ..
+        } => writeln!(out, "      {when}: {hook} after {}", seconds(*duration_ms)),
+        Event::HookFailed {
+            when,
+            hook,
+            duration_ms,
+            message,
+            ..
+        } => writeln!(
+            out,
+            "      {when}: {hook} after {}: {message}",
+            seconds(*duration_ms)
+        ),
         Event::Promoted { .. }
         | Event::PreviewStarted { .. }
         | Event::Switched { .. }
@@ -162,6 +185,15 @@ fn write_revert_details(event: &Event, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
+/// A hook's duration as `25ms` or `1.2s`.
+fn seconds(duration_ms: u64) -> String {
+    if duration_ms < 1000 {
+        format!("{duration_ms}ms")
+    } else {
+        format!("{:.1}s", duration_ms as f64 / 1000.0)
+    }
+}
+
 fn write_changes(changes: &[ChangeRecord], out: &mut dyn Write) -> io::Result<()> {
     for change in changes {
         writeln!(
@@ -170,6 +202,31 @@ fn write_changes(changes: &[ChangeRecord], out: &mut dyn Write) -> io::Result<()
             change.action.sign(),
             change.action.verb(),
             change.object
+        )?;
+    }
+    Ok(())
+}
+
+/// The last hook run and how it ended, for `status`.
+fn write_last_hook(history: &History, out: &mut dyn Write) -> io::Result<()> {
+    if let Some(hook) = &history.last_hook {
+        let outcome = match (hook.state, hook.duration_ms, &hook.message) {
+            (crate::hooks::HookState::Running, _, _) => "running".to_string(),
+            (crate::hooks::HookState::Succeeded, duration, _) => {
+                format!("succeeded after {}", seconds(duration.unwrap_or(0)))
+            }
+            (crate::hooks::HookState::Failed, duration, message) => format!(
+                "failed after {}: {}",
+                seconds(duration.unwrap_or(0)),
+                message.as_deref().unwrap_or("")
+            ),
+        };
+        writeln!(
+            out,
+            "  last hook:              {} {} of {}: {outcome}",
+            hook.when,
+            hook.hook,
+            hook.revision.short()
         )?;
     }
     Ok(())
@@ -238,6 +295,7 @@ pub fn write_status(environment: &str, history: &History, out: &mut dyn Write) -
             revision.short()
         )?;
     }
+    write_last_hook(history, out)?;
     if let Some(failure) = &history.last_failure {
         let held = if history.failed.contains(&failure.revision) {
             "held; gitopsd retry rolls it out again"

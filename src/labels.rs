@@ -41,3 +41,19 @@ pub const ANNOTATION_NAMESPACES: &str = "applyset.kubernetes.io/additional-names
 pub const ANNOTATION_SOURCE: &str = "gitopsd.io/source";
 /// Tool name in [`ANNOTATION_TOOLING`].
 pub const TOOL: &str = "gitopsd";
+
+// Hooks around a rollout (objects in the revision).
+/// Annotation making an object a hook: `pre-rollout`, `post-promotion` or `on-failure`. Such
+/// objects are not applied with the rest; they run at that point of a rollout.
+pub const ANNOTATION_HOOK: &str = "gitopsd.io/hook";
+/// Annotation ordering hooks of the same kind (an integer, lowest first; default 0).
+pub const ANNOTATION_HOOK_WEIGHT: &str = "gitopsd.io/hook-weight";
+/// Annotation saying when a hook's object is deleted: `before-creation` (the default: when the
+/// hook next runs), `succeeded` or `failed`.
+pub const ANNOTATION_HOOK_DELETE_POLICY: &str = "gitopsd.io/hook-delete-policy";
+/// Annotation (`"true"`) letting a pre-rollout hook run again when a revert returns to its
+/// revision.
+pub const ANNOTATION_HOOK_ON_REVERT: &str = "gitopsd.io/hook-on-revert";
+/// Label on a hook's object naming the hook (its name in the revision), so the runs of
+/// earlier revisions are found and deleted by the environment that made them.
+pub const LABEL_HOOK: &str = "gitopsd.io/hook";

@@ -19,6 +19,7 @@ pub mod gates;
 pub mod health;
 pub mod heartbeat;
 pub mod history;
+pub mod hooks;
 pub mod journal;
 pub mod journal_view;
 pub mod labels;

@@ -92,6 +92,10 @@ pub struct RolloutPreview {
     pub direct: Vec<String>,
     /// Anything that would hold the rollout back.
     pub holds: Vec<String>,
+    /// The hooks that would run around it, in order (`pre-rollout: Job.batch
+    /// shop/migrate-0123abcd will run`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
 }
 
 /// Inputs for one environment's report.
@@ -105,6 +109,8 @@ pub struct ReportInput<'a> {
     pub live: &'a [Object],
     pub rollout: &'a RolloutConfig,
     pub holds: Vec<String>,
+    /// The hooks the rollout would run, announced.
+    pub hooks: Vec<String>,
 }
 
 impl EnvironmentReport {
@@ -159,6 +165,7 @@ impl EnvironmentReport {
                     .map(|change| change.key().to_string())
                     .collect(),
                 holds: input.holds,
+                hooks: input.hooks,
             },
         })
     }
@@ -420,6 +427,9 @@ impl DiffReport {
             if report.summary.changes() > 0 {
                 writeln!(out, "rollout: {}", rollout_line(&report.rollout))?;
             }
+            for hook in &report.rollout.hooks {
+                writeln!(out, "{hook}")?;
+            }
             for hold in &report.rollout.holds {
                 writeln!(out, "{}", paint(colour, "1;35", &format!("hold: {hold}")))?;
             }
@@ -449,6 +459,9 @@ impl DiffReport {
             );
             if summary.changes() > 0 {
                 let _ = writeln!(out, "**Rollout:** {}\n", rollout_line(&report.rollout));
+            }
+            for hook in &report.rollout.hooks {
+                let _ = writeln!(out, "**Hook:** {hook}\n");
             }
             for hold in &report.rollout.holds {
                 let _ = writeln!(out, "**Hold:** {hold}\n");
@@ -512,6 +525,7 @@ mod tests {
             partitioned: Vec::new(),
             direct: Vec::new(),
             holds: Vec::new(),
+            hooks: Vec::new(),
         };
         assert_eq!(
             rollout_line(&rollout),

@@ -117,6 +117,7 @@ pub mod cause {
     pub const CHECK_FAILED: &str = "CheckFailed";
     pub const TIMEOUT: &str = "Timeout";
     pub const REJECTED: &str = "Rejected";
+    pub const HOOK_FAILED: &str = "HookFailed";
 }
 
 /// What the executor saw since the last decision.
@@ -135,6 +136,8 @@ pub enum Observation {
     Shrunk,
     /// A check reached its failure threshold.
     CheckFailed(CheckFailure),
+    /// A post-promotion hook failed (`hook` names it; `detail` says how).
+    HookFailed { hook: String, detail: String },
     /// Nothing new; time passed.
     Tick,
 }
@@ -305,6 +308,10 @@ impl Rollout {
             (Phase::Verify { .. }, Observation::CheckFailed(failure)) => {
                 Self::check_failed_in_verify(&failure)
             }
+            (Phase::Verify { .. }, Observation::HookFailed { hook, detail }) => failed(
+                format!("post-promotion hook {hook} failed: {detail}"),
+                cause::HOOK_FAILED,
+            ),
             (Phase::Bake { step, until }, Observation::Tick) if now >= *until => (
                 Some(Phase::Apply { step: step + 1 }),
                 Some(Milestone::StepPassed {
@@ -532,6 +539,36 @@ mod tests {
         assert!(
             matches!(decision, Decision::Revert { ref reason, .. } if reason.starts_with("verify after promotion")),
             "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_post_promotion_hook_reverts_and_counts_nowhere_else() {
+        let hook_failed = || Observation::HookFailed {
+            hook: "command smoke".into(),
+            detail: "exited with status 1".into(),
+        };
+        let mut rollout = Rollout::new(vec![50, 100], timing());
+        rollout.observe(Observation::Applied, at(0));
+        let before = rollout.phase().clone();
+        assert_eq!(
+            rollout.observe(hook_failed(), at(1)).0,
+            None,
+            "not before the promotion"
+        );
+        assert_eq!(rollout.phase(), &before);
+        let mut rollout = Rollout::new(vec![100], timing());
+        rollout.observe(Observation::Applied, at(0));
+        rollout.observe(Observation::Ready, at(1));
+        rollout.observe(Observation::Shrunk, at(1));
+        let (milestone, decision) = rollout.observe(hook_failed(), at(2));
+        assert!(matches!(milestone, Some(Milestone::Failed { .. })));
+        assert_eq!(
+            decision,
+            Decision::Revert {
+                reason: "post-promotion hook command smoke failed: exited with status 1".into(),
+                cause: cause::HOOK_FAILED.into()
+            }
         );
     }
 

@@ -197,6 +197,9 @@ struct EnvironmentStatus {
     pinned: Option<String>,
     /// What the cluster refuses now (the revision is not blamed and is retried).
     blocked: Option<String>,
+    /// The last hook run: revision, when, hook, state and, once ended, duration and message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_hook: Option<crate::history::HookLine>,
     /// The watch cache's stores the environment reads, per type (Kubernetes targets).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     cache: Vec<CacheTypeStatus>,
@@ -262,6 +265,7 @@ fn environment_status(name: &str, handle: &EnvironmentHandle) -> EnvironmentStat
         paused: history.paused,
         pinned: history.pin.as_ref().map(|(revision, _)| revision.0.clone()),
         blocked: history.blocked.as_ref().map(|(_, reason)| reason.clone()),
+        last_hook: history.last_hook.clone(),
         cache: handle
             .cache
             .as_ref()

@@ -44,6 +44,14 @@ pub struct Notification {
     /// The revision a revert returned to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// For hook events: the hook (`command <name>` or the object) and when it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// For a finished hook: how long it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
     /// A one-line summary; Slack's incoming webhooks show this field.
     pub text: String,
 }
@@ -63,6 +71,9 @@ impl Notification {
             reason: None,
             cause: None,
             to: None,
+            hook: None,
+            when: None,
+            duration_ms: None,
             text: format!("gitopsd {environment}: {text}"),
         };
         match event {
@@ -120,9 +131,55 @@ impl Notification {
                 to: Some(to.0.clone()),
                 ..base("reverted", format!("{short} reverted to {}", to.short()))
             }),
+            Event::HookStarted { .. } | Event::HookSucceeded { .. } | Event::HookFailed { .. } => {
+                hook_notification(event, short, base)
+            }
             _ => None,
         }
     }
+}
+
+/// The notification of a hook run.
+fn hook_notification(
+    event: &Event,
+    short: &str,
+    base: impl Fn(&str, String) -> Notification,
+) -> Option<Notification> {
+    let (name, when, hook, duration_ms, reason) = match event {
+        Event::HookStarted { when, hook, .. } => ("hook_started", when, hook, None, None),
+        Event::HookSucceeded {
+            when,
+            hook,
+            duration_ms,
+            ..
+        } => ("hook_succeeded", when, hook, Some(*duration_ms), None),
+        Event::HookFailed {
+            when,
+            hook,
+            duration_ms,
+            message,
+            ..
+        } => (
+            "hook_failed",
+            when,
+            hook,
+            Some(*duration_ms),
+            Some(message.clone()),
+        ),
+        _ => return None,
+    };
+    let outcome = match (name, &reason) {
+        ("hook_started", _) => "started".to_string(),
+        (_, Some(reason)) => format!("failed: {reason}"),
+        _ => "succeeded".to_string(),
+    };
+    Some(Notification {
+        hook: Some(hook.clone()),
+        when: Some(when.clone()),
+        duration_ms,
+        reason,
+        ..base(name, format!("{short} {when} hook {hook} {outcome}"))
+    })
 }
 
 /// The notification of a blue/green phase.
@@ -259,6 +316,38 @@ async fn send(client: &reqwest::Client, webhook: &WebhookConfig, event: &str, bo
 mod tests {
     use super::*;
     use crate::model::Revision;
+
+    #[test]
+    fn hook_runs_name_the_hook_when_it_runs_and_how_it_ended() {
+        let failed = Event::HookFailed {
+            revision: Revision("b".repeat(40)),
+            when: "pre-rollout".into(),
+            hook: "Job.batch shop/migrate".into(),
+            duration_ms: 1500,
+            message: "Job failed: BackoffLimitExceeded".into(),
+        };
+        let n = Notification::for_event("prod", &failed, Utc::now()).expect("notified");
+        assert_eq!(n.event, "hook_failed");
+        assert_eq!(n.hook.as_deref(), Some("Job.batch shop/migrate"));
+        assert_eq!(n.when.as_deref(), Some("pre-rollout"));
+        assert_eq!(n.duration_ms, Some(1500));
+        assert_eq!(
+            n.text,
+            "gitopsd prod: bbbbbbbbbbbb pre-rollout hook Job.batch shop/migrate failed: Job failed: BackoffLimitExceeded"
+        );
+        let started = Event::HookStarted {
+            revision: Revision("b".repeat(40)),
+            when: "post-promotion".into(),
+            hook: "command smoke".into(),
+            run: None,
+        };
+        let n = Notification::for_event("prod", &started, Utc::now()).expect("notified");
+        assert_eq!(n.event, "hook_started");
+        assert_eq!(n.duration_ms, None);
+        let json = serde_json::to_value(&n).expect("serializes");
+        assert_eq!(json["hook"], "command smoke");
+        assert!(json.get("reason").is_none());
+    }
 
     #[test]
     fn failures_and_reverts_carry_their_reason_and_target() {

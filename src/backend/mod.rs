@@ -208,6 +208,38 @@ pub trait Target: Send + Sync {
         keys: &[ResourceKey],
         max_restarts: u32,
     ) -> impl Future<Output = Result<Readiness, TargetError>> + Send;
+    /// Whether objects of the revision can run as hooks here (`gitopsd.io/hook`).
+    fn runs_hook_objects(&self) -> bool {
+        false
+    }
+    /// Creates a hook's object run (`body` already renamed and marked as the environment's
+    /// hook; never a member of its applyset, so no prune sees it). One already there under
+    /// that name is left as it is: a restart finds the run it started and waits for it.
+    fn create_hook(
+        &self,
+        key: &ResourceKey,
+        _body: &Value,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send {
+        let error = TargetError::Object {
+            operation: "run hook",
+            object: key.to_string(),
+            message: "objects annotated gitopsd.io/hook need a kubernetes target".into(),
+            class: FailureClass::Revision,
+            missing: None,
+        };
+        async { Err(error) }
+    }
+    /// Deletes runs of the hook `hook` of this environment of `key`'s type and namespace
+    /// (only `key`'s own name when `only_this` is set), and waits until they are gone. Only
+    /// objects carrying the environment's hook marks are deleted.
+    fn delete_hook_runs(
+        &self,
+        _key: &ResourceKey,
+        _hook: &str,
+        _only_this: bool,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Where a Kubernetes target reads live state from.
@@ -282,6 +314,32 @@ impl AnyTarget {
 }
 
 impl Target for AnyTarget {
+    fn runs_hook_objects(&self) -> bool {
+        match self {
+            AnyTarget::Directory(target) => target.runs_hook_objects(),
+            AnyTarget::Kubernetes(target) => target.runs_hook_objects(),
+        }
+    }
+
+    async fn create_hook(&self, key: &ResourceKey, body: &Value) -> Result<(), TargetError> {
+        match self {
+            AnyTarget::Directory(target) => target.create_hook(key, body).await,
+            AnyTarget::Kubernetes(target) => target.create_hook(key, body).await,
+        }
+    }
+
+    async fn delete_hook_runs(
+        &self,
+        key: &ResourceKey,
+        hook: &str,
+        only_this: bool,
+    ) -> Result<(), TargetError> {
+        match self {
+            AnyTarget::Directory(target) => target.delete_hook_runs(key, hook, only_this).await,
+            AnyTarget::Kubernetes(target) => target.delete_hook_runs(key, hook, only_this).await,
+        }
+    }
+
     async fn list(&self, kinds: &BTreeSet<KindRef>) -> Result<Vec<Object>, TargetError> {
         match self {
             AnyTarget::Directory(target) => target.list(kinds).await,

@@ -128,6 +128,7 @@ impl Checker {
             None => RolloutConfig::default(),
         };
         let health = self.health_checks(raw.health.unwrap_or_default(), &prefix, &mut unknown);
+        let hooks = self.hooks(raw.hook.unwrap_or_default(), &prefix, &mut unknown);
         let mut read = self.reader(prefix.clone());
         let after = read.get("after", raw.after);
         let manual_approval = approval(&mut read, raw.approval);
@@ -152,6 +153,7 @@ impl Checker {
             after,
             manual_approval,
             window,
+            hooks,
         })
     }
 

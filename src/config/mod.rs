@@ -18,6 +18,7 @@ mod check;
 mod checked;
 mod environment;
 mod health;
+mod hooks;
 mod raw;
 mod render;
 mod sections;
@@ -66,6 +67,9 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "reverted",
     "blocked",
     "verify_failed",
+    "hook_started",
+    "hook_succeeded",
+    "hook_failed",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +107,8 @@ pub struct EnvironmentConfig {
     pub manual_approval: bool,
     /// Changes start only inside this window; reverts run at any time.
     pub window: Option<WindowConfig>,
+    /// `[[environment.hook]]`: commands run on this host around a rollout.
+    pub hooks: Vec<crate::hooks::CommandHook>,
 }
 
 /// A change window: a cron schedule (5 fields, or 6 with seconds first) opening it for

@@ -33,6 +33,7 @@ pub(super) struct RawEnvironment {
     pub(super) cluster_scoped: Option<Checked<RawClusterScoped>>,
     pub(super) rollout: Option<RawRollout>,
     pub(super) health: Option<Vec<RawHealthCheck>>,
+    pub(super) hook: Option<Vec<super::hooks::RawHook>>,
     pub(super) after: Option<Checked<String>>,
     pub(super) approval: Option<Checked<String>>,
     pub(super) window: Option<RawWindow>,

@@ -153,7 +153,9 @@ impl EnvironmentRuntime {
         match result {
             Ok(Outcome::RolledOut { .. }) => metrics.rollout(name, "healthy"),
             Err(ReconcileError::RolledBack { .. }) => metrics.rollout(name, "reverted"),
-            Err(ReconcileError::FirstDeployFailed { .. }) => metrics.rollout(name, "failed"),
+            Err(ReconcileError::FirstDeployFailed { .. } | ReconcileError::HookFailed { .. }) => {
+                metrics.rollout(name, "failed")
+            }
             _ => {}
         }
         if let Some(current) = self.journal.with_history(|history| history.current.clone()) {

@@ -119,8 +119,13 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             match step {
                 ControlFlow::Break(ending) => return Ok(ending),
                 ControlFlow::Continue((milestone, next)) => {
+                    let switched = milestone == Some(Milestone::Switched);
                     self.reached(milestone);
-                    decision = next;
+                    decision = if switched {
+                        self.post_promotion(next).await?
+                    } else {
+                        next
+                    };
                 }
             }
         }
@@ -275,6 +280,26 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         Ok(ControlFlow::Continue(
             self.machine.observe(observation.into(), Utc::now()),
         ))
+    }
+
+    /// Runs the post-promotion hooks once the active Services select the new pods; one that
+    /// fails switches back like a failed check, else `next` stands.
+    async fn post_promotion(&mut self, next: Decision) -> Result<Decision, ReconcileError> {
+        let hooks = self.input.hooks.ordered(crate::hooks::When::PostPromotion);
+        let run = self
+            .input
+            .hooks
+            .run(&self.input.revision, self.input.previous.as_ref());
+        let Some(failure) = self.fx.run_hooks(&hooks, &run).await? else {
+            return Ok(next);
+        };
+        let observation = crate::rollout::Observation::HookFailed {
+            hook: failure.hook,
+            detail: failure.message,
+        };
+        let (milestone, decision) = self.machine.observe(observation.into(), Utc::now());
+        self.reached(milestone);
+        Ok(decision)
     }
 
     /// Logs a milestone; the decisions journal their own records.

@@ -29,6 +29,8 @@ pub struct RolloutInput {
     pub live: Vec<Object>,
     pub plan: Plan,
     pub spec: RolloutSpec,
+    /// The environment's hook commands and the revision's hook objects.
+    pub hooks: super::hooks::HookSet,
 }
 
 /// How a rollout ended. Reverting is the caller's: it needs the previous revision's manifests.
@@ -177,8 +179,13 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
             match step {
                 ControlFlow::Break(ending) => return Ok(ending),
                 ControlFlow::Continue((milestone, next)) => {
+                    let promoted = milestone == Some(Milestone::Promoted);
                     self.reached(milestone)?;
-                    decision = next;
+                    decision = if promoted {
+                        self.post_promotion(next).await?
+                    } else {
+                        next
+                    };
                 }
             }
         }
@@ -311,6 +318,26 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
         Ok(())
     }
 
+    /// Runs the post-promotion hooks as the verify window opens; one that fails fails the
+    /// rollout (which is reverted), else `next` stands.
+    async fn post_promotion(&mut self, next: Decision) -> Result<Decision, ReconcileError> {
+        let hooks = self.input.hooks.ordered(crate::hooks::When::PostPromotion);
+        let run = self
+            .input
+            .hooks
+            .run(&self.input.revision, self.input.previous.as_ref());
+        let Some(failure) = self.fx.run_hooks(&hooks, &run).await? else {
+            return Ok(next);
+        };
+        let observation = Observation::HookFailed {
+            hook: failure.hook,
+            detail: failure.message,
+        };
+        let (milestone, decision) = self.rollout.observe(observation, Utc::now());
+        self.reached(milestone)?;
+        Ok(decision)
+    }
+
     async fn succeed(&mut self) -> Result<Ending, ReconcileError> {
         end_healthy(self.fx, &self.input).await
     }
@@ -344,7 +371,7 @@ pub(super) async fn end_healthy<T: Target, P: CheckRunner>(
 }
 
 /// Journals and counts a failed rollout.
-pub(super) fn journal_failure<T: Target, P: CheckRunner>(
+pub(crate) fn journal_failure<T: Target, P: CheckRunner>(
     fx: &mut Effects<'_, T, P>,
     revision: &Revision,
     reason: &str,

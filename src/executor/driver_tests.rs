@@ -232,6 +232,7 @@ fn input() -> RolloutInput {
         live,
         plan,
         spec,
+        hooks: Default::default(),
     }
 }
 
@@ -769,3 +770,6 @@ async fn a_blue_green_pod_crashing_after_the_scale_down_reverts_without_switchin
         "{writes:?}: nothing switched back; the revert restores the rest"
     );
 }
+
+#[path = "driver_hook_tests.rs"]
+mod hooks;

@@ -53,6 +53,8 @@ pub enum ReconcileError {
     },
     #[error("revision {revision} failed on its first deploy, with nothing to revert to: {reason}")]
     FirstDeployFailed { revision: Revision, reason: String },
+    #[error("revision {revision} failed before anything of it was applied, and is held: {reason}")]
+    HookFailed { revision: Revision, reason: String },
     #[error("revert of {revision} to {to} stopped: {message}; it is retried on the next pass")]
     Revert {
         revision: Revision,

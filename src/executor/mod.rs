@@ -6,6 +6,7 @@ mod blue_green;
 mod driver;
 mod effects;
 mod error;
+mod hooks;
 mod revert;
 mod writes;
 
@@ -18,9 +19,10 @@ pub use writes::change_records;
 
 use crate::backend::Target;
 use crate::canary::{self, RolloutSpec};
-use crate::desired::{DesiredError, empty_revision_problem, load_desired};
+use crate::desired::{DesiredError, empty_revision_problem, load_with_hooks};
 use crate::gates::Gates;
 use crate::history::{History, NextStep, Resume, RevertInFlight};
+use crate::hooks::{ObjectHook, When};
 use crate::journal::{Event, JournalError};
 use crate::model::{Action, KindRef, Object, ResourceKey, Revision};
 use crate::plan::{self, Compare, Desired, Plan};
@@ -28,6 +30,7 @@ use crate::preview;
 use crate::rollout::Strategy;
 use crate::source::GitSource;
 use blue_green::BlueGreenDriver;
+use hooks::HookSet;
 use writes::{confirm_drift, plan_writes};
 
 /// One environment's pass: what it acts through, and where its revisions come from.
@@ -174,8 +177,12 @@ impl<T: Target> EnvironmentRun<'_, T> {
         })
     }
 
-    async fn desired(&mut self, revision: &Revision) -> Result<Vec<Desired>, ReconcileError> {
-        match load_desired(self.source, self.fx.config, revision, self.fx.target).await {
+    /// The revision's objects, and apart its hook objects.
+    async fn desired(
+        &mut self,
+        revision: &Revision,
+    ) -> Result<(Vec<Desired>, Vec<ObjectHook>), ReconcileError> {
+        match load_with_hooks(self.source, self.fx.config, revision, self.fx.target).await {
             Ok(desired) => Ok(desired),
             Err(DesiredError::Manifests(errors)) => {
                 self.reject(revision, errors.0.iter().map(ToString::to_string).collect())?;
@@ -244,8 +251,8 @@ impl<T: Target> EnvironmentRun<'_, T> {
     async fn plan_for(
         &mut self,
         revision: &Revision,
-    ) -> Result<(Vec<Desired>, Vec<Object>, Plan), ReconcileError> {
-        let desired = self.desired(revision).await?;
+    ) -> Result<(Vec<Desired>, Vec<Object>, Plan, Vec<ObjectHook>), ReconcileError> {
+        let (desired, hooks) = self.desired(revision).await?;
         let live = self.live(&desired, revision).await?;
         if let Some(problem) = empty_revision_problem(self.fx.config, desired.len(), live.len()) {
             self.reject(revision, vec![problem.clone()])?;
@@ -268,7 +275,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
         for orphan in &plan.orphaned {
             tracing::warn!(object = %orphan, "owned object is gone from git but prune is off; leaving it");
         }
-        Ok((desired, live, plan))
+        Ok((desired, live, plan, hooks))
     }
 
     /// Fails the pass, before anything is written, when an object it would create lives
@@ -311,7 +318,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
 
     /// Puts back anything that differs from a healthy revision, in place.
     async fn converge(&mut self, revision: &Revision) -> Result<Outcome, ReconcileError> {
-        let (desired, _, plan) = self.plan_for(revision).await?;
+        let (desired, _, plan, _) = self.plan_for(revision).await?;
         if plan.is_empty() {
             self.fx.settle(&desired, &plan.orphaned).await?;
             return Ok(Outcome::Unchanged {
@@ -357,8 +364,11 @@ impl<T: Target> EnvironmentRun<'_, T> {
         previous: Option<Revision>,
         resume: Option<Resume>,
     ) -> Result<Outcome, ReconcileError> {
-        let (desired, live, plan) = self.plan_for(revision).await?;
-        if plan.is_empty() && resume.is_none() {
+        let (desired, live, plan, hook_objects) = self.plan_for(revision).await?;
+        let before = self.before(previous.as_ref()).await;
+        let hook_set = HookSet::new(&self.fx.config.hooks, hook_objects, self.source.state_dir());
+        let hooks_changed = hook_set.objects != before.1;
+        if plan.is_empty() && !hooks_changed && resume.is_none() {
             // Nothing to roll out (e.g. a commit outside this environment's folder).
             self.fx.settle(&desired, &plan.orphaned).await?;
             self.fx.journal(Event::Healthy {
@@ -368,8 +378,32 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 revision: revision.clone(),
             });
         }
-        let before = self.before(previous.as_ref()).await;
-        let spec = canary::split(&plan, &desired, &live, &before);
+        if resume.is_none()
+            && let Some(failure) = self
+                .fx
+                .run_hooks(
+                    &hook_set.ordered(When::PreRollout),
+                    &hook_set.run(revision, previous.as_ref()),
+                )
+                .await?
+        {
+            // Nothing of the revision was applied: there is nothing to revert; it is held.
+            let reason = format!(
+                "pre-rollout hook {} failed: {}",
+                failure.hook, failure.message
+            );
+            driver::journal_failure(
+                &mut self.fx,
+                revision,
+                &reason,
+                crate::rollout::cause::HOOK_FAILED,
+            )?;
+            return Err(ReconcileError::HookFailed {
+                revision: revision.clone(),
+                reason,
+            });
+        }
+        let spec = canary::split(&plan, &desired, &live, &before.0);
         let blue_green = resume.is_none() && self.blue_green(revision, &plan, &spec)?;
         let input = RolloutInput {
             revision: revision.clone(),
@@ -378,6 +412,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
             live,
             plan,
             spec,
+            hooks: hook_set,
         };
         let ending = match resume {
             Some(resume) => Driver::resume(&mut self.fx, input, resume)?.run().await?,
@@ -511,16 +546,17 @@ impl<T: Target> EnvironmentRun<'_, T> {
         })
     }
 
-    /// The manifests the stables were applied from: what they are written from during steps.
-    async fn before(&self, previous: Option<&Revision>) -> Vec<Desired> {
+    /// The manifests the stables were applied from (what they are written from during
+    /// steps), and the previous revision's hook objects.
+    async fn before(&self, previous: Option<&Revision>) -> (Vec<Desired>, Vec<ObjectHook>) {
         let Some(previous) = previous else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
-        match load_desired(self.source, self.fx.config, previous, self.fx.target).await {
+        match load_with_hooks(self.source, self.fx.config, previous, self.fx.target).await {
             Ok(before) => before,
             Err(error) => {
                 tracing::warn!(%error, previous = %previous.short(), "cannot read the previous revision; stables are written from their live bodies");
-                Vec::new()
+                (Vec::new(), Vec::new())
             }
         }
     }

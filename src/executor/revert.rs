@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 
 use super::EnvironmentRun;
 use super::error::ReconcileError;
+use super::hooks::HookSet;
 use super::writes::{Write, confirm_drift, plan_writes};
 use crate::backend::Target;
 use crate::canary::CANARY_SUFFIX;
-use crate::desired::load_desired;
+use crate::desired::load_with_hooks;
 use crate::history::RevertInFlight;
+use crate::hooks::{self, When};
 use crate::journal::Event;
 use crate::labels::ANNOTATION_REVISION;
 use crate::model::{Object, ResourceKey, Revision};
@@ -38,11 +40,14 @@ impl<T: Target> EnvironmentRun<'_, T> {
             to: revert.to.clone(),
             message,
         };
-        let desired =
-            match load_desired(self.source, self.fx.config, &revert.to, self.fx.target).await {
-                Ok(desired) => desired,
+        let (desired, healthy_hooks) =
+            match load_with_hooks(self.source, self.fx.config, &revert.to, self.fx.target).await {
+                Ok(loaded) => loaded,
                 Err(error) => return Err(revert_error(error.to_string())),
             };
+        if revert.failed {
+            self.rerun_on_revert(revert, &healthy_hooks).await?;
+        }
         let live = self.live(&desired, &revert.to).await?;
         let mut plan = plan::plan(&desired, &live, true, self.compare());
         confirm_drift(
@@ -77,6 +82,9 @@ impl<T: Target> EnvironmentRun<'_, T> {
             plan.orphaned.clone()
         };
         self.fx.settle(&desired, &kept).await?;
+        if revert.failed {
+            self.on_failure(revert).await?;
+        }
         self.fx.journal(Event::Reverted {
             revision: revert.revision.clone(),
             to: revert.to.clone(),
@@ -84,6 +92,54 @@ impl<T: Target> EnvironmentRun<'_, T> {
         tracing::warn!(env = %self.fx.config.name, revision = %revert.revision.short(), to = %revert.to.short(), "reverted");
         if revert.failed && self.fx.config.rollout.revert_commit {
             self.push_revert_commit(revert).await?;
+        }
+        Ok(())
+    }
+
+    /// Migrations go forward only: of the healthy revision's pre-rollout hooks, only those
+    /// marked to run on a revert run, before its writes. Their failure is logged; the revert
+    /// goes on.
+    async fn rerun_on_revert(
+        &mut self,
+        revert: &RevertInFlight,
+        healthy_hooks: &[hooks::ObjectHook],
+    ) -> Result<(), ReconcileError> {
+        let set = HookSet::new(&[], Vec::new(), self.source.state_dir());
+        let again = hooks::on_revert(&self.fx.config.hooks, healthy_hooks);
+        let run = set.run(&revert.to, Some(&revert.revision));
+        if let Some(failure) = self.fx.run_hooks(&again, &run).await? {
+            tracing::error!(env = %self.fx.config.name, hook = %failure.hook, message = %failure.message, "a pre-rollout hook marked to run on a revert failed; reverting anyway");
+        }
+        Ok(())
+    }
+
+    /// Runs the failed revision's on-failure hooks (the environment's commands and its hook
+    /// objects), once the revert's writes are done and before it is journaled finished, so a
+    /// restart in the middle of one runs what is left. Their failure is journaled; the revert
+    /// stands.
+    async fn on_failure(&mut self, revert: &RevertInFlight) -> Result<(), ReconcileError> {
+        let objects = match load_with_hooks(
+            self.source,
+            self.fx.config,
+            &revert.revision,
+            self.fx.target,
+        )
+        .await
+        {
+            Ok((_, objects)) => objects,
+            Err(error) => {
+                tracing::warn!(env = %self.fx.config.name, revision = %revert.revision.short(), %error, "cannot read the failed revision's hook objects; running the configured on-failure commands only");
+                Vec::new()
+            }
+        };
+        let set = HookSet::new(&self.fx.config.hooks, objects, self.source.state_dir());
+        let run = set.run(&revert.revision, Some(&revert.to));
+        if let Some(failure) = self
+            .fx
+            .run_hooks(&set.ordered(When::OnFailure), &run)
+            .await?
+        {
+            tracing::error!(env = %self.fx.config.name, hook = %failure.hook, message = %failure.message, "on-failure hook failed; the revert stands");
         }
         Ok(())
     }

@@ -140,6 +140,32 @@ pub enum Event {
         revision: Revision,
         objects: Vec<DriftRecord>,
     },
+    /// About to run a hook (`when`: `pre-rollout`, `post-promotion`, `on-failure`) of
+    /// `revision`; `hook` names it (`command <name>`, or the object as the revision names
+    /// it), `run` is the name its object runs under.
+    HookStarted {
+        revision: Revision,
+        when: String,
+        hook: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<String>,
+    },
+    /// The hook finished successfully after `duration_ms`.
+    HookSucceeded {
+        revision: Revision,
+        when: String,
+        hook: String,
+        duration_ms: u64,
+    },
+    /// The hook failed after `duration_ms`: `message` is the exit status and the end of its
+    /// stderr, or the failing Job condition's message, or the timeout.
+    HookFailed {
+        revision: Revision,
+        when: String,
+        hook: String,
+        duration_ms: u64,
+        message: String,
+    },
     /// Every type the environment has used so far (listed on each pass, so objects of a type a
     /// revision drops entirely are still found and pruned).
     Inventory {
@@ -196,6 +222,9 @@ impl Event {
             Event::Unblocked { .. } => "unblocked",
             Event::Retried { .. } => "retried",
             Event::VerifyFailed { .. } => "verify_failed",
+            Event::HookStarted { .. } => "hook_started",
+            Event::HookSucceeded { .. } => "hook_succeeded",
+            Event::HookFailed { .. } => "hook_failed",
         }
     }
 
@@ -229,7 +258,10 @@ impl Event {
             | Event::Approved { revision }
             | Event::Pinned { revision, .. }
             | Event::DriftCorrected { revision, .. }
-            | Event::Inventory { revision, .. } => revision,
+            | Event::Inventory { revision, .. }
+            | Event::HookStarted { revision, .. }
+            | Event::HookSucceeded { revision, .. }
+            | Event::HookFailed { revision, .. } => revision,
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::source::{GitSource, SourceError};
 mod files;
 mod run;
 
-use run::{RunError, Sandbox, run};
+use run::{OutputError, RunError, Sandbox, run};
 
 /// How long `<tool> version` may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -178,6 +178,49 @@ pub fn sanitized_path(path: Option<&std::ffi::OsStr>) -> Vec<PathBuf> {
             .collect()
     })
     .unwrap_or_default()
+}
+
+/// Output a hook command may print before it is stopped.
+const COMMAND_MAX_OUTPUT: u64 = 64 * 1024 * 1024;
+
+/// Runs a command (a hook) under the rules render tools run under: no shell, stdin closed, an
+/// environment holding only PATH (gitopsd's, without relative entries), HOME (`dir`) and
+/// `env`, its own process group killed as a whole when it ends, death with gitopsd, and
+/// `timeout`. Says why it failed as an operator reads it (exit status and stderr's end).
+pub async fn run_command(
+    argv: &[String],
+    dir: &Path,
+    env: Vec<(String, std::ffi::OsString)>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err("no program to run".into());
+    };
+    let invocation = Invocation {
+        program: PathBuf::from(program),
+        args: args.to_vec(),
+        version_args: None,
+    };
+    let search_path = sanitized_path(std::env::var_os("PATH").as_deref());
+    let sandbox = Sandbox {
+        dir: dir.to_path_buf(),
+        path: std::env::join_paths(&search_path).unwrap_or_default(),
+        env,
+    };
+    match run(&invocation, &sandbox, timeout, COMMAND_MAX_OUTPUT).await {
+        Ok(_) => Ok(()),
+        Err(RunError::TimedOut { timeout }) => Err(format!(
+            "did not finish within {} (timeout); killed",
+            humantime::format_duration(timeout)
+        )),
+        Err(RunError::Output {
+            problem: OutputError::TooLarge { .. },
+            tail,
+        }) => Err(format!(
+            "printed more than {COMMAND_MAX_OUTPUT} bytes; killed{tail}"
+        )),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// A render that failed: the revision is rejected with this.

@@ -9,6 +9,7 @@ mod answers;
 mod cache;
 mod client;
 mod drift;
+mod hooks;
 mod list;
 mod live;
 mod parent;
@@ -406,6 +407,23 @@ impl Target for KubernetesTarget {
 
     fn compare(&self) -> Compare {
         Compare::Subset
+    }
+
+    fn runs_hook_objects(&self) -> bool {
+        true
+    }
+
+    async fn create_hook(&self, key: &ResourceKey, body: &Value) -> Result<(), TargetError> {
+        self.create_hook_run(key, body).await
+    }
+
+    async fn delete_hook_runs(
+        &self,
+        key: &ResourceKey,
+        hook: &str,
+        only_this: bool,
+    ) -> Result<(), TargetError> {
+        self.delete_hook_objects(key, hook, only_this).await
     }
 
     fn writes_in_flight(&self) -> usize {
