@@ -66,6 +66,10 @@ pub struct InFlight {
     /// A blue/green rollout's phase: `preview`, `switched`, `switched back`, `scaling down`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// Blue/green: an operator approved this revision since its rollout started, so the
+    /// switch may go ahead (`auto_promote = false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub switch_approved: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -96,6 +100,7 @@ impl History {
             | Event::StepPassed { .. }
             | Event::CheckFailed { .. }
             | Event::PreviewStarted { .. }
+            | Event::AwaitingApproval { .. }
             | Event::Switched { .. }
             | Event::SwitchedBack { .. }
             | Event::ScaledDown { .. }
@@ -144,6 +149,7 @@ impl History {
                     failed: None,
                     failing_checks: Vec::new(),
                     phase: None,
+                    switch_approved: false,
                 });
             }
             Event::StepStarted { step, weight, .. } => {
@@ -162,6 +168,7 @@ impl History {
                 }
             }
             Event::PreviewStarted { .. }
+            | Event::AwaitingApproval { .. }
             | Event::Switched { .. }
             | Event::SwitchedBack { .. }
             | Event::ScaledDown { .. } => {
@@ -264,6 +271,12 @@ impl History {
             }
             Event::Approved { revision } => {
                 self.approved.insert(revision.clone());
+                // An approval during a rollout of the revision is also one of its switch.
+                if let Some(flight) = &mut self.in_flight
+                    && flight.revision == *revision
+                {
+                    flight.switch_approved = true;
+                }
             }
             Event::Pinned { revision, tip } => {
                 self.pin = Some((revision.clone(), tip.clone()));
@@ -366,6 +379,7 @@ fn blue_green_phase(event: &Event) -> &'static str {
         Event::Switched { .. } => "switched",
         Event::SwitchedBack { .. } => "switched back",
         Event::ScaledDown { .. } => "scaling down",
+        Event::AwaitingApproval { .. } => "awaiting approval",
         _ => "preview",
     }
 }

@@ -50,6 +50,8 @@ pub struct RolloutConfig {
     pub strategy: Strategy,
     /// Blue/green: how long the old pods stay up after the switch.
     pub scale_down_delay: Duration,
+    /// Blue/green: switch once the preview baked; false waits for `gitopsd approve`.
+    pub auto_promote: bool,
     /// Canary weights in percent, increasing, ending with 100 (the promotion).
     pub steps: Vec<u8>,
     /// How long each canary step must stay healthy.
@@ -69,6 +71,7 @@ impl Default for RolloutConfig {
         Self {
             strategy: Strategy::Canary,
             scale_down_delay: Duration::from_secs(30),
+            auto_promote: true,
             steps: vec![100],
             bake: Duration::ZERO,
             timeout: Duration::from_secs(300),

@@ -278,19 +278,17 @@ impl Checker {
             }),
             None => defaults.strategy,
         };
-        let scale_down_delay = read
-            .duration_or_zero("scale_down_delay", raw.scale_down_delay)
-            .unwrap_or(defaults.scale_down_delay);
+        let blue_green = blue_green_keys(&mut read, raw.scale_down_delay, raw.auto_promote);
         self.problems.extend(unknown.under("rollout"));
         RolloutConfig {
             strategy,
-            scale_down_delay,
             steps,
             bake,
             timeout,
             verify,
             revert_commit,
             max_restarts,
+            ..blue_green
         }
     }
 
@@ -426,6 +424,24 @@ fn identity(
     (name, path)
 }
 
+/// The blue/green keys of `[rollout]`, in a config otherwise left at its defaults.
+fn blue_green_keys(
+    read: &mut Reader<'_>,
+    scale_down_delay: Option<Checked<super::checked::HumanDuration>>,
+    auto_promote: Option<Checked<bool>>,
+) -> RolloutConfig {
+    let defaults = RolloutConfig::default();
+    RolloutConfig {
+        scale_down_delay: read
+            .duration_or_zero("scale_down_delay", scale_down_delay)
+            .unwrap_or(defaults.scale_down_delay),
+        auto_promote: read
+            .get("auto_promote", auto_promote)
+            .unwrap_or(defaults.auto_promote),
+        ..defaults
+    }
+}
+
 /// `approval`: whether every new revision waits for `gitopsd approve`.
 fn approval(read: &mut Reader<'_>, value: Option<Checked<String>>) -> bool {
     match read.get("approval", value).as_deref() {
@@ -535,6 +551,7 @@ mod tests {
             [environment.rollout]
             strategy = "blue-green"
             scale_down_delay = "2m"
+            auto_promote = false
             "#,
         )
         .expect("valid");
@@ -543,6 +560,8 @@ mod tests {
         assert_eq!(rollout(0).scale_down_delay, Duration::from_secs(30));
         assert_eq!(rollout(1).strategy, Strategy::BlueGreen);
         assert_eq!(rollout(1).scale_down_delay, Duration::from_secs(120));
+        assert!(rollout(0).auto_promote, "the default");
+        assert!(!rollout(1).auto_promote);
         let problems = parse(
             r#"
             [repo]

@@ -16,6 +16,7 @@ use crate::backend::{FailureClass, Target, TargetError};
 use crate::blue_green::{BlueGreen, BlueGreenTiming, Decision, Milestone, Observation};
 use crate::canary::{self, canary_key};
 use crate::health::HealthTracker;
+use crate::history::History;
 use crate::journal::{Baseline, Event};
 use crate::model::{ResourceKey, Revision};
 use crate::plan::Desired;
@@ -75,7 +76,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             timeout: rollout.timeout,
             verify: rollout.verify,
             scale_down_delay: rollout.scale_down_delay,
-            auto_promote: true,
+            auto_promote: rollout.auto_promote,
         });
         let tracker = HealthTracker::new(&fx.config.health);
         Ok(Self {
@@ -107,14 +108,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
                 Decision::Revert { reason, cause } => {
                     ControlFlow::Break(self.fail(reason, cause).await?)
                 }
-                // Every blue/green rollout promotes on its own for now.
-                Decision::AwaitApproval => ControlFlow::Break(
-                    self.fail(
-                        "approval before the switch is not supported".into(),
-                        cause::REJECTED.into(),
-                    )
-                    .await?,
-                ),
+                Decision::AwaitApproval => self.await_approval().await?,
             };
             match step {
                 ControlFlow::Break(ending) => return Ok(ending),
@@ -277,6 +271,43 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         ))
     }
 
+    /// Journals `awaiting_approval`, then runs the checks and watches the preview's pods
+    /// until an operator approves the revision (`gitopsd approve` or the API); a failure
+    /// meanwhile fails the rollout as during the bake.
+    async fn await_approval(&mut self) -> Result<Step, ReconcileError> {
+        let revision = self.input.revision.clone();
+        self.fx.journal(Event::AwaitingApproval {
+            revision: revision.clone(),
+        })?;
+        tracing::info!(env = %self.fx.config.name, revision = %revision.short(), "preview ready and healthy; the switch waits for an approval: gitopsd approve --env {} {}", self.fx.config.name, revision.short());
+        let approved = |history: &History| {
+            history
+                .in_flight
+                .as_ref()
+                .is_some_and(|flight| flight.revision == revision && flight.switch_approved)
+        };
+        let observation = self
+            .fx
+            .watch_checks_held(
+                &mut self.tracker,
+                &self.input.revision,
+                &self.watched,
+                Utc::now(),
+                |history| !approved(history),
+            )
+            .await?;
+        let observation = match observation {
+            crate::rollout::Observation::Tick => Observation::Approved,
+            other => other.into(),
+        };
+        if observation == Observation::Approved {
+            tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "switch approved");
+        }
+        Ok(ControlFlow::Continue(
+            self.machine.observe(observation, Utc::now()),
+        ))
+    }
+
     /// Logs a milestone; the decisions journal their own records.
     fn reached(&self, milestone: Option<Milestone>) {
         let (env, revision) = (&self.fx.config.name, self.input.revision.short());
@@ -360,3 +391,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "blue_green_tests.rs"]
+mod tests;

@@ -382,4 +382,4 @@ pub(super) fn end_blocked<T: Target, P: CheckRunner>(
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // the fixture writes its config file
 #[path = "driver_tests.rs"]
-mod tests;
+pub(super) mod tests;

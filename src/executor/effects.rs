@@ -14,6 +14,7 @@ use crate::canary;
 use crate::config::EnvironmentConfig;
 use crate::health::{CheckResult, HealthTracker};
 use crate::heartbeat::{BEAT_INTERVAL, Heartbeat};
+use crate::history::History;
 use crate::journal::{DriftRecord, Event, JournalError, SharedJournal};
 use crate::metrics::Metrics;
 use crate::model::{ResourceKey, Revision};
@@ -233,12 +234,28 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
         watched: &[ResourceKey],
         until: DateTime<Utc>,
     ) -> Result<Observation, ReconcileError> {
+        self.watch_checks_held(tracker, revision, watched, until, |_| false)
+            .await
+    }
+
+    /// [`Self::watch_checks`], also held (as by a pause) while `held` says so of the
+    /// environment's history: a blue/green switch waiting for its approval.
+    pub async fn watch_checks_held(
+        &mut self,
+        tracker: &mut HealthTracker,
+        revision: &Revision,
+        watched: &[ResourceKey],
+        until: DateTime<Utc>,
+        held: impl Fn(&History) -> bool,
+    ) -> Result<Observation, ReconcileError> {
+        let journal = self.journal;
+        let held = || journal.with_history(|history| history.paused || held(history));
         let checks = self.config.health.clone();
         let mut due: Vec<DateTime<Utc>> = vec![Utc::now(); checks.len()];
         let mut pods_due = Utc::now();
         loop {
             let now = Utc::now();
-            let watching = now < until || self.paused();
+            let watching = now < until || held();
             if watching && !watched.is_empty() && pods_due <= now {
                 if let Some(broken) = self.broken(watched).await {
                     return Ok(broken);
@@ -273,7 +290,7 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
             }
             let now = Utc::now();
             // A paused rollout holds at its step; checks keep running and can still fail it.
-            let held = self.paused();
+            let held = held();
             if now >= until && !held {
                 return Ok(Observation::Tick);
             }

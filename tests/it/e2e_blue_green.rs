@@ -507,3 +507,74 @@ fn e2e_sigkill_at_each_journal_point_of_a_blue_green_rollout_ends_with_one_versi
         );
     }
 }
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_without_auto_promote_the_blue_green_switch_waits_until_gitopsd_approve() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("bg-approve");
+    let extra = format!("{}auto_promote = false\n", blue_green("3s", "2s"));
+    let workspace = workspace_on(&cluster, &namespace, &extra);
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &app(&namespace, "1"));
+    workspace.repo.commit("v1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let watches = Watches::start(&cluster, &namespace);
+    let old = watches.arm();
+
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &app(&namespace, "2"));
+    let tip = workspace.repo.commit("v2");
+    let (_daemon, _address) = daemon_with_api(&workspace, "approve-token");
+    assert!(
+        wait_for(Duration::from_secs(120), || journal_names(&workspace)
+            .contains(&"awaiting_approval")),
+        "the rollout never came to wait for its approval: {:?}",
+        journal_names(&workspace)
+    );
+    let preview_ready = cluster
+        .get(Some(&namespace), "deployment/web-canary")
+        .expect("the preview runs while the switch waits");
+    assert_eq!(preview_ready["status"]["readyReplicas"], REPLICAS);
+    let status = stdout(&workspace.run(&["status", "--env", "staging"]));
+    assert!(
+        status
+            .contains("blue-green: awaiting approval of the switch (gitopsd approve --env staging"),
+        "{status}"
+    );
+    // It is still waiting after that: the switch moves only with the approval.
+    assert_eq!(journal_names(&workspace).last(), Some(&"awaiting_approval"));
+    assert!(
+        watches.states().iter().all(|(_, ready)| *ready == old),
+        "the active Service selected only the old pods while the switch waited: {:?}",
+        watches.states()
+    );
+
+    let approve = workspace.run(&["approve", "--env", "staging", &tip[..10]]);
+    assert_exit(&approve, 0);
+    assert!(
+        wait_for(Duration::from_secs(120), || matches!(
+            workspace.journal("staging").last().map(|r| &r.event),
+            Some(Event::Healthy { revision }) if revision.0 == tip
+        )),
+        "the approved switch went ahead to a healthy end: {:?}",
+        journal_names(&workspace)
+    );
+    let names = journal_names(&workspace);
+    let tail = &names[names.len() - 6..];
+    assert_eq!(
+        tail,
+        [
+            "preview_started",
+            "awaiting_approval",
+            "approved",
+            "switched",
+            "scaled_down",
+            "healthy"
+        ]
+    );
+    assert_never_short_nor_mixed(&watches.states(), &old);
+    assert_only_git_objects(&cluster, &namespace, "2");
+}

@@ -1,0 +1,107 @@
+//! The blue/green driver's approval gate, preview size and preview Service, against the
+//! recording backend of the rollout driver's tests.
+
+use chrono::Utc;
+
+use super::super::driver::Ending;
+use super::super::driver::tests::{
+    Fixture, RecordingBackend, ScriptedChecks, at, begin_blue_green, by_record, names,
+    preview_writes,
+};
+use crate::config::HealthCheckConfig;
+use crate::health::CheckResult;
+use crate::journal::Event;
+use crate::probe::CheckRunner;
+
+/// Healthy checks that, once the switch waits for its approval, note how many writes were
+/// made by then and approve the revision, as `gitopsd approve` does through the API.
+struct Approver<'f> {
+    fixture: &'f Fixture,
+    backend: &'f RecordingBackend,
+    writes_when_approved: std::sync::Mutex<Option<usize>>,
+}
+
+impl CheckRunner for Approver<'_> {
+    async fn run(&self, _check: &HealthCheckConfig) -> CheckResult {
+        let records = self.fixture.records();
+        let mut approved = self
+            .writes_when_approved
+            .lock()
+            .expect("not poisoned: nothing panics while holding it");
+        if approved.is_none() && names(&records).contains(&"awaiting_approval") {
+            *approved = Some(self.backend.writes().len());
+            let revision = records[0].event.revision().clone();
+            self.fixture
+                .journal
+                .append(Event::Approved { revision }, Utc::now())
+                .expect("the approval is journaled");
+        }
+        CheckResult::Healthy
+    }
+}
+
+#[tokio::test]
+async fn without_auto_promote_the_switch_waits_for_an_approval_of_the_revision() {
+    let fixture = Fixture::with_rollout(
+        "strategy = \"blue-green\"\nbake = \"20ms\"\nverify = \"20ms\"\nscale_down_delay = \"10ms\"\nauto_promote = false",
+    );
+    let backend = RecordingBackend::new(&fixture.journal);
+    let checks = Approver {
+        fixture: &fixture,
+        backend: &backend,
+        writes_when_approved: Default::default(),
+    };
+    let ending = begin_blue_green(&fixture, &backend, &checks).await;
+    assert!(matches!(ending, Ending::Healthy { .. }), "{ending:?}");
+    let records = fixture.records();
+    assert_eq!(
+        names(&records),
+        [
+            "rollout_started",
+            "preview_started",
+            "awaiting_approval",
+            "approved",
+            "switched",
+            "scaled_down",
+            "healthy"
+        ]
+    );
+    let writes = by_record(&backend.writes(), &records);
+    let preview = preview_writes();
+    assert_eq!(
+        *checks.writes_when_approved.lock().expect("not poisoned"),
+        Some(preview.len()),
+        "nothing but the preview was written while the switch waited: {writes:?}"
+    );
+    assert_eq!(
+        writes.get(preview.len()),
+        Some(&at("switched", "apply Service/web [canary]")),
+        "{writes:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_approval_from_before_the_rollout_does_not_approve_its_switch() {
+    let fixture =
+        Fixture::with_rollout("strategy = \"blue-green\"\nbake = \"0s\"\nauto_promote = false");
+    let revision = super::super::driver::tests::revision('b');
+    fixture
+        .journal
+        .append(Event::Approved { revision }, Utc::now())
+        .expect("journaled");
+    let backend = RecordingBackend::new(&fixture.journal);
+    // The checks fail once the rollout waits: had the earlier approval counted, it would have
+    // switched and gone on instead.
+    let checks = ScriptedChecks::failing_after(0);
+    let ending = begin_blue_green(&fixture, &backend, &checks).await;
+    let Ending::Failed { reason, .. } = ending else {
+        panic!("the rollout waits, and the failing check ends it: {ending:?}");
+    };
+    assert!(reason.starts_with("preview: check"), "{reason}");
+    let records = fixture.records();
+    let names = names(&records);
+    assert!(
+        names.contains(&"awaiting_approval") && !names.contains(&"switched"),
+        "{names:?}"
+    );
+}
