@@ -165,6 +165,138 @@ pub fn preview_service(active: &Desired) -> Desired {
     Desired::from_body(key, body)
 }
 
+/// The Services one blue/green rollout writes: the active ones it pins, switches and gives
+/// back, and the preview Services beside them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PreviewServices {
+    /// The Services of the revision selecting a previewed Deployment's pods (as git wants
+    /// them), but for the configured preview Service.
+    pub active: Vec<Desired>,
+    /// The configured preview Services (`preview_service`) of the revision that select a
+    /// previewed Deployment's pods, as git wants them: during the rollout they select only
+    /// the new pods; at the end they get git's selector back.
+    pub named: Vec<Desired>,
+    /// The `<service>-preview` Services made for the active Services no named preview
+    /// Service stands beside: created with the preview, deleted with it.
+    pub made: Vec<Desired>,
+}
+
+/// A `preview_service` the revision has no Service of.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "rollout.preview_service is {name:?}, but the revision has no Service of that name (declare it, or leave the key out for a made <service>-preview)"
+)]
+pub struct NoPreviewService {
+    pub name: String,
+}
+
+impl PreviewServices {
+    /// Sorts the revision's Services for a blue/green rollout of `deployments`. A Service named
+    /// `preview_service` that selects a previewed Deployment's pods is its preview Service
+    /// (selecting only the new pods until the end); every other Service selecting them is
+    /// active, and gets a made `<name>-preview` unless each Deployment it selects has a named
+    /// one in its namespace.
+    pub fn of(
+        desired: &[Desired],
+        deployments: &[&Desired],
+        preview_service: Option<&str>,
+    ) -> Result<Self, NoPreviewService> {
+        let named_in_revision = |service: &Desired| {
+            service.key.kind == "Service"
+                && service.key.group.is_empty()
+                && Some(service.key.name.as_str()) == preview_service
+        };
+        if let Some(name) = preview_service
+            && !deployments.is_empty()
+            && !desired.iter().any(named_in_revision)
+        {
+            return Err(NoPreviewService {
+                name: name.to_string(),
+            });
+        }
+        let selecting = active_services(desired, deployments);
+        let (named, active): (Vec<Desired>, Vec<Desired>) =
+            selecting.into_iter().partition(|s| named_in_revision(s));
+        let covered = |deployment: &&Desired| named.iter().any(|n| selects(n, deployment));
+        let made = active
+            .iter()
+            .filter(|service| {
+                !deployments
+                    .iter()
+                    .filter(|d| selects(service, d))
+                    .all(covered)
+            })
+            .map(self::preview_service)
+            .collect();
+        Ok(Self {
+            active,
+            named,
+            made,
+        })
+    }
+
+    /// Every preview Service as written with the preview: selecting only the new pods.
+    pub fn previews(&self) -> Vec<Desired> {
+        self.named
+            .iter()
+            .map(switched)
+            .chain(self.made.iter().cloned())
+            .collect()
+    }
+
+    /// Every Service the rollout writes before its end: what the revision's other changes
+    /// must leave to it.
+    pub fn keys(&self) -> Vec<&ResourceKey> {
+        self.active
+            .iter()
+            .chain(&self.named)
+            .chain(&self.made)
+            .map(|service| &service.key)
+            .collect()
+    }
+
+    /// The made preview Services, which go with the preview.
+    pub fn made_keys(&self) -> Vec<ResourceKey> {
+        self.made
+            .iter()
+            .map(|service| service.key.clone())
+            .collect()
+    }
+
+    /// The Services as git wants them: what the end of the rollout gives back.
+    pub fn as_in_git(&self) -> Vec<Desired> {
+        self.active.iter().chain(&self.named).cloned().collect()
+    }
+}
+
+/// The preview Deployments (and config copies) at most `preview_replicas` pods each (none:
+/// the full count they come with); true when one of them was cut short, so it must be scaled
+/// up before the switch.
+pub fn sized(previews: Vec<Desired>, preview_replicas: Option<u32>) -> (Vec<Desired>, bool) {
+    let mut short = false;
+    let sized = previews
+        .into_iter()
+        .map(|desired| {
+            let Some(limit) = preview_replicas else {
+                return desired;
+            };
+            let full = desired
+                .body
+                .pointer("/spec/replicas")
+                .and_then(Value::as_u64);
+            if desired.key.kind != "Deployment" || full.is_none_or(|full| full <= u64::from(limit))
+            {
+                return desired;
+            }
+            short = true;
+            let mut body = desired.body;
+            body["spec"]["replicas"] = Value::from(limit);
+            Desired::from_body(desired.key, body)
+        })
+        .collect();
+    (sized, short)
+}
+
 #[cfg(test)]
 #[path = "preview_tests.rs"]
 mod tests;

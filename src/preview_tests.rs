@@ -179,3 +179,68 @@ fn strategies_read_from_config_and_annotations() {
         assert_eq!(Strategy::parse(strategy.as_str()), Some(strategy));
     }
 }
+
+#[test]
+fn a_named_preview_service_replaces_the_made_one_for_the_deployments_it_selects() {
+    let web = deployment();
+    let services = vec![
+        service("web", "shop", "{app: web}"),
+        service("web-next", "shop", "{app: web}"),
+        service("other", "shop", "{app: other}"),
+    ];
+    let made = PreviewServices::of(&services, &[&web], None).expect("no name to find");
+    let names =
+        |list: &[Desired]| -> Vec<String> { list.iter().map(|s| s.key.name.clone()).collect() };
+    assert_eq!(names(&made.active), ["web", "web-next"]);
+    assert!(made.named.is_empty());
+    assert_eq!(names(&made.made), ["web-preview", "web-next-preview"]);
+
+    let named = PreviewServices::of(&services, &[&web], Some("web-next")).expect("declared");
+    assert_eq!(
+        names(&named.active),
+        ["web"],
+        "the named Service is not active"
+    );
+    assert_eq!(names(&named.named), ["web-next"]);
+    assert!(
+        named.made.is_empty(),
+        "no made preview beside the named one"
+    );
+    let previews = named.previews();
+    assert_eq!(
+        previews[0].body["spec"]["selector"],
+        json!({"app": "web", "gitopsd.io/track": "canary"}),
+        "the named preview selects only the new pods while the rollout runs"
+    );
+    assert_eq!(
+        named.as_in_git()[1].body["spec"]["selector"],
+        json!({"app": "web"}),
+        "and gets git's selector back at the end"
+    );
+
+    let missing = PreviewServices::of(&services, &[&web], Some("web-canary-svc"))
+        .expect_err("no such Service");
+    assert!(
+        missing
+            .to_string()
+            .contains("rollout.preview_service is \"web-canary-svc\""),
+        "{missing}"
+    );
+}
+
+#[test]
+fn preview_replicas_cuts_the_preview_short_and_says_so() {
+    let preview = deployment();
+    let (full, short) = sized(vec![preview.clone()], None);
+    assert_eq!(full[0].body["spec"]["replicas"], 4);
+    assert!(!short);
+    let (cut, short) = sized(vec![preview.clone()], Some(1));
+    assert_eq!(cut[0].body["spec"]["replicas"], 1);
+    assert!(short);
+    let (bigger, short) = sized(vec![preview], Some(9));
+    assert_eq!(
+        bigger[0].body["spec"]["replicas"], 4,
+        "never more than the full count"
+    );
+    assert!(!short);
+}

@@ -20,7 +20,7 @@ use crate::history::History;
 use crate::journal::{Baseline, Event};
 use crate::model::{ResourceKey, Revision};
 use crate::plan::Desired;
-use crate::preview;
+use crate::preview::{self, PreviewServices};
 use crate::probe::CheckRunner;
 use crate::rollout::cause;
 
@@ -35,8 +35,10 @@ pub struct BlueGreenDriver<'d, 'a, T: Target, P: CheckRunner> {
     machine: BlueGreen,
     baseline: Vec<Baseline>,
     tracker: HealthTracker,
-    /// The Services selecting a previewed Deployment's pods, as git wants them.
-    active: Vec<Desired>,
+    /// The Services selecting a previewed Deployment's pods, and the preview Services.
+    services: PreviewServices,
+    /// The previews as first written: at most `preview_replicas` pods each.
+    previews: Vec<Desired>,
     /// What readiness waits for.
     waiting: Vec<ResourceKey>,
     /// Whose pods are watched for breakage while checks run.
@@ -51,6 +53,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     pub fn begin(
         fx: &'d mut Effects<'a, T, P>,
         input: RolloutInput,
+        services: PreviewServices,
     ) -> Result<Self, ReconcileError> {
         let marks = baseline(&input.plan, &input.spec, &input.live);
         let canaries: Vec<String> = input
@@ -68,15 +71,18 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             baseline: marks.clone(),
         })?;
         tracing::info!(env = %fx.config.name, revision = %input.revision.short(), previews = ?canaries, "blue-green rollout started");
-        let deployments: Vec<&Desired> = input.spec.canaries.iter().map(|u| &u.desired).collect();
-        let active = preview::active_services(&input.desired, &deployments);
         let rollout = &fx.config.rollout;
+        let (previews, scale_up) = preview::sized(
+            canary::canary_step(&input.spec, 100).apply,
+            rollout.preview_replicas,
+        );
         let machine = BlueGreen::new(BlueGreenTiming {
             bake: rollout.bake,
             timeout: rollout.timeout,
             verify: rollout.verify,
             scale_down_delay: rollout.scale_down_delay,
             auto_promote: rollout.auto_promote,
+            scale_up,
         });
         let tracker = HealthTracker::new(&fx.config.health);
         Ok(Self {
@@ -85,7 +91,8 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             machine,
             baseline: marks,
             tracker,
-            active,
+            services,
+            previews,
             waiting: Vec::new(),
             watched: Vec::new(),
             pinned: false,
@@ -100,6 +107,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
                 Decision::StartPreview => self.start_preview().await?,
                 Decision::AwaitReady { deadline } => self.await_ready(deadline).await?,
                 Decision::Watch { until } => self.watch(until).await?,
+                Decision::ScaleUp => self.scale_up().await?,
                 Decision::Switch => self.switch().await?,
                 Decision::ScaleDown => self.scale_down().await?,
                 Decision::Settle => self.settle().await?,
@@ -137,25 +145,38 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             revision: self.input.revision.clone(),
         })?;
         tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "preview started");
-        let active_keys: Vec<&ResourceKey> = self.active.iter().map(|s| &s.key).collect();
-        let mut apply = canary::canary_step(&self.input.spec, 100).apply;
+        let service_keys = self.services.keys();
+        let mut apply = self.previews.clone();
         apply.extend(
             self.input
                 .spec
                 .immediate
                 .iter()
                 .filter_map(|change| change.desired())
-                .filter(|desired| !active_keys.contains(&&desired.key))
+                .filter(|desired| !service_keys.contains(&&desired.key))
                 .cloned(),
         );
         // Readiness waits for the previews and the other changes, not for the Services.
         self.waiting = apply.iter().map(|desired| desired.key.clone()).collect();
-        apply.extend(self.active.iter().map(preview::pinned));
-        apply.extend(self.active.iter().map(preview::preview_service));
+        apply.extend(self.services.active.iter().map(preview::pinned));
+        apply.extend(self.services.previews());
         let writes = ordered(apply, Vec::new());
         self.watched = self.preview_keys();
         self.pinned = true;
         self.write(&writes, "preview writes").await
+    }
+
+    /// Scales the previews that run short of the full count up to it, before the switch.
+    async fn scale_up(&mut self) -> Result<Step, ReconcileError> {
+        tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "scaling the preview up to the full count before the switch");
+        let full: Vec<Desired> = canary::canary_step(&self.input.spec, 100)
+            .apply
+            .into_iter()
+            .filter(|desired| desired.key.kind == "Deployment")
+            .collect();
+        self.waiting = full.iter().map(|desired| desired.key.clone()).collect();
+        let writes = ordered(full, Vec::new());
+        self.write(&writes, "preview scale-up writes").await
     }
 
     /// Journals `switched`, then moves each active Service's selector to the new pods in one
@@ -166,7 +187,10 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         })?;
         self.fx.metrics.switched(&self.fx.config.name, "switched");
         tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "switching the active Services to the new pods");
-        let writes = ordered(self.active.iter().map(preview::switched).collect(), vec![]);
+        let writes = ordered(
+            self.services.active.iter().map(preview::switched).collect(),
+            vec![],
+        );
         self.pinned = false;
         self.write(&writes, "switch writes").await
     }
@@ -186,7 +210,10 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             .metrics
             .switched(&self.fx.config.name, "switched_back");
         tracing::warn!(env = %self.fx.config.name, revision = %self.input.revision.short(), "switching the active Services back to the old pods");
-        let writes = ordered(self.active.iter().map(preview::pinned).collect(), vec![]);
+        let writes = ordered(
+            self.services.active.iter().map(preview::pinned).collect(),
+            vec![],
+        );
         let step = self.write(&writes, "switch-back writes").await?;
         self.pinned = true;
         Ok(step)
@@ -215,8 +242,8 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     /// config copies, the preview Services and deferred deletions.
     async fn settle(&mut self) -> Result<Step, ReconcileError> {
         let mut delete = canary::promotion(&self.input.spec).delete;
-        delete.extend(self.active.iter().map(|s| preview::preview_key(&s.key)));
-        let writes = ordered(self.active.clone(), delete);
+        delete.extend(self.services.made_keys());
+        let writes = ordered(self.services.as_in_git(), delete);
         self.write(&writes, "settling writes").await
     }
 
@@ -383,7 +410,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         }
         let mut delete = canary::promotion(&self.input.spec).delete;
         delete.retain(|key| self.input.spec.deferred.iter().all(|d| d.key() != key));
-        delete.extend(self.active.iter().map(|s| preview::preview_key(&s.key)));
+        delete.extend(self.services.made_keys());
         let writes = ordered(Vec::new(), delete);
         if let Err((_, error)) = self.fx.write_all(&writes, |_| revision.clone()).await {
             tracing::warn!(env = %self.fx.config.name, %error, "could not remove the preview before the revert; the revert removes it");

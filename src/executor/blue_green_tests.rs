@@ -5,8 +5,8 @@ use chrono::Utc;
 
 use super::super::driver::Ending;
 use super::super::driver::tests::{
-    Fixture, RecordingBackend, ScriptedChecks, at, begin_blue_green, by_record, names,
-    preview_writes,
+    Fixture, RecordingBackend, ScriptedChecks, app, at, begin_blue_green, by_record, names,
+    objects, preview_writes, revision,
 };
 use crate::config::HealthCheckConfig;
 use crate::health::CheckResult;
@@ -103,5 +103,82 @@ async fn an_approval_from_before_the_rollout_does_not_approve_its_switch() {
     assert!(
         names.contains(&"awaiting_approval") && !names.contains(&"switched"),
         "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_preview_cut_short_by_preview_replicas_is_scaled_up_before_the_switch() {
+    let fixture = Fixture::with_rollout(
+        "strategy = \"blue-green\"\nbake = \"20ms\"\nverify = \"20ms\"\nscale_down_delay = \"10ms\"\npreview_replicas = 1",
+    );
+    let backend = RecordingBackend::new(&fixture.journal);
+    let ending = begin_blue_green(&fixture, &backend, &ScriptedChecks::healthy()).await;
+    assert!(matches!(ending, Ending::Healthy { .. }), "{ending:?}");
+    let records = fixture.records();
+    let writes = by_record(&backend.writes(), &records);
+    let mut expected: Vec<_> = preview_writes();
+    expected[3] = at("preview_started", "apply Deployment/web-canary x1");
+    expected.extend([
+        at("preview_started", "apply Deployment/web-canary x4"),
+        at("switched", "apply Service/web [canary]"),
+    ]);
+    assert_eq!(writes[..expected.len()], expected[..], "{writes:?}");
+}
+
+/// [`super::super::driver::tests::input`] with one more Service selecting the web pods.
+fn input_with_service(name: &str) -> super::super::driver::RolloutInput {
+    let mut input = super::super::driver::tests::input();
+    let service = objects(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{selector: {{app: web}}}}\n"
+    ));
+    input
+        .desired
+        .extend(service.iter().map(crate::plan::Desired::new));
+    let before = app("web:v1", false);
+    input.plan = crate::plan::plan(
+        &input.desired,
+        &input.live,
+        true,
+        crate::plan::Compare::Content,
+    );
+    input.spec = crate::canary::split(&input.plan, &input.desired, &input.live, &before);
+    input
+}
+
+#[tokio::test]
+async fn a_named_preview_service_selects_the_new_pods_until_the_end_and_no_other_is_made() {
+    let fixture = Fixture::with_rollout(
+        "strategy = \"blue-green\"\nbake = \"20ms\"\nverify = \"20ms\"\nscale_down_delay = \"10ms\"\npreview_service = \"web-next\"",
+    );
+    let backend = RecordingBackend::new(&fixture.journal);
+    let checks = ScriptedChecks::healthy();
+    let input = input_with_service("web-next");
+    assert_eq!(input.previous, Some(revision('a')));
+    let deployments: Vec<&crate::plan::Desired> =
+        input.spec.canaries.iter().map(|u| &u.desired).collect();
+    let services =
+        crate::preview::PreviewServices::of(&input.desired, &deployments, Some("web-next"))
+            .expect("declared");
+    let mut fx = fixture.effects(&backend, &checks);
+    let ending = super::BlueGreenDriver::begin(&mut fx, input, services)
+        .expect("journaled")
+        .run()
+        .await
+        .expect("the rollout runs");
+    assert!(matches!(ending, Ending::Healthy { .. }), "{ending:?}");
+    let records = fixture.records();
+    assert_eq!(
+        by_record(&backend.writes(), &records),
+        [
+            at("preview_started", "apply ConfigMap/extra"),
+            at("preview_started", "apply Service/web [stable]"),
+            at("preview_started", "apply Service/web-next [canary]"),
+            at("preview_started", "apply Deployment/web-canary x4"),
+            at("switched", "apply Service/web [canary]"),
+            at("scaled_down", "apply Deployment/web x4"),
+            at("scaled_down", "apply Service/web"),
+            at("scaled_down", "apply Service/web-next"),
+            at("scaled_down", "delete Deployment/web-canary"),
+        ]
     );
 }

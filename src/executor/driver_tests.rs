@@ -581,7 +581,12 @@ pub(crate) async fn begin_blue_green<P: CheckRunner>(
     checks: &P,
 ) -> Ending {
     let mut fx = fixture.effects(backend, checks);
-    crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input())
+    let input = input();
+    let deployments: Vec<&Desired> = input.spec.canaries.iter().map(|u| &u.desired).collect();
+    let named = fixture.config.rollout.preview_service.as_deref();
+    let services = crate::preview::PreviewServices::of(&input.desired, &deployments, named)
+        .expect("the fixture declares its preview Service");
+    crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input, services)
         .expect("journaled")
         .run()
         .await

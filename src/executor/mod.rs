@@ -381,7 +381,12 @@ impl<T: Target> EnvironmentRun<'_, T> {
         };
         let ending = match resume {
             Some(resume) => Driver::resume(&mut self.fx, input, resume)?.run().await?,
-            None if blue_green => BlueGreenDriver::begin(&mut self.fx, input)?.run().await?,
+            None if blue_green => {
+                let services = self.preview_services(&input)?;
+                BlueGreenDriver::begin(&mut self.fx, input, services)?
+                    .run()
+                    .await?
+            }
             None => Driver::begin(&mut self.fx, input)?.run().await?,
         };
         self.ended(revision, previous, ending).await
@@ -494,6 +499,24 @@ impl<T: Target> EnvironmentRun<'_, T> {
             return Ok(false);
         }
         Ok(!spec.canaries.is_empty())
+    }
+
+    /// The Services a blue/green rollout writes; a `preview_service` the revision does not
+    /// declare rejects it (journaled `rejected`) before anything is written.
+    fn preview_services(
+        &mut self,
+        input: &RolloutInput,
+    ) -> Result<preview::PreviewServices, ReconcileError> {
+        let deployments: Vec<&Desired> = input.spec.canaries.iter().map(|u| &u.desired).collect();
+        let named = self.fx.config.rollout.preview_service.as_deref();
+        preview::PreviewServices::of(&input.desired, &deployments, named).or_else(|problem| {
+            let problem = problem.to_string();
+            self.reject(&input.revision, vec![problem.clone()])?;
+            Err(ReconcileError::Strategy {
+                revision: input.revision.clone(),
+                problems: problem,
+            })
+        })
     }
 
     /// A blue/green rollout a restart interrupted is reverted (not blamed) and started over:

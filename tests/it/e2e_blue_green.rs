@@ -578,3 +578,107 @@ fn e2e_without_auto_promote_the_blue_green_switch_waits_until_gitopsd_approve() 
     assert_never_short_nor_mixed(&watches.states(), &old);
     assert_only_git_objects(&cluster, &namespace, "2");
 }
+
+/// The pods behind `service` that its EndpointSlices say are Ready.
+fn ready_endpoints(cluster: &Cluster, namespace: &str, service: &str) -> BTreeSet<String> {
+    let label = format!("kubernetes.io/service-name={service}");
+    let slices = cluster.kubectl(&[
+        "get",
+        "endpointslices",
+        "-n",
+        namespace,
+        "-l",
+        &label,
+        "-o",
+        "json",
+    ]);
+    let slices: Value = serde_json::from_str(&slices).unwrap_or_default();
+    slices["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|slice| slice["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["conditions"]["ready"] == true)
+        .filter_map(|e| e["targetRef"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_a_short_preview_behind_a_named_preview_service_is_scaled_up_before_the_switch() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("bg-named");
+    let extra = format!(
+        "{}auto_promote = false\npreview_replicas = 1\npreview_service = \"web-next\"\n",
+        blue_green("3s", "2s")
+    );
+    let workspace = workspace_on(&cluster, &namespace, &extra);
+    let next = "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web-next\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n";
+    let manifests = |release: &str| format!("{}{next}", app(&namespace, release));
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &manifests("1"));
+    workspace.repo.commit("v1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let watches = Watches::start(&cluster, &namespace);
+    let old = watches.arm();
+
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &manifests("2"));
+    let tip = workspace.repo.commit("v2");
+    let (_daemon, _address) = daemon_with_api(&workspace, "named-token");
+    assert!(
+        wait_for(Duration::from_secs(120), || journal_names(&workspace)
+            .contains(&"awaiting_approval")),
+        "the rollout never came to wait for its approval: {:?}",
+        journal_names(&workspace)
+    );
+    let preview = cluster
+        .get(Some(&namespace), "deployment/web-canary")
+        .expect("the preview runs");
+    assert_eq!(preview["spec"]["replicas"], 1, "preview_replicas");
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let behind = ready_endpoints(&cluster, &namespace, "web-next");
+            behind.len() == 1 && behind.iter().all(|pod| is_preview(pod))
+        }),
+        "the named preview Service selects the one preview pod alone: {:?}",
+        ready_endpoints(&cluster, &namespace, "web-next")
+    );
+    assert!(
+        cluster
+            .get(Some(&namespace), "service/web-preview")
+            .is_none(),
+        "no preview Service is made beside the named one"
+    );
+
+    assert_exit(
+        &workspace.run(&["approve", "--env", "staging", &tip[..10]]),
+        0,
+    );
+    assert!(
+        wait_for(Duration::from_secs(120), || matches!(
+            workspace.journal("staging").last().map(|r| &r.event),
+            Some(Event::Healthy { revision }) if revision.0 == tip
+        )),
+        "the approved switch went ahead to a healthy end: {:?}",
+        journal_names(&workspace)
+    );
+    let states = watches.states();
+    assert_never_short_nor_mixed(&states, &old);
+    let first_new = states
+        .iter()
+        .map(|(_, ready)| ready)
+        .find(|ready| ready.iter().any(|pod| !old.contains(pod)))
+        .expect("the Service switched");
+    assert!(
+        first_new.len() == REPLICAS && first_new.iter().all(|pod| is_preview(pod)),
+        "the preview was scaled to the full count before the switch: {first_new:?}"
+    );
+    assert_only_git_objects(&cluster, &namespace, "2");
+    let named = cluster
+        .get(Some(&namespace), "service/web-next")
+        .expect("the named preview Service stays");
+    assert_eq!(named["spec"]["selector"], serde_json::json!({"app": "web"}));
+}
