@@ -12,10 +12,11 @@
 
 use serde_json::{Map, Value};
 
-use crate::canary::LiveTemplate;
-use crate::labels::{LABEL_TRACK, TRACK_CANARY, TRACK_STABLE};
+use crate::canary::{LiveTemplate, RolloutSpec};
+use crate::labels::{ANNOTATION_STRATEGY, LABEL_TRACK, TRACK_CANARY, TRACK_STABLE};
 use crate::model::ResourceKey;
 use crate::plan::Desired;
+use crate::rollout::Strategy;
 
 /// Suffix of the preview Service's name.
 pub const PREVIEW_SUFFIX: &str = "-preview";
@@ -295,6 +296,109 @@ pub fn sized(previews: Vec<Desired>, preview_replicas: Option<u32>) -> (Vec<Desi
         })
         .collect();
     (sized, short)
+}
+
+/// The `gitopsd.io/strategy` annotation of a body, as written.
+fn strategy_annotation(body: &Value) -> Option<&str> {
+    body.pointer("/metadata/annotations")
+        .and_then(|annotations| annotations.get(ANNOTATION_STRATEGY))
+        .and_then(Value::as_str)
+}
+
+/// The strategy a workload asks for: its `gitopsd.io/strategy` annotation, else the
+/// environment's `default` (an annotation [`strategy_problem`] refuses never gets here).
+pub fn strategy_of(body: &Value, default: Strategy) -> Strategy {
+    strategy_annotation(body)
+        .and_then(Strategy::parse)
+        .unwrap_or(default)
+}
+
+/// What is wrong with the strategy an object of the revision asks for, if anything: an
+/// annotation value that is no strategy, the annotation on what is not a workload, or a
+/// StatefulSet or DaemonSet asking for blue-green (by its annotation or the environment's
+/// `default`), which has no second set of pods to switch to.
+pub fn strategy_problem(key: &ResourceKey, body: &Value, default: Strategy) -> Option<String> {
+    let annotation = strategy_annotation(body);
+    let workload = key.group == "apps"
+        && matches!(
+            key.kind.as_str(),
+            "Deployment" | "StatefulSet" | "DaemonSet"
+        );
+    if let Some(value) = annotation {
+        if Strategy::parse(value).is_none() {
+            return Some(format!(
+                "annotation {ANNOTATION_STRATEGY} is {value:?}; expected \"canary\" or \"blue-green\""
+            ));
+        }
+        if !workload {
+            return Some(format!(
+                "annotation {ANNOTATION_STRATEGY} applies to Deployments, StatefulSets and DaemonSets, not a {}",
+                key.kind
+            ));
+        }
+    }
+    if !workload || key.kind == "Deployment" || strategy_of(body, default) != Strategy::BlueGreen {
+        return None;
+    }
+    let asked = if annotation.is_some() {
+        format!("its annotation {ANNOTATION_STRATEGY}")
+    } else {
+        "the environment's rollout.strategy".to_string()
+    };
+    let partition = if key.kind == "StatefulSet" {
+        ", which steps a StatefulSet's partition"
+    } else {
+        ""
+    };
+    Some(format!(
+        "a {} cannot run blue-green (asked by {asked}): it has no second set of pods to switch to; use the canary strategy{partition} (annotate it {ANNOTATION_STRATEGY}: canary)",
+        key.kind
+    ))
+}
+
+/// Changed workloads of one revision that ask for different strategies: gitopsd rolls a
+/// revision out one way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the revision changes workloads of both strategies, blue-green ({}) and canary ({}); a revision rolls out one way: change them in separate commits, or give them the same gitopsd.io/strategy",
+    blue_green.join(", "),
+    canary.join(", ")
+)]
+pub struct MixedStrategies {
+    pub blue_green: Vec<String>,
+    pub canary: Vec<String>,
+}
+
+/// How a revision's rollout runs: blue/green when every Deployment it changes asks for it
+/// (and no StatefulSet steps its partition), canary steps when none does.
+pub fn rollout_strategy(
+    spec: &RolloutSpec,
+    default: Strategy,
+) -> Result<Strategy, MixedStrategies> {
+    let (blue_green, canary): (Vec<String>, Vec<String>) = spec
+        .canaries
+        .iter()
+        .map(|unit| (&unit.desired, strategy_of(&unit.desired.body, default)))
+        .chain(
+            spec.partitioned
+                .iter()
+                .map(|unit| (&unit.desired, Strategy::Canary)),
+        )
+        .fold(
+            (Vec::new(), Vec::new()),
+            |(mut bg, mut canary), (desired, strategy)| {
+                match strategy {
+                    Strategy::BlueGreen => bg.push(desired.key.to_string()),
+                    Strategy::Canary => canary.push(desired.key.to_string()),
+                }
+                (bg, canary)
+            },
+        );
+    match (blue_green.is_empty(), canary.is_empty()) {
+        (false, false) => Err(MixedStrategies { blue_green, canary }),
+        (false, true) => Ok(Strategy::BlueGreen),
+        (true, _) => Ok(Strategy::Canary),
+    }
 }
 
 #[cfg(test)]

@@ -244,3 +244,89 @@ fn preview_replicas_cuts_the_preview_short_and_says_so() {
     );
     assert!(!short);
 }
+
+fn annotated(kind: &str, strategy: Option<&str>) -> Desired {
+    let annotations = strategy.map_or(String::new(), |s| {
+        format!(", annotations: {{gitopsd.io/strategy: {s}}}")
+    });
+    desired(&format!(
+        r#"
+apiVersion: apps/v1
+kind: {kind}
+metadata: {{name: web, namespace: shop{annotations}}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: "web:2"}}]}}
+"#
+    ))
+}
+
+#[test]
+fn a_workload_annotation_overrides_the_environment_strategy_and_is_kept_in_comparisons() {
+    let blue = annotated("Deployment", Some("blue-green"));
+    assert_eq!(
+        blue.body["metadata"]["annotations"]["gitopsd.io/strategy"], "blue-green",
+        "normalizing keeps the author's strategy annotation"
+    );
+    assert_eq!(
+        strategy_of(&blue.body, Strategy::Canary),
+        Strategy::BlueGreen
+    );
+    let canary = annotated("Deployment", Some("canary"));
+    assert_eq!(
+        strategy_of(&canary.body, Strategy::BlueGreen),
+        Strategy::Canary
+    );
+    let plain = annotated("Deployment", None);
+    assert_eq!(
+        strategy_of(&plain.body, Strategy::BlueGreen),
+        Strategy::BlueGreen
+    );
+    assert_eq!(strategy_of(&plain.body, Strategy::Canary), Strategy::Canary);
+}
+
+#[test]
+fn statefulsets_and_daemonsets_asking_for_blue_green_are_refused_with_the_way_out() {
+    let problem = |kind: &str, strategy: Option<&str>, default: Strategy| {
+        let object = annotated(kind, strategy);
+        strategy_problem(&object.key, &object.body, default)
+    };
+    let by_annotation =
+        problem("StatefulSet", Some("blue-green"), Strategy::Canary).expect("refused");
+    assert!(
+        by_annotation.contains(
+            "a StatefulSet cannot run blue-green (asked by its annotation gitopsd.io/strategy)"
+        ) && by_annotation
+            .contains("use the canary strategy, which steps a StatefulSet's partition"),
+        "{by_annotation}"
+    );
+    let by_environment = problem("DaemonSet", None, Strategy::BlueGreen).expect("refused");
+    assert!(
+        by_environment.contains("(asked by the environment's rollout.strategy)")
+            && by_environment.contains("annotate it gitopsd.io/strategy: canary"),
+        "{by_environment}"
+    );
+    assert_eq!(
+        problem("StatefulSet", Some("canary"), Strategy::BlueGreen),
+        None
+    );
+    assert_eq!(
+        problem("Deployment", Some("blue-green"), Strategy::Canary),
+        None
+    );
+    assert_eq!(problem("StatefulSet", None, Strategy::Canary), None);
+    let typo = problem("Deployment", Some("bluegreen"), Strategy::Canary).expect("refused");
+    assert!(
+        typo.contains("expected \"canary\" or \"blue-green\""),
+        "{typo}"
+    );
+    let service = service("web", "shop", "{app: web}");
+    let mut body = service.body.clone();
+    body["metadata"]["annotations"] = json!({"gitopsd.io/strategy": "canary"});
+    assert!(
+        strategy_problem(&service.key, &body, Strategy::Canary)
+            .is_some_and(|p| p.contains("applies to Deployments, StatefulSets and DaemonSets")),
+    );
+}

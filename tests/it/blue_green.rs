@@ -198,3 +198,136 @@ fn blue_green_sigkill_at_each_journal_point_ends_with_one_version_and_no_preview
         );
     }
 }
+
+/// A Deployment `name` (2 replicas, image `image`) with its Service, annotated with
+/// `strategy` when given.
+fn workload(name: &str, image: &str, strategy: Option<&str>) -> String {
+    let annotations = strategy.map_or(String::new(), |strategy| {
+        format!("  annotations:\n    gitopsd.io/strategy: {strategy}\n")
+    });
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n{annotations}spec:\n  replicas: 2\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n        - name: {name}\n          image: {image}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{port: 80}}]\n"
+    )
+}
+
+#[test]
+fn the_strategy_annotation_mixes_strategies_in_one_environment_but_not_in_one_revision() {
+    let rollout = RolloutWorkspace::new(
+        "steps = [50, 100]\nbake = \"200ms\"\nverify = \"200ms\"\nscale_down_delay = \"200ms\"\ntimeout = \"5s\"",
+    );
+    let repo = &rollout.workspace.repo;
+    let write = |web: &str, api: &str| {
+        repo.write(
+            "environments/staging/web.yaml",
+            &workload("web", web, Some("blue-green")),
+        );
+        repo.write("environments/staging/api.yaml", &workload("api", api, None));
+    };
+    write("web:1", "api:1");
+    repo.commit("v1");
+    assert_exit(&rollout.workspace.run(&["run", "--once"]), 0);
+
+    write("web:2", "api:1");
+    repo.commit("web 2");
+    let before = rollout.workspace.journal("staging").len();
+    let diff = rollout.workspace.run(&["diff", "--env", "staging"]);
+    assert!(
+        stdout(&diff).contains("rollout: blue-green for Deployment.apps shop/web: preview →"),
+        "{}",
+        stdout(&diff)
+    );
+    assert_exit(&rollout.workspace.run(&["run", "--once"]), 0);
+    assert_eq!(
+        rollout.events_since(before),
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "scaled_down",
+            "healthy"
+        ],
+        "the annotated Deployment runs blue/green in a canary environment"
+    );
+
+    write("web:2", "api:2");
+    repo.commit("api 2");
+    let before = rollout.workspace.journal("staging").len();
+    assert_exit(&rollout.workspace.run(&["run", "--once"]), 0);
+    assert_eq!(
+        rollout.events_since(before),
+        [
+            "rollout_started",
+            "step_started 50",
+            "step_passed 50",
+            "step_started 100",
+            "promoted",
+            "healthy"
+        ],
+        "the other one keeps the environment's canary steps"
+    );
+
+    write("web:3", "api:3");
+    let mixed = repo.commit("both");
+    let diff = rollout.workspace.run(&["diff", "--env", "staging"]);
+    assert!(
+        stdout(&diff).contains("refused: the revision changes workloads of both strategies, blue-green (Deployment.apps shop/web) and canary (Deployment.apps shop/api)"),
+        "{}",
+        stdout(&diff)
+    );
+    let live_before = tree(&rollout.workspace.live("staging"));
+    let output = rollout.workspace.run(&["run", "--once"]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        stderr(&output).contains("both strategies"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        tree(&rollout.workspace.live("staging")),
+        live_before,
+        "nothing of the refused revision is applied"
+    );
+    let rejected = rollout.workspace.journal("staging");
+    assert!(
+        matches!(rejected.last().map(|r| &r.event), Some(Event::Rejected { revision, problems }) if revision.0 == mixed && problems[0].contains("both strategies")),
+        "{:?}",
+        rejected.last()
+    );
+}
+
+#[test]
+fn a_statefulset_asking_for_blue_green_is_refused_with_its_file_and_document() {
+    let rollout = RolloutWorkspace::new("strategy = \"blue-green\"");
+    let repo = &rollout.workspace.repo;
+    let statefulset = |strategy: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-config\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n{strategy}spec:\n  serviceName: db\n  replicas: 2\n  selector:\n    matchLabels: {{app: db}}\n  template:\n    metadata:\n      labels: {{app: db}}\n    spec:\n      containers:\n        - name: db\n          image: db:1\n"
+        )
+    };
+    repo.write("environments/staging/db.yaml", &statefulset(""));
+    repo.commit("db");
+    let output = rollout.workspace.run(&["run", "--once"]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        stderr(&output).contains("environments/staging/db.yaml: document 2 (line 5): StatefulSet.apps shop/db: a StatefulSet cannot run blue-green (asked by the environment's rollout.strategy): it has no second set of pods to switch to; use the canary strategy, which steps a StatefulSet's partition (annotate it gitopsd.io/strategy: canary)"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !rollout.workspace.live("staging").join("shop").exists(),
+        "nothing of the refused revision is applied"
+    );
+    repo.write(
+        "environments/staging/db.yaml",
+        &statefulset("  annotations: {gitopsd.io/strategy: canary}\n"),
+    );
+    repo.commit("db as canary");
+    assert_exit(&rollout.workspace.run(&["run", "--once"]), 0);
+    assert!(
+        rollout
+            .workspace
+            .live("staging")
+            .join("shop/StatefulSet.apps/db.yaml")
+            .exists()
+    );
+}

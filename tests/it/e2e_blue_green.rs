@@ -682,3 +682,66 @@ fn e2e_a_short_preview_behind_a_named_preview_service_is_scaled_up_before_the_sw
         .expect("the named preview Service stays");
     assert_eq!(named["spec"]["selector"], serde_json::json!({"app": "web"}));
 }
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_a_deployment_annotated_blue_green_switches_in_a_canary_environment() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("bg-annotated");
+    let canary = "[environment.rollout]\nsteps = [50, 100]\nbake = \"2s\"\nverify = \"2s\"\nscale_down_delay = \"2s\"\ntimeout = \"3m\"\n";
+    let workspace = workspace_on(&cluster, &namespace, canary);
+    let annotated = |release: &str| {
+        app(&namespace, release).replacen(
+            "kind: Deployment\nmetadata:\n  name: web\n",
+            "kind: Deployment\nmetadata:\n  name: web\n  annotations:\n    gitopsd.io/strategy: blue-green\n",
+            1,
+        )
+    };
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &annotated("1"));
+    workspace.repo.commit("v1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let watches = Watches::start(&cluster, &namespace);
+    let old = watches.arm();
+
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &annotated("2"));
+    workspace.repo.commit("v2");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let names = journal_names(&workspace);
+    assert_eq!(
+        names[names.len() - 5..],
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "scaled_down",
+            "healthy"
+        ]
+    );
+    assert!(
+        watches.wait_until(|ready| ready
+            .iter()
+            .all(|pod| !is_preview(pod) && !old.contains(pod))),
+        "{:?}",
+        watches.states()
+    );
+    assert_never_short_nor_mixed(&watches.states(), &old);
+    assert_only_git_objects(&cluster, &namespace, "2");
+    let web = cluster
+        .get(Some(&namespace), "deployment/web")
+        .expect("web is there");
+    assert_eq!(
+        web["metadata"]["annotations"]["gitopsd.io/strategy"],
+        "blue-green"
+    );
+    let settled = workspace.journal("staging").len();
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    assert_eq!(
+        journal_names(&workspace)[settled..],
+        [] as [&str; 0],
+        "the live annotation matches git: nothing to put back"
+    );
+}
