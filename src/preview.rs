@@ -298,6 +298,41 @@ pub fn sized(previews: Vec<Desired>, preview_replicas: Option<u32>) -> (Vec<Desi
     (sized, short)
 }
 
+/// The cluster DNS name of a Service: `<name>.<namespace>.svc`, what `{preview}` in an HTTP
+/// check's URL becomes.
+pub fn service_host(key: &ResourceKey) -> String {
+    format!(
+        "{}.{}.svc",
+        key.name,
+        key.namespace.as_deref().unwrap_or("default")
+    )
+}
+
+/// The host `{preview}` names in a canary rollout: the first Service (by key) of the revision that
+/// selects a changed Deployment's pods (it sends traffic to canary and stable pods alike).
+pub fn canary_host(desired: &[Desired], deployments: &[&Desired]) -> Option<String> {
+    active_services(desired, deployments)
+        .iter()
+        .map(|service| &service.key)
+        .min()
+        .map(service_host)
+}
+
+impl PreviewServices {
+    /// The host `{preview}` names while the preview Services exist: the first of them (a named
+    /// one before a made one).
+    pub fn preview_host(&self) -> Option<String> {
+        let first = |services: &[Desired]| services.iter().map(|s| &s.key).min().map(service_host);
+        first(&self.named).or_else(|| first(&self.made))
+    }
+
+    /// The host `{preview}` names once they are gone: the first active Service, which then
+    /// selects only the new pods.
+    pub fn active_host(&self) -> Option<String> {
+        self.active.iter().map(|s| &s.key).min().map(service_host)
+    }
+}
+
 /// The `gitopsd.io/strategy` annotation of a body, as written.
 fn strategy_annotation(body: &Value) -> Option<&str> {
     body.pointer("/metadata/annotations")

@@ -284,13 +284,16 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     }
 
     async fn watch(&mut self, until: DateTime<Utc>) -> Result<Step, ReconcileError> {
+        let host = self.preview_host();
         let observation = self
             .fx
-            .watch_checks(
+            .watch_checks_held(
                 &mut self.tracker,
                 &self.input.revision,
                 &self.watched,
                 until,
+                host.as_deref(),
+                |_| false,
             )
             .await?;
         Ok(ControlFlow::Continue(
@@ -307,6 +310,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             revision: revision.clone(),
         })?;
         tracing::info!(env = %self.fx.config.name, revision = %revision.short(), "preview ready and healthy; the switch waits for an approval: gitopsd approve --env {} {}", self.fx.config.name, revision.short());
+        let host = self.preview_host();
         let approved = |history: &History| {
             history
                 .in_flight
@@ -320,6 +324,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
                 &self.input.revision,
                 &self.watched,
                 Utc::now(),
+                host.as_deref(),
                 |history| !approved(history),
             )
             .await?;
@@ -333,6 +338,20 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         Ok(ControlFlow::Continue(
             self.machine.observe(observation, Utc::now()),
         ))
+    }
+
+    /// What `{preview}` in a check's URL names now: the preview Service until the settle
+    /// removes it, then the active Service (selecting only the new pods by then).
+    fn preview_host(&self) -> Option<String> {
+        match self.machine.phase() {
+            crate::blue_green::Phase::VerifyAfter { .. } | crate::blue_green::Phase::Succeeded => {
+                self.services.active_host()
+            }
+            _ => self
+                .services
+                .preview_host()
+                .or_else(|| self.services.active_host()),
+        }
     }
 
     /// Logs a milestone; the decisions journal their own records.

@@ -182,3 +182,83 @@ async fn a_named_preview_service_selects_the_new_pods_until_the_end_and_no_other
         ]
     );
 }
+
+/// Healthy checks that note the URL of every HTTP check they run, with the last record
+/// journaled before it.
+struct UrlRecorder<'f> {
+    fixture: &'f Fixture,
+    seen: std::sync::Mutex<Vec<(&'static str, String)>>,
+}
+
+impl CheckRunner for UrlRecorder<'_> {
+    async fn run(&self, check: &HealthCheckConfig) -> CheckResult {
+        if let crate::health::CheckKind::Http { url, .. } = &check.check {
+            let last = names(&self.fixture.records()).last().copied().unwrap_or("");
+            self.seen
+                .lock()
+                .expect("not poisoned: nothing panics while holding it")
+                .push((last, url.clone()));
+        }
+        CheckResult::Healthy
+    }
+}
+
+const PREVIEW_CHECK: &str = "\n[[environment.health]]\nname = \"new-version\"\ntype = \"http\"\nurl = \"http://{preview}:8080/health\"\ninterval = \"5ms\"\nfailures = 2\n";
+
+#[tokio::test]
+async fn preview_in_a_check_url_names_the_preview_service_then_the_active_one() {
+    let fixture = Fixture::with_rollout(&format!(
+        "strategy = \"blue-green\"\nbake = \"40ms\"\nverify = \"120ms\"\nscale_down_delay = \"40ms\"\n{PREVIEW_CHECK}"
+    ));
+    let backend = RecordingBackend::new(&fixture.journal);
+    let checks = UrlRecorder {
+        fixture: &fixture,
+        seen: Default::default(),
+    };
+    let ending = begin_blue_green(&fixture, &backend, &checks).await;
+    assert!(matches!(ending, Ending::Healthy { .. }), "{ending:?}");
+    let seen = checks.seen.into_inner().expect("not poisoned");
+    let preview = "http://web-preview.shop.svc:8080/health";
+    let active = "http://web.shop.svc:8080/health";
+    let before_scale_down: Vec<&str> = seen
+        .iter()
+        .take_while(|(last, _)| *last != "scaled_down")
+        .map(|(_, url)| url.as_str())
+        .collect();
+    assert!(
+        !before_scale_down.is_empty() && before_scale_down.iter().all(|url| *url == preview),
+        "the preview Service while it runs: {seen:?}"
+    );
+    assert_eq!(
+        seen.last().map(|(_, url)| url.as_str()),
+        Some(active),
+        "the active Service once the preview is gone: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn preview_in_a_check_url_names_the_active_service_in_a_canary_rollout() {
+    let fixture = Fixture::with_rollout(&format!(
+        "steps = [50, 100]\nbake = \"20ms\"\nverify = \"0s\"\n{PREVIEW_CHECK}"
+    ));
+    let backend = RecordingBackend::new(&fixture.journal);
+    let checks = UrlRecorder {
+        fixture: &fixture,
+        seen: Default::default(),
+    };
+    let mut fx = fixture.effects(&backend, &checks);
+    let ending = super::super::Driver::begin(&mut fx, super::super::driver::tests::input())
+        .expect("journaled")
+        .run()
+        .await
+        .expect("the rollout runs");
+    assert!(matches!(ending, Ending::Healthy { .. }), "{ending:?}");
+    let seen = checks.seen.into_inner().expect("not poisoned");
+    assert!(
+        !seen.is_empty()
+            && seen
+                .iter()
+                .all(|(_, url)| url == "http://web.shop.svc:8080/health"),
+        "{seen:?}"
+    );
+}

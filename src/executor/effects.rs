@@ -12,7 +12,7 @@ use super::writes::{Write, applied_keys};
 use crate::backend::{Readiness, Target, TargetError};
 use crate::canary;
 use crate::config::EnvironmentConfig;
-use crate::health::{CheckResult, HealthTracker};
+use crate::health::{CheckResult, HealthCheckConfig, HealthTracker};
 use crate::heartbeat::{BEAT_INTERVAL, Heartbeat};
 use crate::history::History;
 use crate::journal::{DriftRecord, Event, JournalError, SharedJournal};
@@ -234,23 +234,34 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
         watched: &[ResourceKey],
         until: DateTime<Utc>,
     ) -> Result<Observation, ReconcileError> {
-        self.watch_checks_held(tracker, revision, watched, until, |_| false)
+        self.watch_checks_held(tracker, revision, watched, until, None, |_| false)
             .await
     }
 
-    /// [`Self::watch_checks`], also held (as by a pause) while `held` says so of the
-    /// environment's history: a blue/green switch waiting for its approval.
+    /// [`Self::watch_checks`], with `{preview}` in HTTP check URLs replaced by `preview` (the
+    /// host of the new version's Service; none: such a check is skipped), and also held (as
+    /// by a pause) while `held` says so of the environment's history: a blue/green switch
+    /// waiting for its approval.
     pub async fn watch_checks_held(
         &mut self,
         tracker: &mut HealthTracker,
         revision: &Revision,
         watched: &[ResourceKey],
         until: DateTime<Utc>,
+        preview: Option<&str>,
         held: impl Fn(&History) -> bool,
     ) -> Result<Observation, ReconcileError> {
         let journal = self.journal;
         let held = || journal.with_history(|history| history.paused || held(history));
-        let checks = self.config.health.clone();
+        let checks: Vec<HealthCheckConfig> = self
+            .config
+            .health
+            .iter()
+            .map(|check| match preview {
+                Some(host) => check.with_preview(host),
+                None => check.clone(),
+            })
+            .collect();
         let mut due: Vec<DateTime<Utc>> = vec![Utc::now(); checks.len()];
         let mut pods_due = Utc::now();
         loop {
@@ -267,6 +278,11 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
                     continue;
                 }
                 self.heartbeat.beat();
+                if check.names_preview() {
+                    // No Service of this rollout selects the new pods: nothing to ask.
+                    due[index] = DateTime::<Utc>::MAX_UTC;
+                    continue;
+                }
                 let result = tokio::select! {
                     result = self.checks.run(check) => result,
                     _ = self.shutdown.changed() => return Err(ReconcileError::Interrupted),

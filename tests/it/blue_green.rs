@@ -331,3 +331,115 @@ fn a_statefulset_asking_for_blue_green_is_refused_with_its_file_and_document() {
             .exists()
     );
 }
+
+/// An HTTP proxy stand-in on 127.0.0.1: answers every request `200 ok` and keeps its request
+/// line, so a test sees which URL gitopsd asked for.
+struct RecordingProxy {
+    port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RecordingProxy {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, stopping) = (requests.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line.trim().to_string());
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+        });
+        Self {
+            port,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for RecordingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn an_http_check_naming_preview_asks_the_preview_service_then_the_active_one() {
+    let check = "\n[[environment.health]]\nname = \"new-version\"\ntype = \"http\"\nurl = \"http://{preview}:8080/health\"\ninterval = \"100ms\"\nfailures = 2\n";
+    let rollout = RolloutWorkspace::new(&format!("{BLUE_GREEN}\n{check}"));
+    let before = deployed(&rollout);
+    let proxy = RecordingProxy::start();
+    web(&rollout.workspace.repo, "web:2", "hello", 4);
+    rollout.workspace.repo.commit("web 2");
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    let output = rollout
+        .workspace
+        .gitopsd(&["run", "--once"])
+        .env("http_proxy", &proxy_url)
+        .env("HTTP_PROXY", &proxy_url)
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .output()
+        .expect("gitopsd runs");
+    assert_exit(&output, 0);
+    assert_eq!(
+        rollout.events_since(before),
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "scaled_down",
+            "healthy"
+        ]
+    );
+    let requests = proxy.requests();
+    let preview = "GET http://web-preview.shop.svc:8080/health HTTP/1.1";
+    let active = "GET http://web.shop.svc:8080/health HTTP/1.1";
+    assert_eq!(
+        requests.first().map(String::as_str),
+        Some(preview),
+        "{requests:?}"
+    );
+    assert_eq!(
+        requests.last().map(String::as_str),
+        Some(active),
+        "{requests:?}"
+    );
+    assert!(
+        requests.iter().all(|r| r == preview || r == active),
+        "{requests:?}"
+    );
+}
