@@ -72,6 +72,14 @@ pub struct InFlight {
     pub switch_approved: bool,
 }
 
+impl InFlight {
+    /// A blue/green rollout that journaled a phase before its scale-down: its old pods are
+    /// all still up, so a revert can pin the Services to them before the preview goes.
+    pub fn blue_green_old_pods_up(&self) -> bool {
+        matches!(self.phase.as_deref(), Some(phase) if phase != blue_green_phase(&Event::ScaledDown { revision: self.revision.clone() }))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RevertInFlight {
     pub revision: Revision,

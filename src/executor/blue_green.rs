@@ -18,7 +18,7 @@ use crate::canary::{self, canary_key};
 use crate::health::HealthTracker;
 use crate::history::History;
 use crate::journal::{Baseline, Event};
-use crate::model::{ResourceKey, Revision};
+use crate::model::{Object, ResourceKey, Revision};
 use crate::plan::Desired;
 use crate::preview::{self, PreviewServices};
 use crate::probe::CheckRunner;
@@ -405,28 +405,8 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             .apply
             .into_iter()
             .filter(|desired| desired.key.kind == "Deployment")
-            .map(|desired| {
-                let mut body = desired.body;
-                body["spec"]["replicas"] = serde_json::Value::from(0);
-                Desired::from_body(desired.key, body)
-            })
             .collect();
-        let keys: Vec<ResourceKey> = drained.iter().map(|d| d.key.clone()).collect();
-        let writes = ordered(drained, Vec::new());
-        if let Err((_, error)) = self.fx.write_all(&writes, |_| revision.clone()).await {
-            tracing::warn!(env = %self.fx.config.name, %error, "could not scale the preview down before the revert");
-        } else {
-            let deadline = Utc::now()
-                + chrono::Duration::from_std(self.fx.config.rollout.timeout)
-                    .unwrap_or(chrono::Duration::MAX);
-            while let crate::rollout::Observation::NotReady { .. } =
-                self.fx.readiness(&keys, deadline).await?
-            {
-                if Utc::now() >= deadline {
-                    break;
-                }
-            }
-        }
+        drain(self.fx, drained, revision).await?;
         let mut delete = canary::promotion(&self.input.spec).delete;
         delete.retain(|key| self.input.spec.deferred.iter().all(|d| d.key() != key));
         delete.extend(self.services.made_keys());
@@ -436,6 +416,86 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         }
         Ok(())
     }
+}
+
+/// Scales `previews` (preview Deployments) to zero and waits, within `timeout`, until none of
+/// their pods is left. A write the cluster refuses is logged and left to the revert.
+async fn drain<T: Target, P: CheckRunner>(
+    fx: &mut Effects<'_, T, P>,
+    previews: Vec<Desired>,
+    revision: &Revision,
+) -> Result<(), ReconcileError> {
+    let drained: Vec<Desired> = previews
+        .into_iter()
+        .map(|desired| {
+            let mut body = desired.body;
+            body["spec"]["replicas"] = serde_json::Value::from(0);
+            Desired::from_body(desired.key, body)
+        })
+        .collect();
+    let keys: Vec<ResourceKey> = drained.iter().map(|d| d.key.clone()).collect();
+    let writes = ordered(drained, Vec::new());
+    if let Err((_, error)) = fx.write_all(&writes, |_| revision.clone()).await {
+        tracing::warn!(env = %fx.config.name, %error, "could not scale the preview down before the revert");
+        return Ok(());
+    }
+    let deadline = Utc::now()
+        + chrono::Duration::from_std(fx.config.rollout.timeout).unwrap_or(chrono::Duration::MAX);
+    while let crate::rollout::Observation::NotReady { .. } = fx.readiness(&keys, deadline).await? {
+        if Utc::now() >= deadline {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Before a blue/green rollout whose old pods are all still up is reverted (after a failed
+/// or refused write, a failed switch-back, or a restart at any point): each preview
+/// Deployment still live (`<name>-canary`) is drained first, with the Services of `to`
+/// that select `<name>`'s pods pinned to the old pods (`gitopsd.io/track: stable`), so the
+/// revert, which gives them git's selectors back, never sends traffic to preview pods. The
+/// pins are one write per Service, as a switch-back.
+pub(super) async fn unwind_previews<T: Target, P: CheckRunner>(
+    fx: &mut Effects<'_, T, P>,
+    revision: &Revision,
+    to: &[Desired],
+    live: &[Object],
+) -> Result<(), ReconcileError> {
+    let previews: Vec<Desired> = live
+        .iter()
+        .filter(|object| {
+            object.key.group == "apps"
+                && object.key.kind == "Deployment"
+                && object.key.name.ends_with(canary::CANARY_SUFFIX)
+                // Drained already (by the rollout's own failure path): nothing to move.
+                && object.body.pointer("/spec/replicas").and_then(serde_json::Value::as_u64)
+                    != Some(0)
+        })
+        .map(|object| Desired::from_body(object.key.clone(), object.body.clone()))
+        .collect();
+    let stables: Vec<&Desired> = to
+        .iter()
+        .filter(|desired| {
+            previews
+                .iter()
+                .any(|preview| canary_key(&desired.key) == preview.key)
+        })
+        .collect();
+    if previews.is_empty() {
+        return Ok(());
+    }
+    let pins: Vec<Desired> = preview::active_services(to, &stables)
+        .iter()
+        .map(preview::pinned)
+        .collect();
+    tracing::warn!(env = %fx.config.name, revision = %revision.short(), services = pins.len(), previews = previews.len(), "pinning the Services to the old pods and draining the preview before the revert");
+    let writes = ordered(pins, Vec::new());
+    if let Err((_, error)) = fx.write_all(&writes, |_| revision.clone()).await {
+        // Draining now could leave a Service selecting nothing: the revert is left to go on.
+        tracing::warn!(env = %fx.config.name, %error, "could not pin the Services to the old pods before the revert");
+        return Ok(());
+    }
+    drain(fx, previews, revision).await
 }
 
 #[cfg(test)]

@@ -43,7 +43,18 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 Ok(desired) => desired,
                 Err(error) => return Err(revert_error(error.to_string())),
             };
-        let live = self.live(&desired, &revert.to).await?;
+        let mut live = self.live(&desired, &revert.to).await?;
+        let unwind = self.fx.journal.with_history(|history| {
+            history
+                .in_flight
+                .as_ref()
+                .is_some_and(|flight| flight.blue_green_old_pods_up())
+        });
+        if unwind {
+            super::blue_green::unwind_previews(&mut self.fx, &revert.revision, &desired, &live)
+                .await?;
+            live = self.live(&desired, &revert.to).await?;
+        }
         let mut plan = plan::plan(&desired, &live, true, self.compare());
         confirm_drift(
             self.fx.target,

@@ -745,3 +745,74 @@ fn e2e_a_deployment_annotated_blue_green_switches_in_a_canary_environment() {
         "the live annotation matches git: nothing to put back"
     );
 }
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_a_restart_after_the_switch_pins_the_service_to_the_old_pods_before_the_preview_goes() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("bg-unwind");
+    let workspace = workspace_on(&cluster, &namespace, &blue_green("30s", "30s"));
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &app(&namespace, "1"));
+    workspace.repo.commit("v1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let watches = Watches::start(&cluster, &namespace);
+    let old = watches.arm();
+
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &app(&namespace, "2"));
+    let tip = workspace.repo.commit("v2");
+    let mut child = workspace.spawn(&["run", "--once"]);
+    assert!(
+        watches.wait_until(|ready| ready.iter().all(|pod| is_preview(pod))),
+        "the Service never switched to the preview: {:?}",
+        watches.states()
+    );
+    child.signal(libc::SIGKILL);
+    child
+        .wait_timeout(Duration::from_secs(10))
+        .expect("killed child exits");
+    let killed_at = workspace.journal("staging").len();
+    let preview_pods: BTreeSet<String> = watches
+        .states()
+        .last()
+        .map(|(_, ready)| ready.clone())
+        .unwrap_or_default();
+
+    // The restart reverts (the Service pinned to the old pods, the preview drained), then
+    // rolls the tip out again from the start.
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let after: Vec<&str> = workspace.journal("staging")[killed_at..]
+        .iter()
+        .map(|record| record.event.name())
+        .collect();
+    assert_eq!(after.first(), Some(&"revert_started"), "{after:?}");
+    assert!(
+        matches!(workspace.journal("staging").last().map(|r| &r.event), Some(Event::Healthy { revision }) if revision.0 == tip),
+        "{after:?}"
+    );
+    let states = watches.states();
+    for (_, ready) in &states {
+        assert!(
+            ready.len() >= REPLICAS,
+            "the active Service ran short: {ready:?}; all states: {states:?}"
+        );
+        let olds = ready.iter().filter(|pod| old.contains(*pod)).count();
+        let first_previews = ready
+            .iter()
+            .filter(|pod| preview_pods.contains(*pod))
+            .count();
+        assert!(
+            olds == 0 || first_previews == 0,
+            "the active Service selected the old pods and the interrupted preview's at once: {ready:?}; all states: {states:?}"
+        );
+    }
+    assert!(
+        states.iter().any(|(_, ready)| *ready == old),
+        "the revert put the Service back on the old pods alone before starting over: {states:?}"
+    );
+    assert_never_short_nor_mixed(&states, &old);
+    assert_only_git_objects(&cluster, &namespace, "2");
+}
