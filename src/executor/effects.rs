@@ -253,15 +253,7 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
     ) -> Result<Observation, ReconcileError> {
         let journal = self.journal;
         let held = || journal.with_history(|history| history.paused || held(history));
-        let checks: Vec<HealthCheckConfig> = self
-            .config
-            .health
-            .iter()
-            .map(|check| match preview {
-                Some(host) => check.with_preview(host),
-                None => check.clone(),
-            })
-            .collect();
+        let checks = with_preview(&self.config.health, preview);
         let mut due: Vec<DateTime<Utc>> = vec![Utc::now(); checks.len()];
         let mut pods_due = Utc::now();
         loop {
@@ -340,6 +332,17 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
             }
         }
     }
+}
+
+/// `checks` with `{preview}` in their HTTP URLs naming `preview`, when there is one.
+fn with_preview(checks: &[HealthCheckConfig], preview: Option<&str>) -> Vec<HealthCheckConfig> {
+    checks
+        .iter()
+        .map(|check| match preview {
+            Some(host) => check.with_preview(host),
+            None => check.clone(),
+        })
+        .collect()
 }
 
 /// The objects that will not become ready by waiting, as one observation (the first one's
