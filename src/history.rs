@@ -76,7 +76,7 @@ impl InFlight {
     /// A blue/green rollout that journaled a phase before its scale-down: its old pods are
     /// all still up, so a revert can pin the Services to them before the preview goes.
     pub fn blue_green_old_pods_up(&self) -> bool {
-        matches!(self.phase.as_deref(), Some(phase) if phase != blue_green_phase(&Event::ScaledDown { revision: self.revision.clone() }))
+        matches!(self.phase.as_deref(), Some(phase) if phase != SCALING_DOWN)
     }
 }
 
@@ -381,12 +381,15 @@ impl History {
     }
 }
 
+/// The blue/green phase once the old pods are being replaced.
+const SCALING_DOWN: &str = "scaling down";
+
 /// The phase a blue/green record starts.
 fn blue_green_phase(event: &Event) -> &'static str {
     match event {
         Event::Switched { .. } => "switched",
         Event::SwitchedBack { .. } => "switched back",
-        Event::ScaledDown { .. } => "scaling down",
+        Event::ScaledDown { .. } => SCALING_DOWN,
         Event::AwaitingApproval { .. } => "awaiting approval",
         _ => "preview",
     }
@@ -466,6 +469,30 @@ mod tests {
         ]);
         let phase = |history: &History| history.in_flight.as_ref().and_then(|f| f.phase.clone());
         assert_eq!(phase(&history).as_deref(), Some("preview"));
+        assert!(
+            history
+                .in_flight
+                .as_ref()
+                .is_some_and(InFlight::blue_green_old_pods_up)
+        );
+        history.apply(&Event::AwaitingApproval { revision: b() });
+        assert_eq!(phase(&history).as_deref(), Some("awaiting approval"));
+        let approved = |history: &History| {
+            history
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.switch_approved)
+        };
+        assert!(!approved(&history));
+        history.apply(&Event::Approved {
+            revision: revision('c'),
+        });
+        assert!(!approved(&history), "another revision's approval");
+        history.apply(&Event::Approved { revision: b() });
+        assert!(
+            approved(&history),
+            "an approval during the rollout approves its switch"
+        );
         for (event, expected) in [
             (Event::Switched { revision: b() }, "switched"),
             (
@@ -480,6 +507,13 @@ mod tests {
             history.apply(&event);
             assert_eq!(phase(&history).as_deref(), Some(expected));
         }
+        assert!(
+            !history
+                .in_flight
+                .as_ref()
+                .is_some_and(InFlight::blue_green_old_pods_up),
+            "once scaling down, the old pods are being replaced"
+        );
         let canary = History::from_records(&[record(1, started('c', Some('a')))]);
         let flight = serde_json::to_value(&canary.in_flight).expect("serializes");
         assert!(flight.get("phase").is_none(), "{flight}");
