@@ -45,6 +45,11 @@ pub struct BlueGreenDriver<'d, 'a, T: Target, P: CheckRunner> {
     watched: Vec<ResourceKey>,
     /// The active Services select only the old pods: the preview can go before a revert.
     pinned: bool,
+    /// No write of the scale-down went through: the old pods are all up, so a failure can
+    /// still move the active Services back to them.
+    old_pods_up: bool,
+    /// `switched_back` is journaled for this rollout.
+    switched_back: bool,
 }
 
 impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
@@ -96,6 +101,8 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             waiting: Vec::new(),
             watched: Vec::new(),
             pinned: false,
+            old_pods_up: true,
+            switched_back: false,
         })
     }
 
@@ -202,14 +209,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             crate::blue_green::Phase::SwitchBack { reason, .. } => reason.clone(),
             _ => String::new(),
         };
-        self.fx.journal(Event::SwitchedBack {
-            revision: self.input.revision.clone(),
-            reason,
-        })?;
-        self.fx
-            .metrics
-            .switched(&self.fx.config.name, "switched_back");
-        tracing::warn!(env = %self.fx.config.name, revision = %self.input.revision.short(), "switching the active Services back to the old pods");
+        self.journal_switched_back(reason)?;
         let writes = ordered(
             self.services.active.iter().map(preview::pinned).collect(),
             vec![],
@@ -247,9 +247,33 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         self.write(&writes, "settling writes").await
     }
 
+    fn journal_switched_back(&mut self, reason: String) -> Result<(), ReconcileError> {
+        self.fx.journal(Event::SwitchedBack {
+            revision: self.input.revision.clone(),
+            reason,
+        })?;
+        self.switched_back = true;
+        self.fx
+            .metrics
+            .switched(&self.fx.config.name, "switched_back");
+        tracing::warn!(env = %self.fx.config.name, revision = %self.input.revision.short(), "switching the active Services back to the old pods");
+        Ok(())
+    }
+
     async fn write(&mut self, writes: &[Write], what: &str) -> Result<Step, ReconcileError> {
         let revision = self.input.revision.clone();
-        let Err((applied, error)) = self.fx.write_all(writes, |_| revision.clone()).await else {
+        let result = self.fx.write_all(writes, |_| revision.clone()).await;
+        if matches!(
+            self.machine.phase(),
+            crate::blue_green::Phase::ScaleDown { .. }
+        ) && result
+            .as_ref()
+            .err()
+            .is_none_or(|(applied, _)| *applied > 0)
+        {
+            self.old_pods_up = false;
+        }
+        let Err((applied, error)) = result else {
             return Ok(ControlFlow::Continue(
                 self.machine.observe(Observation::Written, Utc::now()),
             ));
@@ -271,7 +295,12 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
                 self.fail(reason, cause::REJECTED.into()).await?,
             ));
         }
-        let blocked = end_blocked(self.fx, &self.input.revision, reason, &self.baseline)?;
+        let revision = self.input.revision.clone();
+        self.back_to_old_pods(&reason).await?;
+        let blocked = end_blocked(self.fx, &revision, reason, &self.baseline)?;
+        if self.pinned {
+            self.remove_previews(&revision).await?;
+        }
         Ok(ControlFlow::Break(blocked))
     }
 
@@ -378,11 +407,38 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         end_healthy(self.fx, &self.input).await
     }
 
-    /// Journals `rollout_failed`. While the active Services select only the old pods, the
-    /// previews and preview Services are deleted first, so the revert that follows (which
-    /// gives the Services git's selectors back) never sends traffic to them.
+    /// While the old pods are all up but the active Services do not select only them (a
+    /// switch or switch-back that did not go through, a refused scale-down): journals
+    /// `switched_back` (once) and pins them to the old pods, one write each. A write the
+    /// cluster refuses is logged; the revert then pins them before draining the preview.
+    async fn back_to_old_pods(&mut self, reason: &str) -> Result<(), ReconcileError> {
+        if !self.old_pods_up || self.pinned {
+            return Ok(());
+        }
+        if !self.switched_back {
+            self.journal_switched_back(reason.to_string())?;
+        }
+        let revision = self.input.revision.clone();
+        let writes = ordered(
+            self.services.active.iter().map(preview::pinned).collect(),
+            vec![],
+        );
+        match self.fx.write_all(&writes, |_| revision.clone()).await {
+            Ok(()) => self.pinned = true,
+            Err((_, error)) => {
+                tracing::warn!(env = %self.fx.config.name, %error, "could not switch the active Services back before the revert; the revert pins them");
+            }
+        }
+        Ok(())
+    }
+
+    /// Journals `rollout_failed`. While the old pods are all up, the active Services are
+    /// moved back to them first if need be, and the previews and preview Services deleted, so
+    /// the revert that follows (which gives the Services git's selectors back) never sends
+    /// traffic to them.
     async fn fail(&mut self, reason: String, cause: String) -> Result<Ending, ReconcileError> {
         let revision = self.input.revision.clone();
+        self.back_to_old_pods(&reason).await?;
         journal_failure(self.fx, &revision, &reason, &cause)?;
         if self.pinned {
             self.remove_previews(&revision).await?;

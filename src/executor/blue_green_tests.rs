@@ -262,3 +262,73 @@ async fn preview_in_a_check_url_names_the_active_service_in_a_canary_rollout() {
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_scale_down_moves_the_service_back_to_the_intact_old_pods_before_the_preview_goes()
+ {
+    let fixture = Fixture::blue_green("0s", "30s", "0s");
+    // Applies named web: the pin, the switch, then the Deployment's scale-down, refused.
+    let backend = RecordingBackend::new(&fixture.journal).refusing(
+        "web",
+        3,
+        crate::backend::FailureClass::Revision,
+    );
+    let ending = begin_blue_green(&fixture, &backend, &ScriptedChecks::healthy()).await;
+    let Ending::Failed { reason, .. } = ending else {
+        panic!("the refused write fails the rollout: {ending:?}");
+    };
+    assert!(reason.contains("scale-down writes"), "{reason}");
+    let records = fixture.records();
+    assert_eq!(
+        names(&records),
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "scaled_down",
+            "switched_back",
+            "rollout_failed"
+        ]
+    );
+    let mut expected = preview_writes();
+    expected.extend([
+        at("switched", "apply Service/web [canary]"),
+        at("switched_back", "apply Service/web [stable]"),
+        at("rollout_failed", "apply Deployment/web-canary x0"),
+        at("rollout_failed", "delete Deployment/web-canary"),
+        at("rollout_failed", "delete Service/web-preview"),
+    ]);
+    assert_eq!(by_record(&backend.writes(), &records), expected);
+}
+
+#[tokio::test]
+async fn a_switch_the_cluster_refuses_moves_back_and_drains_the_preview_before_the_revert() {
+    let fixture = Fixture::blue_green("0s", "30s", "30s");
+    // Applies named web: the pin, then the switch, refused as by an unreachable cluster.
+    let backend = RecordingBackend::new(&fixture.journal).refusing(
+        "web",
+        2,
+        crate::backend::FailureClass::Infrastructure,
+    );
+    let ending = begin_blue_green(&fixture, &backend, &ScriptedChecks::healthy()).await;
+    assert!(matches!(ending, Ending::Blocked { .. }), "{ending:?}");
+    let records = fixture.records();
+    assert_eq!(
+        names(&records),
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "switched_back",
+            "blocked"
+        ]
+    );
+    let mut expected = preview_writes();
+    expected.extend([
+        at("switched_back", "apply Service/web [stable]"),
+        at("blocked", "apply Deployment/web-canary x0"),
+        at("blocked", "delete Deployment/web-canary"),
+        at("blocked", "delete Service/web-preview"),
+    ]);
+    assert_eq!(by_record(&backend.writes(), &records), expected);
+}

@@ -61,7 +61,7 @@ impl RecordingBackend {
         self
     }
 
-    fn refusing(mut self, name: &str, nth: usize, class: FailureClass) -> Self {
+    pub(crate) fn refusing(mut self, name: &str, nth: usize, class: FailureClass) -> Self {
         self.refuse = Some((name.into(), nth, class));
         self
     }
