@@ -1,8 +1,11 @@
 //! The blue/green driver: takes one decision at a time from the pure state machine
 //! ([`BlueGreen`]), journals it, carries it out through [`Effects`], and says how the rollout
-//! ended. The preview of a changed Deployment is its canary at full size; the active Services
-//! are pinned to the old pods, switched to the new ones in one write each, and given back as
-//! git wrote them once the Deployments run the new template.
+//! ended. The preview of a changed Deployment is its canary at full size (or at most
+//! `preview_replicas`, scaled up before the switch); the active Services are pinned to the old
+//! pods, switched to the new ones in one write each (once approved, without `auto_promote`),
+//! and given back as git wrote them once the Deployments run the new template. A rollout that
+//! ends while the old pods are all up moves the Services back to them and drains the preview
+//! first; [`unwind_previews`] does the same for a revert after a restart.
 
 use std::ops::ControlFlow;
 
