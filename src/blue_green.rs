@@ -4,9 +4,13 @@
 //! The phases, for one revision whose Deployment runs blue/green:
 //!
 //! ```text
-//! Preview ─▶ AwaitPreview ─▶ Bake ─▶ [AwaitApproval] ─▶ Switch ─▶ Verify ─▶ ScaleDown
-//!    ─▶ AwaitStable ─▶ Settle ─▶ VerifyAfter ─▶ Succeeded
+//! Preview ─▶ AwaitPreview ─▶ Bake ─▶ [AwaitApproval] ─▶ [ScaleUp ─▶ AwaitFull] ─▶ Switch
+//!    ─▶ Verify ─▶ ScaleDown ─▶ AwaitStable ─▶ Settle ─▶ VerifyAfter ─▶ Succeeded
 //! ```
+//!
+//! `AwaitApproval` is there with `auto_promote = false`; `ScaleUp` when the preview runs
+//! fewer pods than the full count (`preview_replicas`), so the switch never sends the traffic
+//! of every pod to fewer.
 //!
 //! Before the switch nothing served has changed, so a failure reverts (the preview is
 //! removed). Between the switch and the scale-down the old pods are still up: a failure
@@ -33,6 +37,8 @@ pub struct BlueGreenTiming {
     pub scale_down_delay: Duration,
     /// Switch once the bake passed; false waits for an approval.
     pub auto_promote: bool,
+    /// The preview runs fewer pods than the full count: it is scaled up before the switch.
+    pub scale_up: bool,
 }
 
 /// Where a blue/green rollout stands.
@@ -51,6 +57,12 @@ pub enum Phase {
     },
     /// The bake passed; an operator must approve the switch.
     AwaitApproval,
+    /// The preview must be scaled to the full count before the switch.
+    ScaleUp,
+    /// Scaled up; waiting for every preview pod to be ready.
+    AwaitFull {
+        deadline: DateTime<Utc>,
+    },
     /// The active Service's selector must move to the new pods, in one write.
     Switch,
     /// Switched; checks run and the old pods stay up until `scale_down_at`.
@@ -137,6 +149,8 @@ pub enum Decision {
     Watch { until: DateTime<Utc> },
     /// Run checks until an operator approves.
     AwaitApproval,
+    /// Scale the preview to the full count.
+    ScaleUp,
     /// Move the active Service's selector to the new pods, in one write.
     Switch,
     /// Give the Deployment named in git the new template.
@@ -219,11 +233,11 @@ impl BlueGreen {
     pub fn decision(&self) -> Decision {
         match &self.phase {
             Phase::Preview => Decision::StartPreview,
-            Phase::AwaitPreview { deadline } | Phase::AwaitStable { deadline, .. } => {
-                Decision::AwaitReady {
-                    deadline: *deadline,
-                }
-            }
+            Phase::AwaitPreview { deadline }
+            | Phase::AwaitFull { deadline }
+            | Phase::AwaitStable { deadline, .. } => Decision::AwaitReady {
+                deadline: *deadline,
+            },
             Phase::Bake { until } | Phase::VerifyAfter { until } => {
                 Decision::Watch { until: *until }
             }
@@ -232,6 +246,7 @@ impl BlueGreen {
                 until: *scale_down_at,
             },
             Phase::AwaitApproval => Decision::AwaitApproval,
+            Phase::ScaleUp => Decision::ScaleUp,
             Phase::Switch => Decision::Switch,
             Phase::ScaleDown { .. } => Decision::ScaleDown,
             Phase::Settle { .. } => Decision::Settle,
@@ -267,7 +282,7 @@ impl BlueGreen {
                 self.fail(failure_text(&failure), cause::CHECK_FAILED)
             }
             Observation::Approved => match self.phase {
-                Phase::AwaitApproval => (Some(Phase::Switch), None),
+                Phase::AwaitApproval => (Some(self.promotion()), None),
                 _ => (None, None),
             },
             Observation::Tick => self.tick(now),
@@ -279,6 +294,12 @@ impl BlueGreen {
         match &self.phase {
             Phase::Preview => (
                 Some(Phase::AwaitPreview {
+                    deadline: after(now, self.timing.timeout),
+                }),
+                None,
+            ),
+            Phase::ScaleUp => (
+                Some(Phase::AwaitFull {
                     deadline: after(now, self.timing.timeout),
                 }),
                 None,
@@ -322,6 +343,7 @@ impl BlueGreen {
                 }),
                 None,
             ),
+            Phase::AwaitFull { .. } => (Some(Phase::Switch), None),
             Phase::AwaitStable { verify_until, .. } => (
                 Some(Phase::Settle {
                     verify_until: *verify_until,
@@ -334,7 +356,9 @@ impl BlueGreen {
 
     fn not_ready(&self, detail: &str, now: DateTime<Utc>) -> Transition {
         match &self.phase {
-            Phase::AwaitPreview { deadline } | Phase::AwaitStable { deadline, .. }
+            Phase::AwaitPreview { deadline }
+            | Phase::AwaitFull { deadline }
+            | Phase::AwaitStable { deadline, .. }
                 if now >= *deadline =>
             {
                 let detail = format!(
@@ -352,9 +376,10 @@ impl BlueGreen {
     /// are not failed by it.
     fn fail(&self, detail: String, cause: &str) -> Transition {
         match &self.phase {
-            Phase::AwaitPreview { .. } | Phase::Bake { .. } | Phase::AwaitApproval => {
-                failed(format!("preview: {detail}"), cause)
-            }
+            Phase::AwaitPreview { .. }
+            | Phase::Bake { .. }
+            | Phase::AwaitApproval
+            | Phase::AwaitFull { .. } => failed(format!("preview: {detail}"), cause),
             Phase::Verify { .. } => {
                 let reason = format!("after the switch: {detail}");
                 (
@@ -372,11 +397,21 @@ impl BlueGreen {
         }
     }
 
+    /// What follows the bake (and the approval): the scale-up when the preview runs short,
+    /// else the switch.
+    fn promotion(&self) -> Phase {
+        if self.timing.scale_up {
+            Phase::ScaleUp
+        } else {
+            Phase::Switch
+        }
+    }
+
     fn tick(&self, now: DateTime<Utc>) -> Transition {
         match &self.phase {
             Phase::Bake { until } if now >= *until => {
                 let next = if self.timing.auto_promote {
-                    Phase::Switch
+                    self.promotion()
                 } else {
                     Phase::AwaitApproval
                 };

@@ -16,6 +16,7 @@ fn timing() -> BlueGreenTiming {
         verify: Duration::from_secs(120),
         scale_down_delay: Duration::from_secs(30),
         auto_promote: true,
+        scale_up: false,
     }
 }
 
@@ -272,4 +273,65 @@ fn a_rollout_resumes_from_a_given_phase() {
         bg.observe(Observation::Written, at(0)).0,
         Some(Milestone::Switched)
     );
+}
+
+#[test]
+fn a_preview_running_short_is_scaled_up_and_ready_before_the_switch() {
+    let mut bg = BlueGreen::new(BlueGreenTiming {
+        auto_promote: false,
+        scale_up: true,
+        ..timing()
+    });
+    bg.observe(Observation::Written, at(0));
+    bg.observe(Observation::Ready, at(0));
+    assert_eq!(
+        bg.observe(Observation::Tick, at(60)).1,
+        Decision::AwaitApproval
+    );
+    assert_eq!(
+        bg.observe(Observation::Approved, at(70)).1,
+        Decision::ScaleUp,
+        "approved: the preview goes to the full count first"
+    );
+    assert_eq!(
+        bg.observe(Observation::Written, at(71)).1,
+        Decision::AwaitReady { deadline: at(101) }
+    );
+    assert_eq!(
+        bg.observe(
+            Observation::NotReady {
+                detail: "2 of 4 ready".into()
+            },
+            at(80)
+        )
+        .1,
+        Decision::AwaitReady { deadline: at(101) }
+    );
+    assert_eq!(bg.observe(Observation::Ready, at(85)).1, Decision::Switch);
+
+    let mut short = BlueGreen::new(BlueGreenTiming {
+        scale_up: true,
+        ..timing()
+    });
+    short.observe(Observation::Written, at(0));
+    short.observe(Observation::Ready, at(0));
+    assert_eq!(
+        short.observe(Observation::Tick, at(60)).1,
+        Decision::ScaleUp
+    );
+    short.observe(Observation::Written, at(60));
+    let (_, decision) = short.observe(
+        Observation::NotReady {
+            detail: "2 of 4 ready".into(),
+        },
+        at(90),
+    );
+    let Decision::Revert { reason, cause } = decision else {
+        panic!("not full by the deadline: {decision:?}");
+    };
+    assert!(
+        reason.starts_with("preview: not ready within 30s"),
+        "{reason}"
+    );
+    assert_eq!(cause, cause::TIMEOUT);
 }

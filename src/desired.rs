@@ -10,6 +10,7 @@ use crate::hooks::{self, ObjectHook};
 use crate::manifest::{self, ManifestErrors, ParseOptions, Scopes};
 use crate::model::Revision;
 use crate::plan::Desired;
+use crate::preview;
 use crate::render::{RenderConfig, RenderError, Renderer};
 use crate::source::{GitSource, SourceError};
 
@@ -118,12 +119,16 @@ fn complete_located(
     let located = documents
         .complete_located(&options, scopes)
         .map_err(DesiredError::Manifests)?;
+    let strategy = environment.rollout.strategy;
     let refused: Vec<manifest::Problem> = located
         .iter()
         .filter_map(|(object, at)| {
-            let why = environment.policy.refusal(&object.key)?;
+            let message = match environment.policy.refusal(&object.key) {
+                Some(why) => format!("not allowed in environment {}: {why}", environment.name),
+                None => preview::strategy_problem(&object.key, &object.body, strategy)?,
+            };
             Some(manifest::Problem {
-                message: format!("not allowed in environment {}: {why}", environment.name),
+                message,
                 ..at.clone()
             })
         })

@@ -8,7 +8,8 @@ use similar::TextDiff;
 use thiserror::Error;
 
 use crate::labels::{
-    LABEL_MANAGED_BY, LABEL_PART_OF, LABEL_TRACK, MANAGER, OWN_PREFIX, TRACK_STABLE,
+    ANNOTATION_STRATEGY, LABEL_MANAGED_BY, LABEL_PART_OF, LABEL_TRACK, MANAGER, OWN_PREFIX,
+    TRACK_STABLE,
 };
 
 /// Metadata fields that the server or gitopsd sets, never the author.
@@ -103,7 +104,7 @@ fn strip_own_entries(metadata: &mut Map<String, Value>, field: &str) {
         return;
     };
     entries.retain(|name, value| {
-        let ours = name.starts_with(OWN_PREFIX)
+        let ours = (name.starts_with(OWN_PREFIX) && name != ANNOTATION_STRATEGY)
             || name == LABEL_PART_OF
             || (name == LABEL_MANAGED_BY && value.as_str() == Some(MANAGER));
         !ours

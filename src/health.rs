@@ -15,6 +15,26 @@ pub struct HealthCheckConfig {
     pub failures: u32,
 }
 
+/// Placeholder in an HTTP check's URL for the host of the new version's Service (see
+/// [`HealthCheckConfig::with_preview`]).
+pub const PREVIEW_PLACEHOLDER: &str = "{preview}";
+
+impl HealthCheckConfig {
+    /// Whether the check names the new version's Service (`{preview}` in an HTTP URL).
+    pub fn names_preview(&self) -> bool {
+        matches!(&self.check, CheckKind::Http { url, .. } if url.contains(PREVIEW_PLACEHOLDER))
+    }
+
+    /// The check with `{preview}` in its HTTP URL replaced by `host`; others as they are.
+    pub fn with_preview(&self, host: &str) -> Self {
+        let mut check = self.clone();
+        if let CheckKind::Http { url, .. } = &mut check.check {
+            *url = url.replace(PREVIEW_PLACEHOLDER, host);
+        }
+        check
+    }
+}
+
 /// What a health check asks, by its `type`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CheckKind {

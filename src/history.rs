@@ -84,6 +84,18 @@ pub struct InFlight {
     /// A blue/green rollout's phase: `preview`, `switched`, `switched back`, `scaling down`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// Blue/green: an operator approved this revision since its rollout started, so the
+    /// switch may go ahead (`auto_promote = false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub switch_approved: bool,
+}
+
+impl InFlight {
+    /// A blue/green rollout that journaled a phase before its scale-down: its old pods are
+    /// all still up, so a revert can pin the Services to them before the preview goes.
+    pub fn blue_green_old_pods_up(&self) -> bool {
+        matches!(self.phase.as_deref(), Some(phase) if phase != SCALING_DOWN)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -114,6 +126,7 @@ impl History {
             | Event::StepPassed { .. }
             | Event::CheckFailed { .. }
             | Event::PreviewStarted { .. }
+            | Event::AwaitingApproval { .. }
             | Event::Switched { .. }
             | Event::SwitchedBack { .. }
             | Event::ScaledDown { .. }
@@ -165,6 +178,7 @@ impl History {
                     failed: None,
                     failing_checks: Vec::new(),
                     phase: None,
+                    switch_approved: false,
                 });
             }
             Event::StepStarted { step, weight, .. } => {
@@ -183,6 +197,7 @@ impl History {
                 }
             }
             Event::PreviewStarted { .. }
+            | Event::AwaitingApproval { .. }
             | Event::Switched { .. }
             | Event::SwitchedBack { .. }
             | Event::ScaledDown { .. } => {
@@ -292,6 +307,12 @@ impl History {
             }
             Event::Approved { revision } => {
                 self.approved.insert(revision.clone());
+                // An approval during a rollout of the revision is also one of its switch.
+                if let Some(flight) = &mut self.in_flight
+                    && flight.revision == *revision
+                {
+                    flight.switch_approved = true;
+                }
             }
             Event::Pinned { revision, tip } => {
                 self.pin = Some((revision.clone(), tip.clone()));
@@ -443,12 +464,16 @@ impl History {
     }
 }
 
+/// The blue/green phase once the old pods are being replaced.
+const SCALING_DOWN: &str = "scaling down";
+
 /// The phase a blue/green record starts.
 fn blue_green_phase(event: &Event) -> &'static str {
     match event {
         Event::Switched { .. } => "switched",
         Event::SwitchedBack { .. } => "switched back",
-        Event::ScaledDown { .. } => "scaling down",
+        Event::ScaledDown { .. } => SCALING_DOWN,
+        Event::AwaitingApproval { .. } => "awaiting approval",
         _ => "preview",
     }
 }
@@ -527,6 +552,30 @@ mod tests {
         ]);
         let phase = |history: &History| history.in_flight.as_ref().and_then(|f| f.phase.clone());
         assert_eq!(phase(&history).as_deref(), Some("preview"));
+        assert!(
+            history
+                .in_flight
+                .as_ref()
+                .is_some_and(InFlight::blue_green_old_pods_up)
+        );
+        history.apply(&Event::AwaitingApproval { revision: b() });
+        assert_eq!(phase(&history).as_deref(), Some("awaiting approval"));
+        let approved = |history: &History| {
+            history
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.switch_approved)
+        };
+        assert!(!approved(&history));
+        history.apply(&Event::Approved {
+            revision: revision('c'),
+        });
+        assert!(!approved(&history), "another revision's approval");
+        history.apply(&Event::Approved { revision: b() });
+        assert!(
+            approved(&history),
+            "an approval during the rollout approves its switch"
+        );
         for (event, expected) in [
             (Event::Switched { revision: b() }, "switched"),
             (
@@ -541,6 +590,13 @@ mod tests {
             history.apply(&event);
             assert_eq!(phase(&history).as_deref(), Some(expected));
         }
+        assert!(
+            !history
+                .in_flight
+                .as_ref()
+                .is_some_and(InFlight::blue_green_old_pods_up),
+            "once scaling down, the old pods are being replaced"
+        );
         let canary = History::from_records(&[record(1, started('c', Some('a')))]);
         let flight = serde_json::to_value(&canary.in_flight).expect("serializes");
         assert!(flight.get("phase").is_none(), "{flight}");

@@ -76,6 +76,7 @@ fn write_details(event: &Event, out: &mut dyn Write) -> io::Result<()> {
         ),
         Event::Promoted { .. }
         | Event::PreviewStarted { .. }
+        | Event::AwaitingApproval { .. }
         | Event::Switched { .. }
         | Event::ScaledDown { .. }
         | Event::Healthy { .. }
@@ -232,6 +233,19 @@ fn write_last_hook(history: &History, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
+/// Where a rollout in flight stands: its blue/green phase or canary step.
+fn flight_step(environment: &str, flight: &crate::history::InFlight) -> String {
+    match (&flight.phase, flight.step) {
+        (Some(phase), _) if phase == "awaiting approval" && !flight.switch_approved => format!(
+            "blue-green: awaiting approval of the switch (gitopsd approve --env {environment} {})",
+            flight.revision.short()
+        ),
+        (Some(phase), _) => format!("blue-green: {phase}"),
+        (None, Some((index, weight))) => format!("step {} ({weight}%)", index + 1),
+        (None, None) => "starting".to_string(),
+    }
+}
+
 /// Writes one environment's status, as its journal tells it.
 pub fn write_status(environment: &str, history: &History, out: &mut dyn Write) -> io::Result<()> {
     let short = |revision: Option<&crate::model::Revision>| {
@@ -255,18 +269,12 @@ pub fn write_status(environment: &str, history: &History, out: &mut dyn Write) -
             revert.revision.short(),
             revert.to.short()
         )?,
-        (None, Some(flight)) => {
-            let step = match (&flight.phase, flight.step) {
-                (Some(phase), _) => format!("blue-green: {phase}"),
-                (None, Some((index, weight))) => format!("step {} ({weight}%)", index + 1),
-                (None, None) => "starting".to_string(),
-            };
-            writeln!(
-                out,
-                "  in flight:              {} {step}",
-                flight.revision.short()
-            )?;
-        }
+        (None, Some(flight)) => writeln!(
+            out,
+            "  in flight:              {} {}",
+            flight.revision.short(),
+            flight_step(environment, flight)
+        )?,
         (None, None) => writeln!(out, "  in flight:              nothing")?,
     }
     let failing = history

@@ -18,6 +18,10 @@ pub const OWN_PREFIX: &str = "gitopsd.io/";
 /// when the template really changed (live templates carry server defaults).
 pub const ANNOTATION_TEMPLATE_HASH: &str = "gitopsd.io/template-hash";
 
+/// Annotation on a workload: the rollout strategy it asks for (`canary` or `blue-green`),
+/// over its environment's `rollout.strategy`. Written by the author, so kept in comparisons.
+pub const ANNOTATION_STRATEGY: &str = "gitopsd.io/strategy";
+
 // Canary pods.
 /// Pod and selector label that sets canary pods apart.
 pub const LABEL_TRACK: &str = "gitopsd.io/track";

@@ -12,10 +12,11 @@
 
 use serde_json::{Map, Value};
 
-use crate::canary::LiveTemplate;
-use crate::labels::{LABEL_TRACK, TRACK_CANARY, TRACK_STABLE};
+use crate::canary::{LiveTemplate, RolloutSpec};
+use crate::labels::{ANNOTATION_STRATEGY, LABEL_TRACK, TRACK_CANARY, TRACK_STABLE};
 use crate::model::ResourceKey;
 use crate::plan::Desired;
+use crate::rollout::Strategy;
 
 /// Suffix of the preview Service's name.
 pub const PREVIEW_SUFFIX: &str = "-preview";
@@ -163,6 +164,276 @@ pub fn preview_service(active: &Desired) -> Desired {
     }
     with_track(&mut body, "/spec/selector", TRACK_CANARY);
     Desired::from_body(key, body)
+}
+
+/// The Services one blue/green rollout writes: the active ones it pins, switches and gives
+/// back, and the preview Services beside them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PreviewServices {
+    /// The Services of the revision selecting a previewed Deployment's pods (as git wants
+    /// them), but for the configured preview Service.
+    pub active: Vec<Desired>,
+    /// The configured preview Services (`preview_service`) of the revision that select a
+    /// previewed Deployment's pods, as git wants them: during the rollout they select only
+    /// the new pods; at the end they get git's selector back.
+    pub named: Vec<Desired>,
+    /// The `<service>-preview` Services made for the active Services no named preview
+    /// Service stands beside: created with the preview, deleted with it.
+    pub made: Vec<Desired>,
+}
+
+/// A `preview_service` the revision has no Service of.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "rollout.preview_service is {name:?}, but the revision has no Service of that name (declare it, or leave the key out for a made <service>-preview)"
+)]
+pub struct NoPreviewService {
+    pub name: String,
+}
+
+impl PreviewServices {
+    /// Sorts the revision's Services for a blue/green rollout of `deployments`. A Service named
+    /// `preview_service` that selects a previewed Deployment's pods is its preview Service
+    /// (selecting only the new pods until the end); every other Service selecting them is
+    /// active, and gets a made `<name>-preview` unless each Deployment it selects has a named
+    /// one in its namespace.
+    pub fn of(
+        desired: &[Desired],
+        deployments: &[&Desired],
+        preview_service: Option<&str>,
+    ) -> Result<Self, NoPreviewService> {
+        let named_in_revision = |service: &Desired| {
+            service.key.kind == "Service"
+                && service.key.group.is_empty()
+                && Some(service.key.name.as_str()) == preview_service
+        };
+        if let Some(name) = preview_service
+            && !deployments.is_empty()
+            && !desired.iter().any(named_in_revision)
+        {
+            return Err(NoPreviewService {
+                name: name.to_string(),
+            });
+        }
+        let selecting = active_services(desired, deployments);
+        let (named, active): (Vec<Desired>, Vec<Desired>) =
+            selecting.into_iter().partition(|s| named_in_revision(s));
+        let covered = |deployment: &&Desired| named.iter().any(|n| selects(n, deployment));
+        let made = active
+            .iter()
+            .filter(|service| {
+                !deployments
+                    .iter()
+                    .filter(|d| selects(service, d))
+                    .all(covered)
+            })
+            .map(self::preview_service)
+            .collect();
+        Ok(Self {
+            active,
+            named,
+            made,
+        })
+    }
+
+    /// Every preview Service as written with the preview: selecting only the new pods.
+    pub fn previews(&self) -> Vec<Desired> {
+        self.named
+            .iter()
+            .map(switched)
+            .chain(self.made.iter().cloned())
+            .collect()
+    }
+
+    /// Every Service the rollout writes before its end: what the revision's other changes
+    /// must leave to it.
+    pub fn keys(&self) -> Vec<&ResourceKey> {
+        self.active
+            .iter()
+            .chain(&self.named)
+            .chain(&self.made)
+            .map(|service| &service.key)
+            .collect()
+    }
+
+    /// The made preview Services, which go with the preview.
+    pub fn made_keys(&self) -> Vec<ResourceKey> {
+        self.made
+            .iter()
+            .map(|service| service.key.clone())
+            .collect()
+    }
+
+    /// The Services as git wants them: what the end of the rollout gives back.
+    pub fn as_in_git(&self) -> Vec<Desired> {
+        self.active.iter().chain(&self.named).cloned().collect()
+    }
+}
+
+/// The preview Deployments (and config copies) at most `preview_replicas` pods each (none:
+/// the full count they come with); true when one of them was cut short, so it must be scaled
+/// up before the switch.
+pub fn sized(previews: Vec<Desired>, preview_replicas: Option<u32>) -> (Vec<Desired>, bool) {
+    let mut short = false;
+    let sized = previews
+        .into_iter()
+        .map(|desired| {
+            let Some(limit) = preview_replicas else {
+                return desired;
+            };
+            let full = desired
+                .body
+                .pointer("/spec/replicas")
+                .and_then(Value::as_u64);
+            if desired.key.kind != "Deployment" || full.is_none_or(|full| full <= u64::from(limit))
+            {
+                return desired;
+            }
+            short = true;
+            let mut body = desired.body;
+            body["spec"]["replicas"] = Value::from(limit);
+            Desired::from_body(desired.key, body)
+        })
+        .collect();
+    (sized, short)
+}
+
+/// The cluster DNS name of a Service: `<name>.<namespace>.svc`, what `{preview}` in an HTTP
+/// check's URL becomes.
+pub fn service_host(key: &ResourceKey) -> String {
+    format!(
+        "{}.{}.svc",
+        key.name,
+        key.namespace.as_deref().unwrap_or("default")
+    )
+}
+
+/// The host `{preview}` names in a canary rollout: the first Service (by key) of the revision that
+/// selects a changed Deployment's pods (it sends traffic to canary and stable pods alike).
+pub fn canary_host(desired: &[Desired], deployments: &[&Desired]) -> Option<String> {
+    active_services(desired, deployments)
+        .iter()
+        .map(|service| &service.key)
+        .min()
+        .map(service_host)
+}
+
+impl PreviewServices {
+    /// The host `{preview}` names while the preview Services exist: the first of them (a named
+    /// one before a made one).
+    pub fn preview_host(&self) -> Option<String> {
+        let first = |services: &[Desired]| services.iter().map(|s| &s.key).min().map(service_host);
+        first(&self.named).or_else(|| first(&self.made))
+    }
+
+    /// The host `{preview}` names once they are gone: the first active Service, which then
+    /// selects only the new pods.
+    pub fn active_host(&self) -> Option<String> {
+        self.active.iter().map(|s| &s.key).min().map(service_host)
+    }
+}
+
+/// The `gitopsd.io/strategy` annotation of a body, as written.
+fn strategy_annotation(body: &Value) -> Option<&str> {
+    body.pointer("/metadata/annotations")
+        .and_then(|annotations| annotations.get(ANNOTATION_STRATEGY))
+        .and_then(Value::as_str)
+}
+
+/// The strategy a workload asks for: its `gitopsd.io/strategy` annotation, else the
+/// environment's `default` (an annotation [`strategy_problem`] refuses never gets here).
+pub fn strategy_of(body: &Value, default: Strategy) -> Strategy {
+    strategy_annotation(body)
+        .and_then(Strategy::parse)
+        .unwrap_or(default)
+}
+
+/// What is wrong with the strategy an object of the revision asks for, if anything: an
+/// annotation value that is no strategy, the annotation on what is not a workload, or a
+/// StatefulSet or DaemonSet asking for blue-green (by its annotation or the environment's
+/// `default`), which has no second set of pods to switch to.
+pub fn strategy_problem(key: &ResourceKey, body: &Value, default: Strategy) -> Option<String> {
+    let annotation = strategy_annotation(body);
+    let workload = key.group == "apps"
+        && matches!(
+            key.kind.as_str(),
+            "Deployment" | "StatefulSet" | "DaemonSet"
+        );
+    if let Some(value) = annotation {
+        if Strategy::parse(value).is_none() {
+            return Some(format!(
+                "annotation {ANNOTATION_STRATEGY} is {value:?}; expected \"canary\" or \"blue-green\""
+            ));
+        }
+        if !workload {
+            return Some(format!(
+                "annotation {ANNOTATION_STRATEGY} applies to Deployments, StatefulSets and DaemonSets, not a {}",
+                key.kind
+            ));
+        }
+    }
+    if !workload || key.kind == "Deployment" || strategy_of(body, default) != Strategy::BlueGreen {
+        return None;
+    }
+    let asked = if annotation.is_some() {
+        format!("its annotation {ANNOTATION_STRATEGY}")
+    } else {
+        "the environment's rollout.strategy".to_string()
+    };
+    let partition = if key.kind == "StatefulSet" {
+        ", which steps a StatefulSet's partition"
+    } else {
+        ""
+    };
+    Some(format!(
+        "a {} cannot run blue-green (asked by {asked}): it has no second set of pods to switch to; use the canary strategy{partition} (annotate it {ANNOTATION_STRATEGY}: canary)",
+        key.kind
+    ))
+}
+
+/// Changed workloads of one revision that ask for different strategies: gitopsd rolls a
+/// revision out one way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the revision changes workloads of both strategies, blue-green ({}) and canary ({}); a revision rolls out one way: change them in separate commits, or give them the same gitopsd.io/strategy",
+    blue_green.join(", "),
+    canary.join(", ")
+)]
+pub struct MixedStrategies {
+    pub blue_green: Vec<String>,
+    pub canary: Vec<String>,
+}
+
+/// How a revision's rollout runs: blue/green when every Deployment it changes asks for it
+/// (and no StatefulSet steps its partition), canary steps when none does.
+pub fn rollout_strategy(
+    spec: &RolloutSpec,
+    default: Strategy,
+) -> Result<Strategy, MixedStrategies> {
+    let (blue_green, canary): (Vec<String>, Vec<String>) = spec
+        .canaries
+        .iter()
+        .map(|unit| (&unit.desired, strategy_of(&unit.desired.body, default)))
+        .chain(
+            spec.partitioned
+                .iter()
+                .map(|unit| (&unit.desired, Strategy::Canary)),
+        )
+        .fold(
+            (Vec::new(), Vec::new()),
+            |(mut bg, mut canary), (desired, strategy)| {
+                match strategy {
+                    Strategy::BlueGreen => bg.push(desired.key.to_string()),
+                    Strategy::Canary => canary.push(desired.key.to_string()),
+                }
+                (bg, canary)
+            },
+        );
+    match (blue_green.is_empty(), canary.is_empty()) {
+        (false, false) => Err(MixedStrategies { blue_green, canary }),
+        (false, true) => Ok(Strategy::BlueGreen),
+        (true, _) => Ok(Strategy::Canary),
+    }
 }
 
 #[cfg(test)]

@@ -179,3 +179,154 @@ fn strategies_read_from_config_and_annotations() {
         assert_eq!(Strategy::parse(strategy.as_str()), Some(strategy));
     }
 }
+
+#[test]
+fn a_named_preview_service_replaces_the_made_one_for_the_deployments_it_selects() {
+    let web = deployment();
+    let services = vec![
+        service("web", "shop", "{app: web}"),
+        service("web-next", "shop", "{app: web}"),
+        service("other", "shop", "{app: other}"),
+    ];
+    let made = PreviewServices::of(&services, &[&web], None).expect("no name to find");
+    let names =
+        |list: &[Desired]| -> Vec<String> { list.iter().map(|s| s.key.name.clone()).collect() };
+    assert_eq!(names(&made.active), ["web", "web-next"]);
+    assert!(made.named.is_empty());
+    assert_eq!(names(&made.made), ["web-preview", "web-next-preview"]);
+
+    let named = PreviewServices::of(&services, &[&web], Some("web-next")).expect("declared");
+    assert_eq!(
+        names(&named.active),
+        ["web"],
+        "the named Service is not active"
+    );
+    assert_eq!(names(&named.named), ["web-next"]);
+    assert!(
+        named.made.is_empty(),
+        "no made preview beside the named one"
+    );
+    let previews = named.previews();
+    assert_eq!(
+        previews[0].body["spec"]["selector"],
+        json!({"app": "web", "gitopsd.io/track": "canary"}),
+        "the named preview selects only the new pods while the rollout runs"
+    );
+    assert_eq!(
+        named.as_in_git()[1].body["spec"]["selector"],
+        json!({"app": "web"}),
+        "and gets git's selector back at the end"
+    );
+
+    let missing = PreviewServices::of(&services, &[&web], Some("web-canary-svc"))
+        .expect_err("no such Service");
+    assert!(
+        missing
+            .to_string()
+            .contains("rollout.preview_service is \"web-canary-svc\""),
+        "{missing}"
+    );
+}
+
+#[test]
+fn preview_replicas_cuts_the_preview_short_and_says_so() {
+    let preview = deployment();
+    let (full, short) = sized(vec![preview.clone()], None);
+    assert_eq!(full[0].body["spec"]["replicas"], 4);
+    assert!(!short);
+    let (cut, short) = sized(vec![preview.clone()], Some(1));
+    assert_eq!(cut[0].body["spec"]["replicas"], 1);
+    assert!(short);
+    let (bigger, short) = sized(vec![preview], Some(9));
+    assert_eq!(
+        bigger[0].body["spec"]["replicas"], 4,
+        "never more than the full count"
+    );
+    assert!(!short);
+}
+
+fn annotated(kind: &str, strategy: Option<&str>) -> Desired {
+    let annotations = strategy.map_or(String::new(), |s| {
+        format!(", annotations: {{gitopsd.io/strategy: {s}}}")
+    });
+    desired(&format!(
+        r#"
+apiVersion: apps/v1
+kind: {kind}
+metadata: {{name: web, namespace: shop{annotations}}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: "web:2"}}]}}
+"#
+    ))
+}
+
+#[test]
+fn a_workload_annotation_overrides_the_environment_strategy_and_is_kept_in_comparisons() {
+    let blue = annotated("Deployment", Some("blue-green"));
+    assert_eq!(
+        blue.body["metadata"]["annotations"]["gitopsd.io/strategy"], "blue-green",
+        "normalizing keeps the author's strategy annotation"
+    );
+    assert_eq!(
+        strategy_of(&blue.body, Strategy::Canary),
+        Strategy::BlueGreen
+    );
+    let canary = annotated("Deployment", Some("canary"));
+    assert_eq!(
+        strategy_of(&canary.body, Strategy::BlueGreen),
+        Strategy::Canary
+    );
+    let plain = annotated("Deployment", None);
+    assert_eq!(
+        strategy_of(&plain.body, Strategy::BlueGreen),
+        Strategy::BlueGreen
+    );
+    assert_eq!(strategy_of(&plain.body, Strategy::Canary), Strategy::Canary);
+}
+
+#[test]
+fn statefulsets_and_daemonsets_asking_for_blue_green_are_refused_with_the_way_out() {
+    let problem = |kind: &str, strategy: Option<&str>, default: Strategy| {
+        let object = annotated(kind, strategy);
+        strategy_problem(&object.key, &object.body, default)
+    };
+    let by_annotation =
+        problem("StatefulSet", Some("blue-green"), Strategy::Canary).expect("refused");
+    assert!(
+        by_annotation.contains(
+            "a StatefulSet cannot run blue-green (asked by its annotation gitopsd.io/strategy)"
+        ) && by_annotation
+            .contains("use the canary strategy, which steps a StatefulSet's partition"),
+        "{by_annotation}"
+    );
+    let by_environment = problem("DaemonSet", None, Strategy::BlueGreen).expect("refused");
+    assert!(
+        by_environment.contains("(asked by the environment's rollout.strategy)")
+            && by_environment.contains("annotate it gitopsd.io/strategy: canary"),
+        "{by_environment}"
+    );
+    assert_eq!(
+        problem("StatefulSet", Some("canary"), Strategy::BlueGreen),
+        None
+    );
+    assert_eq!(
+        problem("Deployment", Some("blue-green"), Strategy::Canary),
+        None
+    );
+    assert_eq!(problem("StatefulSet", None, Strategy::Canary), None);
+    let typo = problem("Deployment", Some("bluegreen"), Strategy::Canary).expect("refused");
+    assert!(
+        typo.contains("expected \"canary\" or \"blue-green\""),
+        "{typo}"
+    );
+    let service = service("web", "shop", "{app: web}");
+    let mut body = service.body.clone();
+    body["metadata"]["annotations"] = json!({"gitopsd.io/strategy": "canary"});
+    assert!(
+        strategy_problem(&service.key, &body, Strategy::Canary)
+            .is_some_and(|p| p.contains("applies to Deployments, StatefulSets and DaemonSets")),
+    );
+}

@@ -96,6 +96,15 @@ pub struct RolloutPreview {
     /// shop/migrate-0123abcd will run`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<String>,
+    /// Blue/green with `auto_promote = false`: the switch waits for an approval.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub approval: bool,
+    /// Blue/green: the preview's pods (each) before it is scaled up for the switch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview_replicas: Option<u32>,
+    /// Why the revision would be refused (Deployments of both strategies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// Inputs for one environment's report.
@@ -121,7 +130,8 @@ impl EnvironmentReport {
             changes.push(change_report(change)?);
         }
         let spec = canary::split(plan, input.desired, input.live, &[]);
-        let blue_green = input.rollout.strategy == Strategy::BlueGreen && !spec.canaries.is_empty();
+        let strategy = crate::preview::rollout_strategy(&spec, input.rollout.strategy);
+        let blue_green = matches!(strategy, Ok(Strategy::BlueGreen));
         let steps = if spec.has_canaries() && !blue_green {
             input.rollout.steps.clone()
         } else {
@@ -166,6 +176,9 @@ impl EnvironmentReport {
                     .collect(),
                 holds: input.holds,
                 hooks: input.hooks,
+                approval: blue_green && !input.rollout.auto_promote,
+                preview_replicas: input.rollout.preview_replicas.filter(|_| blue_green),
+                refused: strategy.err().map(|mixed| mixed.to_string()),
             },
         })
     }
@@ -322,13 +335,30 @@ fn rollout_line(rollout: &RolloutPreview) -> String {
             rollout.direct.join(", ")
         );
     }
+    if let Some(refused) = &rollout.refused {
+        let _ = write!(line, "; refused: {refused}");
+    }
     line
 }
 
 /// The phases a blue/green rollout would go through.
 fn blue_green_line(rollout: &RolloutPreview) -> String {
+    let preview = match rollout.preview_replicas {
+        Some(pods) => format!("preview (at most {pods} pods each) → "),
+        None => "preview → ".to_string(),
+    };
+    let approval = if rollout.approval {
+        "approval → "
+    } else {
+        ""
+    };
+    let scale_up = if rollout.preview_replicas.is_some() {
+        "scale preview up → "
+    } else {
+        ""
+    };
     let mut line = format!(
-        "blue-green for {}: preview → switch → verify → scale down (old pods kept {} after the switch)",
+        "blue-green for {}: {preview}{approval}{scale_up}switch → verify → scale down (old pods kept {} after the switch)",
         rollout.canaries.join(", "),
         rollout.scale_down_delay.as_deref().unwrap_or("0s")
     );
@@ -339,17 +369,12 @@ fn blue_green_line(rollout: &RolloutPreview) -> String {
             rollout.canary_configs.join(", ")
         );
     }
-    for (what, objects) in [
-        ("StatefulSets", &rollout.partitioned),
-        ("DaemonSets", &rollout.direct),
-    ] {
-        if !objects.is_empty() {
-            let _ = write!(
-                line,
-                "; refused: {} ({what} cannot run blue-green; use the canary strategy)",
-                objects.join(", ")
-            );
-        }
+    if !rollout.direct.is_empty() {
+        let _ = write!(
+            line,
+            "; {} change at 100% with the preview (DaemonSets get no preview)",
+            rollout.direct.join(", ")
+        );
     }
     line
 }
@@ -526,18 +551,39 @@ mod tests {
             direct: Vec::new(),
             holds: Vec::new(),
             hooks: Vec::new(),
+            approval: false,
+            preview_replicas: None,
+            refused: None,
         };
         assert_eq!(
             rollout_line(&rollout),
             "blue-green for Deployment.apps shop/web: preview → switch → verify → scale down (old pods kept 30s after the switch)"
         );
-        rollout.partitioned = vec!["StatefulSet.apps shop/db".into()];
+        rollout.approval = true;
+        rollout.preview_replicas = Some(1);
+        rollout.direct = vec!["DaemonSet.apps shop/agent".into()];
+        assert_eq!(
+            rollout_line(&rollout),
+            "blue-green for Deployment.apps shop/web: preview (at most 1 pods each) → approval → scale preview up → switch → verify → scale down (old pods kept 30s after the switch); DaemonSet.apps shop/agent change at 100% with the preview (DaemonSets get no preview)"
+        );
+        let mixed = RolloutPreview {
+            strategy: None,
+            scale_down_delay: None,
+            approval: false,
+            preview_replicas: None,
+            direct: Vec::new(),
+            canaries: vec![
+                "Deployment.apps shop/web".into(),
+                "Deployment.apps shop/api".into(),
+            ],
+            refused: Some("the revision changes workloads of both strategies".into()),
+            ..rollout.clone()
+        };
         assert!(
-            rollout_line(&rollout).ends_with(
-                "; refused: StatefulSet.apps shop/db (StatefulSets cannot run blue-green; use the canary strategy)"
-            ),
+            rollout_line(&mixed)
+                .ends_with("; refused: the revision changes workloads of both strategies"),
             "{}",
-            rollout_line(&rollout)
+            rollout_line(&mixed)
         );
         let json = serde_json::to_value(&rollout).expect("serializes");
         assert_eq!(json["strategy"], "blue-green");

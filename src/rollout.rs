@@ -50,6 +50,14 @@ pub struct RolloutConfig {
     pub strategy: Strategy,
     /// Blue/green: how long the old pods stay up after the switch.
     pub scale_down_delay: Duration,
+    /// Blue/green: switch once the preview baked; false waits for `gitopsd approve`.
+    pub auto_promote: bool,
+    /// Blue/green: how many pods the preview runs before the switch (none: the full count;
+    /// never more than it). A short preview is scaled to the full count before the switch.
+    pub preview_replicas: Option<u32>,
+    /// Blue/green: a Service of the revision to use as the preview Service of the
+    /// Deployments it selects, instead of a made `<service>-preview`.
+    pub preview_service: Option<String>,
     /// Canary weights in percent, increasing, ending with 100 (the promotion).
     pub steps: Vec<u8>,
     /// How long each canary step must stay healthy.
@@ -69,6 +77,9 @@ impl Default for RolloutConfig {
         Self {
             strategy: Strategy::Canary,
             scale_down_delay: Duration::from_secs(30),
+            auto_promote: true,
+            preview_replicas: None,
+            preview_service: None,
             steps: vec![100],
             bake: Duration::ZERO,
             timeout: Duration::from_secs(300),

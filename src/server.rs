@@ -213,6 +213,9 @@ struct InFlightStatus {
     /// A blue/green rollout's phase.
     #[serde(skip_serializing_if = "Option::is_none")]
     phase: Option<String>,
+    /// Blue/green with `auto_promote = false`: the switch was approved.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    switch_approved: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -239,6 +242,7 @@ fn environment_status(name: &str, handle: &EnvironmentHandle) -> EnvironmentStat
             step: flight.step.map(|(index, _)| index + 1),
             weight: flight.step.map(|(_, weight)| weight),
             phase: flight.phase.clone(),
+            switch_approved: flight.switch_approved,
         }),
         reverting: history
             .reverting

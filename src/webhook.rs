@@ -102,6 +102,7 @@ impl Notification {
                 Some(base("promoted", format!("{short} promoted; verifying")))
             }
             Event::PreviewStarted { .. }
+            | Event::AwaitingApproval { .. }
             | Event::Switched { .. }
             | Event::SwitchedBack { .. }
             | Event::ScaledDown { .. } => blue_green_notification(event, short, base),
@@ -192,6 +193,10 @@ fn blue_green_notification(
         Event::PreviewStarted { .. } => Some(base(
             "preview_started",
             format!("{short} preview started beside the serving pods"),
+        )),
+        Event::AwaitingApproval { .. } => Some(base(
+            "awaiting_approval",
+            format!("{short} preview ready and healthy; the switch waits for gitopsd approve"),
         )),
         Event::Switched { .. } => Some(base(
             "switched",

@@ -280,19 +280,23 @@ impl Checker {
             }),
             None => defaults.strategy,
         };
-        let scale_down_delay = read
-            .duration_or_zero("scale_down_delay", raw.scale_down_delay)
-            .unwrap_or(defaults.scale_down_delay);
+        let blue_green = blue_green_keys(
+            &mut read,
+            raw.scale_down_delay,
+            raw.auto_promote,
+            raw.preview_replicas,
+            raw.preview_service,
+        );
         self.problems.extend(unknown.under("rollout"));
         RolloutConfig {
             strategy,
-            scale_down_delay,
             steps,
             bake,
             timeout,
             verify,
             revert_commit,
             max_restarts,
+            ..blue_green
         }
     }
 
@@ -428,6 +432,64 @@ fn identity(
     (name, path)
 }
 
+/// The blue/green keys of `[rollout]`, in a config otherwise left at its defaults.
+fn blue_green_keys(
+    read: &mut Reader<'_>,
+    scale_down_delay: Option<Checked<super::checked::HumanDuration>>,
+    auto_promote: Option<Checked<bool>>,
+    preview_replicas: Option<Checked<u64>>,
+    preview_service: Option<Checked<String>>,
+) -> RolloutConfig {
+    let defaults = RolloutConfig::default();
+    let scale_down_delay = read
+        .duration_or_zero("scale_down_delay", scale_down_delay)
+        .unwrap_or(defaults.scale_down_delay);
+    let auto_promote = read
+        .get("auto_promote", auto_promote)
+        .unwrap_or(defaults.auto_promote);
+    let preview_replicas = read
+        .get("preview_replicas", preview_replicas)
+        .and_then(|n| match u32::try_from(n) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                read.problem(
+                    "preview_replicas",
+                    format!("is {n}; expected a pod count of at least 1"),
+                );
+                None
+            }
+        });
+    let preview_service = read
+        .get("preview_service", preview_service)
+        .filter(|name| {
+            let valid = is_service_name(name);
+            if !valid {
+                read.problem(
+                    "preview_service",
+                    format!("{name:?} is not a Service name (lowercase letters, digits and '-', starting with a letter, at most 63)"),
+                );
+            }
+            valid
+        });
+    RolloutConfig {
+        scale_down_delay,
+        auto_promote,
+        preview_replicas,
+        preview_service,
+        ..defaults
+    }
+}
+
+/// A Service name: an RFC 1035 label.
+fn is_service_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 /// `approval`: whether every new revision waits for `gitopsd approve`.
 fn approval(read: &mut Reader<'_>, value: Option<Checked<String>>) -> bool {
     match read.get("approval", value).as_deref() {
@@ -537,6 +599,9 @@ mod tests {
             [environment.rollout]
             strategy = "blue-green"
             scale_down_delay = "2m"
+            auto_promote = false
+            preview_replicas = 2
+            preview_service = "web-next"
             "#,
         )
         .expect("valid");
@@ -545,6 +610,16 @@ mod tests {
         assert_eq!(rollout(0).scale_down_delay, Duration::from_secs(30));
         assert_eq!(rollout(1).strategy, Strategy::BlueGreen);
         assert_eq!(rollout(1).scale_down_delay, Duration::from_secs(120));
+        assert!(rollout(0).auto_promote, "the default");
+        assert!(!rollout(1).auto_promote);
+        assert_eq!(
+            rollout(0).preview_replicas,
+            None,
+            "the default: the full count"
+        );
+        assert_eq!(rollout(1).preview_replicas, Some(2));
+        assert_eq!(rollout(0).preview_service, None);
+        assert_eq!(rollout(1).preview_service.as_deref(), Some("web-next"));
         let problems = parse(
             r#"
             [repo]
@@ -556,6 +631,8 @@ mod tests {
             [environment.rollout]
             strategy = "bluegreen"
             scale_down_delay = "soon"
+            preview_replicas = 0
+            preview_service = "Web_Next"
             "#,
         )
         .expect_err("invalid");
@@ -564,7 +641,9 @@ mod tests {
             keys,
             [
                 "environment[0].rollout.strategy",
-                "environment[0].rollout.scale_down_delay"
+                "environment[0].rollout.scale_down_delay",
+                "environment[0].rollout.preview_replicas",
+                "environment[0].rollout.preview_service"
             ],
             "{problems:?}"
         );

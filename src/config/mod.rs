@@ -60,6 +60,7 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "step_passed",
     "promoted",
     "preview_started",
+    "awaiting_approval",
     "switched",
     "switched_back",
     "scaled_down",

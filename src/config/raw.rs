@@ -101,6 +101,9 @@ pub(super) struct RawRollout {
     pub(super) max_restarts: Option<Checked<u64>>,
     pub(super) strategy: Option<Checked<String>>,
     pub(super) scale_down_delay: Option<Checked<HumanDuration>>,
+    pub(super) auto_promote: Option<Checked<bool>>,
+    pub(super) preview_replicas: Option<Checked<u64>>,
+    pub(super) preview_service: Option<Checked<String>>,
 }
 
 /// Canary weights; each item is checked on its own.

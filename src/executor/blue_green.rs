@@ -1,8 +1,11 @@
 //! The blue/green driver: takes one decision at a time from the pure state machine
 //! ([`BlueGreen`]), journals it, carries it out through [`Effects`], and says how the rollout
-//! ended. The preview of a changed Deployment is its canary at full size; the active Services
-//! are pinned to the old pods, switched to the new ones in one write each, and given back as
-//! git wrote them once the Deployments run the new template.
+//! ended. The preview of a changed Deployment is its canary at full size (or at most
+//! `preview_replicas`, scaled up before the switch); the active Services are pinned to the old
+//! pods, switched to the new ones in one write each (once approved, without `auto_promote`),
+//! and given back as git wrote them once the Deployments run the new template. A rollout that
+//! ends while the old pods are all up moves the Services back to them and drains the preview
+//! first; [`unwind_previews`] does the same for a revert after a restart.
 
 use std::ops::ControlFlow;
 
@@ -16,10 +19,11 @@ use crate::backend::{FailureClass, Target, TargetError};
 use crate::blue_green::{BlueGreen, BlueGreenTiming, Decision, Milestone, Observation};
 use crate::canary::{self, canary_key};
 use crate::health::HealthTracker;
+use crate::history::History;
 use crate::journal::{Baseline, Event};
-use crate::model::{ResourceKey, Revision};
+use crate::model::{Object, ResourceKey, Revision};
 use crate::plan::Desired;
-use crate::preview;
+use crate::preview::{self, PreviewServices};
 use crate::probe::CheckRunner;
 use crate::rollout::cause;
 
@@ -34,14 +38,21 @@ pub struct BlueGreenDriver<'d, 'a, T: Target, P: CheckRunner> {
     machine: BlueGreen,
     baseline: Vec<Baseline>,
     tracker: HealthTracker,
-    /// The Services selecting a previewed Deployment's pods, as git wants them.
-    active: Vec<Desired>,
+    /// The Services selecting a previewed Deployment's pods, and the preview Services.
+    services: PreviewServices,
+    /// The previews as first written: at most `preview_replicas` pods each.
+    previews: Vec<Desired>,
     /// What readiness waits for.
     waiting: Vec<ResourceKey>,
     /// Whose pods are watched for breakage while checks run.
     watched: Vec<ResourceKey>,
     /// The active Services select only the old pods: the preview can go before a revert.
     pinned: bool,
+    /// No write of the scale-down went through: the old pods are all up, so a failure can
+    /// still move the active Services back to them.
+    old_pods_up: bool,
+    /// `switched_back` is journaled for this rollout.
+    switched_back: bool,
 }
 
 impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
@@ -50,6 +61,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     pub fn begin(
         fx: &'d mut Effects<'a, T, P>,
         input: RolloutInput,
+        services: PreviewServices,
     ) -> Result<Self, ReconcileError> {
         let marks = baseline(&input.plan, &input.spec, &input.live);
         let canaries: Vec<String> = input
@@ -67,15 +79,18 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             baseline: marks.clone(),
         })?;
         tracing::info!(env = %fx.config.name, revision = %input.revision.short(), previews = ?canaries, "blue-green rollout started");
-        let deployments: Vec<&Desired> = input.spec.canaries.iter().map(|u| &u.desired).collect();
-        let active = preview::active_services(&input.desired, &deployments);
         let rollout = &fx.config.rollout;
+        let (previews, scale_up) = preview::sized(
+            canary::canary_step(&input.spec, 100).apply,
+            rollout.preview_replicas,
+        );
         let machine = BlueGreen::new(BlueGreenTiming {
             bake: rollout.bake,
             timeout: rollout.timeout,
             verify: rollout.verify,
             scale_down_delay: rollout.scale_down_delay,
-            auto_promote: true,
+            auto_promote: rollout.auto_promote,
+            scale_up,
         });
         let tracker = HealthTracker::new(&fx.config.health);
         Ok(Self {
@@ -84,10 +99,13 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             machine,
             baseline: marks,
             tracker,
-            active,
+            services,
+            previews,
             waiting: Vec::new(),
             watched: Vec::new(),
             pinned: false,
+            old_pods_up: true,
+            switched_back: false,
         })
     }
 
@@ -99,6 +117,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
                 Decision::StartPreview => self.start_preview().await?,
                 Decision::AwaitReady { deadline } => self.await_ready(deadline).await?,
                 Decision::Watch { until } => self.watch(until).await?,
+                Decision::ScaleUp => self.scale_up().await?,
                 Decision::Switch => self.switch().await?,
                 Decision::ScaleDown => self.scale_down().await?,
                 Decision::Settle => self.settle().await?,
@@ -107,14 +126,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
                 Decision::Revert { reason, cause } => {
                     ControlFlow::Break(self.fail(reason, cause).await?)
                 }
-                // Every blue/green rollout promotes on its own for now.
-                Decision::AwaitApproval => ControlFlow::Break(
-                    self.fail(
-                        "approval before the switch is not supported".into(),
-                        cause::REJECTED.into(),
-                    )
-                    .await?,
-                ),
+                Decision::AwaitApproval => self.await_approval().await?,
             };
             match step {
                 ControlFlow::Break(ending) => return Ok(ending),
@@ -148,25 +160,38 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             revision: self.input.revision.clone(),
         })?;
         tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "preview started");
-        let active_keys: Vec<&ResourceKey> = self.active.iter().map(|s| &s.key).collect();
-        let mut apply = canary::canary_step(&self.input.spec, 100).apply;
+        let service_keys = self.services.keys();
+        let mut apply = self.previews.clone();
         apply.extend(
             self.input
                 .spec
                 .immediate
                 .iter()
                 .filter_map(|change| change.desired())
-                .filter(|desired| !active_keys.contains(&&desired.key))
+                .filter(|desired| !service_keys.contains(&&desired.key))
                 .cloned(),
         );
         // Readiness waits for the previews and the other changes, not for the Services.
         self.waiting = apply.iter().map(|desired| desired.key.clone()).collect();
-        apply.extend(self.active.iter().map(preview::pinned));
-        apply.extend(self.active.iter().map(preview::preview_service));
+        apply.extend(self.services.active.iter().map(preview::pinned));
+        apply.extend(self.services.previews());
         let writes = ordered(apply, Vec::new());
         self.watched = self.preview_keys();
         self.pinned = true;
         self.write(&writes, "preview writes").await
+    }
+
+    /// Scales the previews that run short of the full count up to it, before the switch.
+    async fn scale_up(&mut self) -> Result<Step, ReconcileError> {
+        tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "scaling the preview up to the full count before the switch");
+        let full: Vec<Desired> = canary::canary_step(&self.input.spec, 100)
+            .apply
+            .into_iter()
+            .filter(|desired| desired.key.kind == "Deployment")
+            .collect();
+        self.waiting = full.iter().map(|desired| desired.key.clone()).collect();
+        let writes = ordered(full, Vec::new());
+        self.write(&writes, "preview scale-up writes").await
     }
 
     /// Journals `switched`, then moves each active Service's selector to the new pods in one
@@ -177,7 +202,10 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         })?;
         self.fx.metrics.switched(&self.fx.config.name, "switched");
         tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "switching the active Services to the new pods");
-        let writes = ordered(self.active.iter().map(preview::switched).collect(), vec![]);
+        let writes = ordered(
+            self.services.active.iter().map(preview::switched).collect(),
+            vec![],
+        );
         self.pinned = false;
         self.write(&writes, "switch writes").await
     }
@@ -189,15 +217,11 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             crate::blue_green::Phase::SwitchBack { reason, .. } => reason.clone(),
             _ => String::new(),
         };
-        self.fx.journal(Event::SwitchedBack {
-            revision: self.input.revision.clone(),
-            reason,
-        })?;
-        self.fx
-            .metrics
-            .switched(&self.fx.config.name, "switched_back");
-        tracing::warn!(env = %self.fx.config.name, revision = %self.input.revision.short(), "switching the active Services back to the old pods");
-        let writes = ordered(self.active.iter().map(preview::pinned).collect(), vec![]);
+        self.journal_switched_back(reason)?;
+        let writes = ordered(
+            self.services.active.iter().map(preview::pinned).collect(),
+            vec![],
+        );
         let step = self.write(&writes, "switch-back writes").await?;
         self.pinned = true;
         Ok(step)
@@ -226,14 +250,38 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     /// config copies, the preview Services and deferred deletions.
     async fn settle(&mut self) -> Result<Step, ReconcileError> {
         let mut delete = canary::promotion(&self.input.spec).delete;
-        delete.extend(self.active.iter().map(|s| preview::preview_key(&s.key)));
-        let writes = ordered(self.active.clone(), delete);
+        delete.extend(self.services.made_keys());
+        let writes = ordered(self.services.as_in_git(), delete);
         self.write(&writes, "settling writes").await
+    }
+
+    fn journal_switched_back(&mut self, reason: String) -> Result<(), ReconcileError> {
+        self.fx.journal(Event::SwitchedBack {
+            revision: self.input.revision.clone(),
+            reason,
+        })?;
+        self.switched_back = true;
+        self.fx
+            .metrics
+            .switched(&self.fx.config.name, "switched_back");
+        tracing::warn!(env = %self.fx.config.name, revision = %self.input.revision.short(), "switching the active Services back to the old pods");
+        Ok(())
     }
 
     async fn write(&mut self, writes: &[Write], what: &str) -> Result<Step, ReconcileError> {
         let revision = self.input.revision.clone();
-        let Err((applied, error)) = self.fx.write_all(writes, |_| revision.clone()).await else {
+        let result = self.fx.write_all(writes, |_| revision.clone()).await;
+        if matches!(
+            self.machine.phase(),
+            crate::blue_green::Phase::ScaleDown { .. }
+        ) && result
+            .as_ref()
+            .err()
+            .is_none_or(|(applied, _)| *applied > 0)
+        {
+            self.old_pods_up = false;
+        }
+        let Err((applied, error)) = result else {
             return Ok(ControlFlow::Continue(
                 self.machine.observe(Observation::Written, Utc::now()),
             ));
@@ -255,7 +303,12 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
                 self.fail(reason, cause::REJECTED.into()).await?,
             ));
         }
-        let blocked = end_blocked(self.fx, &self.input.revision, reason, &self.baseline)?;
+        let revision = self.input.revision.clone();
+        self.back_to_old_pods(&reason).await?;
+        let blocked = end_blocked(self.fx, &revision, reason, &self.baseline)?;
+        if self.pinned {
+            self.remove_previews(&revision).await?;
+        }
         Ok(ControlFlow::Break(blocked))
     }
 
@@ -268,13 +321,16 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     }
 
     async fn watch(&mut self, until: DateTime<Utc>) -> Result<Step, ReconcileError> {
+        let host = self.preview_host();
         let observation = self
             .fx
-            .watch_checks(
+            .watch_checks_held(
                 &mut self.tracker,
                 &self.input.revision,
                 &self.watched,
                 until,
+                host.as_deref(),
+                |_| false,
             )
             .await?;
         Ok(ControlFlow::Continue(
@@ -302,6 +358,59 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         Ok(decision)
     }
 
+    /// Journals `awaiting_approval`, then runs the checks and watches the preview's pods
+    /// until an operator approves the revision (`gitopsd approve` or the API); a failure
+    /// meanwhile fails the rollout as during the bake.
+    async fn await_approval(&mut self) -> Result<Step, ReconcileError> {
+        let revision = self.input.revision.clone();
+        self.fx.journal(Event::AwaitingApproval {
+            revision: revision.clone(),
+        })?;
+        tracing::info!(env = %self.fx.config.name, revision = %revision.short(), "preview ready and healthy; the switch waits for an approval: gitopsd approve --env {} {}", self.fx.config.name, revision.short());
+        let host = self.preview_host();
+        let approved = |history: &History| {
+            history
+                .in_flight
+                .as_ref()
+                .is_some_and(|flight| flight.revision == revision && flight.switch_approved)
+        };
+        let observation = self
+            .fx
+            .watch_checks_held(
+                &mut self.tracker,
+                &self.input.revision,
+                &self.watched,
+                Utc::now(),
+                host.as_deref(),
+                |history| !approved(history),
+            )
+            .await?;
+        let observation = match observation {
+            crate::rollout::Observation::Tick => Observation::Approved,
+            other => other.into(),
+        };
+        if observation == Observation::Approved {
+            tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "switch approved");
+        }
+        Ok(ControlFlow::Continue(
+            self.machine.observe(observation, Utc::now()),
+        ))
+    }
+
+    /// What `{preview}` in a check's URL names now: the preview Service until the settle
+    /// removes it, then the active Service (selecting only the new pods by then).
+    fn preview_host(&self) -> Option<String> {
+        match self.machine.phase() {
+            crate::blue_green::Phase::VerifyAfter { .. } | crate::blue_green::Phase::Succeeded => {
+                self.services.active_host()
+            }
+            _ => self
+                .services
+                .preview_host()
+                .or_else(|| self.services.active_host()),
+        }
+    }
+
     /// Logs a milestone; the decisions journal their own records.
     fn reached(&self, milestone: Option<Milestone>) {
         let (env, revision) = (&self.fx.config.name, self.input.revision.short());
@@ -326,11 +435,38 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         end_healthy(self.fx, &self.input).await
     }
 
-    /// Journals `rollout_failed`. While the active Services select only the old pods, the
-    /// previews and preview Services are deleted first, so the revert that follows (which
-    /// gives the Services git's selectors back) never sends traffic to them.
+    /// While the old pods are all up but the active Services do not select only them (a
+    /// switch or switch-back that did not go through, a refused scale-down): journals
+    /// `switched_back` (once) and pins them to the old pods, one write each. A write the
+    /// cluster refuses is logged; the revert then pins them before draining the preview.
+    async fn back_to_old_pods(&mut self, reason: &str) -> Result<(), ReconcileError> {
+        if !self.old_pods_up || self.pinned {
+            return Ok(());
+        }
+        if !self.switched_back {
+            self.journal_switched_back(reason.to_string())?;
+        }
+        let revision = self.input.revision.clone();
+        let writes = ordered(
+            self.services.active.iter().map(preview::pinned).collect(),
+            vec![],
+        );
+        match self.fx.write_all(&writes, |_| revision.clone()).await {
+            Ok(()) => self.pinned = true,
+            Err((_, error)) => {
+                tracing::warn!(env = %self.fx.config.name, %error, "could not switch the active Services back before the revert; the revert pins them");
+            }
+        }
+        Ok(())
+    }
+
+    /// Journals `rollout_failed`. While the old pods are all up, the active Services are
+    /// moved back to them first if need be, and the previews and preview Services deleted, so
+    /// the revert that follows (which gives the Services git's selectors back) never sends
+    /// traffic to them.
     async fn fail(&mut self, reason: String, cause: String) -> Result<Ending, ReconcileError> {
         let revision = self.input.revision.clone();
+        self.back_to_old_pods(&reason).await?;
         journal_failure(self.fx, &revision, &reason, &cause)?;
         if self.pinned {
             self.remove_previews(&revision).await?;
@@ -353,31 +489,11 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             .apply
             .into_iter()
             .filter(|desired| desired.key.kind == "Deployment")
-            .map(|desired| {
-                let mut body = desired.body;
-                body["spec"]["replicas"] = serde_json::Value::from(0);
-                Desired::from_body(desired.key, body)
-            })
             .collect();
-        let keys: Vec<ResourceKey> = drained.iter().map(|d| d.key.clone()).collect();
-        let writes = ordered(drained, Vec::new());
-        if let Err((_, error)) = self.fx.write_all(&writes, |_| revision.clone()).await {
-            tracing::warn!(env = %self.fx.config.name, %error, "could not scale the preview down before the revert");
-        } else {
-            let deadline = Utc::now()
-                + chrono::Duration::from_std(self.fx.config.rollout.timeout)
-                    .unwrap_or(chrono::Duration::MAX);
-            while let crate::rollout::Observation::NotReady { .. } =
-                self.fx.readiness(&keys, deadline).await?
-            {
-                if Utc::now() >= deadline {
-                    break;
-                }
-            }
-        }
+        drain(self.fx, drained, revision).await?;
         let mut delete = canary::promotion(&self.input.spec).delete;
         delete.retain(|key| self.input.spec.deferred.iter().all(|d| d.key() != key));
-        delete.extend(self.active.iter().map(|s| preview::preview_key(&s.key)));
+        delete.extend(self.services.made_keys());
         let writes = ordered(Vec::new(), delete);
         if let Err((_, error)) = self.fx.write_all(&writes, |_| revision.clone()).await {
             tracing::warn!(env = %self.fx.config.name, %error, "could not remove the preview before the revert; the revert removes it");
@@ -385,3 +501,87 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         Ok(())
     }
 }
+
+/// Scales `previews` (preview Deployments) to zero and waits, within `timeout`, until none of
+/// their pods is left. A write the cluster refuses is logged and left to the revert.
+async fn drain<T: Target, P: CheckRunner>(
+    fx: &mut Effects<'_, T, P>,
+    previews: Vec<Desired>,
+    revision: &Revision,
+) -> Result<(), ReconcileError> {
+    let drained: Vec<Desired> = previews
+        .into_iter()
+        .map(|desired| {
+            let mut body = desired.body;
+            body["spec"]["replicas"] = serde_json::Value::from(0);
+            Desired::from_body(desired.key, body)
+        })
+        .collect();
+    let keys: Vec<ResourceKey> = drained.iter().map(|d| d.key.clone()).collect();
+    let writes = ordered(drained, Vec::new());
+    if let Err((_, error)) = fx.write_all(&writes, |_| revision.clone()).await {
+        tracing::warn!(env = %fx.config.name, %error, "could not scale the preview down before the revert");
+        return Ok(());
+    }
+    let deadline = Utc::now()
+        + chrono::Duration::from_std(fx.config.rollout.timeout).unwrap_or(chrono::Duration::MAX);
+    while let crate::rollout::Observation::NotReady { .. } = fx.readiness(&keys, deadline).await? {
+        if Utc::now() >= deadline {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Before a blue/green rollout whose old pods are all still up is reverted (after a failed
+/// or refused write, a failed switch-back, or a restart at any point): each preview
+/// Deployment still live (`<name>-canary`) is drained first, with the Services of `to`
+/// that select `<name>`'s pods pinned to the old pods (`gitopsd.io/track: stable`), so the
+/// revert, which gives them git's selectors back, never sends traffic to preview pods. The
+/// pins are one write per Service, as a switch-back.
+pub(super) async fn unwind_previews<T: Target, P: CheckRunner>(
+    fx: &mut Effects<'_, T, P>,
+    revision: &Revision,
+    to: &[Desired],
+    live: &[Object],
+) -> Result<(), ReconcileError> {
+    let previews: Vec<Desired> = live
+        .iter()
+        .filter(|object| {
+            object.key.group == "apps"
+                && object.key.kind == "Deployment"
+                && object.key.name.ends_with(canary::CANARY_SUFFIX)
+                // Drained already (by the rollout's own failure path): nothing to move.
+                && object.body.pointer("/spec/replicas").and_then(serde_json::Value::as_u64)
+                    != Some(0)
+        })
+        .map(|object| Desired::from_body(object.key.clone(), object.body.clone()))
+        .collect();
+    let stables: Vec<&Desired> = to
+        .iter()
+        .filter(|desired| {
+            previews
+                .iter()
+                .any(|preview| canary_key(&desired.key) == preview.key)
+        })
+        .collect();
+    if previews.is_empty() {
+        return Ok(());
+    }
+    let pins: Vec<Desired> = preview::active_services(to, &stables)
+        .iter()
+        .map(preview::pinned)
+        .collect();
+    tracing::warn!(env = %fx.config.name, revision = %revision.short(), services = pins.len(), previews = previews.len(), "pinning the Services to the old pods and draining the preview before the revert");
+    let writes = ordered(pins, Vec::new());
+    if let Err((_, error)) = fx.write_all(&writes, |_| revision.clone()).await {
+        // Draining now could leave a Service selecting nothing: the revert is left to go on.
+        tracing::warn!(env = %fx.config.name, %error, "could not pin the Services to the old pods before the revert");
+        return Ok(());
+    }
+    drain(fx, previews, revision).await
+}
+
+#[cfg(test)]
+#[path = "blue_green_tests.rs"]
+mod tests;

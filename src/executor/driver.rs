@@ -280,13 +280,23 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
     }
 
     async fn watch(&mut self, until: DateTime<Utc>) -> Result<Step, ReconcileError> {
+        let deployments: Vec<&Desired> = self
+            .input
+            .spec
+            .canaries
+            .iter()
+            .map(|u| &u.desired)
+            .collect();
+        let host = crate::preview::canary_host(&self.input.desired, &deployments);
         let observation = self
             .fx
-            .watch_checks(
+            .watch_checks_held(
                 &mut self.tracker,
                 &self.input.revision,
                 &self.step_keys,
                 until,
+                host.as_deref(),
+                |_| false,
             )
             .await?;
         Ok(ControlFlow::Continue(
@@ -409,4 +419,4 @@ pub(super) fn end_blocked<T: Target, P: CheckRunner>(
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // the fixture writes its config file
 #[path = "driver_tests.rs"]
-mod tests;
+pub(super) mod tests;

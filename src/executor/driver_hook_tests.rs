@@ -88,8 +88,12 @@ async fn a_failing_post_promotion_hook_after_the_switch_switches_back() {
         objects: Vec::new(),
         work_root: fixture.dir.path().join("hook-tmp"),
     };
+    let deployments: Vec<&crate::plan::Desired> =
+        input.spec.canaries.iter().map(|u| &u.desired).collect();
+    let services = crate::preview::PreviewServices::of(&input.desired, &deployments, None)
+        .expect("the Services of the revision");
     let mut fx = fixture.effects(&backend, &checks);
-    let ending = crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input)
+    let ending = crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input, services)
         .expect("journaled")
         .run()
         .await

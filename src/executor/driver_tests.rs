@@ -21,7 +21,7 @@ use crate::webhook::Notifier;
 
 /// One write the backend took: the journal position it was made at, and what it was.
 #[derive(Debug, Clone)]
-struct Written {
+pub(crate) struct Written {
     /// The journal's next sequence number when the write arrived: every record below it was
     /// journaled before the write.
     next_seq: u64,
@@ -34,8 +34,8 @@ struct Written {
 }
 
 /// A backend that keeps nothing but a log of writes, and refuses the `nth` apply of `name`.
-struct RecordingBackend {
-    journal: SharedJournal,
+pub(crate) struct RecordingBackend {
+    pub(crate) journal: SharedJournal,
     writes: Mutex<Vec<Written>>,
     refuse: Option<(String, usize, FailureClass)>,
     applies_of_refused: AtomicUsize,
@@ -45,7 +45,7 @@ struct RecordingBackend {
 }
 
 impl RecordingBackend {
-    fn new(journal: &SharedJournal) -> Self {
+    pub(crate) fn new(journal: &SharedJournal) -> Self {
         Self {
             journal: journal.clone(),
             writes: Mutex::default(),
@@ -56,12 +56,12 @@ impl RecordingBackend {
         }
     }
 
-    fn crashing_from_readiness_call(mut self, call: usize) -> Self {
+    pub(crate) fn crashing_from_readiness_call(mut self, call: usize) -> Self {
         self.crash_from_call = call;
         self
     }
 
-    fn refusing(mut self, name: &str, nth: usize, class: FailureClass) -> Self {
+    pub(crate) fn refusing(mut self, name: &str, nth: usize, class: FailureClass) -> Self {
         self.refuse = Some((name.into(), nth, class));
         self
     }
@@ -82,7 +82,7 @@ impl RecordingBackend {
         });
     }
 
-    fn writes(&self) -> Vec<Written> {
+    pub(crate) fn writes(&self) -> Vec<Written> {
         self.writes.lock().expect("not poisoned").clone()
     }
 }
@@ -137,17 +137,17 @@ impl Target for RecordingBackend {
 }
 
 /// Health checks that answer healthy `healthy_first` times, then unhealthy.
-struct ScriptedChecks {
+pub(crate) struct ScriptedChecks {
     healthy_first: usize,
     calls: AtomicUsize,
 }
 
 impl ScriptedChecks {
-    fn healthy() -> Self {
+    pub(crate) fn healthy() -> Self {
         Self::failing_after(usize::MAX)
     }
 
-    fn failing_after(healthy_first: usize) -> Self {
+    pub(crate) fn failing_after(healthy_first: usize) -> Self {
         Self {
             healthy_first,
             calls: AtomicUsize::new(0),
@@ -165,11 +165,11 @@ impl CheckRunner for ScriptedChecks {
     }
 }
 
-fn revision(c: char) -> Revision {
+pub(crate) fn revision(c: char) -> Revision {
     Revision(c.to_string().repeat(40))
 }
 
-fn objects(yaml: &str) -> Vec<Object> {
+pub(crate) fn objects(yaml: &str) -> Vec<Object> {
     let file = ManifestFile {
         path: "app.yaml".into(),
         bytes: yaml.as_bytes().to_vec(),
@@ -183,7 +183,7 @@ fn objects(yaml: &str) -> Vec<Object> {
 
 /// A Deployment of 4 replicas at `image`, its Service, and (in the new revision) a ConfigMap
 /// with no canary meaning, which goes out with the first step a run writes.
-fn app(image: &str, with_extra: bool) -> Vec<Desired> {
+pub(crate) fn app(image: &str, with_extra: bool) -> Vec<Desired> {
     let extra = "
 ---
 apiVersion: v1
@@ -212,7 +212,7 @@ spec: {{selector: {{app: web}}}}{}",
 }
 
 /// The input of a rollout from image v1 (live, at revision `a`) to v2 (revision `b`).
-fn input() -> RolloutInput {
+pub(crate) fn input() -> RolloutInput {
     let before = app("web:v1", false);
     let live: Vec<Object> = before
         .iter()
@@ -236,10 +236,10 @@ fn input() -> RolloutInput {
     }
 }
 
-struct Fixture {
+pub(crate) struct Fixture {
     dir: tempfile::TempDir,
     config: EnvironmentConfig,
-    journal: SharedJournal,
+    pub(crate) journal: SharedJournal,
     metrics: Metrics,
     notifier: Notifier,
     /// Kept so that shutdown never comes: a dropped sender reads as one.
@@ -256,13 +256,13 @@ impl Fixture {
     }
 
     /// Blue/green with the given times; the same check.
-    fn blue_green(bake: &str, verify: &str, scale_down_delay: &str) -> Self {
+    pub(crate) fn blue_green(bake: &str, verify: &str, scale_down_delay: &str) -> Self {
         Self::with_rollout(&format!(
             "strategy = \"blue-green\"\nbake = \"{bake}\"\nverify = \"{verify}\"\nscale_down_delay = \"{scale_down_delay}\""
         ))
     }
 
-    fn with_rollout(rollout: &str) -> Self {
+    pub(crate) fn with_rollout(rollout: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let toml = format!(
             r#"
@@ -303,7 +303,7 @@ failures = 2
         }
     }
 
-    fn effects<'a, T: Target, P: CheckRunner>(
+    pub(crate) fn effects<'a, T: Target, P: CheckRunner>(
         &'a self,
         backend: &'a T,
         checks: &'a P,
@@ -322,7 +322,7 @@ failures = 2
         }
     }
 
-    fn records(&self) -> Vec<Record> {
+    pub(crate) fn records(&self) -> Vec<Record> {
         journal::load_all(&self.dir.path().join("state"), "staging").expect("journal reads")
     }
 }
@@ -363,7 +363,7 @@ fn by_step(writes: &[Written], records: &[Record]) -> Vec<(Option<usize>, String
         .collect()
 }
 
-fn names(records: &[Record]) -> Vec<&'static str> {
+pub(crate) fn names(records: &[Record]) -> Vec<&'static str> {
     records.iter().map(|record| record.event.name()).collect()
 }
 
@@ -576,13 +576,18 @@ impl CheckRunner for FailingAfterRecord<'_> {
     }
 }
 
-async fn begin_blue_green<P: CheckRunner>(
+pub(crate) async fn begin_blue_green<P: CheckRunner>(
     fixture: &Fixture,
     backend: &RecordingBackend,
     checks: &P,
 ) -> Ending {
     let mut fx = fixture.effects(backend, checks);
-    crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input())
+    let input = input();
+    let deployments: Vec<&Desired> = input.spec.canaries.iter().map(|u| &u.desired).collect();
+    let named = fixture.config.rollout.preview_service.as_deref();
+    let services = crate::preview::PreviewServices::of(&input.desired, &deployments, named)
+        .expect("the fixture declares its preview Service");
+    crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input, services)
         .expect("journaled")
         .run()
         .await
@@ -590,7 +595,7 @@ async fn begin_blue_green<P: CheckRunner>(
 }
 
 /// Writes as `(last record journaled before it, "verb Kind/name xN [track]")`.
-fn by_record(writes: &[Written], records: &[Record]) -> Vec<(&'static str, String)> {
+pub(crate) fn by_record(writes: &[Written], records: &[Record]) -> Vec<(&'static str, String)> {
     writes
         .iter()
         .map(|write| {
@@ -616,13 +621,13 @@ fn by_record(writes: &[Written], records: &[Record]) -> Vec<(&'static str, Strin
         .collect()
 }
 
-fn at(record: &'static str, write: &str) -> (&'static str, String) {
+pub(crate) fn at(record: &'static str, write: &str) -> (&'static str, String) {
     (record, write.to_string())
 }
 
 /// The preview's writes: the unrelated ConfigMap, the active Service pinned to the old pods,
 /// the preview Service, the preview at full size.
-fn preview_writes() -> Vec<(&'static str, String)> {
+pub(crate) fn preview_writes() -> Vec<(&'static str, String)> {
     vec![
         at("preview_started", "apply ConfigMap/extra"),
         at("preview_started", "apply Service/web [stable]"),

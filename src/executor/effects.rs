@@ -12,8 +12,9 @@ use super::writes::{Write, applied_keys};
 use crate::backend::{Readiness, Target, TargetError};
 use crate::canary;
 use crate::config::EnvironmentConfig;
-use crate::health::{CheckResult, HealthTracker};
+use crate::health::{CheckResult, HealthCheckConfig, HealthTracker};
 use crate::heartbeat::{BEAT_INTERVAL, Heartbeat};
+use crate::history::History;
 use crate::journal::{DriftRecord, Event, JournalError, SharedJournal};
 use crate::metrics::Metrics;
 use crate::model::{ResourceKey, Revision};
@@ -233,12 +234,31 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
         watched: &[ResourceKey],
         until: DateTime<Utc>,
     ) -> Result<Observation, ReconcileError> {
-        let checks = self.config.health.clone();
+        self.watch_checks_held(tracker, revision, watched, until, None, |_| false)
+            .await
+    }
+
+    /// [`Self::watch_checks`], with `{preview}` in HTTP check URLs replaced by `preview` (the
+    /// host of the new version's Service; none: such a check is skipped), and also held (as
+    /// by a pause) while `held` says so of the environment's history: a blue/green switch
+    /// waiting for its approval.
+    pub async fn watch_checks_held(
+        &mut self,
+        tracker: &mut HealthTracker,
+        revision: &Revision,
+        watched: &[ResourceKey],
+        until: DateTime<Utc>,
+        preview: Option<&str>,
+        held: impl Fn(&History) -> bool,
+    ) -> Result<Observation, ReconcileError> {
+        let journal = self.journal;
+        let held = || journal.with_history(|history| history.paused || held(history));
+        let checks = with_preview(&self.config.health, preview);
         let mut due: Vec<DateTime<Utc>> = vec![Utc::now(); checks.len()];
         let mut pods_due = Utc::now();
         loop {
             let now = Utc::now();
-            let watching = now < until || self.paused();
+            let watching = now < until || held();
             if watching && !watched.is_empty() && pods_due <= now {
                 if let Some(broken) = self.broken(watched).await {
                     return Ok(broken);
@@ -250,6 +270,11 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
                     continue;
                 }
                 self.heartbeat.beat();
+                if check.names_preview() {
+                    // No Service of this rollout selects the new pods: nothing to ask.
+                    due[index] = DateTime::<Utc>::MAX_UTC;
+                    continue;
+                }
                 let result = tokio::select! {
                     result = self.checks.run(check) => result,
                     _ = self.shutdown.changed() => return Err(ReconcileError::Interrupted),
@@ -273,7 +298,7 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
             }
             let now = Utc::now();
             // A paused rollout holds at its step; checks keep running and can still fail it.
-            let held = self.paused();
+            let held = held();
             if now >= until && !held {
                 return Ok(Observation::Tick);
             }
@@ -307,6 +332,17 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
             }
         }
     }
+}
+
+/// `checks` with `{preview}` in their HTTP URLs naming `preview`, when there is one.
+fn with_preview(checks: &[HealthCheckConfig], preview: Option<&str>) -> Vec<HealthCheckConfig> {
+    checks
+        .iter()
+        .map(|check| match preview {
+            Some(host) => check.with_preview(host),
+            None => check.clone(),
+        })
+        .collect()
 }
 
 /// The objects that will not become ready by waiting, as one observation (the first one's

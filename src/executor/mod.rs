@@ -161,7 +161,11 @@ impl<T: Target> EnvironmentRun<'_, T> {
                     return self.rollout(&revision, previous, None).await;
                 }
                 NextStep::Resume(resume) => {
-                    if let Some(revert) = self.blue_green_interrupted(&resume) {
+                    let phase = history
+                        .in_flight
+                        .as_ref()
+                        .is_some_and(|f| f.phase.is_some());
+                    if let Some(revert) = self.blue_green_interrupted(&resume, phase).await? {
                         self.revert(&revert, false).await?;
                         continue;
                     }
@@ -404,7 +408,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
             });
         }
         let spec = canary::split(&plan, &desired, &live, &before.0);
-        let blue_green = resume.is_none() && self.blue_green(revision, &plan, &spec)?;
+        let blue_green = resume.is_none() && self.blue_green(revision, &spec)?;
         let input = RolloutInput {
             revision: revision.clone(),
             previous: previous.clone(),
@@ -416,7 +420,12 @@ impl<T: Target> EnvironmentRun<'_, T> {
         };
         let ending = match resume {
             Some(resume) => Driver::resume(&mut self.fx, input, resume)?.run().await?,
-            None if blue_green => BlueGreenDriver::begin(&mut self.fx, input)?.run().await?,
+            None if blue_green => {
+                let services = self.preview_services(&input)?;
+                BlueGreenDriver::begin(&mut self.fx, input, services)?
+                    .run()
+                    .await?
+            }
             None => Driver::begin(&mut self.fx, input)?.run().await?,
         };
         self.ended(revision, previous, ending).await
@@ -478,42 +487,28 @@ impl<T: Target> EnvironmentRun<'_, T> {
         }
     }
 
-    /// Whether this rollout runs blue/green: the environment asks for it and a Deployment's
-    /// template changes. A StatefulSet or DaemonSet template change is refused (journaled
-    /// `rejected`): they have no second set of pods to switch to. A Deployment whose old pods
-    /// lack the stable track label rolls out through canary steps instead, with a warning.
+    /// Whether this rollout runs blue/green: every Deployment whose template changes asks for
+    /// it (its `gitopsd.io/strategy` annotation, else the environment's strategy). A revision
+    /// mixing both strategies is refused (journaled `rejected`); StatefulSets and DaemonSets
+    /// asking for blue-green were refused with their file when the revision was read. A
+    /// Deployment whose old pods lack the stable track label rolls out through canary steps
+    /// instead, with a warning.
     fn blue_green(
         &mut self,
         revision: &Revision,
-        plan: &Plan,
         spec: &RolloutSpec,
     ) -> Result<bool, ReconcileError> {
-        if self.fx.config.rollout.strategy != Strategy::BlueGreen {
-            return Ok(false);
-        }
-        let daemon_sets = plan.changes.iter().filter_map(|change| match change {
-            plan::Change::Update { desired, live, .. }
-                if canary::is_daemon_set(&desired.key)
-                    && live.pointer("/spec/template") != desired.body.pointer("/spec/template") =>
-            {
-                Some(&desired.key)
+        match preview::rollout_strategy(spec, self.fx.config.rollout.strategy) {
+            Ok(Strategy::BlueGreen) => {}
+            Ok(Strategy::Canary) => return Ok(false),
+            Err(mixed) => {
+                let problem = mixed.to_string();
+                self.reject(revision, vec![problem.clone()])?;
+                return Err(ReconcileError::Strategy {
+                    revision: revision.clone(),
+                    problems: problem,
+                });
             }
-            _ => None,
-        });
-        let problems: Vec<String> = spec
-            .partitioned
-            .iter()
-            .map(|unit| &unit.desired.key)
-            .chain(daemon_sets)
-            .filter_map(|key| preview::can_run_blue_green(key, None).err())
-            .map(|problem| problem.to_string())
-            .collect();
-        if !problems.is_empty() {
-            self.reject(revision, problems.clone())?;
-            return Err(ReconcileError::Strategy {
-                revision: revision.clone(),
-                problems: problems.join("; "),
-            });
         }
         let untracked: Vec<String> = spec
             .canaries
@@ -531,19 +526,55 @@ impl<T: Target> EnvironmentRun<'_, T> {
         Ok(!spec.canaries.is_empty())
     }
 
+    /// The Services a blue/green rollout writes; a `preview_service` the revision does not
+    /// declare rejects it (journaled `rejected`) before anything is written.
+    fn preview_services(
+        &mut self,
+        input: &RolloutInput,
+    ) -> Result<preview::PreviewServices, ReconcileError> {
+        let deployments: Vec<&Desired> = input.spec.canaries.iter().map(|u| &u.desired).collect();
+        let named = self.fx.config.rollout.preview_service.as_deref();
+        preview::PreviewServices::of(&input.desired, &deployments, named).or_else(|problem| {
+            let problem = problem.to_string();
+            self.reject(&input.revision, vec![problem.clone()])?;
+            Err(ReconcileError::Strategy {
+                revision: input.revision.clone(),
+                problems: problem,
+            })
+        })
+    }
+
     /// A blue/green rollout a restart interrupted is reverted (not blamed) and started over:
-    /// which Service selects which pods is read again from nothing but git.
-    fn blue_green_interrupted(&self, resume: &Resume) -> Option<RevertInFlight> {
-        if self.fx.config.rollout.strategy != Strategy::BlueGreen {
-            return None;
-        }
-        Some(RevertInFlight {
+    /// which Service selects which pods is read again from nothing but git. A rollout is taken
+    /// for one when it journaled a blue/green phase, or may have been about to: the
+    /// environment's strategy is blue-green, or a Deployment of the revision asks for it.
+    async fn blue_green_interrupted(
+        &mut self,
+        resume: &Resume,
+        phase: bool,
+    ) -> Result<Option<RevertInFlight>, ReconcileError> {
+        let Some(to) = resume.previous.clone() else {
+            return Ok(None);
+        };
+        let blue_green = phase
+            || self.fx.config.rollout.strategy == Strategy::BlueGreen
+            || self
+                .desired(&resume.revision)
+                .await?
+                .0
+                .iter()
+                .any(|desired| {
+                    desired.key.kind == "Deployment"
+                        && preview::strategy_of(&desired.body, Strategy::Canary)
+                            == Strategy::BlueGreen
+                });
+        Ok(blue_green.then(|| RevertInFlight {
             revision: resume.revision.clone(),
-            to: resume.previous.clone()?,
+            to,
             reason: "blue-green rollout interrupted by a restart; starting it over".into(),
             failed: false,
             baseline: resume.baseline.clone(),
-        })
+        }))
     }
 
     /// The manifests the stables were applied from (what they are written from during

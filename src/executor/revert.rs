@@ -45,10 +45,22 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 Ok(loaded) => loaded,
                 Err(error) => return Err(revert_error(error.to_string())),
             };
+        let mut live = self.live(&desired, &revert.to).await?;
+        let unwind = self.fx.journal.with_history(|history| {
+            history
+                .in_flight
+                .as_ref()
+                .is_some_and(|flight| flight.blue_green_old_pods_up())
+        });
+        if unwind {
+            super::blue_green::unwind_previews(&mut self.fx, &revert.revision, &desired, &live)
+                .await?;
+            live = self.live(&desired, &revert.to).await?;
+        }
+        // Traffic is back on the old pods before any hook of the healthy revision runs.
         if revert.failed {
             self.rerun_on_revert(revert, &healthy_hooks).await?;
         }
-        let live = self.live(&desired, &revert.to).await?;
         let mut plan = plan::plan(&desired, &live, true, self.compare());
         confirm_drift(
             self.fx.target,

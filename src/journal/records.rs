@@ -72,6 +72,9 @@ pub enum Event {
     /// Blue/green: about to write the preview (the changed Deployments' canaries at full
     /// size, the preview Services) and pin the active Services to the old pods.
     PreviewStarted { revision: Revision },
+    /// Blue/green with `auto_promote = false`: the preview is ready and baked; the switch
+    /// waits for an operator's approval of the revision (checks keep running).
+    AwaitingApproval { revision: Revision },
     /// Blue/green: the preview is ready and baked; about to move the active Services'
     /// selectors to the new pods, one write each.
     Switched { revision: Revision },
@@ -202,6 +205,7 @@ impl Event {
             Event::StepPassed { .. } => "step_passed",
             Event::Promoted { .. } => "promoted",
             Event::PreviewStarted { .. } => "preview_started",
+            Event::AwaitingApproval { .. } => "awaiting_approval",
             Event::Switched { .. } => "switched",
             Event::SwitchedBack { .. } => "switched_back",
             Event::ScaledDown { .. } => "scaled_down",
@@ -239,6 +243,7 @@ impl Event {
             | Event::StepPassed { revision, .. }
             | Event::Promoted { revision }
             | Event::PreviewStarted { revision }
+            | Event::AwaitingApproval { revision }
             | Event::Switched { revision }
             | Event::SwitchedBack { revision, .. }
             | Event::ScaledDown { revision }

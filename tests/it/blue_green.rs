@@ -198,3 +198,248 @@ fn blue_green_sigkill_at_each_journal_point_ends_with_one_version_and_no_preview
         );
     }
 }
+
+/// A Deployment `name` (2 replicas, image `image`) with its Service, annotated with
+/// `strategy` when given.
+fn workload(name: &str, image: &str, strategy: Option<&str>) -> String {
+    let annotations = strategy.map_or(String::new(), |strategy| {
+        format!("  annotations:\n    gitopsd.io/strategy: {strategy}\n")
+    });
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n{annotations}spec:\n  replicas: 2\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n        - name: {name}\n          image: {image}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{port: 80}}]\n"
+    )
+}
+
+#[test]
+fn the_strategy_annotation_mixes_strategies_in_one_environment_but_not_in_one_revision() {
+    let rollout = RolloutWorkspace::new(
+        "steps = [50, 100]\nbake = \"200ms\"\nverify = \"200ms\"\nscale_down_delay = \"200ms\"\ntimeout = \"5s\"",
+    );
+    let repo = &rollout.workspace.repo;
+    let write = |web: &str, api: &str| {
+        repo.write(
+            "environments/staging/web.yaml",
+            &workload("web", web, Some("blue-green")),
+        );
+        repo.write("environments/staging/api.yaml", &workload("api", api, None));
+    };
+    write("web:1", "api:1");
+    repo.commit("v1");
+    assert_exit(&rollout.workspace.run(&["run", "--once"]), 0);
+
+    write("web:2", "api:1");
+    repo.commit("web 2");
+    let before = rollout.workspace.journal("staging").len();
+    let diff = rollout.workspace.run(&["diff", "--env", "staging"]);
+    assert!(
+        stdout(&diff).contains("rollout: blue-green for Deployment.apps shop/web: preview →"),
+        "{}",
+        stdout(&diff)
+    );
+    assert_exit(&rollout.workspace.run(&["run", "--once"]), 0);
+    assert_eq!(
+        rollout.events_since(before),
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "scaled_down",
+            "healthy"
+        ],
+        "the annotated Deployment runs blue/green in a canary environment"
+    );
+
+    write("web:2", "api:2");
+    repo.commit("api 2");
+    let before = rollout.workspace.journal("staging").len();
+    assert_exit(&rollout.workspace.run(&["run", "--once"]), 0);
+    assert_eq!(
+        rollout.events_since(before),
+        [
+            "rollout_started",
+            "step_started 50",
+            "step_passed 50",
+            "step_started 100",
+            "promoted",
+            "healthy"
+        ],
+        "the other one keeps the environment's canary steps"
+    );
+
+    write("web:3", "api:3");
+    let mixed = repo.commit("both");
+    let diff = rollout.workspace.run(&["diff", "--env", "staging"]);
+    assert!(
+        stdout(&diff).contains("refused: the revision changes workloads of both strategies, blue-green (Deployment.apps shop/web) and canary (Deployment.apps shop/api)"),
+        "{}",
+        stdout(&diff)
+    );
+    let live_before = tree(&rollout.workspace.live("staging"));
+    let output = rollout.workspace.run(&["run", "--once"]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        stderr(&output).contains("both strategies"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        tree(&rollout.workspace.live("staging")),
+        live_before,
+        "nothing of the refused revision is applied"
+    );
+    let rejected = rollout.workspace.journal("staging");
+    assert!(
+        matches!(rejected.last().map(|r| &r.event), Some(Event::Rejected { revision, problems }) if revision.0 == mixed && problems[0].contains("both strategies")),
+        "{:?}",
+        rejected.last()
+    );
+}
+
+#[test]
+fn a_statefulset_asking_for_blue_green_is_refused_with_its_file_and_document() {
+    let rollout = RolloutWorkspace::new("strategy = \"blue-green\"");
+    let repo = &rollout.workspace.repo;
+    let statefulset = |strategy: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-config\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n{strategy}spec:\n  serviceName: db\n  replicas: 2\n  selector:\n    matchLabels: {{app: db}}\n  template:\n    metadata:\n      labels: {{app: db}}\n    spec:\n      containers:\n        - name: db\n          image: db:1\n"
+        )
+    };
+    repo.write("environments/staging/db.yaml", &statefulset(""));
+    repo.commit("db");
+    let output = rollout.workspace.run(&["run", "--once"]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        stderr(&output).contains("environments/staging/db.yaml: document 2 (line 5): StatefulSet.apps shop/db: a StatefulSet cannot run blue-green (asked by the environment's rollout.strategy): it has no second set of pods to switch to; use the canary strategy, which steps a StatefulSet's partition (annotate it gitopsd.io/strategy: canary)"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !rollout.workspace.live("staging").join("shop").exists(),
+        "nothing of the refused revision is applied"
+    );
+    repo.write(
+        "environments/staging/db.yaml",
+        &statefulset("  annotations: {gitopsd.io/strategy: canary}\n"),
+    );
+    repo.commit("db as canary");
+    assert_exit(&rollout.workspace.run(&["run", "--once"]), 0);
+    assert!(
+        rollout
+            .workspace
+            .live("staging")
+            .join("shop/StatefulSet.apps/db.yaml")
+            .exists()
+    );
+}
+
+/// An HTTP proxy stand-in on 127.0.0.1: answers every request `200 ok` and keeps its request
+/// line, so a test sees which URL gitopsd asked for.
+struct RecordingProxy {
+    port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RecordingProxy {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, stopping) = (requests.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line.trim().to_string());
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+        });
+        Self {
+            port,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for RecordingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn an_http_check_naming_preview_asks_the_preview_service_then_the_active_one() {
+    let check = "\n[[environment.health]]\nname = \"new-version\"\ntype = \"http\"\nurl = \"http://{preview}:8080/health\"\ninterval = \"100ms\"\nfailures = 2\n";
+    let rollout = RolloutWorkspace::new(&format!("{BLUE_GREEN}\n{check}"));
+    let before = deployed(&rollout);
+    let proxy = RecordingProxy::start();
+    web(&rollout.workspace.repo, "web:2", "hello", 4);
+    rollout.workspace.repo.commit("web 2");
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    let output = rollout
+        .workspace
+        .gitopsd(&["run", "--once"])
+        .env("http_proxy", &proxy_url)
+        .env("HTTP_PROXY", &proxy_url)
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .output()
+        .expect("gitopsd runs");
+    assert_exit(&output, 0);
+    assert_eq!(
+        rollout.events_since(before),
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "scaled_down",
+            "healthy"
+        ]
+    );
+    let requests = proxy.requests();
+    let preview = "GET http://web-preview.shop.svc:8080/health HTTP/1.1";
+    let active = "GET http://web.shop.svc:8080/health HTTP/1.1";
+    assert_eq!(
+        requests.first().map(String::as_str),
+        Some(preview),
+        "{requests:?}"
+    );
+    assert_eq!(
+        requests.last().map(String::as_str),
+        Some(active),
+        "{requests:?}"
+    );
+    assert!(
+        requests.iter().all(|r| r == preview || r == active),
+        "{requests:?}"
+    );
+}

@@ -507,3 +507,312 @@ fn e2e_sigkill_at_each_journal_point_of_a_blue_green_rollout_ends_with_one_versi
         );
     }
 }
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_without_auto_promote_the_blue_green_switch_waits_until_gitopsd_approve() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("bg-approve");
+    let extra = format!("{}auto_promote = false\n", blue_green("3s", "2s"));
+    let workspace = workspace_on(&cluster, &namespace, &extra);
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &app(&namespace, "1"));
+    workspace.repo.commit("v1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let watches = Watches::start(&cluster, &namespace);
+    let old = watches.arm();
+
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &app(&namespace, "2"));
+    let tip = workspace.repo.commit("v2");
+    let (_daemon, _address) = daemon_with_api(&workspace, "approve-token");
+    assert!(
+        wait_for(Duration::from_secs(120), || journal_names(&workspace)
+            .contains(&"awaiting_approval")),
+        "the rollout never came to wait for its approval: {:?}",
+        journal_names(&workspace)
+    );
+    let preview_ready = cluster
+        .get(Some(&namespace), "deployment/web-canary")
+        .expect("the preview runs while the switch waits");
+    assert_eq!(preview_ready["status"]["readyReplicas"], REPLICAS);
+    let status = stdout(&workspace.run(&["status", "--env", "staging"]));
+    assert!(
+        status
+            .contains("blue-green: awaiting approval of the switch (gitopsd approve --env staging"),
+        "{status}"
+    );
+    // It is still waiting after that: the switch moves only with the approval.
+    assert_eq!(journal_names(&workspace).last(), Some(&"awaiting_approval"));
+    assert!(
+        watches.states().iter().all(|(_, ready)| *ready == old),
+        "the active Service selected only the old pods while the switch waited: {:?}",
+        watches.states()
+    );
+
+    let approve = workspace.run(&["approve", "--env", "staging", &tip[..10]]);
+    assert_exit(&approve, 0);
+    assert!(
+        wait_for(Duration::from_secs(120), || matches!(
+            workspace.journal("staging").last().map(|r| &r.event),
+            Some(Event::Healthy { revision }) if revision.0 == tip
+        )),
+        "the approved switch went ahead to a healthy end: {:?}",
+        journal_names(&workspace)
+    );
+    let names = journal_names(&workspace);
+    let tail = &names[names.len() - 6..];
+    assert_eq!(
+        tail,
+        [
+            "preview_started",
+            "awaiting_approval",
+            "approved",
+            "switched",
+            "scaled_down",
+            "healthy"
+        ]
+    );
+    assert_never_short_nor_mixed(&watches.states(), &old);
+    assert_only_git_objects(&cluster, &namespace, "2");
+}
+
+/// The pods behind `service` that its EndpointSlices say are Ready.
+fn ready_endpoints(cluster: &Cluster, namespace: &str, service: &str) -> BTreeSet<String> {
+    let label = format!("kubernetes.io/service-name={service}");
+    let slices = cluster.kubectl(&[
+        "get",
+        "endpointslices",
+        "-n",
+        namespace,
+        "-l",
+        &label,
+        "-o",
+        "json",
+    ]);
+    let slices: Value = serde_json::from_str(&slices).unwrap_or_default();
+    slices["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|slice| slice["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["conditions"]["ready"] == true)
+        .filter_map(|e| e["targetRef"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_a_short_preview_behind_a_named_preview_service_is_scaled_up_before_the_switch() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("bg-named");
+    let extra = format!(
+        "{}auto_promote = false\npreview_replicas = 1\npreview_service = \"web-next\"\n",
+        blue_green("3s", "2s")
+    );
+    let workspace = workspace_on(&cluster, &namespace, &extra);
+    let next = "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web-next\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n";
+    let manifests = |release: &str| format!("{}{next}", app(&namespace, release));
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &manifests("1"));
+    workspace.repo.commit("v1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let watches = Watches::start(&cluster, &namespace);
+    let old = watches.arm();
+
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &manifests("2"));
+    let tip = workspace.repo.commit("v2");
+    let (_daemon, _address) = daemon_with_api(&workspace, "named-token");
+    assert!(
+        wait_for(Duration::from_secs(120), || journal_names(&workspace)
+            .contains(&"awaiting_approval")),
+        "the rollout never came to wait for its approval: {:?}",
+        journal_names(&workspace)
+    );
+    let preview = cluster
+        .get(Some(&namespace), "deployment/web-canary")
+        .expect("the preview runs");
+    assert_eq!(preview["spec"]["replicas"], 1, "preview_replicas");
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let behind = ready_endpoints(&cluster, &namespace, "web-next");
+            behind.len() == 1 && behind.iter().all(|pod| is_preview(pod))
+        }),
+        "the named preview Service selects the one preview pod alone: {:?}",
+        ready_endpoints(&cluster, &namespace, "web-next")
+    );
+    assert!(
+        cluster
+            .get(Some(&namespace), "service/web-preview")
+            .is_none(),
+        "no preview Service is made beside the named one"
+    );
+
+    assert_exit(
+        &workspace.run(&["approve", "--env", "staging", &tip[..10]]),
+        0,
+    );
+    assert!(
+        wait_for(Duration::from_secs(120), || matches!(
+            workspace.journal("staging").last().map(|r| &r.event),
+            Some(Event::Healthy { revision }) if revision.0 == tip
+        )),
+        "the approved switch went ahead to a healthy end: {:?}",
+        journal_names(&workspace)
+    );
+    let states = watches.states();
+    assert_never_short_nor_mixed(&states, &old);
+    let first_new = states
+        .iter()
+        .map(|(_, ready)| ready)
+        .find(|ready| ready.iter().any(|pod| !old.contains(pod)))
+        .expect("the Service switched");
+    assert!(
+        first_new.len() == REPLICAS && first_new.iter().all(|pod| is_preview(pod)),
+        "the preview was scaled to the full count before the switch: {first_new:?}"
+    );
+    assert_only_git_objects(&cluster, &namespace, "2");
+    let named = cluster
+        .get(Some(&namespace), "service/web-next")
+        .expect("the named preview Service stays");
+    assert_eq!(named["spec"]["selector"], serde_json::json!({"app": "web"}));
+}
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_a_deployment_annotated_blue_green_switches_in_a_canary_environment() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("bg-annotated");
+    let canary = "[environment.rollout]\nsteps = [50, 100]\nbake = \"2s\"\nverify = \"2s\"\nscale_down_delay = \"2s\"\ntimeout = \"3m\"\n";
+    let workspace = workspace_on(&cluster, &namespace, canary);
+    let annotated = |release: &str| {
+        app(&namespace, release).replacen(
+            "kind: Deployment\nmetadata:\n  name: web\n",
+            "kind: Deployment\nmetadata:\n  name: web\n  annotations:\n    gitopsd.io/strategy: blue-green\n",
+            1,
+        )
+    };
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &annotated("1"));
+    workspace.repo.commit("v1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let watches = Watches::start(&cluster, &namespace);
+    let old = watches.arm();
+
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &annotated("2"));
+    workspace.repo.commit("v2");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let names = journal_names(&workspace);
+    assert_eq!(
+        names[names.len() - 5..],
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "scaled_down",
+            "healthy"
+        ]
+    );
+    assert!(
+        watches.wait_until(|ready| ready
+            .iter()
+            .all(|pod| !is_preview(pod) && !old.contains(pod))),
+        "{:?}",
+        watches.states()
+    );
+    assert_never_short_nor_mixed(&watches.states(), &old);
+    assert_only_git_objects(&cluster, &namespace, "2");
+    let web = cluster
+        .get(Some(&namespace), "deployment/web")
+        .expect("web is there");
+    assert_eq!(
+        web["metadata"]["annotations"]["gitopsd.io/strategy"],
+        "blue-green"
+    );
+    let settled = workspace.journal("staging").len();
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    assert_eq!(
+        journal_names(&workspace)[settled..],
+        [] as [&str; 0],
+        "the live annotation matches git: nothing to put back"
+    );
+}
+
+#[test]
+#[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
+fn e2e_a_restart_after_the_switch_pins_the_service_to_the_old_pods_before_the_preview_goes() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("bg-unwind");
+    let workspace = workspace_on(&cluster, &namespace, &blue_green("30s", "30s"));
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &app(&namespace, "1"));
+    workspace.repo.commit("v1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let watches = Watches::start(&cluster, &namespace);
+    let old = watches.arm();
+
+    workspace
+        .repo
+        .write("environments/staging/app.yaml", &app(&namespace, "2"));
+    let tip = workspace.repo.commit("v2");
+    let mut child = workspace.spawn(&["run", "--once"]);
+    assert!(
+        watches.wait_until(|ready| ready.iter().all(|pod| is_preview(pod))),
+        "the Service never switched to the preview: {:?}",
+        watches.states()
+    );
+    child.signal(libc::SIGKILL);
+    child
+        .wait_timeout(Duration::from_secs(10))
+        .expect("killed child exits");
+    let killed_at = workspace.journal("staging").len();
+    let preview_pods: BTreeSet<String> = watches
+        .states()
+        .last()
+        .map(|(_, ready)| ready.clone())
+        .unwrap_or_default();
+
+    // The restart reverts (the Service pinned to the old pods, the preview drained), then
+    // rolls the tip out again from the start.
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let after: Vec<&str> = workspace.journal("staging")[killed_at..]
+        .iter()
+        .map(|record| record.event.name())
+        .collect();
+    assert_eq!(after.first(), Some(&"revert_started"), "{after:?}");
+    assert!(
+        matches!(workspace.journal("staging").last().map(|r| &r.event), Some(Event::Healthy { revision }) if revision.0 == tip),
+        "{after:?}"
+    );
+    let states = watches.states();
+    for (_, ready) in &states {
+        assert!(
+            ready.len() >= REPLICAS,
+            "the active Service ran short: {ready:?}; all states: {states:?}"
+        );
+        let olds = ready.iter().filter(|pod| old.contains(*pod)).count();
+        let first_previews = ready
+            .iter()
+            .filter(|pod| preview_pods.contains(*pod))
+            .count();
+        assert!(
+            olds == 0 || first_previews == 0,
+            "the active Service selected the old pods and the interrupted preview's at once: {ready:?}; all states: {states:?}"
+        );
+    }
+    assert!(
+        states.iter().any(|(_, ready)| *ready == old),
+        "the revert put the Service back on the old pods alone before starting over: {states:?}"
+    );
+    assert_never_short_nor_mixed(&states, &old);
+    assert_only_git_objects(&cluster, &namespace, "2");
+}
