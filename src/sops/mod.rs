@@ -53,11 +53,9 @@ pub enum SopsError {
     },
     #[error("{0}")]
     DataKey(String),
-    #[error(
-        "document {document}: tampered value at {path}: it does not verify with the file's data key"
-    )]
+    #[error("tampered value at {path}: it does not verify with the file's data key")]
     TamperedValue { document: usize, path: String },
-    #[error("document {document}: value at {path}: {message}")]
+    #[error("value at {path}: {message}")]
     BadValue {
         document: usize,
         path: String,
