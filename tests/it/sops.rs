@@ -77,7 +77,7 @@ fn sops_decrypt(dir: &Path, encrypted: &str, key: &AgeKey) -> Vec<Value> {
 }
 
 /// Adds `[environment.decryption]` with `key` to the staging environment.
-fn decrypt_staging_with(workspace: &Workspace, key: &Path) {
+pub fn decrypt_staging_with(workspace: &Workspace, key: &Path) {
     workspace.edit_config(
         "path = \"environments/staging\"\n",
         &format!(
