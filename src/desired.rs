@@ -39,17 +39,19 @@ async fn read_documents(
         Some(render) => read_rendered(source, environment, render, revision).await?,
         None => read_files(source, environment, revision, keep_parsed, threads).await?,
     };
-    decrypt(source, environment, &mut documents).await?;
+    decrypt(source, environment, revision, &mut documents).await?;
     Ok(documents)
 }
 
 /// Decrypts the SOPS documents with the environment's age key file, read anew each time (a
-/// rotated key is picked up). Without `decryption` they stay encrypted, which completing the
-/// documents reports; a key file that cannot be used rejects the revision like a manifest
-/// problem (nothing of it is applied), naming the file.
+/// rotated key is picked up); a render's are checked against the revision's SOPS files (see
+/// [`crate::sops::documents::decrypt_rendered`]). Without `decryption` they stay encrypted,
+/// which completing the documents reports; a key file that cannot be used rejects the
+/// revision like a manifest problem (nothing of it is applied), naming the file.
 async fn decrypt(
     source: &GitSource,
     environment: &EnvironmentConfig,
+    revision: &Revision,
     documents: &mut manifest::Documents,
 ) -> Result<(), DesiredError> {
     let Some(decryption) = &environment.decryption else {
@@ -69,7 +71,18 @@ async fn decrypt(
                 ),
             )]))
         })?;
-    crate::sops::decrypt_documents(documents, &identities, &source.limits());
+    let limits = source.limits();
+    if environment.render.is_none() {
+        crate::sops::decrypt_documents(documents, &identities, &limits);
+        return Ok(());
+    }
+    let reader = source.clone();
+    let at = revision.clone();
+    let files = crate::blocking::off_thread("reading the revision's SOPS files", move || {
+        reader.sops_files(&at)
+    })
+    .await??;
+    crate::sops::documents::decrypt_rendered(documents, &identities, &limits, &files);
     Ok(())
 }
 

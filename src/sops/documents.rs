@@ -5,9 +5,9 @@
 use serde_json::Value;
 
 use crate::labels::ANNOTATION_ENCRYPTED;
-use crate::manifest::{Documents, EncryptedDocument, Limits, Problem, parse_yaml};
+use crate::manifest::{Documents, EncryptedDocument, Limits, ManifestFile, Problem, parse_yaml};
 
-use super::{Identities, METADATA_KEY, Node, decrypt};
+use super::{Identities, METADATA_KEY, Node, Opened, SopsError, decrypt, open};
 
 /// One SOPS file's documents: the encrypted documents and their parsed trees.
 struct Group {
@@ -54,6 +54,81 @@ pub fn decrypt_documents(documents: &mut Documents, identities: &Identities, lim
             }
         }
     }
+}
+
+/// One SOPS file of the revision, opened (or why it does not open), for the rendered
+/// documents that come from it.
+struct Source {
+    path: String,
+    /// Its `sops` block as JSON: a render re-sorts keys, so blocks are compared as values.
+    block: Value,
+    opened: Result<Opened, SopsError>,
+}
+
+/// Decrypts the SOPS documents of a render's output. A render re-sorts keys, which sops' MAC
+/// covers, so each document is matched (by its `sops` block) with the SOPS file of the
+/// revision it comes from, whose MAC is verified as written; the rendered document's encrypted
+/// values must then each verify where they stand. A document that comes from no SOPS file of
+/// the revision is refused: its MAC cannot be verified.
+pub fn decrypt_rendered(
+    documents: &mut Documents,
+    identities: &Identities,
+    limits: &Limits,
+    files: &[ManifestFile],
+) {
+    let sources = open_sources(identities, limits, files);
+    for group in groups(documents, limits) {
+        for (document, tree) in group.documents {
+            let block = tree
+                .get(METADATA_KEY)
+                .and_then(Node::to_json)
+                .unwrap_or(Value::Null);
+            let result = match sources.iter().find(|source| source.block == block) {
+                None => Err("it comes from no SOPS file of the revision (a render may pass SOPS documents through, not make or merge them), so its MAC cannot be verified".to_string()),
+                Some(Source { path, opened: Err(error), .. }) => Err(format!("{error} (in {path})")),
+                Some(Source { path, opened: Ok(opened), .. }) => opened
+                    .decrypt_document(&tree)
+                    .map_err(|error| format!("{error} (from {path})")),
+            };
+            match result {
+                Ok(decrypted) => {
+                    let mut body = decrypted.body;
+                    mark_encrypted(&mut body, &decrypted.encrypted);
+                    documents.add_decrypted(&document, body);
+                }
+                Err(message) => documents.add_problem(Problem {
+                    message: format!("cannot decrypt: {message}"),
+                    ..document.at.clone()
+                }),
+            }
+        }
+    }
+}
+
+/// Opens every SOPS file among `files` (each of its runs of documents with one `sops` block).
+fn open_sources(identities: &Identities, limits: &Limits, files: &[ManifestFile]) -> Vec<Source> {
+    let mut sources = Vec::new();
+    for file in files {
+        let mut read =
+            crate::manifest::read_limited(std::slice::from_ref(file), Vec::new(), limits);
+        for group in groups(&mut read, limits) {
+            let Some(block) = group
+                .documents
+                .first()
+                .and_then(|(_, tree)| tree.get(METADATA_KEY))
+                .and_then(Node::to_json)
+            else {
+                continue;
+            };
+            let trees: Vec<Node> = group.documents.into_iter().map(|(_, tree)| tree).collect();
+            sources.push(Source {
+                path: file.path.clone(),
+                block,
+                opened: open(&trees, identities),
+            });
+        }
+    }
+    sources
 }
 
 /// The encrypted documents taken from `documents`, grouped into SOPS files in order; those

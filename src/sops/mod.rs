@@ -96,6 +96,46 @@ pub fn is_encrypted(body: &Value) -> bool {
 /// Decrypts the documents of one SOPS file (one tree, one data key, one MAC over all of
 /// them), with the `sops` block of the first.
 pub fn decrypt(documents: &[Node], identities: &Identities) -> Result<Vec<Decrypted>, SopsError> {
+    open(documents, identities).map(|opened| opened.documents)
+}
+
+/// A SOPS file whose data key was unwrapped and whose MAC verified.
+pub struct Opened {
+    metadata: Metadata,
+    key: [u8; 32],
+    /// Its documents, decrypted.
+    pub documents: Vec<Decrypted>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Opened({} documents)", self.documents.len())
+    }
+}
+
+impl Opened {
+    /// Decrypts another form of one of the file's documents (a render's output, its keys
+    /// re-sorted) with the file's data key and rules: every encrypted value must verify where
+    /// it stands; the MAC, verified on the file, is not computed again.
+    pub fn decrypt_document(&self, document: &Node) -> Result<Decrypted, SopsError> {
+        let mut unused = Sha512::new();
+        let mut walk = Walk {
+            metadata: &self.metadata,
+            key: &self.key,
+            hash: &mut unused,
+            document: 1,
+            encrypted: Vec::new(),
+        };
+        let body = walk.document(document)?;
+        Ok(Decrypted {
+            body,
+            encrypted: walk.encrypted,
+        })
+    }
+}
+
+/// Unwraps the data key of one SOPS file, decrypts its documents and verifies the MAC.
+pub fn open(documents: &[Node], identities: &Identities) -> Result<Opened, SopsError> {
     let block = documents
         .first()
         .and_then(|first| first.get(METADATA_KEY))
@@ -129,7 +169,11 @@ pub fn decrypt(documents: &[Node], identities: &Identities) -> Result<Vec<Decryp
     if !bool::from(computed.as_bytes().ct_eq(stored.as_bytes())) {
         return Err(SopsError::MacMismatch);
     }
-    Ok(decrypted)
+    Ok(Opened {
+        metadata,
+        key,
+        documents: decrypted,
+    })
 }
 
 fn data_key(metadata: &Metadata, identities: &Identities) -> Result<[u8; 32], SopsError> {
