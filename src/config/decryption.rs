@@ -29,11 +29,12 @@ impl Checker {
     /// own or `[decryption]`'s).
     pub(super) fn decryption(
         &mut self,
-        raw: RawDecryption,
+        raw: Option<RawDecryption>,
         prefix: &str,
         base: &Path,
         unknown: &mut Unknown,
     ) -> Option<DecryptionConfig> {
+        let raw = raw?;
         let default = self.default_age_key_file.clone();
         let mut read = self.reader(join(prefix, "decryption"));
         let provider = read.required("provider", raw.provider);

@@ -134,9 +134,7 @@ impl Checker {
         let window = raw
             .window
             .and_then(|window| self.window(window, &prefix, &mut unknown));
-        let decryption = raw
-            .decryption
-            .and_then(|raw| self.decryption(raw, &prefix, base, &mut unknown));
+        let decryption = self.decryption(raw.decryption, &prefix, base, &mut unknown);
         self.problems.extend(unknown.rest());
         let (name, path, target) = (name?, path?, target?);
         let path = path.trim_end_matches('/').to_string();

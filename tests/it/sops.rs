@@ -499,3 +499,64 @@ fn e2e_a_kustomize_overlay_with_a_sops_secret_is_applied_with_its_data() {
     assert_eq!(settings["data"]["token"], "abc123");
     assert_eq!(settings["metadata"]["labels"]["tier"], "web");
 }
+
+#[test]
+fn a_revert_puts_back_the_decrypted_state_and_its_commit_the_encrypted_file() {
+    let rollout = crate::rollout::RolloutWorkspace::new(
+        "steps = [50, 100]\nbake = \"400ms\"\nverify = \"400ms\"\ntimeout = \"5s\"\nrevert_commit = true",
+    );
+    let workspace = &rollout.workspace;
+    let key = AgeKey::new(workspace.path("age.key"));
+    decrypt_staging_with(workspace, &key.file);
+    let bare = workspace.bare_remote();
+    let regex = ["--encrypted-regex", "^(data|stringData)$"];
+    let healthy_file = encrypt(workspace.root.path(), CONFIG_MAP, &[&key], &regex);
+    crate::rollout::web(&workspace.repo, "web:1", "hello", 10);
+    workspace
+        .repo
+        .write("environments/staging/settings.yaml", &healthy_file);
+    let healthy = workspace.repo.commit("web 1 and its settings");
+    git(&workspace.repo.dir, &["push", "-q", "origin", "main"]);
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let healthy_tree = tree(&workspace.live("staging"));
+    assert_eq!(
+        live_object(workspace, "shop/ConfigMap/settings.yaml")["data"]["token"],
+        "abc123"
+    );
+
+    rollout.fail_when("web:bad");
+    crate::rollout::web(&workspace.repo, "web:bad", "hello", 10);
+    workspace.repo.write(
+        "environments/staging/settings.yaml",
+        &encrypt(
+            workspace.root.path(),
+            &CONFIG_MAP.replace("abc123", "xyz789"),
+            &[&key],
+            &regex,
+        ),
+    );
+    workspace.repo.commit("web bad and new settings");
+    git(&workspace.repo.dir, &["push", "-q", "origin", "main"]);
+    assert_exit(&workspace.run(&["run", "--once"]), 1);
+    assert_eq!(
+        tree(&workspace.live("staging")),
+        healthy_tree,
+        "the revert put back the healthy revision's decrypted state"
+    );
+    let blob = |revision: &str| {
+        git(
+            workspace.root.path(),
+            &[
+                "--git-dir",
+                bare.to_str().expect("utf-8 path"),
+                "rev-parse",
+                &format!("{revision}:environments/staging/settings.yaml"),
+            ],
+        )
+    };
+    assert_eq!(
+        blob("main"),
+        blob(&healthy),
+        "the revert commit restores the encrypted file byte for byte"
+    );
+}
