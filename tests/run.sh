@@ -48,7 +48,8 @@ if [ -z "${GITOPSD_TEST_SOPS:-}" ]; then
   fi
   export GITOPSD_TEST_SOPS
 fi
-"$GITOPSD_TEST_SOPS" --version --disable-version-check 2>/dev/null | grep -q '^sops 3\.' || {
+sops_version=$("$GITOPSD_TEST_SOPS" --version --disable-version-check 2>/dev/null || true)
+[[ $sops_version == "sops 3."* ]] || {
   echo "tests/run.sh: $GITOPSD_TEST_SOPS is not sops 3.x" >&2
   exit 2
 }
