@@ -38,9 +38,65 @@ async fn read_documents(
     keep_parsed: bool,
     threads: manifest::Threads,
 ) -> Result<manifest::Documents, DesiredError> {
-    if let Some(render) = &environment.render {
-        return read_rendered(source, environment, render, revision).await;
+    let mut documents = match &environment.render {
+        Some(render) => read_rendered(source, environment, render, revision).await?,
+        None => read_files(source, environment, revision, keep_parsed, threads).await?,
+    };
+    decrypt(source, environment, revision, &mut documents).await?;
+    Ok(documents)
+}
+
+/// Decrypts the SOPS documents with the environment's age key file, read anew each time (a
+/// rotated key is picked up); a render's are checked against the revision's SOPS files (see
+/// [`crate::sops::documents::decrypt_rendered`]). Without `decryption` they stay encrypted,
+/// which completing the documents reports; a key file that cannot be used rejects the
+/// revision like a manifest problem (nothing of it is applied), naming the file.
+async fn decrypt(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+    documents: &mut manifest::Documents,
+) -> Result<(), DesiredError> {
+    let Some(decryption) = &environment.decryption else {
+        return Ok(());
+    };
+    if !documents.has_encrypted() {
+        return Ok(());
     }
+    let identities = crate::sops::keys::load(&decryption.age_key_file)
+        .await
+        .map_err(|crate::sops::KeyFileError::Unusable { path, message }| {
+            DesiredError::Manifests(ManifestErrors(vec![manifest::Problem::file(
+                format!("age key file {}", path.display()),
+                format!(
+                    "{message}; the SOPS documents of environment {} cannot be decrypted",
+                    environment.name
+                ),
+            )]))
+        })?;
+    let limits = source.limits();
+    if environment.render.is_none() {
+        crate::sops::decrypt_documents(documents, &identities, &limits);
+        return Ok(());
+    }
+    let reader = source.clone();
+    let at = revision.clone();
+    let files = crate::blocking::off_thread("reading the revision's SOPS files", move || {
+        reader.sops_files(&at)
+    })
+    .await??;
+    crate::sops::documents::decrypt_rendered(documents, &identities, &limits, &files);
+    Ok(())
+}
+
+/// Reads the environment's folder at `revision` as plain manifest files.
+async fn read_files(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+    keep_parsed: bool,
+    threads: manifest::Threads,
+) -> Result<manifest::Documents, DesiredError> {
     let source = source.clone();
     let revision = revision.clone();
     let path = environment.path.clone();

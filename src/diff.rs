@@ -8,8 +8,8 @@ use similar::TextDiff;
 use thiserror::Error;
 
 use crate::labels::{
-    ANNOTATION_STRATEGY, LABEL_MANAGED_BY, LABEL_PART_OF, LABEL_TRACK, MANAGER, OWN_PREFIX,
-    TRACK_STABLE,
+    ANNOTATION_ENCRYPTED, ANNOTATION_STRATEGY, LABEL_MANAGED_BY, LABEL_PART_OF, LABEL_TRACK,
+    MANAGER, OWN_PREFIX, TRACK_STABLE,
 };
 
 /// Metadata fields that the server or gitopsd sets, never the author.
@@ -104,7 +104,11 @@ fn strip_own_entries(metadata: &mut Map<String, Value>, field: &str) {
         return;
     };
     entries.retain(|name, value| {
-        let ours = (name.starts_with(OWN_PREFIX) && name != ANNOTATION_STRATEGY)
+        // Which values were encrypted in git is the author's, and kept so that a live object
+        // says it too (its diff redacts them); so is the strategy a workload asks for.
+        let ours = (name.starts_with(OWN_PREFIX)
+            && name != ANNOTATION_STRATEGY
+            && name != ANNOTATION_ENCRYPTED)
             || name == LABEL_PART_OF
             || (name == LABEL_MANAGED_BY && value.as_str() == Some(MANAGER));
         !ours
@@ -112,6 +116,16 @@ fn strip_own_entries(metadata: &mut Map<String, Value>, field: &str) {
     if entries.is_empty() {
         metadata.remove(field);
     }
+}
+
+/// The JSON pointers of a body's values that were SOPS-encrypted in git (its
+/// [`ANNOTATION_ENCRYPTED`]); none without it.
+pub fn encrypted_pointers(body: &Value) -> Vec<String> {
+    body.pointer("/metadata/annotations")
+        .and_then(|annotations| annotations.get(ANNOTATION_ENCRYPTED))
+        .and_then(Value::as_str)
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default()
 }
 
 /// JSON with object keys sorted at every level, whatever order the map keeps them in.

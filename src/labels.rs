@@ -11,6 +11,9 @@ pub const LABEL_ENVIRONMENT: &str = "gitopsd.io/environment";
 pub const ANNOTATION_REVISION: &str = "gitopsd.io/revision";
 /// Annotation holding the sha256 of the normalized desired object.
 pub const ANNOTATION_HASH: &str = "gitopsd.io/hash";
+/// Annotation holding the JSON pointers (a JSON array) of the values that were SOPS-encrypted
+/// in git: they are shown nowhere.
+pub const ANNOTATION_ENCRYPTED: &str = "gitopsd.io/encrypted";
 /// Prefix of every label and annotation gitopsd writes itself.
 pub const OWN_PREFIX: &str = "gitopsd.io/";
 

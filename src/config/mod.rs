@@ -16,6 +16,7 @@ use thiserror::Error;
 
 mod check;
 mod checked;
+mod decryption;
 mod environment;
 mod health;
 mod hooks;
@@ -24,6 +25,7 @@ mod render;
 mod sections;
 
 use check::{Checker, Unknown};
+pub use decryption::DecryptionConfig;
 use raw::RawConfig;
 
 // Defined by the modules that use them, built here; named here too for the callers above.
@@ -41,7 +43,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/gitopsd";
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Top-level sections that environment variables may override.
-const SECTIONS: &[&str] = &["repo", "state", "api"];
+const SECTIONS: &[&str] = &["repo", "state", "api", "decryption"];
 /// Default address of the HTTP API.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9107";
 
@@ -110,6 +112,8 @@ pub struct EnvironmentConfig {
     pub window: Option<WindowConfig>,
     /// `[[environment.hook]]`: commands run on this host around a rollout.
     pub hooks: Vec<crate::hooks::CommandHook>,
+    /// SOPS decryption of the environment's encrypted documents.
+    pub decryption: Option<DecryptionConfig>,
 }
 
 /// A change window: a cron schedule (5 fields, or 6 with seconds first) opening it for
@@ -216,6 +220,8 @@ impl Config {
         check.problems.extend(unknown.under("api"));
         let webhooks = check.webhooks(raw.webhook.unwrap_or_default());
         check.problems.extend(unknown.under("webhook"));
+        check.decryption_defaults(raw.decryption, base);
+        check.problems.extend(unknown.under("decryption"));
         let mut environments = check.environments(raw.environment, base, repo.as_ref());
         let paths: Vec<String> = environments.iter().map(|e| e.path.clone()).collect();
         for environment in &mut environments {

@@ -14,7 +14,15 @@ pub(super) struct RawConfig {
     pub(super) state: Option<RawState>,
     pub(super) api: Option<RawApi>,
     pub(super) webhook: Option<Vec<RawWebhook>>,
+    pub(super) decryption: Option<RawDecryption>,
     pub(super) environment: Option<Checked<Tables>>,
+}
+
+/// `[decryption]` and `[environment.decryption]`.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawDecryption {
+    pub(super) provider: Option<Checked<String>>,
+    pub(super) age_key_file: Option<Checked<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +45,7 @@ pub(super) struct RawEnvironment {
     pub(super) after: Option<Checked<String>>,
     pub(super) approval: Option<Checked<String>>,
     pub(super) window: Option<RawWindow>,
+    pub(super) decryption: Option<RawDecryption>,
 }
 
 /// What an environment may touch, as written.

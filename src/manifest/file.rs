@@ -104,6 +104,15 @@ fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
     options
 }
 
+/// Parses one YAML document within `limits` (into `Value`, or a type that keeps more, such as
+/// the order of keys).
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    limits: &Limits,
+) -> Result<T, serde_saphyr::Error> {
+    serde_saphyr::from_str_with_options::<T>(text, yaml_options(limits))
+}
+
 /// One file's documents, each parsed and checked but for its namespace: a pure function of the
 /// file's path, bytes and the limits, which is what makes it cacheable.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -125,6 +134,44 @@ pub(super) struct ParsedDocument {
 pub(super) enum Outcome {
     Object(Pending),
     Problem(Problem),
+    Encrypted(EncryptedDocument),
+}
+
+/// The top-level key that marks a SOPS-encrypted document.
+const SOPS_KEY: &str = "sops";
+
+/// A SOPS-encrypted document, kept as written (never in the clear: parsed files are cached)
+/// until the environment's key decrypts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedDocument {
+    /// Where it is: file, document and line, with an empty message.
+    pub at: Problem,
+    /// The document's YAML text.
+    pub text: String,
+}
+
+impl EncryptedDocument {
+    /// The checked objects (or problems) of the document's decrypted body, as if the body had
+    /// been written in its place.
+    pub(super) fn outcomes(&self, body: Value) -> Vec<Outcome> {
+        let location = Location {
+            file: &self.at.file,
+            document: self.at.document.unwrap_or(1),
+            line: self.at.line.unwrap_or(1),
+        };
+        body_outcomes(body, &location)
+    }
+}
+
+/// The outcomes of one parsed document's body: its objects (a List's items) or problems.
+fn body_outcomes(value: Value, location: &Location<'_>) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    let mut problems = Vec::new();
+    for (item, body) in expand_list(value, location, &mut problems) {
+        outcomes.push(check(body, item, location));
+    }
+    outcomes.extend(problems.into_iter().map(Outcome::Problem));
+    outcomes
 }
 
 /// Parses one file; stops after one document past `limits.max_documents`, which alone is
@@ -147,17 +194,16 @@ pub(super) fn parse_file(file: &ManifestFile, limits: &Limits) -> ParsedFile {
             document: document.index,
             line: document.first_line,
         };
-        let mut outcomes = Vec::new();
-        match serde_saphyr::from_str_with_options::<Value>(document.text, yaml_options(limits)) {
-            Ok(value) => {
-                let mut problems = Vec::new();
-                for (item, body) in expand_list(value, &location, &mut problems) {
-                    outcomes.push(check(body, item, &location));
-                }
-                outcomes.extend(problems.into_iter().map(Outcome::Problem));
+        let outcomes = match parse_yaml::<Value>(document.text, limits) {
+            Ok(value) if value.get(SOPS_KEY).is_some() => {
+                vec![Outcome::Encrypted(EncryptedDocument {
+                    at: location.problem(None, String::new()),
+                    text: document.text.to_string(),
+                })]
             }
-            Err(error) => outcomes.push(Outcome::Problem(location.yaml_problem(&error))),
-        }
+            Ok(value) => body_outcomes(value, &location),
+            Err(error) => vec![Outcome::Problem(location.yaml_problem(&error))],
+        };
         parsed.documents.push(ParsedDocument {
             index: document.index,
             first_line: document.first_line,

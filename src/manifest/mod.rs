@@ -9,7 +9,7 @@ use thiserror::Error;
 pub mod file;
 
 pub use crate::parse_cache::ParseCache;
-pub use file::{Limits, ManifestFile, ParsedFile, Problem};
+pub use file::{EncryptedDocument, Limits, ManifestFile, ParsedFile, Problem, parse_yaml};
 
 use crate::model::{KindRef, Object, ResourceKey, cluster_scoped_kinds};
 use file::{Location, Outcome, Pending, parse_file, valid_dns_label};
@@ -91,6 +91,8 @@ pub fn parse(
 pub struct Documents {
     pending: Vec<Pending>,
     problems: Vec<Problem>,
+    /// SOPS-encrypted documents, until they are decrypted (see [`Documents::take_encrypted`]).
+    encrypted: Vec<EncryptedDocument>,
     /// Files parsed for this read, and files taken from the parse cache instead.
     pub parsed_files: usize,
     pub cached_files: usize,
@@ -196,6 +198,7 @@ fn assemble(
 ) -> Documents {
     let mut problems = known_problems;
     let mut pending = Vec::new();
+    let mut encrypted = Vec::new();
     let mut documents = 0usize;
     for file in files {
         if let Some(problem) = file.file_problem {
@@ -220,6 +223,7 @@ fn assemble(
                 return Documents {
                     pending,
                     problems,
+                    encrypted,
                     ..Documents::default()
                 };
             }
@@ -227,6 +231,7 @@ fn assemble(
                 match outcome {
                     Outcome::Object(object) => pending.push(object),
                     Outcome::Problem(problem) => problems.push(problem),
+                    Outcome::Encrypted(document) => encrypted.push(document),
                 }
             }
         }
@@ -234,6 +239,7 @@ fn assemble(
     Documents {
         pending,
         problems,
+        encrypted,
         ..Documents::default()
     }
 }
@@ -249,7 +255,35 @@ impl Documents {
 
     /// Whether the revision holds no objects and no problems.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.problems.is_empty()
+        self.pending.is_empty() && self.problems.is_empty() && self.encrypted.is_empty()
+    }
+
+    /// The SOPS-encrypted documents, in order, for the caller to decrypt and hand back through
+    /// [`Documents::add_decrypted`] (or [`Documents::add_problem`]). Those not taken are
+    /// problems when the documents are completed: nothing encrypted is ever applied as is.
+    pub fn take_encrypted(&mut self) -> Vec<EncryptedDocument> {
+        std::mem::take(&mut self.encrypted)
+    }
+
+    /// Whether the revision holds SOPS-encrypted documents not yet taken.
+    pub fn has_encrypted(&self) -> bool {
+        !self.encrypted.is_empty()
+    }
+
+    /// Adds the decrypted body of `document`, checked as if it had been written in its place.
+    pub fn add_decrypted(&mut self, document: &EncryptedDocument, body: Value) {
+        for outcome in document.outcomes(body) {
+            match outcome {
+                Outcome::Object(object) => self.pending.push(object),
+                Outcome::Problem(problem) => self.problems.push(problem),
+                Outcome::Encrypted(document) => self.encrypted.push(document),
+            }
+        }
+    }
+
+    /// Adds a problem found outside parsing (a document that does not decrypt).
+    pub fn add_problem(&mut self, problem: Problem) {
+        self.problems.push(problem);
     }
 
     /// Settles namespaces: namespaced objects that name none get the default; a namespace on a
@@ -272,6 +306,10 @@ impl Documents {
         scopes: &Scopes,
     ) -> Result<Vec<(Object, Problem)>, ManifestErrors> {
         let mut problems = self.problems;
+        problems.extend(self.encrypted.into_iter().map(|document| Problem {
+            message: "SOPS-encrypted document, and the environment decrypts nothing: set [environment.decryption] provider = \"sops\" with an age_key_file".into(),
+            ..document.at
+        }));
         let defined = defined_by_crds(&self.pending);
         let mut seen: BTreeMap<ResourceKey, String> = BTreeMap::new();
         let mut objects = Vec::new();

@@ -250,6 +250,11 @@ impl GitSource {
             .unwrap_or(false)
     }
 
+    /// `repo.max_file_bytes` and `repo.max_total_bytes`.
+    pub(super) fn byte_limits(&self) -> (u64, u64) {
+        (self.max_file_bytes, self.max_total_bytes)
+    }
+
     pub(super) fn open(&self) -> Result<gix::Repository, SourceError> {
         let open_error = |source: Cause| SourceError::Open {
             path: self.mirror.clone(),

@@ -1,5 +1,6 @@
 //! Where desired state comes from: snapshots of an environment's files at a git revision.
 
+mod encrypted;
 pub mod error;
 pub mod git;
 mod offload;

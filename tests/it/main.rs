@@ -28,6 +28,7 @@ mod render;
 mod rollout;
 mod scale;
 mod secrets;
+mod sops;
 mod ssh;
 mod systemd;
 mod validate;

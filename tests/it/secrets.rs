@@ -1,6 +1,7 @@
 //! Secret values never leave the Secret: a planted value is looked for in every output channel
 //! (daemon logs at trace level, journal, status, history, diff in every format, validate, a YAML
-//! error on the value's line, the API's /status and webhooks).
+//! error on the value's line, the API's /status and webhooks), and so are values decrypted from
+//! SOPS files, in a Secret and in a ConfigMap.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -8,9 +9,12 @@ use std::time::Duration;
 use gitopsd::journal::Event;
 
 use crate::helpers::*;
+use crate::sops::{AgeKey, decrypt_staging_with, encrypt};
 use crate::webhook::{add_webhook, receiver};
 
 const PLANTED: &str = "pl4nted-s3cret-value";
+/// Planted in SOPS-encrypted files: gitopsd decrypts it, and shows it nowhere.
+const SOPS_PLANTED: &str = "pl4nted-s0ps-value";
 const TOKEN: &str = "secrets-token";
 
 fn base64(value: &str) -> String {
@@ -29,6 +33,8 @@ fn secret_yaml(value: &str) -> String {
 fn assert_clean(channel: &str, text: &str) {
     let forms = [
         PLANTED.to_string(),
+        SOPS_PLANTED.to_string(),
+        base64(&format!("{SOPS_PLANTED}-data")),
         base64(&format!("{PLANTED}-data")),
         base64(&format!("{PLANTED}-string")),
     ];
@@ -38,6 +44,32 @@ fn assert_clean(channel: &str, text: &str) {
             "{channel} shows the secret value ({form}):\n{text}"
         );
     }
+}
+
+/// SOPS-encrypted files holding `value`: a Secret (every value encrypted, base64 `data` and
+/// `stringData`) and a ConfigMap whose `data` is encrypted.
+fn write_sops_files(workspace: &Workspace, key: &AgeKey, value: &str) {
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sealed\nstringData:\n  token: {value}-string\ndata:\n  key: {}\n",
+        base64(&format!("{value}-data"))
+    );
+    let config_map = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sealed-settings\ndata:\n  password: {value}-config\n"
+    );
+    let dir = workspace.root.path();
+    workspace.repo.write(
+        "environments/staging/sealed-secret.yaml",
+        &encrypt(dir, &secret, &[key], &[]),
+    );
+    workspace.repo.write(
+        "environments/staging/sealed-settings.yaml",
+        &encrypt(
+            dir,
+            &config_map,
+            &[key],
+            &["--encrypted-regex", "^(data|stringData)$"],
+        ),
+    );
 }
 
 fn all_output(output: &std::process::Output) -> String {
@@ -64,6 +96,9 @@ fn a_planted_secret_value_appears_on_no_channel() {
     workspace
         .repo
         .write("environments/staging/secret.yaml", &secret_yaml("v1"));
+    let key = AgeKey::new(workspace.path("age.key"));
+    decrypt_staging_with(&workspace, &key.file);
+    write_sops_files(&workspace, &key, "v1");
     workspace.repo.commit("a secret");
     let log = workspace.path("daemon.log");
     let (daemon, address) = spawn_with_api(
@@ -82,6 +117,7 @@ fn a_planted_secret_value_appears_on_no_channel() {
     workspace
         .repo
         .write("environments/staging/secret.yaml", &secret_yaml(PLANTED));
+    write_sops_files(&workspace, &key, SOPS_PLANTED);
     workspace.repo.commit("rotate the secret");
     for format in ["text", "markdown", "json"] {
         let diff = workspace.run(&["diff", "--env", "staging", "--output", format]);
@@ -90,6 +126,17 @@ fn a_planted_secret_value_appears_on_no_channel() {
     assert!(wait_for(Duration::from_secs(30), || {
         staging_events(&workspace, "healthy") == 2
     }));
+    // The SOPS values were decrypted and applied (so their absence elsewhere means something).
+    let applied = std::fs::read_to_string(
+        workspace
+            .live("staging")
+            .join("shop/ConfigMap/sealed-settings.yaml"),
+    )
+    .expect("the decrypted ConfigMap is applied");
+    assert!(
+        applied.contains(&format!("{SOPS_PLANTED}-config")),
+        "{applied}"
+    );
     // A YAML error on the line that holds the value.
     workspace.repo.write(
         "environments/staging/secret.yaml",
