@@ -49,12 +49,15 @@ const KUBECTL_PROCESSES: usize = 8;
 struct Args {
     environments: usize,
     skip_kubectl: bool,
+    /// Environments the kubectl floor applies (default: all).
+    kubectl_environments: Option<usize>,
 }
 
 fn args() -> Args {
     let mut args = Args {
         environments: 1000,
         skip_kubectl: false,
+        kubectl_environments: None,
     };
     let mut given = std::env::args().skip(1);
     while let Some(arg) = given.next() {
@@ -67,9 +70,19 @@ fn args() -> Args {
                     .expect("--environments takes a positive number");
             }
             "--skip-kubectl" => args.skip_kubectl = true,
+            "--kubectl-environments" => {
+                args.kubectl_environments =
+                    given.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0);
+                assert!(
+                    args.kubectl_environments.is_some(),
+                    "--kubectl-environments takes a positive number"
+                );
+            }
             // cargo bench passes --bench to benchmarks without a harness.
             "--bench" => {}
-            other => panic!("unknown argument {other}: --environments N, --skip-kubectl"),
+            other => panic!(
+                "unknown argument {other}: --environments N, --skip-kubectl, --kubectl-environments M"
+            ),
         }
     }
     args
@@ -105,14 +118,20 @@ fn main() {
         kubeconfig.display()
     );
 
+    let floor_environments = args.kubectl_environments.unwrap_or(n).min(n);
     let floor = (!args.skip_kubectl).then(|| {
-        let files: Vec<String> = (0..n)
+        let files: Vec<String> = (0..floor_environments)
             .map(|index| fixture::manifests(&fleet.kubectl_namespace(index), index, &fleet.tag))
             .collect();
         let took = kubectl.parallel_apply(dir.path(), &files, KUBECTL_PROCESSES);
-        eprintln!("fleet: {KUBECTL_PROCESSES} parallel kubectl apply: {}", secs(took));
+        eprintln!(
+            "fleet: {KUBECTL_PROCESSES} parallel kubectl apply of {floor_environments} environments: {}",
+            secs(took)
+        );
         took
     });
+    // The floor's time for all n environments, at its measured rate when it applied fewer.
+    let floor_all = floor.map(|took| took.mul_f64(n as f64 / floor_environments as f64));
 
     let log = dir.path().join("daemon.log");
     let daemon = Daemon::start(&fleet.config, &fleet.state, &log);
@@ -148,17 +167,32 @@ fn main() {
     println!();
     println!("| what | gitopsd | beside it | target |");
     println!("| --- | --- | --- | --- |");
-    let ratio = floor.map_or(String::new(), |floor| {
+    let ratio = floor_all.map_or(String::new(), |floor| {
         format!(
             " ({:.2}× the floor)",
             first.took.as_secs_f64() / floor.as_secs_f64()
         )
     });
+    let beside = match (floor, floor_all) {
+        (Some(took), Some(all)) if floor_environments < n => format!(
+            "{KUBECTL_PROCESSES} parallel `kubectl apply --server-side`: {} for {floor_environments} environments ({} objects, {:.0} objects/s), so {} for all {n} at that rate",
+            secs(took),
+            floor_environments * fixture::OBJECTS_PER_ENVIRONMENT,
+            (floor_environments * fixture::OBJECTS_PER_ENVIRONMENT) as f64 / took.as_secs_f64(),
+            secs(all)
+        ),
+        (Some(took), _) => format!(
+            "{KUBECTL_PROCESSES} parallel `kubectl apply --server-side`: {} ({:.0} objects/s)",
+            secs(took),
+            objects as f64 / took.as_secs_f64()
+        ),
+        _ => "kubectl not run".into(),
+    };
     println!(
-        "| first apply of all {n} environments | {}{ratio}; {} | {KUBECTL_PROCESSES} parallel `kubectl apply --server-side`: {} | ≤ 1.5× the floor |",
+        "| first apply of all {n} environments | {}{ratio}, {:.0} objects/s; {} | {beside} | ≤ 1.5× the floor |",
         secs(first.took),
+        objects as f64 / first.took.as_secs_f64(),
         first.detail,
-        floor.map_or("not run".into(), secs),
     );
     println!(
         "| no-op pass of all {n} environments, cache synced (median of {}) | {}; {} LIST, {} GET | {} | ≤ 1 s; 0 LIST, 0 GET |",

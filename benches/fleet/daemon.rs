@@ -37,7 +37,9 @@ impl Drop for Daemon {
 /// One HTTP/1.0 GET; the body of a 200 answer.
 fn get(address: &str, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(address).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).ok()?;
@@ -170,7 +172,8 @@ impl Daemon {
             .expect("the daemon's /proc stat");
         let after_name = stat.rsplit(')').next().unwrap_or_default();
         let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        let ticks: u64 =
+            fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
         // SAFETY: sysconf has no memory effects.
         let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
         ticks as f64 / per_second as f64

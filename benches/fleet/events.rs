@@ -84,9 +84,10 @@ pub struct Crash {
 /// Waits until environment `bake` is healthy with no rollout in flight.
 fn bake_settled(daemon: &Daemon) -> bool {
     wait_until(Duration::from_secs(300), Duration::from_secs(1), || {
-        daemon.status().get("bake").is_some_and(|bake| {
-            bake["last_healthy"].is_string() && bake["in_flight"].is_null()
-        })
+        daemon
+            .status()
+            .get("bake")
+            .is_some_and(|bake| bake["last_healthy"].is_string() && bake["in_flight"].is_null())
     })
 }
 
@@ -95,7 +96,10 @@ fn bake_settled(daemon: &Daemon) -> bool {
 /// `lab/unhealthy=crash`), and times, from the pod's first CrashLoopBackOff, the step's failure
 /// and the revert's end as the journal records them.
 pub fn crash_in_bake(fleet: &Fleet, daemon: &Daemon, kubectl: &Kubectl) -> Crash {
-    assert!(bake_settled(daemon), "environment bake never became healthy");
+    assert!(
+        bake_settled(daemon),
+        "environment bake never became healthy"
+    );
     let namespace = fleet.bake_namespace();
     let pods = kubectl.watch(&[
         "pods",
@@ -117,7 +121,15 @@ pub fn crash_in_bake(fleet: &Fleet, daemon: &Daemon, kubectl: &Kubectl) -> Crash
     let into_bake = Duration::from_secs(5);
     std::thread::sleep(into_bake.saturating_sub(since(SystemTime::now(), ready_at)));
     let labelled = SystemTime::now();
-    kubectl.run(&["label", "pod", "-n", &namespace, &pod, "lab/unhealthy=crash", "--overwrite"]);
+    kubectl.run(&[
+        "label",
+        "pod",
+        "-n",
+        &namespace,
+        &pod,
+        "lab/unhealthy=crash",
+        "--overwrite",
+    ]);
     let (crashed, _) = pods
         .until(Duration::from_secs(60), |line| {
             line.starts_with(&format!("{pod} ")) && line.ends_with("CrashLoopBackOff")
@@ -130,7 +142,9 @@ pub fn crash_in_bake(fleet: &Fleet, daemon: &Daemon, kubectl: &Kubectl) -> Crash
             journal_records(&fleet.state, "bake", event)
                 .into_iter()
                 .rev()
-                .find(|record| record["revision"] == tip.as_str() && record_time(record) >= ready_at)
+                .find(|record| {
+                    record["revision"] == tip.as_str() && record_time(record) >= ready_at
+                })
         };
         failed = failed.clone().or_else(|| after("rollout_failed"));
         reverted = reverted.clone().or_else(|| after("reverted"));
@@ -148,7 +162,11 @@ pub fn crash_in_bake(fleet: &Fleet, daemon: &Daemon, kubectl: &Kubectl) -> Crash
             "cause {}; the pod was labelled `lab/unhealthy=crash` {} ms before its first CrashLoopBackOff was seen; {}",
             failed["cause"].as_str().unwrap_or("none"),
             since(crashed, labelled).as_millis(),
-            if step_passed { "the step passed first" } else { "v2 never passed a step" }
+            if step_passed {
+                "the step passed first"
+            } else {
+                "v2 never passed a step"
+            }
         ),
     }
 }

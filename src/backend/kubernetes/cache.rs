@@ -93,7 +93,10 @@ impl MemberIndex {
         let key = index_key(object);
         self.remove(&key);
         if let Some(id) = object.labels().get(LABEL_PART_OF) {
-            self.by_id.entry(id.clone()).or_default().insert(key.clone());
+            self.by_id
+                .entry(id.clone())
+                .or_default()
+                .insert(key.clone());
             self.ids.insert(key, id.clone());
         }
     }
@@ -467,7 +470,10 @@ mod tests {
         index.apply(&Event::InitApply(member(Some("b"), "x", Some("two"))));
         index.apply(&Event::InitApply(member(None, "ns", Some("one"))));
         index.apply(&Event::InitApply(member(Some("a"), "free", None)));
-        assert!(names(&index, "one").is_empty(), "a list under way is not read");
+        assert!(
+            names(&index, "one").is_empty(),
+            "a list under way is not read"
+        );
         index.apply(&Event::InitDone);
         assert_eq!(names(&index, "one"), ["/ns", "a/x"]);
         assert_eq!(names(&index, "two"), ["b/x"]);
