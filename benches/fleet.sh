@@ -3,9 +3,10 @@
 # `gitopsd run` against a real API server, beside 8 parallel `kubectl apply --server-side`,
 # then no-op passes, idle memory, drift and a crash loop during a bake. Prints every row.
 #
-#   benches/fleet.sh                      # the full fleet (about 20 minutes on 2 cores)
+#   benches/fleet.sh                      # the full fleet (kubectl alone: ~15 min on 2 cores)
 #   benches/fleet.sh --environments 20    # a small one while developing
 #   benches/fleet.sh --skip-kubectl       # without the kubectl floor
+#   benches/fleet.sh --kubectl-environments 50   # the floor on 50 environments, extrapolated
 #
 # Needs git, xz and ../shared/k8s-lab. It starts a k8s-lab of its own (LAB_DIR and LAB_*_PORT
 # from the environment, else its own; a pod range wide enough for the fleet's pods) and purges

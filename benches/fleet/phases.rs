@@ -90,28 +90,36 @@ pub fn first_apply(fleet: &Fleet, daemon: &Daemon) -> FirstApply {
     let healthy = |status: &BTreeMap<String, Value>| {
         names
             .iter()
-            .filter(|name| status.get(*name).is_some_and(|s| s["last_healthy"].is_string()))
+            .filter(|name| {
+                status
+                    .get(*name)
+                    .is_some_and(|s| s["last_healthy"].is_string())
+            })
             .count()
     };
     let mut last = 0;
     let mut nudges = 0;
     let mut nudged = Instant::now();
-    let done = wait_until(Duration::from_secs(1800), Duration::from_millis(250), || {
-        let count = healthy(&daemon.status());
-        if count / 100 != last / 100 {
-            eprintln!(
-                "fleet: {count} environments healthy after {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-        }
-        last = count;
-        if count < names.len() && nudged.elapsed() >= NUDGE {
-            nudges += 1;
-            nudged = Instant::now();
-            fleet.touch_readme(1000 + nudges);
-        }
-        count == names.len()
-    });
+    let done = wait_until(
+        Duration::from_secs(1800),
+        Duration::from_millis(250),
+        || {
+            let count = healthy(&daemon.status());
+            if count / 100 != last / 100 {
+                eprintln!(
+                    "fleet: {count} environments healthy after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            last = count;
+            if count < names.len() && nudged.elapsed() >= NUDGE {
+                nudges += 1;
+                nudged = Instant::now();
+                fleet.touch_readme(1000 + nudges);
+            }
+            count == names.len()
+        },
+    );
     let took = started.elapsed();
     assert!(
         done,
