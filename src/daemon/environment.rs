@@ -143,7 +143,7 @@ impl EnvironmentRuntime {
             _ => None,
         };
         self.record(&result, started.elapsed(), &observers.metrics);
-        crate::memory::release_freed_memory();
+        observers.trimmer.freed();
         result
     }
 
@@ -192,6 +192,8 @@ pub fn gates_for(environment: &EnvironmentConfig, state_dir: &Path) -> Gates {
 pub struct Observers {
     pub metrics: Arc<Metrics>,
     pub notifier: Notifier,
+    /// Told after each full pass, so freed memory goes back to the system.
+    pub trimmer: crate::memory::Trimmer,
 }
 
 /// One line per environment, for systemd's `STATUS=` and logs.

@@ -135,6 +135,7 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
     let observers = Observers {
         metrics: Arc::new(Metrics::default()),
         notifier,
+        trimmer: crate::memory::Trimmer::start(),
     };
     let mut environments = Vec::new();
     for wave in waves(&config.environments) {
@@ -218,6 +219,7 @@ impl Generation {
         let observers = Observers {
             metrics: context.metrics.clone(),
             notifier,
+            trimmer: context.trimmer.clone(),
         };
         let mut tasks = JoinSet::new();
         for environment in config.environments.clone() {
@@ -293,6 +295,8 @@ struct DaemonContext {
     board: StatusBoard,
     controls: Controls,
     metrics: Arc<Metrics>,
+    /// Returns the memory passes freed, for every generation.
+    trimmer: crate::memory::Trimmer,
     ready: Arc<AtomicBool>,
     reloadable: Arc<RwLock<Reloadable>>,
 }
@@ -403,6 +407,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
         board: StatusBoard::default(),
         controls: Controls::default(),
         metrics: Arc::new(Metrics::default()),
+        trimmer: crate::memory::Trimmer::start(),
         ready: Arc::new(AtomicBool::new(false)),
         reloadable: Arc::new(RwLock::new(reloadable(&config).await)),
     };

@@ -1,0 +1,272 @@
+//! The measured phases of the fleet benchmark, each on the running daemon.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+use crate::daemon::Daemon;
+use crate::fixture::{self, Fleet};
+
+/// How often the daemon's API is read while waiting for passes.
+const SCRAPE: Duration = Duration::from_millis(100);
+/// No-op rounds measured.
+const NOOP_ROUNDS: usize = 3;
+/// The idle window of the memory reading.
+const IDLE: Duration = Duration::from_secs(20);
+
+/// Polls `done` every `every` for up to `limit`; whether it came true.
+pub(crate) fn wait_until(limit: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(every);
+    }
+    false
+}
+
+/// The machine's load average, as the report notes it.
+pub fn load() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let fields: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{} cores, load average {} at the end",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        fields.join(" ")
+    )
+}
+
+pub fn requests_text(requests: &BTreeMap<String, u64>) -> String {
+    requests
+        .iter()
+        .map(|(verb, count)| format!("{verb} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every fleet environment's name, and `bake`.
+fn environment_names(fleet: &Fleet) -> Vec<String> {
+    (0..fleet.environments).map(fixture::environment).collect()
+}
+
+/// Journal records of `environment` named `event`, oldest first.
+pub(crate) fn journal_records(state: &Path, environment: &str, event: &str) -> Vec<Value> {
+    let path = state.join("journal").join(format!("{environment}.jsonl"));
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|record| record["event"] == event)
+        .collect()
+}
+
+pub(crate) fn record_time(record: &Value) -> SystemTime {
+    let text = record["time"].as_str().expect("a record's time");
+    let time: chrono::DateTime<chrono::Utc> = text.parse().expect("an RFC 3339 time");
+    SystemTime::from(time)
+}
+
+pub(crate) fn since(later: SystemTime, earlier: SystemTime) -> Duration {
+    later.duration_since(earlier).unwrap_or_default()
+}
+
+pub struct FirstApply {
+    pub took: Duration,
+    pub detail: String,
+}
+
+/// How often the first apply stands in for the default 30 s poll with a commit that changes
+/// no environment: the daemon runs with a 10-minute poll (for the drift row), and an
+/// environment the cluster blocked tries again only at the next fetch.
+const NUDGE: Duration = Duration::from_secs(30);
+
+/// From the daemon's start until every fleet environment is healthy.
+pub fn first_apply(fleet: &Fleet, daemon: &Daemon) -> FirstApply {
+    let names = environment_names(fleet);
+    let started = daemon.started;
+    let healthy = |status: &BTreeMap<String, Value>| {
+        names
+            .iter()
+            .filter(|name| {
+                status
+                    .get(*name)
+                    .is_some_and(|s| s["last_healthy"].is_string())
+            })
+            .count()
+    };
+    let mut last = 0;
+    let mut nudges = 0;
+    let mut nudged = Instant::now();
+    let done = wait_until(
+        Duration::from_secs(1800),
+        Duration::from_millis(250),
+        || {
+            let count = healthy(&daemon.status());
+            if count / 100 != last / 100 {
+                eprintln!(
+                    "fleet: {count} environments healthy after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            last = count;
+            if count < names.len() && nudged.elapsed() >= NUDGE {
+                nudges += 1;
+                nudged = Instant::now();
+                fleet.touch_readme(1000 + nudges);
+            }
+            count == names.len()
+        },
+    );
+    let took = started.elapsed();
+    assert!(
+        done,
+        "only {last} of {} environments became healthy",
+        names.len()
+    );
+    let metrics = daemon.metrics();
+    let requests = Daemon::requests(&metrics);
+    let blocked: usize = names
+        .iter()
+        .map(|name| journal_records(&fleet.state, name, "blocked").len())
+        .sum();
+    eprintln!(
+        "fleet: first apply {:.1} s; requests {}",
+        took.as_secs_f64(),
+        requests_text(&requests)
+    );
+    FirstApply {
+        took,
+        detail: format!(
+            "{} PATCH, {} LIST, {} GET; {blocked} blocked passes; {nudges} commits standing in for a 30 s poll; daemon CPU {:.1} s, peak RSS {:.0} MiB",
+            requests.get("patch").copied().unwrap_or(0),
+            requests.get("list").copied().unwrap_or(0),
+            requests.get("get").copied().unwrap_or(0),
+            daemon.cpu_seconds(),
+            daemon.memory_kib().1 as f64 / 1024.0
+        ),
+    }
+}
+
+pub struct Noop {
+    pub rounds: usize,
+    pub wall: Duration,
+    pub lists: u64,
+    pub gets: u64,
+    pub detail: String,
+}
+
+/// Whether every store each environment reads is synced.
+fn caches_synced(status: &BTreeMap<String, Value>) -> bool {
+    status.values().all(|entry| {
+        entry["cache"]
+            .as_array()
+            .is_some_and(|types| !types.is_empty() && types.iter().all(|t| t["state"] == "synced"))
+    })
+}
+
+/// No-op rounds: a commit that changes no environment's folder, then every fleet
+/// environment's next pass. Wall time from the commit to the last pass's end.
+pub fn noop_passes(fleet: &Fleet, daemon: &Daemon) -> Noop {
+    let names = environment_names(fleet);
+    assert!(
+        wait_until(Duration::from_secs(120), Duration::from_secs(1), || {
+            caches_synced(&daemon.status())
+        }),
+        "the watch cache never synced"
+    );
+    let mut walls = Vec::new();
+    let (mut lists, mut gets, mut patches) = (0, 0, 0);
+    let (mut passes_seen, mut pass_seconds, mut fetch_seconds, mut scrape) =
+        (0, 0.0, 0.0, Duration::ZERO);
+    for round in 0..NOOP_ROUNDS {
+        // Let the passes of the previous round (and the bake environment's) settle.
+        std::thread::sleep(Duration::from_secs(3));
+        let metrics = daemon.metrics();
+        let before = Daemon::passes(&metrics);
+        let requests = Daemon::requests(&metrics);
+        let seconds = Daemon::total(&metrics, "gitopsd_reconcile_duration_seconds_sum");
+        let fetched = Daemon::total(&metrics, "gitopsd_git_fetch_duration_seconds_sum");
+        let started = Instant::now();
+        fleet.touch_readme(round);
+        let mut after = BTreeMap::new();
+        let mut last = String::new();
+        let done = wait_until(Duration::from_secs(300), SCRAPE, || {
+            let asked = Instant::now();
+            last = daemon.metrics();
+            scrape = scrape.max(asked.elapsed());
+            after = Daemon::passes(&last);
+            names.iter().all(|name| {
+                after.get(name).copied().unwrap_or(0) > before.get(name).copied().unwrap_or(0)
+            })
+        });
+        let wall = started.elapsed();
+        assert!(done, "round {round}: not every environment passed");
+        walls.push(wall);
+        let now = Daemon::requests(&last);
+        let delta = |verb: &str| {
+            now.get(verb).copied().unwrap_or(0) - requests.get(verb).copied().unwrap_or(0)
+        };
+        lists += delta("list");
+        gets += delta("get");
+        patches += delta("patch");
+        passes_seen += names
+            .iter()
+            .map(|n| after[n] - before.get(n).copied().unwrap_or(0))
+            .sum::<u64>();
+        pass_seconds += Daemon::total(&last, "gitopsd_reconcile_duration_seconds_sum") - seconds;
+        fetch_seconds += Daemon::total(&last, "gitopsd_git_fetch_duration_seconds_sum") - fetched;
+        eprintln!(
+            "fleet: no-op round {round}: {} ms; LIST {} GET {} PATCH {}",
+            wall.as_millis(),
+            delta("list"),
+            delta("get"),
+            delta("patch")
+        );
+    }
+    walls.sort();
+    Noop {
+        rounds: NOOP_ROUNDS,
+        wall: walls[NOOP_ROUNDS / 2],
+        lists,
+        gets,
+        detail: format!(
+            "from the commit (100 ms ref-change settle, fetch {:.0} ms on average) to the last environment's pass; rounds {}; {patches} PATCH; passes {:.1} ms on average ({passes_seen} passes); a /metrics read took up to {} ms",
+            fetch_seconds * 1000.0 / NOOP_ROUNDS as f64,
+            walls
+                .iter()
+                .map(|w| format!("{} ms", w.as_millis()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            pass_seconds * 1000.0 / passes_seen.max(1) as f64,
+            scrape.as_millis()
+        ),
+    }
+}
+
+pub struct Idle {
+    pub rss_kib: u64,
+    pub peak_kib: u64,
+    pub cpu_percent: f64,
+    pub cached: u64,
+    pub window: Duration,
+}
+
+/// Resident memory once every object is cached and the daemon idles, and CPU over the window.
+pub fn idle_memory(daemon: &Daemon) -> Idle {
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu = daemon.cpu_seconds();
+    std::thread::sleep(IDLE);
+    let used = daemon.cpu_seconds() - cpu;
+    let (rss_kib, peak_kib) = daemon.memory_kib();
+    let cached = Daemon::total(&daemon.metrics(), "gitopsd_cache_objects") as u64;
+    Idle {
+        rss_kib,
+        peak_kib,
+        cpu_percent: used / IDLE.as_secs_f64() * 100.0,
+        cached,
+        window: IDLE,
+    }
+}
