@@ -217,7 +217,7 @@ fn assert_never_short_nor_mixed(states: &[(SystemTime, BTreeSet<String>)], old: 
     }
 }
 
-fn journal_names(workspace: &Workspace) -> Vec<&'static str> {
+pub(crate) fn journal_names(workspace: &Workspace) -> Vec<&'static str> {
     workspace
         .journal("staging")
         .iter()

@@ -11,20 +11,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::e2e::{Cluster, rollout, workspace_on};
+use crate::e2e_blue_green::journal_names;
 use crate::e2e_rollout::{commit_web, failure_cause, web_yaml};
+use crate::e2e_watch::requests;
 use crate::helpers::*;
 
 const TOKEN: &str = "cache-token";
-
-/// Requests the daemon's client sent with `verb`.
-fn requests(address: &str, verb: &str) -> u64 {
-    metric_sum(
-        address,
-        "gitopsd_kube_requests_total",
-        &format!("verb=\"{verb}\""),
-    )
-    .unwrap_or(0)
-}
 
 /// The staging environment's row of `/status`.
 fn staging_status(address: &str) -> Option<Value> {
@@ -52,14 +44,6 @@ fn cache_rows(address: &str) -> Vec<(String, String)> {
                 row["state"].as_str().unwrap_or_default().to_string(),
             )
         })
-        .collect()
-}
-
-fn journal_names(workspace: &Workspace) -> Vec<&'static str> {
-    workspace
-        .journal("staging")
-        .iter()
-        .map(|record| record.event.name())
         .collect()
 }
 

@@ -15,7 +15,7 @@ fn app(namespace: &str, mode: &str) -> String {
 }
 
 /// Requests the daemon's client sent with `verb`.
-fn requests(address: &str, verb: &str) -> u64 {
+pub(crate) fn requests(address: &str, verb: &str) -> u64 {
     metric_sum(
         address,
         "gitopsd_kube_requests_total",
