@@ -608,3 +608,42 @@ fn a_watch_told_410_gone_lists_again_and_passes_carry_on_from_the_new_list() {
         "watching again after the relist"
     );
 }
+
+#[test]
+fn environments_on_one_cluster_share_one_window_of_requests() {
+    // Two environments writing 200 objects each at once, each allowed 4 requests in flight:
+    // one window for the cluster keeps the server at 4, not 4 per environment.
+    let (workspace, server) = on_stand_in(", concurrency = 4");
+    workspace.edit_config(
+        "target = { type = \"directory\", path = \"live/production\" }",
+        "target = { type = \"kubernetes\", kubeconfig = \"kubeconfig\", context = \"stand-in\", concurrency = 4 }",
+    );
+    server.set_latency(std::time::Duration::from_millis(20));
+    for environment in ["staging", "production"] {
+        let text: String = (0..200)
+            .map(|index| {
+                format!(
+                    "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {environment}-{index:03}\n"
+                )
+            })
+            .collect();
+        workspace
+            .repo
+            .write(&format!("environments/{environment}/many.yaml"), &text);
+    }
+    workspace.repo.remove("environments/production/one.yaml");
+    workspace
+        .repo
+        .commit("two hundred config maps in each environment");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    assert_eq!(
+        server.names("", "configmaps").len(),
+        402,
+        "every ConfigMap and both applyset parents"
+    );
+    assert!(
+        server.peak_in_flight() <= 5,
+        "one window of 4 for the cluster (and a discovery request): peak {}",
+        server.peak_in_flight()
+    );
+}

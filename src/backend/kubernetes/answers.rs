@@ -30,6 +30,13 @@ impl Failure {
     pub(super) fn is(&self, code: u16) -> bool {
         self.code == Some(code)
     }
+
+    /// Whether the answer says the server has too much to do: throttled (429), or a retryable
+    /// server error or timeout (5xx; a server short of seats for mutating requests times them
+    /// out rather than answering 429). Either shrinks the cluster's window of requests.
+    pub(super) fn overloaded(&self) -> bool {
+        self.retryable && self.code.is_some_and(|code| code == 429 || code >= 500)
+    }
 }
 
 /// How a v1.28 API server answers a server-side apply with a field its schema lacks: a 500

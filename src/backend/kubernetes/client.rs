@@ -2,7 +2,7 @@
 //! every request sent through the adaptive limit, the rate limit and the retries.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::client::ClientBuilder;
@@ -26,6 +26,21 @@ pub(super) fn clients() -> &'static Mutex<BTreeMap<ClientKey, Client>> {
     static CLIENTS: std::sync::OnceLock<Mutex<BTreeMap<ClientKey, Client>>> =
         std::sync::OnceLock::new();
     CLIENTS.get_or_init(Default::default)
+}
+
+/// The window of requests in flight to the cluster `key` names, shared by every environment
+/// that targets it with the same `concurrency` ceiling: a thousand environments starting at
+/// once put one window's worth of requests on the server, not a thousand.
+fn window(key: &ClientKey, concurrency: usize) -> Arc<AdaptiveLimiter> {
+    type Windows = BTreeMap<(ClientKey, usize), Arc<AdaptiveLimiter>>;
+    static WINDOWS: std::sync::OnceLock<Mutex<Windows>> = std::sync::OnceLock::new();
+    WINDOWS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((key.clone(), concurrency))
+        .or_insert_with(|| Arc::new(AdaptiveLimiter::new(concurrency)))
+        .clone()
 }
 
 /// The verb of a request to an API server, from its method and path: `watch`, `list`, `get`,
@@ -114,7 +129,7 @@ impl KubernetesTarget {
             parent_writes: tokio::sync::Mutex::new(()),
             cleared: Mutex::new(BTreeMap::new()),
             legacy_managers: Mutex::new(BTreeMap::new()),
-            requests: AdaptiveLimiter::new(settings.concurrency),
+            requests: window(&key, settings.concurrency),
             settings,
             discovery: Mutex::new(BTreeMap::new()),
             by_group_kind: Mutex::new(BTreeMap::new()),
@@ -197,7 +212,7 @@ impl KubernetesTarget {
                 }
                 Err(error) => {
                     let failure = describe(&error);
-                    if failure.is(429) {
+                    if failure.overloaded() {
                         slot.throttled();
                     }
                     if !failure.retryable || attempt == ATTEMPTS {

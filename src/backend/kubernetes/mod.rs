@@ -89,8 +89,9 @@ pub struct KubernetesTarget {
     /// Discovery results by type, and the last version seen per (group, kind) for deletes.
     discovery: Mutex<BTreeMap<KindRef, Resolved>>,
     by_group_kind: Mutex<BTreeMap<(String, String), KindRef>>,
-    /// Requests in flight: adapts to how the server copes, up to `concurrency`.
-    requests: AdaptiveLimiter,
+    /// Requests in flight to the cluster, shared by every environment that targets it (one
+    /// window per API server): adapts to how the server copes, up to `concurrency`.
+    requests: Arc<AdaptiveLimiter>,
     /// When the next request may start, for `requests_per_second`.
     next_slot: tokio::sync::Mutex<tokio::time::Instant>,
     /// The watches live state is read from; `None` where every pass LISTs.
@@ -710,6 +711,33 @@ mod tests {
                 resource: "namespaces".into(),
                 name: "shop".into()
             }))
+        );
+    }
+
+    #[test]
+    fn throttling_and_server_timeouts_shrink_the_window_and_verdicts_do_not() {
+        let answer = |code: u16, reason: &str, message: &str| {
+            let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                "reason": reason, "message": message
+            }))
+            .expect("a Status");
+            describe(&kube::Error::Api(Box::new(status)))
+        };
+        assert!(answer(429, "TooManyRequests", "slow down").overloaded());
+        assert!(answer(504, "Timeout", "the request timed out").overloaded());
+        assert!(answer(500, "InternalError", "resource quota evaluation timed out").overloaded());
+        assert!(answer(503, "ServiceUnavailable", "later").overloaded());
+        assert!(!answer(409, "Conflict", "apply conflict").overloaded());
+        assert!(!answer(422, "Invalid", "bad field").overloaded());
+        assert!(
+            !answer(
+                500,
+                "InternalError",
+                "failed to create typed patch object (/v1, Kind=ConfigMap) shop/x: .spec.bogus: field not declared in schema"
+            )
+            .overloaded(),
+            "the revision's fault, however the server words it"
         );
     }
 
