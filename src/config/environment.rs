@@ -103,14 +103,7 @@ impl Checker {
             self.render(render, &prefix, name, &namespace, &mut unknown)
         });
         let target = self.target(raw.target, &prefix, base, &mut unknown);
-        if let Some(TargetConfig::Directory { path }) = &target
-            && !seen.target_paths.insert(path.clone())
-        {
-            self.problem(
-                join(&prefix, "target.path"),
-                "another environment already uses this folder",
-            );
-        }
+        self.folder_not_shared(target.as_ref(), &prefix, seen);
         let mut read = self.reader(prefix.clone());
         let prune = read.get("prune", raw.prune).unwrap_or(true);
         let allow_empty = read.get("allow_empty", raw.allow_empty).unwrap_or(false);
@@ -157,6 +150,18 @@ impl Checker {
             hooks,
             decryption,
         })
+    }
+
+    /// A directory target's folder belongs to one environment only.
+    fn folder_not_shared(&mut self, target: Option<&TargetConfig>, prefix: &str, seen: &mut Seen) {
+        if let Some(TargetConfig::Directory { path }) = target
+            && !seen.target_paths.insert(path.clone())
+        {
+            self.problem(
+                join(prefix, "target.path"),
+                "another environment already uses this folder",
+            );
+        }
     }
 
     /// Each kept environment's `after`: another environment, with no chain coming back to it.

@@ -45,18 +45,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 Ok(loaded) => loaded,
                 Err(error) => return Err(revert_error(error.to_string())),
             };
-        let mut live = self.live(&desired, &revert.to).await?;
-        let unwind = self.fx.journal.with_history(|history| {
-            history
-                .in_flight
-                .as_ref()
-                .is_some_and(|flight| flight.blue_green_old_pods_up())
-        });
-        if unwind {
-            super::blue_green::unwind_previews(&mut self.fx, &revert.revision, &desired, &live)
-                .await?;
-            live = self.live(&desired, &revert.to).await?;
-        }
+        let live = self.live_unwound(revert, &desired).await?;
         // Traffic is back on the old pods before any hook of the healthy revision runs.
         if revert.failed {
             self.rerun_on_revert(revert, &healthy_hooks).await?;
@@ -106,6 +95,27 @@ impl<T: Target> EnvironmentRun<'_, T> {
             self.push_revert_commit(revert).await?;
         }
         Ok(())
+    }
+
+    /// Live state to revert from, once a blue/green rollout whose old pods are all still up
+    /// has its Services pinned back to them and its preview drained.
+    async fn live_unwound(
+        &mut self,
+        revert: &RevertInFlight,
+        desired: &[Desired],
+    ) -> Result<Vec<crate::model::Object>, ReconcileError> {
+        let live = self.live(desired, &revert.to).await?;
+        let unwind = self.fx.journal.with_history(|history| {
+            history
+                .in_flight
+                .as_ref()
+                .is_some_and(|flight| flight.blue_green_old_pods_up())
+        });
+        if !unwind {
+            return Ok(live);
+        }
+        super::blue_green::unwind_previews(&mut self.fx, &revert.revision, desired, &live).await?;
+        self.live(desired, &revert.to).await
     }
 
     /// Migrations go forward only: of the healthy revision's pre-rollout hooks, only those

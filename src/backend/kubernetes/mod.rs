@@ -171,28 +171,7 @@ impl Target for KubernetesTarget {
                 }
             }
         }
-        let mut to_list = Vec::new();
-        let mut listed = BTreeSet::new();
-        for kind in &types {
-            let resolved = match self.resolve(kind, false).await {
-                Ok(resolved) => resolved,
-                Err(ResolveError::Unknown(message)) => {
-                    // A type that went away (its CRD deleted) has nothing left to list.
-                    tracing::warn!(%kind, %message, "skipping a type the API server no longer serves");
-                    continue;
-                }
-                Err(ResolveError::Unreachable(message)) => {
-                    return Err(TargetError::List {
-                        location: format!("{kind}"),
-                        message,
-                    });
-                }
-            };
-            // Two versions of one type list the same objects.
-            if listed.insert(GroupKind::of(kind)) {
-                to_list.push((kind, resolved));
-            }
-        }
+        let to_list = self.resolve_types(&types).await?;
         if let Some(watched) = &self.watched {
             return self.list_watched(watched, &to_list).await;
         }
@@ -599,6 +578,37 @@ impl Target for KubernetesTarget {
 }
 
 impl KubernetesTarget {
+    /// Each of `types` as the server serves it, one version per type (two versions list the
+    /// same objects); a type the server no longer serves is skipped.
+    async fn resolve_types<'k>(
+        &self,
+        types: &'k BTreeSet<KindRef>,
+    ) -> Result<Vec<(&'k KindRef, Resolved)>, TargetError> {
+        let mut to_list = Vec::new();
+        let mut listed = BTreeSet::new();
+        for kind in types {
+            let resolved = match self.resolve(kind, false).await {
+                Ok(resolved) => resolved,
+                Err(ResolveError::Unknown(message)) => {
+                    // A type that went away (its CRD deleted) has nothing left to list.
+                    tracing::warn!(%kind, %message, "skipping a type the API server no longer serves");
+                    continue;
+                }
+                Err(ResolveError::Unreachable(message)) => {
+                    return Err(TargetError::List {
+                        location: format!("{kind}"),
+                        message,
+                    });
+                }
+            };
+            // Two versions of one type list the same objects.
+            if listed.insert(GroupKind::of(kind)) {
+                to_list.push((kind, resolved));
+            }
+        }
+        Ok(to_list)
+    }
+
     /// Makes the parent record exactly `record`, what `keys` need (deleting it when nothing
     /// is owned).
     async fn record_settled(
