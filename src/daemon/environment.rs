@@ -346,16 +346,21 @@ pub(super) async fn environment_loop(
     board.set(&name, "starting".into());
     let drift = runtime.target.drift_wake();
     let mut failures = Failures::default();
+    // A blocked pass is tried again on its own timer, not at the next fetch, which may be
+    // minutes away.
+    let mut retry_now = false;
     loop {
-        tokio::select! {
-            changed = tips.changed() => if changed.is_err() { break },
-            _ = wake.notified() => {}
-            _ = drifted(drift.as_deref()) => debounce(drift.as_deref()).await,
-            _ = signals.shutdown.changed() => break,
-            _ = signals.drain.changed() => break,
-            _ = tokio::time::sleep(BEAT_INTERVAL) => {
-                heartbeat.beat();
-                continue;
+        if !std::mem::take(&mut retry_now) {
+            tokio::select! {
+                changed = tips.changed() => if changed.is_err() { break },
+                _ = wake.notified() => {}
+                _ = drifted(drift.as_deref()) => debounce(drift.as_deref()).await,
+                _ = signals.shutdown.changed() => break,
+                _ = signals.drain.changed() => break,
+                _ = tokio::time::sleep(BEAT_INTERVAL) => {
+                    heartbeat.beat();
+                    continue;
+                }
             }
         }
         heartbeat.beat();
@@ -374,13 +379,26 @@ pub(super) async fn environment_loop(
         heartbeat.beat();
         board.set(&name, describe(&result));
         // A blocked environment waits before trying again, longer each time, unless an
-        // operator wakes it.
-        if let Some(wait) = failures.after(&result)
-            && !back_off(wait, &wake, &mut signals, &heartbeat).await
-        {
-            break;
+        // operator wakes it; then it passes again whether or not the tip moved.
+        if let Some(wait) = failures.after(&result) {
+            let wait = staggered(wait, &name, failures.blocked_passes);
+            tracing::debug!(retry_in = ?wait, "blocked; trying again on the environment's own timer");
+            if !back_off(wait, &wake, &mut signals, &heartbeat).await {
+                break;
+            }
+            retry_now = true;
         }
     }
+}
+
+/// A blocked environment's wait spread over its second half by the environment's name and
+/// attempt, so that environments blocked by one outage do not all try again at once.
+fn staggered(wait: Duration, environment: &str, attempt: u32) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (environment, attempt).hash(&mut hasher);
+    let per_mille = u32::try_from(hasher.finish() % 1000).unwrap_or(0);
+    wait / 2 + wait / 2 * per_mille / 1000
 }
 
 /// What an environment's failing passes have been: the same error every poll is logged once,
@@ -409,5 +427,27 @@ impl Failures {
             }
         }
         (self.blocked_passes > 0).then(|| backoff(self.blocked_passes).min(MAX_BLOCKED_BACKOFF))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_retries_are_spread_over_the_second_half_of_the_wait() {
+        let wait = Duration::from_secs(8);
+        let waits: std::collections::BTreeSet<Duration> = (0..100)
+            .map(|index| staggered(wait, &format!("env-{index}"), 3))
+            .collect();
+        assert!(
+            waits.iter().all(|w| *w >= wait / 2 && *w <= wait),
+            "{waits:?}"
+        );
+        assert!(
+            waits.len() > 50,
+            "a hundred environments get many distinct waits: {waits:?}"
+        );
+        assert_eq!(staggered(wait, "env-1", 3), staggered(wait, "env-1", 3));
     }
 }

@@ -647,3 +647,42 @@ fn environments_on_one_cluster_share_one_window_of_requests() {
         server.peak_in_flight()
     );
 }
+
+#[test]
+fn a_blocked_environment_tries_again_on_its_own_timer_not_at_the_next_fetch() {
+    let (workspace, server) = on_stand_in("");
+    deploy_app(&workspace);
+    let app_file = workspace.repo.dir.join("environments/staging/app.yaml");
+    let text = std::fs::read_to_string(&app_file).expect("app");
+    workspace.repo.write(
+        "environments/staging/app.yaml",
+        &text.replace("MODE: staging", "MODE: retried"),
+    );
+    workspace.repo.commit("a new mode");
+    // One fetch in the whole test: only the environment's own retries can apply the commit.
+    workspace.edit_config("poll_interval = \"30s\"", "poll_interval = \"10m\"");
+    // The daemon's first lists of Deployments are refused. The watch lists again with backoff
+    // (0.5 s doubling, so about 30 s in all): longer than a pass waits for a store to sync.
+    server.fail(Method::GET, "/apis/apps/v1/deployments", 503, 6);
+    let (_daemon, address) = daemon_with_api(&workspace, "stand-in-token");
+    let mode = || {
+        server
+            .get("", "configmaps", Some("shop"), "settings")
+            .map(|settings| settings["data"]["MODE"].clone())
+    };
+    assert!(
+        wait_for(std::time::Duration::from_secs(120), || mode()
+            == Some(serde_json::json!("retried"))),
+        "the blocked environment never tried again: {:?}",
+        workspace.journal("staging")
+    );
+    assert!(
+        workspace
+            .journal("staging")
+            .iter()
+            .any(|record| record.event.name() == "blocked"),
+        "the first pass was blocked: {:?}",
+        workspace.journal("staging")
+    );
+    assert_eq!(fetches(&address), Some(1), "applied without another fetch");
+}
