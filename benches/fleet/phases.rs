@@ -78,11 +78,6 @@ pub struct FirstApply {
     pub detail: String,
 }
 
-/// How often the first apply stands in for the default 30 s poll with a commit that changes
-/// no environment: the daemon runs with a 10-minute poll (for the drift row), and an
-/// environment the cluster blocked tries again only at the next fetch.
-const NUDGE: Duration = Duration::from_secs(30);
-
 /// From the daemon's start until every fleet environment is healthy.
 pub fn first_apply(fleet: &Fleet, daemon: &Daemon) -> FirstApply {
     let names = environment_names(fleet);
@@ -97,9 +92,9 @@ pub fn first_apply(fleet: &Fleet, daemon: &Daemon) -> FirstApply {
             })
             .count()
     };
+    // The daemon polls every 10 minutes (for the drift row): an environment the cluster
+    // blocks gets through on its own retries, with no commit to nudge it.
     let mut last = 0;
-    let mut nudges = 0;
-    let mut nudged = Instant::now();
     let done = wait_until(
         Duration::from_secs(1800),
         Duration::from_millis(250),
@@ -112,11 +107,6 @@ pub fn first_apply(fleet: &Fleet, daemon: &Daemon) -> FirstApply {
                 );
             }
             last = count;
-            if count < names.len() && nudged.elapsed() >= NUDGE {
-                nudges += 1;
-                nudged = Instant::now();
-                fleet.touch_readme(1000 + nudges);
-            }
             count == names.len()
         },
     );
@@ -140,7 +130,7 @@ pub fn first_apply(fleet: &Fleet, daemon: &Daemon) -> FirstApply {
     FirstApply {
         took,
         detail: format!(
-            "{} PATCH, {} LIST, {} GET; {blocked} blocked passes; {nudges} commits standing in for a 30 s poll; daemon CPU {:.1} s, peak RSS {:.0} MiB",
+            "{} PATCH, {} LIST, {} GET; {blocked} blocked passes; daemon CPU {:.1} s, peak RSS {:.0} MiB",
             requests.get("patch").copied().unwrap_or(0),
             requests.get("list").copied().unwrap_or(0),
             requests.get("get").copied().unwrap_or(0),
