@@ -129,6 +129,7 @@ pub struct Metrics {
     verify_failures: Family<EnvironmentLabel, Counter>,
     blocked: Family<EnvironmentLabel, Gauge>,
     switches: Family<SwitchLabels, Counter>,
+    passes: Family<ResultLabels, Counter>,
     /// The revision label last set per environment, so its old series can be removed.
     revisions_set: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
@@ -154,6 +155,7 @@ impl Default for Metrics {
             verify_failures: Family::default(),
             blocked: Family::default(),
             switches: Family::default(),
+            passes: Family::default(),
             revisions_set: Default::default(),
         };
         // Two groups, registered in this order so the exposition keeps its order.
@@ -202,6 +204,11 @@ impl Metrics {
             "blue_green_switches",
             "Blue/green Service switches, by direction: switched (to the new pods), switched_back (to the old pods after a failure)",
             self.switches.clone(),
+        );
+        self.registry.register(
+            "passes",
+            "Passes by how much they did: full (read the revision and planned), unchanged (tip, journal and live state as the last pass left them: nothing read), same_folder (a new tip whose folder is the healthy revision's, over unchanged live state: journaled healthy, nothing read)",
+            self.passes.clone(),
         );
     }
 
@@ -256,6 +263,16 @@ impl Metrics {
                 environment: environment.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// One pass, by how much it did: `full`, `unchanged` or `same_folder`.
+    pub fn pass(&self, environment: &str, result: &str) {
+        self.passes
+            .get_or_create(&ResultLabels {
+                environment: environment.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn rollout(&self, environment: &str, result: &str) {

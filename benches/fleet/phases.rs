@@ -167,6 +167,8 @@ pub fn noop_passes(fleet: &Fleet, daemon: &Daemon) -> Noop {
         }),
         "the watch cache never synced"
     );
+    let profile = Profile::start(daemon, "FLEET_PERF_NOOP");
+    let cpu_before = daemon.cpu_seconds();
     let mut walls = Vec::new();
     let (mut lists, mut gets, mut patches) = (0, 0, 0);
     let (mut passes_seen, mut pass_seconds, mut fetch_seconds, mut scrape) =
@@ -216,6 +218,9 @@ pub fn noop_passes(fleet: &Fleet, daemon: &Daemon) -> Noop {
             delta("patch")
         );
     }
+    // Includes the 3 s pauses between rounds, when the daemon idles (about 2% CPU).
+    let cpu = daemon.cpu_seconds() - cpu_before;
+    drop(profile);
     walls.sort();
     Noop {
         rounds: NOOP_ROUNDS,
@@ -223,7 +228,7 @@ pub fn noop_passes(fleet: &Fleet, daemon: &Daemon) -> Noop {
         lists,
         gets,
         detail: format!(
-            "from the commit (100 ms ref-change settle, fetch {:.0} ms on average) to the last environment's pass; rounds {}; {patches} PATCH; passes {:.1} ms on average ({passes_seen} passes); a /metrics read took up to {} ms",
+            "from the commit (100 ms ref-change settle, fetch {:.0} ms on average) to the last environment's pass; rounds {}; {patches} PATCH; passes {:.1} ms on average ({passes_seen} passes); daemon CPU {:.1} s a round, {:.2} ms per pass; a /metrics read took up to {} ms",
             fetch_seconds * 1000.0 / NOOP_ROUNDS as f64,
             walls
                 .iter()
@@ -231,6 +236,8 @@ pub fn noop_passes(fleet: &Fleet, daemon: &Daemon) -> Noop {
                 .collect::<Vec<_>>()
                 .join(", "),
             pass_seconds * 1000.0 / passes_seen.max(1) as f64,
+            cpu / NOOP_ROUNDS as f64,
+            cpu * 1000.0 / passes_seen.max(1) as f64,
             scrape.as_millis()
         ),
     }
@@ -258,5 +265,44 @@ pub fn idle_memory(daemon: &Daemon) -> Idle {
         cpu_percent: used / IDLE.as_secs_f64() * 100.0,
         cached,
         window: IDLE,
+    }
+}
+
+/// `perf record -g` of the daemon while it lives, when the environment variable `variable`
+/// names the output file (`FLEET_PERF_NOOP=/tmp/noop.data benches/fleet.sh`).
+struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    fn start(daemon: &Daemon, variable: &str) -> Self {
+        let Some(output) = std::env::var_os(variable) else {
+            return Self(None);
+        };
+        let child = std::process::Command::new("perf")
+            .args(["record", "-g", "-F", "499", "-o"])
+            .arg(&output)
+            .args(["-p", &daemon.pid().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf starts (install linux-perf)");
+        // perf needs a moment to attach before the first round's commit.
+        std::thread::sleep(Duration::from_secs(1));
+        eprintln!(
+            "fleet: perf record of the daemon into {}",
+            output.to_string_lossy()
+        );
+        Self(Some(child))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            // SIGINT makes perf write its file out.
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
     }
 }

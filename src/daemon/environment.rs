@@ -95,31 +95,19 @@ impl EnvironmentRuntime {
         observers: &Observers,
     ) -> Result<Outcome, ReconcileError> {
         let started = std::time::Instant::now();
-        // Taken before the pass, so that a change made while it runs shows in the next one.
-        let fingerprint = match self.target.fingerprint().await {
-            Ok(fingerprint) => fingerprint,
-            Err(error) => {
-                tracing::debug!(%error, "no fingerprint of the target; the pass lists it");
-                None
-            }
-        };
-        let journal_seq = self.journal.next_seq();
-        let seen = fingerprint.map(|fingerprint| Quiet {
-            revision: tip.clone(),
-            journal_seq,
-            fingerprint,
-        });
+        let seen = self.seen(tip).await;
         if seen.is_some() && seen == self.quiet {
             tracing::debug!(revision = %tip.short(), "branch tip, journal and target unchanged; nothing to do");
             let result = Ok(Outcome::Unchanged {
                 revision: tip.clone(),
             });
+            observers.metrics.pass(&self.config.name, "unchanged");
             self.record(&result, started.elapsed(), &observers.metrics);
             return result;
         }
         // Reads the upstream environment's journal file.
         let gates = crate::blocking::run(|| self.gates());
-        let result = EnvironmentRun {
+        let mut run = EnvironmentRun {
             fx: Effects {
                 config: &self.config,
                 target: &self.target,
@@ -133,18 +121,68 @@ impl EnvironmentRuntime {
             },
             source,
             gates: &gates,
-        }
-        .pass(tip)
-        .await;
-        self.quiet = match &result {
+        };
+        // A new tip (a commit elsewhere in the repository) over unchanged live state.
+        let promoted = match (&seen, &self.quiet) {
+            (Some(seen), Some(quiet))
+                if seen.fingerprint == quiet.fingerprint
+                    && seen.journal_seq == quiet.journal_seq =>
+            {
+                run.promote_same_folder(tip, &quiet.revision)
+                    .await
+                    .transpose()
+            }
+            _ => None,
+        };
+        let (result, promoted) = match promoted {
+            Some(result) => (result, true),
+            None => (run.pass(tip).await, false),
+        };
+        self.quiet = self.quiet_after(&result, promoted, seen, tip);
+        let kind = if promoted { "same_folder" } else { "full" };
+        observers.metrics.pass(&self.config.name, kind);
+        self.record(&result, started.elapsed(), &observers.metrics);
+        observers.trimmer.freed();
+        result
+    }
+
+    /// The tip, journal and target as this pass finds them; `None` where the target has no
+    /// fingerprint. Taken before the pass, so that a change made while it runs shows in the
+    /// next one.
+    async fn seen(&self, tip: &Revision) -> Option<Quiet> {
+        let fingerprint = match self.target.fingerprint().await {
+            Ok(fingerprint) => fingerprint,
+            Err(error) => {
+                tracing::debug!(%error, "no fingerprint of the target; the pass lists it");
+                None
+            }
+        };
+        fingerprint.map(|fingerprint| Quiet {
+            revision: tip.clone(),
+            journal_seq: self.journal.next_seq(),
+            fingerprint,
+        })
+    }
+
+    /// What the next pass may skip over: the state a pass found nothing to do in.
+    fn quiet_after(
+        &self,
+        result: &Result<Outcome, ReconcileError>,
+        promoted: bool,
+        seen: Option<Quiet>,
+        tip: &Revision,
+    ) -> Option<Quiet> {
+        match result {
+            // Promoted: nothing was read or written but the journal's own record.
+            Ok(Outcome::Unchanged { .. }) if promoted => seen.map(|seen| Quiet {
+                journal_seq: self.journal.next_seq(),
+                ..seen
+            }),
             Ok(Outcome::Unchanged { revision }) if revision == tip => {
                 seen.filter(|seen| seen.journal_seq == self.journal.next_seq())
             }
             _ => None,
-        };
-        self.record(&result, started.elapsed(), &observers.metrics);
-        observers.trimmer.freed();
-        result
+        }
     }
 
     fn record(&self, result: &Result<Outcome, ReconcileError>, took: Duration, metrics: &Metrics) {
@@ -323,26 +361,10 @@ pub(super) async fn environment_loop(
         observers,
     } = shared;
     let name = environment.name.clone();
-    let live = LiveSource::Watch {
-        namespaces: environment.policy.named_namespaces(),
+    let Some((mut runtime, wake)) = open_registered(environment, &state, &board, &controls).await
+    else {
+        return;
     };
-    let mut runtime = match EnvironmentRuntime::open(environment, &state, live).await {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "environment disabled: cannot open its journal");
-            board.set(&name, format!("disabled: {error}"));
-            return;
-        }
-    };
-    let wake = Arc::new(Notify::new());
-    controls.register(
-        &name,
-        EnvironmentHandle {
-            journal: runtime.journal.clone(),
-            wake: wake.clone(),
-            cache: runtime.target.cache_view(),
-        },
-    );
     board.set(&name, "starting".into());
     let drift = runtime.target.drift_wake();
     let mut failures = Failures::default();
@@ -389,6 +411,38 @@ pub(super) async fn environment_loop(
             retry_now = true;
         }
     }
+}
+
+/// Opens the environment and registers it with the control API; `None` (and the board says
+/// why) when its journal cannot be opened.
+async fn open_registered(
+    environment: EnvironmentConfig,
+    state: &StateConfig,
+    board: &StatusBoard,
+    controls: &Controls,
+) -> Option<(EnvironmentRuntime, Arc<Notify>)> {
+    let name = environment.name.clone();
+    let live = LiveSource::Watch {
+        namespaces: environment.policy.named_namespaces(),
+    };
+    let runtime = match EnvironmentRuntime::open(environment, state, live).await {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "environment disabled: cannot open its journal");
+            board.set(&name, format!("disabled: {error}"));
+            return None;
+        }
+    };
+    let wake = Arc::new(Notify::new());
+    controls.register(
+        &name,
+        EnvironmentHandle {
+            journal: runtime.journal.clone(),
+            wake: wake.clone(),
+            cache: runtime.target.cache_view(),
+        },
+    );
+    Some((runtime, wake))
 }
 
 /// A blocked environment's wait spread over its second half by the environment's name and

@@ -76,6 +76,53 @@ impl<T: Target> EnvironmentRun<'_, T> {
         result
     }
 
+    /// A tip whose environment folder holds the same files as `healthy`, the revision the
+    /// last pass found nothing to do for, while live state is as that pass left it (the
+    /// caller compared the target's fingerprint): when the journal says a rollout of the tip
+    /// from `healthy` is next, that rollout would change nothing, so the tip is journaled
+    /// healthy without reading or planning either. `None` where a full pass is needed: a
+    /// rendered or decrypted folder (its output may depend on more than the folder), signed
+    /// commits to check, a gate, or a folder that changed.
+    pub async fn promote_same_folder(
+        &mut self,
+        tip: &Revision,
+        healthy: &Revision,
+    ) -> Result<Option<Outcome>, ReconcileError> {
+        let config = self.fx.config;
+        if config.render.is_some() || config.decryption.is_some() || self.source.verifies() {
+            return Ok(None);
+        }
+        let history = self.fx.journal.with_history(History::clone);
+        match history.next_step(tip, self.gates, Utc::now()) {
+            NextStep::Rollout {
+                revision,
+                previous: Some(previous),
+            } if &revision == tip && &previous == healthy => {}
+            _ => return Ok(None),
+        }
+        let (source, path) = (self.source.clone(), config.path.clone());
+        let (at, from) = (tip.clone(), healthy.clone());
+        let same = crate::blocking::off_thread(
+            "comparing an environment folder at two revisions",
+            move || {
+                Ok::<_, crate::source::SourceError>(
+                    source.folder_id(&at, &path)? == source.folder_id(&from, &path)?,
+                )
+            },
+        )
+        .await??;
+        if !same {
+            return Ok(None);
+        }
+        tracing::debug!(env = %config.name, revision = %tip.short(), from = %healthy.short(), "the folder and live state are unchanged; the tip is healthy");
+        self.fx.journal(Event::Healthy {
+            revision: tip.clone(),
+        })?;
+        Ok(Some(Outcome::Unchanged {
+            revision: tip.clone(),
+        }))
+    }
+
     async fn next(&mut self, tip: &Revision) -> Result<Outcome, ReconcileError> {
         if let Err(unverified) = self.verify(tip).await? {
             return self.refuse_unverified(tip, unverified).await;

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use gix::remote::Direction;
 
@@ -12,7 +13,7 @@ use super::error::{Cause, gix_message};
 pub use super::error::{RemoteFailure, SourceError};
 use super::settings::RepoConfig;
 use super::verify::{Signer, Verifier, VerifyConfig, VerifyError, VerifyMode};
-use crate::manifest::{Limits, ManifestFile, Problem, is_manifest_path};
+use crate::manifest::{Limits, ManifestFile, Problem};
 use crate::model::Revision;
 
 /// Local refs the mirror keeps the remote's branches under.
@@ -95,16 +96,21 @@ pub struct GitSource {
     pub(super) url: String,
     pub(super) branch: String,
     pub(super) auth: Auth,
-    max_file_bytes: u64,
-    max_files: usize,
-    max_total_bytes: u64,
-    limits: Limits,
+    pub(super) max_file_bytes: u64,
+    pub(super) max_files: usize,
+    pub(super) max_total_bytes: u64,
+    pub(super) limits: Limits,
     /// How long a fetch, and a revert commit's push, may take.
     pub(super) fetch_timeout: std::time::Duration,
     /// Files parsed at earlier revisions, by blob id; shared by the clones of this source.
     parse_cache: crate::parse_cache::ParseCache,
     /// `[repo.verify]`: which commits must be signed, and by whom.
     pub(super) verify: Option<VerifyConfig>,
+    /// The mirror, opened once and shared by the clones of this source: opening reads git's
+    /// config files and pack indexes, which every environment's pass would otherwise repeat.
+    /// gix reads refs afresh and rescans packs when an object is missing, so a fetch's new
+    /// objects and refs are seen through it.
+    opened: Arc<Mutex<Option<gix::ThreadSafeRepository>>>,
 }
 
 impl GitSource {
@@ -137,6 +143,7 @@ impl GitSource {
             fetch_timeout: repo.fetch_timeout,
             parse_cache: crate::parse_cache::ParseCache::default(),
             verify: repo.verify.clone(),
+            opened: Arc::default(),
         }
     }
 
@@ -235,7 +242,7 @@ impl GitSource {
         if !self.mirror.join("HEAD").is_file() {
             return false;
         }
-        let Ok(repo) = gix::open(&self.mirror) else {
+        let Ok(repo) = self.open() else {
             return false;
         };
         let prefix = format!("{REMOTE_REFS}/");
@@ -255,17 +262,30 @@ impl GitSource {
         (self.max_file_bytes, self.max_total_bytes)
     }
 
+    /// The mirror, made on first use; opened once (see `opened`).
     pub(super) fn open(&self) -> Result<gix::Repository, SourceError> {
+        // A poisoned lock only means another thread panicked while opening: open again.
+        let mut opened = self
+            .opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(repo) = opened.as_ref()
+            && self.mirror.join("HEAD").is_file()
+        {
+            return Ok(repo.to_thread_local());
+        }
         let open_error = |source: Cause| SourceError::Open {
             path: self.mirror.clone(),
             source,
         };
-        if self.mirror.join("HEAD").is_file() {
-            gix::open(&self.mirror).map_err(|e| open_error(Box::new(e)))
+        let repo = if self.mirror.join("HEAD").is_file() {
+            gix::open(&self.mirror).map_err(|e| open_error(Box::new(e)))?
         } else {
             std::fs::create_dir_all(&self.mirror).map_err(|e| open_error(Box::new(e)))?;
-            gix::init_bare(&self.mirror).map_err(|e| open_error(Box::new(e)))
-        }
+            gix::init_bare(&self.mirror).map_err(|e| open_error(Box::new(e)))?
+        };
+        *opened = Some(repo.clone().into_sync());
+        Ok(repo)
     }
 
     /// Fetches every branch of the remote into the mirror and resolves the configured one.
@@ -281,6 +301,8 @@ impl GitSource {
 
     /// Fetches the branches; gives up when `interrupt` turns true (a timeout, a shutdown).
     pub fn fetch_with(&self, interrupt: &AtomicBool) -> Result<Fetched, SourceError> {
+        // gix's https transport builds a reqwest client, which needs the one TLS provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let repo = self.open()?;
         let previous = self.branch_tip_in(&repo);
         let token = self.token()?;
@@ -494,166 +516,6 @@ impl GitSource {
         }
         Ok(())
     }
-
-    /// Reads the manifest files under `path` at `revision`, recursively, in sorted order.
-    pub fn snapshot(&self, revision: &Revision, path: &str) -> Result<Snapshot, SourceError> {
-        let repo = self.open()?;
-        let mut reader = FolderReader {
-            source: self,
-            repo: &repo,
-            revision,
-            path,
-            files: Vec::new(),
-            problems: Vec::new(),
-            total_bytes: 0,
-        };
-        for record in folder_entries(&repo, revision, path)? {
-            if reader.take(record)?.is_break() {
-                break;
-            }
-        }
-        Ok(Snapshot {
-            revision: revision.clone(),
-            files: reader.files,
-            problems: reader.problems,
-            limits: self.limits,
-        })
-    }
-}
-
-fn read_error(what: &str, revision: &Revision, source: Cause) -> SourceError {
-    SourceError::Read {
-        what: what.to_string(),
-        revision: revision.clone(),
-        source,
-    }
-}
-
-/// Every entry under the folder `path` at `revision`, sorted by path.
-fn folder_entries(
-    repo: &gix::Repository,
-    revision: &Revision,
-    path: &str,
-) -> Result<Vec<gix::traverse::tree::recorder::Entry>, SourceError> {
-    let id = gix::ObjectId::from_hex(revision.0.as_bytes())
-        .map_err(|e| read_error("commit id", revision, Box::new(e)))?;
-    let commit = repo
-        .find_commit(id)
-        .map_err(|e| read_error("commit", revision, Box::new(e)))?;
-    let root = commit
-        .tree()
-        .map_err(|e| read_error("root tree", revision, Box::new(e)))?;
-    let entry = root
-        .lookup_entry_by_path(path)
-        .map_err(|e| read_error(path, revision, Box::new(e)))?
-        .ok_or_else(|| SourceError::MissingPath {
-            path: path.to_string(),
-            revision: revision.clone(),
-        })?;
-    if !entry.mode().is_tree() {
-        return Err(SourceError::NotAFolder {
-            path: path.to_string(),
-            revision: revision.clone(),
-        });
-    }
-    let tree = entry
-        .object()
-        .map_err(|e| read_error(path, revision, Box::new(e)))?
-        .into_tree();
-    let mut recorder = gix::traverse::tree::Recorder::default();
-    tree.traverse()
-        .breadthfirst(&mut recorder)
-        .map_err(|e| read_error(path, revision, Box::new(e)))?;
-    let mut records = recorder.records;
-    records.sort_by(|a, b| a.filepath.cmp(&b.filepath));
-    Ok(records)
-}
-
-/// Reads one environment folder's entries into manifest files, within the source's limits.
-struct FolderReader<'a> {
-    source: &'a GitSource,
-    repo: &'a gix::Repository,
-    revision: &'a Revision,
-    path: &'a str,
-    files: Vec<ManifestFile>,
-    /// Entries refused, and limits reached.
-    problems: Vec<Problem>,
-    total_bytes: u64,
-}
-
-impl FolderReader<'_> {
-    /// Takes one entry: a manifest file is read, anything else skipped or refused with a
-    /// problem; `Break` once a limit says the rest is not read.
-    fn take(
-        &mut self,
-        record: gix::traverse::tree::recorder::Entry,
-    ) -> Result<std::ops::ControlFlow<()>, SourceError> {
-        use std::ops::ControlFlow::{Break, Continue};
-        let (path, source) = (self.path, self.source);
-        let file = format!("{path}/{}", record.filepath);
-        if self.files.len() >= source.max_files && is_manifest_path(&file) {
-            self.problems.push(Problem::file(
-                file,
-                format!(
-                    "{path} holds more than {} manifest files (repo.max_files); the rest is not read",
-                    source.max_files
-                ),
-            ));
-            return Ok(Break(()));
-        }
-        if record.mode.is_tree() {
-            return Ok(Continue(()));
-        }
-        if record.mode.is_commit() {
-            self.problems
-                .push(Problem::file(file, "submodules are not supported"));
-            return Ok(Continue(()));
-        }
-        if !is_manifest_path(&file) {
-            return Ok(Continue(()));
-        }
-        if record.mode.is_link() {
-            self.problems.push(Problem::file(
-                file,
-                "symlinks are not followed: they can point outside the repository",
-            ));
-            return Ok(Continue(()));
-        }
-        let read_error = |source: gix::Error| read_error(&file, self.revision, Box::new(source));
-        let size = self
-            .repo
-            .find_header(record.oid)
-            .map_err(read_error)?
-            .size();
-        if size > source.max_file_bytes {
-            self.problems.push(Problem::file(
-                file,
-                format!(
-                    "file is {size} bytes, over the limit of {} (repo.max_file_bytes)",
-                    source.max_file_bytes
-                ),
-            ));
-            return Ok(Continue(()));
-        }
-        self.total_bytes += size;
-        if self.total_bytes > source.max_total_bytes {
-            self.problems.push(Problem::file(
-                file,
-                format!(
-                    "{path} holds more than {} bytes of manifests (repo.max_total_bytes); the rest is not read",
-                    source.max_total_bytes
-                ),
-            ));
-            return Ok(Break(()));
-        }
-        let blob = self.repo.find_blob(record.oid).map_err(read_error)?;
-        self.files.push(ManifestFile {
-            path: file,
-            bytes: blob.data.clone(),
-            blob: Some(record.oid.to_string()),
-        });
-        Ok(Continue(()))
-    }
 }
 
 #[cfg(test)]
@@ -704,6 +566,7 @@ pub(super) mod tests {
             fetch_timeout: std::time::Duration::from_secs(30),
             parse_cache: crate::parse_cache::ParseCache::default(),
             verify: None,
+            opened: Arc::default(),
         }
     }
 

@@ -117,3 +117,67 @@ fn quiet_passes_skip_work_until_the_live_folder_changes() {
         "and then it is quiet again"
     );
 }
+
+#[test]
+fn a_commit_outside_a_folder_makes_the_tip_healthy_without_a_full_pass_and_one_inside_does_not() {
+    let workspace = Workspace::new();
+    workspace.write_config(&workspace.repo.dir.display().to_string(), "1s");
+    write_environment(&workspace.repo, "staging", 1);
+    write_environment(&workspace.repo, "production", 1);
+    workspace.repo.commit("initial");
+    let (_daemon, address) = daemon_with_api(&workspace, "quiet-token");
+    let count = |environment: &str, result: &str| {
+        metric_sum(
+            &address,
+            "gitopsd_passes_total",
+            &format!("environment=\"{environment}\",result=\"{result}\""),
+        )
+        .unwrap_or(0)
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || count("staging", "unchanged")
+            >= 1
+            && count("production", "unchanged") >= 1),
+        "passes over an unchanged tip and folder are skipped"
+    );
+    let healthy_at = |environment: &str, tip: &str| {
+        workspace.journal(environment).iter().any(|record| {
+            matches!(&record.event, gitopsd::journal::Event::Healthy { revision } if revision.0 == tip)
+        })
+    };
+
+    workspace
+        .repo
+        .write("README.md", "outside every environment\n");
+    let outside = workspace.repo.commit("readme");
+    assert!(
+        wait_for(Duration::from_secs(20), || healthy_at("staging", &outside)
+            && healthy_at("production", &outside)),
+        "both environments take the new tip"
+    );
+    assert_eq!(count("staging", "same_folder"), 1);
+    assert_eq!(count("production", "same_folder"), 1);
+
+    let full = count("staging", "full");
+    write_environment(&workspace.repo, "staging", 2);
+    let inside = workspace.repo.commit("staging: two replicas");
+    let deployment = workspace
+        .live("staging")
+        .join("shop/Deployment.apps/web.yaml");
+    assert!(
+        wait_for(Duration::from_secs(30), || healthy_at("staging", &inside)
+            && healthy_at("production", &inside)),
+        "both environments take the tip that changes staging"
+    );
+    assert!(
+        std::fs::read_to_string(&deployment).is_ok_and(|text| text.contains("replicas: 2")),
+        "staging's change was rolled out"
+    );
+    assert!(count("staging", "full") > full, "by a full pass");
+    assert_eq!(count("staging", "same_folder"), 1);
+    assert_eq!(
+        count("production", "same_folder"),
+        2,
+        "production's folder did not change"
+    );
+}

@@ -498,3 +498,81 @@ fn e2e_cache_an_environment_limited_to_named_namespaces_needs_only_a_namespaced_
         "drift put back"
     );
 }
+
+/// `gitopsd_passes_total` of staging with `result`.
+fn passes_of(address: &str, result: &str) -> u64 {
+    metric_sum(
+        address,
+        "gitopsd_passes_total",
+        &format!("environment=\"staging\",result=\"{result}\""),
+    )
+    .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs a real cluster: GITOPSD_E2E_KUBECONFIG"]
+fn e2e_cache_passes_over_unchanged_live_state_read_nothing_and_drift_still_gets_a_full_pass() {
+    let mut cluster = Cluster::new();
+    let namespace = cluster.namespace("cachequiet");
+    let workspace = workspace_on(&cluster, &namespace, "");
+    workspace.edit_config("poll_interval = \"30s\"", "poll_interval = \"1s\"");
+    workspace.repo.write(
+        "environments/staging/settings.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: git\n"
+        ),
+    );
+    workspace.repo.commit("settings");
+    let (_daemon, address) = daemon_with_api(&workspace, TOKEN);
+    // Polls every second: once a pass found nothing to do, the next ones skip.
+    assert!(
+        wait_for(Duration::from_secs(90), || passes_of(&address, "unchanged")
+            >= 2),
+        "passes over an unchanged tip and cluster never skipped: {:?}",
+        workspace
+            .journal("staging")
+            .last()
+            .map(|record| format!("{:?}", record.event))
+    );
+    let patches = requests(&address, "patch");
+    let full = passes_of(&address, "full");
+
+    // A commit outside staging's folder: the tip is healthy without a read or a plan.
+    workspace.repo.write("README.md", "not an environment\n");
+    let tip = workspace.repo.commit("readme");
+    let healthy_at_tip = || {
+        workspace.journal("staging").iter().any(|record| {
+            matches!(&record.event, gitopsd::journal::Event::Healthy { revision } if revision.0 == tip)
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), healthy_at_tip),
+        "the new tip was never journaled healthy: {:?}",
+        journal_names(&workspace)
+    );
+    assert_eq!(passes_of(&address, "same_folder"), 1);
+    assert_eq!(passes_of(&address, "full"), full, "no full pass for it");
+    assert_eq!(requests(&address, "patch"), patches, "nothing written");
+
+    // Drift changes the member's resourceVersion, so the next pass is a full one again.
+    cluster.kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-n",
+        &namespace,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"mode":"hand"}}"#,
+    ]);
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            cluster
+                .get(Some(&namespace), "configmap/settings")
+                .is_some_and(|settings| settings["data"]["mode"] == "git")
+        }),
+        "the drift was never put back"
+    );
+    assert!(passes_of(&address, "full") > full);
+}

@@ -19,8 +19,9 @@ use kube::{Client, ResourceExt};
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
 
+use super::ClientKey;
 use super::drift::{DriftWatch, Wakers};
-use super::{ClientKey, FIELD_MANAGER_PREFIX};
+use super::parent::LEGACY_FIELD_MANAGER;
 use crate::labels::{LABEL_ID, LABEL_PART_OF};
 
 /// Objects per page of a watch's (re)list, as for the paged LISTs.
@@ -192,26 +193,56 @@ impl TypeWatch {
         )
     }
 
-    /// The stored members of the ApplySet `id`, as JSON bodies.
-    pub(super) fn members(&self, id: &str) -> Result<Vec<Value>, serde_json::Error> {
+    /// The stored members of the ApplySet `id`, in key order.
+    fn stored_members(&self, id: &str) -> Vec<Arc<DynamicObject>> {
         let keys = self
             .index
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .members(id);
         keys.into_iter()
-            .filter_map(|(namespace, name)| {
-                let key = ObjectRef::new_with(&name, self.resource.clone());
-                let key = match namespace {
-                    Some(namespace) => key.within(&namespace),
-                    None => key,
-                };
-                self.store.get(&key)
-            })
+            .filter_map(|(namespace, name)| self.store.get(&self.object_ref(namespace, &name)))
             // The index and the store follow the same events, one after the other.
             .filter(|object| object.labels().get(LABEL_PART_OF).map(String::as_str) == Some(id))
-            .map(|object| serde_json::to_value(&*object))
             .collect()
+    }
+
+    fn object_ref(&self, namespace: Option<String>, name: &str) -> ObjectRef<DynamicObject> {
+        let key = ObjectRef::new_with(name, self.resource.clone());
+        match namespace {
+            Some(namespace) => key.within(&namespace),
+            None => key,
+        }
+    }
+
+    /// The stored members of the ApplySet `id`, as JSON bodies.
+    pub(super) fn members(&self, id: &str) -> Result<Vec<Value>, serde_json::Error> {
+        self.stored_members(id)
+            .iter()
+            .map(|object| serde_json::to_value(&**object))
+            .collect()
+    }
+
+    /// Namespace, name and resourceVersion of each stored member of the ApplySet `id`, in
+    /// key order: any write to a member (its status included) changes them.
+    pub(super) fn member_versions(&self, id: &str) -> Vec<(Option<String>, String, String)> {
+        self.stored_members(id)
+            .iter()
+            .map(|object| {
+                (
+                    object.metadata.namespace.clone(),
+                    object.name_any(),
+                    object.resource_version().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// The resourceVersion of one stored object, if the store holds it.
+    pub(super) fn version_of(&self, namespace: Option<&str>, name: &str) -> Option<String> {
+        self.store
+            .get(&self.object_ref(namespace.map(str::to_string), name))
+            .map(|object| object.resource_version().unwrap_or_default())
     }
 
     /// One stored object, as a JSON body (`namespace` `None` for a cluster-scoped one).
@@ -220,12 +251,8 @@ impl TypeWatch {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Option<Value>, serde_json::Error> {
-        let mut key = ObjectRef::new_with(name, self.resource.clone());
-        if let Some(namespace) = namespace {
-            key = key.within(namespace);
-        }
         self.store
-            .get(&key)
+            .get(&self.object_ref(namespace.map(str::to_string), name))
             .map(|object| serde_json::to_value(&*object))
             .transpose()
     }
@@ -507,7 +534,7 @@ fn strip_event(event: &mut watcher::Event<DynamicObject>) {
         watcher::Event::Apply(object)
         | watcher::Event::Delete(object)
         | watcher::Event::InitApply(object) => {
-            strip_foreign_managers(object);
+            strip_managed_fields(object);
             strip_last_applied(object);
         }
         watcher::Event::Init | watcher::Event::InitDone => {}
@@ -526,20 +553,21 @@ fn strip_last_applied(object: &mut DynamicObject) {
     }
 }
 
-/// Drops the managed-fields entries of managers that are not gitopsd's (the store need not
-/// hold them; the legacy-manager clean-up reads gitopsd's own).
-pub(super) fn strip_foreign_managers(object: &mut DynamicObject) {
-    let legacy = FIELD_MANAGER_PREFIX.trim_end_matches('-');
-    if let Some(entries) = object.metadata.managed_fields.as_mut() {
-        entries.retain(|entry| {
-            entry
-                .manager
-                .as_deref()
-                .is_some_and(|manager| manager.starts_with(legacy))
+/// Drops the object's managed fields, which no decision reads from the store (drift reads
+/// them from the event, before this), unless an entry of [`LEGACY_FIELD_MANAGER`] is there:
+/// the patch that removes that entry restates every other entry, so they are all kept.
+pub(super) fn strip_managed_fields(object: &mut DynamicObject) {
+    let legacy = object
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|entry| {
+            entry.manager.as_deref() == Some(LEGACY_FIELD_MANAGER)
+                && entry.operation.as_deref() == Some("Apply")
         });
-        if entries.is_empty() {
-            object.metadata.managed_fields = None;
-        }
+    if !legacy {
+        object.metadata.managed_fields = None;
     }
 }
 
@@ -663,32 +691,46 @@ mod tests {
     }
 
     #[test]
-    fn only_gitopsd_managers_are_kept() {
-        let mut object: DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "a", "managedFields": [
-                {"manager": "gitopsd", "operation": "Apply"},
-                {"manager": "gitopsd-staging", "operation": "Apply"},
-                {"manager": "kubectl-patch", "operation": "Update"},
-                {"manager": "kube-controller-manager", "operation": "Update"}
-            ]}
-        }))
-        .expect("an object");
-        strip_foreign_managers(&mut object);
-        let managers: Vec<&str> = object
+    fn managed_fields_are_kept_only_while_a_legacy_entry_needs_them() {
+        let entries = serde_json::json!([
+            {"manager": "gitopsd-staging", "operation": "Apply"},
+            {"manager": "kubectl-patch", "operation": "Update"},
+            {"manager": "kube-controller-manager", "operation": "Update"}
+        ]);
+        let object = |entries: &serde_json::Value| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "a", "managedFields": entries}
+            }))
+            .expect("an object")
+        };
+        let mut current = object(&entries);
+        strip_managed_fields(&mut current);
+        assert_eq!(current.metadata.managed_fields, None);
+
+        let mut with_legacy = entries.clone();
+        with_legacy
+            .as_array_mut()
+            .expect("a list")
+            .push(serde_json::json!({"manager": "gitopsd", "operation": "Apply"}));
+        let mut legacy = object(&with_legacy);
+        strip_managed_fields(&mut legacy);
+        let managers: Vec<&str> = legacy
             .metadata
             .managed_fields
             .iter()
             .flatten()
             .filter_map(|entry| entry.manager.as_deref())
             .collect();
-        assert_eq!(managers, ["gitopsd", "gitopsd-staging"]);
-        let mut foreign_only: DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "b", "managedFields": [{"manager": "kubectl", "operation": "Update"}]}
-        }))
-        .expect("an object");
-        strip_foreign_managers(&mut foreign_only);
-        assert_eq!(foreign_only.metadata.managed_fields, None);
+        // The removal patch restates the others: dropping any would take their fields away.
+        assert_eq!(
+            managers,
+            [
+                "gitopsd-staging",
+                "kubectl-patch",
+                "kube-controller-manager",
+                "gitopsd"
+            ]
+        );
     }
 }

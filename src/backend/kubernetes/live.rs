@@ -57,6 +57,47 @@ impl Watched {
         }
     }
 
+    /// A summary of the environment's live state in the stores: its ApplySet parent's and
+    /// every member's resourceVersion, by type. `None` before a settled pass holds the
+    /// watches of the types it owns, and while any of those stores is syncing.
+    pub(super) fn fingerprint(&self, parent: &ParentRef) -> Option<String> {
+        use sha2::{Digest as _, Sha256};
+        let types: Vec<Arc<TypeWatch>> = self
+            .types
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        if types.is_empty() || !self.parents.state().synced {
+            return None;
+        }
+        let id = parent.id();
+        let mut hasher = Sha256::new();
+        let parent_version = self
+            .parents
+            .version_of(Some(&parent.namespace), &parent.name)
+            .unwrap_or_default();
+        hasher.update(format!("parent\t{parent_version}\n"));
+        for watch in &types {
+            if !watch.state().synced {
+                return None;
+            }
+            hasher.update(format!("type\t{}\n", watch.name()));
+            for (namespace, name, version) in watch.member_versions(&id) {
+                let namespace = namespace.unwrap_or_default();
+                hasher.update(format!("{namespace}\t{name}\t{version}\n"));
+            }
+        }
+        Some(
+            hasher
+                .finalize()
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect(),
+        )
+    }
+
     /// The held watch whose store holds `key`'s object, if any.
     pub(super) fn member_store(&self, key: &ResourceKey) -> Option<Arc<TypeWatch>> {
         self.types

@@ -129,6 +129,14 @@ impl KubernetesTarget {
 }
 
 impl Target for KubernetesTarget {
+    /// From the watch cache (the daemon's); one-shot commands have none and always list.
+    async fn fingerprint(&self) -> Result<Option<String>, TargetError> {
+        Ok(self
+            .watched
+            .as_ref()
+            .and_then(|watched| watched.fingerprint(&self.parent)))
+    }
+
     async fn list(&self, kinds: &BTreeSet<KindRef>) -> Result<Vec<Object>, TargetError> {
         // What this target last wrote: a watch cache may not show it yet.
         let written = match &self.watched {
