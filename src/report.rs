@@ -12,6 +12,7 @@ use crate::diff::{self, RenderError};
 use crate::model::{Object, ResourceKey};
 use crate::plan::{Action, Change, Desired, Plan};
 use crate::rollout::Strategy;
+use crate::unchecked::EncryptedReport;
 
 /// Version of the JSON schema (README "diff --output json").
 pub const SCHEMA_VERSION: u32 = 1;
@@ -22,6 +23,9 @@ const REDACTED: &str = "<redacted>";
 pub struct DiffReport {
     pub version: u32,
     pub environments: Vec<EnvironmentReport>,
+    /// Said once when SOPS documents were read without their key (see [`crate::unchecked`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -36,6 +40,9 @@ pub struct EnvironmentReport {
     /// Owned objects gone from git that are kept because prune is off.
     pub orphaned: Vec<String>,
     pub rollout: RolloutPreview,
+    /// SOPS documents read without their key: encrypted, not checked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub encrypted: Vec<EncryptedReport>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -175,6 +182,7 @@ impl EnvironmentReport {
             },
             changes,
             orphaned: plan.orphaned.iter().map(ToString::to_string).collect(),
+            encrypted: Vec::new(),
             rollout: RolloutPreview {
                 strategy,
                 previews,
@@ -478,6 +486,15 @@ fn blue_green_line(rollout: &RolloutPreview) -> String {
     line
 }
 
+impl EnvironmentReport {
+    /// Whether an encrypted document read without the key changed (by its ciphertext).
+    pub fn encrypted_changes(&self) -> bool {
+        self.encrypted
+            .iter()
+            .any(|report| report.ciphertext.is_change())
+    }
+}
+
 fn summary_line(report: &EnvironmentReport) -> String {
     let summary = report.summary;
     format!(
@@ -499,13 +516,14 @@ impl DiffReport {
         Self {
             version: SCHEMA_VERSION,
             environments,
+            note: None,
         }
     }
 
     pub fn has_changes(&self) -> bool {
         self.environments
             .iter()
-            .any(|env| env.summary.changes() > 0)
+            .any(|env| env.summary.changes() > 0 || env.encrypted_changes())
     }
 
     /// Human-readable: a header per object (`+ create`, `~ update`, `- delete`), its diff, and
@@ -548,6 +566,9 @@ impl DiffReport {
             for orphan in &report.orphaned {
                 writeln!(out, "! orphaned {orphan} (gone from git, prune is off)")?;
             }
+            for encrypted in &report.encrypted {
+                writeln!(out, "{}", encrypted.line())?;
+            }
             if report.summary.changes() > 0 {
                 writeln!(out, "rollout: {}", rollout_line(&report.rollout))?;
             }
@@ -558,6 +579,9 @@ impl DiffReport {
                 writeln!(out, "{}", paint(colour, "1;35", &format!("hold: {hold}")))?;
             }
             writeln!(out, "{}", summary_line(report))?;
+        }
+        if let Some(note) = &self.note {
+            writeln!(out, "{note}")?;
         }
         Ok(())
     }
@@ -607,7 +631,13 @@ impl DiffReport {
             for orphan in &report.orphaned {
                 let _ = writeln!(out, "- orphaned `{orphan}` (gone from git, prune is off)");
             }
+            for encrypted in &report.encrypted {
+                let _ = writeln!(out, "- {}", encrypted.line());
+            }
             out.push_str("</details>\n\n");
+        }
+        if let Some(note) = &self.note {
+            let _ = writeln!(out, "> {note}\n");
         }
         if omitted > 0 {
             let _ = writeln!(
