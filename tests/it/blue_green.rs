@@ -501,3 +501,80 @@ fn an_http_check_naming_preview_asks_the_preview_service_until_the_end() {
         "the preview Service selects only the new pods until the verify window ends: {requests:?}"
     );
 }
+
+#[test]
+fn a_mixed_rollout_killed_at_each_journal_point_ends_with_one_version_and_nothing_left_over() {
+    let rollout = RolloutWorkspace::new(
+        "steps = [50, 100]\nbake = \"200ms\"\nverify = \"300ms\"\nscale_down_delay = \"200ms\"\ntimeout = \"5s\"",
+    );
+    let workspace = &rollout.workspace;
+    let write = |web: &str, api: &str| {
+        workspace.repo.write(
+            "environments/staging/web.yaml",
+            &workload("web", web, Some("blue-green")),
+        );
+        workspace
+            .repo
+            .write("environments/staging/api.yaml", &workload("api", api, None));
+    };
+    write("web:1", "api:1");
+    workspace.repo.commit("v1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let old_records = workspace.journal("staging").len();
+    let journal_dir = workspace.path("state/journal");
+    let saved_journal = workspace.path("saved-journal");
+    copy_dir(&journal_dir, &saved_journal);
+    let old_tree = tree(&workspace.live("staging"));
+    let saved_live = workspace.path("saved-live");
+    copy_dir(&workspace.live("staging"), &saved_live);
+
+    write("web:2", "api:2");
+    workspace.repo.commit("both 2");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let new_tree = tree(&workspace.live("staging"));
+    let points = workspace.journal("staging").len() - old_records;
+    assert_eq!(
+        points, 9,
+        "rollout_started, preview_started, step_started, step_passed, switched, step_started, promoted, scaled_down, healthy"
+    );
+    for point in 1..=points {
+        copy_dir(&saved_journal, &journal_dir);
+        copy_dir(&saved_live, &workspace.live("staging"));
+        assert_eq!(tree(&workspace.live("staging")), old_tree);
+        let mut child = workspace.spawn(&["run", "--once"]);
+        let reached = wait_for(Duration::from_secs(30), || {
+            gitopsd::journal::load_all(&workspace.path("state"), "staging")
+                .is_ok_and(|records| records.len() >= old_records + point)
+        });
+        assert!(reached, "journal point {point} was never reached");
+        child.signal(libc::SIGKILL);
+        child
+            .wait_timeout(Duration::from_secs(10))
+            .expect("killed child exits");
+        let killed_at = workspace.journal("staging").len();
+        let interrupted = History::from_records(&workspace.journal("staging"))
+            .in_flight
+            .is_some();
+        assert_exit(&workspace.run(&["run", "--once"]), 0);
+        let after: Vec<&str> = workspace.journal("staging")[killed_at..]
+            .iter()
+            .map(|record| record.event.name())
+            .collect();
+        if interrupted {
+            assert_eq!(
+                after.first(),
+                Some(&"revert_started"),
+                "point {point}: an interrupted mixed rollout is undone first: {after:?}"
+            );
+            assert!(
+                after.contains(&"preview_started") && !after.contains(&"rollout_failed"),
+                "point {point}: then started over, not blamed: {after:?}"
+            );
+        }
+        assert_eq!(
+            tree(&workspace.live("staging")),
+            new_tree,
+            "point {point}: the restart ends fully new, with no preview nor canary left"
+        );
+    }
+}
