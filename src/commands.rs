@@ -380,14 +380,7 @@ async fn diff_live(
     let mut live = target.list(&kinds).await.map_err(live_error)?;
     let encrypted = match &loaded.unchecked {
         Some(unchecked) => {
-            let reports = unchecked::live_reports(source, environment, unchecked, &live).await;
-            let hidden = unchecked::hidden(
-                &unchecked.documents,
-                &live,
-                Some(environment.namespace.as_str()),
-            );
-            live.retain(|object| !hidden.contains(&object.key));
-            Some((unchecked.reason.clone(), reports))
+            Some(unchecked::against(source, environment, unchecked, &mut live).await)
         }
         None => None,
     };
@@ -472,65 +465,16 @@ pub async fn validate(
     }
     let mut note = None;
     for environment in &config.environments {
-        let loaded = load_keyless(
-            &revisions.source,
+        let valid = validate_environment(
             environment,
+            &revisions.source,
             &revision,
-            None::<&AnyTarget>,
-            !server,
+            server,
+            &mut note,
+            out,
         )
-        .await;
-        let unchecked = match &loaded {
-            Ok(Loaded {
-                unchecked: Some(unchecked),
-                ..
-            }) => {
-                note.get_or_insert(unchecked::note(&unchecked.reason));
-                unchecked.documents.len()
-            }
-            _ => 0,
-        };
-        match loaded.map(|loaded| loaded.desired) {
-            Ok(desired) if desired.is_empty() && unchecked == 0 && !environment.allow_empty => {
-                invalid = true;
-                writeln!(
-                    out,
-                    "invalid: {} at {}: {} holds no objects; gitopsd rejects this revision while the environment has live objects (set allow_empty = true if it should delete them)",
-                    environment.name,
-                    revision.short(),
-                    environment.path
-                )?;
-            }
-            Ok(_) if server => {
-                if !validate_on_server(environment, &revisions.source, &revision, out).await? {
-                    invalid = true;
-                }
-            }
-            Ok(desired) if unchecked > 0 => writeln!(
-                out,
-                "ok: {} at {}: {} objects, {unchecked} SOPS documents encrypted, not checked",
-                environment.name,
-                revision.short(),
-                desired.len()
-            )?,
-            Ok(desired) => writeln!(
-                out,
-                "ok: {} at {}: {} objects",
-                environment.name,
-                revision.short(),
-                desired.len()
-            )?,
-            Err(DesiredError::Manifests(errors)) => {
-                invalid = true;
-                write_invalid(out, environment, &revision, &errors)?;
-            }
-            Err(source) => {
-                return Err(CommandError::Desired {
-                    environment: environment.name.clone(),
-                    source,
-                });
-            }
-        }
+        .await?;
+        invalid |= !valid;
     }
     if let Some(note) = note {
         writeln!(out, "{note}")?;
@@ -540,6 +484,62 @@ pub async fn validate(
     } else {
         EXIT_OK
     })
+}
+
+/// One environment's part of `gitopsd validate`: whether it is valid, each finding written to
+/// `out`. Without `server`, SOPS documents whose key file does not exist are counted as not
+/// checked, and `note` says why (once, for every environment).
+async fn validate_environment(
+    environment: &EnvironmentConfig,
+    source: &GitSource,
+    revision: &Revision,
+    server: bool,
+    note: &mut Option<String>,
+    out: &mut dyn Write,
+) -> Result<bool, CommandError> {
+    let loaded = load_keyless(source, environment, revision, None::<&AnyTarget>, !server).await;
+    let unchecked = match &loaded {
+        Ok(Loaded {
+            unchecked: Some(unchecked),
+            ..
+        }) => {
+            note.get_or_insert_with(|| unchecked::note(&unchecked.reason));
+            unchecked.documents.len()
+        }
+        _ => 0,
+    };
+    let (name, short) = (&environment.name, revision.short());
+    match loaded.map(|loaded| loaded.desired) {
+        Ok(desired) if desired.is_empty() && unchecked == 0 && !environment.allow_empty => {
+            writeln!(
+                out,
+                "invalid: {name} at {short}: {} holds no objects; gitopsd rejects this revision while the environment has live objects (set allow_empty = true if it should delete them)",
+                environment.path
+            )?;
+            Ok(false)
+        }
+        Ok(_) if server => validate_on_server(environment, source, revision, out).await,
+        Ok(desired) if unchecked > 0 => {
+            writeln!(
+                out,
+                "ok: {name} at {short}: {} objects, {unchecked} SOPS documents encrypted, not checked",
+                desired.len()
+            )?;
+            Ok(true)
+        }
+        Ok(desired) => {
+            writeln!(out, "ok: {name} at {short}: {} objects", desired.len())?;
+            Ok(true)
+        }
+        Err(DesiredError::Manifests(errors)) => {
+            write_invalid(out, environment, revision, &errors)?;
+            Ok(false)
+        }
+        Err(source) => Err(CommandError::Desired {
+            environment: environment.name.clone(),
+            source,
+        }),
+    }
 }
 
 fn write_invalid(

@@ -330,6 +330,22 @@ pub async fn live_reports(
     against_live(&unchecked.documents, live, &applied, namespace)
 }
 
+/// For `diff` against live state: the reason `unchecked` went unchecked and its reports
+/// ([`live_reports`]), once the live objects it may stand for are taken out of `live`
+/// ([`hidden`]).
+pub async fn against(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    unchecked: &Unchecked,
+    live: &mut Vec<Object>,
+) -> (String, Vec<EncryptedReport>) {
+    let reports = live_reports(source, environment, unchecked, live).await;
+    let namespace = Some(environment.namespace.as_str());
+    let hidden = hidden(&unchecked.documents, live, namespace);
+    live.retain(|object| !hidden.contains(&object.key));
+    (unchecked.reason.clone(), reports)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
