@@ -626,3 +626,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
 #[cfg(test)]
 #[path = "blue_green_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "mixed_tests.rs"]
+mod mixed_tests;

@@ -578,3 +578,45 @@ fn a_mixed_rollout_killed_at_each_journal_point_ends_with_one_version_and_nothin
         );
     }
 }
+
+#[test]
+fn a_failure_after_the_scale_down_restores_the_old_template_behind_the_preview_then_switches_back()
+{
+    let rollout = RolloutWorkspace::new(BLUE_GREEN);
+    let before = deployed(&rollout);
+    let old_tree = tree(&rollout.workspace.live("staging"));
+    // Only once the Deployment named in git runs the new template beside the preview.
+    rollout.fail_when("^4 web:2 4 web:2 ");
+    web(&rollout.workspace.repo, "web:2", "hello", 4);
+    let bad = rollout.workspace.repo.commit("web 2");
+    let output = rollout.workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    let events = rollout.events_since(before);
+    assert_eq!(
+        events,
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "scaled_down",
+            "check_failed",
+            "rollout_failed",
+            "revert_started",
+            "switched_back",
+            "reverted"
+        ]
+    );
+    let records = rollout.workspace.journal("staging");
+    assert!(
+        records.iter().any(|record| matches!(&record.event, Event::SwitchedBack { reason, .. } if reason.contains("old template is ready again"))),
+        "{records:?}"
+    );
+    assert_eq!(
+        rollout.take_observed().last().map(String::as_str),
+        Some("4 web:2 4 web:2 hello -"),
+        "the check saw the new template on both Deployments, the Service on the preview"
+    );
+    assert_eq!(tree(&rollout.workspace.live("staging")), old_tree);
+    let history = History::from_records(&records);
+    assert!(history.failed.iter().any(|failed| failed.0 == bad));
+}
