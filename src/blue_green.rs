@@ -5,17 +5,25 @@
 //!
 //! ```text
 //! Preview ─▶ AwaitPreview ─▶ Bake ─▶ [AwaitApproval] ─▶ [ScaleUp ─▶ AwaitFull] ─▶ Switch
-//!    ─▶ Verify ─▶ ScaleDown ─▶ AwaitStable ─▶ Settle ─▶ VerifyAfter ─▶ Succeeded
+//!    ─▶ Verify ─▶ ScaleDown ─▶ AwaitStable ─▶ [Hold] ─▶ Settle ─▶ Succeeded
 //! ```
 //!
 //! `AwaitApproval` is there with `auto_promote = false`; `ScaleUp` when the preview runs
 //! fewer pods than the full count (`preview_replicas`), so the switch never sends the traffic
-//! of every pod to fewer.
+//! of every pod to fewer. `Hold` keeps the preview serving until the verify window is over.
+//!
+//! A revision that also changes workloads of the canary strategy (a *mixed* rollout) steps
+//! them beside the preview: the first canary step is written with the preview, and in place
+//! of `Bake` each canary step below 100% waits for its capacity, scales its stables down
+//! (`Shrink`) and bakes (`StepBake`), the preview baking with it; then come the approval and
+//! the switch, and right after it the canaries' promotion (`Promote ─▶ AwaitPromoted ─▶
+//! Retire`) before the verify window opens.
 //!
 //! Before the switch nothing served has changed, so a failure reverts (the preview is
 //! removed). Between the switch and the scale-down the old pods are still up: a failure
 //! switches the active Service back in one write first, then reverts. Once the old pods are
-//! being replaced there is nothing to switch back to, and a failure reverts as a canary does.
+//! being replaced a failure reverts, and the revert first brings the Deployment named in git
+//! back to the old template and ready behind the preview before it switches back.
 
 use std::time::Duration;
 
@@ -55,6 +63,24 @@ pub enum Phase {
     Bake {
         until: DateTime<Utc>,
     },
+    /// Mixed: canary step `step` (below 100%) must be written.
+    Step {
+        step: usize,
+    },
+    /// Mixed: waiting for the canaries of step `step` to be ready.
+    AwaitStep {
+        step: usize,
+        deadline: DateTime<Utc>,
+    },
+    /// Mixed: step `step`'s canaries are ready; the stables they replace must be scaled down.
+    Shrink {
+        step: usize,
+    },
+    /// Mixed: canary step `step` and the preview hold while checks run.
+    StepBake {
+        step: usize,
+        until: DateTime<Utc>,
+    },
     /// The bake passed; an operator must approve the switch.
     AwaitApproval,
     /// The preview must be scaled to the full count before the switch.
@@ -65,6 +91,14 @@ pub enum Phase {
     },
     /// The active Service's selector must move to the new pods, in one write.
     Switch,
+    /// Mixed: switched; the canaries' stables must get the new template.
+    Promote,
+    /// Mixed: waiting for the promoted stables to be ready.
+    AwaitPromoted {
+        deadline: DateTime<Utc>,
+    },
+    /// Mixed: the canaries and their config copies must go.
+    Retire,
     /// Switched; checks run and the old pods stay up until `scale_down_at`.
     Verify {
         until: DateTime<Utc>,
@@ -79,14 +113,14 @@ pub enum Phase {
         deadline: DateTime<Utc>,
         verify_until: DateTime<Utc>,
     },
-    /// The active Service gets git's selector back and the preview Deployment goes.
-    Settle {
-        verify_until: DateTime<Utc>,
-    },
-    /// Settled; checks run until the verify window ends.
-    VerifyAfter {
+    /// The Deployment named in git runs the new template; the active Service keeps
+    /// selecting the preview (so a failure can still switch back cleanly) while checks run
+    /// until the verify window ends.
+    Hold {
         until: DateTime<Utc>,
     },
+    /// The active Service gets git's selector back and the preview Deployment goes.
+    Settle,
     /// A failure after the switch: the active Service goes back to the old pods first.
     SwitchBack {
         reason: String,
@@ -151,6 +185,14 @@ pub enum Decision {
     AwaitApproval,
     /// Scale the preview to the full count.
     ScaleUp,
+    /// Mixed: write the canaries of step `step` at `weight` percent.
+    Step { step: usize, weight: u8 },
+    /// Mixed: scale down the stables step `step` replaces.
+    Shrink { step: usize },
+    /// Mixed: give the canaries' stables the new template.
+    Promote,
+    /// Mixed: delete the canaries and their config copies.
+    Retire,
     /// Move the active Service's selector to the new pods, in one write.
     Switch,
     /// Give the Deployment named in git the new template.
@@ -170,6 +212,13 @@ pub enum Decision {
 pub enum Milestone {
     /// The preview is ready and its bake passed.
     PreviewPassed,
+    /// Mixed: canary step `step` baked.
+    StepPassed {
+        step: usize,
+        weight: u8,
+    },
+    /// Mixed: the canaries' stables run the new template; the canaries are gone.
+    Promoted,
     /// The active Service selects the new pods.
     Switched,
     /// The active Service selects the old pods again.
@@ -209,20 +258,48 @@ fn failure_text(failure: &CheckFailure) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlueGreen {
     timing: BlueGreenTiming,
+    /// Mixed: the canary weights below 100 stepped with the preview.
+    steps: Vec<u8>,
+    /// Mixed: canaries are promoted right after the switch.
+    promote: bool,
     phase: Phase,
 }
 
 impl BlueGreen {
     pub fn new(timing: BlueGreenTiming) -> Self {
+        Self::mixed(timing, &[], false)
+    }
+
+    /// A rollout that also steps canaries through `steps` (their weights; those below 100
+    /// are stepped with the preview) and, with `promote`, promotes them right after the
+    /// switch.
+    pub fn mixed(timing: BlueGreenTiming, steps: &[u8], promote: bool) -> Self {
         Self {
             timing,
+            steps: steps.iter().copied().filter(|w| *w < 100).collect(),
+            promote,
             phase: Phase::Preview,
         }
     }
 
     /// A rollout that goes on from `phase` (after a restart).
     pub fn resuming(timing: BlueGreenTiming, phase: Phase) -> Self {
-        Self { timing, phase }
+        Self {
+            timing,
+            steps: Vec::new(),
+            promote: false,
+            phase,
+        }
+    }
+
+    /// Mixed: the weight of canary step `step`.
+    pub fn weight(&self, step: usize) -> u8 {
+        self.steps.get(step).copied().unwrap_or(100)
+    }
+
+    /// Mixed: the canary weights stepped with the preview.
+    pub fn steps(&self) -> &[u8] {
+        &self.steps
     }
 
     pub fn phase(&self) -> &Phase {
@@ -234,22 +311,31 @@ impl BlueGreen {
         match &self.phase {
             Phase::Preview => Decision::StartPreview,
             Phase::AwaitPreview { deadline }
+            | Phase::AwaitStep { deadline, .. }
             | Phase::AwaitFull { deadline }
+            | Phase::AwaitPromoted { deadline }
             | Phase::AwaitStable { deadline, .. } => Decision::AwaitReady {
                 deadline: *deadline,
             },
-            Phase::Bake { until } | Phase::VerifyAfter { until } => {
+            Phase::Bake { until } | Phase::StepBake { until, .. } | Phase::Hold { until } => {
                 Decision::Watch { until: *until }
             }
             // The old pods stay up for the whole delay, even past the verify window.
             Phase::Verify { scale_down_at, .. } => Decision::Watch {
                 until: *scale_down_at,
             },
+            Phase::Step { step } => Decision::Step {
+                step: *step,
+                weight: self.weight(*step),
+            },
+            Phase::Shrink { step } => Decision::Shrink { step: *step },
             Phase::AwaitApproval => Decision::AwaitApproval,
             Phase::ScaleUp => Decision::ScaleUp,
             Phase::Switch => Decision::Switch,
+            Phase::Promote => Decision::Promote,
+            Phase::Retire => Decision::Retire,
             Phase::ScaleDown { .. } => Decision::ScaleDown,
-            Phase::Settle { .. } => Decision::Settle,
+            Phase::Settle => Decision::Settle,
             Phase::SwitchBack { .. } => Decision::SwitchBack,
             Phase::Succeeded => Decision::Succeed,
             Phase::Failed { reason, cause } => Decision::Revert {
@@ -289,41 +375,47 @@ impl BlueGreen {
         }
     }
 
+    /// The verify window and the scale-down, counted from `now` (the switch, or in a mixed
+    /// rollout the end of the canaries' promotion).
+    fn verifying(&self, now: DateTime<Utc>) -> Phase {
+        Phase::Verify {
+            until: after(now, self.timing.verify),
+            scale_down_at: after(now, self.timing.scale_down_delay),
+        }
+    }
+
     /// A write decision is done.
     fn written(&self, now: DateTime<Utc>) -> Transition {
+        let waiting = after(now, self.timing.timeout);
         match &self.phase {
-            Phase::Preview => (
-                Some(Phase::AwaitPreview {
-                    deadline: after(now, self.timing.timeout),
+            Phase::Preview => (Some(Phase::AwaitPreview { deadline: waiting }), None),
+            Phase::Step { step } => (
+                Some(Phase::AwaitStep {
+                    step: *step,
+                    deadline: waiting,
                 }),
                 None,
             ),
-            Phase::ScaleUp => (
-                Some(Phase::AwaitFull {
-                    deadline: after(now, self.timing.timeout),
+            Phase::Shrink { step } => (
+                Some(Phase::StepBake {
+                    step: *step,
+                    until: after(now, self.timing.bake),
                 }),
                 None,
             ),
-            Phase::Switch => (
-                Some(Phase::Verify {
-                    until: after(now, self.timing.verify),
-                    scale_down_at: after(now, self.timing.scale_down_delay),
-                }),
-                Some(Milestone::Switched),
-            ),
+            Phase::ScaleUp => (Some(Phase::AwaitFull { deadline: waiting }), None),
+            Phase::Switch if self.promote => (Some(Phase::Promote), Some(Milestone::Switched)),
+            Phase::Switch => (Some(self.verifying(now)), Some(Milestone::Switched)),
+            Phase::Promote => (Some(Phase::AwaitPromoted { deadline: waiting }), None),
+            Phase::Retire => (Some(self.verifying(now)), Some(Milestone::Promoted)),
             Phase::ScaleDown { verify_until } => (
                 Some(Phase::AwaitStable {
-                    deadline: after(now, self.timing.timeout),
+                    deadline: waiting,
                     verify_until: *verify_until,
                 }),
                 None,
             ),
-            Phase::Settle { verify_until } => (
-                Some(Phase::VerifyAfter {
-                    until: *verify_until,
-                }),
-                Some(Milestone::ScaledDown),
-            ),
+            Phase::Settle => (Some(Phase::Succeeded), Some(Milestone::ScaledDown)),
             Phase::SwitchBack { reason, cause } => (
                 Some(Phase::Failed {
                     reason: reason.clone(),
@@ -337,19 +429,26 @@ impl BlueGreen {
 
     fn ready(&self, now: DateTime<Utc>) -> Transition {
         match &self.phase {
+            // Mixed: the first canary step was written with the preview.
+            Phase::AwaitPreview { .. } if !self.steps.is_empty() => {
+                (Some(Phase::Shrink { step: 0 }), None)
+            }
             Phase::AwaitPreview { .. } => (
                 Some(Phase::Bake {
                     until: after(now, self.timing.bake),
                 }),
                 None,
             ),
+            Phase::AwaitStep { step, .. } => (Some(Phase::Shrink { step: *step }), None),
             Phase::AwaitFull { .. } => (Some(Phase::Switch), None),
-            Phase::AwaitStable { verify_until, .. } => (
-                Some(Phase::Settle {
-                    verify_until: *verify_until,
+            Phase::AwaitPromoted { .. } => (Some(Phase::Retire), None),
+            Phase::AwaitStable { verify_until, .. } if now < *verify_until => (
+                Some(Phase::Hold {
+                    until: *verify_until,
                 }),
                 None,
             ),
+            Phase::AwaitStable { .. } => (Some(Phase::Settle), None),
             _ => (None, None),
         }
     }
@@ -357,7 +456,9 @@ impl BlueGreen {
     fn not_ready(&self, detail: &str, now: DateTime<Utc>) -> Transition {
         match &self.phase {
             Phase::AwaitPreview { deadline }
+            | Phase::AwaitStep { deadline, .. }
             | Phase::AwaitFull { deadline }
+            | Phase::AwaitPromoted { deadline }
             | Phase::AwaitStable { deadline, .. }
                 if now >= *deadline =>
             {
@@ -372,15 +473,24 @@ impl BlueGreen {
     }
 
     /// A failure: before the switch it reverts; while the old pods are up it switches back
-    /// first; once they are being replaced it reverts. Writes in flight and the end states
-    /// are not failed by it.
+    /// first; once they are being replaced it reverts (and the revert switches back once the
+    /// old template is ready again). Writes in flight and the end states are not failed by
+    /// it.
     fn fail(&self, detail: String, cause: &str) -> Transition {
         match &self.phase {
+            Phase::AwaitStep { step, .. } | Phase::StepBake { step, .. } => failed(
+                format!(
+                    "step {} ({}%) with the preview: {detail}",
+                    step + 1,
+                    self.weight(*step)
+                ),
+                cause,
+            ),
             Phase::AwaitPreview { .. }
             | Phase::Bake { .. }
             | Phase::AwaitApproval
             | Phase::AwaitFull { .. } => failed(format!("preview: {detail}"), cause),
-            Phase::Verify { .. } => {
+            Phase::Verify { .. } | Phase::AwaitPromoted { .. } => {
                 let reason = format!("after the switch: {detail}");
                 (
                     Some(Phase::SwitchBack {
@@ -390,7 +500,7 @@ impl BlueGreen {
                     Some(Milestone::Failed { reason }),
                 )
             }
-            Phase::AwaitStable { .. } | Phase::VerifyAfter { .. } => {
+            Phase::AwaitStable { .. } | Phase::Hold { .. } => {
                 failed(format!("after the scale-down: {detail}"), cause)
             }
             _ => (None, None),
@@ -407,15 +517,31 @@ impl BlueGreen {
         }
     }
 
+    /// What follows the preview's bake: the approval, or the promotion.
+    fn baked(&self) -> Phase {
+        if self.timing.auto_promote {
+            self.promotion()
+        } else {
+            Phase::AwaitApproval
+        }
+    }
+
     fn tick(&self, now: DateTime<Utc>) -> Transition {
         match &self.phase {
             Phase::Bake { until } if now >= *until => {
-                let next = if self.timing.auto_promote {
-                    self.promotion()
+                (Some(self.baked()), Some(Milestone::PreviewPassed))
+            }
+            Phase::StepBake { step, until } if now >= *until => {
+                let next = if step + 1 < self.steps.len() {
+                    Phase::Step { step: step + 1 }
                 } else {
-                    Phase::AwaitApproval
+                    self.baked()
                 };
-                (Some(next), Some(Milestone::PreviewPassed))
+                let passed = Milestone::StepPassed {
+                    step: *step,
+                    weight: self.weight(*step),
+                };
+                (Some(next), Some(passed))
             }
             Phase::Verify {
                 until,
@@ -426,9 +552,7 @@ impl BlueGreen {
                 }),
                 None,
             ),
-            Phase::VerifyAfter { until } if now >= *until => {
-                (Some(Phase::Succeeded), Some(Milestone::Succeeded))
-            }
+            Phase::Hold { until } if now >= *until => (Some(Phase::Settle), None),
             _ => (None, None),
         }
     }

@@ -86,19 +86,16 @@ fn preview_bake_switch_verify_scale_down_and_succeed() {
     );
     assert_eq!(
         bg.observe(Observation::Ready, at(110)),
-        (None, Decision::Settle)
-    );
-    assert_eq!(
-        bg.observe(Observation::Written, at(111)),
-        (
-            Some(Milestone::ScaledDown),
-            Decision::Watch { until: at(191) }
-        ),
-        "verify runs its full window from the switch"
+        (None, Decision::Watch { until: at(191) }),
+        "verify runs its full window from the switch, the preview still serving"
     );
     assert_eq!(
         bg.observe(Observation::Tick, at(191)),
-        (Some(Milestone::Succeeded), Decision::Succeed)
+        (None, Decision::Settle)
+    );
+    assert_eq!(
+        bg.observe(Observation::Written, at(192)),
+        (Some(Milestone::ScaledDown), Decision::Succeed)
     );
 }
 
@@ -159,8 +156,16 @@ fn a_failure_after_the_scale_down_reverts_without_switching_back() {
     let mut bg = switched();
     bg.observe(Observation::Tick, at(100));
     bg.observe(Observation::Written, at(100));
-    bg.observe(Observation::Ready, at(105));
-    bg.observe(Observation::Written, at(105));
+    // While the Deployment named in git takes the new template, and after it did.
+    let (_, decision) = bg.clone().observe(crash(), at(102));
+    assert!(
+        matches!(&decision, Decision::Revert { reason, .. } if reason.starts_with("after the scale-down: ")),
+        "{decision:?}"
+    );
+    assert_eq!(
+        bg.observe(Observation::Ready, at(105)).1,
+        Decision::Watch { until: at(190) }
+    );
     let (_, decision) = bg.observe(Observation::CheckFailed(failure()), at(150));
     assert!(
         matches!(&decision, Decision::Revert { reason, .. } if reason.starts_with("after the scale-down: ")),
@@ -188,15 +193,14 @@ fn a_verify_window_shorter_than_the_delay_still_keeps_the_old_pods_for_the_delay
     );
     assert_eq!(bg.observe(Observation::Tick, at(90)).1, Decision::ScaleDown);
     bg.observe(Observation::Written, at(90));
-    bg.observe(Observation::Ready, at(91));
     assert_eq!(
-        bg.observe(Observation::Written, at(91)).1,
-        Decision::Watch { until: at(70) }
+        bg.observe(Observation::Ready, at(91)).1,
+        Decision::Settle,
+        "a window already over does not hold the preview"
     );
     assert_eq!(
-        bg.observe(Observation::Tick, at(91)).1,
-        Decision::Succeed,
-        "a window already over ends at the next tick"
+        bg.observe(Observation::Written, at(91)).1,
+        Decision::Succeed
     );
 }
 
@@ -334,4 +338,175 @@ fn a_preview_running_short_is_scaled_up_and_ready_before_the_switch() {
         "{reason}"
     );
     assert_eq!(cause, cause::TIMEOUT);
+}
+
+/// A mixed rollout with canary steps 25 and 50 (then 100) beside the preview.
+fn mixed() -> BlueGreen {
+    BlueGreen::mixed(timing(), &[25, 50, 100], true)
+}
+
+#[test]
+fn a_mixed_rollout_steps_its_canaries_with_the_preview_then_switches_and_promotes() {
+    let mut bg = mixed();
+    assert_eq!(bg.decision(), Decision::StartPreview);
+    assert_eq!(
+        bg.observe(Observation::Written, at(0)),
+        (None, Decision::AwaitReady { deadline: at(30) }),
+        "the first canary step is written with the preview and waited for with it"
+    );
+    assert_eq!(
+        bg.observe(Observation::Ready, at(5)),
+        (None, Decision::Shrink { step: 0 })
+    );
+    assert_eq!(
+        bg.observe(Observation::Written, at(6)),
+        (None, Decision::Watch { until: at(66) })
+    );
+    assert_eq!(
+        bg.observe(Observation::Tick, at(66)),
+        (
+            Some(Milestone::StepPassed {
+                step: 0,
+                weight: 25
+            }),
+            Decision::Step {
+                step: 1,
+                weight: 50
+            }
+        )
+    );
+    assert_eq!(
+        bg.observe(Observation::Written, at(67)),
+        (None, Decision::AwaitReady { deadline: at(97) })
+    );
+    assert_eq!(
+        bg.observe(Observation::Ready, at(70)),
+        (None, Decision::Shrink { step: 1 })
+    );
+    bg.observe(Observation::Written, at(70));
+    assert_eq!(
+        bg.observe(Observation::Tick, at(130)),
+        (
+            Some(Milestone::StepPassed {
+                step: 1,
+                weight: 50
+            }),
+            Decision::Switch
+        ),
+        "the switch comes once the last canary step below 100% baked"
+    );
+    assert_eq!(
+        bg.observe(Observation::Written, at(131)),
+        (Some(Milestone::Switched), Decision::Promote),
+        "the canaries are promoted right after the switch"
+    );
+    assert_eq!(
+        bg.observe(Observation::Written, at(132)),
+        (None, Decision::AwaitReady { deadline: at(162) })
+    );
+    assert_eq!(
+        bg.observe(Observation::Ready, at(140)),
+        (None, Decision::Retire)
+    );
+    assert_eq!(
+        bg.observe(Observation::Written, at(141)),
+        (
+            Some(Milestone::Promoted),
+            Decision::Watch { until: at(171) }
+        ),
+        "the old blue/green pods stay the delay after both went to 100%"
+    );
+    assert_eq!(
+        bg.observe(Observation::Tick, at(171)),
+        (None, Decision::ScaleDown)
+    );
+    bg.observe(Observation::Written, at(171));
+    assert_eq!(
+        bg.observe(Observation::Ready, at(175)),
+        (None, Decision::Watch { until: at(261) })
+    );
+    assert_eq!(bg.observe(Observation::Tick, at(261)).1, Decision::Settle);
+    assert_eq!(
+        bg.observe(Observation::Written, at(262)),
+        (Some(Milestone::ScaledDown), Decision::Succeed)
+    );
+}
+
+#[test]
+fn a_mixed_rollout_fails_before_the_switch_at_its_canary_step_and_switches_back_after_it() {
+    let mut bg = mixed();
+    bg.observe(Observation::Written, at(0));
+    bg.observe(Observation::Ready, at(5));
+    bg.observe(Observation::Written, at(6));
+    let (milestone, decision) = bg
+        .clone()
+        .observe(Observation::CheckFailed(failure()), at(20));
+    assert!(
+        matches!(&milestone, Some(Milestone::Failed { reason }) if reason.starts_with("step 1 (25%) with the preview: check \"errors\"")),
+        "{milestone:?}"
+    );
+    assert!(matches!(decision, Decision::Revert { .. }), "{decision:?}");
+    bg.observe(Observation::Tick, at(66));
+    bg.observe(Observation::Written, at(67));
+    let not_ready = Observation::NotReady {
+        detail: "1 of 2 ready".into(),
+    };
+    let (_, decision) = bg.clone().observe(not_ready, at(97));
+    assert!(
+        matches!(&decision, Decision::Revert { reason, cause } if cause == cause::TIMEOUT && reason.starts_with("step 2 (50%) with the preview: not ready")),
+        "{decision:?}"
+    );
+    bg.observe(Observation::Ready, at(70));
+    bg.observe(Observation::Written, at(70));
+    bg.observe(Observation::Tick, at(130));
+    bg.observe(Observation::Written, at(131));
+    bg.observe(Observation::Written, at(132));
+    // The promotion is under way: the blue/green Services switch back before the revert.
+    let (milestone, decision) = bg.observe(crash(), at(135));
+    assert!(
+        matches!(&milestone, Some(Milestone::Failed { reason }) if reason.starts_with("after the switch: ")),
+        "{milestone:?}"
+    );
+    assert_eq!(decision, Decision::SwitchBack);
+}
+
+#[test]
+fn a_mixed_rollout_whose_canaries_go_straight_to_100_bakes_the_preview_first() {
+    let mut bg = BlueGreen::mixed(timing(), &[100], true);
+    bg.observe(Observation::Written, at(0));
+    assert_eq!(
+        bg.observe(Observation::Ready, at(5)).1,
+        Decision::Watch { until: at(65) }
+    );
+    assert_eq!(
+        bg.observe(Observation::Tick, at(65)),
+        (Some(Milestone::PreviewPassed), Decision::Switch)
+    );
+    assert_eq!(
+        bg.observe(Observation::Written, at(66)).1,
+        Decision::Promote
+    );
+}
+
+#[test]
+fn a_mixed_rollout_without_auto_promote_asks_for_the_approval_after_its_last_step() {
+    let mut bg = BlueGreen::mixed(
+        BlueGreenTiming {
+            auto_promote: false,
+            ..timing()
+        },
+        &[50, 100],
+        true,
+    );
+    bg.observe(Observation::Written, at(0));
+    bg.observe(Observation::Ready, at(0));
+    bg.observe(Observation::Written, at(0));
+    assert_eq!(
+        bg.observe(Observation::Tick, at(60)).1,
+        Decision::AwaitApproval
+    );
+    assert_eq!(
+        bg.observe(Observation::Approved, at(61)).1,
+        Decision::Switch
+    );
 }

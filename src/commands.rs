@@ -9,10 +9,7 @@ use crate::backend::{AnyTarget, LiveSource, Target, TargetError};
 use crate::config::{Config, ConfigError, EnvironmentConfig};
 use crate::daemon::{self, Signals};
 use crate::daemon_client::{self, AddressFileError};
-use crate::desired::{
-    DesiredError, empty_revision_problem, load_desired_offline, load_located,
-    load_offline_with_hooks, load_with_hooks,
-};
+use crate::desired::{DesiredError, Loaded, empty_revision_problem, load_keyless, load_located};
 use crate::dry_run::dry_run_all;
 use crate::executor::Outcome;
 use crate::journal::{self, Journal, JournalError};
@@ -24,6 +21,7 @@ use crate::plan::{self, Desired};
 use crate::plan::{Change, Plan};
 use crate::report::{Colour, DiffReport, EnvironmentReport, ReportInput};
 use crate::source::{GitSource, SourceError};
+use crate::unchecked;
 use std::collections::BTreeSet;
 
 /// Exit code: success, no change, valid.
@@ -164,21 +162,20 @@ fn selected<'a>(
 
 /// Desired objects of an environment at a revision, with scopes from `target` when there is
 /// one; a folder that does not exist there is an empty environment (added or removed by the
-/// change being previewed).
+/// change being previewed). SOPS documents whose key file does not exist come back apart,
+/// unchecked.
 async fn desired_or_empty(
     source: &GitSource,
     environment: &EnvironmentConfig,
     revision: &Revision,
     target: Option<&AnyTarget>,
-) -> Result<(Vec<Desired>, Vec<crate::hooks::ObjectHook>), CommandError> {
-    let loaded = match target {
-        Some(target) => load_with_hooks(source, environment, revision, target).await,
-        None => load_offline_with_hooks(source, environment, revision).await,
-    };
-    loaded.map_err(|source| CommandError::Desired {
-        environment: environment.name.clone(),
-        source,
-    })
+) -> Result<Loaded, CommandError> {
+    load_keyless(source, environment, revision, target, true)
+        .await
+        .map_err(|source| CommandError::Desired {
+            environment: environment.name.clone(),
+            source,
+        })
 }
 
 /// Output format of `gitopsd diff`.
@@ -301,36 +298,49 @@ pub async fn diff(
     let environments = selected(config, request.only)?;
     let mut revisions = Revisions::new(config);
     let mut reports = Vec::new();
+    let mut note = None;
     if request.against == "live" {
         revisions.refresh().await?;
         let revision = revisions.resolve(request.rev).await?;
         for environment in environments {
-            reports.push(diff_live(config, environment, &revisions.source, &revision).await?);
+            let (report, reason) =
+                diff_live(config, environment, &revisions.source, &revision).await?;
+            if let Some(reason) = reason {
+                note.get_or_insert(unchecked::note(&reason));
+            }
+            reports.push(report);
         }
     } else {
         let old = revisions.resolve(Some(request.against)).await?;
         let new = revisions.resolve(request.rev).await?;
         for environment in environments {
-            let (old_desired, _) =
-                desired_or_empty(&revisions.source, environment, &old, None).await?;
-            let (new_desired, hook_objects) =
-                desired_or_empty(&revisions.source, environment, &new, None).await?;
-            let plan = plan::compare_revisions(&old_desired, &new_desired);
-            let hooks = announced_hooks(environment, &hook_objects, &new, &plan);
-            reports.push(EnvironmentReport::build(ReportInput {
+            let before = desired_or_empty(&revisions.source, environment, &old, None).await?;
+            let after = desired_or_empty(&revisions.source, environment, &new, None).await?;
+            let (old_desired, new_desired) = (&before.desired, &after.desired);
+            let plan = plan::compare_revisions(old_desired, new_desired);
+            let hooks = announced_hooks(environment, &after.hooks, &new, &plan);
+            let mut report = EnvironmentReport::build(ReportInput {
                 environment: &environment.name,
                 from: old.0.clone(),
                 to: new.0.clone(),
                 plan: &plan,
-                desired: &new_desired,
-                live: &as_objects(&old_desired),
+                desired: new_desired,
+                live: &as_objects(old_desired),
                 rollout: &environment.rollout,
                 holds: holds(config, environment, &new),
                 hooks,
-            })?);
+            })?;
+            if let Some((reason, encrypted)) =
+                unchecked::between_loaded(&before, &after, Some(environment.namespace.as_str()))
+            {
+                report.encrypted = encrypted;
+                note.get_or_insert(unchecked::note(&reason));
+            }
+            reports.push(report);
         }
     }
-    let report = DiffReport::new(reports);
+    let mut report = DiffReport::new(reports);
+    report.note = note;
     match request.output {
         DiffOutput::Text(colour) => report.write_text(colour, out)?,
         DiffOutput::Markdown { max_bytes } => {
@@ -346,26 +356,40 @@ pub async fn diff(
 }
 
 /// One environment's report of what `revision` would change in its live state, as the daemon
-/// would see it (an empty revision refused, suspected drift confirmed by a dry run).
+/// would see it (an empty revision refused, suspected drift confirmed by a dry run), and why
+/// SOPS documents went unchecked, if some did (their live objects are then left out of the
+/// plan, and their ciphertext compared with the revision each was applied from).
 async fn diff_live(
     config: &Config,
     environment: &EnvironmentConfig,
     source: &GitSource,
     revision: &Revision,
-) -> Result<EnvironmentReport, CommandError> {
+) -> Result<(EnvironmentReport, Option<String>), CommandError> {
     let live_error = |source| CommandError::Live {
         environment: environment.name.clone(),
         source,
     };
     let target = open_target(environment).await?;
-    let (desired, hook_objects) =
-        desired_or_empty(source, environment, revision, Some(&target)).await?;
+    let loaded = desired_or_empty(source, environment, revision, Some(&target)).await?;
+    let (desired, hook_objects) = (&loaded.desired, &loaded.hooks);
     let mut kinds = inventory(config, environment);
     kinds.extend(desired.iter().filter_map(|d| KindRef::of(&d.body)));
-    let live = target.list(&kinds).await.map_err(live_error)?;
-    let mut plan = plan::plan(&desired, &live, environment.prune, target.compare());
+    if let Some(unchecked) = &loaded.unchecked {
+        kinds.extend(unchecked::kinds(&unchecked.documents));
+    }
+    let mut live = target.list(&kinds).await.map_err(live_error)?;
+    let encrypted = match &loaded.unchecked {
+        Some(unchecked) => {
+            Some(unchecked::against(source, environment, unchecked, &mut live).await)
+        }
+        None => None,
+    };
+    let mut plan = plan::plan(desired, &live, environment.prune, target.compare());
     let mut holds = holds(config, environment, revision);
-    if let Some(problem) = empty_revision_problem(environment, desired.len(), live.len()) {
+    let unchecked = loaded.unchecked.as_ref().map_or(0, |u| u.documents.len());
+    if let Some(problem) =
+        empty_revision_problem(environment, desired.len() + unchecked, live.len())
+    {
         // What the daemon would do: refuse, and delete nothing.
         holds.insert(0, format!("rejected: {problem}"));
         plan = plan::Plan::default();
@@ -373,18 +397,23 @@ async fn diff_live(
     dry_run_updates(&target, &mut plan)
         .await
         .map_err(live_error)?;
-    let hooks = announced_hooks(environment, &hook_objects, revision, &plan);
-    Ok(EnvironmentReport::build(ReportInput {
+    let hooks = announced_hooks(environment, hook_objects, revision, &plan);
+    let mut report = EnvironmentReport::build(ReportInput {
         environment: &environment.name,
         from: "live".into(),
         to: revision.0.clone(),
         plan: &plan,
-        desired: &desired,
+        desired,
         live: &live,
         rollout: &environment.rollout,
         holds,
         hooks,
-    })?)
+    })?;
+    let reason = encrypted.map(|(reason, reports)| {
+        report.encrypted = reports;
+        reason
+    });
+    Ok((report, reason))
 }
 
 /// The hooks a rollout of `revision` would run; none when it changes nothing (no rollout).
@@ -434,47 +463,83 @@ pub async fn validate(
             )?;
         }
     }
+    let mut note = None;
     for environment in &config.environments {
-        match load_desired_offline(&revisions.source, environment, &revision).await {
-            Ok(desired) if desired.is_empty() && !environment.allow_empty => {
-                invalid = true;
-                writeln!(
-                    out,
-                    "invalid: {} at {}: {} holds no objects; gitopsd rejects this revision while the environment has live objects (set allow_empty = true if it should delete them)",
-                    environment.name,
-                    revision.short(),
-                    environment.path
-                )?;
-            }
-            Ok(_) if server => {
-                if !validate_on_server(environment, &revisions.source, &revision, out).await? {
-                    invalid = true;
-                }
-            }
-            Ok(desired) => writeln!(
-                out,
-                "ok: {} at {}: {} objects",
-                environment.name,
-                revision.short(),
-                desired.len()
-            )?,
-            Err(DesiredError::Manifests(errors)) => {
-                invalid = true;
-                write_invalid(out, environment, &revision, &errors)?;
-            }
-            Err(source) => {
-                return Err(CommandError::Desired {
-                    environment: environment.name.clone(),
-                    source,
-                });
-            }
-        }
+        let valid = validate_environment(
+            environment,
+            &revisions.source,
+            &revision,
+            server,
+            &mut note,
+            out,
+        )
+        .await?;
+        invalid |= !valid;
+    }
+    if let Some(note) = note {
+        writeln!(out, "{note}")?;
     }
     Ok(if invalid {
         EXIT_CHANGES_OR_PROBLEMS
     } else {
         EXIT_OK
     })
+}
+
+/// One environment's part of `gitopsd validate`: whether it is valid, each finding written to
+/// `out`. Without `server`, SOPS documents whose key file does not exist are counted as not
+/// checked, and `note` says why (once, for every environment).
+async fn validate_environment(
+    environment: &EnvironmentConfig,
+    source: &GitSource,
+    revision: &Revision,
+    server: bool,
+    note: &mut Option<String>,
+    out: &mut dyn Write,
+) -> Result<bool, CommandError> {
+    let loaded = load_keyless(source, environment, revision, None::<&AnyTarget>, !server).await;
+    let unchecked = match &loaded {
+        Ok(Loaded {
+            unchecked: Some(unchecked),
+            ..
+        }) => {
+            note.get_or_insert_with(|| unchecked::note(&unchecked.reason));
+            unchecked.documents.len()
+        }
+        _ => 0,
+    };
+    let (name, short) = (&environment.name, revision.short());
+    match loaded.map(|loaded| loaded.desired) {
+        Ok(desired) if desired.is_empty() && unchecked == 0 && !environment.allow_empty => {
+            writeln!(
+                out,
+                "invalid: {name} at {short}: {} holds no objects; gitopsd rejects this revision while the environment has live objects (set allow_empty = true if it should delete them)",
+                environment.path
+            )?;
+            Ok(false)
+        }
+        Ok(_) if server => validate_on_server(environment, source, revision, out).await,
+        Ok(desired) if unchecked > 0 => {
+            writeln!(
+                out,
+                "ok: {name} at {short}: {} objects, {unchecked} SOPS documents encrypted, not checked",
+                desired.len()
+            )?;
+            Ok(true)
+        }
+        Ok(desired) => {
+            writeln!(out, "ok: {name} at {short}: {} objects", desired.len())?;
+            Ok(true)
+        }
+        Err(DesiredError::Manifests(errors)) => {
+            write_invalid(out, environment, revision, &errors)?;
+            Ok(false)
+        }
+        Err(source) => Err(CommandError::Desired {
+            environment: environment.name.clone(),
+            source,
+        }),
+    }
 }
 
 fn write_invalid(

@@ -30,54 +30,81 @@ pub enum DesiredError {
 }
 
 /// Reads an environment's documents at `revision`; a folder the revision does not have reads
-/// as no documents (an empty revision, which the pass then judges).
+/// as no documents (an empty revision, which the pass then judges). With `keyless` (`diff`
+/// and `validate`), SOPS documents whose age key file does not exist are set apart, not
+/// checked, instead of rejecting the revision.
 async fn read_documents(
     source: &GitSource,
     environment: &EnvironmentConfig,
     revision: &Revision,
     keep_parsed: bool,
     threads: manifest::Threads,
-) -> Result<manifest::Documents, DesiredError> {
+    keyless: bool,
+) -> Result<(manifest::Documents, Option<Unchecked>), DesiredError> {
     let mut documents = match &environment.render {
         Some(render) => read_rendered(source, environment, render, revision).await?,
         None => read_files(source, environment, revision, keep_parsed, threads).await?,
     };
-    decrypt(source, environment, revision, &mut documents).await?;
-    Ok(documents)
+    let unchecked = decrypt(source, environment, revision, &mut documents, keyless).await?;
+    Ok((documents, unchecked))
+}
+
+/// SOPS documents read without their key (it does not exist where `diff` or `validate` run):
+/// not decrypted, not checked, kept as written for their ciphertext to be compared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unchecked {
+    /// Why: the key file that does not exist.
+    pub reason: String,
+    pub documents: Vec<manifest::EncryptedDocument>,
 }
 
 /// Decrypts the SOPS documents with the environment's age key file, read anew each time (a
 /// rotated key is picked up); a render's are checked against the revision's SOPS files (see
 /// [`crate::sops::documents::decrypt_rendered`]). Without `decryption` they stay encrypted,
 /// which completing the documents reports; a key file that cannot be used rejects the
-/// revision like a manifest problem (nothing of it is applied), naming the file.
+/// revision like a manifest problem (nothing of it is applied), naming the file, unless it
+/// does not exist and the reader is `keyless`: then the documents come back unchecked.
 async fn decrypt(
     source: &GitSource,
     environment: &EnvironmentConfig,
     revision: &Revision,
     documents: &mut manifest::Documents,
-) -> Result<(), DesiredError> {
+    keyless: bool,
+) -> Result<Option<Unchecked>, DesiredError> {
     let Some(decryption) = &environment.decryption else {
-        return Ok(());
+        return Ok(None);
     };
     if !documents.has_encrypted() {
-        return Ok(());
+        return Ok(None);
     }
-    let identities = crate::sops::keys::load(&decryption.age_key_file)
-        .await
-        .map_err(|crate::sops::KeyFileError::Unusable { path, message }| {
-            DesiredError::Manifests(ManifestErrors(vec![manifest::Problem::file(
-                format!("age key file {}", path.display()),
-                format!(
-                    "{message}; the SOPS documents of environment {} cannot be decrypted",
-                    environment.name
+    let identities = match crate::sops::keys::load(&decryption.age_key_file).await {
+        Ok(identities) => identities,
+        Err(absent @ crate::sops::KeyFileError::Absent { .. }) if keyless => {
+            return Ok(Some(Unchecked {
+                reason: absent.to_string(),
+                documents: documents.take_encrypted(),
+            }));
+        }
+        Err(error) => {
+            let (path, message) = match error {
+                crate::sops::KeyFileError::Unusable { path, message } => (path, message),
+                crate::sops::KeyFileError::Absent { path } => (path, "does not exist".into()),
+            };
+            return Err(DesiredError::Manifests(ManifestErrors(vec![
+                manifest::Problem::file(
+                    format!("age key file {}", path.display()),
+                    format!(
+                        "{message}; the SOPS documents of environment {} cannot be decrypted",
+                        environment.name
+                    ),
                 ),
-            )]))
-        })?;
+            ])));
+        }
+    };
     let limits = source.limits();
     if environment.render.is_none() {
         crate::sops::decrypt_documents(documents, &identities, &limits);
-        return Ok(());
+        return Ok(None);
     }
     let reader = source.clone();
     let at = revision.clone();
@@ -86,7 +113,7 @@ async fn decrypt(
     })
     .await??;
     crate::sops::documents::decrypt_rendered(documents, &identities, &limits, &files);
-    Ok(())
+    Ok(None)
 }
 
 /// Reads the environment's folder at `revision` as plain manifest files.
@@ -274,12 +301,13 @@ async fn documents_and_scopes<T: Target>(
     revision: &Revision,
     target: &T,
 ) -> Result<(manifest::Documents, Scopes), DesiredError> {
-    let documents = read_documents(
+    let (documents, _) = read_documents(
         source,
         environment,
         revision,
         target.keeps_parsed_files(),
         manifest::Threads::One,
+        false,
     )
     .await?;
     let scopes = target
@@ -306,16 +334,75 @@ pub async fn load_offline_with_hooks(
     environment: &EnvironmentConfig,
     revision: &Revision,
 ) -> Result<(Vec<Desired>, Vec<ObjectHook>), DesiredError> {
-    // Offline reads are commands comparing revisions, which share most files.
-    let documents = read_documents(
+    let loaded = load_keyless(
         source,
         environment,
         revision,
-        true,
-        manifest::Threads::EveryCore,
+        None::<&crate::backend::AnyTarget>,
+        false,
     )
     .await?;
-    complete(documents, environment, &Scopes::offline())
+    Ok((loaded.desired, loaded.hooks))
+}
+
+/// A revision's objects and hooks as `diff` and `validate` read them: SOPS documents whose key
+/// file does not exist come back apart, unchecked.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub desired: Vec<Desired>,
+    pub hooks: Vec<ObjectHook>,
+    pub unchecked: Option<Unchecked>,
+}
+
+/// Like [`load_with_hooks`] (with `target`) or [`load_offline_with_hooks`] (without), and with
+/// `keyless`, SOPS documents whose age key file does not exist set apart as [`Unchecked`]
+/// instead of rejecting the revision (the daemon never reads keyless: it applies nothing it
+/// could not decrypt).
+pub async fn load_keyless<T: Target>(
+    source: &GitSource,
+    environment: &EnvironmentConfig,
+    revision: &Revision,
+    target: Option<&T>,
+    keyless: bool,
+) -> Result<Loaded, DesiredError> {
+    let (documents, unchecked) = match target {
+        Some(target) => {
+            read_documents(
+                source,
+                environment,
+                revision,
+                target.keeps_parsed_files(),
+                manifest::Threads::One,
+                keyless,
+            )
+            .await?
+        }
+        // Offline reads are commands comparing revisions, which share most files.
+        None => {
+            read_documents(
+                source,
+                environment,
+                revision,
+                true,
+                manifest::Threads::EveryCore,
+                keyless,
+            )
+            .await?
+        }
+    };
+    let scopes = match target {
+        Some(target) => target
+            .scopes(&documents.kinds())
+            .await
+            .map_err(DesiredError::Scopes)?,
+        None => Scopes::offline(),
+    };
+    let (desired, hooks) = complete(documents, environment, &scopes)?;
+    Ok(Loaded {
+        desired,
+        hooks,
+        unchecked,
+    })
 }
 
 /// Why a revision with no objects may not be applied over live ones; `None` when it may.

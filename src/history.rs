@@ -88,6 +88,10 @@ pub struct InFlight {
     /// switch may go ahead (`auto_promote = false`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub switch_approved: bool,
+    /// Blue/green in a mixed rollout: the Deployments previewed (the other canaries are
+    /// stepped). Empty: every canary is a preview.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previews: Vec<String>,
 }
 
 impl InFlight {
@@ -179,6 +183,7 @@ impl History {
                     failing_checks: Vec::new(),
                     phase: None,
                     switch_approved: false,
+                    previews: Vec::new(),
                 });
             }
             Event::StepStarted { step, weight, .. } => {
@@ -203,6 +208,9 @@ impl History {
             | Event::ScaledDown { .. } => {
                 if let Some(flight) = &mut self.in_flight {
                     flight.phase = Some(blue_green_phase(event).to_string());
+                    if let Event::PreviewStarted { previews, .. } = event {
+                        flight.previews.clone_from(previews);
+                    }
                 }
             }
             Event::RolloutFailed {
@@ -548,7 +556,13 @@ mod tests {
         let b = || revision('b');
         let mut history = History::from_records(&[
             record(1, started('b', Some('a'))),
-            record(2, Event::PreviewStarted { revision: b() }),
+            record(
+                2,
+                Event::PreviewStarted {
+                    revision: b(),
+                    previews: Vec::new(),
+                },
+            ),
         ]);
         let phase = |history: &History| history.in_flight.as_ref().and_then(|f| f.phase.clone());
         assert_eq!(phase(&history).as_deref(), Some("preview"));

@@ -41,4 +41,5 @@ pub mod sops;
 pub mod source;
 pub mod stats;
 pub mod systemd;
+pub mod unchecked;
 pub mod webhook;

@@ -12,7 +12,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::canary::{LiveTemplate, RolloutSpec};
+use std::collections::BTreeSet;
+
+use crate::canary::{CanaryUnit, LiveTemplate, RolloutSpec};
 use crate::labels::{ANNOTATION_STRATEGY, LABEL_TRACK, TRACK_CANARY, TRACK_STABLE};
 use crate::model::ResourceKey;
 use crate::plan::Desired;
@@ -391,49 +393,123 @@ pub fn strategy_problem(key: &ResourceKey, body: &Value, default: Strategy) -> O
     ))
 }
 
-/// Changed workloads of one revision that ask for different strategies: gitopsd rolls a
-/// revision out one way.
+/// Why one revision cannot roll its workloads out with both strategies at once: a Service
+/// or a changed ConfigMap/Secret shared by a canary workload and a blue/green Deployment
+/// (the canary's weights and the blue/green switch would each need it their own way).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the revision changes workloads of both strategies, blue-green ({}) and canary ({}); a revision rolls out one way: change them in separate commits, or give them the same gitopsd.io/strategy",
+    "the revision changes workloads of both strategies, blue-green ({}) and canary ({}), that share {}; a Service or changed config cannot follow both a canary's weights and a blue-green switch: change them in separate commits, or give them the same gitopsd.io/strategy",
     blue_green.join(", "),
-    canary.join(", ")
+    canary.join(", "),
+    shared.join(", ")
 )]
 pub struct MixedStrategies {
     pub blue_green: Vec<String>,
     pub canary: Vec<String>,
+    /// The Services and configs both kinds use.
+    pub shared: Vec<String>,
 }
 
-/// How a revision's rollout runs: blue/green when every Deployment it changes asks for it
-/// (and no StatefulSet steps its partition), canary steps when none does.
-pub fn rollout_strategy(
+/// A revision's rollout split by strategy: the Deployments previewed and switched (with the
+/// changes that go with the preview: everything with no canary meaning, the configs they
+/// use, deletions), and the workloads stepped as canaries beside them (with their configs).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Strategies {
+    pub blue_green: RolloutSpec,
+    pub canary: RolloutSpec,
+}
+
+impl Strategies {
+    /// Every changed Deployment of `spec` previewed, nothing stepped beside them.
+    pub fn all_blue_green(spec: &RolloutSpec) -> Self {
+        Self {
+            blue_green: spec.clone(),
+            canary: RolloutSpec::default(),
+        }
+    }
+
+    /// Blue/green runs: some changed Deployment asks for it.
+    pub fn blue_green(&self) -> bool {
+        !self.blue_green.canaries.is_empty()
+    }
+
+    /// Both strategies run in one rollout.
+    pub fn mixed(&self) -> bool {
+        self.blue_green() && self.canary.has_canaries()
+    }
+}
+
+/// Splits a revision's rollout by the strategy each changed workload asks for (its
+/// `gitopsd.io/strategy` annotation, else `default`; StatefulSets step their partition).
+/// Without a blue/green Deployment everything is canary, as `spec` stands. Refuses a mix
+/// whose two kinds share a Service of `desired` or a changed config.
+pub fn by_strategy(
     spec: &RolloutSpec,
+    desired: &[Desired],
     default: Strategy,
-) -> Result<Strategy, MixedStrategies> {
-    let (blue_green, canary): (Vec<String>, Vec<String>) = spec
+) -> Result<Strategies, MixedStrategies> {
+    let (previewed, stepped): (Vec<CanaryUnit>, Vec<CanaryUnit>) = spec
         .canaries
         .iter()
-        .map(|unit| (&unit.desired, strategy_of(&unit.desired.body, default)))
-        .chain(
-            spec.partitioned
-                .iter()
-                .map(|unit| (&unit.desired, Strategy::Canary)),
-        )
-        .fold(
-            (Vec::new(), Vec::new()),
-            |(mut bg, mut canary), (desired, strategy)| {
-                match strategy {
-                    Strategy::BlueGreen => bg.push(desired.key.to_string()),
-                    Strategy::Canary => canary.push(desired.key.to_string()),
-                }
-                (bg, canary)
-            },
-        );
-    match (blue_green.is_empty(), canary.is_empty()) {
-        (false, false) => Err(MixedStrategies { blue_green, canary }),
-        (false, true) => Ok(Strategy::BlueGreen),
-        (true, _) => Ok(Strategy::Canary),
+        .cloned()
+        .partition(|unit| strategy_of(&unit.desired.body, default) == Strategy::BlueGreen);
+    if previewed.is_empty() {
+        return Ok(Strategies {
+            blue_green: RolloutSpec::default(),
+            canary: spec.clone(),
+        });
     }
+    let configs = |units: &[CanaryUnit]| -> BTreeSet<ResourceKey> {
+        units.iter().flat_map(|unit| unit.configs.clone()).collect()
+    };
+    let held = |keys: &BTreeSet<ResourceKey>| -> Vec<Desired> {
+        spec.held
+            .iter()
+            .filter(|config| keys.contains(&config.key))
+            .cloned()
+            .collect()
+    };
+    let (bg_configs, canary_configs) = (configs(&previewed), configs(&stepped));
+    let canary_workloads: Vec<&Desired> = stepped
+        .iter()
+        .map(|unit| &unit.desired)
+        .chain(spec.partitioned.iter().map(|unit| &unit.desired))
+        .collect();
+    let bg_workloads: Vec<&Desired> = previewed.iter().map(|unit| &unit.desired).collect();
+    let mut shared: Vec<String> = bg_configs
+        .intersection(&canary_configs)
+        .map(ToString::to_string)
+        .collect();
+    shared.extend(
+        active_services(desired, &bg_workloads)
+            .iter()
+            .filter(|service| canary_workloads.iter().any(|w| selects(service, w)))
+            .map(|service| service.key.to_string()),
+    );
+    if !shared.is_empty() {
+        let names = |workloads: &[&Desired]| workloads.iter().map(|d| d.key.to_string()).collect();
+        return Err(MixedStrategies {
+            blue_green: names(&bg_workloads),
+            canary: names(&canary_workloads),
+            shared,
+        });
+    }
+    Ok(Strategies {
+        blue_green: RolloutSpec {
+            immediate: spec.immediate.clone(),
+            held: held(&bg_configs),
+            canaries: previewed,
+            partitioned: Vec::new(),
+            deferred: spec.deferred.clone(),
+        },
+        canary: RolloutSpec {
+            immediate: Vec::new(),
+            held: held(&canary_configs),
+            canaries: stepped,
+            partitioned: spec.partitioned.clone(),
+            deferred: Vec::new(),
+        },
+    })
 }
 
 #[cfg(test)]

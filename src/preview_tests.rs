@@ -330,3 +330,82 @@ fn statefulsets_and_daemonsets_asking_for_blue_green_are_refused_with_the_way_ou
             .is_some_and(|p| p.contains("applies to Deployments, StatefulSets and DaemonSets")),
     );
 }
+
+/// A changed Deployment `name` (pods `app: name`, `tier: front`, using ConfigMap `config`),
+/// annotated with `strategy` when given, as one unit of a rollout.
+fn changed(name: &str, strategy: Option<&str>, config: &str) -> crate::canary::CanaryUnit {
+    let annotations = strategy.map_or(String::new(), |s| {
+        format!(", annotations: {{gitopsd.io/strategy: {s}}}")
+    });
+    let desired = desired(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: shop{annotations}}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}, tier: front}}}}
+    spec: {{containers: [{{name: {name}, image: "{name}:2", envFrom: [{{configMapRef: {{name: {config}}}}}]}}]}}
+"#
+    ));
+    crate::canary::CanaryUnit {
+        stable_base: desired.body.clone(),
+        desired,
+        replicas: 4,
+        scales_stable: true,
+        configs: [key("ConfigMap", "", config)].into(),
+    }
+}
+
+#[test]
+fn a_revision_of_both_strategies_is_split_unless_they_share_a_service_or_a_config() {
+    let config = |name: &str| {
+        desired(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: shop}}\n"
+        ))
+    };
+    let spec = |api_config: &str| crate::canary::RolloutSpec {
+        held: vec![config("web-config"), config("api-config")],
+        canaries: vec![
+            changed("web", Some("blue-green"), "web-config"),
+            changed("api", None, api_config),
+        ],
+        ..Default::default()
+    };
+    let services = vec![
+        service("web", "shop", "{app: web}"),
+        service("api", "shop", "{app: api}"),
+    ];
+    let split = by_strategy(&spec("api-config"), &services, Strategy::Canary).expect("a mix");
+    assert!(split.mixed());
+    let names = |spec: &crate::canary::RolloutSpec| -> Vec<String> {
+        spec.canaries
+            .iter()
+            .map(|u| u.desired.key.name.clone())
+            .chain(spec.held.iter().map(|d| d.key.name.clone()))
+            .collect()
+    };
+    assert_eq!(names(&split.blue_green), ["web", "web-config"]);
+    assert_eq!(names(&split.canary), ["api", "api-config"]);
+
+    let refused = by_strategy(&spec("web-config"), &services, Strategy::Canary)
+        .expect_err("a config both use");
+    assert_eq!(refused.shared, ["ConfigMap shop/web-config"]);
+    let mut shared = services.clone();
+    shared.push(service("front", "shop", "{tier: front}"));
+    let refused = by_strategy(&spec("api-config"), &shared, Strategy::Canary)
+        .expect_err("a Service selecting both");
+    assert_eq!(refused.shared, ["Service shop/front"]);
+    assert!(
+        refused
+            .to_string()
+            .contains("that share Service shop/front"),
+        "{refused}"
+    );
+
+    let plain = by_strategy(&spec("api-config"), &services, Strategy::BlueGreen)
+        .expect("api follows the environment");
+    assert!(plain.blue_green() && !plain.mixed());
+}

@@ -12,6 +12,7 @@ use crate::diff::{self, RenderError};
 use crate::model::{Object, ResourceKey};
 use crate::plan::{Action, Change, Desired, Plan};
 use crate::rollout::Strategy;
+use crate::unchecked::EncryptedReport;
 
 /// Version of the JSON schema (README "diff --output json").
 pub const SCHEMA_VERSION: u32 = 1;
@@ -22,6 +23,9 @@ const REDACTED: &str = "<redacted>";
 pub struct DiffReport {
     pub version: u32,
     pub environments: Vec<EnvironmentReport>,
+    /// Said once when SOPS documents were read without their key (see [`crate::unchecked`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -36,6 +40,9 @@ pub struct EnvironmentReport {
     /// Owned objects gone from git that are kept because prune is off.
     pub orphaned: Vec<String>,
     pub rollout: RolloutPreview,
+    /// SOPS documents read without their key: encrypted, not checked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub encrypted: Vec<EncryptedReport>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -72,9 +79,14 @@ pub struct ChangeReport {
 /// The rollout the change would get.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RolloutPreview {
-    /// `blue-green` when the Deployments would run blue/green; absent for canary steps.
+    /// `blue-green` when the Deployments would run blue/green, `mixed` when some would run
+    /// blue/green and other workloads step as canaries beside them; absent for canary steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
+    /// Mixed: the Deployments that would run blue/green (`canaries` then lists those that
+    /// step as canaries beside them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub previews: Vec<String>,
     /// Blue/green: how long the old pods would stay up after the switch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale_down_delay: Option<String>,
@@ -130,12 +142,33 @@ impl EnvironmentReport {
             changes.push(change_report(change)?);
         }
         let spec = canary::split(plan, input.desired, input.live, &[]);
-        let strategy = crate::preview::rollout_strategy(&spec, input.rollout.strategy);
-        let blue_green = matches!(strategy, Ok(Strategy::BlueGreen));
-        let steps = if spec.has_canaries() && !blue_green {
+        let strategies = crate::preview::by_strategy(&spec, input.desired, input.rollout.strategy);
+        let (blue_green, mixed) = match &strategies {
+            Ok(strategies) => (strategies.blue_green(), strategies.mixed()),
+            Err(_) => (false, false),
+        };
+        let steps = if spec.has_canaries() && (!blue_green || mixed) {
             input.rollout.steps.clone()
         } else {
             vec![100]
+        };
+        let keys = |units: &[canary::CanaryUnit]| -> Vec<String> {
+            units
+                .iter()
+                .map(|unit| unit.desired.key.to_string())
+                .collect()
+        };
+        let (canaries, previews) = match &strategies {
+            Ok(split) if mixed => (
+                keys(&split.canary.canaries),
+                keys(&split.blue_green.canaries),
+            ),
+            _ => (keys(&spec.canaries), Vec::new()),
+        };
+        let strategy = match (blue_green, mixed) {
+            (_, true) => Some("mixed".to_string()),
+            (true, false) => Some(Strategy::BlueGreen.as_str().to_string()),
+            (false, _) => None,
         };
         Ok(Self {
             environment: input.environment.to_string(),
@@ -149,17 +182,15 @@ impl EnvironmentReport {
             },
             changes,
             orphaned: plan.orphaned.iter().map(ToString::to_string).collect(),
+            encrypted: Vec::new(),
             rollout: RolloutPreview {
-                strategy: blue_green.then(|| Strategy::BlueGreen.as_str().to_string()),
+                strategy,
+                previews,
                 scale_down_delay: blue_green.then(|| {
                     humantime::format_duration(input.rollout.scale_down_delay).to_string()
                 }),
                 steps,
-                canaries: spec
-                    .canaries
-                    .iter()
-                    .map(|unit| unit.desired.key.to_string())
-                    .collect(),
+                canaries,
                 canary_configs: spec.held.iter().map(|d| d.key.to_string()).collect(),
                 partitioned: spec
                     .partitioned
@@ -178,7 +209,7 @@ impl EnvironmentReport {
                 hooks: input.hooks,
                 approval: blue_green && !input.rollout.auto_promote,
                 preview_replicas: input.rollout.preview_replicas.filter(|_| blue_green),
-                refused: strategy.err().map(|mixed| mixed.to_string()),
+                refused: strategies.err().map(|mixed| mixed.to_string()),
             },
         })
     }
@@ -329,6 +360,9 @@ fn diff_line_colour(line: &str) -> Option<&'static str> {
 }
 
 fn rollout_line(rollout: &RolloutPreview) -> String {
+    if rollout.strategy.as_deref() == Some("mixed") {
+        return mixed_line(rollout);
+    }
     if rollout.strategy.is_some() {
         return blue_green_line(rollout);
     }
@@ -374,6 +408,46 @@ fn rollout_line(rollout: &RolloutPreview) -> String {
     line
 }
 
+/// The phases of a rollout mixing both strategies: the canary steps beside the preview, the
+/// switch with the canaries' promotion, then the blue/green verify and scale-down.
+fn mixed_line(rollout: &RolloutPreview) -> String {
+    let steps: Vec<String> = rollout.steps.iter().map(|w| format!("{w}%")).collect();
+    let mut stepped = rollout.canaries.clone();
+    stepped.extend(
+        rollout
+            .partitioned
+            .iter()
+            .map(|s| format!("{s} (by partition)")),
+    );
+    let approval = if rollout.approval {
+        " → approval"
+    } else {
+        ""
+    };
+    let mut line = format!(
+        "mixed: blue-green for {} and canary {} for {}: preview beside the canary steps below 100%{approval} → switch, then the canaries' promotion → verify → scale down (old pods kept {} after the switch)",
+        rollout.previews.join(", "),
+        steps.join(" → "),
+        stepped.join(", "),
+        rollout.scale_down_delay.as_deref().unwrap_or("0s")
+    );
+    if !rollout.canary_configs.is_empty() {
+        let _ = write!(
+            line,
+            "; only new pods see the new {} until the promotion or the scale-down",
+            rollout.canary_configs.join(", ")
+        );
+    }
+    if !rollout.direct.is_empty() {
+        let _ = write!(
+            line,
+            "; {} change at 100% with the preview (DaemonSets get no preview)",
+            rollout.direct.join(", ")
+        );
+    }
+    line
+}
+
 /// The phases a blue/green rollout would go through.
 fn blue_green_line(rollout: &RolloutPreview) -> String {
     let preview = match rollout.preview_replicas {
@@ -412,6 +486,15 @@ fn blue_green_line(rollout: &RolloutPreview) -> String {
     line
 }
 
+impl EnvironmentReport {
+    /// Whether an encrypted document read without the key changed (by its ciphertext).
+    pub fn encrypted_changes(&self) -> bool {
+        self.encrypted
+            .iter()
+            .any(|report| report.ciphertext.is_change())
+    }
+}
+
 fn summary_line(report: &EnvironmentReport) -> String {
     let summary = report.summary;
     format!(
@@ -433,13 +516,14 @@ impl DiffReport {
         Self {
             version: SCHEMA_VERSION,
             environments,
+            note: None,
         }
     }
 
     pub fn has_changes(&self) -> bool {
         self.environments
             .iter()
-            .any(|env| env.summary.changes() > 0)
+            .any(|env| env.summary.changes() > 0 || env.encrypted_changes())
     }
 
     /// Human-readable: a header per object (`+ create`, `~ update`, `- delete`), its diff, and
@@ -482,6 +566,9 @@ impl DiffReport {
             for orphan in &report.orphaned {
                 writeln!(out, "! orphaned {orphan} (gone from git, prune is off)")?;
             }
+            for encrypted in &report.encrypted {
+                writeln!(out, "{}", encrypted.line())?;
+            }
             if report.summary.changes() > 0 {
                 writeln!(out, "rollout: {}", rollout_line(&report.rollout))?;
             }
@@ -492,6 +579,9 @@ impl DiffReport {
                 writeln!(out, "{}", paint(colour, "1;35", &format!("hold: {hold}")))?;
             }
             writeln!(out, "{}", summary_line(report))?;
+        }
+        if let Some(note) = &self.note {
+            writeln!(out, "{note}")?;
         }
         Ok(())
     }
@@ -541,7 +631,13 @@ impl DiffReport {
             for orphan in &report.orphaned {
                 let _ = writeln!(out, "- orphaned `{orphan}` (gone from git, prune is off)");
             }
+            for encrypted in &report.encrypted {
+                let _ = writeln!(out, "- {}", encrypted.line());
+            }
             out.push_str("</details>\n\n");
+        }
+        if let Some(note) = &self.note {
+            let _ = writeln!(out, "> {note}\n");
         }
         if omitted > 0 {
             let _ = writeln!(
@@ -575,6 +671,7 @@ mod tests {
     #[test]
     fn a_blue_green_rollout_line_names_the_strategy_its_phases_and_what_it_refuses() {
         let mut rollout = RolloutPreview {
+            previews: Vec::new(),
             strategy: Some("blue-green".into()),
             scale_down_delay: Some("30s".into()),
             steps: vec![100],

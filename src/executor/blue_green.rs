@@ -5,7 +5,8 @@
 //! pods, switched to the new ones in one write each (once approved, without `auto_promote`),
 //! and given back as git wrote them once the Deployments run the new template. A rollout that
 //! ends while the old pods are all up moves the Services back to them and drains the preview
-//! first; [`unwind_previews`] does the same for a revert after a restart.
+//! first; [`super::unwind`] does the same for a revert after a restart. In a mixed rollout the
+//! canary workloads step beside the preview and are promoted right after the switch.
 
 use std::ops::ControlFlow;
 
@@ -14,16 +15,17 @@ use chrono::{DateTime, Utc};
 use super::driver::{Ending, RolloutInput, end_blocked, end_healthy, journal_failure};
 use super::effects::Effects;
 use super::error::ReconcileError;
+use super::unwind::drain;
 use super::writes::{Write, applied_keys, baseline, change_records, ordered};
 use crate::backend::{FailureClass, Target, TargetError};
 use crate::blue_green::{BlueGreen, BlueGreenTiming, Decision, Milestone, Observation};
-use crate::canary::{self, canary_key};
+use crate::canary::{self, RolloutSpec, canary_key};
 use crate::health::HealthTracker;
 use crate::history::History;
 use crate::journal::{Baseline, Event};
-use crate::model::{Object, ResourceKey, Revision};
+use crate::model::{ResourceKey, Revision};
 use crate::plan::Desired;
-use crate::preview::{self, PreviewServices};
+use crate::preview::{self, PreviewServices, Strategies};
 use crate::probe::CheckRunner;
 use crate::rollout::cause;
 
@@ -53,14 +55,19 @@ pub struct BlueGreenDriver<'d, 'a, T: Target, P: CheckRunner> {
     old_pods_up: bool,
     /// `switched_back` is journaled for this rollout.
     switched_back: bool,
+    /// Mixed: the workloads stepped as canaries beside the preview (none: plain blue/green).
+    stepped: RolloutSpec,
+    /// Mixed: the stables the current canary step scales down once its canaries are ready.
+    shrinking: Vec<Desired>,
 }
 
 impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
-    /// Starts a blue/green rollout; journals `rollout_started` with the marks a revert
-    /// restores.
+    /// Starts a blue/green rollout, mixed when `strategies` also steps canaries (whose
+    /// weights it then journals); journals `rollout_started` with the marks a revert restores.
     pub fn begin(
         fx: &'d mut Effects<'a, T, P>,
-        input: RolloutInput,
+        mut input: RolloutInput,
+        strategies: Strategies,
         services: PreviewServices,
     ) -> Result<Self, ReconcileError> {
         let marks = baseline(&input.plan, &input.spec, &input.live);
@@ -70,28 +77,36 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             .iter()
             .map(|unit| unit.desired.key.to_string())
             .collect();
+        let mixed = strategies.mixed();
+        let steps = if mixed {
+            fx.config.rollout.steps.clone()
+        } else {
+            vec![100]
+        };
         fx.journal(Event::RolloutStarted {
             revision: input.revision.clone(),
             previous: input.previous.clone(),
-            steps: vec![100],
+            steps: steps.clone(),
             changes: change_records(&input.plan.changes),
             canaries: canaries.clone(),
             baseline: marks.clone(),
         })?;
-        tracing::info!(env = %fx.config.name, revision = %input.revision.short(), previews = ?canaries, "blue-green rollout started");
+        tracing::info!(env = %fx.config.name, revision = %input.revision.short(), previews = ?canaries, mixed, "blue-green rollout started");
+        input.spec = strategies.blue_green;
         let rollout = &fx.config.rollout;
         let (previews, scale_up) = preview::sized(
             canary::canary_step(&input.spec, 100).apply,
             rollout.preview_replicas,
         );
-        let machine = BlueGreen::new(BlueGreenTiming {
+        let timing = BlueGreenTiming {
             bake: rollout.bake,
             timeout: rollout.timeout,
             verify: rollout.verify,
             scale_down_delay: rollout.scale_down_delay,
             auto_promote: rollout.auto_promote,
             scale_up,
-        });
+        };
+        let machine = BlueGreen::mixed(timing, &steps, mixed);
         let tracker = HealthTracker::new(&fx.config.health);
         Ok(Self {
             fx,
@@ -106,6 +121,8 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             pinned: false,
             old_pods_up: true,
             switched_back: false,
+            stepped: strategies.canary,
+            shrinking: Vec::new(),
         })
     }
 
@@ -118,7 +135,11 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
                 Decision::AwaitReady { deadline } => self.await_ready(deadline).await?,
                 Decision::Watch { until } => self.watch(until).await?,
                 Decision::ScaleUp => self.scale_up().await?,
+                Decision::Step { step, weight } => self.step(step, weight).await?,
+                Decision::Shrink { .. } => self.shrink().await?,
                 Decision::Switch => self.switch().await?,
+                Decision::Promote => self.promote().await?,
+                Decision::Retire => self.retire().await?,
                 Decision::ScaleDown => self.scale_down().await?,
                 Decision::Settle => self.settle().await?,
                 Decision::SwitchBack => self.switch_back().await?,
@@ -131,9 +152,16 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             match step {
                 ControlFlow::Break(ending) => return Ok(ending),
                 ControlFlow::Continue((milestone, next)) => {
-                    let switched = milestone == Some(Milestone::Switched);
-                    self.reached(milestone);
-                    decision = if switched {
+                    // Hooks run once everything went to 100%: the switch, and in a mixed
+                    // rollout the canaries' promotion.
+                    let live = milestone
+                        == Some(if self.stepped.has_canaries() {
+                            Milestone::Promoted
+                        } else {
+                            Milestone::Switched
+                        });
+                    self.reached(milestone)?;
+                    decision = if live {
                         self.post_promotion(next).await?
                     } else {
                         next
@@ -143,23 +171,53 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         }
     }
 
-    fn preview_keys(&self) -> Vec<ResourceKey> {
+    /// Whose pods are watched while checks run before the scale-down: the previews, and in a
+    /// mixed rollout the canaries (or, once promoted, their stables) and the StatefulSets
+    /// stepping their partition.
+    fn watched_keys(&self, promoted: bool) -> Vec<ResourceKey> {
+        let stepped = self.stepped.canaries.iter().map(|unit| {
+            if promoted {
+                unit.desired.key.clone()
+            } else {
+                canary_key(&unit.desired.key)
+            }
+        });
         self.input
             .spec
             .canaries
             .iter()
             .map(|unit| canary_key(&unit.desired.key))
+            .chain(stepped)
+            .chain(
+                self.stepped
+                    .partitioned
+                    .iter()
+                    .map(|unit| unit.desired.key.clone()),
+            )
             .collect()
     }
 
-    /// Journals `preview_started`, then writes the active Services pinned to the old pods,
-    /// the preview Services, the previews at full size, and every change with no canary
+    /// Journals `preview_started` (and in a mixed rollout the first canary step), then
+    /// writes the active Services pinned to the old pods, the preview Services, the previews
+    /// at full size, the first canary step's capacity, and every change with no canary
     /// meaning. The pins go first: Services are written before workloads.
     async fn start_preview(&mut self) -> Result<Step, ReconcileError> {
+        let revision = self.input.revision.clone();
+        let previews = if self.stepped.has_canaries() {
+            self.input
+                .spec
+                .canaries
+                .iter()
+                .map(|unit| unit.desired.key.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.fx.journal(Event::PreviewStarted {
-            revision: self.input.revision.clone(),
+            revision: revision.clone(),
+            previews,
         })?;
-        tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "preview started");
+        tracing::info!(env = %self.fx.config.name, revision = %revision.short(), "preview started");
         let service_keys = self.services.keys();
         let mut apply = self.previews.clone();
         apply.extend(
@@ -171,14 +229,68 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
                 .filter(|desired| !service_keys.contains(&&desired.key))
                 .cloned(),
         );
+        if let Some(weight) = self.machine.steps().first().copied() {
+            apply.extend(self.canary_step(0, weight)?);
+        }
         // Readiness waits for the previews and the other changes, not for the Services.
         self.waiting = apply.iter().map(|desired| desired.key.clone()).collect();
         apply.extend(self.services.active.iter().map(preview::pinned));
         apply.extend(self.services.previews());
         let writes = ordered(apply, Vec::new());
-        self.watched = self.preview_keys();
+        self.watched = self.watched_keys(false);
         self.pinned = true;
         self.write(&writes, "preview writes").await
+    }
+
+    /// Mixed: journals canary step `step` and returns what it adds (the canaries at
+    /// `weight`, the config copies, the StatefulSets' partitions); the stables it scales
+    /// down are kept for [`Self::shrink`].
+    fn canary_step(&mut self, step: usize, weight: u8) -> Result<Vec<Desired>, ReconcileError> {
+        self.fx.journal(Event::StepStarted {
+            revision: self.input.revision.clone(),
+            step,
+            weight,
+        })?;
+        tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), step = step + 1, weight, "canary step started beside the preview");
+        let objects = canary::canary_step(&self.stepped, weight);
+        self.shrinking = objects.shrink;
+        Ok(objects.apply)
+    }
+
+    /// Mixed: writes canary step `step` (after the first, which goes with the preview).
+    async fn step(&mut self, step: usize, weight: u8) -> Result<Step, ReconcileError> {
+        let apply = self.canary_step(step, weight)?;
+        self.waiting = apply.iter().map(|desired| desired.key.clone()).collect();
+        let writes = ordered(apply, Vec::new());
+        self.write(&writes, "canary step writes").await
+    }
+
+    /// Mixed: scales the stables down that the step's ready canaries replace.
+    async fn shrink(&mut self) -> Result<Step, ReconcileError> {
+        let writes = ordered(std::mem::take(&mut self.shrinking), Vec::new());
+        self.write(&writes, "canary scale-downs").await
+    }
+
+    /// Mixed: right after the switch, journals the canaries' promotion step and gives their
+    /// stables (and the StatefulSets) the new template and configs.
+    async fn promote(&mut self) -> Result<Step, ReconcileError> {
+        let step = self.machine.steps().len();
+        self.fx.journal(Event::StepStarted {
+            revision: self.input.revision.clone(),
+            step,
+            weight: 100,
+        })?;
+        tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "promoting the canaries beside the switch");
+        let writes = ordered(canary::promotion(&self.stepped).apply, Vec::new());
+        self.waiting = applied_keys(&writes);
+        self.watched = self.watched_keys(true);
+        self.write(&writes, "promotion writes").await
+    }
+
+    /// Mixed: deletes the promoted canaries and their config copies.
+    async fn retire(&mut self) -> Result<Step, ReconcileError> {
+        let writes = ordered(Vec::new(), canary::promotion(&self.stepped).delete);
+        self.write(&writes, "canary deletions").await
     }
 
     /// Scales the previews that run short of the full count up to it, before the switch.
@@ -236,13 +348,14 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "scaling the old pods down");
         let writes = ordered(canary::promotion(&self.input.spec).apply, Vec::new());
         self.waiting = applied_keys(&writes);
-        self.watched = self
-            .input
-            .spec
-            .canaries
-            .iter()
-            .map(|unit| unit.desired.key.clone())
-            .collect();
+        self.watched = self.watched_keys(true);
+        self.watched.extend(
+            self.input
+                .spec
+                .canaries
+                .iter()
+                .map(|unit| unit.desired.key.clone()),
+        );
         self.write(&writes, "scale-down writes").await
     }
 
@@ -354,7 +467,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             detail: failure.message,
         };
         let (milestone, decision) = self.machine.observe(observation.into(), Utc::now());
-        self.reached(milestone);
+        self.reached(milestone)?;
         Ok(decision)
     }
 
@@ -397,38 +510,46 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         ))
     }
 
-    /// What `{preview}` in a check's URL names now: the preview Service until the settle
-    /// removes it, then the active Service (selecting only the new pods by then).
+    /// What `{preview}` in a check's URL names: the preview Service, which selects only the
+    /// new pods until the end of the rollout (else the active Service).
     fn preview_host(&self) -> Option<String> {
-        match self.machine.phase() {
-            crate::blue_green::Phase::VerifyAfter { .. } | crate::blue_green::Phase::Succeeded => {
-                self.services.active_host()
-            }
-            _ => self
-                .services
-                .preview_host()
-                .or_else(|| self.services.active_host()),
-        }
+        self.services
+            .preview_host()
+            .or_else(|| self.services.active_host())
     }
 
-    /// Logs a milestone; the decisions journal their own records.
-    fn reached(&self, milestone: Option<Milestone>) {
-        let (env, revision) = (&self.fx.config.name, self.input.revision.short());
+    /// Logs a milestone, and journals a mixed rollout's canary steps and promotion; the
+    /// decisions journal the other records.
+    fn reached(&mut self, milestone: Option<Milestone>) -> Result<(), ReconcileError> {
+        let (env, revision) = (&self.fx.config.name, self.input.revision.clone());
         match milestone {
             Some(Milestone::PreviewPassed) => {
-                tracing::info!(env = %env, revision = %revision, "preview ready and healthy")
+                tracing::info!(env = %env, revision = %revision.short(), "preview ready and healthy")
+            }
+            Some(Milestone::StepPassed { step, weight }) => {
+                tracing::info!(env = %env, revision = %revision.short(), step = step + 1, weight, "canary step passed beside the preview");
+                self.fx.journal(Event::StepPassed {
+                    revision,
+                    step,
+                    weight,
+                })?;
             }
             Some(Milestone::Switched) => {
-                tracing::info!(env = %env, revision = %revision, "switched; verifying")
+                tracing::info!(env = %env, revision = %revision.short(), "switched; verifying")
+            }
+            Some(Milestone::Promoted) => {
+                tracing::info!(env = %env, revision = %revision.short(), "canaries promoted beside the switch; verifying");
+                self.fx.journal(Event::Promoted { revision })?;
             }
             Some(Milestone::SwitchedBack) => {
-                tracing::warn!(env = %env, revision = %revision, "switched back")
+                tracing::warn!(env = %env, revision = %revision.short(), "switched back")
             }
             Some(Milestone::ScaledDown) => {
-                tracing::info!(env = %env, revision = %revision, "old pods scaled down")
+                tracing::info!(env = %env, revision = %revision.short(), "old pods scaled down")
             }
             Some(Milestone::Failed { .. } | Milestone::Succeeded) | None => {}
         }
+        Ok(())
     }
 
     async fn succeed(&mut self) -> Result<Ending, ReconcileError> {
@@ -502,86 +623,10 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     }
 }
 
-/// Scales `previews` (preview Deployments) to zero and waits, within `timeout`, until none of
-/// their pods is left. A write the cluster refuses is logged and left to the revert.
-async fn drain<T: Target, P: CheckRunner>(
-    fx: &mut Effects<'_, T, P>,
-    previews: Vec<Desired>,
-    revision: &Revision,
-) -> Result<(), ReconcileError> {
-    let drained: Vec<Desired> = previews
-        .into_iter()
-        .map(|desired| {
-            let mut body = desired.body;
-            body["spec"]["replicas"] = serde_json::Value::from(0);
-            Desired::from_body(desired.key, body)
-        })
-        .collect();
-    let keys: Vec<ResourceKey> = drained.iter().map(|d| d.key.clone()).collect();
-    let writes = ordered(drained, Vec::new());
-    if let Err((_, error)) = fx.write_all(&writes, |_| revision.clone()).await {
-        tracing::warn!(env = %fx.config.name, %error, "could not scale the preview down before the revert");
-        return Ok(());
-    }
-    let deadline = Utc::now()
-        + chrono::Duration::from_std(fx.config.rollout.timeout).unwrap_or(chrono::Duration::MAX);
-    while let crate::rollout::Observation::NotReady { .. } = fx.readiness(&keys, deadline).await? {
-        if Utc::now() >= deadline {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// Before a blue/green rollout whose old pods are all still up is reverted (after a failed
-/// or refused write, a failed switch-back, or a restart at any point): each preview
-/// Deployment still live (`<name>-canary`) is drained first, with the Services of `to`
-/// that select `<name>`'s pods pinned to the old pods (`gitopsd.io/track: stable`), so the
-/// revert, which gives them git's selectors back, never sends traffic to preview pods. The
-/// pins are one write per Service, as a switch-back.
-pub(super) async fn unwind_previews<T: Target, P: CheckRunner>(
-    fx: &mut Effects<'_, T, P>,
-    revision: &Revision,
-    to: &[Desired],
-    live: &[Object],
-) -> Result<(), ReconcileError> {
-    let previews: Vec<Desired> = live
-        .iter()
-        .filter(|object| {
-            object.key.group == "apps"
-                && object.key.kind == "Deployment"
-                && object.key.name.ends_with(canary::CANARY_SUFFIX)
-                // Drained already (by the rollout's own failure path): nothing to move.
-                && object.body.pointer("/spec/replicas").and_then(serde_json::Value::as_u64)
-                    != Some(0)
-        })
-        .map(|object| Desired::from_body(object.key.clone(), object.body.clone()))
-        .collect();
-    let stables: Vec<&Desired> = to
-        .iter()
-        .filter(|desired| {
-            previews
-                .iter()
-                .any(|preview| canary_key(&desired.key) == preview.key)
-        })
-        .collect();
-    if previews.is_empty() {
-        return Ok(());
-    }
-    let pins: Vec<Desired> = preview::active_services(to, &stables)
-        .iter()
-        .map(preview::pinned)
-        .collect();
-    tracing::warn!(env = %fx.config.name, revision = %revision.short(), services = pins.len(), previews = previews.len(), "pinning the Services to the old pods and draining the preview before the revert");
-    let writes = ordered(pins, Vec::new());
-    if let Err((_, error)) = fx.write_all(&writes, |_| revision.clone()).await {
-        // Draining now could leave a Service selecting nothing: the revert is left to go on.
-        tracing::warn!(env = %fx.config.name, %error, "could not pin the Services to the old pods before the revert");
-        return Ok(());
-    }
-    drain(fx, previews, revision).await
-}
-
 #[cfg(test)]
 #[path = "blue_green_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "mixed_tests.rs"]
+mod mixed_tests;

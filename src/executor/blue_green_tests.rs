@@ -159,8 +159,9 @@ async fn a_named_preview_service_selects_the_new_pods_until_the_end_and_no_other
     let services =
         crate::preview::PreviewServices::of(&input.desired, &deployments, Some("web-next"))
             .expect("declared");
+    let strategies = crate::preview::Strategies::all_blue_green(&input.spec);
     let mut fx = fixture.effects(&backend, &checks);
-    let ending = super::BlueGreenDriver::begin(&mut fx, input, services)
+    let ending = super::BlueGreenDriver::begin(&mut fx, input, strategies, services)
         .expect("journaled")
         .run()
         .await
@@ -206,7 +207,7 @@ impl CheckRunner for UrlRecorder<'_> {
 const PREVIEW_CHECK: &str = "\n[[environment.health]]\nname = \"new-version\"\ntype = \"http\"\nurl = \"http://{preview}:8080/health\"\ninterval = \"5ms\"\nfailures = 2\n";
 
 #[tokio::test]
-async fn preview_in_a_check_url_names_the_preview_service_then_the_active_one() {
+async fn preview_in_a_check_url_names_the_preview_service_until_the_end() {
     let fixture = Fixture::with_rollout(&format!(
         "strategy = \"blue-green\"\nbake = \"40ms\"\nverify = \"120ms\"\nscale_down_delay = \"40ms\"\n{PREVIEW_CHECK}"
     ));
@@ -219,20 +220,14 @@ async fn preview_in_a_check_url_names_the_preview_service_then_the_active_one() 
     assert!(matches!(ending, Ending::Healthy { .. }), "{ending:?}");
     let seen = checks.seen.into_inner().expect("not poisoned");
     let preview = "http://web-preview.shop.svc:8080/health";
-    let active = "http://web.shop.svc:8080/health";
-    let before_scale_down: Vec<&str> = seen
-        .iter()
-        .take_while(|(last, _)| *last != "scaled_down")
-        .map(|(_, url)| url.as_str())
-        .collect();
     assert!(
-        !before_scale_down.is_empty() && before_scale_down.iter().all(|url| *url == preview),
-        "the preview Service while it runs: {seen:?}"
+        seen.iter().any(|(last, _)| *last == "preview_started")
+            && seen.iter().any(|(last, _)| *last == "scaled_down"),
+        "checks ran during the preview and after the scale-down: {seen:?}"
     );
-    assert_eq!(
-        seen.last().map(|(_, url)| url.as_str()),
-        Some(active),
-        "the active Service once the preview is gone: {seen:?}"
+    assert!(
+        seen.iter().all(|(_, url)| url == preview),
+        "the preview Service serves the new pods until the end of the verify window: {seen:?}"
     );
 }
 

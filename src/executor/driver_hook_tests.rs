@@ -92,12 +92,14 @@ async fn a_failing_post_promotion_hook_after_the_switch_switches_back() {
         input.spec.canaries.iter().map(|u| &u.desired).collect();
     let services = crate::preview::PreviewServices::of(&input.desired, &deployments, None)
         .expect("the Services of the revision");
+    let strategies = crate::preview::Strategies::all_blue_green(&input.spec);
     let mut fx = fixture.effects(&backend, &checks);
-    let ending = crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input, services)
-        .expect("journaled")
-        .run()
-        .await
-        .expect("the rollout runs");
+    let ending =
+        crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input, strategies, services)
+            .expect("journaled")
+            .run()
+            .await
+            .expect("the rollout runs");
     let Ending::Failed { cause, reason, .. } = ending else {
         panic!("the hook fails the rollout: {ending:?}");
     };

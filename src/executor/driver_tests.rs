@@ -587,7 +587,8 @@ pub(crate) async fn begin_blue_green<P: CheckRunner>(
     let named = fixture.config.rollout.preview_service.as_deref();
     let services = crate::preview::PreviewServices::of(&input.desired, &deployments, named)
         .expect("the fixture declares its preview Service");
-    crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input, services)
+    let strategies = crate::preview::Strategies::all_blue_green(&input.spec);
+    crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input, strategies, services)
         .expect("journaled")
         .run()
         .await

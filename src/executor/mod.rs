@@ -8,6 +8,7 @@ mod effects;
 mod error;
 mod hooks;
 mod revert;
+mod unwind;
 mod writes;
 
 use chrono::Utc;
@@ -455,7 +456,10 @@ impl<T: Target> EnvironmentRun<'_, T> {
             });
         }
         let spec = canary::split(&plan, &desired, &live, &before.0);
-        let blue_green = resume.is_none() && self.blue_green(revision, &spec)?;
+        let strategies = match resume {
+            None => self.strategies(revision, &desired, &spec)?,
+            Some(_) => None,
+        };
         let input = RolloutInput {
             revision: revision.clone(),
             previous: previous.clone(),
@@ -467,9 +471,9 @@ impl<T: Target> EnvironmentRun<'_, T> {
         };
         let ending = match resume {
             Some(resume) => Driver::resume(&mut self.fx, input, resume)?.run().await?,
-            None if blue_green => {
-                let services = self.preview_services(&input)?;
-                BlueGreenDriver::begin(&mut self.fx, input, services)?
+            None if let Some(strategies) = strategies => {
+                let services = self.preview_services(&input, &strategies.blue_green)?;
+                BlueGreenDriver::begin(&mut self.fx, input, strategies, services)?
                     .run()
                     .await?
             }
@@ -534,20 +538,23 @@ impl<T: Target> EnvironmentRun<'_, T> {
         }
     }
 
-    /// Whether this rollout runs blue/green: every Deployment whose template changes asks for
-    /// it (its `gitopsd.io/strategy` annotation, else the environment's strategy). A revision
-    /// mixing both strategies is refused (journaled `rejected`); StatefulSets and DaemonSets
-    /// asking for blue-green were refused with their file when the revision was read. A
-    /// Deployment whose old pods lack the stable track label rolls out through canary steps
-    /// instead, with a warning.
-    fn blue_green(
+    /// How this rollout runs: blue/green (`Some`) when a Deployment whose template changes
+    /// asks for it (its `gitopsd.io/strategy` annotation, else the environment's strategy),
+    /// mixed when others step as canaries beside it; canary steps (`None`) when none does. A
+    /// mix whose two kinds share a Service or a changed config is refused (journaled
+    /// `rejected`); StatefulSets and DaemonSets asking for blue-green were refused with their
+    /// file when the revision was read. A Deployment whose old pods lack the stable track
+    /// label rolls out through canary steps instead, with a warning (and so does the rest).
+    fn strategies(
         &mut self,
         revision: &Revision,
+        desired: &[Desired],
         spec: &RolloutSpec,
-    ) -> Result<bool, ReconcileError> {
-        match preview::rollout_strategy(spec, self.fx.config.rollout.strategy) {
-            Ok(Strategy::BlueGreen) => {}
-            Ok(Strategy::Canary) => return Ok(false),
+    ) -> Result<Option<preview::Strategies>, ReconcileError> {
+        let strategies = match preview::by_strategy(spec, desired, self.fx.config.rollout.strategy)
+        {
+            Ok(strategies) if strategies.blue_green() => strategies,
+            Ok(_) => return Ok(None),
             Err(mixed) => {
                 let problem = mixed.to_string();
                 self.reject(revision, vec![problem.clone()])?;
@@ -556,8 +563,9 @@ impl<T: Target> EnvironmentRun<'_, T> {
                     problems: problem,
                 });
             }
-        }
-        let untracked: Vec<String> = spec
+        };
+        let untracked: Vec<String> = strategies
+            .blue_green
             .canaries
             .iter()
             .filter_map(|unit| {
@@ -568,9 +576,9 @@ impl<T: Target> EnvironmentRun<'_, T> {
             .collect();
         if !untracked.is_empty() {
             tracing::warn!(env = %self.fx.config.name, revision = %revision.short(), problems = ?untracked, "blue-green is not possible for this rollout; using canary steps");
-            return Ok(false);
+            return Ok(None);
         }
-        Ok(!spec.canaries.is_empty())
+        Ok(Some(strategies))
     }
 
     /// The Services a blue/green rollout writes; a `preview_service` the revision does not
@@ -578,8 +586,9 @@ impl<T: Target> EnvironmentRun<'_, T> {
     fn preview_services(
         &mut self,
         input: &RolloutInput,
+        blue_green: &RolloutSpec,
     ) -> Result<preview::PreviewServices, ReconcileError> {
-        let deployments: Vec<&Desired> = input.spec.canaries.iter().map(|u| &u.desired).collect();
+        let deployments: Vec<&Desired> = blue_green.canaries.iter().map(|u| &u.desired).collect();
         let named = self.fx.config.rollout.preview_service.as_deref();
         preview::PreviewServices::of(&input.desired, &deployments, named).or_else(|problem| {
             let problem = problem.to_string();

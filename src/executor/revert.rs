@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use super::EnvironmentRun;
 use super::error::ReconcileError;
 use super::hooks::HookSet;
+use super::unwind;
 use super::writes::{Write, confirm_drift, plan_writes};
 use crate::backend::Target;
 use crate::canary::CANARY_SUFFIX;
@@ -98,23 +99,43 @@ impl<T: Target> EnvironmentRun<'_, T> {
     }
 
     /// Live state to revert from, once a blue/green rollout whose old pods are all still up
-    /// has its Services pinned back to them and its preview drained.
+    /// has its Services pinned back to them and its preview drained, or one whose scale-down
+    /// had begun has the old template back and ready behind the preview before its Services
+    /// are switched back (see [`super::unwind`]).
     async fn live_unwound(
         &mut self,
         revert: &RevertInFlight,
         desired: &[Desired],
     ) -> Result<Vec<crate::model::Object>, ReconcileError> {
         let live = self.live(desired, &revert.to).await?;
-        let unwind = self.fx.journal.with_history(|history| {
-            history
-                .in_flight
-                .as_ref()
-                .is_some_and(|flight| flight.blue_green_old_pods_up())
-        });
-        if !unwind {
+        let flight = self
+            .fx
+            .journal
+            .with_history(|history| history.in_flight.clone());
+        let Some(flight) = flight.filter(|flight| flight.phase.is_some()) else {
+            return Ok(live);
+        };
+        if flight.blue_green_old_pods_up() {
+            unwind::unwind_previews(
+                &mut self.fx,
+                &revert.revision,
+                desired,
+                &live,
+                &flight.previews,
+            )
+            .await?;
+        } else if !unwind::restore_then_switch_back(
+            &mut self.fx,
+            &revert.revision,
+            &revert.to,
+            desired,
+            &live,
+            &flight.previews,
+        )
+        .await?
+        {
             return Ok(live);
         }
-        super::blue_green::unwind_previews(&mut self.fx, &revert.revision, desired, &live).await?;
         self.live(desired, &revert.to).await
     }
 

@@ -71,7 +71,13 @@ pub enum Event {
     Promoted { revision: Revision },
     /// Blue/green: about to write the preview (the changed Deployments' canaries at full
     /// size, the preview Services) and pin the active Services to the old pods.
-    PreviewStarted { revision: Revision },
+    PreviewStarted {
+        revision: Revision,
+        /// The Deployments previewed, when the rollout also steps canaries (a mixed
+        /// rollout): only their canaries are previews. Empty: every canary is.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        previews: Vec<String>,
+    },
     /// Blue/green with `auto_promote = false`: the preview is ready and baked; the switch
     /// waits for an operator's approval of the revision (checks keep running).
     AwaitingApproval { revision: Revision },
@@ -242,7 +248,7 @@ impl Event {
             | Event::StepStarted { revision, .. }
             | Event::StepPassed { revision, .. }
             | Event::Promoted { revision }
-            | Event::PreviewStarted { revision }
+            | Event::PreviewStarted { revision, .. }
             | Event::AwaitingApproval { revision }
             | Event::Switched { revision }
             | Event::SwitchedBack { revision, .. }

@@ -26,6 +26,9 @@ impl std::fmt::Debug for Identities {
 pub enum KeyFileError {
     #[error("age key file {path}: {message}")]
     Unusable { path: PathBuf, message: String },
+    /// No file at `path` (a CI job previewing a pull request has no key).
+    #[error("age key file {path}: does not exist")]
+    Absent { path: PathBuf },
 }
 
 impl Identities {
@@ -88,9 +91,15 @@ pub async fn load(path: &Path) -> Result<Identities, KeyFileError> {
         path: path.to_path_buf(),
         message,
     };
-    let metadata = tokio::fs::metadata(path)
-        .await
-        .map_err(|error| unusable(format!("cannot read it: {error}")))?;
+    let metadata = tokio::fs::metadata(path).await.map_err(|error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            KeyFileError::Absent {
+                path: path.to_path_buf(),
+            }
+        } else {
+            unusable(format!("cannot read it: {error}"))
+        }
+    })?;
     let mode = metadata.permissions().mode();
     if mode & 0o004 != 0 {
         return Err(unusable(format!(

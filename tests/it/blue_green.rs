@@ -55,8 +55,8 @@ fn blue_green_previews_at_full_size_switches_then_scales_down_and_leaves_only_gi
     assert_exit(&output, 0);
     assert_eq!(
         rollout.take_observed(),
-        ["4 web:1 4 web:2 hello -", "4 web:2 - - hello -"],
-        "the preview runs the new template in full beside the old pods, then the Deployment named in git runs it alone"
+        ["4 web:1 4 web:2 hello -", "4 web:2 4 web:2 hello -"],
+        "the preview runs the new template in full beside the old pods, then beside the Deployment named in git on the new template until the verify window ends"
     );
     assert_eq!(
         rollout.events_since(before),
@@ -211,7 +211,7 @@ fn workload(name: &str, image: &str, strategy: Option<&str>) -> String {
 }
 
 #[test]
-fn the_strategy_annotation_mixes_strategies_in_one_environment_but_not_in_one_revision() {
+fn the_strategy_annotation_mixes_strategies_in_one_environment_and_in_one_revision() {
     let rollout = RolloutWorkspace::new(
         "steps = [50, 100]\nbake = \"200ms\"\nverify = \"200ms\"\nscale_down_delay = \"200ms\"\ntimeout = \"5s\"",
     );
@@ -267,10 +267,79 @@ fn the_strategy_annotation_mixes_strategies_in_one_environment_but_not_in_one_re
     );
 
     write("web:3", "api:3");
+    repo.commit("both");
+    let before = rollout.workspace.journal("staging").len();
+    let diff = rollout.workspace.run(&["diff", "--env", "staging"]);
+    assert!(
+        stdout(&diff).contains("rollout: mixed: blue-green for Deployment.apps shop/web and canary 50% → 100% for Deployment.apps shop/api: preview beside the canary steps below 100% → switch, then the canaries' promotion → verify → scale down"),
+        "{}",
+        stdout(&diff)
+    );
+    assert_exit(&rollout.workspace.run(&["run", "--once"]), 0);
+    assert_eq!(
+        rollout.events_since(before),
+        [
+            "rollout_started",
+            "preview_started",
+            "step_started 50",
+            "step_passed 50",
+            "switched",
+            "step_started 100",
+            "promoted",
+            "scaled_down",
+            "healthy"
+        ],
+        "a revision changing both rolls out with both strategies at once"
+    );
+    let live = tree(&rollout.workspace.live("staging"));
+    assert!(
+        !live
+            .keys()
+            .any(|path| path.contains("canary") || path.contains("preview")),
+        "{:?}",
+        live.keys()
+    );
+    for (path, image) in [
+        ("shop/Deployment.apps/web.yaml", "web:3"),
+        ("shop/Deployment.apps/api.yaml", "api:3"),
+    ] {
+        assert!(
+            live.get(path)
+                .is_some_and(|text| String::from_utf8_lossy(text).contains(image)),
+            "{path}: {:?}",
+            live.get(path)
+        );
+    }
+}
+
+#[test]
+fn a_revision_mixing_strategies_over_one_shared_service_is_refused() {
+    let rollout = RolloutWorkspace::new(
+        "steps = [50, 100]\nbake = \"200ms\"\nverify = \"200ms\"\nscale_down_delay = \"200ms\"\ntimeout = \"5s\"",
+    );
+    let repo = &rollout.workspace.repo;
+    let front = "apiVersion: v1\nkind: Service\nmetadata:\n  name: front\nspec:\n  selector: {tier: front}\n  ports: [{port: 80}]\n";
+    let write = |web: &str, api: &str| {
+        let tiered = |text: String| text.replace("labels: {app: ", "labels: {tier: front, app: ");
+        repo.write(
+            "environments/staging/web.yaml",
+            &tiered(workload("web", web, Some("blue-green"))),
+        );
+        repo.write(
+            "environments/staging/api.yaml",
+            &tiered(workload("api", api, None)),
+        );
+        repo.write("environments/staging/front.yaml", front);
+    };
+    write("web:1", "api:1");
+    repo.commit("v1");
+    assert_exit(&rollout.workspace.run(&["run", "--once"]), 0);
+
+    write("web:2", "api:2");
     let mixed = repo.commit("both");
     let diff = rollout.workspace.run(&["diff", "--env", "staging"]);
     assert!(
-        stdout(&diff).contains("refused: the revision changes workloads of both strategies, blue-green (Deployment.apps shop/web) and canary (Deployment.apps shop/api)"),
+        stdout(&diff).contains("refused: the revision changes workloads of both strategies, blue-green (Deployment.apps shop/web) and canary (Deployment.apps shop/api), that share Service shop/front"),
         "{}",
         stdout(&diff)
     );
@@ -397,7 +466,7 @@ impl Drop for RecordingProxy {
 }
 
 #[test]
-fn an_http_check_naming_preview_asks_the_preview_service_then_the_active_one() {
+fn an_http_check_naming_preview_asks_the_preview_service_until_the_end() {
     let check = "\n[[environment.health]]\nname = \"new-version\"\ntype = \"http\"\nurl = \"http://{preview}:8080/health\"\ninterval = \"100ms\"\nfailures = 2\n";
     let rollout = RolloutWorkspace::new(&format!("{BLUE_GREEN}\n{check}"));
     let before = deployed(&rollout);
@@ -427,19 +496,127 @@ fn an_http_check_naming_preview_asks_the_preview_service_then_the_active_one() {
     );
     let requests = proxy.requests();
     let preview = "GET http://web-preview.shop.svc:8080/health HTTP/1.1";
-    let active = "GET http://web.shop.svc:8080/health HTTP/1.1";
-    assert_eq!(
-        requests.first().map(String::as_str),
-        Some(preview),
-        "{requests:?}"
-    );
-    assert_eq!(
-        requests.last().map(String::as_str),
-        Some(active),
-        "{requests:?}"
-    );
     assert!(
-        requests.iter().all(|r| r == preview || r == active),
-        "{requests:?}"
+        !requests.is_empty() && requests.iter().all(|r| r == preview),
+        "the preview Service selects only the new pods until the verify window ends: {requests:?}"
     );
+}
+
+#[test]
+fn a_mixed_rollout_killed_at_each_journal_point_ends_with_one_version_and_nothing_left_over() {
+    let rollout = RolloutWorkspace::new(
+        "steps = [50, 100]\nbake = \"200ms\"\nverify = \"300ms\"\nscale_down_delay = \"200ms\"\ntimeout = \"5s\"",
+    );
+    let workspace = &rollout.workspace;
+    let write = |web: &str, api: &str| {
+        workspace.repo.write(
+            "environments/staging/web.yaml",
+            &workload("web", web, Some("blue-green")),
+        );
+        workspace
+            .repo
+            .write("environments/staging/api.yaml", &workload("api", api, None));
+    };
+    write("web:1", "api:1");
+    workspace.repo.commit("v1");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let old_records = workspace.journal("staging").len();
+    let journal_dir = workspace.path("state/journal");
+    let saved_journal = workspace.path("saved-journal");
+    copy_dir(&journal_dir, &saved_journal);
+    let old_tree = tree(&workspace.live("staging"));
+    let saved_live = workspace.path("saved-live");
+    copy_dir(&workspace.live("staging"), &saved_live);
+
+    write("web:2", "api:2");
+    workspace.repo.commit("both 2");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let new_tree = tree(&workspace.live("staging"));
+    let points = workspace.journal("staging").len() - old_records;
+    assert_eq!(
+        points, 9,
+        "rollout_started, preview_started, step_started, step_passed, switched, step_started, promoted, scaled_down, healthy"
+    );
+    for point in 1..=points {
+        copy_dir(&saved_journal, &journal_dir);
+        copy_dir(&saved_live, &workspace.live("staging"));
+        assert_eq!(tree(&workspace.live("staging")), old_tree);
+        let mut child = workspace.spawn(&["run", "--once"]);
+        let reached = wait_for(Duration::from_secs(30), || {
+            gitopsd::journal::load_all(&workspace.path("state"), "staging")
+                .is_ok_and(|records| records.len() >= old_records + point)
+        });
+        assert!(reached, "journal point {point} was never reached");
+        child.signal(libc::SIGKILL);
+        child
+            .wait_timeout(Duration::from_secs(10))
+            .expect("killed child exits");
+        let killed_at = workspace.journal("staging").len();
+        let interrupted = History::from_records(&workspace.journal("staging"))
+            .in_flight
+            .is_some();
+        assert_exit(&workspace.run(&["run", "--once"]), 0);
+        let after: Vec<&str> = workspace.journal("staging")[killed_at..]
+            .iter()
+            .map(|record| record.event.name())
+            .collect();
+        if interrupted {
+            assert_eq!(
+                after.first(),
+                Some(&"revert_started"),
+                "point {point}: an interrupted mixed rollout is undone first: {after:?}"
+            );
+            assert!(
+                after.contains(&"preview_started") && !after.contains(&"rollout_failed"),
+                "point {point}: then started over, not blamed: {after:?}"
+            );
+        }
+        assert_eq!(
+            tree(&workspace.live("staging")),
+            new_tree,
+            "point {point}: the restart ends fully new, with no preview nor canary left"
+        );
+    }
+}
+
+#[test]
+fn a_failure_after_the_scale_down_restores_the_old_template_behind_the_preview_then_switches_back()
+{
+    let rollout = RolloutWorkspace::new(BLUE_GREEN);
+    let before = deployed(&rollout);
+    let old_tree = tree(&rollout.workspace.live("staging"));
+    // Only once the Deployment named in git runs the new template beside the preview.
+    rollout.fail_when("^4 web:2 4 web:2 ");
+    web(&rollout.workspace.repo, "web:2", "hello", 4);
+    let bad = rollout.workspace.repo.commit("web 2");
+    let output = rollout.workspace.run(&["run", "--once"]);
+    assert_exit(&output, 1);
+    let events = rollout.events_since(before);
+    assert_eq!(
+        events,
+        [
+            "rollout_started",
+            "preview_started",
+            "switched",
+            "scaled_down",
+            "check_failed",
+            "rollout_failed",
+            "revert_started",
+            "switched_back",
+            "reverted"
+        ]
+    );
+    let records = rollout.workspace.journal("staging");
+    assert!(
+        records.iter().any(|record| matches!(&record.event, Event::SwitchedBack { reason, .. } if reason.contains("old template is ready again"))),
+        "{records:?}"
+    );
+    assert_eq!(
+        rollout.take_observed().last().map(String::as_str),
+        Some("4 web:2 4 web:2 hello -"),
+        "the check saw the new template on both Deployments, the Service on the preview"
+    );
+    assert_eq!(tree(&rollout.workspace.live("staging")), old_tree);
+    let history = History::from_records(&records);
+    assert!(history.failed.iter().any(|failed| failed.0 == bad));
 }

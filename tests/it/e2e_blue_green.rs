@@ -17,15 +17,15 @@ use serde_json::Value;
 use crate::e2e::{Cluster, events, marker_check, workspace_on};
 use crate::helpers::*;
 
-const REPLICAS: usize = 3;
+pub(crate) const REPLICAS: usize = 3;
 
-fn app(namespace: &str, release: &str) -> String {
+pub(crate) fn app(namespace: &str, release: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: {REPLICAS}\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n      annotations: {{release: \"{release}\"}}\n    spec:\n      containers:\n        - name: web\n          image: registry.k8s.io/pause:3.9\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {{app: web}}\n  ports: [{{port: 80}}]\n"
     )
 }
 
-fn blue_green(verify: &str, scale_down_delay: &str) -> String {
+pub(crate) fn blue_green(verify: &str, scale_down_delay: &str) -> String {
     format!(
         "[environment.rollout]\nstrategy = \"blue-green\"\nbake = \"3s\"\nverify = \"{verify}\"\nscale_down_delay = \"{scale_down_delay}\"\ntimeout = \"3m\"\n"
     )
@@ -73,14 +73,16 @@ impl Endpoints {
     }
 }
 
-/// Ready pods labelled `app=web`, as a pod watch sees them, and the fewest seen.
+/// Ready pods labelled `app=web`, as a pod watch sees them, the fewest seen, and each pod's
+/// `release` annotation (the template it runs).
 #[derive(Default)]
 struct Pods {
     ready: BTreeMap<String, bool>,
     lowest: Option<usize>,
+    releases: BTreeMap<String, String>,
 }
 
-struct Watches {
+pub(crate) struct Watches {
     endpoints: Arc<Mutex<Endpoints>>,
     pods: Arc<Mutex<Pods>>,
     _children: [ChildGuard; 2],
@@ -91,7 +93,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Watches {
-    fn start(cluster: &Cluster, namespace: &str) -> Self {
+    pub(crate) fn start(cluster: &Cluster, namespace: &str) -> Self {
         let endpoints = Arc::new(Mutex::new(Endpoints::default()));
         let recorded = endpoints.clone();
         let slices = watch(
@@ -135,6 +137,9 @@ impl Watches {
                             .any(|c| c["type"] == "Ready" && c["status"] == "True")
                     });
                 let mut state = lock(&recorded);
+                if let Some(release) = pod["metadata"]["annotations"]["release"].as_str() {
+                    state.releases.insert(name.clone(), release.to_string());
+                }
                 state.ready.insert(name, ready);
                 if state.lowest.is_some() {
                     let count = state.ready.values().filter(|r| **r).count();
@@ -151,7 +156,7 @@ impl Watches {
 
     /// Waits until the Service has `REPLICAS` ready endpoints; returns them (the old pods)
     /// and starts recording from there.
-    fn arm(&self) -> BTreeSet<String> {
+    pub(crate) fn arm(&self) -> BTreeSet<String> {
         assert!(
             wait_for(Duration::from_secs(60), || lock(&self.endpoints)
                 .ready()
@@ -179,30 +184,50 @@ impl Watches {
         old
     }
 
-    fn states(&self) -> Vec<(SystemTime, BTreeSet<String>)> {
+    pub(crate) fn states(&self) -> Vec<(SystemTime, BTreeSet<String>)> {
         lock(&self.endpoints).states.clone()
     }
 
     /// Waits until the endpoints are `REPLICAS` pods satisfying `wanted`.
-    fn wait_until(&self, wanted: impl Fn(&BTreeSet<String>) -> bool) -> bool {
+    pub(crate) fn wait_until(&self, wanted: impl Fn(&BTreeSet<String>) -> bool) -> bool {
         wait_for(Duration::from_secs(60), || {
             let ready = lock(&self.endpoints).ready();
             ready.len() == REPLICAS && wanted(&ready)
         })
     }
 
-    fn lowest_ready_pods(&self) -> usize {
+    pub(crate) fn lowest_ready_pods(&self) -> usize {
         lock(&self.pods).lowest.unwrap_or(0)
+    }
+
+    /// The `release` of `pod`'s template, as the pod watch saw it.
+    pub(crate) fn release_of(&self, pod: &str) -> Option<String> {
+        lock(&self.pods).releases.get(pod).cloned()
+    }
+
+    /// The Ready pods (preview or not) running `release`.
+    pub(crate) fn ready_pods_of(&self, release: &str) -> BTreeSet<String> {
+        let pods = lock(&self.pods);
+        pods.ready
+            .iter()
+            .filter(|(pod, ready)| {
+                **ready && pods.releases.get(*pod).map(String::as_str) == Some(release)
+            })
+            .map(|(pod, _)| pod.clone())
+            .collect()
     }
 }
 
-fn is_preview(pod: &str) -> bool {
+pub(crate) fn is_preview(pod: &str) -> bool {
     pod.starts_with("web-canary-")
 }
 
 /// Every recorded endpoint state has at least `REPLICAS` ready pods and never mixes old
 /// pods with new ones.
-fn assert_never_short_nor_mixed(states: &[(SystemTime, BTreeSet<String>)], old: &BTreeSet<String>) {
+pub(crate) fn assert_never_short_nor_mixed(
+    states: &[(SystemTime, BTreeSet<String>)],
+    old: &BTreeSet<String>,
+) {
     for (_, ready) in states {
         assert!(
             ready.len() >= REPLICAS,
@@ -226,7 +251,7 @@ pub(crate) fn journal_names(workspace: &Workspace) -> Vec<&'static str> {
 }
 
 /// The active Service as git wrote it, the preview and its Service gone, `web` at `release`.
-fn assert_only_git_objects(cluster: &Cluster, namespace: &str, release: &str) {
+pub(crate) fn assert_only_git_objects(cluster: &Cluster, namespace: &str, release: &str) {
     let service = cluster
         .get(Some(namespace), "service/web")
         .expect("the Service is there");

@@ -560,3 +560,127 @@ fn a_revert_puts_back_the_decrypted_state_and_its_commit_the_encrypted_file() {
         "the revert commit restores the encrypted file byte for byte"
     );
 }
+
+#[test]
+fn diff_and_validate_without_the_key_report_encrypted_documents_as_not_checked() {
+    let (workspace, mine, _other) = workspace_with_keys();
+    let dir = workspace.root.path();
+    let regex = ["--encrypted-regex", "^(data|stringData)$"];
+    workspace.edit_config(
+        "path = \"environments/production\"\n",
+        &format!(
+            "path = \"environments/production\"\ndecryption = {{ provider = \"sops\", age_key_file = \"{}\" }}\n",
+            mine.file.display()
+        ),
+    );
+    let secret = encrypt(dir, SECRET, &[&mine], &regex);
+    let opaque = encrypt(dir, CONFIG_MAP, &[&mine], &[]);
+    workspace
+        .repo
+        .write("environments/staging/secret.yaml", &secret);
+    workspace
+        .repo
+        .write("environments/staging/opaque.yaml", &opaque);
+    workspace.repo.write(
+        "environments/production/secret.yaml",
+        &encrypt(dir, SECRET, &[&mine], &regex),
+    );
+    let first = workspace.repo.commit("encrypted files");
+    assert_exit(&workspace.run(&["run", "--once"]), 0);
+    let live_before = tree(&workspace.live("staging"));
+
+    // A CI job previewing a pull request has no key.
+    let kept = workspace.path("kept.key");
+    std::fs::rename(&mine.file, &kept).expect("move the key away");
+    let said = |output: &std::process::Output| format!("{}{}", stdout(output), stderr(output));
+    let note = format!(
+        "note: age key file {}: does not exist: SOPS-encrypted documents are reported as encrypted, not checked",
+        mine.file.display()
+    );
+    let output = workspace.run(&["validate"]);
+    assert_exit(&output, 0);
+    let text = said(&output);
+    assert!(
+        text.contains("ok: staging at ")
+            && text.contains(": 4 objects, 2 SOPS documents encrypted, not checked")
+            && text.contains(": 4 objects, 1 SOPS documents encrypted, not checked"),
+        "{text}"
+    );
+    assert_eq!(text.matches("note: ").count(), 1, "said once: {text}");
+    assert!(text.contains(&note), "{text}");
+
+    let output = workspace.run(&["diff", "--env", "staging"]);
+    let text = said(&output);
+    assert_exit(&output, 0);
+    assert!(
+        text.contains("? encrypted, not checked: Secret shop/db (environments/staging/secret.yaml: document 1): ciphertext unchanged"),
+        "{text}"
+    );
+    assert!(
+        text.contains("? encrypted, not checked: environments/staging/opaque.yaml: document 1: not compared (its kind and name are encrypted)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("staging: 0 to create, 0 to update, 0 to delete"),
+        "nothing live is taken for deleted or changed: {text}"
+    );
+    assert_eq!(text.matches("note: ").count(), 1, "said once: {text}");
+
+    // A new value: new ciphertext, told apart from the old without the key, never shown.
+    workspace.repo.write(
+        "environments/staging/secret.yaml",
+        &encrypt(
+            dir,
+            &SECRET.replace("correct-horse", "battery-staple"),
+            &[&mine],
+            &regex,
+        ),
+    );
+    workspace.repo.commit("rotate the password");
+    for args in [
+        &["diff", "--env", "staging"][..],
+        &["diff", "--env", "staging", "--against", &first],
+        &["diff", "--env", "staging", "--output", "markdown"],
+    ] {
+        let output = workspace.run(args);
+        let text = said(&output);
+        assert_exit(&output, 1);
+        assert!(
+            text.contains(
+                "Secret shop/db (environments/staging/secret.yaml: document 1): ciphertext changed"
+            ),
+            "{args:?}: {text}"
+        );
+        for value in ["correct-horse", "battery-staple", "abc123"] {
+            assert!(!text.contains(value), "{args:?} shows {value}: {text}");
+        }
+    }
+    let output = workspace.run(&["diff", "--env", "staging", "--output", "json"]);
+    assert_exit(&output, 1);
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(
+        report["note"]
+            .as_str()
+            .is_some_and(|note| note.contains("encrypted, not checked")),
+        "{report}"
+    );
+    let encrypted = &report["environments"][0]["encrypted"];
+    assert!(
+        encrypted.as_array().is_some_and(|all| all
+            .iter()
+            .any(|e| e["object"] == "Secret shop/db" && e["ciphertext"] == "changed")),
+        "{encrypted}"
+    );
+
+    // The daemon still applies nothing without the key.
+    let output = workspace.run(&["run", "--once"]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        said(&output).contains(
+            "does not exist; the SOPS documents of environment staging cannot be decrypted"
+        ),
+        "{}",
+        said(&output)
+    );
+    assert_eq!(tree(&workspace.live("staging")), live_before);
+}
