@@ -335,12 +335,15 @@ pub(super) async fn environment_loop(
         }
     };
     let wake = Arc::new(Notify::new());
+    let waiting = Arc::new(watch::channel(None).0);
     controls.register(
         &name,
         EnvironmentHandle {
             journal: runtime.journal.clone(),
             wake: wake.clone(),
             cache: runtime.target.cache_view(),
+            config: Arc::new(runtime.config.clone()),
+            waiting: waiting.clone(),
         },
     );
     board.set(&name, "starting".into());
@@ -373,6 +376,15 @@ pub(super) async fn environment_loop(
             .await;
         heartbeat.beat();
         board.set(&name, describe(&result));
+        let held = match &result {
+            Ok(Outcome::Waiting { reason }) => Some((revision.clone(), reason.clone())),
+            _ => None,
+        };
+        waiting.send_if_modified(|now| {
+            let changed = *now != held;
+            *now = held;
+            changed
+        });
         // A blocked environment waits before trying again, longer each time, unless an
         // operator wakes it.
         if let Some(wait) = failures.after(&result)

@@ -1,0 +1,2 @@
+//! Page weight benchmark (filled in below).
+fn main() {}
