@@ -376,15 +376,7 @@ pub(super) async fn environment_loop(
             .await;
         heartbeat.beat();
         board.set(&name, describe(&result));
-        let held = match &result {
-            Ok(Outcome::Waiting { reason }) => Some((revision.clone(), reason.clone())),
-            _ => None,
-        };
-        waiting.send_if_modified(|now| {
-            let changed = *now != held;
-            *now = held;
-            changed
-        });
+        tell_waiting(&waiting, &revision, &result);
         // A blocked environment waits before trying again, longer each time, unless an
         // operator wakes it.
         if let Some(wait) = failures.after(&result)
@@ -393,6 +385,24 @@ pub(super) async fn environment_loop(
             break;
         }
     }
+}
+
+/// Tells the status pages what holds the tip back after a pass (a gate, a pause), if anything;
+/// they are woken only when that changes.
+fn tell_waiting(
+    waiting: &watch::Sender<Option<(Revision, String)>>,
+    revision: &Revision,
+    result: &Result<Outcome, ReconcileError>,
+) {
+    let held = match result {
+        Ok(Outcome::Waiting { reason }) => Some((revision.clone(), reason.clone())),
+        _ => None,
+    };
+    waiting.send_if_modified(|now| {
+        let changed = *now != held;
+        *now = held;
+        changed
+    });
 }
 
 /// What an environment's failing passes have been: the same error every poll is logged once,

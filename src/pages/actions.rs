@@ -133,18 +133,22 @@ fn checked(
     pages: &PagesState,
     headers: &HeaderMap,
     csrf: Option<&str>,
-) -> Result<(Session, String), Response> {
+) -> Result<(Session, String), Box<Response>> {
     let id = session::cookie(headers, super::SESSION_COOKIE).unwrap_or_default();
     let Some(session) = pages.sessions.get(id, Instant::now()) else {
-        return Err(message(StatusCode::FORBIDDEN, "Refused", "log in first"));
+        return Err(Box::new(message(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "log in first",
+        )));
     };
     if !csrf.is_some_and(|csrf| session::same(csrf, &session.csrf)) {
         tracing::warn!("dashboard POST refused: missing or wrong CSRF token");
-        return Err(message(
+        return Err(Box::new(message(
             StatusCode::FORBIDDEN,
             "Refused",
             "the form's CSRF token is missing or wrong: load the page again",
-        ));
+        )));
     }
     Ok((session, id.to_string()))
 }
@@ -157,7 +161,7 @@ pub(super) async fn logout(
     let form = form.map(|Form(form)| form).unwrap_or_default();
     let (_, id) = match checked(&pages, &headers, form.csrf.as_deref()) {
         Ok(session) => session,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     pages.sessions.close(&id);
     with_cookie(Redirect::to("/").into_response(), super::clear_session())
@@ -172,7 +176,7 @@ pub(super) async fn action(
     let form = form.map(|Form(form)| form).unwrap_or_default();
     let (session, _) = match checked(&pages, &headers, form.csrf.as_deref()) {
         Ok(session) => session,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(handle) = pages.api.controls.get(&name) else {
         return message(StatusCode::NOT_FOUND, "Not found", "no such environment");

@@ -37,10 +37,13 @@ pub struct Changes {
     pub replicas: Vec<(String, u32, bool)>,
 }
 
+/// Each environment's journal records, with the next seq they were read at.
+type RecordsCache = HashMap<String, (u64, Arc<Vec<Record>>)>;
+
 /// Caches shared by every request.
 #[derive(Debug, Default)]
 pub struct Caches {
-    records: Mutex<HashMap<String, (u64, Arc<Vec<Record>>)>>,
+    records: Mutex<RecordsCache>,
     commits: Mutex<HashMap<Revision, Option<CommitSummary>>>,
     diffs: Mutex<HashMap<(String, Revision, Revision), Arc<Changes>>>,
 }

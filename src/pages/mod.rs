@@ -71,10 +71,12 @@ impl PagesState {
     }
 
     /// The reader's session; a private dashboard sends a reader without one to log in.
-    fn reader(&self, headers: &HeaderMap, path: &str) -> Result<Option<Session>, Response> {
+    fn reader(&self, headers: &HeaderMap, path: &str) -> Result<Option<Session>, Box<Response>> {
         let session = self.session(headers);
         if session.is_none() && self.dashboard == Dashboard::Private {
-            return Err(Redirect::to(&format!("/login?next={}", encode(path))).into_response());
+            return Err(Box::new(
+                Redirect::to(&format!("/login?next={}", encode(path))).into_response(),
+            ));
         }
         Ok(session)
     }
@@ -173,17 +175,30 @@ pub async fn overview_body(pages: &PagesState) -> String {
 async fn overview(State(pages): State<PagesState>, headers: HeaderMap) -> Response {
     let session = match pages.reader(&headers, "/") {
         Ok(session) => session,
-        Err(login) => return login,
+        Err(login) => return *login,
     };
+    let started = Instant::now();
     let body = maud::PreEscaped(overview_body(&pages).await);
-    Html(html::layout(
+    let page = Html(html::layout(
         "Environments",
         session.as_ref(),
         Some("/events"),
         None,
         html! { (body) },
-    ))
-    .into_response()
+    ));
+    timed(page.into_response(), started)
+}
+
+/// Adds `Server-Timing: render;dur=<ms>`: how long the server took to gather and render the
+/// page (what the page-weight benchmark reads).
+fn timed(mut response: Response, started: Instant) -> Response {
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(value) = HeaderValue::from_str(&format!("render;dur={millis:.2}")) {
+        response
+            .headers_mut()
+            .insert(header::HeaderName::from_static("server-timing"), value);
+    }
+    response
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,22 +279,22 @@ async fn environment(
 ) -> Response {
     let session = match pages.reader(&headers, &format!("/env/{name}")) {
         Ok(session) => session,
-        Err(login) => return login,
+        Err(login) => return *login,
     };
-    let page = query.page.unwrap_or(1);
+    let (page, started) = (query.page.unwrap_or(1), Instant::now());
     let Some(body) = environment_body(&pages, &name, page).await else {
         return not_found(&name);
     };
     let actions = actions::form(&pages, &name, session.as_ref()).await;
     let live = format!("/env/{}/events?page={page}", encode(&name));
-    Html(html::layout(
+    let page = Html(html::layout(
         &name,
         session.as_ref(),
         Some(&live),
         Some(actions),
         html! { (maud::PreEscaped(body)) },
-    ))
-    .into_response()
+    ));
+    timed(page.into_response(), started)
 }
 
 fn not_found(name: &str) -> Response {
@@ -356,7 +371,7 @@ where
 
 async fn overview_events(State(pages): State<PagesState>, headers: HeaderMap) -> Response {
     if let Err(login) = pages.reader(&headers, "/") {
-        return login;
+        return *login;
     }
     live(pages, None, |pages| async move {
         Some(overview_body(&pages).await)
@@ -370,7 +385,7 @@ async fn environment_events(
     headers: HeaderMap,
 ) -> Response {
     if let Err(login) = pages.reader(&headers, &format!("/env/{name}")) {
-        return login;
+        return *login;
     }
     if pages.api.controls.get(&name).is_none() {
         return not_found(&name);
