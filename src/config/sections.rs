@@ -341,4 +341,29 @@ mod tests {
             Some(PathBuf::from("/etc/gitopsd/id_ed25519"))
         );
     }
+
+    #[test]
+    fn the_dashboard_is_private_unless_it_listens_on_loopback_or_says_public() {
+        let dashboard = |api: &str| {
+            parse(&format!(
+                "[repo]\nurl = \"r\"\n[api]\n{api}\n[[environment]]\nname = \"a\"\npath = \"a\"\ntarget = {{ type = \"directory\", path = \"a\" }}\n"
+            ))
+            .map(|config| config.api.map(|api| api.dashboard))
+        };
+        use crate::config::Dashboard::{Private, Public};
+        assert_eq!(dashboard("listen = \"127.0.0.1:8080\""), Ok(Some(Public)));
+        assert_eq!(dashboard("listen = \"[::1]:8080\""), Ok(Some(Public)));
+        assert_eq!(dashboard("listen = \"0.0.0.0:8080\""), Ok(Some(Private)));
+        assert_eq!(
+            dashboard("listen = \"0.0.0.0:8080\"\ndashboard = \"public\""),
+            Ok(Some(Public))
+        );
+        assert_eq!(
+            dashboard("listen = \"127.0.0.1:8080\"\ndashboard = \"private\""),
+            Ok(Some(Private))
+        );
+        let problems = dashboard("dashboard = \"open\"").expect_err("invalid");
+        assert_eq!(problems[0].key, "api.dashboard", "{problems:#?}");
+        assert!(problems[0].message.contains("\"open\""), "{problems:#?}");
+    }
 }
