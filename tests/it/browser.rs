@@ -195,6 +195,37 @@ impl Browser {
             .unwrap_or_else(|error| panic!("script failed: {error}\n{script}"))
     }
 
+    /// Looks at `url` in a second tab (the first keeps its page and its event streams), checks
+    /// it with `check`, and closes it.
+    fn in_new_tab(&self, url: &str, check: impl FnOnce(&Self)) {
+        let first = self
+            .runtime
+            .block_on(self.client().window())
+            .expect("a window");
+        let tab = self
+            .runtime
+            .block_on(self.client().new_window(true))
+            .expect("a new tab");
+        self.runtime
+            .block_on(self.client().switch_to_window(tab.handle))
+            .expect("switch to the tab");
+        self.goto(url);
+        check(self);
+        self.runtime
+            .block_on(self.client().close_window())
+            .expect("close the tab");
+        self.runtime
+            .block_on(self.client().switch_to_window(first))
+            .expect("back to the first tab");
+    }
+
+    /// Makes the window `height` pixels tall, so a screenshot shows a whole page.
+    fn resize(&self, height: u32) {
+        self.runtime
+            .block_on(self.client().set_window_size(1280, height))
+            .expect("resize the window");
+    }
+
     fn screenshot(&self, name: &str) {
         let png = self
             .runtime
@@ -283,6 +314,33 @@ fn browser_sees_a_canary_at_step_two_then_healthy_without_a_reload_and_no_secret
         Duration::from_secs(60),
     );
     browser.screenshot("overview.png");
+    browser.in_new_tab(&format!("http://{address}/env/staging"), |tab| {
+        tab.resize(1900);
+        let page = tab.wait_text("#live", "Rollout", Duration::from_secs(30));
+        // The step moves on in its own time: the replicas are checked against the weight
+        // this very page shows.
+        if let Some(weight) = page
+            .split("rolling out step ")
+            .nth(1)
+            .and_then(|rest| rest.split('(').nth(1))
+            .and_then(|rest| rest.split('%').next())
+            .and_then(|weight| weight.parse::<u8>().ok())
+            .filter(|weight| *weight < 100)
+        {
+            let canary = gitopsd::canary::canary_replicas(weight, 10);
+            let row = format!("Deployment.apps shop/web {} {canary}", 10 - canary);
+            let canaries = tab.text("#canaries");
+            let canaries = canaries.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(canaries.contains(&row), "{row}: {canaries}");
+            assert!(
+                tab.text("#rollout")
+                    .contains(&format!("{weight}% (current)")),
+                "{page}"
+            );
+        }
+        tab.screenshot("rollout.png");
+        tab.resize(1000);
+    });
     browser.wait_text("#env-staging .state", "healthy", Duration::from_secs(60));
     let row = browser.wait_text("#env-staging", &second[..12], Duration::from_secs(30));
     assert!(row.contains("web 2: the new image"), "{row}");
@@ -335,6 +393,7 @@ fn browser_sees_a_broken_revision_reverted_and_held_with_the_checks_detail() {
     );
     assert!(state.contains(&broken[..12]), "{state}");
 
+    browser.resize(1900);
     browser.goto(&format!("http://{address}/env/staging"));
     let checks = browser.wait_text("#checks", "live-state", Duration::from_secs(30));
     assert!(
