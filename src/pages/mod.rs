@@ -222,8 +222,14 @@ pub async fn environment_body(pages: &PagesState, name: &str, page: usize) -> Op
         None => None,
     };
     let healthy: Vec<_> = gather::healthy_revisions(&snapshot.records, usize::MAX);
-    let times = source.commit_times_off_thread(healthy).await;
-    let stats = crate::stats::DeliveryStats::compute(&snapshot.records, |r| times.get(r).copied());
+    // Commit times come from the shared cache: a live page renders again on every record.
+    let commits = pages.caches.commits(&source, healthy).await;
+    let stats = crate::stats::DeliveryStats::compute(&snapshot.records, |r| {
+        commits
+            .get(r)
+            .and_then(Option::as_ref)
+            .map(|commit| commit.time)
+    });
     let now = Utc::now();
     let badge = html::badge_of(&snapshot, tip.as_ref());
     Some(

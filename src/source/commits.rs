@@ -55,23 +55,4 @@ impl GitSource {
         .await
         .unwrap_or_default()
     }
-
-    /// Committer times of `revisions`, off the async workers (delivery statistics).
-    pub async fn commit_times_off_thread(
-        &self,
-        revisions: Vec<Revision>,
-    ) -> std::collections::BTreeMap<Revision, chrono::DateTime<chrono::Utc>> {
-        let source = self.clone();
-        crate::blocking::off_thread("reading commit times", move || {
-            revisions
-                .into_iter()
-                .filter_map(|revision| {
-                    let time = source.commit_time(&revision)?;
-                    Some((revision, time))
-                })
-                .collect()
-        })
-        .await
-        .unwrap_or_default()
-    }
 }

@@ -16,6 +16,7 @@ mod e2e;
 mod e2e_blue_green;
 mod e2e_cache;
 mod e2e_hooks;
+mod e2e_pages;
 mod e2e_rollout;
 mod e2e_watch;
 mod helpers;
