@@ -377,6 +377,9 @@ fn actions_need_a_session_and_the_forms_csrf_token() {
     let first = workspace.repo.commit("initial");
     let (_daemon, address) = start(&workspace);
     wait_healthy(&workspace, "staging", &first);
+    write_environment(&workspace.repo, "staging", 2);
+    let second = workspace.repo.commit("second");
+    wait_healthy(&workspace, "staging", &second);
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
 
     let anonymous = request(&address, "POST", "/env/staging/actions/pause", &form, "");
@@ -445,6 +448,46 @@ fn actions_need_a_session_and_the_forms_csrf_token() {
         text.contains("by dashboard session 1 from 127.0.0.1"),
         "{text}"
     );
+
+    // Resume, then roll back to the revision chosen among the healthy ones the form offers.
+    let resumed = request(
+        &address,
+        "POST",
+        "/env/staging/actions/resume",
+        &with_session,
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(resumed.status, 303, "{}", resumed.body);
+    let page = request(&address, "GET", "/env/staging", &[("Cookie", &session)], "");
+    assert!(
+        page.body.contains(&format!("<option value=\"{first}\">"))
+            && page.body.contains(&format!("<option value=\"{second}\">")),
+        "both healthy revisions are offered: {}",
+        page.body
+    );
+    let rolled = request(
+        &address,
+        "POST",
+        "/env/staging/actions/rollback",
+        &with_session,
+        &format!("csrf={csrf}&to={first}"),
+    );
+    assert_eq!(rolled.status, 303, "{}", rolled.body);
+    let journal = workspace.journal("staging");
+    let pinned = journal
+        .iter()
+        .rev()
+        .find(|record| matches!(record.event, Event::Pinned { .. }))
+        .expect("the rollback is journaled");
+    assert_eq!(pinned.event.revision().0, first);
+    assert_eq!(
+        pinned.by.as_deref(),
+        Some("dashboard session 1 from 127.0.0.1")
+    );
+    let back = wait_for(Duration::from_secs(30), || {
+        text_of(&request(&address, "GET", "/", &[], "").body).contains("rolled back to")
+    });
+    assert!(back, "the overview shows the rollback");
 
     let out = request(
         &address,
