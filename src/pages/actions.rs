@@ -52,7 +52,7 @@ pub(super) async fn login_form(
             }
         }
     };
-    let page = Html(pages_html::layout("Log in", None, None, None, body)).into_response();
+    let page = Html(pages_html::layout("Log in", None, None, body)).into_response();
     with_cookie(page, super::login_cookie(&nonce))
 }
 

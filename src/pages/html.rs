@@ -17,13 +17,7 @@ pub type Commits = BTreeMap<Revision, Option<CommitSummary>>;
 
 /// A whole page around `body`; `live` is its event stream's path (the script swaps `main` for
 /// each event).
-pub fn layout(
-    title: &str,
-    session: Option<&Session>,
-    live: Option<&str>,
-    actions: Option<Markup>,
-    body: Markup,
-) -> String {
+pub fn layout(title: &str, session: Option<&Session>, live: Option<&str>, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -46,7 +40,6 @@ pub fn layout(
                         a href="/login" { "Log in" }
                     }
                 }
-                @if let Some(actions) = actions { (actions) }
                 main id="live" data-events=[live] { (body) }
             }
         }

@@ -183,7 +183,6 @@ async fn overview(State(pages): State<PagesState>, headers: HeaderMap) -> Respon
         "Environments",
         session.as_ref(),
         Some("/events"),
-        None,
         html! { (body) },
     ));
     timed(page.into_response(), started)
@@ -248,6 +247,19 @@ pub async fn environment_body(pages: &PagesState, name: &str, page: usize) -> Op
     )
 }
 
+/// An environment page's live part with the actions its reader may take (they change with
+/// the environment: *Approve* goes once the revision is approved).
+async fn environment_live(
+    pages: &PagesState,
+    name: &str,
+    page: usize,
+    session: Option<&Session>,
+) -> Option<String> {
+    let body = environment_body(pages, name, page).await?;
+    let actions = actions::form(pages, name, session).await;
+    Some(html! { (actions) (maud::PreEscaped(body)) }.into_string())
+}
+
 /// The two revisions whose diff the page shows: the rollout in flight's, what waits at the
 /// tip, or the last rollout's.
 fn compared(
@@ -288,16 +300,14 @@ async fn environment(
         Err(login) => return *login,
     };
     let (page, started) = (query.page.unwrap_or(1), Instant::now());
-    let Some(body) = environment_body(&pages, &name, page).await else {
+    let Some(body) = environment_live(&pages, &name, page, session.as_ref()).await else {
         return not_found(&name);
     };
-    let actions = actions::form(&pages, &name, session.as_ref()).await;
     let live = format!("/env/{}/events?page={page}", encode(&name));
     let page = Html(html::layout(
         &name,
         session.as_ref(),
         Some(&live),
-        Some(actions),
         html! { (maud::PreEscaped(body)) },
     ));
     timed(page.into_response(), started)
@@ -308,7 +318,6 @@ fn not_found(name: &str) -> Response {
         StatusCode::NOT_FOUND,
         Html(html::layout(
             "Not found",
-            None,
             None,
             None,
             html! { h1 { "No environment named " code { (name) } } p { a href="/" { "All environments" } } },
@@ -390,17 +399,18 @@ async fn environment_events(
     Query(query): Query<PageQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(login) = pages.reader(&headers, &format!("/env/{name}")) {
-        return *login;
-    }
+    let session = match pages.reader(&headers, &format!("/env/{name}")) {
+        Ok(session) => session,
+        Err(login) => return *login,
+    };
     if pages.api.controls.get(&name).is_none() {
         return not_found(&name);
     }
     let page = query.page.unwrap_or(1);
     let only = Some(name.clone());
     live(pages, only, move |pages| {
-        let name = name.clone();
-        async move { environment_body(&pages, &name, page).await }
+        let (name, session) = (name.clone(), session.clone());
+        async move { environment_live(&pages, &name, page, session.as_ref()).await }
     })
 }
 
@@ -410,7 +420,6 @@ fn message(status: StatusCode, title: &str, text: &str) -> Response {
         status,
         Html(html::layout(
             title,
-            None,
             None,
             None,
             html! { h1 { (title) } p { (text) } p { a href="/" { "All environments" } } },

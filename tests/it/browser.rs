@@ -440,6 +440,9 @@ fn browser_logs_in_approves_and_sees_the_rollout_start_and_csrf_less_posts_fail(
     browser.wait_text("#timeline", "rollout_started", Duration::from_secs(30));
     browser.wait_text("#live h1", "healthy", Duration::from_secs(30));
     assert!(started.elapsed() < Duration::from_secs(60));
+    // The actions are live too: nothing waits for an approval any more.
+    let actions = browser.wait_text("#actions", "Pause", Duration::from_secs(10));
+    assert!(!actions.contains("Approve"), "{actions}");
     let journal = workspace.journal("staging");
     let approved = journal
         .iter()
