@@ -547,6 +547,7 @@ mod tests {
             seq,
             time: at(seq as i64),
             environment: "staging".into(),
+            by: None,
             event,
         }
     }

@@ -25,7 +25,11 @@ fn write_headline(record: &Record, out: &mut dyn Write) -> io::Result<()> {
         record.seq,
         record.event.name(),
         record.event.revision().short()
-    )
+    )?;
+    match &record.by {
+        Some(by) => writeln!(out, "    by {by}"),
+        None => Ok(()),
+    }
 }
 
 /// Writes the indented lines below a record's line, for events that name more than a
@@ -339,6 +343,7 @@ mod tests {
                 .single()
                 .expect("valid timestamp"),
             environment: "staging".into(),
+            by: None,
             event,
         }
     }

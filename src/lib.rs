@@ -27,6 +27,7 @@ pub mod manifest;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod pages;
 pub mod parse_cache;
 pub mod plan;
 pub mod policy;

@@ -31,6 +31,10 @@ pub struct EnvironmentHandle {
     pub wake: Arc<Notify>,
     /// The watch cache its target reads (a Kubernetes target).
     pub cache: Option<CacheView>,
+    /// The environment's config (target, rollout, checks), for the status pages.
+    pub config: Arc<crate::config::EnvironmentConfig>,
+    /// What holds the branch tip back after the last pass (a gate, a pause): the tip and why.
+    pub waiting: Arc<tokio::sync::watch::Sender<Option<(Revision, String)>>>,
 }
 
 /// The running environments, by name; each task registers itself when it starts.
@@ -48,11 +52,11 @@ impl Controls {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn get(&self, name: &str) -> Option<EnvironmentHandle> {
+    pub fn get(&self, name: &str) -> Option<EnvironmentHandle> {
         self.lock().get(name).cloned()
     }
 
-    fn all(&self) -> Vec<(String, EnvironmentHandle)> {
+    pub fn all(&self) -> Vec<(String, EnvironmentHandle)> {
         self.lock()
             .iter()
             .map(|(name, handle)| (name.clone(), handle.clone()))
@@ -308,17 +312,41 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     bool::from(a.ct_eq(b))
 }
 
-/// A request refused, with the answer that says why (boxed: handlers return it through
-/// `Result`s, and a `Response` is large).
-type Refused = Box<Response>;
+/// A request refused: its status, why, and a header that goes with it (`Retry-After`,
+/// `WWW-Authenticate`).
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+    header: Option<(header::HeaderName, String)>,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = error(self.status, self.message);
+        if let Some((name, value)) = self.header
+            && let Ok(value) = value.parse()
+        {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+/// A refusal, boxed: handlers return it through `Result`s.
+pub type Refused = Box<Refusal>;
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Refused {
-    Box::new(error(status, message))
+    Box::new(Refusal {
+        status,
+        message: message.into(),
+        header: None,
+    })
 }
 
 async fn control(
@@ -330,7 +358,7 @@ async fn control(
 ) -> Response {
     let source = match authenticate(&state, peer, &headers, &environment, &action) {
         Ok(source) => source,
-        Err(refused) => return *refused,
+        Err(refused) => return refused.into_response(),
     };
     let Some(handle) = state.controls.get(&environment) else {
         return error(
@@ -344,20 +372,38 @@ async fn control(
     };
     let event = match event {
         Ok(event) => event,
-        Err(refused) => return *refused,
+        Err(refused) => return refused.into_response(),
     };
-    let revision = event.revision().0.clone();
-    if let Err(journal_error) = handle.journal.append(event, Utc::now()) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, journal_error.to_string());
-    }
-    tracing::info!(env = %environment, %action, %revision, "control request");
-    handle.wake.notify_one();
+    let by = format!("api token from {}", peer.ip());
+    let revision = match journal_action(&handle, event, by) {
+        Ok(revision) => revision,
+        Err(refused) => return refused.into_response(),
+    };
     Json(ControlReply {
         environment,
         action,
         revision,
     })
     .into_response()
+}
+
+/// Journals an operator's action with who asked for it and wakes the environment; answers the
+/// revision it names.
+pub fn journal_action(
+    handle: &EnvironmentHandle,
+    event: Event,
+    by: String,
+) -> Result<String, Refused> {
+    let (action, revision) = (event.name(), event.revision().0.clone());
+    handle
+        .journal
+        .append_by(event, Utc::now(), Some(by.clone()))
+        .map_err(|journal_error| {
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, journal_error.to_string())
+        })?;
+    tracing::info!(env = %handle.config.name, %action, %revision, %by, "control request");
+    handle.wake.notify_one();
+    Ok(revision)
 }
 
 /// Lets a control request through only with the API token, from an address that has not
@@ -388,28 +434,20 @@ fn authenticate(
         .and_then(|value| value.strip_prefix("Bearer "));
     if let Some(wait) = state.limiter.locked_out(peer.ip(), Instant::now()) {
         tracing::warn!(%peer, "control request refused: too many failed authentications");
-        return Err(Box::new(
-            (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
-            Json(
-                serde_json::json!({ "error": "too many failed authentications; try again later" }),
-            ),
-        )
-            .into_response(),
-        ));
+        return Err(Box::new(Refusal {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "too many failed authentications; try again later".into(),
+            header: Some((header::RETRY_AFTER, wait.as_secs().max(1).to_string())),
+        }));
     }
     if !presented.is_some_and(|presented| same(presented.as_bytes(), token.as_bytes())) {
         state.limiter.failed(peer.ip(), Instant::now());
         tracing::warn!(%peer, %environment, %action, "control request refused: bad or missing token");
-        return Err(Box::new(
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(serde_json::json!({ "error": "a valid bearer token is required" })),
-            )
-                .into_response(),
-        ));
+        return Err(Box::new(Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            message: "a valid bearer token is required".into(),
+            header: Some((header::WWW_AUTHENTICATE, "Bearer".into())),
+        }));
     }
     Ok(source)
 }
@@ -429,7 +467,7 @@ fn control_body(body: &[u8]) -> Result<ControlBody, Refused> {
 
 /// What an action journals: pause and resume at the branch tip, a retry of the held tip, an
 /// approval or a rollback of a revision the request names.
-async fn control_event(
+pub async fn control_event(
     action: &str,
     body: ControlBody,
     handle: &EnvironmentHandle,

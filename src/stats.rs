@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::journal::{Event, Record};
+use crate::journal::records::{Event, Record};
 use crate::model::Revision;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,19 @@ pub struct DeliveryStats {
     pub failures: usize,
     /// Failed rollout's start until its revert finished.
     pub restore_times: Vec<Duration>,
+    /// Each outcome with its time, oldest first (what weekly charts bucket).
+    pub outcomes: Vec<(DateTime<Utc>, Delivery)>,
+}
+
+/// One outcome the figures count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Delivery {
+    /// A rollout finished healthy; its lead time when the commit time is known.
+    Deployed { lead: Option<Duration> },
+    /// A rollout failed.
+    Failed,
+    /// A failed rollout's revert finished, this long after the rollout started.
+    Restored { took: Duration },
 }
 
 fn between(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
@@ -34,7 +47,7 @@ fn mean(values: &[Duration]) -> Option<Duration> {
     Some(values.iter().sum::<Duration>() / count)
 }
 
-fn median(values: &[Duration]) -> Option<Duration> {
+pub fn median(values: &[Duration]) -> Option<Duration> {
     let mut sorted = values.to_vec();
     sorted.sort();
     sorted
@@ -59,6 +72,7 @@ impl DeliveryStats {
             rollouts: 0,
             failures: 0,
             restore_times: Vec::new(),
+            outcomes: Vec::new(),
         };
         let mut first_rollout = None;
         for record in records {
@@ -70,20 +84,26 @@ impl DeliveryStats {
                 Event::Healthy { revision } if started.remove(revision).is_some() => {
                     stats.deployments += 1;
                     stats.rollouts += 1;
-                    if let Some(committed) = commit_time(revision) {
-                        stats.lead_times.push(between(committed, record.time));
-                    }
+                    let lead = commit_time(revision).map(|c| between(c, record.time));
+                    stats.lead_times.extend(lead);
+                    let deployed = Delivery::Deployed { lead };
+                    stats.outcomes.push((record.time, deployed));
                 }
                 Event::RolloutFailed { revision, .. } => {
                     stats.rollouts += 1;
                     stats.failures += 1;
+                    stats.outcomes.push((record.time, Delivery::Failed));
                     if let Some(start) = started.remove(revision) {
                         failed_at.insert(revision, start);
                     }
                 }
                 Event::Reverted { revision, .. } => {
                     if let Some(start) = failed_at.remove(revision) {
-                        stats.restore_times.push(between(start, record.time));
+                        let took = between(start, record.time);
+                        stats.restore_times.push(took);
+                        stats
+                            .outcomes
+                            .push((record.time, Delivery::Restored { took }));
                     }
                 }
                 _ => {}
@@ -105,7 +125,7 @@ impl DeliveryStats {
     }
 }
 
-fn human(duration: Option<Duration>) -> String {
+pub fn human(duration: Option<Duration>) -> String {
     duration.map_or_else(
         || "n/a".to_string(),
         |d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string(),
@@ -166,6 +186,7 @@ mod tests {
             seq: 0,
             time: at(minutes),
             environment: "staging".into(),
+            by: None,
             event,
         }
     }

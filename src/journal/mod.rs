@@ -169,6 +169,8 @@ pub fn load_all(state_dir: &Path, environment: &str) -> Result<Vec<Record>, Jour
 pub struct SharedJournal {
     writer: std::sync::Arc<std::sync::Mutex<Journal>>,
     view: std::sync::Arc<std::sync::RwLock<View>>,
+    /// The seq of the next record, sent after each durable append (what live pages wait on).
+    appended: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// What readers see of a journal: its history and position, as of the last durable append.
@@ -192,9 +194,11 @@ impl View {
 impl SharedJournal {
     pub fn new(journal: Journal) -> Self {
         let view = View::of(&journal);
+        let (appended, _) = tokio::sync::watch::channel(view.next_seq);
         Self {
             writer: std::sync::Arc::new(std::sync::Mutex::new(journal)),
             view: std::sync::Arc::new(std::sync::RwLock::new(view)),
+            appended: std::sync::Arc::new(appended),
         }
     }
 
@@ -208,14 +212,24 @@ impl SharedJournal {
     /// Appends and fsyncs (and compacts when due), off the async worker's other tasks; then
     /// shows the record to readers.
     pub fn append(&self, event: Event, now: DateTime<Utc>) -> Result<Record, JournalError> {
-        crate::blocking::run(|| {
+        self.append_by(event, now, None)
+    }
+
+    /// [`SharedJournal::append`] of an operator's action, with who asked for it.
+    pub fn append_by(
+        &self,
+        event: Event,
+        now: DateTime<Utc>,
+        by: Option<String>,
+    ) -> Result<Record, JournalError> {
+        let record = crate::blocking::run(|| {
             // A panic while appending cannot leave a half-written record in memory: the
             // record is folded in only after the write succeeded.
             let mut journal = self
                 .writer
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let record = journal.append(event, now)?;
+            let record = journal.append_by(event, now, by)?;
             // The same fold as the journal's own, so readers see what it sees.
             let mut view = self
                 .view
@@ -224,8 +238,15 @@ impl SharedJournal {
             view.history.apply(&record.event);
             view.next_seq = journal.next_seq;
             view.last_rejected = journal.last_rejected().cloned();
-            Ok(record)
-        })
+            Ok::<_, JournalError>(record)
+        })?;
+        self.appended.send_replace(record.seq + 1);
+        Ok(record)
+    }
+
+    /// Told the next seq after each append.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     /// Runs `read` on the environment's history, folded as records were appended.
@@ -364,10 +385,21 @@ impl Journal {
     /// Appends one record and makes it durable before returning; then compacts the file if it
     /// has grown past its size or age.
     pub fn append(&mut self, event: Event, now: DateTime<Utc>) -> Result<Record, JournalError> {
+        self.append_by(event, now, None)
+    }
+
+    /// [`Journal::append`] of an operator's action, with who asked for it.
+    pub fn append_by(
+        &mut self,
+        event: Event,
+        now: DateTime<Utc>,
+        by: Option<String>,
+    ) -> Result<Record, JournalError> {
         let record = Record {
             seq: self.next_seq,
             time: now,
             environment: self.environment.clone(),
+            by,
             event,
         };
         let mut line = serde_json::to_vec(&record)?;

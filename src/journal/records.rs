@@ -12,6 +12,9 @@ pub struct Record {
     pub seq: u64,
     pub time: DateTime<Utc>,
     pub environment: String,
+    /// Who asked for an operator's action: the API token's caller or a dashboard session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     #[serde(flatten)]
     pub event: Event,
 }

@@ -1,5 +1,6 @@
 //! Where desired state comes from: snapshots of an environment's files at a git revision.
 
+pub mod commits;
 mod encrypted;
 pub mod error;
 pub mod git;
@@ -10,6 +11,7 @@ mod snapshot;
 pub mod verify;
 pub mod watch;
 
+pub use commits::CommitSummary;
 pub use error::{RemoteFailure, SourceError};
 pub use git::{Fetched, GitSource, Snapshot};
 pub use offload::OffloadError;
