@@ -13,7 +13,7 @@ use crate::desired::{
     DesiredError, empty_revision_problem, load_desired_offline, load_located,
     load_offline_with_hooks, load_with_hooks,
 };
-use crate::dry_run::dry_run_all;
+use crate::dry_run::{Made, dry_run_all};
 use crate::executor::Outcome;
 use crate::journal::{self, Journal, JournalError};
 use crate::journal_view;
@@ -541,7 +541,12 @@ async fn validate_on_server(
             });
         }
     };
-    let report = dry_run_all(&target, &environment.name, revision, &located)
+    let made = Made {
+        namespace: environment
+            .create_namespace
+            .then_some(environment.namespace.as_str()),
+    };
+    let report = dry_run_all(&target, &environment.name, revision, &located, &made)
         .await
         .map_err(live_error)?;
     if !report.problems.is_empty() {
@@ -550,11 +555,15 @@ async fn validate_on_server(
     }
     writeln!(
         out,
-        "ok: {} at {}: {} objects, {} accepted by a server-side dry run{}",
+        "ok: {} at {}: {} objects, {} accepted by a server-side dry run{}{}",
         environment.name,
         revision.short(),
         located.len(),
         report.accepted,
+        match &report.will_create {
+            Some(namespace) => format!(", namespace {namespace} will be created"),
+            None => String::new(),
+        },
         if report.unchecked.is_empty() {
             String::new()
         } else {

@@ -97,6 +97,8 @@ pub struct EnvironmentConfig {
     pub prune: bool,
     /// A revision with no objects may delete every live object (else it is rejected).
     pub allow_empty: bool,
+    /// `namespace` is made (kubernetes targets) before anything else when missing.
+    pub create_namespace: bool,
     /// What the environment may touch: namespaces, kinds, cluster-scoped objects.
     pub policy: crate::policy::Policy,
     /// `<repo url>#<branch>:<path>`: where the environment's manifests come from, recorded on
@@ -417,6 +419,42 @@ mod tests {
             "{problems:#?}"
         );
         assert!(problems.iter().all(|p| p.message == "unknown key"));
+    }
+
+    #[test]
+    fn create_namespace_tells_a_kubernetes_target_its_namespace_and_is_refused_elsewhere() {
+        let config = parse(
+            r#"
+            [repo]
+            url = "r"
+            [[environment]]
+            name = "guestbook"
+            path = "guestbook"
+            namespace = "guestbook"
+            create_namespace = true
+            target = { type = "kubernetes" }
+            "#,
+        )
+        .expect("valid");
+        let environment = &config.environments[0];
+        assert!(environment.create_namespace);
+        let TargetConfig::Kubernetes(settings) = &environment.target else {
+            panic!("a kubernetes target");
+        };
+        assert_eq!(settings.create_namespace.as_deref(), Some("guestbook"));
+        let problems = parse(
+            r#"
+            [repo]
+            url = "r"
+            [[environment]]
+            name = "a"
+            path = "a"
+            create_namespace = true
+            target = { type = "directory", path = "a" }
+            "#,
+        )
+        .expect_err("a directory target has no namespaces");
+        assert_eq!(problems[0].key, "environment[0].create_namespace");
     }
 
     #[test]
