@@ -14,6 +14,7 @@ mod diff;
 mod e2e;
 mod e2e_blue_green;
 mod e2e_cache;
+mod e2e_first_contact;
 mod e2e_hooks;
 mod e2e_rollout;
 mod e2e_watch;
