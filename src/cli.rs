@@ -32,6 +32,12 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InitTargetArg {
+    Kubernetes,
+    Directory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DiffFormat {
     Text,
     Markdown,
@@ -86,6 +92,39 @@ pub enum Command {
         /// dryRun=All), so what only the API server knows is caught too.
         #[arg(long)]
         server: bool,
+        /// Check the configuration file only: no fetch, no manifests.
+        #[arg(long, conflicts_with_all = ["rev", "server"])]
+        config_only: bool,
+    },
+    /// Write a starting config (to --config) for a repository and one environment, after
+    /// fetching the branch tip and reading the environment's folder. Never overwrites a file.
+    Init {
+        /// The repository: a local path, file://, git://, https:// or ssh:// URL.
+        #[arg(long)]
+        repo: String,
+        /// The branch every environment follows.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// The environment's folder in the repository. A folder holding kustomization.yaml is
+        /// rendered with kustomize, one holding Chart.yaml with helm.
+        #[arg(long)]
+        path: String,
+        /// Where the objects go.
+        #[arg(long, value_enum, default_value_t = InitTargetArg::Kubernetes)]
+        target: InitTargetArg,
+        /// The environment's name (default: the folder's last component).
+        #[arg(long)]
+        name: Option<String>,
+        /// Kubernetes: the namespace for objects without one, made if missing (default: the
+        /// environment's name).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Kubernetes: the kubeconfig file (default: in-cluster, KUBECONFIG or ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Directory: the live folder (default: /srv/hydrated/NAME).
+        #[arg(long)]
+        live: Option<PathBuf>,
     },
     /// Show each environment's current and last healthy revision, the rollout step in flight
     /// and failing checks.

@@ -400,6 +400,26 @@ fn announced_hooks(
     crate::hooks::announce_all(&environment.hooks, objects, revision)
 }
 
+/// `gitopsd validate --config-only`: the config file alone, every problem at once.
+pub fn validate_config(config_path: &Path, out: &mut dyn Write) -> Result<u8, CommandError> {
+    match Config::load(config_path) {
+        Ok(config) => {
+            writeln!(
+                out,
+                "ok: {}: {} environments",
+                config_path.display(),
+                config.environments.len()
+            )?;
+            Ok(EXIT_OK)
+        }
+        Err(error @ ConfigError::Invalid { .. }) => {
+            writeln!(out, "{error}")?;
+            Ok(EXIT_CHANGES_OR_PROBLEMS)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// `gitopsd validate`: the config, then every environment's manifests at `rev`; with
 /// `server`, a server-side dry run of every object on each environment's cluster.
 pub async fn validate(

@@ -20,6 +20,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod history;
 pub mod hooks;
+pub mod init;
 pub mod journal;
 pub mod journal_view;
 pub mod labels;

@@ -208,6 +208,20 @@ impl Config {
         })
     }
 
+    /// Validates the config `toml` (no `GITOPSD_` overrides), as if its file were in `base`.
+    pub fn from_toml(toml: &str, base: &Path) -> Result<Self, Vec<ConfigProblem>> {
+        let root: Dict = Figment::new()
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(|error| {
+                vec![ConfigProblem {
+                    key: String::new(),
+                    message: error.to_string(),
+                }]
+            })?;
+        Self::from_dict(root, base)
+    }
+
     /// Validates an already merged tree; relative paths are taken from `base`.
     pub fn from_dict(root: Dict, base: &Path) -> Result<Self, Vec<ConfigProblem>> {
         let root = Value::Dict(figment::value::Tag::Default, root);

@@ -6,6 +6,7 @@ pub mod git;
 mod offload;
 pub mod revert_commit;
 mod settings;
+mod tree;
 pub mod verify;
 pub mod watch;
 

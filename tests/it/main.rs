@@ -21,6 +21,7 @@ mod e2e_watch;
 mod helpers;
 mod hooks;
 mod http_git;
+mod init;
 mod kubernetes;
 mod prometheus;
 mod properties;
