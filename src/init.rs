@@ -261,27 +261,7 @@ pub async fn init(
     request: &InitRequest,
     out: &mut dyn Write,
 ) -> Result<u8, InitError> {
-    let mut request = request.clone();
-    let (exists, local_repo) = {
-        let path = config_path.to_path_buf();
-        let repo = PathBuf::from(&request.repo);
-        crate::blocking::off_thread("looking for the config", move || {
-            // A repository on this host is named from the current folder, not the config's.
-            let local = repo
-                .exists()
-                .then(|| std::path::absolute(&repo).ok())
-                .flatten();
-            (path.exists(), local)
-        })
-        .await?
-    };
-    if exists {
-        return Err(InitError::Exists(config_path.to_path_buf()));
-    }
-    if let Some(local) = local_repo {
-        request.repo = local.display().to_string();
-    }
-    request.path = request.path.trim_end_matches('/').to_string();
+    let request = prepare(config_path, request).await?;
     let name = request
         .name
         .clone()
@@ -293,8 +273,9 @@ pub async fn init(
     let scratch = tempfile::tempdir().map_err(InitError::Scratch)?;
     let source = GitSource::new(&draft.repo, scratch.path());
     let fetching = source.clone();
-    let fetched = crate::blocking::off_thread("fetching", move || fetching.fetch()).await??;
-    let tip = fetched.tip;
+    let tip = crate::blocking::off_thread("fetching", move || fetching.fetch())
+        .await??
+        .tip;
     let listing = source.clone();
     let at = tip.clone();
     let paths =
@@ -318,37 +299,27 @@ pub async fn init(
     let text = config_text(&request, &name, kind);
     let config = Config::from_toml(&text, &base).map_err(InitError::Invalid)?;
     let environment = &config.environments[0];
-    match load_desired_offline(&source, environment, &tip).await {
-        Ok(objects) => writeln!(
-            out,
-            "{}: {}, {} objects at {}",
-            request.path,
-            describe_kind(kind),
-            objects.len(),
-            tip.short()
-        )?,
+    let read = load_desired_offline(&source, environment, &tip).await;
+    let what = describe_kind(kind);
+    match read {
+        Ok(objects) => {
+            let count = objects.len();
+            writeln!(
+                out,
+                "{}: {what}, {count} objects at {}",
+                request.path,
+                tip.short()
+            )?;
+        }
         // A plain folder must parse; a rendered one may need a tool this host lacks yet.
         Err(error) if kind == FolderKind::Plain => return Err(InitError::Manifests(error)),
         Err(error) => writeln!(
             out,
-            "{}: {}, not rendered here ({error}); `gitopsd validate` renders it once the tool is installed",
-            request.path,
-            describe_kind(kind)
+            "{}: {what}, not rendered here ({error}); `gitopsd validate` renders it once the tool is installed",
+            request.path
         )?,
     }
-    let path = config_path.to_path_buf();
-    let bytes = text.clone().into_bytes();
-    crate::blocking::off_thread("writing the config", move || {
-        crate::durable::create_new(&path, &bytes)
-    })
-    .await?
-    .map_err(|source| match source.kind() {
-        std::io::ErrorKind::AlreadyExists => InitError::Exists(config_path.to_path_buf()),
-        _ => InitError::Write {
-            path: config_path.to_path_buf(),
-            source,
-        },
-    })?;
+    write_new(config_path, text).await?;
     writeln!(
         out,
         "wrote {}: environment {name:?} from {}; check it with `gitopsd validate`, then `systemctl enable --now gitopsd`",
@@ -356,6 +327,43 @@ pub async fn init(
         request.path
     )?;
     Ok(0)
+}
+
+/// Refuses an existing config; names a repository on this host from the current folder (not
+/// the config's) and the folder without a trailing `/`.
+async fn prepare(config_path: &Path, request: &InitRequest) -> Result<InitRequest, InitError> {
+    let mut request = request.clone();
+    request.path = request.path.trim_end_matches('/').to_string();
+    let path = config_path.to_path_buf();
+    let repo = PathBuf::from(&request.repo);
+    let (exists, local) = crate::blocking::off_thread("looking for the config", move || {
+        let local = repo.exists().then(|| std::path::absolute(&repo).ok());
+        (path.exists(), local.flatten())
+    })
+    .await?;
+    if exists {
+        return Err(InitError::Exists(config_path.to_path_buf()));
+    }
+    if let Some(local) = local {
+        request.repo = local.display().to_string();
+    }
+    Ok(request)
+}
+
+/// Writes `text` to a new file at `path`; one that appeared meanwhile is left alone.
+async fn write_new(path: &Path, text: String) -> Result<(), InitError> {
+    let target = path.to_path_buf();
+    crate::blocking::off_thread("writing the config", move || {
+        crate::durable::create_new(&target, text.as_bytes())
+    })
+    .await?
+    .map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => InitError::Exists(path.to_path_buf()),
+        _ => InitError::Write {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }
 
 fn describe_kind(kind: FolderKind) -> &'static str {

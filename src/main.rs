@@ -8,7 +8,7 @@ use clap::Parser;
 use tokio::sync::{mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
-use gitopsd::cli::{Cli, ColourChoice, Command, DiffFormat, InitTargetArg, LogFormat};
+use gitopsd::cli::{Cli, ColourChoice, Command, DiffFormat, InitArgs, InitTargetArg, LogFormat};
 use gitopsd::commands::{self, ControlAction, DiffOutput, DiffRequest, EXIT_ERROR};
 use gitopsd::config::Config;
 use gitopsd::daemon::Signals;
@@ -60,29 +60,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Validate { rev, server, .. } => {
             Ok(commands::validate(path, rev.as_deref(), server, &mut stdout).await?)
         }
-        Command::Init {
-            repo,
-            branch,
-            path: folder,
-            target,
-            name,
-            namespace,
-            kubeconfig,
-            live,
-        } => {
-            let request = InitRequest {
-                repo,
-                branch,
-                path: folder,
-                target: match target {
-                    InitTargetArg::Kubernetes => InitTarget::Kubernetes,
-                    InitTargetArg::Directory => InitTarget::Directory,
-                },
-                name,
-                namespace,
-                kubeconfig,
-                live,
-            };
+        Command::Init(args) => {
+            let request = init_request(args);
             Ok(gitopsd::init::init(path, &request, &mut stdout).await?)
         }
         Command::Run { once } => {
@@ -130,6 +109,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 &mut stdout,
             )?)
         }
+    }
+}
+
+/// What `gitopsd init` was asked for.
+fn init_request(args: InitArgs) -> InitRequest {
+    let InitArgs {
+        repo,
+        branch,
+        path,
+        target,
+        name,
+        namespace,
+        kubeconfig,
+        live,
+    } = args;
+    InitRequest {
+        repo,
+        branch,
+        path,
+        target: match target {
+            InitTargetArg::Kubernetes => InitTarget::Kubernetes,
+            InitTargetArg::Directory => InitTarget::Directory,
+        },
+        name,
+        namespace,
+        kubeconfig,
+        live,
     }
 }
 
