@@ -23,6 +23,7 @@ mod hooks;
 mod http_git;
 mod init;
 mod kubernetes;
+mod package_files;
 mod prometheus;
 mod properties;
 mod reconcile;
