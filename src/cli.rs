@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::DEFAULT_CONFIG_PATH;
 
@@ -29,6 +29,12 @@ pub struct Cli {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InitTargetArg {
+    Kubernetes,
+    Directory,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,7 +92,13 @@ pub enum Command {
         /// dryRun=All), so what only the API server knows is caught too.
         #[arg(long)]
         server: bool,
+        /// Check the configuration file only: no fetch, no manifests.
+        #[arg(long, conflicts_with_all = ["rev", "server"])]
+        config_only: bool,
     },
+    /// Write a starting config (to --config) for a repository and one environment, after
+    /// fetching the branch tip and reading the environment's folder. Never overwrites a file.
+    Init(InitArgs),
     /// Show each environment's current and last healthy revision, the rollout step in flight
     /// and failing checks.
     Status {
@@ -135,4 +147,35 @@ pub enum Command {
         #[arg(long)]
         stats: bool,
     },
+}
+
+/// `gitopsd init`'s arguments.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The repository: a local path, file://, git://, https:// or ssh:// URL.
+    #[arg(long)]
+    pub repo: String,
+    /// The branch every environment follows.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// The environment's folder in the repository. A folder holding kustomization.yaml is
+    /// rendered with kustomize, one holding Chart.yaml with helm.
+    #[arg(long)]
+    pub path: String,
+    /// Where the objects go.
+    #[arg(long, value_enum, default_value_t = InitTargetArg::Kubernetes)]
+    pub target: InitTargetArg,
+    /// The environment's name (default: the folder's last component).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Kubernetes: the namespace for objects without one, made if missing (default: the
+    /// environment's name).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Kubernetes: the kubeconfig file (default: in-cluster, KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Directory: the live folder (default: /srv/hydrated/NAME).
+    #[arg(long)]
+    pub live: Option<PathBuf>,
 }

@@ -9,12 +9,10 @@ use crate::backend::{AnyTarget, LiveSource, Target, TargetError};
 use crate::config::{Config, ConfigError, EnvironmentConfig};
 use crate::daemon::{self, Signals};
 use crate::daemon_client::{self, AddressFileError};
-use crate::desired::{DesiredError, Loaded, empty_revision_problem, load_keyless, load_located};
-use crate::dry_run::dry_run_all;
+use crate::desired::{DesiredError, Loaded, empty_revision_problem, load_keyless};
 use crate::executor::Outcome;
 use crate::journal::{self, Journal, JournalError};
 use crate::journal_view;
-use crate::manifest::ManifestErrors;
 use crate::model::Revision;
 use crate::model::{KindRef, Object};
 use crate::plan::{self, Desired};
@@ -100,13 +98,13 @@ pub async fn run(config_path: &Path, config: Config, once: bool, signals: Signal
 
 /// Resolves revisions in the mirror, fetching at most once: when there is no mirror yet or a
 /// revision is unknown locally.
-struct Revisions {
-    source: GitSource,
+pub(crate) struct Revisions {
+    pub(crate) source: GitSource,
     fetched: bool,
 }
 
 impl Revisions {
-    fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         Self {
             source: GitSource::new(&config.repo, &config.state.dir),
             fetched: false,
@@ -122,7 +120,7 @@ impl Revisions {
     }
 
     /// Brings the mirror up to date; a failure is tolerated when a mirror exists.
-    async fn refresh(&mut self) -> Result<(), SourceError> {
+    pub(crate) async fn refresh(&mut self) -> Result<(), SourceError> {
         match self.fetch().await {
             Err(error) if self.source.has_mirror() => {
                 tracing::warn!(%error, "fetch failed; using the last fetched state");
@@ -132,7 +130,7 @@ impl Revisions {
         }
     }
 
-    async fn resolve(&mut self, rev: Option<&str>) -> Result<Revision, SourceError> {
+    pub(crate) async fn resolve(&mut self, rev: Option<&str>) -> Result<Revision, SourceError> {
         let name = rev.unwrap_or(self.source.branch()).to_string();
         if !self.source.has_mirror() {
             self.fetch().await?;
@@ -429,135 +427,10 @@ fn announced_hooks(
     crate::hooks::announce_all(&environment.hooks, objects, revision)
 }
 
-/// `gitopsd validate`: the config, then every environment's manifests at `rev`; with
-/// `server`, a server-side dry run of every object on each environment's cluster.
-pub async fn validate(
-    config_path: &Path,
-    rev: Option<&str>,
-    server: bool,
-    out: &mut dyn Write,
-) -> Result<u8, CommandError> {
-    let config = match Config::load(config_path) {
-        Ok(config) => config,
-        Err(error @ ConfigError::Invalid { .. }) => {
-            writeln!(out, "{error}")?;
-            return Ok(EXIT_CHANGES_OR_PROBLEMS);
-        }
-        Err(error) => return Err(error.into()),
-    };
-    let mut revisions = Revisions::new(&config);
-    if rev.is_none() {
-        revisions.refresh().await?;
-    }
-    let revision = revisions.resolve(rev).await?;
-    let mut invalid = false;
-    match revisions.source.verify(&revision, None) {
-        Ok(None) => {}
-        Ok(Some(signer)) => writeln!(out, "verify: {}: signed by {}", revision.short(), signer.0)?,
-        Err(unverified) => {
-            invalid = true;
-            writeln!(
-                out,
-                "invalid: {}: {unverified}; gitopsd will not apply it ([repo.verify])",
-                revision.short()
-            )?;
-        }
-    }
-    let mut note = None;
-    for environment in &config.environments {
-        let valid = validate_environment(
-            environment,
-            &revisions.source,
-            &revision,
-            server,
-            &mut note,
-            out,
-        )
-        .await?;
-        invalid |= !valid;
-    }
-    if let Some(note) = note {
-        writeln!(out, "{note}")?;
-    }
-    Ok(if invalid {
-        EXIT_CHANGES_OR_PROBLEMS
-    } else {
-        EXIT_OK
-    })
-}
-
-/// One environment's part of `gitopsd validate`: whether it is valid, each finding written to
-/// `out`. Without `server`, SOPS documents whose key file does not exist are counted as not
-/// checked, and `note` says why (once, for every environment).
-async fn validate_environment(
-    environment: &EnvironmentConfig,
-    source: &GitSource,
-    revision: &Revision,
-    server: bool,
-    note: &mut Option<String>,
-    out: &mut dyn Write,
-) -> Result<bool, CommandError> {
-    let loaded = load_keyless(source, environment, revision, None::<&AnyTarget>, !server).await;
-    let unchecked = match &loaded {
-        Ok(Loaded {
-            unchecked: Some(unchecked),
-            ..
-        }) => {
-            note.get_or_insert_with(|| unchecked::note(&unchecked.reason));
-            unchecked.documents.len()
-        }
-        _ => 0,
-    };
-    let (name, short) = (&environment.name, revision.short());
-    match loaded.map(|loaded| loaded.desired) {
-        Ok(desired) if desired.is_empty() && unchecked == 0 && !environment.allow_empty => {
-            writeln!(
-                out,
-                "invalid: {name} at {short}: {} holds no objects; gitopsd rejects this revision while the environment has live objects (set allow_empty = true if it should delete them)",
-                environment.path
-            )?;
-            Ok(false)
-        }
-        Ok(_) if server => validate_on_server(environment, source, revision, out).await,
-        Ok(desired) if unchecked > 0 => {
-            writeln!(
-                out,
-                "ok: {name} at {short}: {} objects, {unchecked} SOPS documents encrypted, not checked",
-                desired.len()
-            )?;
-            Ok(true)
-        }
-        Ok(desired) => {
-            writeln!(out, "ok: {name} at {short}: {} objects", desired.len())?;
-            Ok(true)
-        }
-        Err(DesiredError::Manifests(errors)) => {
-            write_invalid(out, environment, revision, &errors)?;
-            Ok(false)
-        }
-        Err(source) => Err(CommandError::Desired {
-            environment: environment.name.clone(),
-            source,
-        }),
-    }
-}
-
-fn write_invalid(
-    out: &mut dyn Write,
-    environment: &EnvironmentConfig,
-    revision: &Revision,
-    errors: &ManifestErrors,
-) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "invalid: {} at {}: {errors}",
-        environment.name,
-        revision.short()
-    )
-}
-
 /// Opens `environment`'s target; failing to is its live state being out of reach.
-async fn open_target(environment: &EnvironmentConfig) -> Result<AnyTarget, CommandError> {
+pub(crate) async fn open_target(
+    environment: &EnvironmentConfig,
+) -> Result<AnyTarget, CommandError> {
     AnyTarget::open(
         &environment.target,
         &environment.name,
@@ -570,67 +443,6 @@ async fn open_target(environment: &EnvironmentConfig) -> Result<AnyTarget, Comma
         environment: environment.name.clone(),
         source,
     })
-}
-
-/// Dry-runs an environment's objects on its target; false when the server refuses any.
-async fn validate_on_server(
-    environment: &EnvironmentConfig,
-    source: &GitSource,
-    revision: &Revision,
-    out: &mut dyn Write,
-) -> Result<bool, CommandError> {
-    let live_error = |source: TargetError| CommandError::Live {
-        environment: environment.name.clone(),
-        source,
-    };
-    let target = open_target(environment).await?;
-    if matches!(target, AnyTarget::Directory(_)) {
-        writeln!(
-            out,
-            "ok: {} at {}: a directory target has no server to dry-run on",
-            environment.name,
-            revision.short()
-        )?;
-        return Ok(true);
-    }
-    let located = match load_located(source, environment, revision, &target).await {
-        Ok(located) => located,
-        Err(DesiredError::Manifests(errors)) => {
-            write_invalid(out, environment, revision, &errors)?;
-            return Ok(false);
-        }
-        Err(source) => {
-            return Err(CommandError::Desired {
-                environment: environment.name.clone(),
-                source,
-            });
-        }
-    };
-    let report = dry_run_all(&target, &environment.name, revision, &located)
-        .await
-        .map_err(live_error)?;
-    if !report.problems.is_empty() {
-        write_invalid(out, environment, revision, &ManifestErrors(report.problems))?;
-        return Ok(false);
-    }
-    writeln!(
-        out,
-        "ok: {} at {}: {} objects, {} accepted by a server-side dry run{}",
-        environment.name,
-        revision.short(),
-        located.len(),
-        report.accepted,
-        if report.unchecked.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", {} not checked yet ({})",
-                report.unchecked.len(),
-                report.unchecked.join("; ")
-            )
-        }
-    )?;
-    Ok(true)
 }
 
 /// `gitopsd history`: every journal record, per environment; with `stats`, the delivery

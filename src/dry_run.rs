@@ -23,14 +23,26 @@ pub struct DryRunReport {
     pub unchecked: Vec<String>,
     /// Objects it refused, each where it was written, with the server's message.
     pub problems: Vec<Problem>,
+    /// The environment's namespace, missing now, that gitopsd will create first
+    /// (`create_namespace = true`); objects in it are counted in `unchecked`.
+    pub will_create: Option<String>,
 }
 
-/// Why a refused dry run says nothing about the object: what it needs arrives with it.
+/// What gitopsd makes before it applies a revision, besides the revision's own objects.
+#[derive(Debug, Default)]
+pub struct Made<'a> {
+    /// The namespace `create_namespace = true` makes.
+    pub namespace: Option<&'a str>,
+}
+
+/// Why a refused dry run says nothing about the object: what it needs arrives with it, or is
+/// made by gitopsd first (`made`: the namespace of `create_namespace`).
 fn waits_for_revision(
     key: &ResourceKey,
     error: &TargetError,
     new_namespaces: &BTreeSet<String>,
     new_types: &BTreeSet<(String, String)>,
+    made: Option<&str>,
 ) -> Option<String> {
     if new_types.contains(&(key.group.clone(), key.kind.clone())) {
         return Some(format!(
@@ -45,10 +57,17 @@ fn waits_for_revision(
     else {
         return None;
     };
-    (missing.resource == "namespaces"
-        && missing.name == *namespace
-        && new_namespaces.contains(namespace))
-    .then(|| format!("{key}: its namespace comes with this revision"))
+    if missing.resource != "namespaces" || missing.name != *namespace {
+        return None;
+    }
+    if made == Some(namespace.as_str()) {
+        return Some(format!(
+            "{key}: its namespace will be created (create_namespace)"
+        ));
+    }
+    new_namespaces
+        .contains(namespace)
+        .then(|| format!("{key}: its namespace comes with this revision"))
 }
 
 /// Dry-runs every object as `environment` would apply it at `revision`. An answer that blames
@@ -59,6 +78,7 @@ pub async fn dry_run_all<T: Target>(
     environment: &str,
     revision: &Revision,
     located: &[(Desired, Problem)],
+    made: &Made<'_>,
 ) -> Result<DryRunReport, TargetError> {
     let new_namespaces: BTreeSet<String> = located
         .iter()
@@ -90,9 +110,16 @@ pub async fn dry_run_all<T: Target>(
             match answer {
                 Ok(_) => report.accepted += 1,
                 Err(error) => {
-                    if let Some(reason) =
-                        waits_for_revision(&desired.key, &error, &new_namespaces, &new_types)
-                    {
+                    if let Some(reason) = waits_for_revision(
+                        &desired.key,
+                        &error,
+                        &new_namespaces,
+                        &new_types,
+                        made.namespace,
+                    ) {
+                        if reason.ends_with("(create_namespace)") {
+                            report.will_create = made.namespace.map(str::to_string);
+                        }
                         report.unchecked.push(reason);
                     } else if error.class() == FailureClass::Revision {
                         report.problems.push(Problem {
@@ -167,7 +194,8 @@ mod tests {
                 &key("ConfigMap", Some("shop")),
                 &missing,
                 &namespaces,
-                &types
+                &types,
+                None
             )
             .is_some()
         );
@@ -177,7 +205,8 @@ mod tests {
                 &key("ConfigMap", Some("other")),
                 &elsewhere,
                 &namespaces,
-                &types
+                &types,
+                None
             ),
             None,
             "a namespace the revision does not create is a real problem"
@@ -187,7 +216,8 @@ mod tests {
                 &key("Widget", Some("shop")),
                 &refused("x"),
                 &BTreeSet::new(),
-                &types
+                &types,
+                None
             )
             .is_some()
         );
@@ -196,7 +226,8 @@ mod tests {
                 &key("ConfigMap", Some("shop")),
                 &refused("invalid (422 Invalid): metadata.labels: Invalid value"),
                 &namespaces,
-                &types
+                &types,
+                None
             ),
             None
         );
@@ -205,10 +236,34 @@ mod tests {
                 &key("ConfigMap", Some("shop")),
                 &refused("not found (404 NotFound): namespaces \"shop\" not found"),
                 &namespaces,
-                &types
+                &types,
+                None
             ),
             None,
             "the message text alone decides nothing"
+        );
+        assert_eq!(
+            waits_for_revision(
+                &key("ConfigMap", Some("shop")),
+                &missing,
+                &BTreeSet::new(),
+                &types,
+                Some("shop")
+            )
+            .as_deref(),
+            Some("ConfigMap shop/x: its namespace will be created (create_namespace)"),
+            "create_namespace makes it before anything is applied"
+        );
+        assert_eq!(
+            waits_for_revision(
+                &key("ConfigMap", Some("other")),
+                &elsewhere,
+                &BTreeSet::new(),
+                &types,
+                Some("shop")
+            ),
+            None,
+            "only the environment's own namespace is made"
         );
     }
 }

@@ -14,6 +14,11 @@ pub const ANNOTATION_HASH: &str = "gitopsd.io/hash";
 /// Annotation holding the JSON pointers (a JSON array) of the values that were SOPS-encrypted
 /// in git: they are shown nowhere.
 pub const ANNOTATION_ENCRYPTED: &str = "gitopsd.io/encrypted";
+/// Label on a Namespace gitopsd created for an environment with `create_namespace = true`
+/// (value [`MANAGER`]). Such a namespace is no applyset member and is never pruned.
+pub const LABEL_CREATED_BY: &str = "gitopsd.io/created-by";
+/// Annotation on such a Namespace: the environment it was created for.
+pub const ANNOTATION_CREATED_FOR: &str = "gitopsd.io/created-for";
 /// Prefix of every label and annotation gitopsd writes itself.
 pub const OWN_PREFIX: &str = "gitopsd.io/";
 

@@ -8,10 +8,11 @@ use clap::Parser;
 use tokio::sync::{mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
-use gitopsd::cli::{Cli, ColourChoice, Command, DiffFormat, LogFormat};
+use gitopsd::cli::{Cli, ColourChoice, Command, DiffFormat, InitArgs, InitTargetArg, LogFormat};
 use gitopsd::commands::{self, ControlAction, DiffOutput, DiffRequest, EXIT_ERROR};
 use gitopsd::config::Config;
 use gitopsd::daemon::Signals;
+use gitopsd::init::{InitRequest, InitTarget};
 use gitopsd::report::Colour;
 
 fn main() -> ExitCode {
@@ -53,8 +54,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let mut stdout = std::io::stdout().lock();
     let path = cli.config.as_path();
     match cli.command {
-        Command::Validate { rev, server } => {
-            Ok(commands::validate(path, rev.as_deref(), server, &mut stdout).await?)
+        Command::Validate {
+            config_only: true, ..
+        } => Ok(gitopsd::validate::validate_config(path, &mut stdout)?),
+        Command::Validate { rev, server, .. } => {
+            Ok(gitopsd::validate::validate(path, rev.as_deref(), server, &mut stdout).await?)
+        }
+        Command::Init(args) => {
+            let request = init_request(args);
+            Ok(gitopsd::init::init(path, &request, &mut stdout).await?)
         }
         Command::Run { once } => {
             let config = load(path).await?;
@@ -101,6 +109,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 &mut stdout,
             )?)
         }
+    }
+}
+
+/// What `gitopsd init` was asked for.
+fn init_request(args: InitArgs) -> InitRequest {
+    let InitArgs {
+        repo,
+        branch,
+        path,
+        target,
+        name,
+        namespace,
+        kubeconfig,
+        live,
+    } = args;
+    InitRequest {
+        repo,
+        branch,
+        path,
+        target: match target {
+            InitTargetArg::Kubernetes => InitTarget::Kubernetes,
+            InitTargetArg::Directory => InitTarget::Directory,
+        },
+        name,
+        namespace,
+        kubeconfig,
+        live,
     }
 }
 

@@ -7,7 +7,7 @@ binary=${1:-$PWD/target/debug/gitopsd}
 [ -x "$binary" ] || cargo build --quiet
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-sed "s#/usr/local/bin/gitopsd#$binary#" systemd/gitopsd.service > "$work/gitopsd.service"
+sed "s#/usr/bin/gitopsd#$binary#" systemd/gitopsd.service > "$work/gitopsd.service"
 systemd-analyze verify "$work/gitopsd.service"
 report=$(systemd-analyze security --offline=yes "$work/gitopsd.service" 2>&1)
 exposure=$(printf '%s\n' "$report" | sed -n 's/.*Overall exposure level for gitopsd.service: \([0-9.]*\).*/\1/p')

@@ -100,9 +100,12 @@ impl Checker {
             .unwrap_or_else(|| "default".into());
         let render = raw.render.and_then(|render| {
             let name = name.as_deref().unwrap_or_default();
-            self.render(render, &prefix, name, &namespace, &mut unknown)
+            let folder = path.as_deref().unwrap_or_default().trim_end_matches('/');
+            self.render(render, &prefix, (name, folder), &namespace, &mut unknown)
         });
-        let target = self.target(raw.target, &prefix, base, &mut unknown);
+        let mut target = self.target(raw.target, &prefix, base, &mut unknown);
+        let create_namespace =
+            self.create_namespace(&prefix, &namespace, raw.create_namespace, &mut target);
         self.folder_not_shared(target.as_ref(), &prefix, seen);
         let mut read = self.reader(prefix.clone());
         let prune = read.get("prune", raw.prune).unwrap_or(true);
@@ -141,6 +144,7 @@ impl Checker {
             namespace,
             prune,
             allow_empty,
+            create_namespace,
             policy,
             rollout,
             health,
@@ -150,6 +154,29 @@ impl Checker {
             hooks,
             decryption,
         })
+    }
+
+    /// `create_namespace`: kubernetes targets only; the target is told which namespace.
+    fn create_namespace(
+        &mut self,
+        prefix: &str,
+        namespace: &str,
+        raw: Option<Checked<bool>>,
+        target: &mut Option<TargetConfig>,
+    ) -> bool {
+        let mut read = self.reader(prefix.to_string());
+        let create = read.get("create_namespace", raw).unwrap_or(false);
+        match target {
+            Some(TargetConfig::Kubernetes(settings)) if create => {
+                settings.create_namespace = Some(namespace.to_string());
+            }
+            Some(TargetConfig::Directory { .. }) if create => self.problem(
+                join(prefix, "create_namespace"),
+                "only a kubernetes target has namespaces to create",
+            ),
+            _ => {}
+        }
+        create
     }
 
     /// A directory target's folder belongs to one environment only.
@@ -567,6 +594,7 @@ fn kubernetes_target(read: &mut Reader<'_>, raw: RawTarget, base: &Path) -> Targ
         concurrency: concurrency.max(1),
         requests_per_second: u32::try_from(requests_per_second).unwrap_or(u32::MAX),
         delete_foreign_namespaces,
+        create_namespace: None,
     })
 }
 

@@ -97,6 +97,8 @@ pub struct EnvironmentConfig {
     pub prune: bool,
     /// A revision with no objects may delete every live object (else it is rejected).
     pub allow_empty: bool,
+    /// `namespace` is made (kubernetes targets) before anything else when missing.
+    pub create_namespace: bool,
     /// What the environment may touch: namespaces, kinds, cluster-scoped objects.
     pub policy: crate::policy::Policy,
     /// `<repo url>#<branch>:<path>`: where the environment's manifests come from, recorded on
@@ -216,6 +218,20 @@ impl Config {
             path: path.to_path_buf(),
             problems,
         })
+    }
+
+    /// Validates the config `toml` (no `GITOPSD_` overrides), as if its file were in `base`.
+    pub fn from_toml(toml: &str, base: &Path) -> Result<Self, Vec<ConfigProblem>> {
+        let root: Dict = Figment::new()
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(|error| {
+                vec![ConfigProblem {
+                    key: String::new(),
+                    message: error.to_string(),
+                }]
+            })?;
+        Self::from_dict(root, base)
     }
 
     /// Validates an already merged tree; relative paths are taken from `base`.
@@ -429,6 +445,42 @@ mod tests {
             "{problems:#?}"
         );
         assert!(problems.iter().all(|p| p.message == "unknown key"));
+    }
+
+    #[test]
+    fn create_namespace_tells_a_kubernetes_target_its_namespace_and_is_refused_elsewhere() {
+        let config = parse(
+            r#"
+            [repo]
+            url = "r"
+            [[environment]]
+            name = "guestbook"
+            path = "guestbook"
+            namespace = "guestbook"
+            create_namespace = true
+            target = { type = "kubernetes" }
+            "#,
+        )
+        .expect("valid");
+        let environment = &config.environments[0];
+        assert!(environment.create_namespace);
+        let TargetConfig::Kubernetes(settings) = &environment.target else {
+            panic!("a kubernetes target");
+        };
+        assert_eq!(settings.create_namespace.as_deref(), Some("guestbook"));
+        let problems = parse(
+            r#"
+            [repo]
+            url = "r"
+            [[environment]]
+            name = "a"
+            path = "a"
+            create_namespace = true
+            target = { type = "directory", path = "a" }
+            "#,
+        )
+        .expect_err("a directory target has no namespaces");
+        assert_eq!(problems[0].key, "environment[0].create_namespace");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub(super) struct RawEnvironment {
     pub(super) target: Option<RawTarget>,
     pub(super) prune: Option<Checked<bool>>,
     pub(super) allow_empty: Option<Checked<bool>>,
+    pub(super) create_namespace: Option<Checked<bool>>,
     // Not `#[serde(flatten)]`: that hides unknown keys from serde_ignored.
     pub(super) allowed_namespaces: Option<Checked<Globs>>,
     pub(super) allowed_kinds: Option<Checked<Globs>>,

@@ -16,7 +16,7 @@ impl Checker {
         &mut self,
         mut raw: RawRender,
         prefix: &str,
-        environment: &str,
+        (environment, folder): (&str, &str),
         namespace: &str,
         unknown: &mut Unknown,
     ) -> Option<RenderConfig> {
@@ -46,7 +46,14 @@ impl Checker {
             .unwrap_or(false);
         let tool = match kind.as_deref() {
             None => None,
-            Some(kind) => tool_of(&mut read, kind, raw, environment, namespace, unknown),
+            Some(kind) => tool_of(
+                &mut read,
+                kind,
+                raw,
+                (environment, folder),
+                namespace,
+                unknown,
+            ),
         };
         self.problems.extend(unknown.under("render"));
         let tool = tool?;
@@ -77,7 +84,7 @@ fn tool_of(
     read: &mut Reader<'_>,
     kind: &str,
     raw: RawRender,
-    environment: &str,
+    (environment, folder): (&str, &str),
     namespace: &str,
     unknown: &mut Unknown,
 ) -> Option<Tool> {
@@ -96,7 +103,7 @@ fn tool_of(
             Some(Tool::Kustomize { binary })
         }
         "helm" => {
-            let tool = helm(read, raw, environment, namespace);
+            let tool = helm(read, raw, (environment, folder), namespace);
             read.unknown_unless(
                 &specific,
                 &["binary", "chart", "values", "release", "namespace"],
@@ -130,11 +137,21 @@ fn binary(read: &mut Reader<'_>, value: Option<Checked<String>>) -> Option<Strin
     binary
 }
 
-/// `kind = "helm"`: a chart in the repository, values files, and release and namespace that
-/// default to the environment's.
-fn helm(read: &mut Reader<'_>, raw: RawRender, environment: &str, namespace: &str) -> Option<Tool> {
+/// `kind = "helm"`: a chart in the repository (the environment's own folder unless named, as
+/// Argo CD takes it), values files, and release and namespace that default to the
+/// environment's.
+fn helm(
+    read: &mut Reader<'_>,
+    raw: RawRender,
+    (environment, folder): (&str, &str),
+    namespace: &str,
+) -> Option<Tool> {
     let binary = binary(read, raw.binary);
-    let chart = read.repo_path("chart", raw.chart);
+    let chart = match raw.chart {
+        Some(chart) => read.repo_path("chart", Some(chart)),
+        // The folder itself was checked as `path`.
+        None => (!folder.is_empty()).then(|| folder.to_string()),
+    };
     let values = read.get("values", raw.values).unwrap_or_default();
     for file in &values {
         if !valid_repo_path(file) {
@@ -269,7 +286,6 @@ mod tests {
             [
                 "environment[0].render.kind",
                 "environment[1].render.env",
-                "environment[1].render.chart",
                 "environment[1].render.values",
                 "environment[2].render.shell",
                 "environment[2].render.command",
@@ -278,8 +294,30 @@ mod tests {
             "{problems:#?}"
         );
         assert!(
-            problems[5].message.contains("allow_repo_commands = true"),
+            problems[4].message.contains("allow_repo_commands = true"),
             "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn a_helm_chart_defaults_to_the_environments_own_folder() {
+        let config = parse(
+            r#"
+            [repo]
+            url = "deploy-repo"
+            [[environment]]
+            name = "guestbook"
+            path = "helm-guestbook/"
+            render = { kind = "helm" }
+            target = { type = "directory", path = "live" }
+            "#,
+        )
+        .expect("a helm environment needs no chart when its folder is the chart");
+        let render = config.environments[0].render.as_ref().expect("render");
+        assert!(
+            matches!(&render.tool, crate::render::Tool::Helm { chart, .. } if chart == "helm-guestbook"),
+            "{:?}",
+            render.tool
         );
     }
 }

@@ -8,6 +8,7 @@ mod offload;
 pub mod revert_commit;
 mod settings;
 mod snapshot;
+mod tree;
 pub mod verify;
 pub mod watch;
 

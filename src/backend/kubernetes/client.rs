@@ -135,6 +135,7 @@ impl KubernetesTarget {
             by_group_kind: Mutex::new(BTreeMap::new()),
             next_slot: tokio::sync::Mutex::new(tokio::time::Instant::now()),
             watched,
+            namespace_made: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -12,6 +12,7 @@ mod drift;
 mod hooks;
 mod list;
 mod live;
+mod namespace;
 mod parent;
 mod ready;
 mod resolve;
@@ -67,6 +68,9 @@ pub struct KubernetesSettings {
     pub requests_per_second: u32,
     /// Delete a Namespace even when it holds objects gitopsd does not own.
     pub delete_foreign_namespaces: bool,
+    /// The environment's namespace, made before anything else when missing
+    /// (`create_namespace = true`).
+    pub create_namespace: Option<String>,
 }
 
 pub struct KubernetesTarget {
@@ -96,6 +100,8 @@ pub struct KubernetesTarget {
     next_slot: tokio::sync::Mutex<tokio::time::Instant>,
     /// The watches live state is read from; `None` where every pass LISTs.
     watched: Option<Arc<live::Watched>>,
+    /// `create_namespace`: the namespace was seen or made.
+    namespace_made: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for KubernetesTarget {
@@ -209,6 +215,7 @@ impl Target for KubernetesTarget {
         })?;
         // The parent may live in a namespace the revision creates: Namespaces go first.
         if !is_namespace(key) {
+            self.ensure_namespace().await?;
             self.record_member(key).await?;
         }
         let resolved = self
@@ -252,7 +259,11 @@ impl Target for KubernetesTarget {
                     ));
                 }
             }
-            Err(failure) => return Err(answer_error("apply", key, failure)),
+            Err(failure) => {
+                let error = answer_error("apply", key, failure);
+                self.namespace_gone(&error);
+                return Err(error);
+            }
             Ok(applied) => applied,
         };
         if let Some(watched) = &self.watched {
@@ -402,6 +413,7 @@ impl Target for KubernetesTarget {
     }
 
     async fn create_hook(&self, key: &ResourceKey, body: &Value) -> Result<(), TargetError> {
+        self.ensure_namespace().await?;
         self.create_hook_run(key, body).await
     }
 

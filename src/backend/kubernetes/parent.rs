@@ -139,6 +139,7 @@ impl KubernetesTarget {
 
     /// Writes the parent so it records `record` (exactly).
     pub(super) async fn write_parent(&self, record: &Record) -> Result<(), TargetError> {
+        self.ensure_namespace().await?;
         let body = applyset::parent_body(&self.parent, &self.owner, record);
         let object: DynamicObject =
             serde_json::from_value(body.clone()).map_err(|e| TargetError::Ownership {
