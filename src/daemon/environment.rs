@@ -173,13 +173,16 @@ impl EnvironmentRuntime {
         tip: &Revision,
     ) -> Option<Quiet> {
         match result {
-            // Promoted: nothing was read or written but the journal's own record.
-            Ok(Outcome::Unchanged { .. }) if promoted => seen.map(|seen| Quiet {
-                journal_seq: self.journal.next_seq(),
-                ..seen
-            }),
-            Ok(Outcome::Unchanged { revision }) if revision == tip => {
-                seen.filter(|seen| seen.journal_seq == self.journal.next_seq())
+            // Nothing was written but the journal's own records (`healthy` for a tip that
+            // changes nothing here, `unblocked`): the journal as the pass left it is the one
+            // to compare, so an operator's command after it still ends the quiet. The
+            // fingerprint is the one taken before the pass: if the pass wrote anything (the
+            // ApplySet parent's record), the next one differs and that pass is a full one.
+            Ok(Outcome::Unchanged { revision }) if promoted || revision == tip => {
+                seen.map(|seen| Quiet {
+                    journal_seq: self.journal.next_seq(),
+                    ..seen
+                })
             }
             _ => None,
         }
