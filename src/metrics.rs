@@ -110,6 +110,54 @@ pub fn kube() -> &'static KubeMetrics {
     KUBE.get_or_init(KubeMetrics::default)
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    pub hook: String,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+/// What the push receivers and the commit-status deliveries report. Process-wide (the
+/// receiver listener outlives config generations), reached through [`forge`]; every
+/// [`Metrics`] exports it.
+#[derive(Debug, Clone, Default)]
+pub struct ForgeMetrics {
+    receiver_requests: Family<HookLabels, Counter>,
+    status_deliveries: Family<ResultLabel, Counter>,
+}
+
+impl ForgeMetrics {
+    /// Counts one request to a configured receiver hook, by what it got (`fetch`, `ignored`,
+    /// `ping`, `unauthorized`, `rate_limited`, `too_large`, `malformed`, `timeout`).
+    pub fn receiver_request(&self, hook: &str, result: &str) {
+        self.receiver_requests
+            .get_or_create(&HookLabels {
+                hook: hook.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts one commit-status attempt (`delivered`, `retried`, `failed`).
+    pub fn status_delivery(&self, result: &str) {
+        self.status_deliveries
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+}
+
+/// The process-wide receiver and commit-status metrics.
+pub fn forge() -> &'static ForgeMetrics {
+    static FORGE: std::sync::OnceLock<ForgeMetrics> = std::sync::OnceLock::new();
+    FORGE.get_or_init(ForgeMetrics::default)
+}
+
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 16))
 }
@@ -160,6 +208,7 @@ impl Default for Metrics {
         metrics.register_pass_families();
         metrics.register_trouble_families();
         metrics.register_kube_families();
+        metrics.register_forge_families();
         metrics
     }
 }
@@ -247,6 +296,21 @@ impl Metrics {
             "kube_requests",
             "Requests gitopsd's Kubernetes client sent, by verb (get, list, watch, patch, delete, create, discovery)",
             kube.requests.clone(),
+        );
+    }
+
+    /// Registers the process-wide receiver and commit-status families.
+    fn register_forge_families(&mut self) {
+        let forge = forge();
+        self.registry.register(
+            "receiver_requests",
+            "Requests to the push receivers, by hook and result (fetch, ignored, ping, unauthorized, rate_limited, too_large, malformed, timeout)",
+            forge.receiver_requests.clone(),
+        );
+        self.registry.register(
+            "commit_status_deliveries",
+            "Commit status posts to the forge, by result (delivered, retried, failed)",
+            forge.status_deliveries.clone(),
         );
     }
 
