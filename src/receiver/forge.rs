@@ -350,7 +350,7 @@ pub fn verdict(hint: Hint, repo_url: &str, branch: &str) -> Verdict {
         return Verdict::Ignore("another repository".into());
     }
     let wanted = format!("refs/heads/{branch}");
-    if push.refs.iter().any(|reference| *reference == wanted) {
+    if push.refs.contains(&wanted) {
         Verdict::Fetch
     } else if push.refs.iter().all(|r| r.starts_with("refs/tags/")) && !push.refs.is_empty() {
         Verdict::Ignore("a tag".into())

@@ -176,6 +176,13 @@ fn gitea_and_forgejo_pushes_are_read_alike() {
         &forgejo,
         GITEA.as_bytes()
     ));
+    assert!(!authentic(
+        HookKind::Gitea,
+        b"another secret",
+        &forgejo,
+        GITEA.as_bytes()
+    ));
+    assert!(!authentic(HookKind::Gitea, SECRET, &forgejo, b"{}"));
     assert!(matches!(
         interpret(HookKind::Gitea, &forgejo, GITEA.as_bytes()),
         Ok(Hint::Push(_))

@@ -23,6 +23,7 @@ mod http_git;
 mod kubernetes;
 mod prometheus;
 mod properties;
+mod receivers;
 mod reconcile;
 mod render;
 mod rollout;
