@@ -17,6 +17,7 @@ mod e2e_cache;
 mod e2e_hooks;
 mod e2e_rollout;
 mod e2e_watch;
+mod forge_out;
 mod helpers;
 mod hooks;
 mod http_git;
