@@ -19,6 +19,8 @@ pub const DEFAULT_RECEIVER_BODY_BYTES: u64 = 1024 * 1024;
 pub(super) struct RawReceivers {
     pub(super) listen: Option<Checked<String>>,
     pub(super) max_body_bytes: Option<Checked<u64>>,
+    pub(super) header_timeout: Option<Checked<HumanDuration>>,
+    pub(super) read_timeout: Option<Checked<HumanDuration>>,
     pub(super) hook: Option<Vec<RawReceiverHook>>,
 }
 
@@ -72,6 +74,12 @@ impl Checker {
         if max_body_bytes == 0 {
             read.problem("max_body_bytes", "must be at least 1");
         }
+        let header_timeout = read
+            .duration("header_timeout", raw.header_timeout)
+            .unwrap_or(Duration::from_secs(10));
+        let read_timeout = read
+            .duration("read_timeout", raw.read_timeout)
+            .unwrap_or(Duration::from_secs(30));
         let listen = listen.and_then(|listen| match listen.parse() {
             Ok(address) => Some(address),
             Err(_) => {
@@ -123,6 +131,8 @@ impl Checker {
         Some(ReceiversConfig {
             listen: listen?,
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            header_timeout,
+            read_timeout,
             hooks,
         })
     }
@@ -218,6 +228,8 @@ mod tests {
         let receivers = config.receivers.expect("receivers");
         assert_eq!(receivers.listen.to_string(), "0.0.0.0:9108");
         assert_eq!(receivers.max_body_bytes, 1024 * 1024);
+        assert_eq!(receivers.header_timeout, Duration::from_secs(10));
+        assert_eq!(receivers.read_timeout, Duration::from_secs(30));
         assert_eq!(
             receivers.hooks,
             vec![ReceiverHookConfig {

@@ -70,6 +70,11 @@ pub struct ReceiversConfig {
     pub listen: std::net::SocketAddr,
     /// Bodies over this are refused with 413 before they are read in full.
     pub max_body_bytes: usize,
+    /// Longest a client may take to send its request line and headers (then the connection
+    /// is closed).
+    pub header_timeout: std::time::Duration,
+    /// Longest a client may take to send its body (then 408).
+    pub read_timeout: std::time::Duration,
     pub hooks: Vec<ReceiverHookConfig>,
 }
 

@@ -401,10 +401,11 @@ async fn start_api(listen: SocketAddr, state: ApiState, state_dir: &Path) -> Opt
 /// Binds the push receivers on `listen` and serves them in the background, like
 /// [`start_api`]; the address goes to `<state dir>/receivers.addr`.
 async fn start_receivers(
-    listen: SocketAddr,
+    receivers: &crate::config::ReceiversConfig,
     state: ReceiverState,
     state_dir: &Path,
 ) -> Option<PathBuf> {
+    let listen = receivers.listen;
     let listener = match receiver::bind(listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -417,7 +418,7 @@ async fn start_receivers(
         Ok(bound) => write_address(bound, state_dir, &path).await,
         Err(error) => Err(error),
     };
-    tokio::spawn(receiver::serve(listener, state));
+    tokio::spawn(receiver::serve(listener, state, receivers.header_timeout));
     match written {
         Ok(()) => Some(path),
         Err(error) => {
@@ -451,7 +452,7 @@ async fn start_listeners(
             limiter: Default::default(),
             pushes,
         };
-        address_files.extend(start_receivers(receivers.listen, state, &config.state.dir).await);
+        address_files.extend(start_receivers(receivers, state, &config.state.dir).await);
     }
     address_files
 }
@@ -462,8 +463,16 @@ async fn reload_shared(config: &Config, new: &Config, context: &DaemonContext) {
     if new.api.as_ref().map(|a| a.listen) != config.api.as_ref().map(|a| a.listen) {
         tracing::warn!("api.listen changes take effect on restart");
     }
-    if new.receivers.as_ref().map(|r| r.listen) != config.receivers.as_ref().map(|r| r.listen) {
-        tracing::warn!("receivers.listen changes take effect on restart");
+    let listener = |config: &Config| {
+        config
+            .receivers
+            .as_ref()
+            .map(|r| (r.listen, r.header_timeout))
+    };
+    if listener(new) != listener(config) {
+        tracing::warn!(
+            "receivers.listen and receivers.header_timeout changes take effect on restart"
+        );
     }
     let receivers = receiver::settings(new).await.unwrap_or_default();
     *context

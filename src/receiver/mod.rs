@@ -25,10 +25,6 @@ use crate::config::{Config, HookKind};
 use crate::server::AuthLimiter;
 use forge::Verdict;
 
-/// Longest a client may take to send its request line and headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a client may take to send its body.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; more are closed as they arrive.
 const MAX_CONNECTIONS: usize = 256;
 
@@ -74,6 +70,8 @@ pub struct Settings {
     pub repo_url: String,
     pub branch: String,
     pub max_body_bytes: usize,
+    /// Longest a client may take to send its body.
+    pub read_timeout: Duration,
 }
 
 /// Shared by every request.
@@ -122,6 +120,7 @@ pub async fn settings(config: &Config) -> Option<Settings> {
         repo_url: config.repo.url.clone(),
         branch: config.repo.branch.clone(),
         max_body_bytes: receivers.max_body_bytes,
+        read_timeout: receivers.read_timeout,
     })
 }
 
@@ -145,9 +144,14 @@ pub fn router(state: ReceiverState) -> Router {
         .with_state(state)
 }
 
-/// Serves the receivers on `listener` until the process ends: HTTP/1 with a header timeout,
-/// at most [`MAX_CONNECTIONS`] connections at once.
-pub async fn serve(listener: tokio::net::TcpListener, state: ReceiverState) {
+/// Serves the receivers on `listener` until the process ends: HTTP/1, a connection closed
+/// when its request line and headers take longer than `header_timeout`, at most
+/// [`MAX_CONNECTIONS`] connections at once.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ReceiverState,
+    header_timeout: Duration,
+) {
     let router = router(state);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -174,7 +178,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ReceiverState) {
             );
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "receiver connection ended");
@@ -193,7 +197,12 @@ enum Unread {
 
 /// The body, up to `cap` bytes: refused as soon as the declared length or the bytes received
 /// pass it, so an oversized body is never held in memory.
-async fn read_body(headers: &HeaderMap, body: Body, cap: usize) -> Result<Vec<u8>, Unread> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    cap: usize,
+    limit: Duration,
+) -> Result<Vec<u8>, Unread> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -213,7 +222,7 @@ async fn read_body(headers: &HeaderMap, body: Body, cap: usize) -> Result<Vec<u8
         }
         Ok(bytes)
     };
-    tokio::time::timeout(READ_TIMEOUT, read)
+    tokio::time::timeout(limit, read)
         .await
         .unwrap_or(Err(Unread::TimedOut))
 }
@@ -231,6 +240,7 @@ struct Target {
     repo_url: String,
     branch: String,
     cap: usize,
+    read_timeout: Duration,
 }
 
 /// The hook called `name` with its secret; `None` (404) for no such hook, or one whose secret
@@ -247,6 +257,7 @@ fn target(state: &ReceiverState, name: &str) -> Option<Target> {
         repo_url: settings.repo_url.clone(),
         branch: settings.branch.clone(),
         cap: settings.max_body_bytes,
+        read_timeout: settings.read_timeout,
     })
 }
 
@@ -295,7 +306,7 @@ async fn receive(
         )
             .into_response();
     }
-    let body = match read_body(&headers, body, target.cap).await {
+    let body = match read_body(&headers, body, target.cap, target.read_timeout).await {
         Ok(body) => body,
         Err(why) => return unread(name, why),
     };

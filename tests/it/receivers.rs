@@ -372,8 +372,41 @@ fn stream_slowly(address: &str, path: &str, chunk: usize, total: usize) -> (u16,
 
 #[test]
 fn hostile_requests_are_refused_and_fetch_nothing() {
-    let daemon = ReceiverDaemon::start(&[("github", "github")], "max_body_bytes = 65536");
+    let daemon = ReceiverDaemon::start(
+        &[("github", "github")],
+        "max_body_bytes = 65536\nheader_timeout = \"300ms\"\nread_timeout = \"500ms\"",
+    );
     let before = daemon.fetches();
+
+    // Headers that never end: the connection is closed (no answer is owed).
+    let mut stream = TcpStream::connect(&daemon.receivers).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(stream, "POST /hooks/github HTTP/1.1\r\nHost: x\r\n").expect("half the headers");
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => assert!(
+            answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        ),
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}"),
+    }
+
+    // A body that stops coming: 408.
+    let mut stream = TcpStream::connect(&daemon.receivers).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        stream,
+        "POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"ref\": "
+    )
+    .expect("part of the body");
+    let mut answer = [0u8; 12];
+    stream.read_exact(&mut answer).expect("an answer");
+    assert_eq!(&answer, b"HTTP/1.1 408");
 
     // A declared length over the cap: refused before a byte of the body is sent.
     let mut stream = TcpStream::connect(&daemon.receivers).expect("connect");
@@ -441,6 +474,7 @@ fn hostile_requests_are_refused_and_fetch_nothing() {
     assert_eq!(daemon.requests("github", "too_large"), 2);
     assert_eq!(daemon.requests("github", "malformed"), 7);
     assert_eq!(daemon.requests("github", "rate_limited"), 2);
+    assert_eq!(daemon.requests("github", "timeout"), 1);
     assert_eq!(daemon.requests("github", "fetch"), 0);
     assert_eq!(daemon.fetches(), before, "no request fetched");
 }
