@@ -480,6 +480,76 @@ mod tests {
         assert!(!long.description.contains('\n'));
     }
 
+    /// The value of `gitopsd_commit_status_deliveries_total{result}` as exported.
+    fn deliveries(result: &str) -> u64 {
+        let text = crate::metrics::Metrics::default().render();
+        let prefix = format!("gitopsd_commit_status_deliveries_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Answers each connection with the next of `statuses`; returns the request heads.
+    async fn forge(statuses: &'static [&'static str]) -> (String, JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let server = tokio::spawn(async move {
+            let mut heads = Vec::new();
+            for status in statuses {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // The JSON body ends the request: `}` after the blank line.
+                while !(request.windows(4).any(|w| w == b"\r\n\r\n") && request.ends_with(b"}")) {
+                    let read = stream.read(&mut buffer).await.expect("read");
+                    assert!(read > 0, "the request ended early");
+                    request.extend_from_slice(&buffer[..read]);
+                }
+                heads.push(String::from_utf8_lossy(&request).into_owned());
+                let answer =
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                stream.write_all(answer.as_bytes()).await.expect("answer");
+            }
+            heads
+        });
+        (address, server)
+    }
+
+    #[tokio::test]
+    async fn a_refused_post_is_retried_and_counted() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (address, server) = forge(&["503 Service Unavailable", "201 Created"]).await;
+        let target = Target {
+            config: config(
+                Forge::Gitea,
+                &format!("http://{address}/api/v1"),
+                "ops/deploy",
+            ),
+            token: "t0k".into(),
+            posted: HashMap::new(),
+        };
+        let (retried, delivered) = (deliveries("retried"), deliveries("delivered"));
+        let client = reqwest::Client::new();
+        assert!(send(&client, &target, &update(State::Success)).await);
+        let heads = server.await.expect("the forge saw both attempts");
+        assert_eq!(heads.len(), 2);
+        for head in &heads {
+            assert!(head.starts_with(&format!(
+                "POST /api/v1/repos/ops/deploy/statuses/{} HTTP/1.1",
+                "a".repeat(40)
+            )));
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("authorization: token t0k")
+            );
+        }
+        assert!(deliveries("retried") > retried);
+        assert!(deliveries("delivered") > delivered);
+    }
+
     #[test]
     fn the_repository_comes_from_the_repo_url() {
         assert_eq!(
