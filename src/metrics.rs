@@ -207,8 +207,8 @@ impl Default for Metrics {
         // Two groups, registered in this order so the exposition keeps its order.
         metrics.register_pass_families();
         metrics.register_trouble_families();
-        metrics.register_kube_families();
         metrics.register_forge_families();
+        metrics.register_kube_families();
         metrics
     }
 }
@@ -488,6 +488,32 @@ mod tests {
     }
 
     const KUBE_FAMILIES: [&str; 3] = ["cache_objects", "watch_restarts", "kube_requests"];
+    const FORGE_FAMILIES: [&str; 2] = ["receiver_requests", "commit_status_deliveries"];
+
+    #[test]
+    fn forge_families_are_process_wide_and_exported_before_kube() {
+        forge().receiver_request("metrics-test", "ignored");
+        forge().status_delivery("delivered");
+        let text = Metrics::default().render();
+        assert!(
+            text.contains(
+                "gitopsd_receiver_requests_total{hook=\"metrics-test\",result=\"ignored\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("gitopsd_commit_status_deliveries_total{result=\"delivered\"}"),
+            "{text}"
+        );
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE gitopsd_"))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .filter(|family| FORGE_FAMILIES.contains(family) || KUBE_FAMILIES.contains(family))
+            .take(2)
+            .collect();
+        assert_eq!(families, FORGE_FAMILIES, "{text}");
+    }
 
     #[test]
     fn kube_families_are_process_wide_and_exported_last() {
@@ -543,7 +569,7 @@ mod tests {
             .filter_map(|line| line.strip_prefix("# TYPE gitopsd_"))
             .filter_map(|rest| rest.split_whitespace().next())
             // Process-wide: other tests in this process may have given them series.
-            .filter(|family| !KUBE_FAMILIES.contains(family))
+            .filter(|family| !KUBE_FAMILIES.contains(family) && !FORGE_FAMILIES.contains(family))
             .collect();
         assert_eq!(
             families,
