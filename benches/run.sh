@@ -11,6 +11,7 @@ cargo bench --bench diff_revisions
 cargo bench --bench kube_noop
 cargo bench --bench idle
 cargo bench --bench pages
+cargo bench --bench push_latency
 
 # render needs a kubectl (for `kubectl kustomize`): GITOPSD_TEST_KUBECTL, else k8s-lab's.
 if [ -z "${GITOPSD_TEST_KUBECTL:-}" ] && [ -r "$lab/bin/kubectl.xz" ]; then

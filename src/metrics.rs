@@ -110,6 +110,54 @@ pub fn kube() -> &'static KubeMetrics {
     KUBE.get_or_init(KubeMetrics::default)
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    pub hook: String,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+/// What the push receivers and the commit-status deliveries report. Process-wide (the
+/// receiver listener outlives config generations), reached through [`forge`]; every
+/// [`Metrics`] exports it.
+#[derive(Debug, Clone, Default)]
+pub struct ForgeMetrics {
+    receiver_requests: Family<HookLabels, Counter>,
+    status_deliveries: Family<ResultLabel, Counter>,
+}
+
+impl ForgeMetrics {
+    /// Counts one request to a configured receiver hook, by what it got (`fetch`, `ignored`,
+    /// `ping`, `unauthorized`, `rate_limited`, `too_large`, `malformed`, `timeout`).
+    pub fn receiver_request(&self, hook: &str, result: &str) {
+        self.receiver_requests
+            .get_or_create(&HookLabels {
+                hook: hook.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts one commit-status attempt (`delivered`, `retried`, `failed`).
+    pub fn status_delivery(&self, result: &str) {
+        self.status_deliveries
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+}
+
+/// The process-wide receiver and commit-status metrics.
+pub fn forge() -> &'static ForgeMetrics {
+    static FORGE: std::sync::OnceLock<ForgeMetrics> = std::sync::OnceLock::new();
+    FORGE.get_or_init(ForgeMetrics::default)
+}
+
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 16))
 }
@@ -161,6 +209,7 @@ impl Default for Metrics {
         // Two groups, registered in this order so the exposition keeps its order.
         metrics.register_pass_families();
         metrics.register_trouble_families();
+        metrics.register_forge_families();
         metrics.register_kube_families();
         metrics
     }
@@ -254,6 +303,21 @@ impl Metrics {
             "kube_requests",
             "Requests gitopsd's Kubernetes client sent, by verb (get, list, watch, patch, delete, create, discovery)",
             kube.requests.clone(),
+        );
+    }
+
+    /// Registers the process-wide receiver and commit-status families.
+    fn register_forge_families(&mut self) {
+        let forge = forge();
+        self.registry.register(
+            "receiver_requests",
+            "Requests to the push receivers, by hook and result (fetch, ignored, ping, unauthorized, rate_limited, too_large, malformed, timeout)",
+            forge.receiver_requests.clone(),
+        );
+        self.registry.register(
+            "commit_status_deliveries",
+            "Commit status posts to the forge, by result (delivered, retried, failed)",
+            forge.status_deliveries.clone(),
         );
     }
 
@@ -441,6 +505,32 @@ mod tests {
     }
 
     const KUBE_FAMILIES: [&str; 3] = ["cache_objects", "watch_restarts", "kube_requests"];
+    const FORGE_FAMILIES: [&str; 2] = ["receiver_requests", "commit_status_deliveries"];
+
+    #[test]
+    fn forge_families_are_process_wide_and_exported_before_kube() {
+        forge().receiver_request("metrics-test", "ignored");
+        forge().status_delivery("delivered");
+        let text = Metrics::default().render();
+        assert!(
+            text.contains(
+                "gitopsd_receiver_requests_total{hook=\"metrics-test\",result=\"ignored\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("gitopsd_commit_status_deliveries_total{result=\"delivered\"}"),
+            "{text}"
+        );
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE gitopsd_"))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .filter(|family| FORGE_FAMILIES.contains(family) || KUBE_FAMILIES.contains(family))
+            .take(2)
+            .collect();
+        assert_eq!(families, FORGE_FAMILIES, "{text}");
+    }
 
     #[test]
     fn kube_families_are_process_wide_and_exported_last() {
@@ -496,7 +586,7 @@ mod tests {
             .filter_map(|line| line.strip_prefix("# TYPE gitopsd_"))
             .filter_map(|rest| rest.split_whitespace().next())
             // Process-wide: other tests in this process may have given them series.
-            .filter(|family| !KUBE_FAMILIES.contains(family))
+            .filter(|family| !KUBE_FAMILIES.contains(family) && !FORGE_FAMILIES.contains(family))
             .collect();
         assert_eq!(
             families,

@@ -76,6 +76,8 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Failed authentications one address may make within [`FAILURE_WINDOW`].
 const MAX_FAILURES: u32 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses with failures [`AuthLimiter`] keeps at most.
+const MAX_TRACKED: usize = 65_536;
 
 /// Failed authentications per client address, so a token cannot be guessed at speed.
 #[derive(Debug, Default)]
@@ -100,9 +102,17 @@ impl AuthLimiter {
         (count >= MAX_FAILURES).then(|| FAILURE_WINDOW - elapsed)
     }
 
-    /// Counts a failed authentication of `peer`.
+    /// Counts a failed authentication of `peer`. Addresses whose window is over are dropped
+    /// once [`MAX_TRACKED`] are held; past that many within one window (a spread of addresses
+    /// the size of an IPv6 prefix), new ones are not counted, so memory stays bounded.
     pub fn failed(&self, peer: IpAddr, now: Instant) {
         let mut failures = self.lock();
+        if failures.len() >= MAX_TRACKED && !failures.contains_key(&peer) {
+            failures.retain(|_, (_, since)| now.saturating_duration_since(*since) < FAILURE_WINDOW);
+            if failures.len() >= MAX_TRACKED {
+                return;
+            }
+        }
         let entry = failures.entry(peer).or_insert((0, now));
         if now.saturating_duration_since(entry.1) >= FAILURE_WINDOW {
             *entry = (0, now);
@@ -582,6 +592,20 @@ mod tests {
             None,
             "the window passes"
         );
+    }
+
+    #[test]
+    fn the_failures_kept_are_bounded() {
+        let limiter = AuthLimiter::default();
+        let start = Instant::now();
+        for n in 0..MAX_TRACKED as u32 {
+            limiter.failed(IpAddr::from(n.to_be_bytes()), start);
+        }
+        let late: IpAddr = [255, 255, 255, 255].into();
+        limiter.failed(late, start);
+        assert_eq!(limiter.lock().len(), MAX_TRACKED, "full within one window");
+        limiter.failed(late, start + FAILURE_WINDOW);
+        assert_eq!(limiter.lock().len(), 1, "expired addresses make room");
     }
 
     #[test]

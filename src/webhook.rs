@@ -1,5 +1,7 @@
 //! Rollout notifications to webhooks: generic JSON with a Slack-compatible `text`, sent in
-//! order from a background task and retried with backoff, never on the rollout's own path.
+//! order from a background task and retried with backoff, never on the rollout's own path;
+//! signed (`X-Gitopsd-Signature`) when the webhook has a secret. The same notifier feeds the
+//! forge's commit statuses.
 
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::commit_status::{CommitStatusConfig, Statuses};
 use crate::journal::Event;
 
 /// Notifications queued beyond this are dropped (and logged) rather than slowing a rollout.
@@ -22,6 +25,8 @@ pub struct WebhookConfig {
     /// Only these events; empty means all.
     pub events: Vec<String>,
     pub timeout: Duration,
+    /// Signs each delivery with the secret in this file (HMAC-SHA256 of the body).
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 /// One notification, as posted.
@@ -217,31 +222,42 @@ fn blue_green_notification(
     }
 }
 
-/// Queues notifications for the sender task; cheap to clone.
+/// Queues notifications for the sender task, and commit status changes for theirs; cheap to
+/// clone.
 #[derive(Debug, Clone, Default)]
 pub struct Notifier {
     queue: Option<mpsc::Sender<Notification>>,
+    statuses: Statuses,
 }
 
-/// The task delivering queued notifications; `finish` flushes it.
+/// The tasks delivering queued notifications and statuses; `finish` flushes them.
 #[derive(Debug)]
 pub struct Delivery {
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Notifier {
-    /// A notifier for `webhooks`; without any, it queues nothing and no task runs.
-    pub fn start(webhooks: Vec<WebhookConfig>) -> (Self, Option<Delivery>) {
-        if webhooks.is_empty() {
-            return (Self::default(), None);
-        }
-        let (queue, receiver) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(deliver(webhooks, receiver));
-        (Self { queue: Some(queue) }, Some(Delivery { task }))
+    /// A notifier for `webhooks` and commit `statuses`; without any, it queues nothing and no
+    /// task runs.
+    pub fn start(
+        webhooks: Vec<WebhookConfig>,
+        statuses: Vec<CommitStatusConfig>,
+    ) -> (Self, Option<Delivery>) {
+        let mut tasks = Vec::new();
+        let queue = (!webhooks.is_empty()).then(|| {
+            let (queue, receiver) = mpsc::channel(QUEUE);
+            tasks.push(tokio::spawn(deliver(webhooks, receiver)));
+            queue
+        });
+        let (statuses, status_task) = Statuses::start(statuses);
+        tasks.extend(status_task);
+        let delivery = (!tasks.is_empty()).then_some(Delivery { tasks });
+        (Self { queue, statuses }, delivery)
     }
 
-    /// Queues the notification for `event`, if any; never waits.
+    /// Queues the notification and status change for `event`, if any; never waits.
     pub fn event(&self, environment: &str, event: &Event, time: DateTime<Utc>) {
+        self.statuses.event(environment, event);
         let Some(queue) = &self.queue else { return };
         let Some(notification) = Notification::for_event(environment, event, time) else {
             return;
@@ -253,13 +269,55 @@ impl Notifier {
 }
 
 impl Delivery {
-    /// Waits up to `limit` for queued notifications to go out (all notifiers must be dropped
-    /// first, so the queue ends).
+    /// Waits up to `limit` for queued notifications and statuses to go out (all notifiers
+    /// must be dropped first, so the queues end).
     pub async fn finish(self, limit: Duration) {
-        if tokio::time::timeout(limit, self.task).await.is_err() {
-            tracing::warn!("webhook notifications still pending at exit were dropped");
+        let all = futures_util::future::join_all(self.tasks);
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!(
+                "webhook notifications or commit statuses still pending at exit were dropped"
+            );
         }
     }
+}
+
+/// A webhook with its secret, read once when the task starts.
+struct Destination {
+    webhook: WebhookConfig,
+    secret: Option<Vec<u8>>,
+}
+
+/// The secret of `webhook`; `Err` when it has a secret file that cannot be read (the webhook
+/// is then left out rather than sent unsigned).
+async fn read_secret(webhook: &WebhookConfig) -> Result<Option<Vec<u8>>, ()> {
+    let Some(path) = &webhook.secret_file else {
+        return Ok(None);
+    };
+    match tokio::fs::read_to_string(path).await {
+        Ok(secret) if !secret.trim().is_empty() => Ok(Some(secret.trim().as_bytes().to_vec())),
+        Ok(_) => {
+            tracing::error!(file = %path.display(), url = %webhook.url, "webhook secret file is empty; the webhook is off");
+            Err(())
+        }
+        Err(error) => {
+            tracing::error!(file = %path.display(), url = %webhook.url, %error, "cannot read the webhook secret file; the webhook is off");
+            Err(())
+        }
+    }
+}
+
+/// A delivery id no other delivery has: 128 random bits in hex.
+fn delivery_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No system randomness: the time and a counter still make ids unique in this process.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        bytes[..8].copy_from_slice(&nanos.to_be_bytes());
+        bytes[8..].copy_from_slice(&count.to_be_bytes());
+    }
+    crate::signing::hex(&bytes)
 }
 
 async fn deliver(webhooks: Vec<WebhookConfig>, mut queue: mpsc::Receiver<Notification>) {
@@ -271,6 +329,12 @@ async fn deliver(webhooks: Vec<WebhookConfig>, mut queue: mpsc::Receiver<Notific
             return;
         }
     };
+    let mut destinations = Vec::new();
+    for webhook in webhooks {
+        if let Ok(secret) = read_secret(&webhook).await {
+            destinations.push(Destination { webhook, secret });
+        }
+    }
     while let Some(notification) = queue.recv().await {
         let body = match serde_json::to_string(&notification) {
             Ok(body) => body,
@@ -279,26 +343,38 @@ async fn deliver(webhooks: Vec<WebhookConfig>, mut queue: mpsc::Receiver<Notific
                 continue;
             }
         };
-        for webhook in &webhooks {
-            if !webhook.events.is_empty() && !webhook.events.contains(&notification.event) {
+        for destination in &destinations {
+            let events = &destination.webhook.events;
+            if !events.is_empty() && !events.contains(&notification.event) {
                 continue;
             }
-            send(&client, webhook, &notification.event, &body).await;
+            send(&client, destination, &notification.event, &body).await;
         }
     }
 }
 
-/// Posts `body`, retrying with backoff (1 s, 2 s, 4 s, …) on errors and 5xx answers.
-async fn send(client: &reqwest::Client, webhook: &WebhookConfig, event: &str, body: &str) {
+/// Posts `body`, retrying with backoff (1 s, 2 s, 4 s, …) on errors and 5xx answers; every
+/// attempt carries the same delivery id, so a receiver can drop the repeats it already took.
+async fn send(client: &reqwest::Client, destination: &Destination, event: &str, body: &str) {
+    let webhook = &destination.webhook;
+    let delivery = delivery_id();
+    let signature = destination.secret.as_ref().map(|secret| {
+        format!(
+            "sha256={}",
+            crate::signing::sign_hex(secret, body.as_bytes())
+        )
+    });
     for attempt in 1..=ATTEMPTS {
-        let result = client
+        let mut post = client
             .post(&webhook.url)
             .timeout(webhook.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await;
-        let retry = match result {
+            .header("X-Gitopsd-Event", event)
+            .header("X-Gitopsd-Delivery", &delivery);
+        if let Some(signature) = &signature {
+            post = post.header("X-Gitopsd-Signature", signature);
+        }
+        let retry = match post.body(body.to_string()).send().await {
             Ok(response) if response.status().is_success() => return,
             Ok(response) if response.status().is_client_error() => {
                 tracing::error!(url = %webhook.url, status = %response.status(), event, "webhook refused the notification");

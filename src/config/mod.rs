@@ -3,7 +3,8 @@
 //!
 //! The validated types and [`Config::load`] live here; reading and checking them is split by
 //! section: `raw` (the file as written), `check` (the problem collector), `sections` (`[repo]`,
-//! `[state]`, `[api]`, `[[webhook]]`), `environment` (`[[environment]]`), `health` and `render`.
+//! `[state]`, `[api]`, `[[webhook]]`), `forge` (`[receivers]`, `[[notify]]`), `environment`
+//! (`[[environment]]`), `health` and `render`.
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -18,6 +19,7 @@ mod check;
 mod checked;
 mod decryption;
 mod environment;
+mod forge;
 mod health;
 mod hooks;
 mod raw;
@@ -30,10 +32,12 @@ use raw::RawConfig;
 
 // Defined by the modules that use them, built here; named here too for the callers above.
 pub use crate::backend::TargetConfig;
+pub use crate::commit_status::CommitStatusConfig;
 pub use crate::health::{CheckKind, HealthCheckConfig};
 pub use crate::rollout::RolloutConfig;
 pub use crate::source::RepoConfig;
 pub use crate::webhook::WebhookConfig;
+pub use forge::DEFAULT_RECEIVER_BODY_BYTES;
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gitopsd/gitopsd.toml";
@@ -53,7 +57,49 @@ pub struct Config {
     pub state: StateConfig,
     pub api: Option<ApiConfig>,
     pub webhooks: Vec<WebhookConfig>,
+    /// `[[notify]]`: commit statuses on the forge.
+    pub statuses: Vec<CommitStatusConfig>,
+    /// `[receivers]`: push events from the forge, on a listener of their own.
+    pub receivers: Option<ReceiversConfig>,
     pub environments: Vec<EnvironmentConfig>,
+}
+
+/// `[receivers]`: the listener forges send push events to (the only thing it serves).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiversConfig {
+    pub listen: std::net::SocketAddr,
+    /// Bodies over this are refused with 413 before they are read in full.
+    pub max_body_bytes: usize,
+    /// Longest a client may take to send its request line and headers (then the connection
+    /// is closed).
+    pub header_timeout: std::time::Duration,
+    /// Longest a client may take to send its body (then 408).
+    pub read_timeout: std::time::Duration,
+    pub hooks: Vec<ReceiverHookConfig>,
+}
+
+/// One `[[receivers.hook]]`, served at `/hooks/<name>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiverHookConfig {
+    pub name: String,
+    pub kind: HookKind,
+    /// The shared secret (HMAC key, or GitLab's token); required.
+    pub secret_file: PathBuf,
+}
+
+/// How a receiver hook authenticates and reads its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    /// `X-Hub-Signature-256`, `X-GitHub-Event: push`.
+    Github,
+    /// `X-Gitlab-Token`, `X-Gitlab-Event: Push Hook`.
+    Gitlab,
+    /// Gitea and Forgejo: `X-Gitea-Signature` / `X-Forgejo-Signature`, event `push`.
+    Gitea,
+    /// `X-Hub-Signature`, `X-Event-Key: repo:refs_changed`.
+    BitbucketServer,
+    /// `X-Signature: sha256=<hex>`; any signed request.
+    GenericHmac,
 }
 
 /// The events a webhook can ask for.
@@ -246,8 +292,14 @@ impl Config {
         check.problems.extend(unknown.under("state"));
         let api = raw.api.and_then(|api| check.api(api, base));
         check.problems.extend(unknown.under("api"));
-        let webhooks = check.webhooks(raw.webhook.unwrap_or_default());
+        let webhooks = check.webhooks(raw.webhook.unwrap_or_default(), base);
         check.problems.extend(unknown.under("webhook"));
+        let statuses = check.statuses(raw.notify.unwrap_or_default(), base, repo.as_ref());
+        check.problems.extend(unknown.under("notify"));
+        let receivers = raw
+            .receivers
+            .and_then(|receivers| check.receivers(receivers, base));
+        check.problems.extend(unknown.under("receivers"));
         check.decryption_defaults(raw.decryption, base);
         check.problems.extend(unknown.under("decryption"));
         let mut environments = check.environments(raw.environment, base, repo.as_ref());
@@ -273,6 +325,8 @@ impl Config {
                 state,
                 api,
                 webhooks,
+                statuses,
+                receivers,
                 environments,
             }),
             _ => Err(check.problems),

@@ -14,6 +14,8 @@ pub(super) struct RawConfig {
     pub(super) state: Option<RawState>,
     pub(super) api: Option<RawApi>,
     pub(super) webhook: Option<Vec<RawWebhook>>,
+    pub(super) notify: Option<Vec<super::forge::RawNotify>>,
+    pub(super) receivers: Option<super::forge::RawReceivers>,
     pub(super) decryption: Option<RawDecryption>,
     pub(super) environment: Option<Checked<Tables>>,
 }
@@ -214,4 +216,5 @@ pub(super) struct RawWebhook {
     pub(super) url: Option<Checked<String>>,
     pub(super) events: Option<Checked<Vec<String>>>,
     pub(super) timeout: Option<Checked<HumanDuration>>,
+    pub(super) secret_file: Option<Checked<String>>,
 }

@@ -161,7 +161,7 @@ impl Checker {
         }
     }
 
-    pub(super) fn webhooks(&mut self, raw: Vec<RawWebhook>) -> Vec<WebhookConfig> {
+    pub(super) fn webhooks(&mut self, raw: Vec<RawWebhook>, base: &Path) -> Vec<WebhookConfig> {
         let mut webhooks = Vec::new();
         for (index, raw) in raw.into_iter().enumerate() {
             let mut read = self.reader(format!("webhook[{index}]"));
@@ -188,11 +188,13 @@ impl Checker {
             let timeout = read
                 .duration("timeout", raw.timeout)
                 .unwrap_or(Duration::from_secs(5));
+            let secret_file = read.path("secret_file", raw.secret_file, base);
             if let Some(url) = url {
                 webhooks.push(WebhookConfig {
                     url,
                     events,
                     timeout,
+                    secret_file,
                 });
             }
         }

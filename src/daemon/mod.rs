@@ -28,6 +28,7 @@ use crate::executor::{Outcome, ReconcileError};
 use crate::heartbeat::{BEAT_INTERVAL, Heartbeat, Heartbeats};
 use crate::metrics::Metrics;
 use crate::model::Revision;
+use crate::receiver::{self, PushTrigger, ReceiverState};
 use crate::server::{self, ApiState, Controls, Reloadable};
 use crate::source::watch::watch_refs;
 use crate::source::{GitSource, SourceError};
@@ -131,7 +132,7 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
             (mirrored_tip(&source).await, Some(error))
         }
     };
-    let (notifier, delivery) = Notifier::start(config.webhooks.clone());
+    let (notifier, delivery) = Notifier::start(config.webhooks.clone(), config.statuses.clone());
     let observers = Observers {
         metrics: Arc::new(Metrics::default()),
         notifier,
@@ -215,7 +216,8 @@ impl Generation {
         let source = GitSource::new(&config.repo, &config.state.dir);
         let (tips, tip_receiver) = watch::channel::<Option<Revision>>(None);
         let (drain, drain_receiver) = watch::channel(false);
-        let (notifier, delivery) = Notifier::start(config.webhooks.clone());
+        let (notifier, delivery) =
+            Notifier::start(config.webhooks.clone(), config.statuses.clone());
         let observers = Observers {
             metrics: context.metrics.clone(),
             notifier,
@@ -299,6 +301,10 @@ struct DaemonContext {
     trimmer: crate::memory::Trimmer,
     ready: Arc<AtomicBool>,
     reloadable: Arc<RwLock<Reloadable>>,
+    /// What the push receivers check requests against (kept across reloads).
+    receivers: Arc<RwLock<receiver::Settings>>,
+    /// Wakes the fetch loop for a verified push (one wake queued at most).
+    pushed: mpsc::Receiver<()>,
 }
 
 /// The API token, read from `api.token_file`.
@@ -351,6 +357,17 @@ impl DaemonContext {
     }
 }
 
+/// Writes `bound` to `path` (creating the state folder), off the async workers.
+async fn write_address(bound: SocketAddr, state_dir: &Path, path: &Path) -> std::io::Result<()> {
+    let (dir, file) = (state_dir.to_path_buf(), path.to_path_buf());
+    crate::blocking::off_thread("writing a listener's address", move || {
+        crate::durable::create_dir_all(&dir)?;
+        crate::durable::write_whole(&file, format!("{bound}\n").as_bytes())
+    })
+    .await
+    .unwrap_or_else(|stopped| Err(std::io::Error::other(stopped)))
+}
+
 /// Binds the API on `listen` and serves it in the background; the bound address (the port the
 /// system picked, for port 0) goes to `<state dir>/api.addr`, whose path is returned so a clean
 /// stop removes it. A bind failure is logged and the daemon runs without its API.
@@ -368,15 +385,7 @@ async fn start_api(
     };
     let path = server::address_file(state_dir);
     let written = match listener.local_addr() {
-        Ok(bound) => {
-            let (dir, file) = (state_dir.to_path_buf(), path.clone());
-            crate::blocking::off_thread("writing the API's address", move || {
-                crate::durable::create_dir_all(&dir)?;
-                crate::durable::write_whole(&file, format!("{bound}\n").as_bytes())
-            })
-            .await
-            .unwrap_or_else(|stopped| Err(std::io::Error::other(stopped)))
-        }
+        Ok(bound) => write_address(bound, state_dir, &path).await,
         Err(error) => Err(error),
     };
     tokio::spawn(async move {
@@ -393,6 +402,95 @@ async fn start_api(
     }
 }
 
+/// Binds the push receivers on `listen` and serves them in the background, like
+/// [`start_api`]; the address goes to `<state dir>/receivers.addr`.
+async fn start_receivers(
+    receivers: &crate::config::ReceiversConfig,
+    state: ReceiverState,
+    state_dir: &Path,
+) -> Option<PathBuf> {
+    let listen = receivers.listen;
+    let listener = match receiver::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%listen, %error, "the push receivers cannot listen");
+            return None;
+        }
+    };
+    let path = receiver::address_file(state_dir);
+    let written = match listener.local_addr() {
+        Ok(bound) => write_address(bound, state_dir, &path).await,
+        Err(error) => Err(error),
+    };
+    tokio::spawn(receiver::serve(listener, state, receivers.header_timeout));
+    match written {
+        Ok(()) => Some(path),
+        Err(error) => {
+            tracing::warn!(file = %path.display(), %error, "cannot write the receivers' address file");
+            None
+        }
+    }
+}
+
+/// Starts the control API and the push receivers that `config` asks for; the address files
+/// they wrote, for a clean stop to remove.
+async fn start_listeners(
+    config: &Config,
+    context: &DaemonContext,
+    pushes: PushTrigger,
+) -> Vec<PathBuf> {
+    let mut address_files = Vec::new();
+    if let Some(api) = &config.api {
+        let state = ApiState {
+            controls: context.controls.clone(),
+            ready: context.ready.clone(),
+            metrics: context.metrics.clone(),
+            reloadable: context.reloadable.clone(),
+            limiter: Default::default(),
+        };
+        let state = crate::pages::PagesState::new(state, api.dashboard);
+        address_files.extend(start_api(api.listen, state, &config.state.dir).await);
+    }
+    if let Some(receivers) = &config.receivers {
+        let state = ReceiverState {
+            settings: context.receivers.clone(),
+            limiter: Default::default(),
+            pushes,
+        };
+        address_files.extend(start_receivers(receivers, state, &config.state.dir).await);
+    }
+    address_files
+}
+
+/// Hands what outlives generations (the API's reloadable parts, the receivers' settings) the
+/// `new` config; listeners stay where they are until a restart.
+async fn reload_shared(config: &Config, new: &Config, context: &DaemonContext) {
+    if new.api.as_ref().map(|a| a.listen) != config.api.as_ref().map(|a| a.listen) {
+        tracing::warn!("api.listen changes take effect on restart");
+    }
+    let listener = |config: &Config| {
+        config
+            .receivers
+            .as_ref()
+            .map(|r| (r.listen, r.header_timeout))
+    };
+    if listener(new) != listener(config) {
+        tracing::warn!(
+            "receivers.listen and receivers.header_timeout changes take effect on restart"
+        );
+    }
+    let receivers = receiver::settings(new).await.unwrap_or_default();
+    *context
+        .receivers
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = receivers;
+    let fresh = reloadable(new).await;
+    *context
+        .reloadable
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+}
+
 /// How a generation's serving ended.
 enum End {
     Stop,
@@ -404,6 +502,7 @@ enum End {
 /// the config on SIGHUP (an invalid one is refused and the running one kept).
 pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
     let heartbeats = Heartbeats::default();
+    let (pushes, pushed) = PushTrigger::channel();
     let mut context = DaemonContext {
         systemd: Systemd::from_env(),
         main_beat: heartbeats.register("fetch loop"),
@@ -414,19 +513,12 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
         trimmer: crate::memory::Trimmer::start(),
         ready: Arc::new(AtomicBool::new(false)),
         reloadable: Arc::new(RwLock::new(reloadable(&config).await)),
+        receivers: Arc::new(RwLock::new(
+            receiver::settings(&config).await.unwrap_or_default(),
+        )),
+        pushed,
     };
-    let mut api_address_file = None;
-    if let Some(api) = &config.api {
-        let state = ApiState {
-            controls: context.controls.clone(),
-            ready: context.ready.clone(),
-            metrics: context.metrics.clone(),
-            reloadable: context.reloadable.clone(),
-            limiter: Default::default(),
-        };
-        let state = crate::pages::PagesState::new(state, api.dashboard);
-        api_address_file = start_api(api.listen, state, &config.state.dir).await;
-    }
+    let address_files = start_listeners(&config, &context, pushes).await;
     // Edits to the config file reload it like SIGHUP does.
     let (config_changed, mut config_changes) = mpsc::channel(1);
     let _config_watcher = watch_config(config_path, config_changed)
@@ -451,7 +543,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
                 context.systemd.stopping();
                 tracing::info!("stopping: waiting for reconciles in flight");
                 generation.wait(&mut context).await;
-                if let Some(path) = api_address_file {
+                for path in address_files {
                     let _ = tokio::fs::remove_file(path).await;
                 }
                 tracing::info!("stopped");
@@ -459,18 +551,47 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
             }
             End::Reload(new) => {
                 context.systemd.reloading();
-                if new.api.as_ref().map(|a| a.listen) != config.api.as_ref().map(|a| a.listen) {
-                    tracing::warn!("api.listen changes take effect on restart");
-                }
-                let fresh = reloadable(&new).await;
-                *context
-                    .reloadable
-                    .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+                reload_shared(&config, &new, &context).await;
                 tracing::info!("config reloaded; switching once the passes in flight finish");
                 generation.drain(&mut context).await;
                 config = *new;
             }
+        }
+    }
+}
+
+/// One fetch, its tip handed to the environments (the last known one when it fails); how long
+/// to wait before the next.
+async fn fetch_and_publish(
+    config: &Config,
+    source: &GitSource,
+    generation: &Generation,
+    signals: &Signals,
+    context: &DaemonContext,
+    failures: &mut u32,
+) -> Duration {
+    let started = std::time::Instant::now();
+    let fetched = fetch_until(source, Some(signals.shutdown.clone())).await;
+    context.metrics.fetched(fetched.is_ok(), started.elapsed());
+    match fetched {
+        Ok(fetched) => {
+            *failures = 0;
+            log_fetched(&fetched);
+            generation.tips.send_replace(Some(fetched.tip));
+            config.repo.poll_interval
+        }
+        Err(error) => {
+            *failures += 1;
+            let retry = backoff(*failures);
+            tracing::warn!(%error, retry_in = ?retry, "fetch failed; keeping the last snapshot");
+            let known = generation.tips.borrow().clone();
+            let last = match known {
+                Some(tip) => Some(tip),
+                None => mirrored_tip(source).await,
+            };
+            // Environments still re-check live state against the last snapshot.
+            generation.tips.send_replace(last);
+            retry
         }
     }
 }
@@ -487,30 +608,8 @@ async fn serve(
     let mut failures: u32 = 0;
     let mut first = true;
     loop {
-        let started = std::time::Instant::now();
-        let fetched = fetch_until(&source, Some(signals.shutdown.clone())).await;
-        context.metrics.fetched(fetched.is_ok(), started.elapsed());
-        let delay = match fetched {
-            Ok(fetched) => {
-                failures = 0;
-                log_fetched(&fetched);
-                generation.tips.send_replace(Some(fetched.tip));
-                config.repo.poll_interval
-            }
-            Err(error) => {
-                failures += 1;
-                let retry = backoff(failures);
-                tracing::warn!(%error, retry_in = ?retry, "fetch failed; keeping the last snapshot");
-                let known = generation.tips.borrow().clone();
-                let last = match known {
-                    Some(tip) => Some(tip),
-                    None => mirrored_tip(&source).await,
-                };
-                // Environments still re-check live state against the last snapshot.
-                generation.tips.send_replace(last);
-                retry
-            }
-        };
+        let delay =
+            fetch_and_publish(config, &source, generation, signals, context, &mut failures).await;
         if first {
             // The config is valid, journals are open and the first fetch is done.
             context.systemd.ready();
@@ -523,6 +622,10 @@ async fn serve(
             tokio::select! {
                 _ = tokio::time::sleep_until(next_fetch) => break,
                 _ = tokio::time::sleep(context.tick()) => {}
+                Some(()) = context.pushed.recv() => {
+                    tracing::debug!("a push event asked for a fetch");
+                    break;
+                }
                 Some(()) = generation.woken.recv() => {
                     tokio::time::sleep(SETTLE).await;
                     while generation.woken.try_recv().is_ok() {}
