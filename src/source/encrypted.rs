@@ -22,20 +22,11 @@ impl GitSource {
             source,
         };
         let repo = self.open()?;
-        let id = gix::ObjectId::from_hex(revision.0.as_bytes())
-            .map_err(|e| read_error("commit id", Box::new(e)))?;
-        let root = repo
-            .find_commit(id)
-            .and_then(|commit| commit.tree())
-            .map_err(|e| read_error("root tree", Box::new(e)))?;
-        let mut recorder = gix::traverse::tree::Recorder::default();
-        root.traverse()
-            .breadthfirst(&mut recorder)
-            .map_err(|e| read_error("root tree", Box::new(e)))?;
+        let records = super::tree::revision_entries(&repo, revision)?;
         let (max_file, max_total) = self.byte_limits();
         let mut total = 0u64;
         let mut files = Vec::new();
-        for record in recorder.records {
+        for record in records {
             let path = record.filepath.to_string();
             if !record.mode.is_blob() || !is_manifest_path(&path) {
                 continue;

@@ -471,18 +471,8 @@ impl GitSource {
             revision: revision.clone(),
             source,
         };
-        let id = gix::ObjectId::from_hex(revision.0.as_bytes())
-            .map_err(|e| read_error("commit id", Box::new(e)))?;
-        let root = repo
-            .find_commit(id)
-            .and_then(|commit| commit.tree())
-            .map_err(|e| read_error("root tree", Box::new(e)))?;
-        let mut recorder = gix::traverse::tree::Recorder::default();
-        root.traverse()
-            .breadthfirst(&mut recorder)
-            .map_err(|e| read_error("root tree", Box::new(e)))?;
         let mut total = 0u64;
-        for record in recorder.records {
+        for record in super::tree::revision_entries(&repo, revision)? {
             let path = dest.join(record.filepath.to_string());
             if record.mode.is_tree() {
                 std::fs::create_dir_all(&path).map_err(|e| unpack_error(path, e))?;
