@@ -216,12 +216,13 @@ fn main() {
         crash.detail
     );
     println!(
-        "| daemon RSS, {} objects cached, idle | {:.1} MiB | peak {:.1} MiB; {:.2}% CPU over {} s idle | ≤ 150 MiB |",
+        "| daemon RSS, {} objects cached, idle | {:.1} MiB | peak {:.1} MiB; {:.2}% CPU over {} s idle; {} | ≤ 150 MiB |",
         idle.cached,
         idle.rss_kib as f64 / 1024.0,
         idle.peak_kib as f64 / 1024.0,
         idle.cpu_percent,
-        idle.window.as_secs()
+        idle.window.as_secs(),
+        idle.split
     );
     println!();
     println!(

@@ -166,6 +166,59 @@ impl Daemon {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// Where the resident memory is, from `/proc/<pid>/smaps`: glibc's main heap (`[heap]`),
+    /// its per-thread arenas (anonymous mappings of 64 MiB and more, the arena size), other
+    /// anonymous mappings (thread stacks, large allocations), file pages (the binary, the
+    /// libraries); and the thread count.
+    pub fn memory_split(&self) -> String {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid()))
+            .expect("the daemon's /proc smaps");
+        let (mut heap, mut arenas, mut other_anon, mut file) = (0u64, 0u64, 0u64, 0u64);
+        let mut kind = 0;
+        for line in smaps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let Some(range) = fields
+                .first()
+                .filter(|f| f.contains('-') && !f.ends_with(':'))
+            {
+                let (start, end) = range.split_once('-').unwrap_or(("0", "0"));
+                let size = u64::from_str_radix(end, 16).unwrap_or(0)
+                    - u64::from_str_radix(start, 16).unwrap_or(0);
+                kind = match fields.get(5) {
+                    Some(&"[heap]") => 0,
+                    Some(path) if path.starts_with('/') => 3,
+                    _ if size >= 64 << 20 => 1,
+                    _ => 2,
+                };
+            } else if fields.first() == Some(&"Rss:") {
+                let kib: u64 = fields.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+                match kind {
+                    0 => heap += kib,
+                    1 => arenas += kib,
+                    2 => other_anon += kib,
+                    _ => file += kib,
+                }
+            }
+        }
+        let threads = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("Threads:"))
+                    .map(|n| n.trim().to_string())
+            })
+            .unwrap_or_default();
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        format!(
+            "[heap] {:.0} MiB, arenas {:.0} MiB, other anonymous {:.0} MiB, file {:.0} MiB; {threads} threads",
+            mib(heap),
+            mib(arenas),
+            mib(other_anon),
+            mib(file)
+        )
+    }
+
     /// User plus system CPU the daemon has used, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))

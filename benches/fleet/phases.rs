@@ -249,6 +249,8 @@ pub struct Idle {
     pub cpu_percent: f64,
     pub cached: u64,
     pub window: Duration,
+    /// Where the resident memory is (see [`Daemon::memory_split`]).
+    pub split: String,
 }
 
 /// Resident memory once every object is cached and the daemon idles, and CPU over the window.
@@ -258,6 +260,7 @@ pub fn idle_memory(daemon: &Daemon) -> Idle {
     std::thread::sleep(IDLE);
     let used = daemon.cpu_seconds() - cpu;
     let (rss_kib, peak_kib) = daemon.memory_kib();
+    let split = daemon.memory_split();
     let cached = Daemon::total(&daemon.metrics(), "gitopsd_cache_objects") as u64;
     Idle {
         rss_kib,
@@ -265,6 +268,7 @@ pub fn idle_memory(daemon: &Daemon) -> Idle {
         cpu_percent: used / IDLE.as_secs_f64() * 100.0,
         cached,
         window: IDLE,
+        split,
     }
 }
 
