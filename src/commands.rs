@@ -65,6 +65,13 @@ pub async fn run(config_path: &Path, config: Config, once: bool, signals: Signal
         daemon::run(config_path, config, signals).await;
         return EXIT_OK;
     }
+    if config.ha.is_some() {
+        // One pass takes no Lease: it would act beside the daemon that holds each environment.
+        tracing::error!(
+            "run --once does not take part in [ha]: the daemons holding the environments' Leases act for them (set ha.enabled = false to run one pass here)"
+        );
+        return EXIT_ERROR;
+    }
     let report = daemon::run_once(&config, signals.shutdown).await;
     for (environment, result) in &report.environments {
         match result {
@@ -476,9 +483,14 @@ pub async fn status(
     let live = daemon_client::status(config).await;
     for environment in selected(config, only)? {
         let path = Journal::path_for(&config.state.dir, &environment.name);
-        let history = journal::load_history(&path)?;
+        let live_here = live.as_ref().and_then(|live| live.get(&environment.name));
+        // `[ha]`: another daemon acts for it, from the history the cluster keeps.
+        let history = match live_here.and_then(|live| live.cluster_history.clone()) {
+            Some(history) => history,
+            None => journal::load_history(&path)?,
+        };
         journal_view::write_status(&environment.name, &history, out)?;
-        if let Some(live) = live.as_ref().and_then(|live| live.get(&environment.name)) {
+        if let Some(live) = live_here {
             daemon_client::write_live(live, out)?;
         }
     }
@@ -592,9 +604,15 @@ pub async fn control(
             ),
         });
     }
+    // 202: `[ha]`, another daemon holds the environment and acts on it.
+    let forwarded = if status == reqwest::StatusCode::ACCEPTED {
+        " (forwarded to the daemon holding the environment)"
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
-        "{}: {} {}",
+        "{}: {} {}{forwarded}",
         environment,
         action.name(),
         body["revision"].as_str().unwrap_or("")

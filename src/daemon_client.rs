@@ -52,13 +52,28 @@ pub struct CacheRow {
 }
 
 /// What the running daemon says of one environment.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LiveStatus {
     pub environment: String,
     #[serde(default)]
     pub blocked: Option<String>,
     #[serde(default)]
     pub cache: Vec<CacheRow>,
+    /// `[ha]`: who holds the environment's Lease.
+    #[serde(default)]
+    pub lease: Option<LeaseRow>,
+    /// `[ha]`, while another daemon holds it: the history the cluster keeps.
+    #[serde(default)]
+    pub cluster_history: Option<crate::history::History>,
+}
+
+/// `[ha]`: an environment's Lease as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LeaseRow {
+    pub holder: Option<String>,
+    pub expires: Option<String>,
+    #[serde(default)]
+    pub held_here: bool,
 }
 
 /// The running daemon's view by environment; `None` when no API is configured or no daemon
@@ -88,6 +103,16 @@ pub async fn status(config: &Config) -> Option<BTreeMap<String, LiveStatus>> {
 
 /// The daemon's lines under an environment's `status`: what blocks it, and each store it reads.
 pub fn write_live(live: &LiveStatus, out: &mut dyn Write) -> io::Result<()> {
+    if let Some(lease) = &live.lease {
+        let holder = lease.holder.as_deref().unwrap_or("nobody");
+        let here = if lease.held_here { " (this daemon)" } else { "" };
+        let until = lease
+            .expires
+            .as_deref()
+            .map(|expires| format!(", Lease until {expires}"))
+            .unwrap_or_default();
+        writeln!(out, "  held by:                {holder}{here}{until}")?;
+    }
     if let Some(blocked) = &live.blocked {
         writeln!(out, "  blocked:                {blocked}")?;
     }

@@ -150,7 +150,18 @@ impl History {
             Event::HookStarted { .. } | Event::HookSucceeded { .. } | Event::HookFailed { .. } => {
                 self.apply_hook(event)
             }
+            Event::Acquired {
+                state: Some(state),
+                ..
+            } => {
+                // The cluster's record is what the new holder acts on; one it cannot read
+                // (written by a newer gitopsd) leaves this host's history as it was.
+                if let Ok(adopted) = serde_json::from_value::<History>(state.clone()) {
+                    *self = adopted;
+                }
+            }
             Event::Rejected { .. }
+            | Event::Acquired { .. }
             | Event::ReconcileStarted { .. }
             | Event::ReconcileFailed { .. }
             | Event::Promoted { .. }

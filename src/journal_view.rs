@@ -55,6 +55,20 @@ fn write_details(event: &Event, out: &mut dyn Write) -> io::Result<()> {
         | Event::RevertCommitted { .. }
         | Event::Pinned { .. } => write_revert_details(event, out),
         Event::SwitchedBack { reason, .. } => writeln!(out, "      {reason}"),
+        Event::Acquired {
+            holder,
+            from,
+            state,
+            ..
+        } => {
+            let from = from.as_deref().unwrap_or("a released or new Lease");
+            let adopted = if state.is_some() {
+                "; acting on the cluster's history"
+            } else {
+                ""
+            };
+            writeln!(out, "      {holder} from {from}{adopted}")
+        }
         Event::HookStarted {
             when, hook, run, ..
         } => match run {

@@ -69,3 +69,14 @@ pub const ANNOTATION_HOOK_ON_REVERT: &str = "gitopsd.io/hook-on-revert";
 /// Label on a hook's object naming the hook (its name in the revision), so the runs of
 /// earlier revisions are found and deleted by the environment that made them.
 pub const LABEL_HOOK: &str = "gitopsd.io/hook";
+
+/// On the Leases of `[ha]`: `environment` (one per environment, `gitopsd-<environment>`) or
+/// `daemon` (each daemon's heartbeat, `gitopsd.daemon.<identity>`).
+pub const LABEL_LEASE: &str = "gitopsd.io/lease";
+/// On an environment's Lease: the history its holder acts on (last healthy revision, held
+/// failures, the rollout in flight, approvals, pauses), JSON, written by the holder before
+/// each write it makes to the environment.
+pub const ANNOTATION_STATE: &str = "gitopsd.io/state";
+/// On an environment's Lease: operator actions asked of another daemon (JSON), for the holder
+/// to journal and act on.
+pub const ANNOTATION_REQUESTS: &str = "gitopsd.io/requests";

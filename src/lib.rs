@@ -25,6 +25,7 @@ pub mod init;
 pub mod journal;
 pub mod journal_view;
 pub mod labels;
+pub mod lease;
 pub mod manifest;
 pub mod memory;
 pub mod metrics;

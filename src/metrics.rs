@@ -178,6 +178,8 @@ pub struct Metrics {
     blocked: Family<EnvironmentLabel, Gauge>,
     switches: Family<SwitchLabels, Counter>,
     passes: Family<ResultLabels, Counter>,
+    lease_held: Family<EnvironmentLabel, Gauge>,
+    lease_transitions: Family<EnvironmentLabel, Counter>,
     /// The revision label last set per environment, so its old series can be removed.
     revisions_set: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
@@ -204,6 +206,8 @@ impl Default for Metrics {
             blocked: Family::default(),
             switches: Family::default(),
             passes: Family::default(),
+            lease_held: Family::default(),
+            lease_transitions: Family::default(),
             revisions_set: Default::default(),
         };
         // Two groups, registered in this order so the exposition keeps its order.
@@ -283,6 +287,16 @@ impl Metrics {
             "blocked",
             "1 while the cluster refuses an environment's writes or reads (unreachable, 5xx, 429, conflict): the revision is not blamed and is retried",
             self.blocked.clone(),
+        );
+        self.registry.register(
+            "lease_held",
+            "[ha]: 1 while this daemon holds the environment's Lease (and acts for it)",
+            self.lease_held.clone(),
+        );
+        self.registry.register(
+            "lease_transitions",
+            "[ha]: times the environment's Lease came to or left this daemon",
+            self.lease_transitions.clone(),
         );
     }
 
@@ -429,6 +443,23 @@ impl Metrics {
                 environment: environment.into(),
             })
             .inc();
+    }
+
+    /// `[ha]`: this daemon took (`true`) or lost or gave up (`false`) the environment's Lease.
+    pub fn lease_changed(&self, environment: &str, held: bool) {
+        let label = EnvironmentLabel {
+            environment: environment.into(),
+        };
+        self.lease_held.get_or_create(&label).set(i64::from(held));
+        self.lease_transitions.get_or_create(&label).inc();
+    }
+
+    /// `[ha]`: the environment's Lease is not this daemon's (yet).
+    pub fn lease_standby(&self, environment: &str) {
+        let label = EnvironmentLabel {
+            environment: environment.into(),
+        };
+        self.lease_held.get_or_create(&label).set(0);
     }
 
     pub fn set_blocked(&self, environment: &str, blocked: bool) {

@@ -16,6 +16,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::backend::kubernetes::lease::{EnvironmentLease, ForwardedRequest, Holding};
 use crate::backend::kubernetes::{CacheTypeStatus, CacheView};
 use crate::history::History;
 use crate::journal::{Event, SharedJournal};
@@ -35,6 +36,29 @@ pub struct EnvironmentHandle {
     pub config: Arc<crate::config::EnvironmentConfig>,
     /// What holds the branch tip back after the last pass (a gate, a pause): the tip and why.
     pub waiting: Arc<tokio::sync::watch::Sender<Option<(Revision, String)>>>,
+    /// `[ha]`: the environment's Lease (who acts for it, and where requests are forwarded).
+    pub lease: Option<Arc<EnvironmentLease>>,
+}
+
+impl EnvironmentHandle {
+    /// The history decisions follow: this host's journal, or under `[ha]` while another
+    /// daemon holds the environment, the one the cluster keeps on its Lease.
+    pub fn history(&self) -> History {
+        if let Some(lease) = self.lease.as_ref().filter(|lease| !lease.is_held()) {
+            if let Some(history) = lease
+                .cluster_state()
+                .and_then(|state| serde_json::from_value::<History>(state).ok())
+            {
+                return history;
+            }
+        }
+        self.journal.with_history(History::clone)
+    }
+
+    /// Whether another daemon acts for the environment (`[ha]`): requests go to it.
+    pub fn held_elsewhere(&self) -> bool {
+        self.lease.as_ref().is_some_and(|lease| !lease.is_held())
+    }
 }
 
 /// The running environments, by name; each task registers itself when it starts.
@@ -217,6 +241,15 @@ struct EnvironmentStatus {
     /// The watch cache's stores the environment reads, per type (Kubernetes targets).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     cache: Vec<CacheTypeStatus>,
+    /// Revisions that failed and are held (not applied again unless retried).
+    held: Vec<String>,
+    /// `[ha]`: who holds the environment's Lease, until when, and whether it is this daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<Holding>,
+    /// `[ha]`, while another daemon holds the environment: the whole history the cluster
+    /// keeps (this host's journal is behind), for `gitopsd status`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_history: Option<History>,
 }
 
 #[derive(Debug, Serialize)]
@@ -245,7 +278,7 @@ struct FailureStatus {
 }
 
 fn environment_status(name: &str, handle: &EnvironmentHandle) -> EnvironmentStatus {
-    let history = handle.journal.with_history(History::clone);
+    let history = handle.history();
     let text = |revision: &Option<Revision>| revision.as_ref().map(|r| r.0.clone());
     EnvironmentStatus {
         environment: name.to_string(),
@@ -289,6 +322,9 @@ fn environment_status(name: &str, handle: &EnvironmentHandle) -> EnvironmentStat
             .as_ref()
             .map(CacheView::types)
             .unwrap_or_default(),
+        held: history.failed.iter().map(|r| r.0.clone()).collect(),
+        lease: handle.lease.as_ref().map(|lease| lease.holding()),
+        cluster_history: handle.held_elsewhere().then_some(history),
     }
 }
 
@@ -385,16 +421,56 @@ async fn control(
         Err(refused) => return refused.into_response(),
     };
     let by = format!("api token from {}", peer.ip());
-    let revision = match journal_action(&handle, event, by) {
-        Ok(revision) => revision,
+    let (revision, forwarded) = match act(&handle, event, by).await {
+        Ok(done) => done,
         Err(refused) => return refused.into_response(),
     };
-    Json(ControlReply {
-        environment,
-        action,
-        revision,
-    })
-    .into_response()
+    // Forwarded: accepted here, journaled by the holder.
+    let status = if forwarded {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(ControlReply {
+            environment,
+            action,
+            revision,
+        }),
+    )
+        .into_response()
+}
+
+/// An operator's action: journaled here, or under `[ha]` while another daemon holds the
+/// environment, forwarded to it through the Lease (it journals and acts on it). Answers the
+/// revision it names and whether it was forwarded.
+pub async fn act(
+    handle: &EnvironmentHandle,
+    event: Event,
+    by: String,
+) -> Result<(String, bool), Refused> {
+    let Some(lease) = handle.lease.as_ref().filter(|_| handle.held_elsewhere()) else {
+        return journal_action(handle, event, by).map(|revision| (revision, false));
+    };
+    let revision = event.revision().0.clone();
+    let action = event.name();
+    let id = format!(
+        "{}-{}",
+        lease.identity(),
+        Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    );
+    let request = ForwardedRequest {
+        id,
+        by: format!("{by} via {}", lease.identity()),
+        event,
+    };
+    lease
+        .forward(request)
+        .await
+        .map_err(|forward_error| refuse(StatusCode::SERVICE_UNAVAILABLE, forward_error.to_string()))?;
+    tracing::info!(env = %handle.config.name, %action, %revision, "control request forwarded to the Lease's holder");
+    Ok((revision, true))
 }
 
 /// Journals an operator's action with who asked for it and wakes the environment; answers the
@@ -496,9 +572,7 @@ pub async fn control_event(
         "pause" => Ok(Event::Paused { revision: tip }),
         "resume" => Ok(Event::Resumed { revision: tip }),
         "retry" => {
-            let held = handle
-                .journal
-                .with_history(|history| history.failed.contains(&tip));
+            let held = handle.history().failed.contains(&tip);
             if !held {
                 return Err(refuse(
                     StatusCode::CONFLICT,

@@ -150,6 +150,12 @@ pub trait Target: Send + Sync {
     /// Writes worth starting at once. Local writes gain nothing past a few (each more holds
     /// a blocking thread and its allocator arena); a target that limits its own requests
     /// says how many it may take.
+    /// Whether this process may take decisions for the environment now (journal them, act on
+    /// them). Always, except under `[ha]` without the environment's Lease.
+    fn may_decide(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
+
     fn writes_in_flight(&self) -> usize {
         8
     }
@@ -311,6 +317,14 @@ impl AnyTarget {
             AnyTarget::Kubernetes(target) => target.cache_view(),
         }
     }
+
+    /// Puts every write behind the environment's Lease (`[ha]`, Kubernetes targets only: the
+    /// config refuses `[ha]` with a directory target).
+    pub fn fence_with(&mut self, lease: std::sync::Arc<kubernetes::lease::EnvironmentLease>) {
+        if let AnyTarget::Kubernetes(target) = self {
+            target.fence_with(lease);
+        }
+    }
 }
 
 impl Target for AnyTarget {
@@ -390,6 +404,13 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Directory(target) => target.keeps_parsed_files(),
             AnyTarget::Kubernetes(target) => target.keeps_parsed_files(),
+        }
+    }
+
+    fn may_decide(&self) -> Result<(), TargetError> {
+        match self {
+            AnyTarget::Directory(target) => target.may_decide(),
+            AnyTarget::Kubernetes(target) => target.fence_check(),
         }
     }
 

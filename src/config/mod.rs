@@ -20,6 +20,7 @@ mod checked;
 mod decryption;
 mod environment;
 mod forge;
+mod ha;
 mod health;
 mod hooks;
 mod raw;
@@ -47,7 +48,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/gitopsd";
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Top-level sections that environment variables may override.
-const SECTIONS: &[&str] = &["repo", "state", "api", "decryption"];
+const SECTIONS: &[&str] = &["repo", "state", "api", "decryption", "ha"];
 /// Default address of the HTTP API.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9107";
 
@@ -61,7 +62,19 @@ pub struct Config {
     pub statuses: Vec<CommitStatusConfig>,
     /// `[receivers]`: push events from the forge, on a listener of their own.
     pub receivers: Option<ReceiversConfig>,
+    /// `[ha]` with `enabled = true`: Leases decide which daemon acts for each environment.
+    pub ha: Option<HaConfig>,
     pub environments: Vec<EnvironmentConfig>,
+}
+
+/// `[ha]`: this daemon is one of several sharing the clusters; each environment has a Lease
+/// `gitopsd-<environment>` in `lease_namespace`, and only its holder acts for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaConfig {
+    pub lease_namespace: String,
+    /// Who this daemon is in the Leases (default: the host name).
+    pub identity: String,
+    pub timing: crate::lease::Timing,
 }
 
 /// `[receivers]`: the listener forges send push events to (the only thing it serves).
@@ -300,6 +313,8 @@ impl Config {
             .receivers
             .and_then(|receivers| check.receivers(receivers, base));
         check.problems.extend(unknown.under("receivers"));
+        let ha = raw.ha.and_then(|ha| check.ha(ha));
+        check.problems.extend(unknown.under("ha"));
         check.decryption_defaults(raw.decryption, base);
         check.problems.extend(unknown.under("decryption"));
         let mut environments = check.environments(raw.environment, base, repo.as_ref());
@@ -318,6 +333,9 @@ impl Config {
                 .cloned()
                 .collect();
         }
+        if ha.is_some() {
+            check.ha_targets(&environments);
+        }
         check.problems.extend(unknown.rest());
         match (repo, check.problems.is_empty()) {
             (Some(repo), true) => Ok(Config {
@@ -327,6 +345,7 @@ impl Config {
                 webhooks,
                 statuses,
                 receivers,
+                ha,
                 environments,
             }),
             _ => Err(check.problems),

@@ -16,6 +16,7 @@ pub(super) struct RawConfig {
     pub(super) webhook: Option<Vec<RawWebhook>>,
     pub(super) notify: Option<Vec<super::forge::RawNotify>>,
     pub(super) receivers: Option<super::forge::RawReceivers>,
+    pub(super) ha: Option<super::ha::RawHa>,
     pub(super) decryption: Option<RawDecryption>,
     pub(super) environment: Option<Checked<Tables>>,
 }

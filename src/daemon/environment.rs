@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::fetch::backoff;
+use super::ha;
+use crate::backend::kubernetes::lease::EnvironmentLease;
 use crate::backend::{AnyTarget, LiveSource, Target as _};
 use crate::config::{EnvironmentConfig, StateConfig, WindowConfig};
 use crate::executor::{Effects, EnvironmentRun, Outcome, ReconcileError};
@@ -38,6 +40,9 @@ pub(super) struct EnvironmentRuntime {
     prober: Prober,
     /// What the last pass that found nothing to do saw; see [`Quiet`].
     quiet: Option<Quiet>,
+    /// `[ha]`: the Lease of the environment an `after` gate waits for, whose history is on
+    /// the cluster while another daemon holds it.
+    upstream_lease: Option<Arc<EnvironmentLease>>,
 }
 
 /// A pass found the target at `revision` with nothing to change: while the branch tip, the
@@ -79,11 +84,24 @@ impl EnvironmentRuntime {
             journal,
             prober,
             quiet: None,
+            upstream_lease: None,
         })
     }
 
     fn gates(&self) -> Gates {
-        gates_for(&self.config, &self.state_dir)
+        let mut gates = gates_for(&self.config, &self.state_dir);
+        // `[ha]`: another daemon acts for the upstream environment; the cluster has its
+        // history, this host's journal of it is behind.
+        let held_elsewhere = self.upstream_lease.as_ref().filter(|lease| !lease.is_held());
+        if let (Some(lease), Some((_, healthy))) = (held_elsewhere, gates.upstream.as_mut()) {
+            if let Some(history) = lease
+                .cluster_state()
+                .and_then(|state| serde_json::from_value::<crate::history::History>(state).ok())
+            {
+                *healthy = history.healthy;
+            }
+        }
+        gates
     }
 
     pub(super) async fn pass(
@@ -268,6 +286,10 @@ pub(super) struct Shared {
     pub(super) board: StatusBoard,
     pub(super) controls: Controls,
     pub(super) observers: Observers,
+    /// `[ha]`: the environment's Lease; the task acts only while it holds it.
+    pub(super) lease: Option<Arc<EnvironmentLease>>,
+    /// `[ha]`: the Lease of the environment its `after` gate waits for.
+    pub(super) upstream_lease: Option<Arc<EnvironmentLease>>,
 }
 
 /// How an environment task is told to stop.
@@ -362,24 +384,51 @@ pub(super) async fn environment_loop(
         board,
         controls,
         observers,
+        lease,
+        upstream_lease,
     } = shared;
     let name = environment.name.clone();
     let Some((mut runtime, wake, waiting)) =
-        open_registered(environment, &state, &board, &controls).await
+        open_registered(environment, &state, &board, &controls, lease.clone()).await
     else {
         return;
     };
     board.set(&name, "starting".into());
+    if let Some(lease) = &lease {
+        runtime.target.fence_with(lease.clone());
+        lease.attach(runtime.journal.clone());
+    }
+    runtime.upstream_lease = upstream_lease;
     let drift = runtime.target.drift_wake();
     let mut failures = Failures::default();
     // A blocked pass is tried again on its own timer, not at the next fetch, which may be
     // minutes away.
     let mut retry_now = false;
     loop {
+        if let Some(lease) = &lease {
+            if !lease.is_held() {
+                board.set(&name, ha::standby_line(lease));
+                tokio::select! {
+                    _ = lease.woken() => {}
+                    _ = signals.shutdown.changed() => break,
+                    _ = signals.drain.changed() => break,
+                    _ = tokio::time::sleep(BEAT_INTERVAL) => {}
+                }
+                heartbeat.beat();
+                continue;
+            }
+            let tip = tips.borrow().clone();
+            if ha::take_over(lease, &runtime.journal, tip, &observers.notifier) {
+                // A successor passes at once: a rollout in flight goes on from its step.
+                runtime.quiet = None;
+                retry_now = true;
+            }
+        }
         if !std::mem::take(&mut retry_now) {
             tokio::select! {
                 changed = tips.changed() => if changed.is_err() { break },
                 _ = wake.notified() => {}
+                _ = ha::woken(lease.as_deref()) => continue,
                 _ = drifted(drift.as_deref()) => debounce(drift.as_deref()).await,
                 _ = signals.shutdown.changed() => break,
                 _ = signals.drain.changed() => break,
@@ -393,6 +442,9 @@ pub(super) async fn environment_loop(
         let Some(revision) = tips.borrow_and_update().clone() else {
             continue;
         };
+        if let Some(lease) = &lease {
+            lease.set_busy(true);
+        }
         let result = runtime
             .pass(
                 &source,
@@ -403,6 +455,18 @@ pub(super) async fn environment_loop(
             )
             .await;
         heartbeat.beat();
+        if let Some(lease) = &lease {
+            lease.set_busy(false);
+            if !lease.is_held() {
+                // Lost mid-pass: the new holder acts; nothing here is retried or journaled.
+                tracing::warn!(error = ?result.as_ref().err().map(ToString::to_string), "[ha]: the Lease ran out or went to another daemon; standing by");
+                continue;
+            }
+            // What the pass journaled is on the Lease before the task waits again.
+            if let Err(error) = lease.before_write().await {
+                tracing::debug!(%error, "[ha]: history not carried yet; the next renewal does");
+            }
+        }
         board.set(&name, describe(&result));
         tell_waiting(&waiting, &revision, &result);
         // A blocked environment waits before trying again, longer each time, unless an
@@ -425,6 +489,7 @@ async fn open_registered(
     state: &StateConfig,
     board: &StatusBoard,
     controls: &Controls,
+    lease: Option<Arc<EnvironmentLease>>,
 ) -> Option<(EnvironmentRuntime, Arc<Notify>, Arc<WaitingSender>)> {
     let name = environment.name.clone();
     let live = LiveSource::Watch {
@@ -448,6 +513,7 @@ async fn open_registered(
             cache: runtime.target.cache_view(),
             config: Arc::new(runtime.config.clone()),
             waiting: waiting.clone(),
+            lease,
         },
     );
     Some((runtime, wake, waiting))

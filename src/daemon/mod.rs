@@ -3,6 +3,7 @@
 
 mod environment;
 mod fetch;
+mod ha;
 
 pub use environment::{Observers, StatusBoard, gates_for};
 pub use fetch::{backoff, fetch, fetch_until};
@@ -204,6 +205,8 @@ struct Generation {
     tasks: JoinSet<()>,
     _ref_watcher: Option<crate::source::watch::RefWatcher>,
     woken: mpsc::Receiver<()>,
+    /// `[ha]`: the environments' Leases and their coordinators.
+    ha: Option<ha::HaLeases>,
 }
 
 impl Generation {
@@ -224,7 +227,14 @@ impl Generation {
             trimmer: context.trimmer.clone(),
         };
         let mut tasks = JoinSet::new();
+        let ha = ha::HaLeases::start(config, context.metrics.clone(), shutdown).await;
         for environment in config.environments.clone() {
+            let lease_of = |name: &str| {
+                ha.as_ref()
+                    .and_then(|ha| ha.by_environment.get(name).cloned())
+            };
+            let lease = lease_of(&environment.name);
+            let upstream_lease = environment.after.as_deref().and_then(lease_of);
             let span = tracing::info_span!("environment", env = %environment.name);
             let heartbeat = context
                 .heartbeats
@@ -244,6 +254,8 @@ impl Generation {
                         board: context.board.clone(),
                         controls: context.controls.clone(),
                         observers: observers.clone(),
+                        lease,
+                        upstream_lease,
                     },
                 )
                 .instrument(span),
@@ -264,6 +276,7 @@ impl Generation {
             tasks,
             _ref_watcher: ref_watcher,
             woken,
+            ha,
         }
     }
 
@@ -275,6 +288,9 @@ impl Generation {
                 joined = self.tasks.join_next() => if joined.is_none() { break },
                 _ = tokio::time::sleep(context.tick()) => context.keep_alive(),
             }
+        }
+        if let Some(ha) = self.ha {
+            ha.finish().await;
         }
         // Every notifier went with its task: the queue ends once it is sent.
         if let Some(delivery) = self.delivery {

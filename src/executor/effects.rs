@@ -48,6 +48,10 @@ pub struct Effects<'a, T: Target, P: CheckRunner = Prober> {
 impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
     /// Journals `event` durably, then tells the webhooks.
     pub fn journal(&mut self, event: Event) -> Result<(), JournalError> {
+        // `[ha]`: a daemon without the environment's Lease decides nothing for it.
+        self.target
+            .may_decide()
+            .map_err(|refused| JournalError::Fenced(refused.to_string()))?;
         let record = self.journal.append(event, Utc::now())?;
         self.notifier
             .event(&self.config.name, &record.event, record.time);

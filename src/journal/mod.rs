@@ -33,6 +33,9 @@ pub enum JournalError {
     },
     #[error("cannot encode journal record: {0}")]
     Encode(#[from] serde_json::Error),
+    /// `[ha]`: this daemon does not hold the environment's Lease, so it journals no decision.
+    #[error("not journaled: {0}")]
+    Fenced(String),
 }
 
 /// The first line of a compacted journal: the history folded from every record moved to a

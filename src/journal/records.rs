@@ -178,6 +178,17 @@ pub enum Event {
         duration_ms: u64,
         message: String,
     },
+    /// `[ha]`: this daemon (`holder`) took the environment's Lease, from `from` when another daemon
+    /// held it last. `state`, when set, is the history the cluster keeps for the environment,
+    /// which differed from this host's: decisions follow it from here on.
+    Acquired {
+        revision: Revision,
+        holder: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<serde_json::Value>,
+    },
     /// Every type the environment has used so far (listed on each pass, so objects of a type a
     /// revision drops entirely are still found and pruned).
     Inventory {
@@ -230,6 +241,7 @@ impl Event {
             Event::Pinned { .. } => "pinned",
             Event::DriftCorrected { .. } => "drift_corrected",
             Event::Inventory { .. } => "inventory",
+            Event::Acquired { .. } => "acquired",
             Event::Blocked { .. } => "blocked",
             Event::RolloutResumed { .. } => "rollout_resumed",
             Event::Unblocked { .. } => "unblocked",
@@ -273,6 +285,7 @@ impl Event {
             | Event::Pinned { revision, .. }
             | Event::DriftCorrected { revision, .. }
             | Event::Inventory { revision, .. }
+            | Event::Acquired { revision, .. }
             | Event::HookStarted { revision, .. }
             | Event::HookSucceeded { revision, .. }
             | Event::HookFailed { revision, .. } => revision,

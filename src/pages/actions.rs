@@ -186,7 +186,12 @@ pub(super) async fn action(
         to: form.to,
     };
     let event = server::control_event(&action, body, &handle, &pages.source()).await;
-    let done = event.and_then(|event| server::journal_action(&handle, event, session.label));
+    let done = match event {
+        Ok(event) => server::act(&handle, event, session.label)
+            .await
+            .map(|(revision, _)| revision),
+        Err(refused) => Err(refused),
+    };
     match done {
         Ok(_) => Redirect::to(&format!("/env/{}", super::encode(&name))).into_response(),
         Err(refusal) => message(refusal.status, "Refused", &refusal.message),

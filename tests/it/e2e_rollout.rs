@@ -204,7 +204,7 @@ fn e2e_an_invalid_object_holds_the_revision_and_retry_rolls_it_out_again() {
 
 /// Pods behind the Service (`app=web`) that are Ready and not being deleted, as a watch of
 /// pod events reports them.
-struct ReadyWatch {
+pub(crate) struct ReadyWatch {
     _child: ChildGuard,
     seen: Arc<Mutex<WatchState>>,
 }
@@ -225,7 +225,7 @@ impl WatchState {
 }
 
 impl ReadyWatch {
-    fn start(cluster: &Cluster, namespace: &str) -> Self {
+    pub(crate) fn start(cluster: &Cluster, namespace: &str) -> Self {
         let mut child = Command::new(&cluster.kubectl)
             .arg("--kubeconfig")
             .arg(&cluster.kubeconfig)
@@ -279,7 +279,7 @@ impl ReadyWatch {
     }
 
     /// Waits until `n` pods are ready, then starts recording the lowest count.
-    fn arm_at(&self, n: usize) {
+    pub(crate) fn arm_at(&self, n: usize) {
         let ready = wait_for(Duration::from_secs(60), || {
             self.seen.lock().unwrap_or_else(|p| p.into_inner()).count() == n
         });
@@ -291,7 +291,7 @@ impl ReadyWatch {
 
     /// Waits until the watch has seen every canary pod go (deleted or on its way) and `n`
     /// pods ready: the deletions of the end of a promotion have all reached it.
-    fn wait_for_canaries_gone(&self, n: usize) -> bool {
+    pub(crate) fn wait_for_canaries_gone(&self, n: usize) -> bool {
         wait_for(Duration::from_secs(60), || {
             let state = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             state.count() == n
@@ -302,7 +302,7 @@ impl ReadyWatch {
         })
     }
 
-    fn lowest_and_names(&self) -> (usize, Vec<String>) {
+    pub(crate) fn lowest_and_names(&self) -> (usize, Vec<String>) {
         let state = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         (
             state.lowest.unwrap_or(0),

@@ -16,6 +16,7 @@ mod e2e;
 mod e2e_blue_green;
 mod e2e_cache;
 mod e2e_first_contact;
+mod e2e_ha;
 mod e2e_hooks;
 mod e2e_mixed;
 mod e2e_pages;

@@ -90,25 +90,8 @@ impl KubernetesTarget {
         settings: KubernetesSettings,
         live: LiveSource,
     ) -> Result<Self, TargetError> {
-        // kube and gix share one rustls provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let key = (settings.kubeconfig.clone(), settings.context.clone());
-        let cached = clients()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        let client = match cached {
-            Some(client) => client,
-            None => {
-                let client = Self::client(&settings).await?;
-                clients()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key.clone(), client.clone());
-                client
-            }
-        };
+        let client = Self::shared_client(&settings).await?;
         let parent = ParentRef::for_environment(&owner.environment, parent_namespace);
         let watched = match live {
             LiveSource::List => None,
@@ -136,7 +119,30 @@ impl KubernetesTarget {
             next_slot: tokio::sync::Mutex::new(tokio::time::Instant::now()),
             watched,
             namespace_made: std::sync::atomic::AtomicBool::new(false),
+            fence: None,
         })
+    }
+
+    /// The one client of the cluster `settings` names (its kubeconfig and context), built on
+    /// first use.
+    pub(super) async fn shared_client(settings: &KubernetesSettings) -> Result<Client, TargetError> {
+        // kube and gix share one rustls provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let key = (settings.kubeconfig.clone(), settings.context.clone());
+        let cached = clients()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(client) = cached {
+            return Ok(client);
+        }
+        let client = Self::client(settings).await?;
+        clients()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, client.clone());
+        Ok(client)
     }
 
     pub(super) async fn client(settings: &KubernetesSettings) -> Result<Client, TargetError> {

@@ -10,6 +10,7 @@ mod cache;
 mod client;
 mod drift;
 mod hooks;
+pub mod lease;
 mod list;
 mod live;
 mod namespace;
@@ -102,6 +103,8 @@ pub struct KubernetesTarget {
     watched: Option<Arc<live::Watched>>,
     /// `create_namespace`: the namespace was seen or made.
     namespace_made: std::sync::atomic::AtomicBool,
+    /// `[ha]`: the environment's Lease, which every write checks first.
+    fence: Option<Arc<lease::EnvironmentLease>>,
 }
 
 impl std::fmt::Debug for KubernetesTarget {
@@ -213,6 +216,7 @@ impl Target for KubernetesTarget {
                 FailureClass::Revision,
             )
         })?;
+        self.fenced().await?;
         // The parent may live in a namespace the revision creates: Namespaces go first.
         if !is_namespace(key) {
             self.ensure_namespace().await?;
@@ -302,6 +306,7 @@ impl Target for KubernetesTarget {
     }
 
     async fn delete(&self, key: &ResourceKey) -> Result<(), TargetError> {
+        self.fenced().await?;
         let resolved = self
             .resolve_key(key)
             .await
@@ -413,6 +418,7 @@ impl Target for KubernetesTarget {
     }
 
     async fn create_hook(&self, key: &ResourceKey, body: &Value) -> Result<(), TargetError> {
+        self.fenced().await?;
         self.ensure_namespace().await?;
         self.create_hook_run(key, body).await
     }
@@ -423,7 +429,12 @@ impl Target for KubernetesTarget {
         hook: &str,
         only_this: bool,
     ) -> Result<(), TargetError> {
+        self.fenced().await?;
         self.delete_hook_objects(key, hook, only_this).await
+    }
+
+    fn may_decide(&self) -> Result<(), TargetError> {
+        self.fence_check()
     }
 
     fn writes_in_flight(&self) -> usize {
@@ -588,6 +599,7 @@ impl Target for KubernetesTarget {
     }
 
     async fn settle(&self, keys: &[ResourceKey]) -> Result<(), TargetError> {
+        self.fenced().await?;
         let record = record_of(keys);
         self.record_settled(keys, &record).await?;
         if let Some(watched) = &self.watched {
