@@ -105,7 +105,11 @@ pub async fn status(config: &Config) -> Option<BTreeMap<String, LiveStatus>> {
 pub fn write_live(live: &LiveStatus, out: &mut dyn Write) -> io::Result<()> {
     if let Some(lease) = &live.lease {
         let holder = lease.holder.as_deref().unwrap_or("nobody");
-        let here = if lease.held_here { " (this daemon)" } else { "" };
+        let here = if lease.held_here {
+            " (this daemon)"
+        } else {
+            ""
+        };
         let until = lease
             .expires
             .as_deref()

@@ -151,8 +151,7 @@ impl History {
                 self.apply_hook(event)
             }
             Event::Acquired {
-                state: Some(state),
-                ..
+                state: Some(state), ..
             } => {
                 // The cluster's record is what the new holder acts on; one it cannot read
                 // (written by a newer gitopsd) leaves this host's history as it was.
@@ -561,6 +560,48 @@ mod tests {
             by: None,
             event,
         }
+    }
+
+    #[test]
+    fn an_acquired_record_with_the_clusters_history_replaces_this_hosts() {
+        // This host last saw `a` healthy; the cluster's history has `b` in flight at step 2,
+        // step 1 passed, and `c` held as failed.
+        let mut cluster = History::from_records(&[record(1, started('b', Some('a')))]);
+        cluster.apply(&Event::StepPassed {
+            revision: revision('b'),
+            step: 0,
+            weight: 25,
+        });
+        cluster.apply(&Event::StepStarted {
+            revision: revision('b'),
+            step: 1,
+            weight: 50,
+        });
+        cluster.failed.insert(revision('c'));
+        let state = serde_json::to_value(&cluster).expect("encodes");
+        let mut here = History::from_records(&[record(1, started('a', None))]);
+        here.apply(&Event::Healthy {
+            revision: revision('a'),
+        });
+        let without_state = Event::Acquired {
+            revision: revision('b'),
+            holder: "host-b".into(),
+            from: Some("host-a".into()),
+            state: None,
+        };
+        let kept = here.clone();
+        here.apply(&without_state);
+        assert_eq!(here, kept, "nothing to adopt: this host's history stays");
+        here.apply(&Event::Acquired {
+            revision: revision('b'),
+            holder: "host-b".into(),
+            from: Some("host-a".into()),
+            state: Some(state),
+        });
+        assert_eq!(here, cluster);
+        let flight = here.in_flight.expect("the rollout in flight");
+        assert_eq!((flight.step, flight.passed), (Some((1, 50)), Some(0)));
+        assert!(here.failed.contains(&revision('c')));
     }
 
     #[test]

@@ -48,8 +48,8 @@ impl Observed {
         if self.holder().is_none() {
             return true;
         }
-        let term = chrono::Duration::from_std(self.duration + max_skew)
-            .unwrap_or(chrono::Duration::MAX);
+        let term =
+            chrono::Duration::from_std(self.duration + max_skew).unwrap_or(chrono::Duration::MAX);
         now > renewed + term
     }
 
@@ -221,7 +221,11 @@ mod tests {
         assert_eq!(margin, Duration::from_secs(5));
         assert!(may_write(Some(until), sent, margin));
         // The last write may start 13 s - 5 s after sending the renewal.
-        assert!(may_write(Some(until), sent + Duration::from_secs(8), margin));
+        assert!(may_write(
+            Some(until),
+            sent + Duration::from_secs(8),
+            margin
+        ));
         assert!(!may_write(
             Some(until),
             sent + Duration::from_millis(8_001),

@@ -465,10 +465,9 @@ pub async fn act(
         by: format!("{by} via {}", lease.identity()),
         event,
     };
-    lease
-        .forward(request)
-        .await
-        .map_err(|forward_error| refuse(StatusCode::SERVICE_UNAVAILABLE, forward_error.to_string()))?;
+    lease.forward(request).await.map_err(|forward_error| {
+        refuse(StatusCode::SERVICE_UNAVAILABLE, forward_error.to_string())
+    })?;
     tracing::info!(env = %handle.config.name, %action, %revision, "control request forwarded to the Lease's holder");
     Ok((revision, true))
 }

@@ -32,7 +32,8 @@ pub struct WebhookConfig {
 /// One notification, as posted.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Notification {
-    /// `rollout_started`, `step_passed`, `promoted`, `failed`, `reverted` or `blocked`.
+    /// `rollout_started`, `step_passed`, `promoted`, `failed`, `reverted`, `blocked`, the
+    /// blue/green phases, the hook events, or `acquired` (`[ha]`).
     pub event: String,
     pub environment: String,
     pub revision: String,
@@ -57,6 +58,12 @@ pub struct Notification {
     /// For a finished hook: how long it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// For `acquired` (`[ha]`): the daemon that took the environment, and the one that held
+    /// it before (none: the Lease was released or new).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// A one-line summary; Slack's incoming webhooks show this field.
     pub text: String,
 }
@@ -79,6 +86,8 @@ impl Notification {
             hook: None,
             when: None,
             duration_ms: None,
+            holder: None,
+            from: None,
             text: format!("gitopsd {environment}: {text}"),
         };
         match event {
@@ -140,6 +149,17 @@ impl Notification {
             Event::HookStarted { .. } | Event::HookSucceeded { .. } | Event::HookFailed { .. } => {
                 hook_notification(event, short, base)
             }
+            Event::Acquired { holder, from, .. } => Some(Notification {
+                holder: Some(holder.clone()),
+                from: from.clone(),
+                ..base(
+                    "acquired",
+                    format!(
+                        "now acted for by {holder} (from {})",
+                        from.as_deref().unwrap_or("a released or new Lease")
+                    ),
+                )
+            }),
             _ => None,
         }
     }

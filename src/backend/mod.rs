@@ -156,6 +156,12 @@ pub trait Target: Send + Sync {
         Ok(())
     }
 
+    /// `[ha]`: puts the decisions journaled so far where a successor reads them (the
+    /// environment's Lease). Nothing to do elsewhere.
+    fn carry_decisions(&self) -> impl Future<Output = Result<(), TargetError>> + Send {
+        async { Ok(()) }
+    }
+
     fn writes_in_flight(&self) -> usize {
         8
     }
@@ -404,6 +410,13 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Directory(target) => target.keeps_parsed_files(),
             AnyTarget::Kubernetes(target) => target.keeps_parsed_files(),
+        }
+    }
+
+    async fn carry_decisions(&self) -> Result<(), TargetError> {
+        match self {
+            AnyTarget::Directory(target) => target.carry_decisions().await,
+            AnyTarget::Kubernetes(target) => target.carry_decisions().await,
         }
     }
 

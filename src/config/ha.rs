@@ -159,7 +159,9 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].key, "ha.enabled");
         assert!(
-            problems[0].message.contains("\"prod\" has a directory target"),
+            problems[0]
+                .message
+                .contains("\"prod\" has a directory target"),
             "{}",
             problems[0].message
         );

@@ -92,7 +92,10 @@ impl EnvironmentRuntime {
         let mut gates = gates_for(&self.config, &self.state_dir);
         // `[ha]`: another daemon acts for the upstream environment; the cluster has its
         // history, this host's journal of it is behind.
-        let held_elsewhere = self.upstream_lease.as_ref().filter(|lease| !lease.is_held());
+        let held_elsewhere = self
+            .upstream_lease
+            .as_ref()
+            .filter(|lease| !lease.is_held());
         if let (Some(lease), Some((_, healthy))) = (held_elsewhere, gates.upstream.as_mut()) {
             if let Some(history) = lease
                 .cluster_state()
@@ -162,6 +165,22 @@ impl EnvironmentRuntime {
         self.record(&result, started.elapsed(), &observers.metrics);
         observers.trimmer.freed();
         result
+    }
+
+    /// `[ha]`: journals taking the Lease (adopting the cluster's history) and the requests
+    /// forwarded to this daemon; true when it took the Lease just now, so that it passes at
+    /// once (a rollout in flight goes on from its step) without skipping as quiet.
+    fn take_over(
+        &mut self,
+        lease: &EnvironmentLease,
+        tip: Option<Revision>,
+        notifier: &Notifier,
+    ) -> bool {
+        let taken = ha::take_over(lease, &self.journal, tip, notifier);
+        if taken {
+            self.quiet = None;
+        }
+        taken
     }
 
     /// The tip, journal and target as this pass finds them; `None` where the target has no
@@ -380,25 +399,15 @@ pub(super) async fn environment_loop(
     heartbeat: Heartbeat,
     shared: Shared,
 ) {
-    let Shared {
-        board,
-        controls,
-        observers,
-        lease,
-        upstream_lease,
-    } = shared;
     let name = environment.name.clone();
-    let Some((mut runtime, wake, waiting)) =
-        open_registered(environment, &state, &board, &controls, lease.clone()).await
+    let Shared {
+        board, observers, ..
+    } = &shared;
+    let lease = shared.lease.clone();
+    let Some((mut runtime, wake, waiting)) = open_under_lease(environment, &state, &shared).await
     else {
         return;
     };
-    board.set(&name, "starting".into());
-    if let Some(lease) = &lease {
-        runtime.target.fence_with(lease.clone());
-        lease.attach(runtime.journal.clone());
-    }
-    runtime.upstream_lease = upstream_lease;
     let drift = runtime.target.drift_wake();
     let mut failures = Failures::default();
     // A blocked pass is tried again on its own timer, not at the next fetch, which may be
@@ -408,34 +417,23 @@ pub(super) async fn environment_loop(
         if let Some(lease) = &lease {
             if !lease.is_held() {
                 board.set(&name, ha::standby_line(lease));
-                tokio::select! {
-                    _ = lease.woken() => {}
-                    _ = signals.shutdown.changed() => break,
-                    _ = signals.drain.changed() => break,
-                    _ = tokio::time::sleep(BEAT_INTERVAL) => {}
+                if !stand_by(lease, &mut signals, &heartbeat).await {
+                    break;
                 }
-                heartbeat.beat();
                 continue;
             }
-            let tip = tips.borrow().clone();
-            if ha::take_over(lease, &runtime.journal, tip, &observers.notifier) {
-                // A successor passes at once: a rollout in flight goes on from its step.
-                runtime.quiet = None;
-                retry_now = true;
-            }
+            retry_now |= runtime.take_over(lease, tips.borrow().clone(), &observers.notifier);
         }
         if !std::mem::take(&mut retry_now) {
-            tokio::select! {
-                changed = tips.changed() => if changed.is_err() { break },
-                _ = wake.notified() => {}
-                _ = ha::woken(lease.as_deref()) => continue,
-                _ = drifted(drift.as_deref()) => debounce(drift.as_deref()).await,
-                _ = signals.shutdown.changed() => break,
-                _ = signals.drain.changed() => break,
-                _ = tokio::time::sleep(BEAT_INTERVAL) => {
-                    heartbeat.beat();
-                    continue;
-                }
+            let woken = Wakers {
+                wake: &wake,
+                lease: lease.as_deref(),
+                drift: drift.as_deref(),
+            };
+            match woken.next(&mut tips, &mut signals, &heartbeat).await {
+                Woken::Stop => break,
+                Woken::Look => continue,
+                Woken::Pass => {}
             }
         }
         heartbeat.beat();
@@ -451,20 +449,18 @@ pub(super) async fn environment_loop(
                 &revision,
                 signals.shutdown.clone(),
                 heartbeat.clone(),
-                &observers,
+                observers,
             )
             .await;
         heartbeat.beat();
         if let Some(lease) = &lease {
-            lease.set_busy(false);
-            if !lease.is_held() {
-                // Lost mid-pass: the new holder acts; nothing here is retried or journaled.
-                tracing::warn!(error = ?result.as_ref().err().map(ToString::to_string), "[ha]: the Lease ran out or went to another daemon; standing by");
-                continue;
-            }
-            // What the pass journaled is on the Lease before the task waits again.
-            if let Err(error) = lease.before_write().await {
-                tracing::debug!(%error, "[ha]: history not carried yet; the next renewal does");
+            match after_pass_under_lease(lease, &result).await {
+                AfterPass::Done => {}
+                AfterPass::StandBy => continue,
+                AfterPass::PassAgain => {
+                    retry_now = true;
+                    continue;
+                }
             }
         }
         board.set(&name, describe(&result));
@@ -480,6 +476,125 @@ pub(super) async fn environment_loop(
             retry_now = true;
         }
     }
+}
+
+/// What ends an environment task's wait between passes.
+struct Wakers<'a> {
+    /// An operator's action.
+    wake: &'a Notify,
+    /// `[ha]`: this daemon took the Lease, or a request was forwarded to it.
+    lease: Option<&'a EnvironmentLease>,
+    /// Another writer changed something the environment owns.
+    drift: Option<&'a Notify>,
+}
+
+/// Why the wait ended.
+enum Woken {
+    /// The task is to stop.
+    Stop,
+    /// Look again before passing (the heartbeat, or the Lease's news).
+    Look,
+    /// Pass now.
+    Pass,
+}
+
+impl Wakers<'_> {
+    async fn next(
+        &self,
+        tips: &mut watch::Receiver<Option<Revision>>,
+        signals: &mut EnvironmentSignals,
+        heartbeat: &Heartbeat,
+    ) -> Woken {
+        tokio::select! {
+            changed = tips.changed() => if changed.is_err() { Woken::Stop } else { Woken::Pass },
+            _ = self.wake.notified() => Woken::Pass,
+            _ = ha::woken(self.lease) => Woken::Look,
+            _ = drifted(self.drift) => {
+                debounce(self.drift).await;
+                Woken::Pass
+            }
+            _ = signals.shutdown.changed() => Woken::Stop,
+            _ = signals.drain.changed() => Woken::Stop,
+            _ = tokio::time::sleep(BEAT_INTERVAL) => {
+                heartbeat.beat();
+                Woken::Look
+            }
+        }
+    }
+}
+
+/// `[ha]`: waits while another daemon holds the environment, until this one takes it, the
+/// task stops (false) or the heartbeat is due.
+async fn stand_by(
+    lease: &EnvironmentLease,
+    signals: &mut EnvironmentSignals,
+    heartbeat: &Heartbeat,
+) -> bool {
+    tokio::select! {
+        _ = lease.woken() => {}
+        _ = signals.shutdown.changed() => return false,
+        _ = signals.drain.changed() => return false,
+        _ = tokio::time::sleep(BEAT_INTERVAL) => {}
+    }
+    heartbeat.beat();
+    true
+}
+
+/// What the task does after a pass under `[ha]`.
+enum AfterPass {
+    /// Report it and wait as usual.
+    Done,
+    /// The Lease is gone: the new holder acts; nothing here is retried or journaled.
+    StandBy,
+    /// The pass stopped at the fence near the end of a term whose renewal came late, and the
+    /// Lease is held again: pass now.
+    PassAgain,
+}
+
+async fn after_pass_under_lease(
+    lease: &EnvironmentLease,
+    result: &Result<Outcome, ReconcileError>,
+) -> AfterPass {
+    lease.set_busy(false);
+    if !lease.is_held() {
+        tracing::warn!(error = ?result.as_ref().err().map(ToString::to_string), "[ha]: the Lease ran out or went to another daemon; standing by");
+        return AfterPass::StandBy;
+    }
+    if let Err(ReconcileError::Fenced(reason)) = result {
+        tracing::info!(%reason, "[ha]: pass stopped at the fence; the Lease is held again");
+        return AfterPass::PassAgain;
+    }
+    // What the pass journaled is on the Lease before the task waits again.
+    if let Err(error) = lease.before_write().await {
+        tracing::debug!(%error, "[ha]: history not carried yet; the next renewal does");
+    }
+    AfterPass::Done
+}
+
+/// Opens the environment, registers it and, under `[ha]`, puts its writes behind its Lease.
+async fn open_under_lease(
+    environment: EnvironmentConfig,
+    state: &StateConfig,
+    shared: &Shared,
+) -> Option<(EnvironmentRuntime, Arc<Notify>, Arc<WaitingSender>)> {
+    let name = environment.name.clone();
+    let lease = shared.lease.clone();
+    let opened = open_registered(
+        environment,
+        state,
+        &shared.board,
+        &shared.controls,
+        lease.clone(),
+    )
+    .await;
+    let (mut runtime, wake, waiting) = opened?;
+    shared.board.set(&name, "starting".into());
+    if let Some(lease) = &lease {
+        runtime.target.fence_with(lease.clone());
+        lease.attach(runtime.journal.clone());
+    }
+    runtime.upstream_lease = shared.upstream_lease.clone();
+    Some((runtime, wake, waiting))
 }
 
 /// Opens the environment and registers it with the control API; `None` (and the board says

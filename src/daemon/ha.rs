@@ -49,7 +49,10 @@ impl HaLeases {
         for environment in &config.environments {
             if let TargetConfig::Kubernetes(settings) = &environment.target {
                 let key = (
-                    settings.kubeconfig.as_ref().map(|p| p.display().to_string()),
+                    settings
+                        .kubeconfig
+                        .as_ref()
+                        .map(|p| p.display().to_string()),
                     settings.context.clone(),
                 );
                 clusters
@@ -82,9 +85,7 @@ impl HaLeases {
                 }
             };
             let coordinator = Coordinator::new(client, &environments, metrics.clone());
-            leases
-                .by_environment
-                .extend(coordinator.leases.clone());
+            leases.by_environment.extend(coordinator.leases.clone());
             leases.tasks.spawn(coordinator.run(
                 ha.clone(),
                 shutdown.clone(),
@@ -329,14 +330,8 @@ pub(super) fn take_over(
             state,
         };
         match journal.append(event, Utc::now()) {
-            // The webhook says who took it; the history itself stays out of it.
-            Ok(record) => {
-                let mut told = record.event.clone();
-                if let Event::Acquired { state, .. } = &mut told {
-                    *state = None;
-                }
-                notifier.event(lease.environment(), &told, record.time);
-            }
+            // The webhook says who took it from whom (not the history).
+            Ok(record) => notifier.event(lease.environment(), &record.event, record.time),
             Err(error) => tracing::error!(%error, "[ha]: the handover is not journaled"),
         }
     }

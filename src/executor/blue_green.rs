@@ -64,7 +64,7 @@ pub struct BlueGreenDriver<'d, 'a, T: Target, P: CheckRunner> {
 impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     /// Starts a blue/green rollout, mixed when `strategies` also steps canaries (whose
     /// weights it then journals); journals `rollout_started` with the marks a revert restores.
-    pub fn begin(
+    pub async fn begin(
         fx: &'d mut Effects<'a, T, P>,
         mut input: RolloutInput,
         strategies: Strategies,
@@ -90,7 +90,8 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             changes: change_records(&input.plan.changes),
             canaries: canaries.clone(),
             baseline: marks.clone(),
-        })?;
+        })
+        .await?;
         tracing::info!(env = %fx.config.name, revision = %input.revision.short(), previews = ?canaries, mixed, "blue-green rollout started");
         input.spec = strategies.blue_green;
         let rollout = &fx.config.rollout;
@@ -160,7 +161,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
                         } else {
                             Milestone::Switched
                         });
-                    self.reached(milestone)?;
+                    self.reached(milestone).await?;
                     decision = if live {
                         self.post_promotion(next).await?
                     } else {
@@ -213,10 +214,12 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         } else {
             Vec::new()
         };
-        self.fx.journal(Event::PreviewStarted {
-            revision: revision.clone(),
-            previews,
-        })?;
+        self.fx
+            .journal(Event::PreviewStarted {
+                revision: revision.clone(),
+                previews,
+            })
+            .await?;
         tracing::info!(env = %self.fx.config.name, revision = %revision.short(), "preview started");
         let service_keys = self.services.keys();
         let mut apply = self.previews.clone();
@@ -230,7 +233,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
                 .cloned(),
         );
         if let Some(weight) = self.machine.steps().first().copied() {
-            apply.extend(self.canary_step(0, weight)?);
+            apply.extend(self.canary_step(0, weight).await?);
         }
         // Readiness waits for the previews and the other changes, not for the Services.
         self.waiting = apply.iter().map(|desired| desired.key.clone()).collect();
@@ -245,12 +248,18 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     /// Mixed: journals canary step `step` and returns what it adds (the canaries at
     /// `weight`, the config copies, the StatefulSets' partitions); the stables it scales
     /// down are kept for [`Self::shrink`].
-    fn canary_step(&mut self, step: usize, weight: u8) -> Result<Vec<Desired>, ReconcileError> {
-        self.fx.journal(Event::StepStarted {
-            revision: self.input.revision.clone(),
-            step,
-            weight,
-        })?;
+    async fn canary_step(
+        &mut self,
+        step: usize,
+        weight: u8,
+    ) -> Result<Vec<Desired>, ReconcileError> {
+        self.fx
+            .journal(Event::StepStarted {
+                revision: self.input.revision.clone(),
+                step,
+                weight,
+            })
+            .await?;
         tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), step = step + 1, weight, "canary step started beside the preview");
         let objects = canary::canary_step(&self.stepped, weight);
         self.shrinking = objects.shrink;
@@ -259,7 +268,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
 
     /// Mixed: writes canary step `step` (after the first, which goes with the preview).
     async fn step(&mut self, step: usize, weight: u8) -> Result<Step, ReconcileError> {
-        let apply = self.canary_step(step, weight)?;
+        let apply = self.canary_step(step, weight).await?;
         self.waiting = apply.iter().map(|desired| desired.key.clone()).collect();
         let writes = ordered(apply, Vec::new());
         self.write(&writes, "canary step writes").await
@@ -275,11 +284,13 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     /// stables (and the StatefulSets) the new template and configs.
     async fn promote(&mut self) -> Result<Step, ReconcileError> {
         let step = self.machine.steps().len();
-        self.fx.journal(Event::StepStarted {
-            revision: self.input.revision.clone(),
-            step,
-            weight: 100,
-        })?;
+        self.fx
+            .journal(Event::StepStarted {
+                revision: self.input.revision.clone(),
+                step,
+                weight: 100,
+            })
+            .await?;
         tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "promoting the canaries beside the switch");
         let writes = ordered(canary::promotion(&self.stepped).apply, Vec::new());
         self.waiting = applied_keys(&writes);
@@ -309,9 +320,11 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     /// Journals `switched`, then moves each active Service's selector to the new pods in one
     /// write.
     async fn switch(&mut self) -> Result<Step, ReconcileError> {
-        self.fx.journal(Event::Switched {
-            revision: self.input.revision.clone(),
-        })?;
+        self.fx
+            .journal(Event::Switched {
+                revision: self.input.revision.clone(),
+            })
+            .await?;
         self.fx.metrics.switched(&self.fx.config.name, "switched");
         tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "switching the active Services to the new pods");
         let writes = ordered(
@@ -329,7 +342,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             crate::blue_green::Phase::SwitchBack { reason, .. } => reason.clone(),
             _ => String::new(),
         };
-        self.journal_switched_back(reason)?;
+        self.journal_switched_back(reason).await?;
         let writes = ordered(
             self.services.active.iter().map(preview::pinned).collect(),
             vec![],
@@ -342,9 +355,11 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     /// Journals `scaled_down`, then gives the Deployments (and the configs they use) the new
     /// revision: their old pods are replaced while the active Services select the preview.
     async fn scale_down(&mut self) -> Result<Step, ReconcileError> {
-        self.fx.journal(Event::ScaledDown {
-            revision: self.input.revision.clone(),
-        })?;
+        self.fx
+            .journal(Event::ScaledDown {
+                revision: self.input.revision.clone(),
+            })
+            .await?;
         tracing::info!(env = %self.fx.config.name, revision = %self.input.revision.short(), "scaling the old pods down");
         let writes = ordered(canary::promotion(&self.input.spec).apply, Vec::new());
         self.waiting = applied_keys(&writes);
@@ -368,11 +383,13 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         self.write(&writes, "settling writes").await
     }
 
-    fn journal_switched_back(&mut self, reason: String) -> Result<(), ReconcileError> {
-        self.fx.journal(Event::SwitchedBack {
-            revision: self.input.revision.clone(),
-            reason,
-        })?;
+    async fn journal_switched_back(&mut self, reason: String) -> Result<(), ReconcileError> {
+        self.fx
+            .journal(Event::SwitchedBack {
+                revision: self.input.revision.clone(),
+                reason,
+            })
+            .await?;
         self.switched_back = true;
         self.fx
             .metrics
@@ -418,7 +435,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
         }
         let revision = self.input.revision.clone();
         self.back_to_old_pods(&reason).await?;
-        let blocked = end_blocked(self.fx, &revision, reason, &self.baseline)?;
+        let blocked = end_blocked(self.fx, &revision, reason, &self.baseline).await?;
         if self.pinned {
             self.remove_previews(&revision).await?;
         }
@@ -467,7 +484,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             detail: failure.message,
         };
         let (milestone, decision) = self.machine.observe(observation.into(), Utc::now());
-        self.reached(milestone)?;
+        self.reached(milestone).await?;
         Ok(decision)
     }
 
@@ -476,9 +493,11 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     /// meanwhile fails the rollout as during the bake.
     async fn await_approval(&mut self) -> Result<Step, ReconcileError> {
         let revision = self.input.revision.clone();
-        self.fx.journal(Event::AwaitingApproval {
-            revision: revision.clone(),
-        })?;
+        self.fx
+            .journal(Event::AwaitingApproval {
+                revision: revision.clone(),
+            })
+            .await?;
         tracing::info!(env = %self.fx.config.name, revision = %revision.short(), "preview ready and healthy; the switch waits for an approval: gitopsd approve --env {} {}", self.fx.config.name, revision.short());
         let host = self.preview_host();
         let approved = |history: &History| {
@@ -520,7 +539,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
 
     /// Logs a milestone, and journals a mixed rollout's canary steps and promotion; the
     /// decisions journal the other records.
-    fn reached(&mut self, milestone: Option<Milestone>) -> Result<(), ReconcileError> {
+    async fn reached(&mut self, milestone: Option<Milestone>) -> Result<(), ReconcileError> {
         let (env, revision) = (&self.fx.config.name, self.input.revision.clone());
         match milestone {
             Some(Milestone::PreviewPassed) => {
@@ -528,18 +547,20 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             }
             Some(Milestone::StepPassed { step, weight }) => {
                 tracing::info!(env = %env, revision = %revision.short(), step = step + 1, weight, "canary step passed beside the preview");
-                self.fx.journal(Event::StepPassed {
-                    revision,
-                    step,
-                    weight,
-                })?;
+                self.fx
+                    .journal(Event::StepPassed {
+                        revision,
+                        step,
+                        weight,
+                    })
+                    .await?;
             }
             Some(Milestone::Switched) => {
                 tracing::info!(env = %env, revision = %revision.short(), "switched; verifying")
             }
             Some(Milestone::Promoted) => {
                 tracing::info!(env = %env, revision = %revision.short(), "canaries promoted beside the switch; verifying");
-                self.fx.journal(Event::Promoted { revision })?;
+                self.fx.journal(Event::Promoted { revision }).await?;
             }
             Some(Milestone::SwitchedBack) => {
                 tracing::warn!(env = %env, revision = %revision.short(), "switched back")
@@ -565,7 +586,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
             return Ok(());
         }
         if !self.switched_back {
-            self.journal_switched_back(reason.to_string())?;
+            self.journal_switched_back(reason.to_string()).await?;
         }
         let revision = self.input.revision.clone();
         let writes = ordered(
@@ -588,7 +609,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> BlueGreenDriver<'d, 'a, T, P> {
     async fn fail(&mut self, reason: String, cause: String) -> Result<Ending, ReconcileError> {
         let revision = self.input.revision.clone();
         self.back_to_old_pods(&reason).await?;
-        journal_failure(self.fx, &revision, &reason, &cause)?;
+        journal_failure(self.fx, &revision, &reason, &cause).await?;
         if self.pinned {
             self.remove_previews(&revision).await?;
         }

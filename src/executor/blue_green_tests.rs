@@ -162,6 +162,7 @@ async fn a_named_preview_service_selects_the_new_pods_until_the_end_and_no_other
     let strategies = crate::preview::Strategies::all_blue_green(&input.spec);
     let mut fx = fixture.effects(&backend, &checks);
     let ending = super::BlueGreenDriver::begin(&mut fx, input, strategies, services)
+        .await
         .expect("journaled")
         .run()
         .await
@@ -243,6 +244,7 @@ async fn preview_in_a_check_url_names_the_active_service_in_a_canary_rollout() {
     };
     let mut fx = fixture.effects(&backend, &checks);
     let ending = super::super::Driver::begin(&mut fx, super::super::driver::tests::input())
+        .await
         .expect("journaled")
         .run()
         .await

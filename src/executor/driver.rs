@@ -104,7 +104,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
 
     /// Starts a new rollout: the configured steps when a workload gets a canary, else one
     /// step to 100%. Journals `rollout_started` with the marks a revert would restore.
-    pub fn begin(
+    pub async fn begin(
         fx: &'d mut Effects<'a, T, P>,
         input: RolloutInput,
     ) -> Result<Self, ReconcileError> {
@@ -128,7 +128,8 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
             changes: changes.clone(),
             canaries: canaries.clone(),
             baseline: marks.clone(),
-        })?;
+        })
+        .await?;
         tracing::info!(
             env = %fx.config.name,
             revision = %input.revision.short(),
@@ -144,7 +145,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
     /// Goes on with a rollout a restart interrupted, at the step it had reached, with the
     /// steps and marks it started with (its canary objects are still there). Once the
     /// stables carry the new template nothing is left but the promotion.
-    pub fn resume(
+    pub async fn resume(
         fx: &'d mut Effects<'a, T, P>,
         input: RolloutInput,
         resume: Resume,
@@ -158,7 +159,8 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
         fx.journal(Event::RolloutResumed {
             revision: input.revision.clone(),
             step: from,
-        })?;
+        })
+        .await?;
         tracing::info!(env = %fx.config.name, revision = %input.revision.short(), step = from + 1, "rollout resumed after a restart");
         let rollout = Rollout::starting_at(resume.steps, Self::timing(fx), from);
         Ok(Self::with(fx, input, rollout, resume.baseline, from))
@@ -174,13 +176,15 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
                 Decision::AwaitReady { deadline } => self.await_ready(deadline).await?,
                 Decision::Watch { until } => self.watch(until).await?,
                 Decision::Succeed => ControlFlow::Break(self.succeed().await?),
-                Decision::Revert { reason, cause } => ControlFlow::Break(self.fail(reason, cause)?),
+                Decision::Revert { reason, cause } => {
+                    ControlFlow::Break(self.fail(reason, cause).await?)
+                }
             };
             match step {
                 ControlFlow::Break(ending) => return Ok(ending),
                 ControlFlow::Continue((milestone, next)) => {
                     let promoted = milestone == Some(Milestone::Promoted);
-                    self.reached(milestone)?;
+                    self.reached(milestone).await?;
                     decision = if promoted {
                         self.post_promotion(next).await?
                     } else {
@@ -195,11 +199,13 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
     /// written and ready before anything it replaces is scaled down or deleted.
     async fn apply_step(&mut self, step: usize, weight: u8) -> Result<Step, ReconcileError> {
         let revision = self.input.revision.clone();
-        self.fx.journal(Event::StepStarted {
-            revision: revision.clone(),
-            step,
-            weight,
-        })?;
+        self.fx
+            .journal(Event::StepStarted {
+                revision: revision.clone(),
+                step,
+                weight,
+            })
+            .await?;
         tracing::info!(env = %self.fx.config.name, revision = %revision.short(), step = step + 1, weight, "step started");
         let objects = step_objects(&self.input.spec, step == self.first_step, weight);
         let writes = ordered(objects.apply, Vec::new());
@@ -248,10 +254,10 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
             step + 1,
             writes.len()
         );
-        self.write_failed(reason, &error)
+        self.write_failed(reason, &error).await
     }
 
-    fn write_failed(
+    async fn write_failed(
         &mut self,
         reason: String,
         error: &TargetError,
@@ -267,7 +273,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
                 },
             )));
         }
-        let blocked = end_blocked(self.fx, &self.input.revision, reason, &self.baseline)?;
+        let blocked = end_blocked(self.fx, &self.input.revision, reason, &self.baseline).await?;
         Ok(ControlFlow::Break(blocked))
     }
 
@@ -305,21 +311,25 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
     }
 
     /// Journals a milestone the state machine reached.
-    fn reached(&mut self, milestone: Option<Milestone>) -> Result<(), ReconcileError> {
+    async fn reached(&mut self, milestone: Option<Milestone>) -> Result<(), ReconcileError> {
         let revision = self.input.revision.clone();
         match milestone {
             Some(Milestone::StepPassed { step, weight }) => {
-                self.fx.journal(Event::StepPassed {
-                    revision: revision.clone(),
-                    step,
-                    weight,
-                })?;
+                self.fx
+                    .journal(Event::StepPassed {
+                        revision: revision.clone(),
+                        step,
+                        weight,
+                    })
+                    .await?;
                 tracing::info!(env = %self.fx.config.name, revision = %revision.short(), step = step + 1, weight, "step passed");
             }
             Some(Milestone::Promoted) => {
-                self.fx.journal(Event::Promoted {
-                    revision: revision.clone(),
-                })?;
+                self.fx
+                    .journal(Event::Promoted {
+                        revision: revision.clone(),
+                    })
+                    .await?;
                 tracing::info!(env = %self.fx.config.name, revision = %revision.short(), "promoted; verifying");
             }
             // The decision that follows journals these.
@@ -344,7 +354,7 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
             detail: failure.message,
         };
         let (milestone, decision) = self.rollout.observe(observation, Utc::now());
-        self.reached(milestone)?;
+        self.reached(milestone).await?;
         Ok(decision)
     }
 
@@ -352,9 +362,9 @@ impl<'d, 'a, T: Target, P: CheckRunner> Driver<'d, 'a, T, P> {
         end_healthy(self.fx, &self.input).await
     }
 
-    fn fail(&mut self, reason: String, cause: String) -> Result<Ending, ReconcileError> {
+    async fn fail(&mut self, reason: String, cause: String) -> Result<Ending, ReconcileError> {
         let revision = self.input.revision.clone();
-        journal_failure(self.fx, &revision, &reason, &cause)?;
+        journal_failure(self.fx, &revision, &reason, &cause).await?;
         Ok(Ending::Failed {
             reason,
             cause,
@@ -369,11 +379,12 @@ pub(super) async fn end_healthy<T: Target, P: CheckRunner>(
     fx: &mut Effects<'_, T, P>,
     input: &RolloutInput,
 ) -> Result<Ending, ReconcileError> {
-    fx.drift_corrected(&input.revision, &input.plan)?;
+    fx.drift_corrected(&input.revision, &input.plan).await?;
     fx.settle(&input.desired, &input.plan.orphaned).await?;
     fx.journal(Event::Healthy {
         revision: input.revision.clone(),
-    })?;
+    })
+    .await?;
     tracing::info!(env = %fx.config.name, revision = %input.revision.short(), "rollout healthy");
     Ok(Ending::Healthy {
         changes: change_records(&input.plan.changes),
@@ -381,7 +392,7 @@ pub(super) async fn end_healthy<T: Target, P: CheckRunner>(
 }
 
 /// Journals and counts a failed rollout.
-pub(crate) fn journal_failure<T: Target, P: CheckRunner>(
+pub(crate) async fn journal_failure<T: Target, P: CheckRunner>(
     fx: &mut Effects<'_, T, P>,
     revision: &Revision,
     reason: &str,
@@ -391,7 +402,8 @@ pub(crate) fn journal_failure<T: Target, P: CheckRunner>(
         revision: revision.clone(),
         reason: reason.to_string(),
         cause: Some(cause.to_string()),
-    })?;
+    })
+    .await?;
     fx.metrics.rollout_failed(&fx.config.name, cause);
     tracing::error!(env = %fx.config.name, revision = %revision.short(), %reason, "rollout failed");
     Ok(())
@@ -399,7 +411,7 @@ pub(crate) fn journal_failure<T: Target, P: CheckRunner>(
 
 /// Journals that the cluster could not take a write of `revision`'s rollout: it ends
 /// blocked, the revision not blamed, and the caller undoes what was written.
-pub(super) fn end_blocked<T: Target, P: CheckRunner>(
+pub(super) async fn end_blocked<T: Target, P: CheckRunner>(
     fx: &mut Effects<'_, T, P>,
     revision: &Revision,
     reason: String,
@@ -408,7 +420,8 @@ pub(super) fn end_blocked<T: Target, P: CheckRunner>(
     fx.journal(Event::Blocked {
         revision: revision.clone(),
         reason: reason.clone(),
-    })?;
+    })
+    .await?;
     tracing::warn!(env = %fx.config.name, revision = %revision.short(), %reason, "the cluster refused a write; undoing the rollout without blaming the revision");
     Ok(Ending::Blocked {
         reason,

@@ -26,6 +26,7 @@ async fn a_post_promotion_hook_runs_as_verify_opens_and_its_failure_fails_the_ro
     failing.hooks = smoke("false");
     let mut fx = fixture.effects(&backend, &checks);
     let ending = Driver::begin(&mut fx, failing)
+        .await
         .expect("journaled")
         .run()
         .await
@@ -57,6 +58,7 @@ async fn a_post_promotion_hook_runs_as_verify_opens_and_its_failure_fails_the_ro
     input.hooks = smoke("true");
     let mut fx = passing.effects(&backend, &checks);
     let ending = Driver::begin(&mut fx, input)
+        .await
         .expect("journaled")
         .run()
         .await
@@ -96,6 +98,7 @@ async fn a_failing_post_promotion_hook_after_the_switch_switches_back() {
     let mut fx = fixture.effects(&backend, &checks);
     let ending =
         crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input, strategies, services)
+            .await
             .expect("journaled")
             .run()
             .await

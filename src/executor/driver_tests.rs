@@ -331,6 +331,7 @@ failures = 2
 async fn begin(fixture: &Fixture, backend: &RecordingBackend, checks: &ScriptedChecks) -> Ending {
     let mut fx = fixture.effects(backend, checks);
     Driver::begin(&mut fx, input())
+        .await
         .expect("journaled")
         .run()
         .await
@@ -425,6 +426,7 @@ async fn a_rollout_resumes_at_every_step_without_redoing_the_steps_before() {
             baseline: Vec::new(),
         };
         let ending = Driver::resume(&mut fx, input(), resume)
+            .await
             .expect("journaled")
             .run()
             .await
@@ -589,6 +591,7 @@ pub(crate) async fn begin_blue_green<P: CheckRunner>(
         .expect("the fixture declares its preview Service");
     let strategies = crate::preview::Strategies::all_blue_green(&input.spec);
     crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input, strategies, services)
+        .await
         .expect("journaled")
         .run()
         .await

@@ -47,7 +47,7 @@ pub struct Effects<'a, T: Target, P: CheckRunner = Prober> {
 
 impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
     /// Journals `event` durably, then tells the webhooks.
-    pub fn journal(&mut self, event: Event) -> Result<(), JournalError> {
+    pub async fn journal(&mut self, event: Event) -> Result<(), JournalError> {
         // `[ha]`: a daemon without the environment's Lease decides nothing for it.
         self.target
             .may_decide()
@@ -55,6 +55,14 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
         let record = self.journal.append(event, Utc::now())?;
         self.notifier
             .event(&self.config.name, &record.event, record.time);
+        // `[ha]`: the decision is on the Lease before anything follows from it, so that a
+        // successor never acts on an older one (a failed revision rolled out again).
+        if let Err(error) = self.target.carry_decisions().await {
+            self.target
+                .may_decide()
+                .map_err(|refused| JournalError::Fenced(refused.to_string()))?;
+            tracing::warn!(env = %self.config.name, %error, "[ha]: decision not on the Lease yet; carried with the next write or renewal");
+        }
         Ok(())
     }
 
@@ -82,7 +90,7 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
     }
 
     /// Journals and counts the drift a pass put back.
-    pub fn drift_corrected(
+    pub async fn drift_corrected(
         &mut self,
         revision: &Revision,
         plan: &Plan,
@@ -111,6 +119,7 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
             revision: revision.clone(),
             objects,
         })
+        .await
     }
 
     /// Writes in order, stamping each object with the revision `revision_of` gives; on error
@@ -183,10 +192,14 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
         Ok(())
     }
 
-    /// Sleeps until `until`, beating the heartbeat; shutdown interrupts it.
+    /// Sleeps until `until`, beating the heartbeat; shutdown interrupts it, and so does
+    /// losing the environment's Lease (`[ha]`: the new holder carries the rollout on).
     pub async fn sleep_until(&mut self, until: DateTime<Utc>) -> Result<(), ReconcileError> {
         loop {
             self.heartbeat.beat();
+            self.target
+                .may_decide()
+                .map_err(|refused| ReconcileError::Fenced(refused.to_string()))?;
             let wait = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             if wait.is_zero() {
                 return Ok(());
@@ -296,7 +309,8 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
                         revision: revision.clone(),
                         check: failure.check.clone(),
                         detail: failure.detail.clone(),
-                    })?;
+                    })
+                    .await?;
                     return Ok(Observation::CheckFailed(failure));
                 }
             }

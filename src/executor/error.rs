@@ -74,6 +74,10 @@ pub enum ReconcileError {
     Blocked { revision: Revision, reason: String },
     #[error("stopped by shutdown in the middle of a rollout; it goes on from its step on restart")]
     Interrupted,
+    /// `[ha]`: the environment's Lease ran out or went to another daemon mid-pass; the pass
+    /// stopped without a write or a record, and the holder carries on.
+    #[error("stopped: {0}")]
+    Fenced(String),
     #[error(transparent)]
     Journal(#[from] JournalError),
     /// Blocking work (git, files) that never returned.

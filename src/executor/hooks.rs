@@ -127,7 +127,8 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
                 when: when.as_str().into(),
                 hook: name.clone(),
                 run: run_name,
-            })?;
+            })
+            .await?;
         }
         tracing::info!(env = %self.config.name, revision = %run.revision.short(), %when, hook = %name, adopted = action == HookAction::Adopt, "hook running");
         let started = Instant::now();
@@ -144,7 +145,8 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
                     when: when.as_str().into(),
                     hook: name,
                     duration_ms,
-                })?;
+                })
+                .await?;
             }
             Err(message) => {
                 tracing::error!(env = %self.config.name, %when, hook = %name, %message, "hook failed");
@@ -154,7 +156,8 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
                     hook: name,
                     duration_ms,
                     message: message.clone(),
-                })?;
+                })
+                .await?;
             }
         }
         Ok(outcome)

@@ -85,6 +85,7 @@ async fn begin_mixed<P: CheckRunner>(
         .expect("web's Service is in the revision");
     let mut fx = fixture.effects(backend, checks);
     crate::executor::blue_green::BlueGreenDriver::begin(&mut fx, input, strategies, services)
+        .await
         .expect("journaled")
         .run()
         .await

@@ -61,16 +61,18 @@ impl<T: Target> EnvironmentRun<'_, T> {
                     };
                     if blocked != Some((revision.clone(), reason.clone())) {
                         tracing::warn!(env = %self.fx.config.name, revision = %revision.short(), %reason, "blocked by the cluster; the revision is not blamed");
-                        self.fx.journal(Event::Blocked { revision, reason })?;
+                        self.fx.journal(Event::Blocked { revision, reason }).await?;
                     }
                 }
             }
             (Ok(_), blocked) => {
                 self.fx.metrics.set_blocked(&self.fx.config.name, false);
                 if blocked.is_some() {
-                    self.fx.journal(Event::Unblocked {
-                        revision: tip.clone(),
-                    })?;
+                    self.fx
+                        .journal(Event::Unblocked {
+                            revision: tip.clone(),
+                        })
+                        .await?;
                 }
             }
         }
@@ -116,9 +118,11 @@ impl<T: Target> EnvironmentRun<'_, T> {
             return Ok(None);
         }
         tracing::debug!(env = %config.name, revision = %tip.short(), from = %healthy.short(), "the folder and live state are unchanged; the tip is healthy");
-        self.fx.journal(Event::Healthy {
-            revision: tip.clone(),
-        })?;
+        self.fx
+            .journal(Event::Healthy {
+                revision: tip.clone(),
+            })
+            .await?;
         Ok(Some(Outcome::Unchanged {
             revision: tip.clone(),
         }))
@@ -158,11 +162,13 @@ impl<T: Target> EnvironmentRun<'_, T> {
         if history.unverified != Some((tip.clone(), reason.clone())) {
             tracing::error!(env = %self.fx.config.name, revision = %tip.short(), %reason, "revision refused: signature did not verify");
             self.fx.metrics.verify_failed(&self.fx.config.name);
-            self.fx.journal(Event::VerifyFailed {
-                revision: tip.clone(),
-                commit: unverified.commit.clone(),
-                reason,
-            })?;
+            self.fx
+                .journal(Event::VerifyFailed {
+                    revision: tip.clone(),
+                    commit: unverified.commit.clone(),
+                    reason,
+                })
+                .await?;
         }
         // The last healthy revision was verified when it rolled out: carry on from there.
         if let Some(verified) = history.last_healthy.clone().filter(|r| r != tip) {
@@ -237,7 +243,8 @@ impl<T: Target> EnvironmentRun<'_, T> {
         match load_with_hooks(self.source, self.fx.config, revision, self.fx.target).await {
             Ok(desired) => Ok(desired),
             Err(DesiredError::Manifests(errors)) => {
-                self.reject(revision, errors.0.iter().map(ToString::to_string).collect())?;
+                self.reject(revision, errors.0.iter().map(ToString::to_string).collect())
+                    .await?;
                 Err(ReconcileError::Rejected {
                     revision: revision.clone(),
                     errors,
@@ -251,12 +258,18 @@ impl<T: Target> EnvironmentRun<'_, T> {
     }
 
     /// Journals a rejection once per revision.
-    fn reject(&mut self, revision: &Revision, problems: Vec<String>) -> Result<(), JournalError> {
+    async fn reject(
+        &mut self,
+        revision: &Revision,
+        problems: Vec<String>,
+    ) -> Result<(), JournalError> {
         if !self.fx.journal.last_rejected_is(revision) {
-            self.fx.journal(Event::Rejected {
-                revision: revision.clone(),
-                problems,
-            })?;
+            self.fx
+                .journal(Event::Rejected {
+                    revision: revision.clone(),
+                    problems,
+                })
+                .await?;
         }
         Ok(())
     }
@@ -275,10 +288,12 @@ impl<T: Target> EnvironmentRun<'_, T> {
         let mut kinds = known.clone();
         kinds.extend(desired.iter().filter_map(|d| KindRef::of(&d.body)));
         if kinds != known {
-            self.fx.journal(Event::Inventory {
-                revision: revision.clone(),
-                kinds: kinds.iter().cloned().collect(),
-            })?;
+            self.fx
+                .journal(Event::Inventory {
+                    revision: revision.clone(),
+                    kinds: kinds.iter().cloned().collect(),
+                })
+                .await?;
         }
         let live = self
             .fx
@@ -307,7 +322,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
         let (desired, hooks) = self.desired(revision).await?;
         let live = self.live(&desired, revision).await?;
         if let Some(problem) = empty_revision_problem(self.fx.config, desired.len(), live.len()) {
-            self.reject(revision, vec![problem.clone()])?;
+            self.reject(revision, vec![problem.clone()]).await?;
             return Err(ReconcileError::Empty {
                 revision: revision.clone(),
                 problem,
@@ -361,7 +376,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 )
             })
             .collect();
-        self.reject(revision, problems.clone())?;
+        self.reject(revision, problems.clone()).await?;
         Err(ReconcileError::Ownership {
             revision: revision.clone(),
             problems: problems.join("; "),
@@ -378,18 +393,22 @@ impl<T: Target> EnvironmentRun<'_, T> {
             });
         }
         let changes = change_records(&plan.changes);
-        self.fx.journal(Event::ReconcileStarted {
-            revision: revision.clone(),
-            changes: changes.clone(),
-        })?;
+        self.fx
+            .journal(Event::ReconcileStarted {
+                revision: revision.clone(),
+                changes: changes.clone(),
+            })
+            .await?;
         tracing::info!(revision = %revision.short(), changes = changes.len(), "live state drifted; putting it back");
         let writes = plan_writes(&plan);
         if let Err((applied, source)) = self.fx.write_all(&writes, |_| revision.clone()).await {
-            self.fx.journal(Event::ReconcileFailed {
-                revision: revision.clone(),
-                applied,
-                error: source.to_string(),
-            })?;
+            self.fx
+                .journal(Event::ReconcileFailed {
+                    revision: revision.clone(),
+                    applied,
+                    error: source.to_string(),
+                })
+                .await?;
             return Err(ReconcileError::Apply {
                 revision: revision.clone(),
                 applied,
@@ -397,11 +416,13 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 source,
             });
         }
-        self.fx.journal(Event::ReconcileFinished {
-            revision: revision.clone(),
-            changes: changes.clone(),
-        })?;
-        self.fx.drift_corrected(revision, &plan)?;
+        self.fx
+            .journal(Event::ReconcileFinished {
+                revision: revision.clone(),
+                changes: changes.clone(),
+            })
+            .await?;
+        self.fx.drift_corrected(revision, &plan).await?;
         self.fx.settle(&desired, &plan.orphaned).await?;
         Ok(Outcome::Converged {
             revision: revision.clone(),
@@ -423,9 +444,11 @@ impl<T: Target> EnvironmentRun<'_, T> {
         if plan.is_empty() && !hooks_changed && resume.is_none() {
             // Nothing to roll out (e.g. a commit outside this environment's folder).
             self.fx.settle(&desired, &plan.orphaned).await?;
-            self.fx.journal(Event::Healthy {
-                revision: revision.clone(),
-            })?;
+            self.fx
+                .journal(Event::Healthy {
+                    revision: revision.clone(),
+                })
+                .await?;
             return Ok(Outcome::Unchanged {
                 revision: revision.clone(),
             });
@@ -449,7 +472,8 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 revision,
                 &reason,
                 crate::rollout::cause::HOOK_FAILED,
-            )?;
+            )
+            .await?;
             return Err(ReconcileError::HookFailed {
                 revision: revision.clone(),
                 reason,
@@ -457,7 +481,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
         }
         let spec = canary::split(&plan, &desired, &live, &before.0);
         let strategies = match resume {
-            None => self.strategies(revision, &desired, &spec)?,
+            None => self.strategies(revision, &desired, &spec).await?,
             Some(_) => None,
         };
         let input = RolloutInput {
@@ -470,14 +494,22 @@ impl<T: Target> EnvironmentRun<'_, T> {
             hooks: hook_set,
         };
         let ending = match resume {
-            Some(resume) => Driver::resume(&mut self.fx, input, resume)?.run().await?,
-            None if let Some(strategies) = strategies => {
-                let services = self.preview_services(&input, &strategies.blue_green)?;
-                BlueGreenDriver::begin(&mut self.fx, input, strategies, services)?
+            Some(resume) => {
+                Driver::resume(&mut self.fx, input, resume)
+                    .await?
                     .run()
                     .await?
             }
-            None => Driver::begin(&mut self.fx, input)?.run().await?,
+            None if let Some(strategies) = strategies => {
+                let services = self
+                    .preview_services(&input, &strategies.blue_green)
+                    .await?;
+                BlueGreenDriver::begin(&mut self.fx, input, strategies, services)
+                    .await?
+                    .run()
+                    .await?
+            }
+            None => Driver::begin(&mut self.fx, input).await?.run().await?,
         };
         self.ended(revision, previous, ending).await
     }
@@ -545,7 +577,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
     /// `rejected`); StatefulSets and DaemonSets asking for blue-green were refused with their
     /// file when the revision was read. A Deployment whose old pods lack the stable track
     /// label rolls out through canary steps instead, with a warning (and so does the rest).
-    fn strategies(
+    async fn strategies(
         &mut self,
         revision: &Revision,
         desired: &[Desired],
@@ -557,7 +589,7 @@ impl<T: Target> EnvironmentRun<'_, T> {
             Ok(_) => return Ok(None),
             Err(mixed) => {
                 let problem = mixed.to_string();
-                self.reject(revision, vec![problem.clone()])?;
+                self.reject(revision, vec![problem.clone()]).await?;
                 return Err(ReconcileError::Strategy {
                     revision: revision.clone(),
                     problems: problem,
@@ -583,21 +615,24 @@ impl<T: Target> EnvironmentRun<'_, T> {
 
     /// The Services a blue/green rollout writes; a `preview_service` the revision does not
     /// declare rejects it (journaled `rejected`) before anything is written.
-    fn preview_services(
+    async fn preview_services(
         &mut self,
         input: &RolloutInput,
         blue_green: &RolloutSpec,
     ) -> Result<preview::PreviewServices, ReconcileError> {
         let deployments: Vec<&Desired> = blue_green.canaries.iter().map(|u| &u.desired).collect();
         let named = self.fx.config.rollout.preview_service.as_deref();
-        preview::PreviewServices::of(&input.desired, &deployments, named).or_else(|problem| {
-            let problem = problem.to_string();
-            self.reject(&input.revision, vec![problem.clone()])?;
-            Err(ReconcileError::Strategy {
-                revision: input.revision.clone(),
-                problems: problem,
-            })
-        })
+        match preview::PreviewServices::of(&input.desired, &deployments, named) {
+            Ok(services) => Ok(services),
+            Err(problem) => {
+                let problem = problem.to_string();
+                self.reject(&input.revision, vec![problem.clone()]).await?;
+                Err(ReconcileError::Strategy {
+                    revision: input.revision.clone(),
+                    problems: problem,
+                })
+            }
+        }
     }
 
     /// A blue/green rollout a restart interrupted is reverted (not blamed) and started over:

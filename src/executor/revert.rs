@@ -28,12 +28,14 @@ impl<T: Target> EnvironmentRun<'_, T> {
         resumed: bool,
     ) -> Result<(), ReconcileError> {
         if !resumed {
-            self.fx.journal(Event::RevertStarted {
-                revision: revert.revision.clone(),
-                to: revert.to.clone(),
-                reason: revert.reason.clone(),
-                failed: revert.failed,
-            })?;
+            self.fx
+                .journal(Event::RevertStarted {
+                    revision: revert.revision.clone(),
+                    to: revert.to.clone(),
+                    reason: revert.reason.clone(),
+                    failed: revert.failed,
+                })
+                .await?;
         }
         tracing::warn!(env = %self.fx.config.name, revision = %revert.revision.short(), to = %revert.to.short(), reason = %revert.reason, "reverting");
         let revert_error = |message: String| ReconcileError::Revert {
@@ -87,10 +89,12 @@ impl<T: Target> EnvironmentRun<'_, T> {
         if revert.failed {
             self.on_failure(revert).await?;
         }
-        self.fx.journal(Event::Reverted {
-            revision: revert.revision.clone(),
-            to: revert.to.clone(),
-        })?;
+        self.fx
+            .journal(Event::Reverted {
+                revision: revert.revision.clone(),
+                to: revert.to.clone(),
+            })
+            .await?;
         tracing::warn!(env = %self.fx.config.name, revision = %revert.revision.short(), to = %revert.to.short(), "reverted");
         if revert.failed && self.fx.config.rollout.revert_commit {
             self.push_revert_commit(revert).await?;
@@ -246,10 +250,12 @@ impl<T: Target> EnvironmentRun<'_, T> {
         match pushed {
             Ok(Some(commit)) => {
                 tracing::info!(env = %self.fx.config.name, commit = %commit.short(), "revert commit pushed");
-                self.fx.journal(Event::RevertCommitted {
-                    revision: revert.revision.clone(),
-                    commit,
-                })?;
+                self.fx
+                    .journal(Event::RevertCommitted {
+                        revision: revert.revision.clone(),
+                        commit,
+                    })
+                    .await?;
             }
             Ok(None) => {
                 tracing::info!(env = %self.fx.config.name, "the branch already holds the healthy manifests; no revert commit needed");

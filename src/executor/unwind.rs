@@ -170,7 +170,8 @@ pub(super) async fn restore_then_switch_back<T: Target, P: CheckRunner>(
     fx.journal(Event::SwitchedBack {
         revision: revision.clone(),
         reason: "the old template is ready again behind the preview".into(),
-    })?;
+    })
+    .await?;
     fx.metrics.switched(&fx.config.name, "switched_back");
     unwind_previews(fx, revision, to, live, previewed).await?;
     Ok(true)

@@ -303,3 +303,29 @@ pub struct ChangeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_acquired_record_reads_back_with_its_holder_and_the_clusters_history() {
+        // Its fields share the record's level (the event is flattened): none may be `by`.
+        let record = Record {
+            seq: 7,
+            time: DateTime::from_timestamp(1_800_000_000, 0).expect("a time"),
+            environment: "web".into(),
+            by: None,
+            event: Event::Acquired {
+                revision: Revision("abc".into()),
+                holder: "host-b".into(),
+                from: Some("host-a".into()),
+                state: Some(serde_json::json!({"last_healthy": "abc"})),
+            },
+        };
+        let line = serde_json::to_string(&record).expect("encodes");
+        let back: Record = serde_json::from_str(&line).expect("decodes");
+        assert_eq!(back, record);
+        assert_eq!(back.event.name(), "acquired");
+    }
+}

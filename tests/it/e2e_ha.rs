@@ -33,19 +33,19 @@ struct Pair {
 }
 
 impl Pair {
-    /// Environments `names`, each into namespace `<prefix>-<name>` of `cluster`, with
+    /// Environments `names`, each into a namespace of `cluster` named after `tag` and it, with
     /// `extra` appended to each (rollout and checks); Leases in a namespace of their own.
-    fn new(cluster: &mut Cluster, names: &[&str], extra: &str) -> Self {
+    fn new(cluster: &mut Cluster, tag: &str, names: &[&str], extra: &str) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
         let repo = Repo::init(root.path().join("repo"));
-        let leases = cluster.namespace("ha-leases");
+        let leases = cluster.namespace(&format!("ha-{tag}-leases"));
         cluster.kubectl(&["create", "namespace", &leases]);
         let mut text = format!(
             "[repo]\nurl = \"{}\"\nbranch = \"main\"\npoll_interval = \"2s\"\n\n[state]\ndir = \"state-unset\"\n\n[api]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"api-token\"\n\n[ha]\nenabled = true\nlease_namespace = \"{leases}\"\n",
             repo.dir.display()
         );
         for name in names {
-            let namespace = cluster.namespace(&format!("ha-{name}"));
+            let namespace = cluster.namespace(&format!("ha-{tag}-{name}"));
             text.push_str(&format!(
                 "\n[[environment]]\nname = \"{name}\"\npath = \"environments/{name}\"\nnamespace = \"{namespace}\"\ntarget = {{ type = \"kubernetes\", kubeconfig = \"{}\" }}\n{extra}\n",
                 cluster.kubeconfig.display()
@@ -61,7 +61,7 @@ impl Pair {
         let namespaces = names
             .iter()
             .map(|name| {
-                let namespace = format!("gitopsd-e2e-{}-ha-{name}", std::process::id());
+                let namespace = format!("gitopsd-e2e-{}-ha-{tag}-{name}", std::process::id());
                 (name.to_string(), namespace)
             })
             .collect();
@@ -82,6 +82,16 @@ impl Pair {
             leases,
             daemons: BTreeMap::new(),
         }
+    }
+
+    /// Adds top-level TOML (a `[[webhook]]`) to the shared config.
+    fn add_top(&self, text: &str) {
+        let config = std::fs::read_to_string(&self.config).expect("config");
+        std::fs::write(
+            &self.config,
+            config.replacen("[state]", &format!("{text}\n[state]"), 1),
+        )
+        .expect("config");
     }
 
     fn state(&self, who: &str) -> PathBuf {
@@ -136,8 +146,7 @@ impl Pair {
 
     /// `/status` of daemon `who`, by environment.
     fn status(&self, who: &str) -> BTreeMap<String, Value> {
-        let Some((200, body)) = http_request(self.address(who), "GET", "/status", &[], "")
-        else {
+        let Some((200, body)) = http_request(self.address(who), "GET", "/status", &[], "") else {
             return BTreeMap::new();
         };
         let rows: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
@@ -160,8 +169,7 @@ impl Pair {
     }
 
     fn journal(&self, who: &str, environment: &str) -> Vec<Record> {
-        gitopsd::journal::load_all(&self.state(who), environment)
-            .expect("journal reads back whole")
+        gitopsd::journal::load_all(&self.state(who), environment).expect("journal reads back whole")
     }
 
     fn log(&self, who: &str) -> String {
@@ -202,7 +210,7 @@ fn acquisitions(records: &[Record]) -> Vec<(Option<String>, bool)> {
 fn e2e_ha_two_daemons_split_six_environments_each_held_by_exactly_one() {
     let mut cluster = Cluster::new();
     let names = ["e1", "e2", "e3", "e4", "e5", "e6"];
-    let mut pair = Pair::new(&mut cluster, &names, "");
+    let mut pair = Pair::new(&mut cluster, "split", &names, "");
     pair.start("a");
     pair.start("b");
     let split = wait_for(Duration::from_secs(90), || {
@@ -247,7 +255,10 @@ fn e2e_ha_two_daemons_split_six_environments_each_held_by_exactly_one() {
                 &tip
             )),
             "{name}: its holder {holder} never journaled it healthy: {:?}\n{}",
-            pair.journal(holder, name).iter().map(|r| r.event.name()).collect::<Vec<_>>(),
+            pair.journal(holder, name)
+                .iter()
+                .map(|r| r.event.name())
+                .collect::<Vec<_>>(),
             pair.log(holder)
         );
         assert!(
@@ -271,7 +282,9 @@ fn step_started(records: &[Record], revision: &str) -> Vec<usize> {
     records
         .iter()
         .filter_map(|record| match &record.event {
-            Event::StepStarted { revision: r, step, .. } if r.0 == revision => Some(*step),
+            Event::StepStarted {
+                revision: r, step, ..
+            } if r.0 == revision => Some(*step),
             _ => None,
         })
         .collect()
@@ -282,7 +295,7 @@ fn step_started(records: &[Record], revision: &str) -> Vec<usize> {
 fn e2e_ha_a_holder_killed_in_step_two_is_succeeded_at_step_two_with_capacity_kept() {
     let mut cluster = Cluster::new();
     let rollout = "[environment.rollout]\nsteps = [25, 50, 100]\nbake = \"10s\"\nverify = \"2s\"\ntimeout = \"3m\"\n";
-    let mut pair = Pair::new(&mut cluster, &["web"], rollout);
+    let mut pair = Pair::new(&mut cluster, "kill", &["web"], rollout);
     let namespace = pair.namespaces["web"].clone();
     let v1 = commit_web(&pair, "web", "1");
     pair.start("a");
@@ -346,8 +359,8 @@ fn e2e_ha_a_holder_killed_in_step_two_is_succeeded_at_step_two_with_capacity_kep
     assert_eq!(resumed, vec![1], "resumed at step 2");
     assert_eq!(
         step_started(&records, &v2),
-        vec![2],
-        "step 1 is not redone; step 3 follows the resumed step 2"
+        vec![1, 2],
+        "step 2 is written again (its bake starts over), then step 3; step 1 is not redone"
     );
     assert!(
         !records
@@ -403,7 +416,7 @@ fn versions(cluster: &Cluster, namespace: &str) -> BTreeMap<String, String> {
 fn e2e_ha_a_paused_holder_writes_nothing_after_another_took_over() {
     let mut cluster = Cluster::new();
     let rollout = "[environment.rollout]\nsteps = [50, 100]\nbake = \"30s\"\nverify = \"2s\"\ntimeout = \"3m\"\n";
-    let mut pair = Pair::new(&mut cluster, &["web"], rollout);
+    let mut pair = Pair::new(&mut cluster, "stop", &["web"], rollout);
     let namespace = pair.namespaces["web"].clone();
     let v1 = commit_web(&pair, "web", "1");
     pair.start("a");
@@ -452,7 +465,12 @@ fn e2e_ha_a_paused_holder_writes_nothing_after_another_took_over() {
             .is_some_and(|row| row["lease"]["holder"] == format!("host-{successor}"))
             && pair.log(holder).contains("standing by")
     });
-    assert!(noticed, "the woken daemon never stood by:\n{}", pair.log(holder));
+    assert!(
+        noticed,
+        "the woken daemon {holder} never stood by: {:?}\n{}",
+        pair.status(holder).get("web"),
+        pair.log(holder)
+    );
     assert!(wait_for_pass_after_now(pair.address(successor), "web"));
     assert_eq!(
         versions(&cluster, &namespace),
@@ -475,7 +493,7 @@ fn e2e_ha_a_held_revision_stays_held_after_failover_and_a_retry_on_either_clears
         "[environment.rollout]\nsteps = [50, 100]\nbake = \"3s\"\nverify = \"3s\"\ntimeout = \"2m\"\n{}",
         marker_check(marker.path())
     );
-    let mut pair = Pair::new(&mut cluster, &["web"], &extra);
+    let mut pair = Pair::new(&mut cluster, "held", &["web"], &extra);
     let v1 = commit_web(&pair, "web", "1");
     std::fs::remove_file(marker.path()).expect("healthy while v1 rolls out");
     pair.start("a");
@@ -515,7 +533,10 @@ fn e2e_ha_a_held_revision_stays_held_after_failover_and_a_retry_on_either_clears
     );
     // Still held by the successor, with the check passing now: it does not retry it.
     assert!(wait_for_pass_after_now(pair.address(successor), "web"));
-    assert!(held(&pair, successor), "the successor forgot the held revision");
+    assert!(
+        held(&pair, successor),
+        "the successor forgot the held revision"
+    );
     let records = pair.journal(successor, "web");
     let since_taken: Vec<&Event> = records
         .iter()
@@ -535,10 +556,15 @@ fn e2e_ha_a_held_revision_stays_held_after_failover_and_a_retry_on_either_clears
         wait_for(Duration::from_secs(30), || pair
             .status(holder)
             .get("web")
-            .is_some_and(|row| row["lease"]["holder"] == format!("host-{successor}"))),
+            .is_some_and(
+                |row| row["lease"]["holder"] == format!("host-{successor}")
+            )),
         "the restarted daemon does not see the holder"
     );
-    assert!(held(&pair, holder), "the standby daemon shows the cluster's hold");
+    assert!(
+        held(&pair, holder),
+        "the standby daemon shows the cluster's hold"
+    );
     let (status, body) = pair.control(holder, "web", "retry");
     assert_eq!(status, 202, "forwarded: {body}");
     assert!(
@@ -560,7 +586,8 @@ fn e2e_ha_a_held_revision_stays_held_after_failover_and_a_retry_on_either_clears
         "{retried_by}"
     );
     assert!(
-        wait_for(Duration::from_secs(30), || !held(&pair, holder) && !held(&pair, successor)),
+        wait_for(Duration::from_secs(30), || !held(&pair, holder)
+            && !held(&pair, successor)),
         "the hold is not cleared on both"
     );
 }
@@ -569,7 +596,11 @@ fn e2e_ha_a_held_revision_stays_held_after_failover_and_a_retry_on_either_clears
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_ha_sigterm_on_the_holder_hands_over_without_waiting_out_the_lease() {
     let mut cluster = Cluster::new();
-    let mut pair = Pair::new(&mut cluster, &["web"], "");
+    let mut pair = Pair::new(&mut cluster, "term", &["web"], "");
+    let (hook, received) = crate::webhook::receiver();
+    pair.add_top(&format!(
+        "[[webhook]]\nurl = \"http://{hook}/hook\"\ntimeout = \"2s\"\n"
+    ));
     let tip = git(&pair.repo.dir, &["rev-parse", "HEAD"]);
     pair.start("a");
     pair.start("b");
@@ -609,9 +640,35 @@ fn e2e_ha_sigterm_on_the_holder_hands_over_without_waiting_out_the_lease() {
         "-o",
         "jsonpath={.spec.holderIdentity} {.spec.leaseTransitions}",
     ]);
+    assert!(lease.starts_with(&format!("host-{successor} ")), "{lease}");
+    // The handover is a webhook event, from the successor, naming no previous holder.
+    let told = wait_for(Duration::from_secs(30), || {
+        received.lock().expect("lock").iter().any(|event| {
+            event["event"] == "acquired"
+                && event["holder"] == format!("host-{successor}")
+                && event["from"].is_null()
+        })
+    });
     assert!(
-        lease.starts_with(&format!("host-{successor} ")),
-        "{lease}"
+        told,
+        "no acquired webhook: {:?}",
+        received.lock().expect("lock")
+    );
+    assert_eq!(
+        metric_sum(
+            pair.address(successor),
+            "gitopsd_lease_held",
+            "environment=\"web\""
+        ),
+        Some(1)
+    );
+    assert!(
+        metric_sum(
+            pair.address(successor),
+            "gitopsd_lease_transitions_total",
+            "environment=\"web\""
+        )
+        .is_some_and(|transitions| transitions >= 1)
     );
     // The stopped daemon's heartbeat went with it.
     let heartbeats = cluster.kubectl(&[

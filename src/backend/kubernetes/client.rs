@@ -125,7 +125,9 @@ impl KubernetesTarget {
 
     /// The one client of the cluster `settings` names (its kubeconfig and context), built on
     /// first use.
-    pub(super) async fn shared_client(settings: &KubernetesSettings) -> Result<Client, TargetError> {
+    pub(super) async fn shared_client(
+        settings: &KubernetesSettings,
+    ) -> Result<Client, TargetError> {
         // kube and gix share one rustls provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let key = (settings.kubeconfig.clone(), settings.context.clone());

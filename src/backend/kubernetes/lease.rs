@@ -18,7 +18,9 @@ use tokio::sync::watch;
 use super::KubernetesSettings;
 use crate::backend::{FailureClass, TargetError};
 use crate::journal::{Event, SharedJournal};
-use crate::labels::{ANNOTATION_REQUESTS, ANNOTATION_STATE, LABEL_LEASE, LABEL_MANAGED_BY, MANAGER};
+use crate::labels::{
+    ANNOTATION_REQUESTS, ANNOTATION_STATE, LABEL_LEASE, LABEL_MANAGED_BY, MANAGER,
+};
 use crate::lease::{self, Observed, Timing};
 
 /// An environment's Lease is `gitopsd-<environment>`.
@@ -97,12 +99,20 @@ pub fn environment_of(lease: &Lease) -> Option<&str> {
     if labels.get(LABEL_LEASE).map(String::as_str) != Some("environment") {
         return None;
     }
-    lease.metadata.name.as_deref()?.strip_prefix(ENVIRONMENT_PREFIX)
+    lease
+        .metadata
+        .name
+        .as_deref()?
+        .strip_prefix(ENVIRONMENT_PREFIX)
 }
 
 /// Whether a Lease is a daemon's heartbeat.
 pub fn is_heartbeat(lease: &Lease) -> bool {
-    let kind = lease.metadata.labels.as_ref().and_then(|l| l.get(LABEL_LEASE));
+    let kind = lease
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_LEASE));
     kind.map(String::as_str) == Some("daemon")
 }
 
@@ -355,13 +365,16 @@ impl EnvironmentLease {
             .get()
             .is_some_and(|journal| self.lock().carried != Some(journal.next_seq()));
         if behind {
-            let kept = self.write(false).await.map_err(|error| TargetError::Object {
-                operation: "record the state of",
-                object: format!("environment {}", self.environment),
-                message: error.to_string(),
-                class: FailureClass::Infrastructure,
-                missing: None,
-            })?;
+            let kept = self
+                .write(false)
+                .await
+                .map_err(|error| TargetError::Object {
+                    operation: "record the state of",
+                    object: format!("environment {}", self.environment),
+                    message: error.to_string(),
+                    class: FailureClass::Infrastructure,
+                    missing: None,
+                })?;
             if !kept {
                 return self.check();
             }
@@ -466,7 +479,8 @@ impl EnvironmentLease {
             slot.lease = lease;
         }
         drop(slot);
-        self.held.send_if_modified(|held| std::mem::replace(held, false));
+        self.held
+            .send_if_modified(|held| std::mem::replace(held, false));
     }
 
     /// Takes the Lease as `current` shows it (`None`: no object yet), unless another daemon
@@ -568,7 +582,10 @@ impl EnvironmentLease {
     /// answers the journal position the history is at.
     fn carry_state(&self, lease: &mut Lease) -> Option<u64> {
         let requests = requests_of(lease);
-        let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
+        let annotations = lease
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
         let carried = self.journal.get().map(|journal| {
             // The position first: a record appended meanwhile is carried again next time.
             let seq = journal.next_seq();

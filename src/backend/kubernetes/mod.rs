@@ -437,6 +437,10 @@ impl Target for KubernetesTarget {
         self.fence_check()
     }
 
+    async fn carry_decisions(&self) -> Result<(), TargetError> {
+        self.fenced().await
+    }
+
     fn writes_in_flight(&self) -> usize {
         // The adaptive limit decides below this; the window only has to reach its ceiling.
         self.settings.concurrency.max(1)
