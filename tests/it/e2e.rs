@@ -6,7 +6,9 @@
 //! ```
 //!
 //! It needs an API server with the controller manager and something that makes pods Ready
-//! (k8s-lab's stand-in kubelet). `kubectl` plays the operator; it is `GITOPSD_TEST_KUBECTL`,
+//! (k8s-lab's stand-in kubelet). On an API server alone (`GITOPSD_E2E_CONTROL_PLANE=api-only`:
+//! tests/run.sh's envtest control plane from KUBEBUILDER_ASSETS) the tests that need those
+//! skip, see [`skipped_without_controllers`]. `kubectl` plays the operator; it is `GITOPSD_TEST_KUBECTL`,
 //! else `kubectl` on the PATH. Every test works in namespaces of its own
 //! (`gitopsd-e2e-<pid>-<tag>`) and deletes them, any cluster-scoped object it made and any
 //! object it left in a shared namespace (an applyset parent in `default`), when it ends, passed
