@@ -11,12 +11,13 @@
 # test that restarts the lab's API server from its pid file and command line works here too.
 #
 # Both listen on 127.0.0.1 only: etcd's client port and the API server's port are picked among
-# the ports nothing uses (below the kernel's ephemeral range, so an outgoing connection cannot
-# take one between the pick and the bind) and picked again when the process cannot bind it;
-# etcd's peer port is 0 (single member). The PKI is made here with openssl: a CA, the API
-# server's serving certificate (127.0.0.1, localhost), the service-account key pair, and a
-# static admin token in group system:masters; the kubeconfig embeds the CA. kubectl (for the
-# /readyz wait) is $KUBECTL, else GITOPSD_TEST_KUBECTL, else KUBEBUILDER_ASSETS's, else PATH's.
+# the ports from 20000 to 32767 nothing uses (below Linux's default ephemeral range, so an
+# outgoing connection does not take one between the pick and the bind) and picked again when
+# the process cannot bind it; etcd's peer port is 0 (single member). The PKI is made here with
+# openssl: a CA, the API server's serving certificate (127.0.0.1, localhost), the
+# service-account key pair, and a static admin token in group system:masters; the kubeconfig
+# embeds the CA. kubectl (for the /readyz wait) is $KUBECTL, else GITOPSD_TEST_KUBECTL, else
+# KUBEBUILDER_ASSETS's, else PATH's.
 #
 # There is no controller manager and no kubelet: Deployments get no ReplicaSets or pods,
 # deleted Namespaces stay Terminating, no ServiceAccount or token is made. tests/run.sh tells the
