@@ -6,7 +6,9 @@
 //! ```
 //!
 //! It needs an API server with the controller manager and something that makes pods Ready
-//! (k8s-lab's stand-in kubelet). `kubectl` plays the operator; it is `GITOPSD_TEST_KUBECTL`,
+//! (k8s-lab's stand-in kubelet). On an API server alone (`GITOPSD_E2E_CONTROL_PLANE=api-only`:
+//! tests/run.sh's envtest control plane from KUBEBUILDER_ASSETS) the tests that need those
+//! skip, see [`skipped_without_controllers`]. `kubectl` plays the operator; it is `GITOPSD_TEST_KUBECTL`,
 //! else `kubectl` on the PATH. Every test works in namespaces of its own
 //! (`gitopsd-e2e-<pid>-<tag>`) and deletes them, any cluster-scoped object it made and any
 //! object it left in a shared namespace (an applyset parent in `default`), when it ends, passed
@@ -26,6 +28,48 @@ use crate::scale::scale_manifests;
 /// Held shared by every test, and exclusively by the ones that count the API server's
 /// requests, so no other test's traffic lands in their counts.
 pub(crate) static QUIET: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Whether the control plane under test is an API server and etcd with nothing else:
+/// `GITOPSD_E2E_CONTROL_PLANE=api-only`, which tests/run.sh sets on the envtest control plane
+/// it starts from KUBEBUILDER_ASSETS (tests/envtest.sh). Unset or `full`: an API server with
+/// the controller manager and a kubelet, as k8s-lab runs.
+fn api_only() -> bool {
+    match std::env::var("GITOPSD_E2E_CONTROL_PLANE").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("full") => false,
+        Ok("api-only") => true,
+        other => panic!("GITOPSD_E2E_CONTROL_PLANE is {other:?}: expected full or api-only"),
+    }
+}
+
+/// What most tests need beyond the API server: a pass waits until the Deployments it applied
+/// are ready, which takes the Deployment and ReplicaSet controllers and a kubelet.
+pub(crate) const READY_PODS: &str =
+    "Deployments whose pods turn ready (controller manager and kubelet)";
+
+/// Called first by a test that needs what only the controller manager or a kubelet does
+/// (`needs` says what). On an API-server-only control plane it says the test is skipped,
+/// appends the test's name and `needs` to the file `GITOPSD_E2E_SKIPPED` names (tests/run.sh
+/// lists and counts them) and returns true, and the test returns at once. Elsewhere it
+/// returns false and the test runs.
+pub(crate) fn skipped_without_controllers(needs: &str) -> bool {
+    if !api_only() {
+        return false;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("an e2e test");
+    println!("skipped: {test} needs {needs}, and the control plane has no controllers");
+    if let Some(path) = std::env::var_os("GITOPSD_E2E_SKIPPED") {
+        use std::io::Write as _;
+        // One short write to a file opened for appending: lines of parallel tests never mix.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(format!("{test}: needs {needs}\n").as_bytes()))
+            .unwrap_or_else(|e| panic!("cannot append to {}: {e}", path.to_string_lossy()));
+    }
+    true
+}
 
 /// The cluster under test, driven by `kubectl` as an operator would.
 pub(crate) struct Cluster {
@@ -53,11 +97,15 @@ impl Cluster {
     }
 
     /// For tests that count requests: waits for every other test to end and for namespaces
-    /// they deleted to go (the namespace controller lists what they held).
+    /// they deleted to go (the namespace controller lists what they held). With no
+    /// controllers, deleted namespaces stay Terminating and nothing lists what they held.
     pub(crate) fn alone() -> Self {
         let cluster = Self::with_turn(Turn::Alone(
             QUIET.write().unwrap_or_else(|p| p.into_inner()),
         ));
+        if api_only() {
+            return cluster;
+        }
         let settled = wait_for(Duration::from_secs(180), || {
             !cluster
                 .kubectl(&[
@@ -286,6 +334,9 @@ fn replicas(cluster: &Cluster, namespace: &str, name: &str) -> u64 {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_deploy_canary_revert_and_prune_on_a_real_cluster() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("flow");
     let marker_dir = tempfile::tempdir().expect("tempdir");
@@ -359,6 +410,9 @@ fn e2e_deploy_canary_revert_and_prune_on_a_real_cluster() {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_drift_from_kubectl_is_put_back_and_fields_git_omits_are_left_alone() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("drift");
     let workspace = workspace_on(&cluster, &namespace, &rollout("[100]"));
@@ -555,6 +609,9 @@ fn e2e_two_installs_with_one_environment_name_never_prune_each_other() {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_wiped_state_dir_deletes_and_recreates_nothing() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("wiped");
     let ns = namespace.as_str();
@@ -651,6 +708,9 @@ fn e2e_a_cluster_scoped_crd_and_its_resource_keep_their_uid() {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_an_empty_revision_is_refused_unless_allowed() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("empty");
     let ns = namespace.as_str();
@@ -694,6 +754,9 @@ fn e2e_an_empty_revision_is_refused_unless_allowed() {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_replicas_git_omits_stay_with_whoever_set_them_through_canary_and_revert() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("hpa");
     let ns = namespace.as_str();
@@ -766,6 +829,9 @@ fn e2e_replicas_git_omits_stay_with_whoever_set_them_through_canary_and_revert()
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_no_op_pass_over_2004_objects_lists_each_type_once_in_pages_and_patches_nothing() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::alone();
     let namespaces: Vec<String> = (0..4)
         .map(|index| cluster.namespace(&format!("many{index}")))
@@ -894,6 +960,9 @@ fn e2e_objects_applied_before_applysets_are_adopted_in_place() {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_another_writer_does_not_block_the_next_canary() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("writer");
     let ns = namespace.as_str();

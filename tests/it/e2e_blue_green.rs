@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime};
 use gitopsd::journal::Event;
 use serde_json::Value;
 
-use crate::e2e::{Cluster, events, marker_check, workspace_on};
+use crate::e2e::{
+    Cluster, READY_PODS, events, marker_check, skipped_without_controllers, workspace_on,
+};
 use crate::helpers::*;
 
 pub(crate) const REPLICAS: usize = 3;
@@ -282,6 +284,9 @@ pub(crate) fn assert_only_git_objects(cluster: &Cluster, namespace: &str, releas
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_blue_green_switches_in_one_write_and_the_active_service_never_runs_short() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("bg-switch");
     let workspace = workspace_on(&cluster, &namespace, &blue_green("4s", "3s"));
@@ -337,6 +342,9 @@ fn e2e_blue_green_switches_in_one_write_and_the_active_service_never_runs_short(
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_blue_green_preview_failing_its_check_changes_nothing_served_and_is_removed() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("bg-preview");
     let marker = std::env::temp_dir().join(format!("{namespace}.unhealthy"));
@@ -384,6 +392,9 @@ fn e2e_a_blue_green_preview_failing_its_check_changes_nothing_served_and_is_remo
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_check_failing_after_the_blue_green_switch_switches_back_at_once() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("bg-back");
     let marker = std::env::temp_dir().join(format!("{namespace}.unhealthy"));
@@ -460,6 +471,9 @@ fn e2e_a_check_failing_after_the_blue_green_switch_switches_back_at_once() {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_sigkill_at_each_journal_point_of_a_blue_green_rollout_ends_with_one_version() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("bg-kill");
     let workspace = workspace_on(&cluster, &namespace, &blue_green("1s", "1s"));
@@ -536,6 +550,9 @@ fn e2e_sigkill_at_each_journal_point_of_a_blue_green_rollout_ends_with_one_versi
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_without_auto_promote_the_blue_green_switch_waits_until_gitopsd_approve() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("bg-approve");
     let extra = format!("{}auto_promote = false\n", blue_green("3s", "2s"));
@@ -631,6 +648,9 @@ fn ready_endpoints(cluster: &Cluster, namespace: &str, service: &str) -> BTreeSe
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_short_preview_behind_a_named_preview_service_is_scaled_up_before_the_switch() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("bg-named");
     let extra = format!(
@@ -711,6 +731,9 @@ fn e2e_a_short_preview_behind_a_named_preview_service_is_scaled_up_before_the_sw
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_deployment_annotated_blue_green_switches_in_a_canary_environment() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("bg-annotated");
     let canary = "[environment.rollout]\nsteps = [50, 100]\nbake = \"2s\"\nverify = \"2s\"\nscale_down_delay = \"2s\"\ntimeout = \"3m\"\n";
@@ -774,6 +797,9 @@ fn e2e_a_deployment_annotated_blue_green_switches_in_a_canary_environment() {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_restart_after_the_switch_pins_the_service_to_the_old_pods_before_the_preview_goes() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("bg-unwind");
     let workspace = workspace_on(&cluster, &namespace, &blue_green("30s", "30s"));

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::e2e::{Cluster, rollout, workspace_on};
+use crate::e2e::{Cluster, READY_PODS, rollout, skipped_without_controllers, workspace_on};
 use crate::e2e_blue_green::journal_names;
 use crate::e2e_rollout::{commit_web, failure_cause, web_yaml};
 use crate::e2e_watch::requests;
@@ -50,6 +50,9 @@ fn cache_rows(address: &str) -> Vec<(String, String)> {
 #[test]
 #[ignore = "needs a real cluster: GITOPSD_E2E_KUBECONFIG"]
 fn e2e_cache_a_canary_crashing_during_its_bake_fails_from_the_daemons_cache() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("cachecrash");
     let workspace = workspace_on(

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::e2e::Cluster;
+use crate::e2e::{Cluster, READY_PODS, skipped_without_controllers};
 use crate::helpers::*;
 
 /// A Deployment and a Service with no namespace of their own, as argocd-example-apps'
@@ -28,6 +28,9 @@ fn config(workspace: &Workspace, cluster: &Cluster, path: &str, namespace: &str,
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_create_namespace_makes_it_first_labels_it_and_never_prunes_it() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("mkns");
     let ns = namespace.as_str();
@@ -115,6 +118,9 @@ cat helm-guestbook/templates/*.yaml
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_helm_environment_with_no_chart_renders_its_own_folder() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("helm");
     let ns = namespace.as_str();

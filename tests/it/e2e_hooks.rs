@@ -10,8 +10,12 @@ use std::time::Duration;
 use gitopsd::journal::Event;
 use serde_json::Value;
 
-use crate::e2e::{Cluster, events, rollout, workspace_on};
+use crate::e2e::{Cluster, events, rollout, skipped_without_controllers, workspace_on};
 use crate::helpers::*;
+
+/// What these tests need beyond the API server (see [`skipped_without_controllers`]).
+const JOBS_AND_PODS: &str =
+    "Jobs that run and Deployments whose pods turn ready (controller manager and kubelet)";
 
 /// Namespace, ConfigMap `web-config` holding `version`, Deployment `web` (its pod template
 /// carrying the version) and Service.
@@ -83,6 +87,9 @@ fn deployed(cluster: &mut Cluster, tag: &str) -> (Workspace, String, String) {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_pre_rollout_jobs_run_in_weight_order_before_any_other_object_changes() {
+    if skipped_without_controllers(JOBS_AND_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let (workspace, namespace, _) = deployed(&mut cluster, "hook-order");
     // The lighter hook sorts last by name: weight decides.
@@ -204,6 +211,9 @@ fn e2e_pre_rollout_jobs_run_in_weight_order_before_any_other_object_changes() {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_failing_pre_rollout_job_holds_its_revision_with_nothing_else_applied() {
+    if skipped_without_controllers(JOBS_AND_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let (workspace, namespace, first) = deployed(&mut cluster, "hook-hold");
     let web = cluster.uid(Some(&namespace), "deployment/web");
@@ -261,6 +271,9 @@ fn e2e_a_failing_pre_rollout_job_holds_its_revision_with_nothing_else_applied() 
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_failing_post_promotion_job_reverts_and_the_revert_runs_only_hooks_marked_for_it() {
+    if skipped_without_controllers(JOBS_AND_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let (workspace, namespace, _) = deployed(&mut cluster, "hook-revert");
     // A healthy revision with a migration and a cache flush that should run on a revert.
@@ -349,6 +362,9 @@ fn e2e_a_failing_post_promotion_job_reverts_and_the_revert_runs_only_hooks_marke
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_sigkill_while_a_hook_job_runs_then_a_restart_leaves_exactly_one_run() {
+    if skipped_without_controllers(JOBS_AND_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let (workspace, namespace, _) = deployed(&mut cluster, "hook-kill");
     let text = app(&namespace, "2")

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use gitopsd::journal::Event;
 
-use crate::e2e::{Cluster, events, marker_check, workspace_on};
+use crate::e2e::{
+    Cluster, READY_PODS, events, marker_check, skipped_without_controllers, workspace_on,
+};
 use crate::e2e_blue_green::{
     REPLICAS, Watches, app, assert_never_short_nor_mixed, assert_only_git_objects, blue_green,
     is_preview,
@@ -64,6 +66,9 @@ fn names_since(workspace: &Workspace, from: usize) -> Vec<String> {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_mixed_revision_rolls_out_both_ways_and_a_failure_after_the_switch_reverts_both() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("mixed");
     let marker = std::env::temp_dir().join(format!("{namespace}.unhealthy"));
@@ -190,6 +195,9 @@ fn e2e_a_mixed_revision_rolls_out_both_ways_and_a_failure_after_the_switch_rever
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_failure_after_the_blue_green_scale_down_restores_the_old_pods_before_switching_back() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("bg-late");
     let marker = std::env::temp_dir().join(format!("{namespace}.unhealthy"));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::e2e::{Cluster, rollout, workspace_on};
+use crate::e2e::{Cluster, READY_PODS, rollout, skipped_without_controllers, workspace_on};
 use crate::e2e_rollout::{commit_web, web_yaml};
 use crate::helpers::*;
 use crate::pages::{
@@ -34,6 +34,9 @@ fn weight_shown(text: &str) -> Option<u8> {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_the_pages_show_a_kubernetes_canary_with_the_clusters_replicas() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("pages");
     let workspace = workspace_on(

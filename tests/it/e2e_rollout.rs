@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use gitopsd::journal::Event;
 use serde_json::Value;
 
-use crate::e2e::{Cluster, events, rollout, workspace_on};
+use crate::e2e::{Cluster, READY_PODS, events, rollout, skipped_without_controllers, workspace_on};
 use crate::helpers::*;
 
 const TOKEN: &str = "e2e-token";
@@ -53,6 +53,9 @@ pub(crate) fn failure_cause(workspace: &Workspace) -> Option<String> {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_broken_canary_pods_fail_the_step_at_once_and_name_the_reason() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("broken");
     let timeout = Duration::from_secs(120);
@@ -128,6 +131,9 @@ fn count(workspace: &Workspace, event: &str) -> usize {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_an_invalid_object_holds_the_revision_and_retry_rolls_it_out_again() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("invalid");
     let workspace = workspace_on(&cluster, &namespace, &rollout("[100]"));
@@ -378,6 +384,9 @@ impl Drop for SlowStarts {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_ready_pods_behind_the_service_never_drop_during_a_canary_and_its_promotion() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     for (tag, replicas, floor) in [("capacity", Some(4), 3), ("surge", None, 1)] {
         let namespace = cluster.namespace(tag);
@@ -509,6 +518,11 @@ impl Drop for OwnLab {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_an_api_server_outage_during_a_step_blocks_without_holding_the_revision() {
+    if skipped_without_controllers(
+        "a k8s-lab of its own (../shared/k8s-lab's scripts) whose Deployment's pods turn ready",
+    ) {
+        return;
+    }
     // Only the lab scripts of the shared cluster's kind are needed: this test runs its own.
     let lab = OwnLab::start();
     let namespace = format!("gitopsd-e2e-{}-outage", std::process::id());
@@ -584,6 +598,9 @@ fn e2e_an_api_server_outage_during_a_step_blocks_without_holding_the_revision() 
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_sigkill_at_each_journal_point_of_a_rollout_resumes_it() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("resume");
     let workspace = workspace_on(
@@ -723,6 +740,11 @@ fn ordinals_on(pods: &BTreeMap<String, String>, revision: &str) -> Vec<u32> {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_statefulset_canaries_by_partition_and_a_failed_check_reverts_every_pod() {
+    if skipped_without_controllers(
+        "a StatefulSet whose pods turn ready (controller manager and kubelet)",
+    ) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("sts");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -813,6 +835,9 @@ fn e2e_a_statefulset_canaries_by_partition_and_a_failed_check_reverts_every_pod(
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_validate_server_catches_what_only_the_api_server_knows() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("validate");
     let workspace = workspace_on(&cluster, &namespace, "");
@@ -902,6 +927,9 @@ fn tracks(cluster: &Cluster, namespace: &str) -> BTreeMap<String, String> {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_pods_carry_their_track_and_an_upgrade_restarts_nothing() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("track");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1053,6 +1081,10 @@ fn e2e_objects_outside_what_an_environment_may_touch_are_refused_before_anything
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_daemonset_whose_new_pods_crash_fails_at_once() {
+    if skipped_without_controllers("a DaemonSet whose pods start (controller manager and kubelet)")
+    {
+        return;
+    }
     let mut cluster = Cluster::new();
     let namespace = cluster.namespace("daemonset");
     let workspace = workspace_on(
@@ -1093,6 +1125,9 @@ fn e2e_a_daemonset_whose_new_pods_crash_fails_at_once() {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_a_canary_that_starts_crashing_during_its_bake_is_not_promoted() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     // As an operator tried it: 4 replicas, steps [50, 100], a 60 s bake and no health check
     // at all; the canary's pods turn CrashLoopBackOff a few seconds into the bake.
     let mut cluster = Cluster::new();
@@ -1197,6 +1232,9 @@ fn e2e_a_canary_that_starts_crashing_during_its_bake_is_not_promoted() {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_an_object_taken_over_before_its_prune_is_left_alone() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     // The revision drops ConfigMap `extra`; while its canary bakes (deletions wait for the
     // promotion), another applyset takes `extra` over. The prune must not delete it.
     let mut cluster = Cluster::new();

@@ -707,6 +707,9 @@ fn a_failed_rendered_revision_reverts_from_the_cache_and_the_revert_commit_resto
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_kustomize_overlays_roll_out_through_a_canary_on_a_real_cluster() {
+    if crate::e2e::skipped_without_controllers(crate::e2e::READY_PODS) {
+        return;
+    }
     let mut cluster = crate::e2e::Cluster::new();
     let namespaces: Vec<String> = ["stg", "prd"]
         .iter()
