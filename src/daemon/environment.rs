@@ -365,7 +365,7 @@ pub(super) async fn environment_loop(
     } = shared;
     let name = environment.name.clone();
     let Some((mut runtime, wake, waiting)) =
-        open_registered(environment, &state, &board, &controls).await
+        Box::pin(open_registered(environment, &state, &board, &controls)).await
     else {
         return;
     };
@@ -393,15 +393,16 @@ pub(super) async fn environment_loop(
         let Some(revision) = tips.borrow_and_update().clone() else {
             continue;
         };
-        let result = runtime
-            .pass(
-                &source,
-                &revision,
-                signals.shutdown.clone(),
-                heartbeat.clone(),
-                &observers,
-            )
-            .await;
+        // Boxed: a pass's state (about 20 KB) is held only while it runs, not by every
+        // idle environment's task.
+        let result = Box::pin(runtime.pass(
+            &source,
+            &revision,
+            signals.shutdown.clone(),
+            heartbeat.clone(),
+            &observers,
+        ))
+        .await;
         heartbeat.beat();
         board.set(&name, describe(&result));
         tell_waiting(&waiting, &revision, &result);
