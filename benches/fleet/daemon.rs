@@ -166,10 +166,11 @@ impl Daemon {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
-    /// Where the resident memory is, from `/proc/<pid>/smaps`: glibc's main heap (`[heap]`),
-    /// its per-thread arenas (anonymous mappings of 64 MiB and more, the arena size), other
-    /// anonymous mappings (thread stacks, large allocations), file pages (the binary, the
-    /// libraries); and the thread count.
+    /// Where the resident memory is, from `/proc/<pid>/smaps`: the brk heap (`[heap]`, glibc's
+    /// main arena; jemalloc does not use it), anonymous mappings of 64 MiB and more (glibc's
+    /// per-thread arenas reserve that much; jemalloc maps its extents in large mappings too),
+    /// other anonymous mappings (thread stacks, large allocations), file pages (the binary,
+    /// the libraries); and the thread count.
     pub fn memory_split(&self) -> String {
         let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid()))
             .expect("the daemon's /proc smaps");
@@ -211,7 +212,7 @@ impl Daemon {
             .unwrap_or_default();
         let mib = |kib: u64| kib as f64 / 1024.0;
         format!(
-            "[heap] {:.0} MiB, arenas {:.0} MiB, other anonymous {:.0} MiB, file {:.0} MiB; {threads} threads",
+            "[heap] {:.0} MiB, anonymous mappings of 64 MiB or more {:.0} MiB, other anonymous {:.0} MiB, file {:.0} MiB; {threads} threads",
             mib(heap),
             mib(arenas),
             mib(other_anon),

@@ -404,7 +404,8 @@ pub(super) async fn environment_loop(
         board, observers, ..
     } = &shared;
     let lease = shared.lease.clone();
-    let Some((mut runtime, wake, waiting)) = open_under_lease(environment, &state, &shared).await
+    let Some((mut runtime, wake, waiting)) =
+        Box::pin(open_under_lease(environment, &state, &shared)).await
     else {
         return;
     };
@@ -443,15 +444,16 @@ pub(super) async fn environment_loop(
         if let Some(lease) = &lease {
             lease.set_busy(true);
         }
-        let result = runtime
-            .pass(
-                &source,
-                &revision,
-                signals.shutdown.clone(),
-                heartbeat.clone(),
-                observers,
-            )
-            .await;
+        // Boxed: a pass's state (about 20 KB) is held only while it runs, not by every
+        // idle environment's task.
+        let result = Box::pin(runtime.pass(
+            &source,
+            &revision,
+            signals.shutdown.clone(),
+            heartbeat.clone(),
+            observers,
+        ))
+        .await;
         heartbeat.beat();
         if let Some(lease) = &lease {
             match after_pass_under_lease(lease, &result).await {

@@ -250,9 +250,10 @@ fn e2e_ha_two_daemons_split_six_environments_each_held_by_exactly_one() {
     for name in names {
         let holder = pair.holders(name)[0];
         assert!(
-            wait_for(Duration::from_secs(60), || pair.status(holder)[name]
-                ["last_healthy"]
-                == tip.as_str()),
+            wait_for(
+                Duration::from_secs(60),
+                || pair.status(holder)[name]["last_healthy"] == tip.as_str()
+            ),
             "{name}: its holder {holder} does not have it healthy: {}",
             pair.status(holder)[name]
         );

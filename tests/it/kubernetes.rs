@@ -642,8 +642,8 @@ fn environments_on_one_cluster_share_one_window_of_requests() {
         "every ConfigMap and both applyset parents"
     );
     assert!(
-        server.peak_in_flight() <= 5,
-        "one window of 4 for the cluster (and a discovery request): peak {}",
+        server.peak_in_flight() <= 4,
+        "one window of 4 for the cluster, discovery included: peak {}",
         server.peak_in_flight()
     );
 }

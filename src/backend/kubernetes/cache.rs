@@ -2,26 +2,27 @@
 //! environment that targets it, with one watch per API type some environment owns (only
 //! gitopsd's members, by the `applyset.kubernetes.io/part-of` label; per namespace for
 //! environments limited to named namespaces), one of the ApplySet parents, and one of the pods
-//! of each workload in flight. kube-runtime's watcher owns lists, resumes and bookmarks; a
-//! watch that fails (410 Gone, the server gone) lists again after a backoff, and a store is
-//! `syncing` from the failure until that list is complete.
+//! of each workload in flight. kube-runtime's watcher owns lists, resumes and bookmarks; each
+//! watch keeps its objects as compact JSON in a store of its own (`store.rs`). A watch that
+//! fails (410 Gone, the server gone) lists again after a backoff, and a store is `syncing`
+//! from the failure until that list is complete.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::core::ApiResource;
-use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
 
 use super::ClientKey;
 use super::drift::{DriftWatch, Wakers};
 use super::parent::LEGACY_FIELD_MANAGER;
+use super::store::{self, ObjectStore};
 use crate::labels::{LABEL_ID, LABEL_PART_OF};
 
 /// Objects per page of a watch's (re)list, as for the paged LISTs.
@@ -83,81 +84,13 @@ impl WatchState {
     }
 }
 
-/// An object's place in its store: namespace (none when cluster-scoped) and name.
-type Key = (Option<String>, String);
-
-/// The stored objects of each ApplySet, by the id in their `part-of` label, so that a pass
-/// reads its environment's members without looking at every object of the type (the stores
-/// hold every environment's): a no-op round of 1,000 environments otherwise costs
-/// 1,000 × the store. Follows the store through the watch's events, a (re)list included.
-#[derive(Debug, Default)]
-struct MemberIndex {
-    by_id: HashMap<String, BTreeSet<Key>>,
-    ids: HashMap<Key, String>,
-    /// Built during a (re)list; replaces the rest when it completes, as the store's buffer does.
-    listing: Option<Box<MemberIndex>>,
-}
-
-fn index_key(object: &DynamicObject) -> Key {
-    (object.metadata.namespace.clone(), object.name_any())
-}
-
-impl MemberIndex {
-    fn insert(&mut self, object: &DynamicObject) {
-        let key = index_key(object);
-        self.remove(&key);
-        if let Some(id) = object.labels().get(LABEL_PART_OF) {
-            self.by_id
-                .entry(id.clone())
-                .or_default()
-                .insert(key.clone());
-            self.ids.insert(key, id.clone());
-        }
-    }
-
-    fn remove(&mut self, key: &Key) {
-        if let Some(id) = self.ids.remove(key)
-            && let Some(keys) = self.by_id.get_mut(&id)
-        {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.by_id.remove(&id);
-            }
-        }
-    }
-
-    fn apply(&mut self, event: &watcher::Event<DynamicObject>) {
-        match event {
-            watcher::Event::Apply(object) => self.insert(object),
-            watcher::Event::Delete(object) => self.remove(&index_key(object)),
-            watcher::Event::Init => self.listing = Some(Box::default()),
-            watcher::Event::InitApply(object) => {
-                self.listing.get_or_insert_with(Box::default).insert(object)
-            }
-            watcher::Event::InitDone => {
-                let listed = self.listing.take().unwrap_or_default();
-                self.by_id = listed.by_id;
-                self.ids = listed.ids;
-            }
-        }
-    }
-
-    fn members(&self, id: &str) -> Vec<Key> {
-        self.by_id
-            .get(id)
-            .map(|keys| keys.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-}
-
 /// One type's watch, running while anything holds it.
 pub(super) struct TypeWatch {
     name: String,
     resource: ApiResource,
     /// The namespace watched; `None` for every namespace.
     namespace: Option<String>,
-    store: Store<DynamicObject>,
-    index: Arc<RwLock<MemberIndex>>,
+    store: Arc<RwLock<ObjectStore>>,
     state: watch::Receiver<WatchState>,
     task: tokio::task::AbortHandle,
 }
@@ -181,7 +114,11 @@ impl TypeWatch {
 
     /// Objects the store holds.
     pub(super) fn objects(&self) -> usize {
-        self.store.len()
+        self.read().len()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ObjectStore> {
+        self.store.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits up to `wait` for the store to be synced; whether it is.
@@ -193,56 +130,22 @@ impl TypeWatch {
         )
     }
 
-    /// The stored members of the ApplySet `id`, in key order.
-    fn stored_members(&self, id: &str) -> Vec<Arc<DynamicObject>> {
-        let keys = self
-            .index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .members(id);
-        keys.into_iter()
-            .filter_map(|(namespace, name)| self.store.get(&self.object_ref(namespace, &name)))
-            // The index and the store follow the same events, one after the other.
-            .filter(|object| object.labels().get(LABEL_PART_OF).map(String::as_str) == Some(id))
-            .collect()
-    }
-
-    fn object_ref(&self, namespace: Option<String>, name: &str) -> ObjectRef<DynamicObject> {
-        let key = ObjectRef::new_with(name, self.resource.clone());
-        match namespace {
-            Some(namespace) => key.within(&namespace),
-            None => key,
-        }
-    }
-
-    /// The stored members of the ApplySet `id`, as JSON bodies.
+    /// The stored members of the ApplySet `id`, as JSON bodies in key order.
     pub(super) fn members(&self, id: &str) -> Result<Vec<Value>, serde_json::Error> {
-        self.stored_members(id)
-            .iter()
-            .map(|object| serde_json::to_value(&**object))
-            .collect()
+        let bodies = self.read().members(id);
+        bodies.iter().map(|body| store::parse(body)).collect()
     }
 
     /// Namespace, name and resourceVersion of each stored member of the ApplySet `id`, in
     /// key order: any write to a member (its status included) changes them.
     pub(super) fn member_versions(&self, id: &str) -> Vec<(Option<String>, String, String)> {
-        self.stored_members(id)
-            .iter()
-            .map(|object| {
-                (
-                    object.metadata.namespace.clone(),
-                    object.name_any(),
-                    object.resource_version().unwrap_or_default(),
-                )
-            })
-            .collect()
+        self.read().member_versions(id)
     }
 
     /// The resourceVersion of one stored object, if the store holds it.
     pub(super) fn version_of(&self, namespace: Option<&str>, name: &str) -> Option<String> {
-        self.store
-            .get(&self.object_ref(namespace.map(str::to_string), name))
-            .map(|object| object.resource_version().unwrap_or_default())
+        self.read()
+            .version_of(&(namespace.map(str::to_string), name.to_string()))
     }
 
     /// One stored object, as a JSON body (`namespace` `None` for a cluster-scoped one).
@@ -251,19 +154,16 @@ impl TypeWatch {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Option<Value>, serde_json::Error> {
-        self.store
-            .get(&self.object_ref(namespace.map(str::to_string), name))
-            .map(|object| serde_json::to_value(&*object))
-            .transpose()
+        let body = self
+            .read()
+            .body(&(namespace.map(str::to_string), name.to_string()));
+        body.map(|body| store::parse(&body)).transpose()
     }
 
     /// Every stored object, as JSON bodies.
     pub(super) fn all(&self) -> Result<Vec<Value>, serde_json::Error> {
-        self.store
-            .state()
-            .iter()
-            .map(|object| serde_json::to_value(&**object))
-            .collect()
+        let bodies = self.read().bodies();
+        bodies.iter().map(|body| store::parse(body)).collect()
     }
 
     /// Whether the store holds objects of `group`/`kind` in `namespace`.
@@ -422,22 +322,22 @@ impl ClusterCache {
         let config = watcher::Config::default()
             .labels(selector)
             .page_size(WATCH_PAGE);
-        let writer = Writer::new(resource.clone());
-        let store = writer.as_reader();
-        let index = Arc::new(RwLock::new(MemberIndex::default()));
+        let store = Arc::new(RwLock::new(ObjectStore::default()));
         let (sender, state) = watch::channel(WatchState::default());
         let drift = drift.then(|| DriftWatch::new(self.wakers.clone()));
-        let stores = Stores {
-            writer,
-            index: index.clone(),
-        };
-        let task = tokio::spawn(keep(api, config, stores, sender, name.clone(), drift));
+        let task = tokio::spawn(keep(
+            api,
+            config,
+            store.clone(),
+            sender,
+            name.clone(),
+            drift,
+        ));
         let started = Arc::new(TypeWatch {
             name,
             resource: resource.clone(),
             namespace: namespace.map(str::to_string),
             store,
-            index,
             state,
             task: task.abort_handle(),
         });
@@ -456,23 +356,16 @@ impl Drop for Series {
     }
 }
 
-/// What a type's watch keeps up to date: the store and its index by ApplySet.
-struct Stores {
-    writer: Writer<DynamicObject>,
-    index: Arc<RwLock<MemberIndex>>,
-}
-
-/// Keeps the store and its index up to date from the watch, and `state` with them.
+/// Keeps the store up to date from the watch, and `state` with it.
 async fn keep(
     api: Api<DynamicObject>,
     config: watcher::Config,
-    stores: Stores,
+    store: Arc<RwLock<ObjectStore>>,
     state: watch::Sender<WatchState>,
     name: String,
     mut drift: Option<DriftWatch>,
 ) {
     let series = Series(name);
-    let Stores { mut writer, index } = stores;
     let metrics = crate::metrics::kube();
     let mut backoff = WATCH_BACKOFF_FIRST;
     loop {
@@ -505,11 +398,21 @@ async fn keep(
                     metrics.watch_restarted(&series.0);
                 }
             }
-            index
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .apply(&event);
-            writer.apply_watcher_event(&event);
+            let stored = {
+                let mut store = store.write().unwrap_or_else(|p| p.into_inner());
+                store.apply(&event).map(|()| store.len())
+            };
+            let stored = match stored {
+                Ok(stored) => stored,
+                Err(error) => {
+                    // The store may miss an object: as for a broken watch, list again.
+                    tracing::warn!(r#type = %series.0, %error, "an object could not be stored; the store is syncing until a relist after a backoff");
+                    state.send_modify(|state| {
+                        state.after(Phase::Broken);
+                    });
+                    break;
+                }
+            };
             if phase == Phase::Listed {
                 backoff = WATCH_BACKOFF_FIRST;
                 state.send_modify(|state| {
@@ -517,7 +420,7 @@ async fn keep(
                 });
             }
             if phase != Phase::Listing {
-                metrics.cache_objects(&series.0, writer.as_reader().len());
+                metrics.cache_objects(&series.0, stored);
             }
             if let Some((applyset, waker)) = woken {
                 tracing::info!(r#type = %series.0, %applyset, "another writer changed a member; its environment passes now");
@@ -632,62 +535,6 @@ mod tests {
         .expect("an object");
         strip_last_applied(&mut only);
         assert_eq!(only.metadata.annotations, None);
-    }
-
-    fn member(namespace: Option<&str>, name: &str, id: Option<&str>) -> DynamicObject {
-        let mut metadata = serde_json::json!({"name": name});
-        if let Some(namespace) = namespace {
-            metadata["namespace"] = namespace.into();
-        }
-        if let Some(id) = id {
-            metadata["labels"] = serde_json::json!({ LABEL_PART_OF: id });
-        }
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata
-        }))
-        .expect("an object")
-    }
-
-    fn names(index: &MemberIndex, id: &str) -> Vec<String> {
-        index
-            .members(id)
-            .into_iter()
-            .map(|(namespace, name)| format!("{}/{name}", namespace.unwrap_or_default()))
-            .collect()
-    }
-
-    #[test]
-    fn the_member_index_follows_the_watch_events() {
-        use watcher::Event;
-        let mut index = MemberIndex::default();
-        index.apply(&Event::Init);
-        index.apply(&Event::InitApply(member(Some("a"), "x", Some("one"))));
-        index.apply(&Event::InitApply(member(Some("b"), "x", Some("two"))));
-        index.apply(&Event::InitApply(member(None, "ns", Some("one"))));
-        index.apply(&Event::InitApply(member(Some("a"), "free", None)));
-        assert!(
-            names(&index, "one").is_empty(),
-            "a list under way is not read"
-        );
-        index.apply(&Event::InitDone);
-        assert_eq!(names(&index, "one"), ["/ns", "a/x"]);
-        assert_eq!(names(&index, "two"), ["b/x"]);
-        // Taken over by another applyset: it moves.
-        index.apply(&Event::Apply(member(Some("a"), "x", Some("two"))));
-        assert_eq!(names(&index, "one"), ["/ns"]);
-        assert_eq!(names(&index, "two"), ["a/x", "b/x"]);
-        // Its label removed: no one's member.
-        index.apply(&Event::Apply(member(Some("b"), "x", None)));
-        assert_eq!(names(&index, "two"), ["a/x"]);
-        index.apply(&Event::Delete(member(Some("a"), "x", Some("two"))));
-        assert!(names(&index, "two").is_empty());
-        // A relist replaces everything once it completes: what went meanwhile is gone.
-        index.apply(&Event::Init);
-        index.apply(&Event::InitApply(member(Some("c"), "y", Some("two"))));
-        assert_eq!(names(&index, "one"), ["/ns"], "the old state until then");
-        index.apply(&Event::InitDone);
-        assert!(names(&index, "one").is_empty());
-        assert_eq!(names(&index, "two"), ["c/y"]);
     }
 
     #[test]

@@ -199,6 +199,24 @@ impl KubernetesTarget {
         tokio::time::sleep_until(start).await;
     }
 
+    /// Runs one request within the adaptive limit of requests in flight, once, with its
+    /// error as kube gives it (discovery, which tells an unserved type from an unreachable
+    /// server). Without the limit, a thousand environments starting at once each opened
+    /// connections of their own for discovery, and the client's pool kept them all.
+    pub(super) async fn within_limit<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, kube::Error> {
+        // The semaphore is never closed; without a slot the request goes anyway.
+        let slot = self.requests.acquire().await.ok();
+        self.pace().await;
+        let answer = request.await;
+        if let (Some(slot), Ok(_)) = (&slot, &answer) {
+            slot.succeeded();
+        }
+        answer
+    }
+
     /// Runs `request` within the adaptive limit of requests in flight, retrying transient
     /// failures with backoff; a 429 also lowers the limit.
     pub(super) async fn call<T, F, Fut>(&self, mut request: F) -> Result<T, Failure>

@@ -17,6 +17,7 @@ mod namespace;
 mod parent;
 mod ready;
 mod resolve;
+mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

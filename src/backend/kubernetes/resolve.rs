@@ -70,7 +70,7 @@ impl KubernetesTarget {
         let tries = if patient { DISCOVERY_RETRIES } else { 1 };
         let mut last = String::new();
         for attempt in 1..=tries {
-            match pinned_kind(&self.client, &gvk).await {
+            match self.within_limit(pinned_kind(&self.client, &gvk)).await {
                 Ok((resource, capabilities)) => {
                     let resolved = Resolved {
                         resource,
@@ -153,7 +153,10 @@ impl KubernetesTarget {
         if let Some(kind) = known {
             return Ok(kind);
         }
-        let group = match oneshot::group(&self.client, &group_kind.group).await {
+        let group = match self
+            .within_limit(oneshot::group(&self.client, &group_kind.group))
+            .await
+        {
             Ok(group) => group,
             Err(error) => {
                 let failure = describe(&error);
