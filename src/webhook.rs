@@ -30,7 +30,7 @@ pub struct WebhookConfig {
 }
 
 /// One notification, as posted.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Notification {
     /// `rollout_started`, `step_passed`, `promoted`, `failed`, `reverted`, `blocked`, the
     /// blue/green phases, the hook events, or `acquired` (`[ha]`).
@@ -78,17 +78,8 @@ impl Notification {
             environment: environment.to_string(),
             revision: revision.0.clone(),
             time,
-            step: None,
-            weight: None,
-            reason: None,
-            cause: None,
-            to: None,
-            hook: None,
-            when: None,
-            duration_ms: None,
-            holder: None,
-            from: None,
             text: format!("gitopsd {environment}: {text}"),
+            ..Notification::default()
         };
         match event {
             Event::RolloutStarted {
@@ -149,19 +140,26 @@ impl Notification {
             Event::HookStarted { .. } | Event::HookSucceeded { .. } | Event::HookFailed { .. } => {
                 hook_notification(event, short, base)
             }
-            Event::Acquired { holder, from, .. } => Some(Notification {
-                holder: Some(holder.clone()),
-                from: from.clone(),
-                ..base(
-                    "acquired",
-                    format!(
-                        "now acted for by {holder} (from {})",
-                        from.as_deref().unwrap_or("a released or new Lease")
-                    ),
-                )
-            }),
+            Event::Acquired { holder, from, .. } => Some(handover_notification(holder, from, base)),
             _ => None,
         }
+    }
+}
+
+/// `[ha]`: the notification that another daemon acts for the environment now.
+fn handover_notification(
+    holder: &str,
+    from: &Option<String>,
+    base: impl Fn(&str, String) -> Notification,
+) -> Notification {
+    let before = from.as_deref().unwrap_or("a released or new Lease");
+    Notification {
+        holder: Some(holder.to_string()),
+        from: from.clone(),
+        ..base(
+            "acquired",
+            format!("now acted for by {holder} (from {before})"),
+        )
     }
 }
 

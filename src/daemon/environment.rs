@@ -43,6 +43,8 @@ pub(super) struct EnvironmentRuntime {
     /// `[ha]`: the Lease of the environment an `after` gate waits for, whose history is on
     /// the cluster while another daemon holds it.
     upstream_lease: Option<Arc<EnvironmentLease>>,
+    /// `[ha]`: the environment's own Lease.
+    lease: Option<Arc<EnvironmentLease>>,
 }
 
 /// A pass found the target at `revision` with nothing to change: while the branch tip, the
@@ -85,6 +87,7 @@ impl EnvironmentRuntime {
             prober,
             quiet: None,
             upstream_lease: None,
+            lease: None,
         })
     }
 
@@ -116,6 +119,9 @@ impl EnvironmentRuntime {
         observers: &Observers,
     ) -> Result<Outcome, ReconcileError> {
         let started = std::time::Instant::now();
+        if let Some(lease) = &self.lease {
+            lease.set_busy(true);
+        }
         let seen = self.seen(tip).await;
         if seen.is_some() && seen == self.quiet {
             tracing::debug!(revision = %tip.short(), "branch tip, journal and target unchanged; nothing to do");
@@ -167,20 +173,33 @@ impl EnvironmentRuntime {
         result
     }
 
-    /// `[ha]`: journals taking the Lease (adopting the cluster's history) and the requests
-    /// forwarded to this daemon; true when it took the Lease just now, so that it passes at
-    /// once (a rollout in flight goes on from its step) without skipping as quiet.
-    fn take_over(
+    /// `[ha]`, before each turn: on standby while another daemon holds the environment;
+    /// else journals taking the Lease (adopting the cluster's history) and the requests
+    /// forwarded to this daemon. `taken`: it took the Lease just now, so it passes at once (a
+    /// rollout in flight goes on from its step) without skipping as quiet.
+    async fn lease_turn(
         &mut self,
-        lease: &EnvironmentLease,
         tip: Option<Revision>,
-        notifier: &Notifier,
-    ) -> bool {
-        let taken = ha::take_over(lease, &self.journal, tip, notifier);
+        board: &StatusBoard,
+        signals: &mut EnvironmentSignals,
+        heartbeat: &Heartbeat,
+        observers: &Observers,
+    ) -> LeaseTurn {
+        let Some(lease) = self.lease.clone() else {
+            return LeaseTurn::Act { taken: false };
+        };
+        if !lease.is_held() {
+            board.set(&self.config.name, ha::standby_line(&lease));
+            if !stand_by(&lease, signals, heartbeat).await {
+                return LeaseTurn::Stop;
+            }
+            return LeaseTurn::StandBy;
+        }
+        let taken = ha::take_over(&lease, &self.journal, tip, &observers.notifier);
         if taken {
             self.quiet = None;
         }
-        taken
+        LeaseTurn::Act { taken }
     }
 
     /// The tip, journal and target as this pass finds them; `None` where the target has no
@@ -400,10 +419,7 @@ pub(super) async fn environment_loop(
     shared: Shared,
 ) {
     let name = environment.name.clone();
-    let Shared {
-        board, observers, ..
-    } = &shared;
-    let lease = shared.lease.clone();
+    let (board, observers, lease) = (&shared.board, &shared.observers, &shared.lease);
     let Some((mut runtime, wake, waiting)) =
         Box::pin(open_under_lease(environment, &state, &shared)).await
     else {
@@ -415,15 +431,14 @@ pub(super) async fn environment_loop(
     // minutes away.
     let mut retry_now = false;
     loop {
-        if let Some(lease) = &lease {
-            if !lease.is_held() {
-                board.set(&name, ha::standby_line(lease));
-                if !stand_by(lease, &mut signals, &heartbeat).await {
-                    break;
-                }
-                continue;
-            }
-            retry_now |= runtime.take_over(lease, tips.borrow().clone(), &observers.notifier);
+        let tip = tips.borrow().clone();
+        match runtime
+            .lease_turn(tip, board, &mut signals, &heartbeat, observers)
+            .await
+        {
+            LeaseTurn::Stop => break,
+            LeaseTurn::StandBy => continue,
+            LeaseTurn::Act { taken } => retry_now |= taken,
         }
         if !std::mem::take(&mut retry_now) {
             let woken = Wakers {
@@ -441,11 +456,7 @@ pub(super) async fn environment_loop(
         let Some(revision) = tips.borrow_and_update().clone() else {
             continue;
         };
-        if let Some(lease) = &lease {
-            lease.set_busy(true);
-        }
-        // Boxed: a pass's state (about 20 KB) is held only while it runs, not by every
-        // idle environment's task.
+        // Boxed: a pass's state (~20 KB) is held only while it runs, not by idle tasks.
         let result = Box::pin(runtime.pass(
             &source,
             &revision,
@@ -455,14 +466,12 @@ pub(super) async fn environment_loop(
         ))
         .await;
         heartbeat.beat();
-        if let Some(lease) = &lease {
-            match after_pass_under_lease(lease, &result).await {
-                AfterPass::Done => {}
-                AfterPass::StandBy => continue,
-                AfterPass::PassAgain => {
-                    retry_now = true;
-                    continue;
-                }
+        match after_pass_under_lease(lease.as_deref(), &result).await {
+            AfterPass::Done => {}
+            AfterPass::StandBy => continue,
+            AfterPass::PassAgain => {
+                retry_now = true;
+                continue;
             }
         }
         board.set(&name, describe(&result));
@@ -542,6 +551,17 @@ async fn stand_by(
     true
 }
 
+/// Where a turn of the environment's task stands under `[ha]`.
+enum LeaseTurn {
+    Stop,
+    /// Another daemon holds it: look again.
+    StandBy,
+    /// This daemon holds it (`taken`: just now).
+    Act {
+        taken: bool,
+    },
+}
+
 /// What the task does after a pass under `[ha]`.
 enum AfterPass {
     /// Report it and wait as usual.
@@ -554,9 +574,12 @@ enum AfterPass {
 }
 
 async fn after_pass_under_lease(
-    lease: &EnvironmentLease,
+    lease: Option<&EnvironmentLease>,
     result: &Result<Outcome, ReconcileError>,
 ) -> AfterPass {
+    let Some(lease) = lease else {
+        return AfterPass::Done;
+    };
     lease.set_busy(false);
     if !lease.is_held() {
         tracing::warn!(error = ?result.as_ref().err().map(ToString::to_string), "[ha]: the Lease ran out or went to another daemon; standing by");
@@ -596,6 +619,7 @@ async fn open_under_lease(
         lease.attach(runtime.journal.clone());
     }
     runtime.upstream_lease = shared.upstream_lease.clone();
+    runtime.lease = lease;
     Some((runtime, wake, waiting))
 }
 

@@ -453,31 +453,9 @@ impl<T: Target> EnvironmentRun<'_, T> {
                 revision: revision.clone(),
             });
         }
-        if resume.is_none()
-            && let Some(failure) = self
-                .fx
-                .run_hooks(
-                    &hook_set.ordered(When::PreRollout),
-                    &hook_set.run(revision, previous.as_ref()),
-                )
-                .await?
-        {
-            // Nothing of the revision was applied: there is nothing to revert; it is held.
-            let reason = format!(
-                "pre-rollout hook {} failed: {}",
-                failure.hook, failure.message
-            );
-            driver::journal_failure(
-                &mut self.fx,
-                revision,
-                &reason,
-                crate::rollout::cause::HOOK_FAILED,
-            )
-            .await?;
-            return Err(ReconcileError::HookFailed {
-                revision: revision.clone(),
-                reason,
-            });
+        if resume.is_none() {
+            self.pre_rollout_hooks(revision, previous.as_ref(), &hook_set)
+                .await?;
         }
         let spec = canary::split(&plan, &desired, &live, &before.0);
         let strategies = match resume {
@@ -512,6 +490,41 @@ impl<T: Target> EnvironmentRun<'_, T> {
             None => Driver::begin(&mut self.fx, input).await?.run().await?,
         };
         self.ended(revision, previous, ending).await
+    }
+
+    /// The pre-rollout hooks of a rollout that starts; one that fails holds the revision
+    /// before anything of it was applied (there is nothing to revert).
+    async fn pre_rollout_hooks(
+        &mut self,
+        revision: &Revision,
+        previous: Option<&Revision>,
+        hook_set: &HookSet,
+    ) -> Result<(), ReconcileError> {
+        let Some(failure) = self
+            .fx
+            .run_hooks(
+                &hook_set.ordered(When::PreRollout),
+                &hook_set.run(revision, previous),
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        let reason = format!(
+            "pre-rollout hook {} failed: {}",
+            failure.hook, failure.message
+        );
+        driver::journal_failure(
+            &mut self.fx,
+            revision,
+            &reason,
+            crate::rollout::cause::HOOK_FAILED,
+        )
+        .await?;
+        Err(ReconcileError::HookFailed {
+            revision: revision.clone(),
+            reason,
+        })
     }
 
     /// What a rollout's ending leads to: a failed or blocked one is reverted.

@@ -11,7 +11,7 @@ use gitopsd::journal::{Event, Record};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::e2e::{Cluster, marker_check};
+use crate::e2e::{Cluster, READY_PODS, marker_check, skipped_without_controllers};
 use crate::e2e_rollout::{ReadyWatch, web_yaml};
 use crate::helpers::*;
 
@@ -291,6 +291,9 @@ fn step_started(records: &[Record], revision: &str) -> Vec<usize> {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_ha_a_holder_killed_in_step_two_is_succeeded_at_step_two_with_capacity_kept() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let rollout = "[environment.rollout]\nsteps = [25, 50, 100]\nbake = \"10s\"\nverify = \"2s\"\ntimeout = \"3m\"\n";
     let mut pair = Pair::new(&mut cluster, "kill", &["web"], rollout);
@@ -412,6 +415,9 @@ fn versions(cluster: &Cluster, namespace: &str) -> BTreeMap<String, String> {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_ha_a_paused_holder_writes_nothing_after_another_took_over() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let rollout = "[environment.rollout]\nsteps = [50, 100]\nbake = \"30s\"\nverify = \"2s\"\ntimeout = \"3m\"\n";
     let mut pair = Pair::new(&mut cluster, "stop", &["web"], rollout);
@@ -485,6 +491,9 @@ fn e2e_ha_a_paused_holder_writes_nothing_after_another_took_over() {
 #[test]
 #[ignore = "needs a real cluster: set GITOPSD_E2E_KUBECONFIG"]
 fn e2e_ha_a_held_revision_stays_held_after_failover_and_a_retry_on_either_clears_it() {
+    if skipped_without_controllers(READY_PODS) {
+        return;
+    }
     let mut cluster = Cluster::new();
     let marker = tempfile::NamedTempFile::new().expect("marker");
     let extra = format!(
