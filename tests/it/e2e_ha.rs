@@ -144,6 +144,33 @@ impl Pair {
         }
     }
 
+    /// Starts both daemons and waits until one holds `environment` with `revision` healthy;
+    /// answers the holder and the other.
+    fn start_both_until_healthy(
+        &mut self,
+        environment: &str,
+        revision: &str,
+    ) -> (&'static str, &'static str) {
+        self.start("a");
+        self.start("b");
+        let mut holder = "a";
+        let healthy = wait_for(Duration::from_secs(120), || {
+            let holders = self.holders(environment);
+            holders.len() == 1 && {
+                holder = holders[0];
+                self.status(holder)
+                    .get(environment)
+                    .is_some_and(|row| row["last_healthy"] == revision)
+            }
+        });
+        assert!(
+            healthy,
+            "{revision} never rolled out:\n{}",
+            self.log(holder)
+        );
+        (holder, if holder == "a" { "b" } else { "a" })
+    }
+
     /// `/status` of daemon `who`, by environment.
     fn status(&self, who: &str) -> BTreeMap<String, Value> {
         let Some((200, body)) = http_request(self.address(who), "GET", "/status", &[], "") else {
@@ -250,12 +277,14 @@ fn e2e_ha_two_daemons_split_six_environments_each_held_by_exactly_one() {
     for name in names {
         let holder = pair.holders(name)[0];
         assert!(
-            wait_for(
-                Duration::from_secs(60),
-                || pair.status(holder)[name]["last_healthy"] == tip.as_str()
-            ),
-            "{name}: its holder {holder} does not have it healthy: {}",
-            pair.status(holder)[name]
+            wait_for(Duration::from_secs(60), || {
+                let status = pair.status(holder);
+                status
+                    .get(name)
+                    .is_some_and(|row| row["last_healthy"] == tip.as_str())
+            }),
+            "{name}: its holder {holder} does not have it healthy: {:?}",
+            pair.status(holder).get(name)
         );
         assert!(
             cluster
@@ -299,20 +328,7 @@ fn e2e_ha_a_holder_killed_in_step_two_is_succeeded_at_step_two_with_capacity_kep
     let mut pair = Pair::new(&mut cluster, "kill", &["web"], rollout);
     let namespace = pair.namespaces["web"].clone();
     let v1 = commit_web(&pair, "web", "1");
-    pair.start("a");
-    pair.start("b");
-    let mut holder = "a";
-    assert!(
-        wait_for(Duration::from_secs(120), || {
-            let holders = pair.holders("web");
-            holders.len() == 1 && {
-                holder = holders[0];
-                healthy_at(&pair.journal(holder, "web"), &v1)
-            }
-        }),
-        "v1 never rolled out"
-    );
-    let successor = if holder == "a" { "b" } else { "a" };
+    let (holder, successor) = pair.start_both_until_healthy("web", &v1);
     let watch = ReadyWatch::start(&cluster, &namespace);
     watch.arm_at(4);
     let v2 = commit_web(&pair, "web", "2");
@@ -423,20 +439,7 @@ fn e2e_ha_a_paused_holder_writes_nothing_after_another_took_over() {
     let mut pair = Pair::new(&mut cluster, "stop", &["web"], rollout);
     let namespace = pair.namespaces["web"].clone();
     let v1 = commit_web(&pair, "web", "1");
-    pair.start("a");
-    pair.start("b");
-    let mut holder = "a";
-    assert!(
-        wait_for(Duration::from_secs(120), || {
-            let holders = pair.holders("web");
-            holders.len() == 1 && {
-                holder = holders[0];
-                healthy_at(&pair.journal(holder, "web"), &v1)
-            }
-        }),
-        "v1 never rolled out"
-    );
-    let successor = if holder == "a" { "b" } else { "a" };
+    let (holder, successor) = pair.start_both_until_healthy("web", &v1);
     let v2 = commit_web(&pair, "web", "2");
     // Stopped in its 30 s bake of step 1: it wakes wanting to pass the step and write step 2.
     assert!(
@@ -503,20 +506,7 @@ fn e2e_ha_a_held_revision_stays_held_after_failover_and_a_retry_on_either_clears
     let mut pair = Pair::new(&mut cluster, "held", &["web"], &extra);
     let v1 = commit_web(&pair, "web", "1");
     std::fs::remove_file(marker.path()).expect("healthy while v1 rolls out");
-    pair.start("a");
-    pair.start("b");
-    let mut holder = "a";
-    assert!(
-        wait_for(Duration::from_secs(120), || {
-            let holders = pair.holders("web");
-            holders.len() == 1 && {
-                holder = holders[0];
-                healthy_at(&pair.journal(holder, "web"), &v1)
-            }
-        }),
-        "v1 never rolled out"
-    );
-    let successor = if holder == "a" { "b" } else { "a" };
+    let (holder, successor) = pair.start_both_until_healthy("web", &v1);
     std::fs::write(marker.path(), "failing").expect("marker");
     let v2 = commit_web(&pair, "web", "2");
     let held = |pair: &Pair, who: &str| {
@@ -609,20 +599,7 @@ fn e2e_ha_sigterm_on_the_holder_hands_over_without_waiting_out_the_lease() {
         "[[webhook]]\nurl = \"http://{hook}/hook\"\ntimeout = \"2s\"\n"
     ));
     let tip = git(&pair.repo.dir, &["rev-parse", "HEAD"]);
-    pair.start("a");
-    pair.start("b");
-    let mut holder = "a";
-    assert!(
-        wait_for(Duration::from_secs(60), || {
-            let holders = pair.holders("web");
-            holders.len() == 1 && {
-                holder = holders[0];
-                healthy_at(&pair.journal(holder, "web"), &tip)
-            }
-        }),
-        "never deployed"
-    );
-    let successor = if holder == "a" { "b" } else { "a" };
+    let (holder, successor) = pair.start_both_until_healthy("web", &tip);
     pair.signal(holder, libc::SIGTERM);
     let stopped = Instant::now();
     assert!(
