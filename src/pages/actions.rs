@@ -215,7 +215,7 @@ pub(super) async fn form(pages: &PagesState, name: &str, session: Option<&Sessio
     let tip = source.branch_tip_off_thread().await.ok().flatten();
     let seq = handle.journal.next_seq();
     let records = pages.caches.records(&source, name, seq).await;
-    let history = handle.journal.with_history(crate::history::History::clone);
+    let history = handle.history();
     let waiting = handle.waiting.borrow().clone();
     let badge = super::view::badge(
         &history,

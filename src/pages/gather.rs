@@ -213,10 +213,8 @@ pub async fn snapshot(
     caches: &Caches,
     source: &GitSource,
 ) -> Snapshot {
-    let (history, seq) = (
-        handle.journal.with_history(History::clone),
-        handle.journal.next_seq(),
-    );
+    // `[ha]`: while another daemon holds the environment, the history the cluster keeps.
+    let (history, seq) = (handle.history(), handle.journal.next_seq());
     let records = caches.records(source, &name, seq).await;
     let waiting = handle.waiting.borrow().clone();
     let cache_syncing = handle
