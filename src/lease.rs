@@ -126,6 +126,27 @@ pub fn fair_share(environments: usize, live_daemons: usize) -> usize {
     environments.div_ceil(live_daemons.max(1)) + 1
 }
 
+/// The most environments `me` keeps this round, given how many each daemon that is up holds
+/// (`held`, by identity, every live daemon listed, `me` too): its [`fair_share`], or the even
+/// split without the extra one while some other daemon holds fewer than an even split rounded
+/// down (so that a third daemon is not left with none while two hold their share plus one).
+pub fn room(
+    environments: usize,
+    held: &std::collections::BTreeMap<String, usize>,
+    me: &str,
+) -> usize {
+    let live = held.len().max(1);
+    let even = environments.div_ceil(live);
+    let starving = held
+        .iter()
+        .any(|(daemon, count)| daemon != me && *count < environments / live);
+    if starving {
+        even
+    } else {
+        fair_share(environments, live)
+    }
+}
+
 /// Which held environments to give up to come down to `share`: idle ones before those with a
 /// pass under way, the last by name first (a stable choice, so two rounds agree).
 pub fn surplus(held: &[(String, bool)], share: usize) -> Vec<String> {
@@ -265,6 +286,28 @@ mod tests {
         assert_eq!(fair_share(7, 3), 4);
         assert_eq!(fair_share(1000, 4), 251);
         assert_eq!(fair_share(3, 0), 4);
+    }
+
+    #[test]
+    fn a_daemon_left_without_its_share_makes_the_others_come_down_to_an_even_split() {
+        let counts = |pairs: &[(&str, usize)]| -> std::collections::BTreeMap<String, usize> {
+            pairs.iter().map(|(d, n)| (d.to_string(), *n)).collect()
+        };
+        // Two daemons at 3 each: the extra one is allowed (3 + 1), so a remainder does not
+        // make them hand environments back and forth.
+        assert_eq!(room(6, &counts(&[("a", 3), ("b", 3)]), "a"), 4);
+        assert_eq!(room(7, &counts(&[("a", 4), ("b", 3)]), "a"), 5);
+        // b below an even split rounded down: a comes down to 3.
+        assert_eq!(room(6, &counts(&[("a", 4), ("b", 2)]), "a"), 3);
+        // Three: c has none while a and b hold 3 each; both come down to 2.
+        let three = counts(&[("a", 3), ("b", 3), ("c", 0)]);
+        assert_eq!(room(6, &three, "a"), 2);
+        assert_eq!(room(6, &three, "b"), 2);
+        assert_eq!(room(6, &three, "c"), 3);
+        // Once c has its two, the extra one is allowed again.
+        assert_eq!(room(6, &counts(&[("a", 2), ("b", 2), ("c", 2)]), "a"), 3);
+        // Alone: everything, and one more.
+        assert_eq!(room(6, &counts(&[("a", 6)]), "a"), 7);
     }
 
     #[test]

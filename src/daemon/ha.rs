@@ -103,6 +103,33 @@ impl HaLeases {
     }
 }
 
+/// How many environments each daemon that is up holds, by identity (every daemon whose
+/// heartbeat is within its term, with 0 when it holds none).
+fn held_by_live_daemons(
+    listed: &[Lease],
+    environments: &BTreeMap<&str, &Lease>,
+    now: chrono::DateTime<Utc>,
+    timing: &lease::Timing,
+) -> BTreeMap<String, usize> {
+    let mut counts: BTreeMap<String, usize> = listed
+        .iter()
+        .filter(|lease| is_heartbeat(lease))
+        .map(observed)
+        .filter(|seen| !seen.expired(now, timing.max_skew))
+        .filter_map(|seen| seen.holder().map(|holder| (holder.to_string(), 0)))
+        .collect();
+    for lease in environments.values() {
+        let seen = observed(lease);
+        if seen.expired(now, timing.max_skew) {
+            continue;
+        }
+        if let Some(count) = seen.holder().and_then(|holder| counts.get_mut(holder)) {
+            *count += 1;
+        }
+    }
+    counts
+}
+
 /// The Leases of one cluster's environments, as this daemon keeps them.
 struct Coordinator {
     client: LeaseClient,
@@ -177,16 +204,13 @@ impl Coordinator {
             }
         };
         let now = Utc::now();
-        let live = listed
-            .iter()
-            .filter(|lease| is_heartbeat(lease))
-            .filter(|lease| !observed(lease).expired(now, timing.max_skew))
-            .count();
-        let share = lease::fair_share(self.leases.len(), live);
         let by_environment: BTreeMap<&str, &Lease> = listed
             .iter()
             .filter_map(|lease| environment_of(lease).map(|name| (name, lease)))
             .collect();
+        let counts = held_by_live_daemons(&listed, &by_environment, now, &timing);
+        let live = counts.len();
+        let share = lease::room(self.leases.len(), &counts, self.client.identity());
         for (name, environment_lease) in &self.leases {
             if let Some(listed) = by_environment.get(name.as_str()) {
                 environment_lease.seen(listed);
