@@ -346,7 +346,7 @@ fn mixed() -> BlueGreen {
 }
 
 #[test]
-fn a_mixed_rollout_steps_its_canaries_with_the_preview_then_switches_and_promotes() {
+fn a_mixed_rollout_steps_its_canaries_with_the_preview_then_switches() {
     let mut bg = mixed();
     assert_eq!(bg.decision(), Decision::StartPreview);
     assert_eq!(
@@ -395,6 +395,30 @@ fn a_mixed_rollout_steps_its_canaries_with_the_preview_then_switches_and_promote
         ),
         "the switch comes once the last canary step below 100% baked"
     );
+}
+
+/// A mixed rollout driven, as the test above checks, to the switch of its preview (at 130 s).
+fn mixed_at_the_switch() -> BlueGreen {
+    let mut bg = mixed();
+    for (observation, second) in [
+        (Observation::Written, 0),
+        (Observation::Ready, 5),
+        (Observation::Written, 6),
+        (Observation::Tick, 66),
+        (Observation::Written, 67),
+        (Observation::Ready, 70),
+        (Observation::Written, 70),
+        (Observation::Tick, 130),
+    ] {
+        bg.observe(observation, at(second));
+    }
+    assert_eq!(bg.decision(), Decision::Switch);
+    bg
+}
+
+#[test]
+fn a_mixed_rollout_promotes_its_canaries_after_the_switch_and_scales_the_old_pods_down() {
+    let mut bg = mixed_at_the_switch();
     assert_eq!(
         bg.observe(Observation::Written, at(131)),
         (Some(Milestone::Switched), Decision::Promote),

@@ -134,9 +134,9 @@ fn strip_of(history: &History, records: &[Record], now: DateTime<Utc>) -> Strip 
     .expect("in flight")
 }
 
-#[test]
-fn a_failed_tip_is_reverted_and_held_and_gates_name_their_badge() {
-    let records = [
+/// `a` healthy, then `b` rolled out, failed its `errors` check and is being reverted to `a`.
+fn failed_tip_records() -> Vec<Record> {
+    vec![
         record(
             1,
             0,
@@ -173,7 +173,12 @@ fn a_failed_tip_is_reverted_and_held_and_gates_name_their_badge() {
                 failed: true,
             },
         ),
-    ];
+    ]
+}
+
+#[test]
+fn a_failed_tip_is_reverted_and_held() {
+    let records = failed_tip_records();
     let tip = revision('b');
     let reverting = History::from_records(&records[..5]);
     let situation = Situation {
@@ -208,8 +213,11 @@ fn a_failed_tip_is_reverted_and_held_and_gates_name_their_badge() {
         Some("error rate 0.4 > 0.1")
     );
     assert_eq!(dots[1].1[0].failure, None);
+}
 
-    let healthy = History::from_records(&all[..1]);
+#[test]
+fn gates_a_syncing_cache_a_pause_and_a_block_name_their_badge() {
+    let healthy = History::from_records(&failed_tip_records()[..1]);
     let newer = revision('c');
     for (reason, expected) in [
         (
