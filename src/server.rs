@@ -44,15 +44,10 @@ impl EnvironmentHandle {
     /// The history decisions follow: this host's journal, or under `[ha]` while another
     /// daemon holds the environment, the one the cluster keeps on its Lease.
     pub fn history(&self) -> History {
-        if let Some(lease) = self.lease.as_ref().filter(|lease| !lease.is_held()) {
-            if let Some(history) = lease
-                .cluster_state()
-                .and_then(|state| serde_json::from_value::<History>(state).ok())
-            {
-                return history;
-            }
-        }
-        self.journal.with_history(History::clone)
+        self.lease
+            .as_ref()
+            .and_then(|lease| lease.history_elsewhere())
+            .unwrap_or_else(|| self.journal.with_history(History::clone))
     }
 
     /// Whether another daemon acts for the environment (`[ha]`): requests go to it.

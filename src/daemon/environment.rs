@@ -95,17 +95,12 @@ impl EnvironmentRuntime {
         let mut gates = gates_for(&self.config, &self.state_dir);
         // `[ha]`: another daemon acts for the upstream environment; the cluster has its
         // history, this host's journal of it is behind.
-        let held_elsewhere = self
-            .upstream_lease
-            .as_ref()
-            .filter(|lease| !lease.is_held());
-        if let (Some(lease), Some((_, healthy))) = (held_elsewhere, gates.upstream.as_mut()) {
-            if let Some(history) = lease
-                .cluster_state()
-                .and_then(|state| serde_json::from_value::<crate::history::History>(state).ok())
-            {
-                *healthy = history.healthy;
-            }
+        let upstream = self.upstream_lease.as_ref();
+        if let (Some(history), Some((_, healthy))) = (
+            upstream.and_then(|lease| lease.history_elsewhere()),
+            gates.upstream.as_mut(),
+        ) {
+            *healthy = history.healthy;
         }
         gates
     }

@@ -338,21 +338,30 @@ impl EnvironmentLease {
 
     /// The fence: `Ok` while this daemon holds the Lease with the write margin to spare.
     pub fn check(&self) -> Result<(), TargetError> {
-        let valid_until = self.lock().valid_until;
-        let margin = self.client.timing.write_margin();
-        if lease::may_write(valid_until, Instant::now(), margin) {
+        if self.is_held() {
             return Ok(());
         }
-        Err(TargetError::Object {
-            operation: "write for",
-            object: format!("environment {}", self.environment),
-            message: format!(
-                "this daemon ({}) does not hold Lease {}/{} with {margin:?} to spare; the holder acts for it",
-                self.client.identity, self.client.namespace, self.name
+        Err(self.refused(
+            "write for",
+            format!(
+                "this daemon ({}) does not hold Lease {}/{} with {:?} to spare; the holder acts for it",
+                self.client.identity,
+                self.client.namespace,
+                self.name,
+                self.client.timing.write_margin()
             ),
+        ))
+    }
+
+    /// A write for the environment this daemon may not make now (never the revision's fault).
+    fn refused(&self, operation: &'static str, message: String) -> TargetError {
+        TargetError::Object {
+            operation,
+            object: format!("environment {}", self.environment),
+            message,
             class: FailureClass::Infrastructure,
             missing: None,
-        })
+        }
     }
 
     /// The fence before a write to the cluster: the Lease is held with the margin to spare,
@@ -368,13 +377,7 @@ impl EnvironmentLease {
             let kept = self
                 .write(false)
                 .await
-                .map_err(|error| TargetError::Object {
-                    operation: "record the state of",
-                    object: format!("environment {}", self.environment),
-                    message: error.to_string(),
-                    class: FailureClass::Infrastructure,
-                    missing: None,
-                })?;
+                .map_err(|error| self.refused("record the state of", error.to_string()))?;
             if !kept {
                 return self.check();
             }
@@ -384,7 +387,12 @@ impl EnvironmentLease {
 
     /// Whether this daemon may write now (the fence, without its error).
     pub fn is_held(&self) -> bool {
-        self.check().is_ok()
+        let valid_until = self.lock().valid_until;
+        lease::may_write(
+            valid_until,
+            Instant::now(),
+            self.client.timing.write_margin(),
+        )
     }
 
     /// Who holds the environment as last seen, for `status`.
@@ -442,10 +450,13 @@ impl EnvironmentLease {
         self.lock().valid_until.is_some()
     }
 
-    /// The history the cluster keeps for the environment, as last seen.
-    pub fn cluster_state(&self) -> Option<serde_json::Value> {
-        let slot = self.lock();
-        let text = slot.lease.as_ref().and_then(state_of)?;
+    /// The history the cluster keeps for the environment, as last seen, while another
+    /// daemon holds it (`None` when this one does: its journal is the current one).
+    pub fn history_elsewhere(&self) -> Option<crate::history::History> {
+        if self.is_held() {
+            return None;
+        }
+        let text = self.lock().lease.as_ref().and_then(state_of)?;
         serde_json::from_str(&text).ok()
     }
 
