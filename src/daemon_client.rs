@@ -139,6 +139,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_standby_daemon_names_the_holder_and_brings_the_clusters_history() {
+        let body = r#"[{"environment": "web", "lease": {"holder": "host-b",
+            "expires": "2026-12-07T10:00:17Z", "held_here": false},
+            "cluster_history": {"last_healthy": "abc", "failed": ["def"]}},
+            {"environment": "api", "lease": {"holder": "host-a", "expires": null, "held_here": true}}]"#;
+        let parsed: Vec<LiveStatus> = serde_json::from_str(body).expect("a /status body");
+        let mut out = Vec::new();
+        write_live(&parsed[0], &mut out).expect("written");
+        let text = String::from_utf8(out).expect("UTF-8");
+        assert!(
+            text.contains("held by:                host-b, Lease until 2026-12-07T10:00:17Z"),
+            "{text}"
+        );
+        let history = parsed[0]
+            .cluster_history
+            .as_ref()
+            .expect("the cluster's history");
+        assert_eq!(
+            history.last_healthy.as_ref().map(|r| r.0.as_str()),
+            Some("abc")
+        );
+        assert!(history.failed.iter().any(|r| r.0 == "def"));
+        let mut here = Vec::new();
+        write_live(&parsed[1], &mut here).expect("written");
+        let text = String::from_utf8(here).expect("UTF-8");
+        assert!(
+            text.contains("held by:                host-a (this daemon)"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn the_daemons_view_reads_the_status_endpoints_rows() {
         let body = r#"[{"environment": "staging", "paused": false, "blocked": "cache syncing (v1/Service)",
             "cache": [{"type": "v1/ConfigMap", "state": "synced", "objects": 12, "restarts": 1},
