@@ -128,8 +128,10 @@ pub fn fair_share(environments: usize, live_daemons: usize) -> usize {
 
 /// The most environments `me` keeps this round, given how many each daemon that is up holds
 /// (`held`, by identity, every live daemon listed, `me` too): its [`fair_share`], or the even
-/// split without the extra one while some other daemon holds fewer than an even split rounded
-/// down (so that a third daemon is not left with none while two hold their share plus one).
+/// split without the extra one while some other daemon holds two or more fewer than an even
+/// split rounded down (so that a third daemon is not left with none while two hold their
+/// share plus one). One fewer is left alone: handing one over for it would leave the
+/// environment with no holder for a moment, over a remainder.
 pub fn room(
     environments: usize,
     held: &std::collections::BTreeMap<String, usize>,
@@ -139,7 +141,7 @@ pub fn room(
     let even = environments.div_ceil(live);
     let starving = held
         .iter()
-        .any(|(daemon, count)| daemon != me && *count < environments / live);
+        .any(|(daemon, count)| daemon != me && count + 1 < environments / live);
     if starving {
         even
     } else {
@@ -297,8 +299,10 @@ mod tests {
         // make them hand environments back and forth.
         assert_eq!(room(6, &counts(&[("a", 3), ("b", 3)]), "a"), 4);
         assert_eq!(room(7, &counts(&[("a", 4), ("b", 3)]), "a"), 5);
-        // b below an even split rounded down: a comes down to 3.
-        assert_eq!(room(6, &counts(&[("a", 4), ("b", 2)]), "a"), 3);
+        // b one below an even split rounded down: left as it is (4 and 2).
+        assert_eq!(room(6, &counts(&[("a", 4), ("b", 2)]), "a"), 4);
+        // b two below: a comes down to 3.
+        assert_eq!(room(6, &counts(&[("a", 5), ("b", 1)]), "a"), 3);
         // Three: c has none while a and b hold 3 each; both come down to 2.
         let three = counts(&[("a", 3), ("b", 3), ("c", 0)]);
         assert_eq!(room(6, &three, "a"), 2);
