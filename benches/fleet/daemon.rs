@@ -72,15 +72,20 @@ impl Daemon {
     pub fn start(config: &Path, state: &Path, log: &Path) -> Self {
         let log = std::fs::File::create(log).expect("daemon log");
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_gitopsd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gitopsd"));
+        command
             .arg("--config")
             .arg(config)
             .arg("run")
             .env("GITOPSD_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("gitopsd starts");
+            .stderr(log);
+        // A heap profiler that hooks malloc (heaptrack's preload library), for the daemon
+        // alone: see the README's "Memory" under the fleet benchmark.
+        if let Some(preload) = std::env::var_os("FLEET_DAEMON_PRELOAD") {
+            command.env("LD_PRELOAD", preload);
+        }
+        let child = command.spawn().expect("gitopsd starts");
         let mut daemon = Self {
             child,
             address: String::new(),

@@ -520,6 +520,28 @@ fn e2e_ha_a_held_revision_stays_held_after_failover_and_a_retry_on_either_clears
         wait_for(Duration::from_secs(120), || held(&pair, holder)),
         "v2 was never held"
     );
+    // What survives the holder is what is on the Lease: the local journal (and /status) may
+    // be a write ahead of it for a moment.
+    let on_lease = || {
+        let text = cluster.kubectl(&[
+            "get",
+            "lease",
+            "gitopsd-web",
+            "-n",
+            &pair.leases,
+            "-o",
+            "jsonpath={.metadata.annotations.gitopsd\\.io/state}",
+        ]);
+        serde_json::from_str::<Value>(&text).is_ok_and(|state| {
+            state["failed"]
+                .as_array()
+                .is_some_and(|failed| failed.contains(&Value::String(v2.clone())))
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), on_lease),
+        "the held revision never reached the Lease"
+    );
     std::fs::remove_file(marker.path()).expect("the check passes from now on");
     pair.signal(holder, libc::SIGKILL);
     pair.reap(holder);
