@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod model;
 pub mod pages;
 pub mod parse_cache;
+pub mod pass_slots;
 pub mod plan;
 pub mod policy;
 pub mod preview;

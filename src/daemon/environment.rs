@@ -140,6 +140,7 @@ impl EnvironmentRuntime {
                 metrics: &observers.metrics,
                 notifier: &observers.notifier,
                 live_templates: Default::default(),
+                slot: observers.passes.slot(),
             },
             source,
             gates: &gates,
@@ -158,7 +159,10 @@ impl EnvironmentRuntime {
         };
         let (result, promoted) = match promoted {
             Some(result) => (result, true),
-            None => (run.pass(tip).await, false),
+            None => match run.fx.take_slot().await {
+                Ok(()) => (run.pass(tip).await, false),
+                Err(interrupted) => (Err(interrupted), false),
+            },
         };
         self.quiet = self.quiet_after(&result, promoted, seen, tip);
         let kind = if promoted { "same_folder" } else { "full" };
@@ -286,6 +290,8 @@ pub struct Observers {
     pub notifier: Notifier,
     /// Told after each full pass, so freed memory goes back to the system.
     pub trimmer: crate::memory::Trimmer,
+    /// How many full passes work at once.
+    pub passes: crate::pass_slots::PassSlots,
 }
 
 /// One line per environment, for systemd's `STATUS=` and logs.

@@ -138,6 +138,7 @@ pub async fn run_once(config: &Config, shutdown: watch::Receiver<bool>) -> PassR
         metrics: Arc::new(Metrics::default()),
         notifier,
         trimmer: crate::memory::Trimmer::start(),
+        passes: crate::pass_slots::PassSlots::default(),
     };
     let mut environments = Vec::new();
     for wave in waves(&config.environments) {
@@ -225,6 +226,7 @@ impl Generation {
             metrics: context.metrics.clone(),
             notifier,
             trimmer: context.trimmer.clone(),
+            passes: context.passes.clone(),
         };
         let mut tasks = JoinSet::new();
         let ha = ha::HaLeases::start(config, context.metrics.clone(), shutdown).await;
@@ -315,6 +317,8 @@ struct DaemonContext {
     metrics: Arc<Metrics>,
     /// Returns the memory passes freed, for every generation.
     trimmer: crate::memory::Trimmer,
+    /// How many full passes work at once, across generations.
+    passes: crate::pass_slots::PassSlots,
     ready: Arc<AtomicBool>,
     reloadable: Arc<RwLock<Reloadable>>,
     /// What the push receivers check requests against (kept across reloads).
@@ -527,6 +531,7 @@ pub async fn run(config_path: &Path, config: Config, mut signals: Signals) {
         controls: Controls::default(),
         metrics: Arc::new(Metrics::default()),
         trimmer: crate::memory::Trimmer::start(),
+        passes: crate::pass_slots::PassSlots::default(),
         ready: Arc::new(AtomicBool::new(false)),
         reloadable: Arc::new(RwLock::new(reloadable(&config).await)),
         receivers: Arc::new(RwLock::new(

@@ -249,7 +249,7 @@ pub(crate) struct Fixture {
 impl Fixture {
     /// Steps 25/50/100 of a Deployment of 4, one check every 10 ms that fails after two bad
     /// results in a row, and the given bake.
-    fn new(bake: &str) -> Self {
+    pub(crate) fn new(bake: &str) -> Self {
         Self::with_rollout(&format!(
             "steps = [25, 50, 100]\nbake = \"{bake}\"\nverify = \"0s\""
         ))
@@ -319,6 +319,7 @@ failures = 2
             metrics: &self.metrics,
             notifier: &self.notifier,
             live_templates: Default::default(),
+            slot: crate::pass_slots::PassSlots::default().slot(),
         }
     }
 

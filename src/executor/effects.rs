@@ -18,6 +18,7 @@ use crate::history::History;
 use crate::journal::{DriftRecord, Event, JournalError, SharedJournal};
 use crate::metrics::Metrics;
 use crate::model::{ResourceKey, Revision};
+use crate::pass_slots::Slot;
 use crate::plan::{Desired, Plan, stage};
 use crate::probe::{CheckRunner, Prober};
 use crate::rollout::Observation;
@@ -43,6 +44,9 @@ pub struct Effects<'a, T: Target, P: CheckRunner = Prober> {
     /// The pod templates of live Deployments as last listed (see
     /// [`canary::mark_stable_track`]).
     pub live_templates: BTreeMap<ResourceKey, canary::LiveTemplate>,
+    /// The pass's place among the daemon's passes working at once: held while it works,
+    /// given back while it waits.
+    pub slot: Slot,
 }
 
 impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
@@ -194,6 +198,7 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
 
     /// Sleeps until `until`, beating the heartbeat; shutdown interrupts it, and so does
     /// losing the environment's Lease (`[ha]`: the new holder carries the rollout on).
+    /// The pass gives its slot back while it sleeps and takes one again before it goes on.
     pub async fn sleep_until(&mut self, until: DateTime<Utc>) -> Result<(), ReconcileError> {
         loop {
             self.heartbeat.beat();
@@ -202,11 +207,33 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
                 .map_err(|refused| ReconcileError::Fenced(refused.to_string()))?;
             let wait = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             if wait.is_zero() {
-                return Ok(());
+                return self.take_slot().await;
             }
+            self.slot.give_back();
             tokio::select! {
                 _ = tokio::time::sleep(wait.min(BEAT_INTERVAL)) => {}
                 _ = self.shutdown.changed() => return Err(ReconcileError::Interrupted),
+            }
+        }
+    }
+
+    /// Waits for the pass's slot (unless it holds it), beating the heartbeat; shutdown
+    /// interrupts the wait.
+    pub async fn take_slot(&mut self) -> Result<(), ReconcileError> {
+        if self.slot.is_held() {
+            return Ok(());
+        }
+        let mut shutdown = self.shutdown.clone();
+        let heartbeat = self.heartbeat.clone();
+        // Pinned once: the place in line is kept across heartbeats.
+        let taking = self.slot.take();
+        tokio::pin!(taking);
+        loop {
+            heartbeat.beat();
+            tokio::select! {
+                () = &mut taking => return Ok(()),
+                _ = shutdown.changed() => return Err(ReconcileError::Interrupted),
+                _ = tokio::time::sleep(BEAT_INTERVAL) => {}
             }
         }
     }
@@ -377,4 +404,37 @@ fn broken_observation(readiness: &Readiness) -> Option<Observation> {
         cause: first.cause.clone(),
         detail,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::driver::tests::{Fixture, RecordingBackend, ScriptedChecks};
+    use super::*;
+    use crate::pass_slots::PassSlots;
+
+    #[tokio::test]
+    async fn a_pass_gives_its_slot_back_while_it_sleeps_and_holds_one_again_after() {
+        let fixture = Fixture::new("0s");
+        let backend = RecordingBackend::new(&fixture.journal);
+        let checks = ScriptedChecks::healthy();
+        let slots = PassSlots::new(1);
+        let mut fx = fixture.effects(&backend, &checks);
+        fx.slot = slots.slot();
+        fx.take_slot().await.expect("a free slot");
+        assert_eq!(slots.available(), 0);
+
+        let mut other = slots.slot();
+        let until = Utc::now() + chrono::Duration::milliseconds(300);
+        let (slept, other_got_it) = tokio::join!(fx.sleep_until(until), async {
+            // Another environment's pass works while this one sleeps, then ends.
+            let took = tokio::time::timeout(Duration::from_secs(2), other.take()).await;
+            let held = took.is_ok() && other.is_held();
+            drop(other);
+            held
+        });
+        slept.expect("no shutdown");
+        assert!(other_got_it, "the sleeping pass kept its slot");
+        assert!(fx.slot.is_held(), "the pass goes on without its slot");
+        assert_eq!(slots.available(), 0);
+    }
 }

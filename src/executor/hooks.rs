@@ -199,6 +199,8 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
             Err(error) => return Ok(Err(format!("cannot make a folder to run in: {error}"))),
         };
         let mut shutdown = self.shutdown.clone();
+        // The command works, not the pass: other environments' passes may use the slot.
+        self.slot.give_back();
         let outcome = {
             let run =
                 crate::render::run_command(&command.argv, folder.path(), env, command.timeout);
@@ -214,7 +216,7 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
                 }
             }
         };
-        self.heartbeat.beat();
+        self.take_slot().await?;
         // Removing the folder is a recursive delete: not on an async worker.
         crate::blocking::off_thread("removing a hook folder", move || drop(folder)).await?;
         Ok(outcome)

@@ -195,6 +195,19 @@ impl Pair {
             .collect()
     }
 
+    /// `jsonpath` of the environment's Lease, as kubectl prints it.
+    fn lease_field(&self, cluster: &Cluster, environment: &str, jsonpath: &str) -> String {
+        cluster.kubectl(&[
+            "get",
+            "lease",
+            &format!("gitopsd-{environment}"),
+            "-n",
+            &self.leases,
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ])
+    }
+
     fn journal(&self, who: &str, environment: &str) -> Vec<Record> {
         gitopsd::journal::load_all(&self.state(who), environment).expect("journal reads back whole")
     }
@@ -523,15 +536,11 @@ fn e2e_ha_a_held_revision_stays_held_after_failover_and_a_retry_on_either_clears
     // What survives the holder is what is on the Lease: the local journal (and /status) may
     // be a write ahead of it for a moment.
     let on_lease = || {
-        let text = cluster.kubectl(&[
-            "get",
-            "lease",
-            "gitopsd-web",
-            "-n",
-            &pair.leases,
-            "-o",
-            "jsonpath={.metadata.annotations.gitopsd\\.io/state}",
-        ]);
+        let text = pair.lease_field(
+            &cluster,
+            "web",
+            "{.metadata.annotations.gitopsd\\.io/state}",
+        );
         serde_json::from_str::<Value>(&text).is_ok_and(|state| {
             state["failed"]
                 .as_array()
@@ -637,15 +646,11 @@ fn e2e_ha_sigterm_on_the_holder_hands_over_without_waiting_out_the_lease() {
         Some(None),
         "{records:?}"
     );
-    let lease = cluster.kubectl(&[
-        "get",
-        "lease",
-        "gitopsd-web",
-        "-n",
-        &pair.leases,
-        "-o",
-        "jsonpath={.spec.holderIdentity} {.spec.leaseTransitions}",
-    ]);
+    let lease = pair.lease_field(
+        &cluster,
+        "web",
+        "{.spec.holderIdentity} {.spec.leaseTransitions}",
+    );
     assert!(lease.starts_with(&format!("host-{successor} ")), "{lease}");
     // The handover is a webhook event, from the successor, naming no previous holder.
     let told = wait_for(Duration::from_secs(30), || {
