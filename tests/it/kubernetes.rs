@@ -686,3 +686,35 @@ fn a_blocked_environment_tries_again_on_its_own_timer_not_at_the_next_fetch() {
     );
     assert_eq!(fetches(&address), Some(1), "applied without another fetch");
 }
+
+#[test]
+fn the_daemon_does_not_read_back_what_was_ready_as_written() {
+    // A first apply: the stores of its types are watched only from its settle, so the
+    // objects' readiness cannot come from them. A ConfigMap is ready once present, and the
+    // answer to its write says so: no GET per object.
+    let (workspace, server) = on_stand_in("");
+    many_config_maps(&workspace, 30);
+    workspace.repo.commit("thirty config maps");
+    let (_daemon, _address) = daemon_with_api(&workspace, "stand-in-token");
+    let healthy = || {
+        workspace
+            .journal("staging")
+            .iter()
+            .any(|record| record.event.name() == "healthy")
+    };
+    assert!(
+        wait_for(std::time::Duration::from_secs(60), healthy),
+        "never healthy: {:?}",
+        workspace.journal("staging")
+    );
+    assert_eq!(
+        server.names("", "configmaps").len(),
+        31,
+        "thirty ConfigMaps and the applyset parent"
+    );
+    assert!(
+        server.count("GET configmaps") <= 2,
+        "the ConfigMaps were read back one by one: {} GETs",
+        server.count("GET configmaps")
+    );
+}

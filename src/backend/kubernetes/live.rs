@@ -30,11 +30,20 @@ pub(super) struct Watched {
     pub(super) types: Mutex<BTreeMap<String, Arc<TypeWatch>>>,
     /// Pod watches by (namespace, selector).
     pub(super) pods: Mutex<BTreeMap<(String, String), Arc<TypeWatch>>>,
-    /// The resourceVersion of gitopsd's last write of each member: a store older than that
-    /// is not read for it.
-    pub(super) written: Mutex<BTreeMap<ResourceKey, String>>,
+    /// gitopsd's last write of each member: a store older than that is not read for it.
+    pub(super) written: Mutex<BTreeMap<ResourceKey, Written>>,
     /// Notified when another writer changes one of the environment's members.
     pub(super) drift: Arc<Notify>,
+}
+
+/// What the server answered to gitopsd's last write of a member.
+#[derive(Debug, Clone)]
+pub(super) struct Written {
+    /// Its `metadata.resourceVersion`.
+    pub(super) version: String,
+    /// Whether the object as written was ready (a ConfigMap, a ClusterIP Service: present is
+    /// ready), so readiness need not read it back while its store lags the write.
+    pub(super) ready: bool,
 }
 
 impl Watched {
@@ -118,13 +127,22 @@ impl Watched {
             .clone()
     }
 
-    /// Notes the resourceVersion the server gave gitopsd's write of `key`.
-    pub(super) fn wrote(&self, key: &ResourceKey, resource_version: Option<String>) {
+    /// Notes what the server answered to gitopsd's write of `key`.
+    pub(super) fn wrote(&self, key: &ResourceKey, answer: Option<Written>) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match resource_version {
-            Some(version) => written.insert(key.clone(), version),
+        match answer {
+            Some(answer) => written.insert(key.clone(), answer),
             None => written.remove(key),
         };
+    }
+
+    /// Whether gitopsd's last write of `key` found it ready as written.
+    pub(super) fn ready_as_written(&self, key: &ResourceKey) -> bool {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|written| written.ready)
     }
 
     /// `key`'s object as its member store holds it, when that store is synced and holds it at
@@ -141,7 +159,7 @@ impl Watched {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
-            .cloned();
+            .map(|written| written.version.clone());
         match written {
             None => Some(body),
             Some(written) => {

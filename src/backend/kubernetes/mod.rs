@@ -272,7 +272,15 @@ impl Target for KubernetesTarget {
             Ok(applied) => applied,
         };
         if let Some(watched) = &self.watched {
-            watched.wrote(key, applied.metadata.resource_version);
+            let ready = serde_json::to_value(&applied).is_ok_and(|body| {
+                readiness::stuck(&key.group, &key.kind, &body).is_none()
+                    && readiness::readiness(&key.group, &key.kind, &body) == Verdict::Ready
+            });
+            let answer = applied
+                .metadata
+                .resource_version
+                .map(|version| live::Written { version, ready });
+            watched.wrote(key, answer);
         }
         if key.group == "apiextensions.k8s.io" && key.kind == "CustomResourceDefinition" {
             self.await_established(key, &api).await?;
@@ -372,6 +380,15 @@ impl Target for KubernetesTarget {
             let cached = self.watched.as_ref().and_then(|w| w.fresh_member(key));
             let body = match cached {
                 Some(body) => body,
+                // Ready as gitopsd wrote it, and its store has not caught up with the write yet
+                // (the types of a first apply are watched from its settle): not read back.
+                None if self
+                    .watched
+                    .as_ref()
+                    .is_some_and(|w| w.ready_as_written(key)) =>
+                {
+                    continue;
+                }
                 None => {
                     let api = self.api(&resolved, key.namespace.as_deref());
                     let live = self
