@@ -221,7 +221,8 @@ impl ApiServerStandIn {
         self.store.lock().expect("stand-in store")
     }
 
-    /// Requests counted for "METHOD plural" (e.g. "PATCH deployments", "LIST configmaps").
+    /// Requests counted for "METHOD plural" (e.g. "PATCH deployments", "LIST configmaps"), or
+    /// "DISCOVERY path" (e.g. "DISCOVERY /api/v1").
     pub fn count(&self, what: &str) -> usize {
         self.lock().requests.get(what).copied().unwrap_or(0)
     }
@@ -548,6 +549,10 @@ fn handle(
     if method == Method::GET
         && let Some(response) = discovery(&store, &path)
     {
+        *store
+            .requests
+            .entry(format!("DISCOVERY {path}"))
+            .or_default() += 1;
         return response;
     }
     // /api/v1/... or /apis/{group}/{version}/...

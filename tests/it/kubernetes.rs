@@ -718,3 +718,48 @@ fn the_daemon_does_not_read_back_what_was_ready_as_written() {
         server.count("GET configmaps")
     );
 }
+
+#[test]
+fn environments_on_one_cluster_look_each_type_up_once_between_them() {
+    // The same types in one environment and in two, on one cluster: discovery is asked as
+    // often for two as for one.
+    let discovery_for = |environments: &[&str]| {
+        let (workspace, server) = on_stand_in("");
+        if environments.len() == 2 {
+            workspace.edit_config(
+                "target = { type = \"directory\", path = \"live/production\" }",
+                "target = { type = \"kubernetes\", kubeconfig = \"kubeconfig\", context = \"stand-in\" }",
+            );
+        }
+        workspace.repo.remove("environments/production/one.yaml");
+        for environment in ["staging", "production"] {
+            workspace.repo.write(
+                &format!("environments/{environment}/app.yaml"),
+                &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {environment}-settings\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {environment}-web\nspec:\n  ports: [{{port: 80}}]\n"),
+            );
+        }
+        workspace
+            .repo
+            .commit("one ConfigMap and one Service in each");
+        assert_exit(&workspace.run(&["run", "--once"]), 0);
+        for environment in environments {
+            assert!(
+                server
+                    .get(
+                        "",
+                        "configmaps",
+                        Some("shop"),
+                        &format!("{environment}-settings")
+                    )
+                    .is_some(),
+                "{environment} was applied"
+            );
+        }
+        let asked = server.count_method("DISCOVERY");
+        assert!(asked > 0, "the stand-in counts discovery");
+        asked
+    };
+    let one = discovery_for(&["staging"]);
+    let two = discovery_for(&["staging", "production"]);
+    assert_eq!(two, one, "two environments asked {two} times, one {one}");
+}

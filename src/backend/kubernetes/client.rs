@@ -114,7 +114,7 @@ impl KubernetesTarget {
             legacy_managers: Mutex::new(BTreeMap::new()),
             requests: window(&key, settings.concurrency),
             settings,
-            discovery: Mutex::new(BTreeMap::new()),
+            discovery: super::resolve::shared_discovery(&key),
             by_group_kind: Mutex::new(BTreeMap::new()),
             next_slot: tokio::sync::Mutex::new(tokio::time::Instant::now()),
             watched,

@@ -85,7 +85,7 @@ impl KubernetesTarget {
     }
 
     /// Whether `namespace` holds objects that are not this environment's (checked on the
-    /// types the environment uses and the common built-in ones).
+    /// types environments on the cluster use and the common built-in ones).
     pub(super) async fn namespace_has_foreign_objects(
         &self,
         namespace: &str,

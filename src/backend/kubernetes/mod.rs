@@ -93,7 +93,7 @@ pub struct KubernetesTarget {
     /// that drops it; sent when a pass settles.
     legacy_managers: Mutex<BTreeMap<ResourceKey, (KindRef, Value)>>,
     /// Discovery results by type, and the last version seen per (group, kind) for deletes.
-    discovery: Mutex<BTreeMap<KindRef, Resolved>>,
+    discovery: Arc<resolve::Discovered>,
     by_group_kind: Mutex<BTreeMap<(String, String), KindRef>>,
     /// Requests in flight to the cluster, shared by every environment that targets it (one
     /// window per API server): adapts to how the server copes, up to `concurrency`.

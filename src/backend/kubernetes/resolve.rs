@@ -1,15 +1,17 @@
-//! Where a type's API lives: discovery, cached per type, and the last version seen per group
-//! and kind (what the parent records has no version).
+//! Where a type's API lives: discovery, cached per type and shared by the environments on one
+//! cluster, and the last version seen per group and kind (what the parent records has no
+//! version).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{Scope, oneshot, pinned_kind};
 
-use super::KubernetesTarget;
 use super::answers::describe;
+use super::{ClientKey, KubernetesTarget};
 use crate::backend::applyset::GroupKind;
 use crate::model::{KindRef, ResourceKey, group_of};
 
@@ -45,6 +47,28 @@ impl std::fmt::Display for ResolveError {
     }
 }
 
+/// What discovery found on one cluster, by type, shared by every environment that targets it:
+/// a type is looked up once per cluster, not once per environment (a fleet of 1,000
+/// environments asked about 3,100 times on its first apply).
+#[derive(Debug, Default)]
+pub(super) struct Discovered {
+    found: Mutex<BTreeMap<KindRef, Resolved>>,
+    /// One lookup at a time, so environments starting together ask once between them.
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// What discovery found on the cluster `key` names.
+pub(super) fn shared_discovery(key: &ClientKey) -> Arc<Discovered> {
+    static DISCOVERED: OnceLock<Mutex<BTreeMap<ClientKey, Arc<Discovered>>>> = OnceLock::new();
+    DISCOVERED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key.clone())
+        .or_default()
+        .clone()
+}
+
 /// A resolved type: where its API lives and whether it is namespaced.
 #[derive(Debug, Clone)]
 pub(super) struct Resolved {
@@ -60,8 +84,8 @@ impl KubernetesTarget {
         kind: &KindRef,
         patient: bool,
     ) -> Result<Resolved, ResolveError> {
-        if let Some(found) = self.lock_discovery().get(kind) {
-            return Ok(found.clone());
+        if let Some(found) = self.found(kind) {
+            return Ok(found);
         }
         let gvk = match kind.api_version.split_once('/') {
             Some((group, version)) => GroupVersionKind::gvk(group, version, &kind.kind),
@@ -70,6 +94,11 @@ impl KubernetesTarget {
         let tries = if patient { DISCOVERY_RETRIES } else { 1 };
         let mut last = String::new();
         for attempt in 1..=tries {
+            let turn = self.discovery.turn.lock().await;
+            // Another environment may have looked it up meanwhile.
+            if let Some(found) = self.found(kind) {
+                return Ok(found);
+            }
             match self.within_limit(pinned_kind(&self.client, &gvk)).await {
                 Ok((resource, capabilities)) => {
                     let resolved = Resolved {
@@ -77,14 +106,7 @@ impl KubernetesTarget {
                         namespaced: capabilities.scope == Scope::Namespaced,
                     };
                     self.lock_discovery().insert(kind.clone(), resolved.clone());
-                    self.by_group_kind
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(
-                            (group_of(&kind.api_version).to_string(), kind.kind.clone()),
-                            kind.clone(),
-                        );
-                    return Ok(resolved);
+                    return Ok(self.seen(kind, resolved));
                 }
                 Err(error) => {
                     let served_answer = match &error {
@@ -99,6 +121,7 @@ impl KubernetesTarget {
                         )));
                     }
                     last = describe(&error).message;
+                    drop(turn);
                     if attempt < tries {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
@@ -111,7 +134,28 @@ impl KubernetesTarget {
     }
 
     pub(super) fn lock_discovery(&self) -> std::sync::MutexGuard<'_, BTreeMap<KindRef, Resolved>> {
-        self.discovery.lock().unwrap_or_else(|p| p.into_inner())
+        self.discovery
+            .found
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `kind` as the cluster's discovery already found it, now seen by this environment.
+    fn found(&self, kind: &KindRef) -> Option<Resolved> {
+        let found = self.lock_discovery().get(kind).cloned()?;
+        Some(self.seen(kind, found))
+    }
+
+    /// Notes `kind` as the version this environment last used of its group and kind.
+    fn seen(&self, kind: &KindRef, resolved: Resolved) -> Resolved {
+        self.by_group_kind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                (group_of(&kind.api_version).to_string(), kind.kind.clone()),
+                kind.clone(),
+            );
+        resolved
     }
 
     pub(super) fn api(&self, resolved: &Resolved, namespace: Option<&str>) -> Api<DynamicObject> {
