@@ -165,6 +165,16 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.kubectl.display()))
     }
 
+    /// Sets `label` on every object of `names` (`pod/…`) in `namespace` with one kubectl: a
+    /// crash loop on the first can fail a step, and its revert delete the others, before a
+    /// second kubectl would run.
+    pub(crate) fn label_all(&self, namespace: &str, names: &[String], label: &str) {
+        let mut args = vec!["label", "-n", namespace];
+        args.extend(names.iter().map(String::as_str));
+        args.extend([label, "--overwrite"]);
+        self.kubectl(&args);
+    }
+
     /// Runs kubectl and returns its stdout; fails the test when it fails.
     pub(crate) fn kubectl(&self, args: &[&str]) -> String {
         let output = self.kubectl_output(args);

@@ -131,16 +131,7 @@ fn e2e_cache_a_canary_crashing_during_its_bake_fails_from_the_daemons_cache() {
         "readiness polls during the bake read the cache, not the server"
     );
     assert_eq!(requests(&address, "list"), lists, "no LIST of pods either");
-    for pod in canary_pods() {
-        cluster.kubectl(&[
-            "label",
-            "-n",
-            &namespace,
-            &pod,
-            "lab/unhealthy=crash",
-            "--overwrite",
-        ]);
-    }
+    cluster.label_all(&namespace, &canary_pods(), "lab/unhealthy=crash");
     assert!(
         wait_for(Duration::from_secs(40), || failure_cause(&workspace)
             .is_some()),

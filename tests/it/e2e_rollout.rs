@@ -1173,16 +1173,7 @@ fn e2e_a_canary_that_starts_crashing_during_its_bake_is_not_promoted() {
         wait_for(Duration::from_secs(90), baking),
         "the first step's canary pods are running"
     );
-    for pod in canary_pods() {
-        cluster.kubectl(&[
-            "label",
-            "-n",
-            &namespace,
-            &pod,
-            "lab/unhealthy=crash",
-            "--overwrite",
-        ]);
-    }
+    cluster.label_all(&namespace, &canary_pods(), "lab/unhealthy=crash");
     let crashed = Instant::now();
     let status = pass
         .wait_timeout(Duration::from_secs(40))

@@ -136,8 +136,15 @@ impl Watched {
         };
     }
 
-    /// Whether gitopsd's last write of `key` found it ready as written.
+    /// Whether gitopsd's last write of `key` found it ready as written, and no store of its
+    /// type is syncing (while one is, nothing is decided about its objects).
     pub(super) fn ready_as_written(&self, key: &ResourceKey) -> bool {
+        if self
+            .member_store(key)
+            .is_some_and(|store| !store.state().synced)
+        {
+            return false;
+        }
         self.written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
