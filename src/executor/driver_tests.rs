@@ -41,6 +41,8 @@ pub(crate) struct RecordingBackend {
     applies_of_refused: AtomicUsize,
     /// From this readiness call on (1-based), the step's pods crash-loop.
     crash_from_call: usize,
+    /// Readiness calls (from the first) that find the objects still on their way.
+    waiting_calls: usize,
     readiness_calls: AtomicUsize,
 }
 
@@ -52,8 +54,14 @@ impl RecordingBackend {
             refuse: None,
             applies_of_refused: AtomicUsize::new(0),
             crash_from_call: usize::MAX,
+            waiting_calls: 0,
             readiness_calls: AtomicUsize::new(0),
         }
+    }
+
+    pub(crate) fn waiting_for_readiness_calls(mut self, calls: usize) -> Self {
+        self.waiting_calls = calls;
+        self
     }
 
     pub(crate) fn crashing_from_readiness_call(mut self, call: usize) -> Self {
@@ -120,6 +128,12 @@ impl Target for RecordingBackend {
         _max_restarts: u32,
     ) -> Result<Readiness, TargetError> {
         let call = self.readiness_calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if call <= self.waiting_calls {
+            return Ok(Readiness {
+                waiting: vec!["web: 0 of 4 updated".into()],
+                failed: Vec::new(),
+            });
+        }
         if call < self.crash_from_call {
             return Ok(Readiness::default());
         }

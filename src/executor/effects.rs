@@ -239,32 +239,50 @@ impl<T: Target, P: CheckRunner> Effects<'_, T, P> {
     }
 
     /// Where the objects at `keys` stand; when they are still on their way, waits one poll
-    /// (never past `deadline`) before saying so.
+    /// (never past `deadline`) before saying so. A wait that reached the deadline (the poll,
+    /// or the wait for a slot after it) looks once more: the step is decided on how the
+    /// objects stand then, not a poll or a queue ago.
     pub async fn readiness(
         &mut self,
         keys: &[ResourceKey],
         deadline: DateTime<Utc>,
     ) -> Result<Observation, ReconcileError> {
+        let waiting = match self.look(keys).await? {
+            Ok(observation) => return Ok(observation),
+            Err(waiting) => waiting,
+        };
+        let now = Utc::now();
+        if now < deadline {
+            let next = (now + chrono::Duration::from_std(READINESS_POLL).unwrap_or_default())
+                .min(deadline);
+            self.sleep_until(next).await?;
+            if Utc::now() >= deadline {
+                return Ok(self
+                    .look(keys)
+                    .await?
+                    .unwrap_or_else(|detail| Observation::NotReady { detail }));
+            }
+        }
+        Ok(Observation::NotReady { detail: waiting })
+    }
+
+    /// The objects at `keys` now: ready or broken, else what they wait for.
+    async fn look(
+        &self,
+        keys: &[ResourceKey],
+    ) -> Result<Result<Observation, String>, ReconcileError> {
         let readiness = self
             .target
             .readiness(keys, self.config.rollout.max_restarts)
             .await
             .map_err(ReconcileError::Live)?;
         if let Some(broken) = broken_observation(&readiness) {
-            return Ok(broken);
+            return Ok(Ok(broken));
         }
         if readiness.is_ready() {
-            return Ok(Observation::Ready);
+            return Ok(Ok(Observation::Ready));
         }
-        let now = Utc::now();
-        if now < deadline {
-            let next = (now + chrono::Duration::from_std(READINESS_POLL).unwrap_or_default())
-                .min(deadline);
-            self.sleep_until(next).await?;
-        }
-        Ok(Observation::NotReady {
-            detail: readiness.waiting.join("; "),
-        })
+        Ok(Err(readiness.waiting.join("; ")))
     }
 
     /// Runs every check at its interval until `until`, and looks at the pods of `watched`
@@ -436,5 +454,35 @@ mod tests {
         assert!(other_got_it, "the sleeping pass kept its slot");
         assert!(fx.slot.is_held(), "the pass goes on without its slot");
         assert_eq!(slots.available(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_readiness_poll_that_waited_past_its_deadline_for_a_slot_looks_again() {
+        let fixture = Fixture::new("0s");
+        let backend = RecordingBackend::new(&fixture.journal).waiting_for_readiness_calls(1);
+        let checks = ScriptedChecks::healthy();
+        let slots = PassSlots::new(1);
+        let mut fx = fixture.effects(&backend, &checks);
+        fx.slot = slots.slot();
+        fx.take_slot().await.expect("a free slot");
+        let keys = vec![crate::model::ResourceKey {
+            group: "apps".into(),
+            kind: "Deployment".into(),
+            namespace: Some("shop".into()),
+            name: "web".into(),
+        }];
+        let deadline = Utc::now() + chrono::Duration::milliseconds(200);
+        let mut other = slots.slot();
+        let (observation, ()) = tokio::join!(fx.readiness(&keys, deadline), async {
+            // Another pass takes the slot while this one polls, and works past its deadline.
+            other.take().await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(other);
+        });
+        assert_eq!(
+            observation.expect("no shutdown"),
+            Observation::Ready,
+            "decided on the look from before the wait"
+        );
     }
 }

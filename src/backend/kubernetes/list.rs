@@ -85,12 +85,12 @@ impl KubernetesTarget {
     }
 
     /// Whether `namespace` holds objects that are not this environment's (checked on the
-    /// types environments on the cluster use and the common built-in ones).
+    /// types the environment uses and the common built-in ones).
     pub(super) async fn namespace_has_foreign_objects(
         &self,
         namespace: &str,
     ) -> Result<bool, Failure> {
-        let mut kinds: BTreeSet<KindRef> = self.lock_discovery().keys().cloned().collect();
+        let mut kinds: BTreeSet<KindRef> = self.kinds_used();
         for (api_version, kind) in [
             ("v1", "Pod"),
             ("v1", "Service"),

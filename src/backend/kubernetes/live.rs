@@ -136,13 +136,12 @@ impl Watched {
         };
     }
 
-    /// Whether gitopsd's last write of `key` found it ready as written, and no store of its
-    /// type is syncing (while one is, nothing is decided about its objects).
+    /// Whether gitopsd's last write of `key` found it ready as written, for a type the
+    /// environment does not watch yet (a first apply's: its watches start at its settle).
+    /// Where a store covers the type, the store (or a GET, while it lags) says: it also
+    /// knows of a delete since the write, and while it syncs nothing is decided.
     pub(super) fn ready_as_written(&self, key: &ResourceKey) -> bool {
-        if self
-            .member_store(key)
-            .is_some_and(|store| !store.state().synced)
-        {
+        if self.member_store(key).is_some() {
             return false;
         }
         self.written

@@ -380,8 +380,8 @@ impl Target for KubernetesTarget {
             let cached = self.watched.as_ref().and_then(|w| w.fresh_member(key));
             let body = match cached {
                 Some(body) => body,
-                // Ready as gitopsd wrote it, and its store has not caught up with the write yet
-                // (the types of a first apply are watched from its settle): not read back.
+                // Ready as gitopsd wrote it, of a type not watched yet (a first apply's are
+                // watched from its settle): not read back.
                 None if self
                     .watched
                     .as_ref()

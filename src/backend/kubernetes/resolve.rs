@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -17,6 +17,11 @@ use crate::model::{KindRef, ResourceKey, group_of};
 
 /// Times discovery is asked again for a kind it does not know (a CRD applied just before).
 pub(super) const DISCOVERY_RETRIES: u32 = 10;
+
+/// How long a type found stays found: a CRD deleted or served at another version since is
+/// looked up again after this (the cache is shared by a cluster's environments and outlives
+/// reloads).
+const DISCOVERY_TTL: Duration = Duration::from_secs(600);
 
 /// Why a type could not be resolved.
 #[derive(Debug, Clone)]
@@ -52,7 +57,8 @@ impl std::fmt::Display for ResolveError {
 /// environments asked about 3,100 times on its first apply).
 #[derive(Debug, Default)]
 pub(super) struct Discovered {
-    found: Mutex<BTreeMap<KindRef, Resolved>>,
+    /// Each type as found, and when.
+    found: Mutex<BTreeMap<KindRef, (Resolved, Instant)>>,
     /// One lookup at a time, so environments starting together ask once between them.
     turn: tokio::sync::Mutex<()>,
 }
@@ -105,7 +111,8 @@ impl KubernetesTarget {
                         resource,
                         namespaced: capabilities.scope == Scope::Namespaced,
                     };
-                    self.lock_discovery().insert(kind.clone(), resolved.clone());
+                    self.lock_discovery()
+                        .insert(kind.clone(), (resolved.clone(), Instant::now()));
                     return Ok(self.seen(kind, resolved));
                 }
                 Err(error) => {
@@ -133,17 +140,31 @@ impl KubernetesTarget {
         )))
     }
 
-    pub(super) fn lock_discovery(&self) -> std::sync::MutexGuard<'_, BTreeMap<KindRef, Resolved>> {
+    fn lock_discovery(&self) -> std::sync::MutexGuard<'_, BTreeMap<KindRef, (Resolved, Instant)>> {
         self.discovery
             .found
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `kind` as the cluster's discovery already found it, now seen by this environment.
+    /// `kind` as the cluster's discovery found it within [`DISCOVERY_TTL`], now seen by this
+    /// environment.
     fn found(&self, kind: &KindRef) -> Option<Resolved> {
-        let found = self.lock_discovery().get(kind).cloned()?;
+        let (found, when) = self.lock_discovery().get(kind).cloned()?;
+        if when.elapsed() > DISCOVERY_TTL {
+            return None;
+        }
         Some(self.seen(kind, found))
+    }
+
+    /// The types this environment has resolved, each at the version it last used.
+    pub(super) fn kinds_used(&self) -> std::collections::BTreeSet<KindRef> {
+        self.by_group_kind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Notes `kind` as the version this environment last used of its group and kind.
