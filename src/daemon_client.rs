@@ -138,6 +138,13 @@ pub fn write_live(live: &LiveStatus, out: &mut dyn Write) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// What `gitopsd status` prints for `row`.
+    fn printed(row: &LiveStatus) -> String {
+        let mut out = Vec::new();
+        write_live(row, &mut out).expect("written");
+        String::from_utf8(out).expect("UTF-8")
+    }
+
     #[test]
     fn a_standby_daemon_names_the_holder_and_brings_the_clusters_history() {
         let body = r#"[{"environment": "web", "lease": {"holder": "host-b",
@@ -145,9 +152,7 @@ mod tests {
             "cluster_history": {"last_healthy": "abc", "failed": ["def"]}},
             {"environment": "api", "lease": {"holder": "host-a", "expires": null, "held_here": true}}]"#;
         let parsed: Vec<LiveStatus> = serde_json::from_str(body).expect("a /status body");
-        let mut out = Vec::new();
-        write_live(&parsed[0], &mut out).expect("written");
-        let text = String::from_utf8(out).expect("UTF-8");
+        let text = printed(&parsed[0]);
         assert!(
             text.contains("held by:                host-b, Lease until 2026-12-07T10:00:17Z"),
             "{text}"
@@ -161,9 +166,7 @@ mod tests {
             Some("abc")
         );
         assert!(history.failed.iter().any(|r| r.0 == "def"));
-        let mut here = Vec::new();
-        write_live(&parsed[1], &mut here).expect("written");
-        let text = String::from_utf8(here).expect("UTF-8");
+        let text = printed(&parsed[1]);
         assert!(
             text.contains("held by:                host-a (this daemon)"),
             "{text}"
@@ -177,15 +180,14 @@ mod tests {
                       {"type": "v1/Service", "state": "syncing", "objects": 0, "restarts": 0}]},
             {"environment": "production"}]"#;
         let parsed: Vec<LiveStatus> = serde_json::from_str(body).expect("a /status body");
-        let mut out = Vec::new();
-        write_live(&parsed[0], &mut out).expect("written");
-        let text = String::from_utf8(out).expect("UTF-8");
+        let text = printed(&parsed[0]);
         assert!(text.contains("blocked:                cache syncing (v1/Service)"));
         assert!(text.contains("v1/ConfigMap"));
         assert!(text.contains("synced   12 objects, 1 restarts"), "{text}");
         assert!(text.contains("syncing  0 objects"), "{text}");
-        let mut quiet = Vec::new();
-        write_live(&parsed[1], &mut quiet).expect("written");
-        assert!(quiet.is_empty(), "a directory target shows nothing more");
+        assert!(
+            printed(&parsed[1]).is_empty(),
+            "a directory target shows nothing more"
+        );
     }
 }
